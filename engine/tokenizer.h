@@ -1,0 +1,68 @@
+// Tokenizer for `tokenizer.ggml.model = gpt2`: byte-level BPE as llama.cpp implements it.
+// Text is first split into special tokens (control tokens only when parse_special; user-
+// defined tokens always, as llama.cpp does), then each remaining fragment into words by the
+// pre-tokenizer regex that `tokenizer.ggml.pre` selects (Unicode classes through PCRE2),
+// each word's bytes are mapped to the byte-level alphabet and merged by rank.
+// Threads: immutable after construction; any thread may call it.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+
+namespace moed::storage {
+class gguf_file;
+}
+
+namespace moed::engine {
+
+using token_id = std::int32_t;
+
+class tokenizer {
+public:
+    // Reads tokenizer.ggml.{model,pre,tokens,token_type,merges,bos_token_id,eos_token_id,...}.
+    // An unsupported model or pre-tokenizer, or inconsistent arrays, is an error naming the key.
+    static result<std::unique_ptr<tokenizer>> from_gguf(const storage::gguf_file& file);
+    ~tokenizer();
+
+    std::vector<token_id> encode(std::string_view text, bool parse_special) const;
+
+    // The raw bytes a token stands for (byte-level alphabet mapped back to bytes; control
+    // tokens give their text only when `special` is true, else nothing).
+    std::string token_bytes(token_id id, bool special = false) const;
+    // Concatenated bytes of `ids`; may end in an incomplete UTF-8 sequence.
+    std::string decode(std::span<const token_id> ids, bool special = false) const;
+
+    std::int32_t n_vocab() const noexcept;
+    token_id bos_id() const noexcept;  // -1 when the file has none
+    token_id eos_id() const noexcept;
+    bool add_bos() const noexcept;
+    // End of generation: eos, eot, eom and similar control tokens.
+    bool is_eog(token_id id) const noexcept;
+    // The token's id for an exact token text (e.g. "<|im_start|>"), or -1.
+    token_id find_token(std::string_view text) const noexcept;
+
+private:
+    tokenizer();
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
+// Turns a stream of token bytes into valid UTF-8 text: push() returns what is complete so
+// far and keeps a trailing incomplete sequence for the next call; finish() returns the rest,
+// with U+FFFD for each byte that never formed a valid sequence.
+class utf8_stream {
+public:
+    std::string push(std::string_view bytes);
+    std::string finish();
+
+private:
+    std::string pending_;
+};
+
+}  // namespace moed::engine

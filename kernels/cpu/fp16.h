@@ -1,0 +1,14 @@
+// IEEE half and bfloat16 conversions, bit-exact with llama.cpp's (round to nearest even;
+// bf16 keeps NaNs quiet).
+#pragma once
+
+#include <cstdint>
+
+namespace moed::kernels {
+
+float fp16_to_fp32(std::uint16_t h) noexcept;
+std::uint16_t fp32_to_fp16(float f) noexcept;
+float bf16_to_fp32(std::uint16_t h) noexcept;
+std::uint16_t fp32_to_bf16(float f) noexcept;
+
+}  // namespace moed::kernels

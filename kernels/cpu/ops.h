@@ -1,0 +1,58 @@
+// The element-wise and small ops of a transformer layer, each with llama.cpp's numerics:
+// RMSNorm, RoPE (NEOX layout), softmax with top-k routing, SwiGLU, and attention over an
+// f16 KV cache. Each has a scalar reference (namespace `reference`) that tests compare the
+// vectorised path with.
+#pragma once
+
+#include <cstdint>
+
+namespace moed::kernels {
+
+// y = x / sqrt(mean(x^2) + eps) * weight   (weight may be null: no scaling). y may alias x.
+void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
+
+// Rotates `n_heads` heads of `head_dim` values in place at position `pos`: NEOX layout,
+// pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot).
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
+
+// In-place softmax over n values.
+void softmax(float* x, std::int64_t n);
+
+// Picks the k largest of probs[0..n) (ties: lower index first), writes their indices in
+// decreasing order and their probabilities renormalised to sum to 1.
+void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, float* weights);
+
+// out[i] = silu(gate[i]) * up[i]. out may alias gate or up.
+void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
+
+// y += a * x
+void axpy(float a, const float* x, float* y, std::int64_t n);
+
+// Attention of one query token over an f16 KV cache, causal up to n_kv positions.
+// q: [n_head][head_dim] f32; k_cache and v_cache: [n_ctx][n_head_kv][head_dim] f16 bits,
+// position-major; out: [n_head][head_dim]. Head h reads KV head h / (n_head / n_head_kv).
+// Numerics as llama.cpp without flash attention: q is rounded to f16 for q.k, scores are
+// scaled then soft-maxed in f32, probabilities are rounded to f16 for the sum over V.
+// `scratch` holds at least n_kv floats.
+struct attention_args {
+    const float* q = nullptr;
+    const std::uint16_t* k_cache = nullptr;
+    const std::uint16_t* v_cache = nullptr;
+    std::int64_t n_kv = 0;
+    int n_head = 0;
+    int n_head_kv = 0;
+    int head_dim = 0;
+    float scale = 1.0f;
+    float* out = nullptr;
+};
+void attention_head(const attention_args& args, int head, float* scratch);
+
+namespace reference {
+void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
+void softmax(float* x, std::int64_t n);
+void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
+void attention_head(const attention_args& args, int head, float* scratch);
+}  // namespace reference
+
+}  // namespace moed::kernels

@@ -1,0 +1,116 @@
+// The seam between the engine and the expert tiers: the engine never reads routed-expert
+// weights directly. It acquires an expert by ExpertId and gets a handle whose weights stay
+// valid until the handle is released (destroyed). Everything about tiers, prediction and
+// prefetch lives behind this interface.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "common/ids.h"
+#include "common/result.h"
+#include "common/tensor_type.h"
+
+namespace moed::storage {
+
+class gguf_file;
+
+// One expert matrix: `rows` rows of `cols` values in `type`, row-major, rows contiguous.
+struct expert_matrix {
+    tensor_type type = tensor_type::f32;
+    const void* data = nullptr;
+    std::int64_t rows = 0;
+    std::int64_t cols = 0;
+    std::size_t row_bytes = 0;
+};
+
+// gate and up: [n_ff_exp rows x n_embd cols]; down: [n_embd rows x n_ff_exp cols].
+struct expert_weights {
+    expert_matrix gate;
+    expert_matrix up;
+    expert_matrix down;
+};
+
+class expert_source;
+
+// A reference to a resident expert; releasing it (destruction) lets the source evict it.
+// Move-only. Must be released before the source is destroyed.
+class expert_handle {
+public:
+    expert_handle() = default;
+    expert_handle(expert_source* source, ExpertId id, expert_weights weights, std::uint64_t token)
+        : source_(source), id_(id), weights_(weights), token_(token) {}
+    expert_handle(expert_handle&& other) noexcept;
+    expert_handle& operator=(expert_handle&& other) noexcept;
+    expert_handle(const expert_handle&) = delete;
+    expert_handle& operator=(const expert_handle&) = delete;
+    ~expert_handle();
+
+    bool valid() const noexcept { return source_ != nullptr; }
+    ExpertId id() const noexcept { return id_; }
+    const expert_weights& weights() const noexcept { return weights_; }
+    void release() noexcept;
+
+private:
+    expert_source* source_ = nullptr;
+    ExpertId id_;
+    expert_weights weights_;
+    std::uint64_t token_ = 0;  // the source's own bookkeeping (a slot number)
+};
+
+// Where routed experts come from. Implementations: resident (all experts in the mapped
+// file), and the tiered cache (storage tiers issue).
+// Threads: acquire/release may be called from the engine thread; implementations document
+// any further thread use.
+class expert_source {
+public:
+    virtual ~expert_source() = default;
+    // Acquires one expert; waits until it is resident. Errors name the expert and the file.
+    virtual result<expert_handle> acquire(ExpertId id) = 0;
+    // Acquires every expert in `ids` (one MoE layer's selection), requesting all missing
+    // ones at once before waiting for any. handles[i] corresponds to ids[i].
+    virtual result<void> acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles);
+
+protected:
+    friend class expert_handle;
+    virtual void release(ExpertId id, std::uint64_t token) noexcept = 0;
+};
+
+// The layout of routed experts in a GGUF file: per layer, the three stacked tensors
+// (ffn_gate_exps, ffn_up_exps, ffn_down_exps), each [n_expert][rows][cols].
+struct expert_layout {
+    std::uint32_t n_layer = 0;
+    std::uint32_t n_expert = 0;
+    struct layer_tensors {
+        std::uint64_t gate_offset = 0, up_offset = 0, down_offset = 0;  // absolute file offsets
+        tensor_type gate_type = tensor_type::f32, up_type = tensor_type::f32, down_type = tensor_type::f32;
+        std::int64_t n_embd = 0, n_ff = 0;
+        std::size_t gate_bytes = 0, up_bytes = 0, down_bytes = 0;  // per expert
+    };
+    std::vector<layer_tensors> layers;
+
+    // Reads the layout from blk.<l>.ffn_{gate,up,down}_exps.weight; checks shapes.
+    static result<expert_layout> from_gguf(const gguf_file& file, std::uint32_t n_layer,
+                                           std::uint32_t n_expert, std::int64_t n_embd,
+                                           std::int64_t n_ff);
+    std::size_t expert_bytes(std::uint32_t layer) const noexcept;
+};
+
+// All experts resident: handles point into the file's read-only mapping.
+class resident_expert_source final : public expert_source {
+public:
+    resident_expert_source(const gguf_file& file, expert_layout layout);
+    result<expert_handle> acquire(ExpertId id) override;
+
+protected:
+    void release(ExpertId id, std::uint64_t token) noexcept override;
+
+private:
+    const gguf_file& file_;
+    expert_layout layout_;
+};
+
+}  // namespace moed::storage
