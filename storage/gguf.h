@@ -98,6 +98,8 @@ public:
     const gguf_value* find(std::string_view key) const noexcept;
     // Required-key getters: a missing key or a wrong type is an error naming file and key.
     result<std::uint64_t> get_uint(std::string_view key) const;
+    result<std::int64_t> get_int(std::string_view key) const;
+    result<bool> get_bool(std::string_view key) const;
     result<double> get_float(std::string_view key) const;
     result<std::string_view> get_string(std::string_view key) const;
     result<const gguf_array*> get_array(std::string_view key) const;
@@ -113,6 +115,10 @@ public:
 
 private:
     gguf_file() = default;
+    // Parses and validates the header in the mapping; fills every member below.
+    result<void> parse(const gguf_limits& limits);
+    // The value of `key`, or not_found naming the file and the key.
+    result<const gguf_value*> require(std::string_view key) const;
     std::string path_;
     std::uint32_t version_ = 0;
     std::uint64_t file_size_ = 0;
