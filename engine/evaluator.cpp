@@ -1,0 +1,294 @@
+#include "engine/evaluator.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "kernels/cpu/fp16.h"
+#include "kernels/cpu/ops.h"
+#include "kernels/cpu/quantize.h"
+
+namespace moed::engine {
+
+namespace {
+// Below this many tokens, element-wise work runs on the calling thread: waking the pool
+// costs more than it saves.
+constexpr std::int64_t k_parallel_tokens_min = 4;
+}  // namespace
+
+evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_batch)
+    : model_(m), pool_(pool), max_batch_(max_batch) {
+    MOED_ASSERT(max_batch > 0);
+    const model_hparams& hp = m.hparams();
+    const std::size_t b = static_cast<std::size_t>(max_batch);
+    const std::size_t embd = static_cast<std::size_t>(hp.n_embd);
+    const std::size_t q_dim = static_cast<std::size_t>(hp.n_head) * hp.head_dim;
+    const std::size_t kv_dim = static_cast<std::size_t>(hp.n_head_kv) * hp.head_dim;
+    const std::size_t ff = static_cast<std::size_t>(hp.n_ff_exp);
+    x_.resize(b * embd);
+    cur_.resize(b * embd);
+    q_.resize(b * q_dim);
+    k_.resize(b * kv_dim);
+    v_.resize(b * kv_dim);
+    attn_.resize(b * q_dim);
+    proj_.resize(b * embd);
+    router_probs_.resize(b * hp.n_expert);
+    route_weights_.resize(b * hp.n_expert_used);
+    route_experts_.resize(b * hp.n_expert_used);
+    expert_out_.resize(b * hp.n_expert_used * embd);
+    gathered_.resize(b * embd);
+    gate_.resize(b * ff);
+    up_.resize(b * ff);
+    down_.resize(b * embd);
+    expert_count_.resize(hp.n_expert);
+    expert_rows_.resize(static_cast<std::size_t>(hp.n_expert) * b);
+    needed_.reserve(hp.n_expert);
+    handles_.reserve(hp.n_expert);
+    out_rows_.resize(b * embd);
+}
+
+void evaluator::for_tokens(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
+    if (n < k_parallel_tokens_min || pool_.size() == 1) {
+        for (std::int64_t t = 0; t < n; ++t) fn(t);
+        return;
+    }
+    pool_.parallel_for(n, 1, [&](std::int64_t begin, std::int64_t end, int) {
+        for (std::int64_t t = begin; t < end; ++t) fn(t);
+    });
+}
+
+result<void> evaluator::validate(std::span<const batch_token> batch) const {
+    if (batch.empty()) return make_error(errc::invalid_argument, "empty batch");
+    if (static_cast<std::int64_t>(batch.size()) > max_batch_) {
+        return make_error(errc::invalid_argument, "batch of {} tokens exceeds the maximum {}",
+                          batch.size(), max_batch_);
+    }
+    const std::int64_t n_vocab = model_.hparams().n_vocab;
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+        const batch_token& bt = batch[i];
+        if (bt.cache == nullptr) return make_error(errc::invalid_argument, "batch token {} has no KV cache", i);
+        if (bt.token < 0 || bt.token >= n_vocab) {
+            return make_error(errc::invalid_argument, "batch token {}: id {} is outside the vocabulary (0..{})",
+                              i, bt.token, n_vocab - 1);
+        }
+        if (bt.pos < 0 || bt.pos >= bt.cache->n_ctx()) {
+            return make_error(errc::invalid_argument,
+                              "batch token {}: position {} is outside the context (0..{})", i, bt.pos,
+                              bt.cache->n_ctx() - 1);
+        }
+    }
+    return {};
+}
+
+result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
+    MOED_TRY(validate(batch));
+    const model_hparams& hp = model_.hparams();
+    const std::int64_t n = static_cast<std::int64_t>(batch.size());
+    const std::int64_t embd = hp.n_embd;
+
+    // Per-thread attention scratch must hold the longest context in this batch.
+    std::int64_t ctx_needed = 0;
+    for (const batch_token& bt : batch) ctx_needed = std::max(ctx_needed, bt.pos + 1);
+    if (ctx_needed > scratch_ctx_) {
+        scratch_ctx_ = std::max(ctx_needed, batch.front().cache->n_ctx());
+        attn_scratch_.assign(static_cast<std::size_t>(scratch_ctx_) * pool_.size(), 0.0f);
+    }
+
+    const kernels::matrix_view& embd_w = model_.token_embedding();
+    for_tokens(n, [&](std::int64_t t) {
+        const auto* row = static_cast<const std::byte*>(embd_w.data) +
+                          static_cast<std::size_t>(batch[t].token) * embd_w.row_stride_bytes;
+        kernels::dequantize_row(embd_w.type, row, x_.data() + t * embd, embd);
+    });
+
+    for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        attention_block(l, batch);
+        MOED_TRY(moe_block(l, n));
+    }
+    for (const batch_token& bt : batch) bt.cache->set_size(std::max(bt.cache->size(), bt.pos + 1));
+
+    // Output head for the tokens that want logits.
+    std::int64_t n_out = 0;
+    for (std::int64_t t = 0; t < n; ++t) {
+        if (!batch[t].want_logits) continue;
+        kernels::rms_norm(x_.data() + t * embd, model_.output_norm(), out_rows_.data() + n_out * embd, embd,
+                          hp.rms_eps);
+        ++n_out;
+    }
+    if (n_out > 0) {
+        kernels::matmul(model_.output(), out_rows_.data(), n_out, logits, hp.n_vocab, pool_, act_);
+    }
+    return {};
+}
+
+void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> batch) {
+    const model_hparams& hp = model_.hparams();
+    const layer_weights& lw = model_.layer(l);
+    const std::int64_t n = static_cast<std::int64_t>(batch.size());
+    const std::int64_t embd = hp.n_embd;
+    const int hd = hp.head_dim;
+    const std::int64_t q_dim = static_cast<std::int64_t>(hp.n_head) * hd;
+    const std::int64_t kv_dim = static_cast<std::int64_t>(hp.n_head_kv) * hd;
+
+    for_tokens(n, [&](std::int64_t t) {
+        kernels::rms_norm(x_.data() + t * embd, lw.attn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
+    });
+    // Q, K and V read the same activations, converted once when their types agree.
+    act_.quantize(lw.wq.type, cur_.data(), n, embd, embd, &pool_);
+    kernels::matmul(lw.wq, act_, q_.data(), q_dim, pool_);
+    if (lw.wk.type != act_.weight_type()) act_.quantize(lw.wk.type, cur_.data(), n, embd, embd, &pool_);
+    kernels::matmul(lw.wk, act_, k_.data(), kv_dim, pool_);
+    if (lw.wv.type != act_.weight_type()) act_.quantize(lw.wv.type, cur_.data(), n, embd, embd, &pool_);
+    kernels::matmul(lw.wv, act_, v_.data(), kv_dim, pool_);
+
+    for_tokens(n, [&](std::int64_t t) {
+        float* q = q_.data() + t * q_dim;
+        float* k = k_.data() + t * kv_dim;
+        for (int h = 0; h < hp.n_head; ++h) kernels::rms_norm(q + h * hd, lw.q_norm, q + h * hd, hd, hp.rms_eps);
+        for (int h = 0; h < hp.n_head_kv; ++h) kernels::rms_norm(k + h * hd, lw.k_norm, k + h * hd, hd, hp.rms_eps);
+        kernels::rope_neox(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+        kernels::rope_neox(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+        kv_cache& cache = *batch[t].cache;
+        std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.row_elems();
+        std::uint16_t* vrow = cache.values(l) + batch[t].pos * cache.row_elems();
+        const float* v = v_.data() + t * kv_dim;
+        for (std::int64_t i = 0; i < kv_dim; ++i) {
+            krow[i] = kernels::fp32_to_fp16(k[i]);
+            vrow[i] = kernels::fp32_to_fp16(v[i]);
+        }
+    });
+
+    // Every token's K/V is in its cache now; each attends causally up to its own position.
+    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const std::int64_t items = n * hp.n_head;
+    auto attend = [&](std::int64_t begin, std::int64_t end, int thread) {
+        float* scratch = attn_scratch_.data() + static_cast<std::size_t>(thread) * scratch_ctx_;
+        for (std::int64_t i = begin; i < end; ++i) {
+            const std::int64_t t = i / hp.n_head;
+            const int h = static_cast<int>(i % hp.n_head);
+            kv_cache& cache = *batch[t].cache;
+            kernels::attention_args args;
+            args.q = q_.data() + t * q_dim;
+            args.k_cache = cache.keys(l);
+            args.v_cache = cache.values(l);
+            args.n_kv = batch[t].pos + 1;
+            args.n_head = hp.n_head;
+            args.n_head_kv = hp.n_head_kv;
+            args.head_dim = hd;
+            args.scale = scale;
+            args.out = attn_.data() + t * q_dim;
+            kernels::attention_head(args, h, scratch);
+        }
+    };
+    pool_.parallel_for(items, 1, attend);
+
+    kernels::matmul(lw.wo, attn_.data(), n, proj_.data(), embd, pool_, act_);
+    for_tokens(n, [&](std::int64_t t) {
+        float* x = x_.data() + t * embd;
+        const float* o = proj_.data() + t * embd;
+        for (std::int64_t i = 0; i < embd; ++i) x[i] = o[i] + x[i];
+    });
+}
+
+result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
+    const model_hparams& hp = model_.hparams();
+    const layer_weights& lw = model_.layer(l);
+    const std::int64_t embd = hp.n_embd;
+    const std::int64_t ff = hp.n_ff_exp;
+    const int n_exp = static_cast<int>(hp.n_expert);
+    const int k = static_cast<int>(hp.n_expert_used);
+
+    for_tokens(n, [&](std::int64_t t) {
+        kernels::rms_norm(x_.data() + t * embd, lw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
+    });
+    kernels::matmul(lw.router, cur_.data(), n, router_probs_.data(), n_exp, pool_, act_);
+    for_tokens(n, [&](std::int64_t t) {
+        float* probs = router_probs_.data() + t * n_exp;
+        kernels::softmax(probs, n_exp);
+        kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+    });
+    if (observer_) {
+        observer_(routing_event{l, n, std::span<const float>(router_probs_.data(), n * n_exp),
+                                std::span<const std::int32_t>(route_experts_.data(), n * k)});
+    }
+
+    // Group the batch's (token, slot) pairs by expert so each expert is applied once.
+    std::fill(expert_count_.begin(), expert_count_.end(), 0);
+    needed_.clear();
+    for (std::int64_t t = 0; t < n; ++t) {
+        for (int s = 0; s < k; ++s) {
+            const std::int32_t e = route_experts_[t * k + s];
+            if (expert_count_[e] == 0) needed_.push_back(ExpertId{l, static_cast<std::uint32_t>(e)});
+            expert_rows_[static_cast<std::size_t>(e) * max_batch_ + expert_count_[e]++] =
+                static_cast<std::int32_t>(t * k + s);
+        }
+    }
+    MOED_TRY(model_.experts().acquire_many(needed_, handles_));
+
+    for (std::size_t i = 0; i < needed_.size(); ++i) {
+        const std::uint32_t e = needed_[i].expert;
+        const storage::expert_weights& w = handles_[i].weights();
+        const std::int64_t m = expert_count_[e];
+        const std::int32_t* rows = expert_rows_.data() + static_cast<std::size_t>(e) * max_batch_;
+        for (std::int64_t r = 0; r < m; ++r) {
+            const std::int64_t t = rows[r] / k;
+            std::copy_n(cur_.data() + t * embd, embd, gathered_.data() + r * embd);
+        }
+        auto view = [](const storage::expert_matrix& em) {
+            return kernels::matrix_view{em.type, em.data, em.rows, em.cols, em.row_bytes};
+        };
+        act_.quantize(w.gate.type, gathered_.data(), m, embd, embd, &pool_);
+        kernels::matmul(view(w.gate), act_, gate_.data(), ff, pool_);
+        if (w.up.type != act_.weight_type()) act_.quantize(w.up.type, gathered_.data(), m, embd, embd, &pool_);
+        kernels::matmul(view(w.up), act_, up_.data(), ff, pool_);
+        kernels::swiglu(gate_.data(), up_.data(), gate_.data(), m * ff);
+        kernels::matmul(view(w.down), gate_.data(), m, down_.data(), embd, pool_, act_);
+        for (std::int64_t r = 0; r < m; ++r) {
+            const std::int32_t ts = rows[r];
+            const float weight = route_weights_[ts];
+            const float* src = down_.data() + r * embd;
+            float* dst = expert_out_.data() + static_cast<std::size_t>(ts) * embd;
+            for (std::int64_t j = 0; j < embd; ++j) dst[j] = src[j] * weight;
+        }
+    }
+    for (auto& h : handles_) h.release();
+    handles_.clear();
+
+    // Sum the weighted expert outputs in slot order, as llama.cpp adds them, then the residual.
+    for_tokens(n, [&](std::int64_t t) {
+        float* x = x_.data() + t * embd;
+        const float* eo = expert_out_.data() + static_cast<std::size_t>(t) * k * embd;
+        for (std::int64_t j = 0; j < embd; ++j) {
+            float sum = eo[j];
+            for (int s = 1; s < k; ++s) sum += eo[s * embd + j];
+            x[j] = sum + x[j];
+        }
+    });
+    return {};
+}
+
+result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache& cache,
+                                     std::vector<float>& last_logits) {
+    if (tokens.empty()) return make_error(errc::invalid_argument, "no tokens to evaluate");
+    if (cache.size() + static_cast<std::int64_t>(tokens.size()) > cache.n_ctx()) {
+        return make_error(errc::invalid_argument, "{} tokens at position {} exceed the context of {}",
+                          tokens.size(), cache.size(), cache.n_ctx());
+    }
+    last_logits.resize(static_cast<std::size_t>(model_.hparams().n_vocab));
+    std::vector<batch_token> batch;
+    batch.reserve(static_cast<std::size_t>(max_batch_));
+    std::size_t done = 0;
+    while (done < tokens.size()) {
+        const std::size_t count = std::min<std::size_t>(tokens.size() - done, static_cast<std::size_t>(max_batch_));
+        batch.clear();
+        const std::int64_t pos0 = cache.size();
+        for (std::size_t i = 0; i < count; ++i) {
+            batch.push_back(batch_token{tokens[done + i], pos0 + static_cast<std::int64_t>(i), &cache,
+                                        done + i + 1 == tokens.size()});
+        }
+        MOED_TRY(run(batch, last_logits.data()));
+        done += count;
+    }
+    return {};
+}
+
+}  // namespace moed::engine

@@ -1,0 +1,256 @@
+#include "engine/model.h"
+
+#include <fmt/format.h>
+
+#include "kernels/cpu/quantize.h"
+
+namespace moed::engine {
+
+namespace {
+
+bool computable(tensor_type type) {
+    switch (type) {
+        case tensor_type::f32:
+        case tensor_type::f16:
+        case tensor_type::bf16:
+        case tensor_type::q8_0:
+        case tensor_type::q4_k:
+        case tensor_type::q6_k:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// Reads a u32-sized hyper-parameter "<arch>.<name>" that must be positive.
+result<std::uint64_t> positive_key(const storage::gguf_file& file, const std::string& arch,
+                                   const char* name, std::uint64_t max_value) {
+    const std::string key = fmt::format("{}.{}", arch, name);
+    auto value = file.get_uint(key);
+    if (!value) return value;
+    if (*value == 0 || *value > max_value) {
+        return make_error(errc::bad_file, "{}: key '{}' = {} is out of range (1..{})", file.path(),
+                          key, *value, max_value);
+    }
+    return value;
+}
+
+class loader {
+public:
+    explicit loader(const storage::gguf_file& file) : file_(file) {}
+
+    // A 2-D weight [rows x cols] (ggml ne = {cols, rows}) in a type the kernels compute.
+    result<kernels::matrix_view> matrix(const std::string& name, std::int64_t rows, std::int64_t cols) {
+        auto info = file_.get_tensor(name);
+        if (!info) return unexpected(std::move(info).error());
+        const storage::gguf_tensor_info& t = **info;
+        if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
+            return make_error(errc::bad_file, "{}: tensor '{}' has shape [{}, {}], expected [{}, {}]",
+                              file_.path(), name, t.ne[0], t.ne[1], cols, rows);
+        }
+        if (!computable(t.type)) {
+            return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot compute with",
+                              file_.path(), name, type_name(t.type));
+        }
+        return kernels::matrix_view{t.type, file_.tensor_data(t), rows, cols, row_bytes(t.type, cols)};
+    }
+
+    // A 1-D weight of n values, converted to f32 into owned storage.
+    result<const float*> vector(const std::string& name, std::int64_t n, std::vector<std::vector<float>>& store) {
+        auto info = file_.get_tensor(name);
+        if (!info) return unexpected(std::move(info).error());
+        const storage::gguf_tensor_info& t = **info;
+        if (t.n_dims != 1 || t.ne[0] != n) {
+            return make_error(errc::bad_file, "{}: tensor '{}' has {} values in {} dims, expected {}",
+                              file_.path(), name, t.n_elements(), t.n_dims, n);
+        }
+        if (!computable(t.type) || n % traits_of(static_cast<std::uint32_t>(t.type))->block_elems != 0) {
+            return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot read as a vector",
+                              file_.path(), name, type_name(t.type));
+        }
+        if (t.type == tensor_type::f32) return reinterpret_cast<const float*>(file_.tensor_data(t));
+        store.emplace_back(static_cast<std::size_t>(n));
+        kernels::dequantize_row(t.type, file_.tensor_data(t), store.back().data(), n);
+        return static_cast<const float*>(store.back().data());
+    }
+
+private:
+    const storage::gguf_file& file_;
+};
+
+}  // namespace
+
+result<std::unique_ptr<model>> model::load(const std::string& path) {
+    auto opened = storage::gguf_file::open(path);
+    if (!opened) return unexpected(std::move(opened).error());
+    std::unique_ptr<model> m(new model());
+    m->file_ = std::move(opened).value();
+    const storage::gguf_file& file = *m->file_;
+
+    auto arch = file.get_string("general.architecture");
+    if (!arch) return unexpected(std::move(arch).error());
+    if (*arch != "qwen3moe") {
+        return make_error(errc::unsupported,
+                          "{}: general.architecture is '{}'; moed supports: qwen3moe", path, *arch);
+    }
+    model_hparams& hp = m->hparams_;
+    hp.architecture = std::string(*arch);
+    const std::string& a = hp.architecture;
+
+    constexpr std::uint64_t max_dim = 1u << 20;
+    auto get = [&](const char* name, std::uint64_t max_value) { return positive_key(file, a, name, max_value); };
+    auto n_layer = get("block_count", 4096);
+    if (!n_layer) return unexpected(std::move(n_layer).error());
+    auto n_embd = get("embedding_length", max_dim);
+    if (!n_embd) return unexpected(std::move(n_embd).error());
+    auto n_head = get("attention.head_count", 4096);
+    if (!n_head) return unexpected(std::move(n_head).error());
+    auto n_head_kv = get("attention.head_count_kv", 4096);
+    if (!n_head_kv) return unexpected(std::move(n_head_kv).error());
+    auto n_expert = get("expert_count", 65536);
+    if (!n_expert) return unexpected(std::move(n_expert).error());
+    auto n_expert_used = get("expert_used_count", 65536);
+    if (!n_expert_used) return unexpected(std::move(n_expert_used).error());
+    auto n_ff_exp = get("expert_feed_forward_length", max_dim);
+    if (!n_ff_exp) return unexpected(std::move(n_ff_exp).error());
+    auto n_ctx_train = get("context_length", 1u << 24);
+    if (!n_ctx_train) return unexpected(std::move(n_ctx_train).error());
+    hp.n_layer = static_cast<std::uint32_t>(*n_layer);
+    hp.n_embd = static_cast<std::int64_t>(*n_embd);
+    hp.n_head = static_cast<int>(*n_head);
+    hp.n_head_kv = static_cast<int>(*n_head_kv);
+    hp.n_expert = static_cast<std::uint32_t>(*n_expert);
+    hp.n_expert_used = static_cast<std::uint32_t>(*n_expert_used);
+    hp.n_ff_exp = static_cast<std::int64_t>(*n_ff_exp);
+    hp.n_ctx_train = static_cast<std::int64_t>(*n_ctx_train);
+
+    // Optional keys with llama.cpp's defaults.
+    hp.head_dim = static_cast<int>(hp.n_embd / hp.n_head);
+    if (file.find(a + ".attention.key_length")) {
+        auto v = get("attention.key_length", 65536);
+        if (!v) return unexpected(std::move(v).error());
+        hp.head_dim = static_cast<int>(*v);
+    }
+    if (file.find(a + ".attention.value_length")) {
+        auto v = get("attention.value_length", 65536);
+        if (!v) return unexpected(std::move(v).error());
+        if (static_cast<int>(*v) != hp.head_dim) {
+            return make_error(errc::unsupported, "{}: key '{}.attention.value_length' = {} differs from key_length {}",
+                              path, a, *v, hp.head_dim);
+        }
+    }
+    hp.n_rot = hp.head_dim;
+    if (file.find(a + ".rope.dimension_count")) {
+        auto v = get("rope.dimension_count", 65536);
+        if (!v) return unexpected(std::move(v).error());
+        hp.n_rot = static_cast<int>(*v);
+    }
+    if (file.find(a + ".rope.freq_base")) {
+        auto v = file.get_float(a + ".rope.freq_base");
+        if (!v) return unexpected(std::move(v).error());
+        hp.rope_freq_base = static_cast<float>(*v);
+    }
+    auto eps = file.get_float(a + ".attention.layer_norm_rms_epsilon");
+    if (!eps) return unexpected(std::move(eps).error());
+    hp.rms_eps = static_cast<float>(*eps);
+
+    if (hp.n_head % hp.n_head_kv != 0) {
+        return make_error(errc::bad_file, "{}: attention.head_count {} is not a multiple of head_count_kv {}",
+                          path, hp.n_head, hp.n_head_kv);
+    }
+    if (hp.n_rot != hp.head_dim || hp.head_dim % 2 != 0) {
+        return make_error(errc::unsupported, "{}: rope.dimension_count {} must equal an even head dim {}",
+                          path, hp.n_rot, hp.head_dim);
+    }
+    if (hp.n_expert_used > hp.n_expert) {
+        return make_error(errc::bad_file, "{}: expert_used_count {} exceeds expert_count {}", path,
+                          hp.n_expert_used, hp.n_expert);
+    }
+    if (!(hp.rms_eps >= 0.0f) || !(hp.rope_freq_base > 0.0f)) {
+        return make_error(errc::bad_file, "{}: rms epsilon {} or rope base {} out of range", path,
+                          hp.rms_eps, hp.rope_freq_base);
+    }
+
+    auto tok = tokenizer::from_gguf(file);
+    if (!tok) return unexpected(std::move(tok).error());
+    m->tokenizer_ = std::move(tok).value();
+    hp.n_vocab = m->tokenizer_->n_vocab();
+
+    loader ld(file);
+    const std::int64_t q_dim = static_cast<std::int64_t>(hp.n_head) * hp.head_dim;
+    const std::int64_t kv_dim = static_cast<std::int64_t>(hp.n_head_kv) * hp.head_dim;
+    auto embd = ld.matrix("token_embd.weight", hp.n_vocab, hp.n_embd);
+    if (!embd) return unexpected(std::move(embd).error());
+    m->token_embd_ = *embd;
+    if (file.find_tensor("output.weight")) {
+        auto out = ld.matrix("output.weight", hp.n_vocab, hp.n_embd);
+        if (!out) return unexpected(std::move(out).error());
+        m->output_ = *out;
+    } else {
+        m->output_ = m->token_embd_;  // tied embeddings
+    }
+    auto out_norm = ld.vector("output_norm.weight", hp.n_embd, m->owned_vectors_);
+    if (!out_norm) return unexpected(std::move(out_norm).error());
+    m->output_norm_ = *out_norm;
+
+    m->layers_.resize(hp.n_layer);
+    for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        layer_weights& lw = m->layers_[l];
+        auto name = [l](const char* suffix) { return fmt::format("blk.{}.{}.weight", l, suffix); };
+        auto take_matrix = [&](kernels::matrix_view& dst, const char* suffix, std::int64_t rows,
+                               std::int64_t cols) -> result<void> {
+            auto v = ld.matrix(name(suffix), rows, cols);
+            if (!v) return unexpected(std::move(v).error());
+            dst = *v;
+            return {};
+        };
+        auto take_vector = [&](const float*& dst, const char* suffix, std::int64_t n) -> result<void> {
+            auto v = ld.vector(name(suffix), n, m->owned_vectors_);
+            if (!v) return unexpected(std::move(v).error());
+            dst = *v;
+            return {};
+        };
+        MOED_TRY(take_vector(lw.attn_norm, "attn_norm", hp.n_embd));
+        MOED_TRY(take_matrix(lw.wq, "attn_q", q_dim, hp.n_embd));
+        MOED_TRY(take_matrix(lw.wk, "attn_k", kv_dim, hp.n_embd));
+        MOED_TRY(take_matrix(lw.wv, "attn_v", kv_dim, hp.n_embd));
+        MOED_TRY(take_matrix(lw.wo, "attn_output", hp.n_embd, q_dim));
+        MOED_TRY(take_vector(lw.q_norm, "attn_q_norm", hp.head_dim));
+        MOED_TRY(take_vector(lw.k_norm, "attn_k_norm", hp.head_dim));
+        MOED_TRY(take_vector(lw.ffn_norm, "ffn_norm", hp.n_embd));
+        MOED_TRY(take_matrix(lw.router, "ffn_gate_inp", hp.n_expert, hp.n_embd));
+    }
+
+    auto layout = storage::expert_layout::from_gguf(file, hp.n_layer, hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    if (!layout) return unexpected(std::move(layout).error());
+    m->layout_ = std::move(layout).value();
+    for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        const auto& lt = m->layout_.layers[l];
+        for (tensor_type t : {lt.gate_type, lt.up_type, lt.down_type}) {
+            if (!computable(t)) {
+                return make_error(errc::unsupported, "{}: layer {} experts have type {}, which moed cannot compute with",
+                                  path, l, type_name(t));
+            }
+        }
+    }
+    m->experts_ = std::make_unique<storage::resident_expert_source>(file, m->layout_);
+    return m;
+}
+
+void model::set_expert_source(std::unique_ptr<storage::expert_source> source) {
+    experts_ = std::move(source);
+}
+
+std::uint64_t model::expert_bytes() const noexcept {
+    std::uint64_t total = 0;
+    for (std::uint32_t l = 0; l < layout_.n_layer; ++l) total += layout_.expert_bytes(l) * layout_.n_expert;
+    return total;
+}
+
+std::uint64_t model::dense_bytes() const noexcept {
+    std::uint64_t total = 0;
+    for (const auto& t : file_->tensors()) total += t.size_bytes;
+    return total - expert_bytes();
+}
+
+}  // namespace moed::engine

@@ -1,0 +1,85 @@
+// A loaded qwen3moe model: hyper-parameters and dense weights read from GGUF metadata and
+// tensors (in place, from the file's read-only mapping), the tokenizer, and the expert
+// source that routed experts come through.
+// Threads: immutable after load(); the expert source is used by the engine thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "engine/tokenizer.h"
+#include "kernels/cpu/matmul.h"
+#include "storage/expert_source.h"
+#include "storage/gguf.h"
+
+namespace moed::engine {
+
+struct model_hparams {
+    std::string architecture;
+    std::uint32_t n_layer = 0;
+    std::int64_t n_embd = 0;
+    int n_head = 0;
+    int n_head_kv = 0;
+    int head_dim = 0;   // attention.key_length (= value_length)
+    int n_rot = 0;      // rope.dimension_count
+    std::int64_t n_ff_exp = 0;
+    std::uint32_t n_expert = 0;
+    std::uint32_t n_expert_used = 0;
+    std::int64_t n_ctx_train = 0;
+    std::int64_t n_vocab = 0;
+    float rope_freq_base = 10000.0f;
+    float rms_eps = 1e-6f;
+};
+
+// Dense weights of one transformer block.
+struct layer_weights {
+    const float* attn_norm = nullptr;  // [n_embd]
+    kernels::matrix_view wq, wk, wv, wo;
+    const float* q_norm = nullptr;     // [head_dim]
+    const float* k_norm = nullptr;     // [head_dim]
+    const float* ffn_norm = nullptr;   // [n_embd]
+    kernels::matrix_view router;       // [n_expert x n_embd]
+};
+
+class model {
+public:
+    // Opens `path`, checks architecture, hyper-parameters, tensor shapes and types.
+    // Errors name the file and the key or tensor at fault.
+    static result<std::unique_ptr<model>> load(const std::string& path);
+
+    const model_hparams& hparams() const noexcept { return hparams_; }
+    const tokenizer& vocab() const noexcept { return *tokenizer_; }
+    const storage::gguf_file& file() const noexcept { return *file_; }
+    const storage::expert_layout& experts_layout() const noexcept { return layout_; }
+
+    const layer_weights& layer(std::uint32_t l) const noexcept { return layers_[l]; }
+    const kernels::matrix_view& token_embedding() const noexcept { return token_embd_; }
+    const kernels::matrix_view& output() const noexcept { return output_; }
+    const float* output_norm() const noexcept { return output_norm_; }
+
+    // Where routed experts come from; the resident source unless replaced.
+    storage::expert_source& experts() noexcept { return *experts_; }
+    void set_expert_source(std::unique_ptr<storage::expert_source> source);
+
+    // Bytes of all routed experts, and of everything else (dense weights).
+    std::uint64_t expert_bytes() const noexcept;
+    std::uint64_t dense_bytes() const noexcept;
+
+private:
+    model() = default;
+    std::unique_ptr<storage::gguf_file> file_;
+    std::unique_ptr<tokenizer> tokenizer_;
+    model_hparams hparams_;
+    std::vector<layer_weights> layers_;
+    kernels::matrix_view token_embd_;
+    kernels::matrix_view output_;
+    const float* output_norm_ = nullptr;
+    std::vector<std::vector<float>> owned_vectors_;  // norm weights stored in non-f32 types
+    storage::expert_layout layout_;
+    std::unique_ptr<storage::expert_source> experts_;
+};
+
+}  // namespace moed::engine
