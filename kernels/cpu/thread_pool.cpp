@@ -1,1 +1,174 @@
-// placeholder: implemented in its own change
+// compute_pool: N-1 persistent workers plus the calling thread.
+//
+// A job is published by bumping a generation number. Chunks are claimed from one 64-bit
+// word that packs (generation << 32 | chunks not yet claimed), so a worker that wakes up late
+// can never claim a chunk of a job that has already finished: its compare-exchange carries
+// the generation it saw. The owner returns once the completed-chunk count reaches the
+// number of chunks; it never waits for sleeping workers, only for claimed chunks.
+//
+// Workers spin (with `pause`) for a while after each job because the engine calls
+// parallel_for hundreds of times per token with short gaps; only after a longer idle
+// period do they sleep on a futex (std::atomic::wait).
+#include "kernels/cpu/thread_pool.h"
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include "common/assert.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
+
+namespace moed::kernels {
+
+namespace {
+
+// How long an idle worker keeps spinning before it sleeps. Long enough to bridge the gaps
+// between the matmuls of one decoded token, short enough not to burn a core when idle.
+constexpr auto spin_before_sleep = std::chrono::microseconds(2000);
+// Chunks per thread when the work allows it: a few, so uneven chunks balance out.
+constexpr std::int64_t chunks_per_thread = 4;
+// The count of unclaimed chunks lives in the low 32 bits of the claim word.
+constexpr std::int64_t max_chunks = 1 << 30;
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    _mm_pause();
+#endif
+}
+
+}  // namespace
+
+struct compute_pool::impl {
+    using fn_type = std::function<void(std::int64_t, std::int64_t, int)>;
+
+    int n_threads = 1;
+    std::vector<std::thread> workers;
+
+    // Job description; written by the owner before the generation is published, read by
+    // workers only while they hold an unfinished chunk of that generation.
+    const fn_type* fn = nullptr;
+    std::int64_t n = 0;
+    std::int64_t chunk = 1;
+    std::int64_t n_chunks = 0;
+
+    alignas(64) std::atomic<std::uint64_t> claim{0};        // generation << 32 | chunks left
+    alignas(64) std::atomic<std::int64_t> completed{0};     // chunks finished this job
+    alignas(64) std::atomic<std::uint32_t> generation{0};   // futex word workers sleep on
+    std::atomic<int> sleepers{0};
+    std::atomic<bool> stop{false};
+
+    // Claims and runs chunks of generation `gen` until none is left. The claim word counts
+    // the chunks still unclaimed, so a successful compare-exchange proves the job is still
+    // running and its description (fn, n, chunk, n_chunks) is the one published with it.
+    void run_chunks(std::uint32_t gen, int thread_index) {
+        std::uint64_t c = claim.load(std::memory_order_acquire);
+        for (;;) {
+            if (static_cast<std::uint32_t>(c >> 32) != gen) return;
+            if ((c & 0xffffffffu) == 0) return;
+            if (!claim.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel,
+                                             std::memory_order_acquire)) {
+                continue;
+            }
+            const auto remaining = static_cast<std::int64_t>(c & 0xffffffffu);
+            const std::int64_t begin = (n_chunks - remaining) * chunk;
+            const std::int64_t end = std::min(n, begin + chunk);
+            (*fn)(begin, end, thread_index);
+            completed.fetch_add(1, std::memory_order_acq_rel);
+            c = claim.load(std::memory_order_acquire);
+        }
+    }
+
+    void worker_main(int thread_index) {
+        std::uint32_t seen = generation.load(std::memory_order_acquire);
+        for (;;) {
+            // Spin for a while, then sleep until the generation changes.
+            auto spin_start = std::chrono::steady_clock::now();
+            std::uint32_t gen = generation.load(std::memory_order_acquire);
+            int polls = 0;
+            while (gen == seen) {
+                cpu_relax();
+                if (++polls == 64) {
+                    polls = 0;
+                    if (std::chrono::steady_clock::now() - spin_start > spin_before_sleep) {
+                        sleepers.fetch_add(1, std::memory_order_seq_cst);
+                        generation.wait(seen, std::memory_order_acquire);
+                        sleepers.fetch_sub(1, std::memory_order_seq_cst);
+                        spin_start = std::chrono::steady_clock::now();
+                    }
+                }
+                gen = generation.load(std::memory_order_acquire);
+            }
+            seen = gen;
+            if (stop.load(std::memory_order_acquire)) return;
+            run_chunks(gen, thread_index);
+        }
+    }
+
+    void publish(std::uint32_t gen) {
+        generation.store(gen, std::memory_order_seq_cst);
+        if (sleepers.load(std::memory_order_seq_cst) > 0) generation.notify_all();
+    }
+};
+
+compute_pool::compute_pool(int n_threads) : impl_(std::make_unique<impl>()) {
+    MOED_ASSERT(n_threads >= 1);
+    impl_->n_threads = n_threads;
+    impl_->workers.reserve(static_cast<std::size_t>(n_threads - 1));
+    for (int i = 1; i < n_threads; ++i) {
+        impl_->workers.emplace_back([p = impl_.get(), i] { p->worker_main(i); });
+    }
+}
+
+compute_pool::~compute_pool() {
+    impl_->stop.store(true, std::memory_order_release);
+    const std::uint32_t gen = impl_->generation.load(std::memory_order_relaxed) + 1;
+    impl_->generation.store(gen, std::memory_order_seq_cst);
+    impl_->generation.notify_all();
+    for (auto& t : impl_->workers) t.join();
+}
+
+int compute_pool::size() const noexcept { return impl_->n_threads; }
+
+void compute_pool::parallel_for(std::int64_t n, std::int64_t min_chunk,
+                                const std::function<void(std::int64_t, std::int64_t, int)>& fn) {
+    if (n <= 0) return;
+    min_chunk = std::max<std::int64_t>(min_chunk, 1);
+    impl& p = *impl_;
+    if (p.n_threads == 1 || n <= min_chunk) {
+        fn(0, n, 0);
+        return;
+    }
+    const std::int64_t want = static_cast<std::int64_t>(p.n_threads) * chunks_per_thread;
+    std::int64_t chunk = std::max(min_chunk, (n + want - 1) / want);
+    std::int64_t n_chunks = (n + chunk - 1) / chunk;
+    if (n_chunks > max_chunks) {
+        n_chunks = max_chunks;
+        chunk = (n + n_chunks - 1) / n_chunks;
+        n_chunks = (n + chunk - 1) / chunk;
+    }
+    if (n_chunks == 1) {
+        fn(0, n, 0);
+        return;
+    }
+
+    // The previous job is fully complete (we waited for it), so no worker reads these now.
+    p.fn = &fn;
+    p.n = n;
+    p.chunk = chunk;
+    p.n_chunks = n_chunks;
+    p.completed.store(0, std::memory_order_relaxed);
+    const std::uint32_t gen = p.generation.load(std::memory_order_relaxed) + 1;
+    p.claim.store((static_cast<std::uint64_t>(gen) << 32) | static_cast<std::uint64_t>(n_chunks),
+                  std::memory_order_release);
+    p.publish(gen);
+
+    p.run_chunks(gen, 0);
+    while (p.completed.load(std::memory_order_acquire) < n_chunks) cpu_relax();
+}
+
+}  // namespace moed::kernels

@@ -1,0 +1,61 @@
+#include "kernels/cpu/cpu_features.h"
+
+#include <atomic>
+
+namespace moed::kernels {
+
+namespace {
+
+isa probe() noexcept {
+    __builtin_cpu_init();
+    // AVX-512 kernels use BW byte ops, VL on 256-bit vectors and VNNI dot products; they also
+    // rely on the AVX2/FMA/F16C subset, which every AVX-512 CPU has.
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx2") &&
+        __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c")) {
+        return isa::avx512;
+    }
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+        __builtin_cpu_supports("f16c")) {
+        return isa::avx2;
+    }
+    return isa::scalar;
+}
+
+// -1: not chosen yet. Relaxed order is enough: every thread computes the same value.
+std::atomic<int> g_active{-1};
+
+}  // namespace
+
+isa detect_isa() noexcept {
+    static const isa detected = probe();
+    return detected;
+}
+
+isa active_isa() noexcept {
+    int v = g_active.load(std::memory_order_relaxed);
+    if (v < 0) {
+        v = static_cast<int>(detect_isa());
+        g_active.store(v, std::memory_order_relaxed);
+    }
+    return static_cast<isa>(v);
+}
+
+isa force_isa(isa level) noexcept {
+    const isa best = detect_isa();
+    const isa chosen = static_cast<int>(level) <= static_cast<int>(best) ? level : best;
+    g_active.store(static_cast<int>(chosen), std::memory_order_relaxed);
+    return chosen;
+}
+
+std::string_view isa_name(isa level) noexcept {
+    switch (level) {
+        case isa::scalar: return "scalar";
+        case isa::avx2: return "avx2";
+        case isa::avx512: return "avx512";
+    }
+    return "unknown";
+}
+
+}  // namespace moed::kernels

@@ -1,0 +1,69 @@
+// Private to kernels/cpu: the seams between the entry points (quantize.cpp, matmul.cpp,
+// ops.cpp) and the per-ISA kernel files. The ISA files are compiled with -mavx2/-mavx512*
+// flags, so everything they export is a plain function taking plain pointers, and the few
+// helpers here are `static inline` (internal linkage): an ordinary inline function
+// instantiated in an AVX-512 file could otherwise be picked by the linker for scalar callers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "common/tensor_type.h"
+
+namespace moed::kernels::detail {
+
+// One matmul job: weights rows r0..r1 times all activation rows.
+struct gemm_args {
+    const std::byte* w = nullptr;  // row r at w + r * w_stride
+    std::size_t w_stride = 0;
+    std::int64_t cols = 0;
+    const std::byte* x = nullptr;  // converted activation row t at x + t * x_stride
+    std::size_t x_stride = 0;
+    std::int64_t n_tokens = 0;
+    float* y = nullptr;  // y[t * y_stride + r]
+    std::int64_t y_stride = 0;
+};
+using gemm_fn = void (*)(const gemm_args& args, std::int64_t r0, std::int64_t r1);
+
+// Kernels for a weight type; nullptr where a level has no kernel of its own for the type.
+gemm_fn gemm_scalar(tensor_type weight_type) noexcept;
+gemm_fn gemm_avx2(tensor_type weight_type) noexcept;
+gemm_fn gemm_avx512(tensor_type weight_type) noexcept;
+
+// Activation conversions (f32 -> the type a weight type consumes); all produce the same
+// bits as the scalar versions. n is a multiple of the block size.
+using convert_fn = void (*)(const float* x, void* dst, std::int64_t n);
+void quantize_q8_0_act_scalar(const float* x, void* dst, std::int64_t n);
+void quantize_q8_k_act_scalar(const float* x, void* dst, std::int64_t n);
+void convert_f16_scalar(const float* x, void* dst, std::int64_t n);
+void convert_bf16_scalar(const float* x, void* dst, std::int64_t n);
+void quantize_q8_0_act_avx2(const float* x, void* dst, std::int64_t n);
+void quantize_q8_k_act_avx2(const float* x, void* dst, std::int64_t n);
+void convert_f16_avx2(const float* x, void* dst, std::int64_t n);
+void convert_bf16_avx2(const float* x, void* dst, std::int64_t n);
+void quantize_q8_0_act_avx512(const float* x, void* dst, std::int64_t n);
+void quantize_q8_k_act_avx512(const float* x, void* dst, std::int64_t n);
+void convert_f16_avx512(const float* x, void* dst, std::int64_t n);
+void convert_bf16_avx512(const float* x, void* dst, std::int64_t n);
+
+// Unpacks the 6-bit scale and min of sub-block j (0..7) of a q4_K block.
+static inline void q4_k_scale_min(int j, const std::uint8_t* q, std::uint8_t* sc, std::uint8_t* m) noexcept {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = static_cast<std::uint8_t>((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4));
+        *m = static_cast<std::uint8_t>((q[j + 4] >> 4) | ((q[j] >> 6) << 4));
+    }
+}
+
+// Rounds to the nearest integer, ties to even, as ggml's nearest_int and the x86 `round`
+// instructions do (valid for |v| < 2^22, which quantized values always are).
+static inline int round_nearest_even(float v) noexcept {
+    float t = v + 12582912.f;
+    std::uint32_t u;
+    __builtin_memcpy(&u, &t, sizeof u);
+    return static_cast<int>(u & 0x007fffffu) - 0x00400000;
+}
+
+}  // namespace moed::kernels::detail

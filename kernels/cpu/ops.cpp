@@ -1,0 +1,195 @@
+// Transformer-layer ops with llama.cpp's CPU numerics (ggml-cpu/ops.cpp, vec.h), the scalar
+// references, and the dispatch to the vectorised versions.
+#include "kernels/cpu/ops.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/assert.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/fp16.h"
+#include "kernels/cpu/ops_impl.h"
+
+namespace moed::kernels {
+
+namespace reference {
+
+void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps) {
+    MOED_ASSERT(n > 0);
+    // As ggml: squares in float, summed in double; mean rounded to float.
+    double sum = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) sum += static_cast<double>(x[i] * x[i]);
+    const float mean = static_cast<float>(sum / static_cast<double>(n));
+    const float scale = 1.0f / std::sqrt(mean + eps);
+    if (weight != nullptr) {
+        for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] * scale * weight[i];
+    } else {
+        for (std::int64_t i = 0; i < n; ++i) y[i] = x[i] * scale;
+    }
+}
+
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
+    MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
+    float cos_theta[detail::max_rope_dims / 2];
+    float sin_theta[detail::max_rope_dims / 2];
+    detail::rope_cache(n_rot, pos, freq_base, cos_theta, sin_theta);
+    const int half = n_rot / 2;
+    for (int h = 0; h < n_heads; ++h) {
+        float* v = x + static_cast<std::int64_t>(h) * head_dim;
+        for (int i = 0; i < half; ++i) {
+            const float x0 = v[i];
+            const float x1 = v[i + half];
+            v[i] = x0 * cos_theta[i] - x1 * sin_theta[i];
+            v[i + half] = x0 * sin_theta[i] + x1 * cos_theta[i];
+        }
+    }
+}
+
+void softmax(float* x, std::int64_t n) {
+    MOED_ASSERT(n > 0);
+    float max = -INFINITY;
+    for (std::int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
+    double sum = 0.0;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float e = std::exp(x[i] - max);
+        x[i] = e;
+        sum += static_cast<double>(e);
+    }
+    const auto inv = static_cast<float>(1.0 / sum);
+    for (std::int64_t i = 0; i < n; ++i) x[i] *= inv;
+}
+
+void swiglu(const float* gate, const float* up, float* out, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+}
+
+void attention_head(const attention_args& args, int head, float* scratch) {
+    MOED_ASSERT(args.n_head > 0 && args.n_head_kv > 0 && args.n_head % args.n_head_kv == 0);
+    MOED_ASSERT(head >= 0 && head < args.n_head && args.n_kv > 0 && args.head_dim > 0);
+    MOED_ASSERT(args.head_dim <= detail::max_head_dim);
+    const int dim = args.head_dim;
+    const int kv_head = head / (args.n_head / args.n_head_kv);
+    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    // q rounded to f16 (the f16 K matmul converts its f32 operand to f16).
+    float q[detail::max_head_dim];
+    for (int d = 0; d < dim; ++d) q[d] = fp16_to_fp32(fp32_to_fp16(args.q[static_cast<std::int64_t>(head) * dim + d]));
+    for (std::int64_t p = 0; p < args.n_kv; ++p) {
+        const std::uint16_t* k = args.k_cache + p * pos_stride + static_cast<std::int64_t>(kv_head) * dim;
+        double s = 0.0;  // products of two halves are exact in f32
+        for (int d = 0; d < dim; ++d) s += static_cast<double>(q[d] * fp16_to_fp32(k[d]));
+        scratch[p] = static_cast<float>(s) * args.scale;
+    }
+    softmax(scratch, args.n_kv);
+    float* out = args.out + static_cast<std::int64_t>(head) * dim;
+    double acc[detail::max_head_dim] = {};
+    for (std::int64_t p = 0; p < args.n_kv; ++p) {
+        const float prob = fp16_to_fp32(fp32_to_fp16(scratch[p]));
+        const std::uint16_t* v = args.v_cache + p * pos_stride + static_cast<std::int64_t>(kv_head) * dim;
+        for (int d = 0; d < dim; ++d) acc[d] += static_cast<double>(prob * fp16_to_fp32(v[d]));
+    }
+    for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(acc[d]);
+}
+
+}  // namespace reference
+
+namespace detail {
+
+void rope_cache(int n_rot, std::int64_t pos, float freq_base, float* cos_theta, float* sin_theta) {
+    // As ggml_rope_cache_init: theta starts at pos and is multiplied by theta_scale per pair,
+    // in float; no YaRN (ext_factor 0, attn_factor 1).
+    const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(n_rot));
+    float theta = static_cast<float>(pos);
+    for (int i = 0; i < n_rot / 2; ++i) {
+        cos_theta[i] = std::cos(theta);
+        sin_theta[i] = std::sin(theta);
+        theta *= theta_scale;
+    }
+}
+
+}  // namespace detail
+
+void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps) {
+    switch (active_isa()) {
+        case isa::avx512: return detail::rms_norm_avx512(x, weight, y, n, eps);
+        case isa::avx2: return detail::rms_norm_avx2(x, weight, y, n, eps);
+        case isa::scalar: break;
+    }
+    reference::rms_norm(x, weight, y, n, eps);
+}
+
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
+    MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
+    float cos_theta[detail::max_rope_dims / 2];
+    float sin_theta[detail::max_rope_dims / 2];
+    detail::rope_cache(n_rot, pos, freq_base, cos_theta, sin_theta);
+    switch (active_isa()) {
+        case isa::avx512: return detail::rope_apply_avx512(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);
+        case isa::avx2: return detail::rope_apply_avx2(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);
+        case isa::scalar: break;
+    }
+    reference::rope_neox(x, n_heads, head_dim, n_rot, pos, freq_base);
+}
+
+void softmax(float* x, std::int64_t n) {
+    switch (active_isa()) {
+        case isa::avx512: return detail::softmax_avx512(x, n);
+        case isa::avx2: return detail::softmax_avx2(x, n);
+        case isa::scalar: break;
+    }
+    reference::softmax(x, n);
+}
+
+void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, float* weights) {
+    MOED_ASSERT(k > 0 && k <= n && k <= detail::max_top_k);
+    // Insertion into a sorted list of the k best; strict `>` keeps lower indices first on ties.
+    int count = 0;
+    for (int i = 0; i < n; ++i) {
+        const float p = probs[i];
+        if (count == k && !(p > probs[experts[k - 1]])) continue;
+        int j = count < k ? count++ : k - 1;
+        while (j > 0 && p > probs[experts[j - 1]]) {
+            experts[j] = experts[j - 1];
+            --j;
+        }
+        experts[j] = i;
+    }
+    double sum = 0.0;  // as ggml_vec_sum_f32: accumulated in double, rounded to float
+    for (int j = 0; j < k; ++j) sum += static_cast<double>(probs[experts[j]]);
+    const auto total = static_cast<float>(sum);
+    for (int j = 0; j < k; ++j) weights[j] = probs[experts[j]] / total;
+}
+
+void swiglu(const float* gate, const float* up, float* out, std::int64_t n) {
+    switch (active_isa()) {
+        case isa::avx512: return detail::swiglu_avx512(gate, up, out, n);
+        case isa::avx2: return detail::swiglu_avx2(gate, up, out, n);
+        case isa::scalar: break;
+    }
+    reference::swiglu(gate, up, out, n);
+}
+
+void axpy(float a, const float* x, float* y, std::int64_t n) {
+    switch (active_isa()) {
+        case isa::avx512: return detail::axpy_avx512(a, x, y, n);
+        case isa::avx2: return detail::axpy_avx2(a, x, y, n);
+        case isa::scalar: break;
+    }
+    for (std::int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+}
+
+void attention_head(const attention_args& args, int head, float* scratch) {
+    MOED_ASSERT(args.n_head > 0 && args.n_head_kv > 0 && args.n_head % args.n_head_kv == 0);
+    MOED_ASSERT(head >= 0 && head < args.n_head && args.n_kv > 0 && args.head_dim > 0);
+    MOED_ASSERT(args.head_dim <= detail::max_head_dim);
+    switch (active_isa()) {
+        case isa::avx512: return detail::attention_head_avx512(args, head, scratch);
+        case isa::avx2: return detail::attention_head_avx2(args, head, scratch);
+        case isa::scalar: break;
+    }
+    reference::attention_head(args, head, scratch);
+}
+
+}  // namespace moed::kernels

@@ -1,0 +1,33 @@
+// Private to kernels/cpu: the vectorised ops (ops_avx2.cpp, ops_avx512.cpp) that ops.cpp
+// dispatches to, and limits shared by all versions.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/cpu/ops.h"
+
+namespace moed::kernels::detail {
+
+// Bounds that let the ops keep their per-call tables on the stack (no allocation).
+inline constexpr int max_rope_dims = 1024;
+inline constexpr int max_head_dim = 512;
+inline constexpr int max_top_k = 64;
+
+// cos/sin of theta_i = pos * base^(-2i/n_rot) for i < n_rot/2, computed as ggml does.
+void rope_cache(int n_rot, std::int64_t pos, float freq_base, float* cos_theta, float* sin_theta);
+
+void rms_norm_avx2(const float* x, const float* weight, float* y, std::int64_t n, float eps);
+void rope_apply_avx2(float* x, int n_heads, int head_dim, int n_rot, const float* cos_theta, const float* sin_theta);
+void softmax_avx2(float* x, std::int64_t n);
+void swiglu_avx2(const float* gate, const float* up, float* out, std::int64_t n);
+void axpy_avx2(float a, const float* x, float* y, std::int64_t n);
+void attention_head_avx2(const attention_args& args, int head, float* scratch);
+
+void rms_norm_avx512(const float* x, const float* weight, float* y, std::int64_t n, float eps);
+void rope_apply_avx512(float* x, int n_heads, int head_dim, int n_rot, const float* cos_theta, const float* sin_theta);
+void softmax_avx512(float* x, std::int64_t n);
+void swiglu_avx512(const float* gate, const float* up, float* out, std::int64_t n);
+void axpy_avx512(float a, const float* x, float* y, std::int64_t n);
+void attention_head_avx512(const attention_args& args, int head, float* scratch);
+
+}  // namespace moed::kernels::detail
