@@ -1,0 +1,111 @@
+// Runs the moe-run binary as a user would and checks its output: --json has every field
+// the issue names with sane values and the golden ids for a golden prompt; --tokenize
+// prints ids only; sampling flags are accepted and a seed repeats; bad arguments and bad
+// model files exit with status 2 and a message naming the problem.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "tests/support/test_paths.h"
+
+namespace {
+
+struct run_result {
+    int status = -1;
+    std::string out;
+};
+
+std::string shell_quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
+    return q + "'";
+}
+
+run_result run(const std::vector<std::string>& args, bool merge_stderr = false) {
+    std::string cmd = shell_quote(std::string(MOED_BINARY_DIR) + "/tools/moe-run");
+    for (const auto& a : args) cmd += " " + shell_quote(a);
+    if (merge_stderr) cmd += " 2>&1";
+    run_result r;
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) return r;
+    std::array<char, 4096> buf{};
+    std::size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+    const int st = pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+const std::string model = moed::test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf";
+
+TEST(moe_run, json_output_matches_golden_case) {
+    std::ifstream in(moed::test::models_dir() + "/golden/tinymoe-qwen3moe-Q4_K_M.json");
+    const auto golden = nlohmann::json::parse(in);
+    const auto& c = golden["cases"][2];
+    auto r = run({"-m", model, "-p", c["prompt"], "-n", "32", "-t", "2", "--ignore-eos", "--json"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["prompt_tokens"], c["prompt_tokens"]);
+    EXPECT_EQ(j["tokens"], c["tokens"]);
+    EXPECT_EQ(j["text"], c["text"]);
+    EXPECT_GT(j["prefill_tokens_per_s"].get<double>(), 0.0);
+    EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0.0);
+    EXPECT_EQ(j["threads"], 2);
+    EXPECT_GT(j["peak_rss_bytes"].get<double>(), 0.0);
+}
+
+TEST(moe_run, tokenize_prints_ids_only) {
+    auto r = run({"-m", model, "--tokenize", "int main(void)", "--json"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    ASSERT_TRUE(j.contains("tokens"));
+    EXPECT_FALSE(j.contains("text"));
+    EXPECT_FALSE(j["tokens"].empty());
+}
+
+TEST(moe_run, seeded_sampling_repeats) {
+    std::vector<std::string> args{"-m", model, "-p", "def main():", "-n", "12", "--temp", "0.9", "--top-k", "20",
+                                  "--top-p", "0.9", "--seed", "123", "--json", "--ignore-eos"};
+    auto a = run(args), b = run(args);
+    ASSERT_EQ(a.status, 0) << a.out;
+    EXPECT_EQ(nlohmann::json::parse(a.out)["tokens"], nlohmann::json::parse(b.out)["tokens"]);
+}
+
+TEST(moe_run, bad_arguments_exit_2_with_a_message) {
+    auto r = run({"-m", model, "-p", "x", "-n", "abc"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("-n"), std::string::npos) << r.out;
+
+    r = run({"-m", model, "-p", "x", "--temp", "-1"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("temperature"), std::string::npos) << r.out;
+
+    r = run({"-m", model, "-p", "x", "--bogus"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("--bogus"), std::string::npos) << r.out;
+
+    r = run({"-p", "x"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("-m"), std::string::npos) << r.out;
+}
+
+TEST(moe_run, bad_model_file_names_the_file) {
+    const auto path = (moed::test::temp_dir() / "not-a-model.gguf").string();
+    std::ofstream(path) << "this is not a GGUF file at all";
+    auto r = run({"-m", path, "-p", "x"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find(path), std::string::npos) << r.out;
+}
+
+TEST(moe_run, prompt_longer_than_context_is_an_error) {
+    auto r = run({"-m", model, "-p", "word word word word word word", "-n", "10", "-c", "8"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("context"), std::string::npos) << r.out;
+}
+
+}  // namespace
