@@ -515,6 +515,7 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
         }
         info.n_dims = static_cast<int>(*n_dims);
         std::int64_t n_elements = 1;
+        const std::uint64_t ne0_at = p.pos();
         for (int d = 0; d < info.n_dims; ++d) {
             const std::uint64_t ne_at = p.pos();
             const std::string ne_field = fmt::format("ne[{}]", d);
@@ -542,8 +543,8 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
         }
         info.type = static_cast<tensor_type>(*raw_type);
         if (info.ne[0] % traits->block_elems != 0) {
-            return p.fail(type_at, where.describe("type"),
-                          fmt::format("ne[0] = {} is not a multiple of {}'s block of {} values",
+            return p.fail(ne0_at, where.describe("ne[0]"),
+                          fmt::format("{} is not a multiple of the {} block of {} values",
                                       info.ne[0], traits->name, traits->block_elems));
         }
         // Bytes: whole blocks times the block size. A block may take more bytes than it has
