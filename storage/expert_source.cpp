@@ -1,6 +1,9 @@
 #include "storage/expert_source.h"
 
+#include <span>
+
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include "storage/gguf.h"
 
@@ -57,9 +60,12 @@ result<const gguf_tensor_info*> stacked_tensor(const gguf_file& file, std::uint3
     if (!info) return unexpected(std::move(info).error());
     const gguf_tensor_info& t = **info;
     if (t.n_dims != 3 || t.ne[0] != cols || t.ne[1] != rows || t.ne[2] != n_expert) {
+        // Print only the dims the tensor has: a flat tensor must not look 3-d in the message.
         return make_error(errc::bad_file,
-                          "{}: tensor '{}' has shape [{}, {}, {}], expected [{}, {}, {}]",
-                          file.path(), name, t.ne[0], t.ne[1], t.ne[2], cols, rows, n_expert);
+                          "{}: tensor '{}' has shape [{}] ({} dims), expected [{}, {}, {}]",
+                          file.path(), name,
+                          fmt::join(std::span<const std::int64_t>(t.ne, static_cast<std::size_t>(t.n_dims)), ", "),
+                          t.n_dims, cols, rows, n_expert);
     }
     return &t;
 }
@@ -98,6 +104,7 @@ result<expert_layout> expert_layout::from_gguf(const gguf_file& file, std::uint3
 }
 
 std::size_t expert_layout::expert_bytes(std::uint32_t layer) const noexcept {
+    MOED_ASSERT(layer < layers.size());
     const layer_tensors& lt = layers[layer];
     return lt.gate_bytes + lt.up_bytes + lt.down_bytes;
 }

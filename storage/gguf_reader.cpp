@@ -198,18 +198,18 @@ public:
                     fmt::format("file truncated: needs {} bytes, {} left", need, left()));
     }
 
-    // A string: u64 length, then the bytes. `field` names the string ("... key", "... name").
-    result<std::string> read_string(const field_path& where, std::string_view what) {
+    // A string: u64 length, then the bytes. `length_field` names the length ("key length").
+    result<std::string> read_string(const field_path& where, std::string_view length_field) {
         const std::uint64_t at = pos_;
-        auto len = read<std::uint64_t>(where, fmt::format("{} length", what));
+        auto len = read<std::uint64_t>(where, length_field);
         if (!len) return unexpected(std::move(len).error());
         if (*len > limits_.max_string_bytes) {
-            return fail(at, where.describe(fmt::format("{} length", what)),
+            return fail(at, where.describe(length_field),
                         fmt::format("{} bytes exceeds the limit of {}", *len,
                                     limits_.max_string_bytes));
         }
         if (*len > left()) {
-            return fail(at, where.describe(fmt::format("{} length", what)),
+            return fail(at, where.describe(length_field),
                         fmt::format("{} bytes, but only {} bytes are left in the file", *len,
                                     left()));
         }
@@ -263,7 +263,7 @@ result<gguf_value> header_parser::read_value(gguf_value_type type, const field_p
             return v;
         }
         case gguf_value_type::string: {
-            auto s = read_string(where, "string");
+            auto s = read_string(where, "string length");
             if (!s) return unexpected(std::move(s).error());
             v.data = std::move(*s);
             return v;
@@ -453,7 +453,7 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
         std::string where_base = fmt::format("metadata key #{}", i);
         const field_path unnamed{where_base, no_indices};
         const std::uint64_t key_at = p.pos();
-        auto key = p.read_string(unnamed, "key");
+        auto key = p.read_string(unnamed, "key length");
         if (!key) return unexpected(std::move(key).error());
         where_base = fmt::format("metadata key #{} '{}'", i, *key);
         const field_path where{where_base, no_indices};
@@ -496,7 +496,7 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
         std::string where_base = fmt::format("tensor #{}", i);
         const field_path unnamed{where_base, no_indices};
         const std::uint64_t name_at = p.pos();
-        auto name = p.read_string(unnamed, "name");
+        auto name = p.read_string(unnamed, "name length");
         if (!name) return unexpected(std::move(name).error());
         where_base = fmt::format("tensor '{}'", *name);
         const field_path where{where_base, no_indices};
@@ -518,7 +518,9 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
         const std::uint64_t ne0_at = p.pos();
         for (int d = 0; d < info.n_dims; ++d) {
             const std::uint64_t ne_at = p.pos();
-            const std::string ne_field = fmt::format("ne[{}]", d);
+            static constexpr std::string_view ne_names[gguf_max_dims] = {"ne[0]", "ne[1]", "ne[2]",
+                                                                         "ne[3]"};
+            const std::string_view ne_field = ne_names[d];
             auto ne = p.read<std::int64_t>(where, ne_field);
             if (!ne) return unexpected(std::move(ne).error());
             if (*ne <= 0) {
@@ -573,15 +575,15 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
     for (std::size_t i = 0; i < tensors_.size(); ++i) {
         gguf_tensor_info& t = tensors_[i];
         const tensor_fields& tf = fields[i];
-        const std::string field = fmt::format("tensor '{}' offset", t.name);
+        auto field = [&] { return fmt::format("tensor '{}' offset", t.name); };
         if (tf.relative_offset % alignment_ != 0) {
-            return p.fail(tf.offset_at, field,
+            return p.fail(tf.offset_at, field(),
                           fmt::format("{} is not a multiple of the alignment {}",
                                       tf.relative_offset, alignment_));
         }
         if (data_offset_ > file_size_ || tf.relative_offset > file_size_ - data_offset_ ||
             t.size_bytes > file_size_ - data_offset_ - tf.relative_offset) {
-            return p.fail(tf.offset_at, field,
+            return p.fail(tf.offset_at, field(),
                           fmt::format("data [{}, +{} bytes) from the data section at {} runs past "
                                       "the end of the file ({} bytes)",
                                       tf.relative_offset, t.size_bytes, data_offset_, file_size_));
