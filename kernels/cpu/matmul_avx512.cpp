@@ -1,13 +1,477 @@
-// avx512 matmul kernels: first stage has none (the dispatcher falls back to scalar).
+// AVX-512 (F, BW, VL, DQ, VNNI) matmul kernels and activation conversions.
+//
+// Integer types use VNNI `vpdpbusd` (u8 x s8 -> s32, four products per lane):
+// - Q4_K: the nibbles are unsigned already; the per-sub-block int32 sums are scaled with
+//   `vpmaddwd` (a dpbusd lane of 4 products fits in int16, so madd with the 6-bit scale in
+//   the low half of each 32-bit lane multiplies exactly), and the minimums are applied once
+//   per block from the activation's bsums.
+// - Q6_K: the 6-bit codes are used unsigned (0..63) and the -32 offset is applied through
+//   the bsums (-32 * sum(scale_j * bsum_j)); 4 * 63 * 127 still fits in int16 for the madd.
+// - Q8_0: signs move from the weights to the activations (|w| x sign(w)*a).
+// Each weight block is unpacked once per tile and reused across up to 4 tokens; float types
+// tile 4 rows x 4 tokens. Everything here is internal (anonymous namespace) except the
+// functions declared in kernel_impl.h, and no std:: inline code is used (see kernel_impl.h).
+// GCC 12's AVX-512 headers build "undefined" vectors as `__m512i __Y = __Y;`, which trips
+// -W(maybe-)uninitialized when inlined; the diagnostic is located in the header, so
+// silencing it around the include keeps the warnings live for this file's own code.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
+#include <cstring>
+
 #include "kernels/cpu/kernel_impl.h"
+#include "kernels/cpu/quant_blocks.h"
 
 namespace moed::kernels::detail {
 
-gemm_fn gemm_avx512(tensor_type) noexcept { return nullptr; }
+namespace {
 
-void quantize_q8_0_act_avx512(const float* x, void* dst, std::int64_t n) { quantize_q8_0_act_scalar(x, dst, n); }
-void quantize_q8_k_act_avx512(const float* x, void* dst, std::int64_t n) { quantize_q8_k_act_scalar(x, dst, n); }
-void convert_f16_avx512(const float* x, void* dst, std::int64_t n) { convert_f16_scalar(x, dst, n); }
-void convert_bf16_avx512(const float* x, void* dst, std::int64_t n) { convert_bf16_scalar(x, dst, n); }
+static_assert(sizeof(block_q4_k) == 144 && sizeof(block_q6_k) == 210 && sizeof(block_q8_k) == 292);
+
+inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
+
+// Horizontal reductions written out by hand: GCC 12's _mm512_reduce_* helpers trip
+// -Wuninitialized inside its own headers.
+inline float hsum_ps256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+inline float hsum_ps(__m512 v) {
+    return hsum_ps256(_mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1)));
+}
+
+inline float hmax_ps(__m512 v) {
+    __m256 m8 = _mm256_max_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+inline int hsum_epi32(__m512i v) {
+    __m256i s8 = _mm256_add_epi32(_mm512_extracti64x4_epi64(v, 0), _mm512_extracti64x4_epi64(v, 1));
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x55));
+    return _mm_cvtsi128_si32(s);
+}
+
+// ---------------------------------------------------------------------------------------
+// Q4_K x Q8_K
+
+// The 8 scales (low 8 bytes) and 8 mins (high 8 bytes) of a q4_K block, unpacked from the
+// 12-byte 6-bit packing.
+inline void q4_k_unpack_scales(const std::uint8_t* packed, std::uint64_t* scales, std::uint64_t* mins) {
+    std::uint32_t u[3];
+    std::memcpy(u, packed, 12);
+    const std::uint32_t k63 = 0x3f3f3f3fu, k15 = 0x0f0f0f0fu, k48 = 0x30303030u;
+    const std::uint32_t sc_lo = u[0] & k63;
+    const std::uint32_t m_lo = u[1] & k63;
+    const std::uint32_t sc_hi = (u[2] & k15) | ((u[0] >> 2) & k48);
+    const std::uint32_t m_hi = ((u[2] >> 4) & k15) | ((u[1] >> 2) & k48);
+    *scales = sc_lo | (static_cast<std::uint64_t>(sc_hi) << 32);
+    *mins = m_lo | (static_cast<std::uint64_t>(m_hi) << 32);
+}
+
+// One row x T tokens of Q4_K.
+template <int T>
+void q4_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
+    const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+    const block_q8_k* xb[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
+    }
+    const std::int64_t nb = a.cols / qk_k;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    // Lane i of S_k holds the scale of sub-block 2k (i < 8) or 2k+1 (i >= 8).
+    const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx_step = _mm512_set1_epi32(2);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m512 acc[T];
+    __m256 acc_min[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        acc[t] = _mm512_setzero_ps();
+        acc_min[t] = _mm256_setzero_ps();
+    }
+    for (std::int64_t b = 0; b < nb; ++b) {
+        const block_q4_k& w = wb[b];
+        std::uint64_t scales, mins;
+        q4_k_unpack_scales(w.scales, &scales, &mins);
+        const __m512i sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(scales)));
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
+        __m512i s[4];
+        __m512i idx = idx0;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+            s[k] = _mm512_permutexvar_epi32(idx, sc32);
+            idx = _mm512_add_epi32(idx, idx_step);
+        }
+        const __m512i q0 = _mm512_loadu_si512(w.qs);
+        const __m512i q1 = _mm512_loadu_si512(w.qs + 64);
+        const __m512i lo0 = _mm512_and_si512(q0, m4);
+        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);
+        const __m512i lo1 = _mm512_and_si512(q1, m4);
+        const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);
+        // Sub-blocks in value order: [0|1], [2|3], [4|5], [6|7] (32 values each).
+        const __m512i w0 = _mm512_shuffle_i64x2(lo0, hi0, 0x44);
+        const __m512i w1 = _mm512_shuffle_i64x2(lo0, hi0, 0xEE);
+        const __m512i w2 = _mm512_shuffle_i64x2(lo1, hi1, 0x44);
+        const __m512i w3 = _mm512_shuffle_i64x2(lo1, hi1, 0xEE);
+        const float d = half_to_float(w.d);
+        const float dmin = half_to_float(w.dmin);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            const block_q8_k& x = xb[t][b];
+            const __m512i zero = _mm512_setzero_si512();
+            __m512i p0 = _mm512_dpbusd_epi32(zero, w0, _mm512_loadu_si512(x.qs));
+            __m512i p1 = _mm512_dpbusd_epi32(zero, w1, _mm512_loadu_si512(x.qs + 64));
+            __m512i p2 = _mm512_dpbusd_epi32(zero, w2, _mm512_loadu_si512(x.qs + 128));
+            __m512i p3 = _mm512_dpbusd_epi32(zero, w3, _mm512_loadu_si512(x.qs + 192));
+            p0 = _mm512_madd_epi16(p0, s[0]);
+            p1 = _mm512_madd_epi16(p1, s[1]);
+            p2 = _mm512_madd_epi16(p2, s[2]);
+            p3 = _mm512_madd_epi16(p3, s[3]);
+            const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(p0, p1), _mm512_add_epi32(p2, p3));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * x.d), acc[t]);
+            const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+            const __m256i msum = _mm256_madd_epi16(bs, mins16);
+            acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin * x.d), acc_min[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]) - hsum_ps256(acc_min[t]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Q6_K x Q8_K
+
+template <int T>
+void q6_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
+    const auto* wb = reinterpret_cast<const block_q6_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+    const block_q8_k* xb[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
+    }
+    const std::int64_t nb = a.cols / qk_k;
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i m30 = _mm512_set1_epi8(0x30);
+    const __m512i low16 = _mm512_set1_epi32(0xFFFF);
+    // Low 256 bits hold values l, high 256 bits values l + 32 of a 64-value quarter pair.
+    const __m512i shl_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
+    const __m512i shr_hi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
+    // Lane i of S_k: the scale of sub-block 4k + i/4 (16 values = 4 lanes per sub-block).
+    const __m512i idx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i idx_step = _mm512_set1_epi32(4);
+    __m512 acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (std::int64_t b = 0; b < nb; ++b) {
+        const block_q6_k& w = wb[b];
+        const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
+        const __m512i sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), low16);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
+        __m512i s[4];
+        __m512i idx = idx0;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; ++k) {
+            s[k] = _mm512_permutexvar_epi32(idx, sc32);
+            idx = _mm512_add_epi32(idx, idx_step);
+        }
+        __m512i q[4];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; ++h) {
+            const __m512i l = _mm512_loadu_si512(w.ql + 64 * h);
+            const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qh + 32 * h)));
+            q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, shl_lo), m30));
+            q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                           _mm512_and_si512(_mm512_srlv_epi16(hb, shr_hi), m30));
+        }
+        const float d = half_to_float(w.d);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            const block_q8_k& x = xb[t][b];
+            const __m512i zero = _mm512_setzero_si512();
+            __m512i p0 = _mm512_dpbusd_epi32(zero, q[0], _mm512_loadu_si512(x.qs));
+            __m512i p1 = _mm512_dpbusd_epi32(zero, q[1], _mm512_loadu_si512(x.qs + 64));
+            __m512i p2 = _mm512_dpbusd_epi32(zero, q[2], _mm512_loadu_si512(x.qs + 128));
+            __m512i p3 = _mm512_dpbusd_epi32(zero, q[3], _mm512_loadu_si512(x.qs + 192));
+            p0 = _mm512_madd_epi16(p0, s[0]);
+            p1 = _mm512_madd_epi16(p1, s[1]);
+            p2 = _mm512_madd_epi16(p2, s[2]);
+            p3 = _mm512_madd_epi16(p3, s[3]);
+            __m512i sum = _mm512_add_epi32(_mm512_add_epi32(p0, p1), _mm512_add_epi32(p2, p3));
+            // The -32 offset of every code: 32 * sum_j scale_j * bsum_j.
+            const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+            const __m256i bias = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(bias));
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * x.d), acc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]);
+}
+
+// ---------------------------------------------------------------------------------------
+// Q8_0 x Q8_0
+
+template <int T>
+void q8_0_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
+    const auto* wb = reinterpret_cast<const block_q8_0*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+    const block_q8_0* xb[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        xb[t] = reinterpret_cast<const block_q8_0*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
+    }
+    const std::int64_t nb = a.cols / qk8_0;
+    __m256 acc[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
+    for (std::int64_t b = 0; b < nb; ++b) {
+        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[b].qs));
+        const __m256i wabs = _mm256_abs_epi8(wq);
+        const __mmask32 neg = _mm256_movepi8_mask(wq);
+        const float dw = half_to_float(wb[b].d);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[t][b].qs));
+            const __m256i xs = _mm256_mask_sub_epi8(xq, neg, _mm256_setzero_si256(), xq);
+            const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, xs);
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * half_to_float(xb[t][b].d)), acc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps256(acc[t]);
+}
+
+// ---------------------------------------------------------------------------------------
+// F16 / BF16 / F32: R rows x T tokens of fused multiply-adds, 16 values at a time.
+
+struct load_f32 {
+    static constexpr std::size_t elem_bytes = 4;
+    static __m512 load(const std::byte* p) { return _mm512_loadu_ps(p); }
+    static __m512 load_tail(const std::byte* p, __mmask16 m) { return _mm512_maskz_loadu_ps(m, p); }
+};
+struct load_f16 {
+    static constexpr std::size_t elem_bytes = 2;
+    static __m512 load(const std::byte* p) {
+        return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+    static __m512 load_tail(const std::byte* p, __mmask16 m) {
+        return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+    }
+};
+struct load_bf16 {
+    static constexpr std::size_t elem_bytes = 2;
+    static __m512 widen(__m256i v) { return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(v), 16)); }
+    static __m512 load(const std::byte* p) { return widen(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+    static __m512 load_tail(const std::byte* p, __mmask16 m) { return widen(_mm256_maskz_loadu_epi16(m, p)); }
+};
+
+template <class L, int R, int T>
+void float_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
+    const std::byte* w[R];
+    const std::byte* x[T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) w[i] = a.w + static_cast<std::size_t>(r0 + i) * a.w_stride;
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) x[t] = a.x + static_cast<std::size_t>(t0 + t) * a.x_stride;
+    __m512 acc[R][T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+    }
+    const std::int64_t n = a.cols;
+    std::int64_t c = 0;
+    for (; c + 16 <= n; c += 16) {
+        const std::size_t off = static_cast<std::size_t>(c) * L::elem_bytes;
+        __m512 xv[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) xv[t] = L::load(x[t] + off);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+            const __m512 wv = L::load(w[i] + off);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) acc[i][t] = _mm512_fmadd_ps(wv, xv[t], acc[i][t]);
+        }
+    }
+    if (c < n) {
+        const auto m = static_cast<__mmask16>((1u << (n - c)) - 1u);
+        const std::size_t off = static_cast<std::size_t>(c) * L::elem_bytes;
+        __m512 xv[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) xv[t] = L::load_tail(x[t] + off, m);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+            const __m512 wv = L::load_tail(w[i] + off, m);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) acc[i][t] = _mm512_fmadd_ps(wv, xv[t], acc[i][t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r0 + i] = hsum_ps(acc[i][t]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Drivers: token tiles of up to 4 (the activations of a tile stay in L1 while the rows of
+// the chunk stream past), rows one at a time (quantized) or 4 at a time (float).
+
+template <template <int> class Tile>
+void gemm_quant(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    std::int64_t t0 = 0;
+    for (; t0 + 4 <= a.n_tokens; t0 += 4) {
+        for (std::int64_t r = r0; r < r1; ++r) Tile<4>::run(a, r, t0);
+    }
+    switch (a.n_tokens - t0) {
+        case 3: for (std::int64_t r = r0; r < r1; ++r) Tile<3>::run(a, r, t0); break;
+        case 2: for (std::int64_t r = r0; r < r1; ++r) Tile<2>::run(a, r, t0); break;
+        case 1: for (std::int64_t r = r0; r < r1; ++r) Tile<1>::run(a, r, t0); break;
+        default: break;
+    }
+}
+
+template <int T> struct q4_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_tile<T>(a, r, t0); } };
+template <int T> struct q6_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q6_k_tile<T>(a, r, t0); } };
+template <int T> struct q8_0_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q8_0_tile<T>(a, r, t0); } };
+
+template <class L, int T>
+void float_rows(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t0) {
+    std::int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) float_tile<L, 4, T>(a, r, t0);
+    for (; r < r1; ++r) float_tile<L, 1, T>(a, r, t0);
+}
+
+template <class L>
+void gemm_float(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    std::int64_t t0 = 0;
+    for (; t0 + 4 <= a.n_tokens; t0 += 4) float_rows<L, 4>(a, r0, r1, t0);
+    switch (a.n_tokens - t0) {
+        case 3: float_rows<L, 3>(a, r0, r1, t0); break;
+        case 2: float_rows<L, 2>(a, r0, r1, t0); break;
+        case 1: float_rows<L, 1>(a, r0, r1, t0); break;
+        default: break;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation conversions, bit-identical with the scalar versions in quantize.cpp.
+
+inline __m128i pack_i32_to_i8(__m512i v) { return _mm512_cvtsepi32_epi8(v); }
+
+}  // namespace
+
+gemm_fn gemm_avx512(tensor_type weight_type) noexcept {
+    switch (weight_type) {
+        case tensor_type::q4_k: return &gemm_quant<q4_k_kernel>;
+        case tensor_type::q6_k: return &gemm_quant<q6_k_kernel>;
+        case tensor_type::q8_0: return &gemm_quant<q8_0_kernel>;
+        case tensor_type::f16: return &gemm_float<load_f16>;
+        case tensor_type::bf16: return &gemm_float<load_bf16>;
+        case tensor_type::f32: return &gemm_float<load_f32>;
+        default: return nullptr;
+    }
+}
+
+void quantize_q8_0_act_avx512(const float* x, void* dst, std::int64_t n) {
+    auto* y = static_cast<block_q8_0*>(dst);
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (std::int64_t b = 0; b < n / qk8_0; ++b, x += qk8_0) {
+        const __m512 v0 = _mm512_loadu_ps(x);
+        const __m512 v1 = _mm512_loadu_ps(x + 16);
+        const float amax = hmax_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+        const float d = amax / 127.f;
+        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m512 mul = _mm512_set1_ps(id);
+        // cvtps rounds with MXCSR's default mode: to nearest, ties to even.
+        const __m128i q0 = pack_i32_to_i8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, mul)));
+        const __m128i q1 = pack_i32_to_i8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, mul)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs), q0);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16), q1);
+    }
+}
+
+void quantize_q8_k_act_avx512(const float* x, void* dst, std::int64_t n) {
+    auto* y = static_cast<block_q8_k*>(dst);
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (std::int64_t b = 0; b < n / qk_k; ++b, x += qk_k) {
+        __m512 vmax = _mm512_setzero_ps();
+        for (int j = 0; j < qk_k; j += 16) vmax = _mm512_max_ps(vmax, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)));
+        const float amax = hmax_ps(vmax);
+        if (amax == 0.0f) {
+            std::memset(&y[b], 0, sizeof(block_q8_k));
+            continue;
+        }
+        // The signed value of largest magnitude, first occurrence (as the scalar loop's `>`).
+        float max = 0.0f;
+        const __m512 va = _mm512_set1_ps(amax);
+        for (int j = 0; j < qk_k; j += 16) {
+            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)), va, _CMP_EQ_OQ);
+            if (hit != 0) {
+                max = x[j + __builtin_ctz(hit)];
+                break;
+            }
+        }
+        const float iscale = -127.f / max;
+        const __m512 mul = _mm512_set1_ps(iscale);
+        for (int j = 0; j < qk_k; j += 16) {
+            const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), mul)),
+                                               _mm512_set1_epi32(127));
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + j), pack_i32_to_i8(q));
+            y[b].bsums[j / 16] = static_cast<std::int16_t>(hsum_epi32(q));
+        }
+        y[b].d = 1 / iscale;
+    }
+}
+
+void convert_f16_avx512(const float* x, void* dst, std::int64_t n) {
+    auto* y = static_cast<std::uint8_t*>(dst);
+    std::int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + 2 * i),
+                            _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+    if (i < n) {
+        const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+        _mm256_mask_storeu_epi16(y + 2 * i, m,
+                                 _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+    }
+}
+
+namespace {
+inline __m256i bf16_round(__m512 v) {
+    const __m512i u = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
+                                                _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(64));
+    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet));
+}
+}  // namespace
+
+void convert_bf16_avx512(const float* x, void* dst, std::int64_t n) {
+    auto* y = static_cast<std::uint8_t*>(dst);
+    std::int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + 2 * i), bf16_round(_mm512_loadu_ps(x + i)));
+    }
+    if (i < n) {
+        const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
+        _mm256_mask_storeu_epi16(y + 2 * i, m, bf16_round(_mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
 
 }  // namespace moed::kernels::detail

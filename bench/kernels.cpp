@@ -1,0 +1,123 @@
+// bench-kernels: speed of the CPU matmul kernels on Qwen3-30B-A3B expert shapes.
+// For each weight type: a decode matvec (1 token) on 768x2048 (gate/up) and 2048x768
+// (down), and a 64-token prefill matmul on both, with 1 and 2 threads. Decode streams
+// through a set of distinct matrices larger than the last-level cache, as real decoding
+// streams expert weights from memory; prefill reuses one matrix. Prints one JSON object:
+// per case the time per call, GFLOP/s (2*rows*cols*tokens) and weight GB/s.
+// Usage: bench-kernels [--isa scalar|avx2|avx512] [--quick]
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/matmul.h"
+#include "kernels/cpu/quantize.h"
+
+namespace {
+
+using namespace moed;
+using namespace moed::kernels;
+using clock_type = std::chrono::steady_clock;
+
+struct shape {
+    std::int64_t rows;
+    std::int64_t cols;
+};
+
+// Enough distinct copies of a matrix that decode reads them from DRAM (L3 is 32 MiB here).
+constexpr std::size_t cold_bytes_min = 256u << 20;
+
+double seconds_since(clock_type::time_point t0) {
+    return std::chrono::duration<double>(clock_type::now() - t0).count();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bool quick = false;
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        if (arg == "--quick") {
+            quick = true;
+        } else if (arg == "--isa" && i + 1 < argc) {
+            const std::string_view v = argv[++i];
+            force_isa(v == "scalar" ? isa::scalar : v == "avx2" ? isa::avx2 : isa::avx512);
+        } else {
+            std::fprintf(stderr, "usage: bench-kernels [--isa scalar|avx2|avx512] [--quick]\n");
+            return 2;
+        }
+    }
+    const double min_time_s = quick ? 0.05 : 0.3;
+    const tensor_type types[] = {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q8_0,
+                                 tensor_type::f16, tensor_type::bf16, tensor_type::f32};
+    const shape shapes[] = {{768, 2048}, {2048, 768}};
+    const int token_counts[] = {1, 64};
+    const int thread_counts[] = {1, 2};
+
+    std::mt19937 rng(42);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+
+    std::printf("{\n  \"isa\": \"%s\",\n  \"results\": [\n", std::string(isa_name(active_isa())).c_str());
+    bool first = true;
+    for (const int n_threads : thread_counts) {
+        compute_pool pool(n_threads);
+        for (const tensor_type type : types) {
+            for (const shape s : shapes) {
+                std::vector<float> wf(static_cast<std::size_t>(s.rows * s.cols));
+                for (auto& v : wf) v = normal(rng) * 0.05f;
+                const std::size_t rb = row_bytes(type, s.cols);
+                const std::size_t matrix_bytes = rb * static_cast<std::size_t>(s.rows);
+                std::vector<std::byte> one(matrix_bytes);
+                for (std::int64_t r = 0; r < s.rows; ++r) {
+                    quantize_row(type, wf.data() + r * s.cols, one.data() + r * rb, s.cols);
+                }
+                const std::size_t n_copies = std::max<std::size_t>(1, cold_bytes_min / matrix_bytes);
+                std::vector<std::byte> cold(matrix_bytes * n_copies);
+                for (std::size_t c = 0; c < n_copies; ++c) std::memcpy(cold.data() + c * matrix_bytes, one.data(), matrix_bytes);
+
+                for (const int n_tokens : token_counts) {
+                    std::vector<float> x(static_cast<std::size_t>(n_tokens * s.cols));
+                    for (auto& v : x) v = normal(rng);
+                    std::vector<float> y(static_cast<std::size_t>(n_tokens * s.rows));
+                    activation_buffer act;
+                    const bool streaming = n_tokens == 1;
+                    auto view_of = [&](std::size_t copy) {
+                        const std::byte* base = streaming ? cold.data() + copy * matrix_bytes : one.data();
+                        return matrix_view{type, base, s.rows, s.cols, rb};
+                    };
+                    // Warm up (and size the activation buffer).
+                    matmul(view_of(0), x.data(), n_tokens, y.data(), s.rows, pool, act);
+                    std::size_t calls = 0, copy = 0;
+                    const auto t0 = clock_type::now();
+                    double elapsed = 0.0;
+                    do {
+                        for (int k = 0; k < 8; ++k) {
+                            matmul(view_of(copy), x.data(), n_tokens, y.data(), s.rows, pool, act);
+                            if (++copy == n_copies) copy = 0;
+                            ++calls;
+                        }
+                        elapsed = seconds_since(t0);
+                    } while (elapsed < min_time_s);
+                    const double per_call_s = elapsed / static_cast<double>(calls);
+                    const double flops = 2.0 * static_cast<double>(s.rows * s.cols * n_tokens);
+                    std::printf("%s    {\"type\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"tokens\": %d, "
+                                "\"threads\": %d, \"weights\": \"%s\", \"us_per_call\": %.2f, "
+                                "\"gflops\": %.2f, \"weight_gbps\": %.2f}",
+                                first ? "" : ",\n", std::string(type_name(type)).c_str(),
+                                static_cast<long long>(s.rows), static_cast<long long>(s.cols), n_tokens, n_threads,
+                                streaming ? "cold" : "hot", per_call_s * 1e6, flops / per_call_s * 1e-9,
+                                static_cast<double>(matrix_bytes) / per_call_s * 1e-9);
+                    first = false;
+                    std::fflush(stdout);
+                }
+            }
+        }
+    }
+    std::printf("\n  ]\n}\n");
+    return 0;
+}
