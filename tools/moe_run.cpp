@@ -163,6 +163,8 @@ int main(int argc, char** argv) {
             {"threads", opt.threads},
             {"isa", std::string(moed::kernels::isa_name(moed::kernels::active_isa()))},
             {"peak_rss_bytes", peak_rss_bytes()},
+            {"model_bytes", m.file().file_size()},
+            {"kv_cache_bytes", cache.bytes()},
         };
         // Text may end mid-character in principle; replace rather than throw on bad UTF-8.
         std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";

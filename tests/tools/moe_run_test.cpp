@@ -11,6 +11,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "tests/support/synth_fixture.h"
 #include "tests/support/test_paths.h"
 
 namespace {
@@ -57,6 +58,32 @@ TEST(moe_run, json_output_matches_golden_case) {
     EXPECT_GT(j["decode_tokens_per_s"].get<double>(), 0.0);
     EXPECT_EQ(j["threads"], 2);
     EXPECT_GT(j["peak_rss_bytes"].get<double>(), 0.0);
+}
+
+// Loading maps the file instead of copying it: the whole process stays within the model's
+// bytes + the KV cache + 64 MiB. The model is large enough (~110 MB) that holding it twice
+// would break the bound.
+TEST(moe_run, peak_rss_within_model_plus_kv_plus_64mib) {
+    moed::tools::synth_shape shape;
+    shape.layers = 2;
+    shape.embd = 1024;
+    shape.heads = 8;
+    shape.kv_heads = 2;
+    shape.head_dim = 128;
+    shape.experts = 16;
+    shape.experts_used = 4;
+    shape.ff = 1024;
+    shape.vocab = 4096;
+    const std::string big = moed::test::synthetic_model("Q8_0", shape);
+    auto r = run({"-m", big, "-p", "hello world", "-n", "8", "-t", "2", "--json", "--ignore-eos"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    const double model_bytes = j["model_bytes"].get<double>();
+    const double kv = j["kv_cache_bytes"].get<double>();
+    const double rss = j["peak_rss_bytes"].get<double>();
+    EXPECT_GT(model_bytes, 100e6);
+    EXPECT_LE(rss, model_bytes + kv + 64.0 * 1024 * 1024)
+        << "peak RSS " << rss << " exceeds model " << model_bytes << " + KV " << kv << " + 64 MiB";
 }
 
 TEST(moe_run, tokenize_prints_ids_only) {

@@ -1,0 +1,134 @@
+// bench/decode: prefill and decode speed of one model, the way llama-bench measures them
+// (pp: a prompt of P tokens in one forward pass per batch; tg: N tokens decoded one by
+// one), plus peak RSS. Prints one JSON object. Token ids are fixed pseudo-random ids, so
+// the figures do not depend on a tokenizer.
+//
+//   bench-decode -m MODEL [-t THREADS] [-p 512] [-n 128] [-b 512] [-r REPS]
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/evaluator.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace {
+
+[[noreturn]] void fail(const std::string& message) {
+    std::fprintf(stderr, "bench-decode: %s\n", message.c_str());
+    std::exit(2);
+}
+
+template <typename T>
+T parse_number(const std::string& flag, const char* text) {
+    T value{};
+    const char* end = text + std::strlen(text);
+    auto [ptr, ec] = std::from_chars(text, end, value);
+    if (ec != std::errc() || ptr != end || value <= 0) fail("bad value for " + flag + ": '" + text + "'");
+    return value;
+}
+
+double median(std::vector<double> v) {
+    std::sort(v.begin(), v.end());
+    return v.empty() ? 0.0 : v[v.size() / 2];
+}
+
+std::int64_t peak_rss_bytes() {
+    rusage usage{};
+    getrusage(RUSAGE_SELF, &usage);
+    return static_cast<std::int64_t>(usage.ru_maxrss) * 1024;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string model_path;
+    int threads = 2;
+    std::int64_t n_prompt = 512, n_gen = 128, n_batch = 512;
+    int reps = 3;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        auto next = [&]() -> const char* {
+            if (i + 1 >= argc) fail("missing value after " + a);
+            return argv[++i];
+        };
+        if (a == "-m") model_path = next();
+        else if (a == "-t") threads = parse_number<int>(a, next());
+        else if (a == "-p") n_prompt = parse_number<std::int64_t>(a, next());
+        else if (a == "-n") n_gen = parse_number<std::int64_t>(a, next());
+        else if (a == "-b") n_batch = parse_number<std::int64_t>(a, next());
+        else if (a == "-r") reps = parse_number<int>(a, next());
+        else fail("unknown argument '" + a + "'; usage: bench-decode -m MODEL [-t N] [-p N] [-n N] [-b N] [-r N]");
+    }
+    if (model_path.empty()) fail("no model given (-m MODEL)");
+
+    auto loaded = moed::engine::model::load(model_path);
+    if (!loaded) fail(loaded.error().message);
+    moed::engine::model& m = **loaded;
+    const auto& hp = m.hparams();
+    moed::kernels::compute_pool pool(threads);
+    moed::engine::evaluator eval(m, pool, std::min(n_batch, n_prompt));
+    moed::engine::kv_cache cache(hp.n_layer, n_prompt + n_gen, hp.n_head_kv, hp.head_dim);
+
+    std::vector<moed::engine::token_id> prompt(static_cast<std::size_t>(n_prompt));
+    for (std::int64_t i = 0; i < n_prompt; ++i) prompt[i] = static_cast<moed::engine::token_id>((i * 7919 + 17) % hp.n_vocab);
+
+    std::vector<float> logits;
+    using clock = std::chrono::steady_clock;
+    // One warm-up pass touches every weight once, as llama-bench's warm-up run does.
+    {
+        const std::vector<moed::engine::token_id> warm(prompt.begin(), prompt.begin() + std::min<std::int64_t>(n_prompt, 16));
+        cache.clear();
+        if (auto r = eval.run_sequence(warm, cache, logits); !r) fail(r.error().message);
+    }
+    std::vector<double> pp, tg;
+    for (int r = 0; r < reps; ++r) {
+        cache.clear();
+        auto start = clock::now();
+        if (auto ok = eval.run_sequence(prompt, cache, logits); !ok) fail(ok.error().message);
+        pp.push_back(static_cast<double>(n_prompt) / std::chrono::duration<double>(clock::now() - start).count());
+
+        // Decode from an empty context, as llama-bench's tg test does.
+        cache.clear();
+        moed::engine::token_id token = prompt[0];
+        start = clock::now();
+        for (std::int64_t i = 0; i < n_gen; ++i) {
+            if (auto ok = eval.run_sequence(std::span<const moed::engine::token_id>(&token, 1), cache, logits); !ok) {
+                fail(ok.error().message);
+            }
+            token = moed::engine::argmax(logits);
+        }
+        tg.push_back(static_cast<double>(n_gen) / std::chrono::duration<double>(clock::now() - start).count());
+    }
+
+    nlohmann::json out{
+        {"bench", "decode"},
+        {"model", model_path},
+        {"threads", threads},
+        {"isa", std::string(moed::kernels::isa_name(moed::kernels::active_isa()))},
+        {"n_prompt", n_prompt},
+        {"n_gen", n_gen},
+        {"n_batch", n_batch},
+        {"reps", reps},
+        {"prefill_tokens_per_s", median(pp)},
+        {"decode_tokens_per_s", median(tg)},
+        {"prefill_runs", pp},
+        {"decode_runs", tg},
+        {"model_bytes", m.file().file_size()},
+        {"kv_cache_bytes", cache.bytes()},
+        {"peak_rss_bytes", peak_rss_bytes()},
+    };
+    std::cout << out.dump() << "\n";
+    return 0;
+}
