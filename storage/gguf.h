@@ -6,6 +6,9 @@
 // type and offset is checked before use; a bad file yields an error naming the file, the
 // field and its byte offset.
 // Threads: a gguf_file is immutable after open(); any thread may read it.
+// The mapping assumes the file is not truncated while open (as llama.cpp assumes): a file
+// shortened by another process afterwards faults on access (SIGBUS), which no parser check
+// can prevent.
 #pragma once
 
 #include <cstddef>
@@ -52,6 +55,9 @@ struct gguf_value {
 };
 
 inline constexpr int gguf_max_dims = 4;
+// llama.cpp (GGML_MAX_NAME) rejects tensor names of this many bytes or more; the writer
+// refuses them, the reader accepts them (the limit is ggml's, not the format's).
+inline constexpr std::size_t gguf_max_tensor_name_bytes = 64;
 
 struct gguf_tensor_info {
     std::string name;
@@ -132,9 +138,20 @@ private:
     std::size_t map_bytes_ = 0;
 };
 
-// Builds a GGUF file in memory and writes it. Values and tensors keep insertion order.
-// The writer can also produce deliberately malformed files for reader tests: raw header
-// patches are applied by the caller on the returned bytes.
+// Builds a GGUF file in memory and writes it. Values and tensors keep insertion order;
+// set() on an existing key replaces its value in place. The layout is llama.cpp's: the data
+// section starts at the header end padded to the alignment, and every tensor's data is
+// padded to the alignment (the last one too). A non-default alignment is written as
+// general.alignment (u32) after the caller's keys unless the caller set that key itself;
+// a caller-set value that disagrees with the constructor's alignment makes a file whose
+// layout does not match its key (useful for reader tests only).
+// Nested arrays are valid GGUF and round-trip through moed's reader, but llama.cpp's reader
+// refuses them; files meant for llama.cpp should not use them.
+// Misuse (a value whose type does not match its stored alternative, a tensor whose data
+// size does not match its shape, a non-power-of-two alignment) is a programmer error
+// (MOED_ASSERT). The writer can also produce deliberately malformed files for reader tests:
+// raw header patches are applied by the caller on the returned bytes.
+// Threads: not thread-safe; one thread builds and writes a file.
 class gguf_writer {
 public:
     explicit gguf_writer(std::uint32_t version = 3, std::uint64_t alignment = 32);

@@ -142,6 +142,10 @@ std::uint64_t min_encoded_bytes(gguf_value_type t) noexcept {
 
 bool known_value_type(std::uint32_t raw) noexcept { return raw <= 12; }
 
+// The most elements reserved ahead of parsing them; vectors grow past it as elements
+// actually arrive.
+constexpr std::uint64_t max_reserve = 1u << 16;
+
 // Describes where in the header a field sits, formatted only when an error is reported: a
 // base ("metadata key #3 'general.name'") and the array indices below it.
 struct field_path {
@@ -301,7 +305,9 @@ result<gguf_value> header_parser::read_value(gguf_value_type type, const field_p
             }
             gguf_array arr;
             arr.element_type = elem_type;
-            arr.values.reserve(static_cast<std::size_t>(*count));
+            // The count only passed a check against the bytes left, which include the tensor
+            // data; reserve a bounded amount so a lying count cannot claim memory up front.
+            arr.values.reserve(static_cast<std::size_t>(std::min(*count, max_reserve)));
             where.indices.push_back(0);
             for (std::uint64_t i = 0; i < *count; ++i) {
                 where.indices.back() = i;
@@ -405,7 +411,7 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
                       fmt::format("expected \"GGUF\", found \"{}\" (not a GGUF file{})", seen,
                                   file_size_ < 4 ? ", or truncated" : ""));
     }
-    static_cast<void>(p.read<std::uint32_t>("magic"));
+    ignore_error(p.read<std::uint32_t>("magic"));  // checked above; this moves the cursor
     const std::uint64_t version_at = p.pos();
     auto version = p.read<std::uint32_t>("version");
     if (!version) return unexpected(std::move(version).error());
@@ -448,7 +454,7 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
     }
 
     // Metadata.
-    kv_.reserve(static_cast<std::size_t>(*n_kv));
+    kv_.reserve(static_cast<std::size_t>(std::min(*n_kv, max_reserve)));
     for (std::uint64_t i = 0; i < *n_kv; ++i) {
         std::string where_base = fmt::format("metadata key #{}", i);
         const field_path unnamed{where_base, no_indices};
@@ -489,9 +495,9 @@ result<void> gguf_file::parse(const gguf_limits& limits) {
     }
 
     // Tensor infos.
-    tensors_.reserve(static_cast<std::size_t>(*n_tensors));
+    tensors_.reserve(static_cast<std::size_t>(std::min(*n_tensors, max_reserve)));
     std::vector<tensor_fields> fields;
-    fields.reserve(static_cast<std::size_t>(*n_tensors));
+    fields.reserve(static_cast<std::size_t>(std::min(*n_tensors, max_reserve)));
     for (std::uint64_t i = 0; i < *n_tensors; ++i) {
         std::string where_base = fmt::format("tensor #{}", i);
         const field_path unnamed{where_base, no_indices};

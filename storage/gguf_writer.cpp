@@ -154,6 +154,7 @@ void gguf_writer::set_f32_array(std::string key, const std::vector<float>& v) {
 void gguf_writer::add_tensor(std::string name, tensor_type type, std::vector<std::int64_t> ne,
                              std::vector<std::byte> data) {
     MOED_ASSERT(!ne.empty() && ne.size() <= static_cast<std::size_t>(gguf_max_dims));
+    MOED_ASSERT(name.size() < gguf_max_tensor_name_bytes);  // llama.cpp rejects longer names
     const auto traits = traits_of(static_cast<std::uint32_t>(type));
     MOED_ASSERT(traits.has_value());
     std::int64_t n = 1;

@@ -276,6 +276,14 @@ TEST_P(gguf_round_trip, every_value_type_and_tensors) {
     ASSERT_FALSE(negative);
     EXPECT_EQ(negative.error().code, errc::bad_file);
     EXPECT_NE(negative.error().message.find("-2147483648"), std::string::npos);
+    auto too_big = f.get_int("v.u64");
+    ASSERT_FALSE(too_big);
+    EXPECT_EQ(too_big.error().code, errc::bad_file);
+    EXPECT_NE(too_big.error().message.find("does not fit an i64"), std::string::npos);
+    EXPECT_NE(too_big.error().message.find(path), std::string::npos);
+    auto not_bool = f.get_bool("v.u8");
+    ASSERT_FALSE(not_bool);
+    EXPECT_NE(not_bool.error().message.find("'v.u8' has type u8, expected bool"), std::string::npos);
 
     struct expected_tensor {
         const char* name;
