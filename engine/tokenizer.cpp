@@ -104,23 +104,27 @@ struct fragment {
     std::size_t end = 0;
 };
 
+// Symbols and bigrams index one word with 32 bits, as llama.cpp does (words are cut at
+// max_word_bytes, far above any request the daemon accepts).
 struct bpe_symbol {
-    std::size_t begin = 0;
-    std::size_t length = 0;  // 0 once merged into its left neighbour
-    std::ptrdiff_t prev = -1;
-    std::ptrdiff_t next = -1;
+    std::uint32_t begin = 0;
+    std::uint32_t length = 0;  // 0 once merged into its left neighbour
+    std::int32_t prev = -1;
+    std::int32_t next = -1;
     token_id id = -1;
 };
 
 struct bpe_bigram {
     std::int32_t rank = 0;
-    std::ptrdiff_t left = 0;
-    std::ptrdiff_t right = 0;
+    std::int32_t left = 0;
+    std::int32_t right = 0;
     // Lengths when queued: a bigram whose symbols changed since is stale.
-    std::size_t left_length = 0;
-    std::size_t right_length = 0;
+    std::uint32_t left_length = 0;
+    std::uint32_t right_length = 0;
     token_id merged = -1;
 };
+
+constexpr std::size_t max_word_bytes = std::size_t{1} << 30;
 
 // Heap order: lowest rank first, then leftmost (llama.cpp's llm_bigram_bpe::comparator).
 struct bigram_after {
@@ -544,6 +548,13 @@ void tokenizer::impl::encode_unknown(std::string_view bytes, std::vector<token_i
 
 void tokenizer::impl::encode_word(std::string_view word, std::vector<token_id>& out, encode_scratch& s) const {
     if (word.empty()) return;
+    if (word.size() > max_word_bytes) {
+        // Beyond what 32-bit symbol indices cover: encode in slices (llama.cpp would overflow).
+        for (std::size_t at = 0; at < word.size(); at += max_word_bytes) {
+            encode_word(word.substr(at, max_word_bytes), out, s);
+        }
+        return;
+    }
     if (pre->ignore_merges()) {
         s.encoded.clear();
         byte_level_encode(word, s.encoded);
@@ -568,12 +579,12 @@ void tokenizer::impl::encode_word(std::string_view word, std::vector<token_id>& 
     auto& queue = s.queue;
     symbols.clear();
     queue.clear();
-    const auto count = static_cast<std::ptrdiff_t>(word.size());
-    for (std::ptrdiff_t i = 0; i < count; ++i) {
-        symbols.push_back(bpe_symbol{static_cast<std::size_t>(i), 1, i - 1, i + 1 < count ? i + 1 : -1,
+    const auto count = static_cast<std::int32_t>(word.size());
+    for (std::int32_t i = 0; i < count; ++i) {
+        symbols.push_back(bpe_symbol{static_cast<std::uint32_t>(i), 1, i - 1, i + 1 < count ? i + 1 : -1,
                                      byte_tokens[static_cast<std::uint8_t>(word[i])]});
     }
-    const auto add_bigram = [&](std::ptrdiff_t left, std::ptrdiff_t right) {
+    const auto add_bigram = [&](std::int32_t left, std::int32_t right) {
         if (left < 0 || right < 0) return;
         const bpe_symbol& l = symbols[left];
         const bpe_symbol& r = symbols[right];
@@ -583,7 +594,7 @@ void tokenizer::impl::encode_word(std::string_view word, std::vector<token_id>& 
         queue.push_back(bpe_bigram{it->second.rank, left, right, l.length, r.length, it->second.merged});
         std::push_heap(queue.begin(), queue.end(), bigram_after{});
     };
-    for (std::ptrdiff_t i = 1; i < count; ++i) add_bigram(i - 1, i);
+    for (std::int32_t i = 1; i < count; ++i) add_bigram(i - 1, i);
 
     while (!queue.empty()) {
         std::pop_heap(queue.begin(), queue.end(), bigram_after{});
@@ -604,7 +615,7 @@ void tokenizer::impl::encode_word(std::string_view word, std::vector<token_id>& 
         add_bigram(top.left, l.next);
     }
 
-    for (std::ptrdiff_t i = 0; i >= 0; i = symbols[i].next) {
+    for (std::int32_t i = 0; i >= 0; i = symbols[i].next) {
         const bpe_symbol& sym = symbols[i];
         if (sym.id >= 0) {
             out.push_back(sym.id);

@@ -30,6 +30,10 @@ public:
     static result<std::unique_ptr<tokenizer>> from_gguf(const storage::gguf_file& file);
     ~tokenizer();
 
+    // The ids llama.cpp's llama_tokenize gives with add_special = false: no BOS is added
+    // (callers prepend bos_id() when add_bos()). With parse_special, control-token texts
+    // become their ids; user-defined tokens are always matched. Any bytes are accepted:
+    // invalid UTF-8 is encoded as U+FFFD, as llama.cpp does.
     std::vector<token_id> encode(std::string_view text, bool parse_special) const;
 
     // The raw bytes a token stands for (byte-level alphabet mapped back to bytes; control
@@ -41,6 +45,7 @@ public:
     std::int32_t n_vocab() const noexcept;
     token_id bos_id() const noexcept;  // -1 when the file has none
     token_id eos_id() const noexcept;
+    // tokenizer.ggml.add_bos_token (default per pre-tokenizer); false when there is no BOS.
     bool add_bos() const noexcept;
     // End of generation: eos, eot, eom and similar control tokens.
     bool is_eog(token_id id) const noexcept;

@@ -11,6 +11,7 @@
 // - The pre-tokenizer alone (no file) splits as llama.cpp's splitters do, including its
 //   quirks (U+0085 is whitespace; invalid UTF-8 becomes U+FFFD).
 #include <chrono>
+#include <thread>
 #include <fstream>
 #include <iostream>
 
@@ -165,6 +166,37 @@ TEST(TokenizerQwen3, InvalidUtf8EncodesAsReplacementCharacters) {
     // Overlong '/' becomes '/', a surrogate stays encoded as such (as llama.cpp does).
     EXPECT_EQ(tok.encode("x\xC0\xAFy", false), tok.encode("x/y", false));
     EXPECT_EQ(tok.decode(tok.encode("x\xED\xA0\x80y", false)), "x\xED\xA0\x80y");
+}
+
+TEST(TokenizerQwen3, ConcurrentEncodesAgree) {
+    // The tokenizer is shared by request threads; PCRE2 match state is per thread.
+    const tokenizer& tok = qwen3();
+    const auto cases = load_json(test::models_dir() + "/tokenizer/qwen3-tokenizer-cases.json")["cases"];
+    std::vector<std::string> texts;
+    for (const auto& c : cases) texts.push_back(c["text"]);
+    std::vector<std::vector<token_id>> expected;
+    for (const auto& t : texts) expected.push_back(tok.encode(t, true));
+    constexpr int n_threads = 4;
+    std::vector<int> mismatches(n_threads, 0);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < n_threads; ++t) {
+        threads.emplace_back([&, t] {
+            for (int round = 0; round < 20; ++round) {
+                for (std::size_t i = 0; i < texts.size(); ++i) mismatches[t] += tok.encode(texts[i], true) != expected[i];
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    for (int t = 0; t < n_threads; ++t) EXPECT_EQ(mismatches[t], 0) << "thread " << t;
+}
+
+TEST(TokenizerQwen3, LongRunsStayLinear) {
+    // Long whitespace, letter and punctuation runs: one word each, no regex blow-up.
+    const tokenizer& tok = qwen3();
+    const std::string spaces(20000, ' ');
+    const std::string text = "x" + spaces + "y\n" + std::string(20000, 'a') + std::string(20000, '!');
+    const auto ids = tok.encode(text, false);
+    EXPECT_EQ(tok.decode(ids), text);
 }
 
 // --- llama.cpp differential: tinymoe vocabulary (pre = gpt-2) ---
