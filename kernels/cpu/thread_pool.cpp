@@ -8,7 +8,10 @@
 //
 // Workers spin (with `pause`) for a while after each job because the engine calls
 // parallel_for hundreds of times per token with short gaps; only after a longer idle
-// period do they sleep on a futex (std::atomic::wait).
+// period do they sleep on a futex. The futex is called directly rather than through
+// std::atomic::wait: GCC 12's implementation was seen to lose a wake-up here (a worker
+// stayed asleep through notify_all), and the sleeper count below makes the owner's common
+// path a plain load with no system call.
 #include "kernels/cpu/thread_pool.h"
 
 #include <algorithm>
@@ -18,6 +21,12 @@
 #include <vector>
 
 #include "common/assert.h"
+
+#include <climits>
+
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -41,6 +50,16 @@ inline void cpu_relax() noexcept {
 #endif
 }
 
+// Sleeps while *word == expected (the kernel checks atomically); spurious returns are fine.
+void futex_wait(std::atomic<std::uint32_t>* word, std::uint32_t expected) noexcept {
+    static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAIT_PRIVATE, expected, nullptr, nullptr, 0);
+}
+
+void futex_wake_all(std::atomic<std::uint32_t>* word) noexcept {
+    syscall(SYS_futex, reinterpret_cast<std::uint32_t*>(word), FUTEX_WAKE_PRIVATE, INT_MAX, nullptr, nullptr, 0);
+}
+
 }  // namespace
 
 struct compute_pool::impl {
@@ -58,7 +77,7 @@ struct compute_pool::impl {
 
     alignas(64) std::atomic<std::uint64_t> claim{0};        // generation << 32 | chunks left
     alignas(64) std::atomic<std::int64_t> completed{0};     // chunks finished this job
-    alignas(64) std::atomic<std::uint32_t> generation{0};   // futex word workers sleep on
+    alignas(64) std::atomic<std::uint32_t> generation{0};   // the futex word workers sleep on
     std::atomic<int> sleepers{0};
     std::atomic<bool> stop{false};
 
@@ -83,8 +102,10 @@ struct compute_pool::impl {
         }
     }
 
-    void worker_main(int thread_index) {
-        std::uint32_t seen = generation.load(std::memory_order_acquire);
+    // `seen` is the generation when the pool was built, passed in rather than read here:
+    // a worker that starts late (busy machine) must still notice a job or the shutdown
+    // published before it ran, or it would wait for a change that already happened.
+    void worker_main(int thread_index, std::uint32_t seen) {
         for (;;) {
             // Spin for a while, then sleep until the generation changes.
             auto spin_start = std::chrono::steady_clock::now();
@@ -95,8 +116,11 @@ struct compute_pool::impl {
                 if (++polls == 64) {
                     polls = 0;
                     if (std::chrono::steady_clock::now() - spin_start > spin_before_sleep) {
+                        // Announce the sleep before the last check: the owner stores the
+                        // generation, then reads `sleepers` (both seq_cst), so either it
+                        // sees us and wakes us, or we see its new generation here.
                         sleepers.fetch_add(1, std::memory_order_seq_cst);
-                        generation.wait(seen, std::memory_order_acquire);
+                        if (generation.load(std::memory_order_seq_cst) == seen) futex_wait(&generation, seen);
                         sleepers.fetch_sub(1, std::memory_order_seq_cst);
                         spin_start = std::chrono::steady_clock::now();
                     }
@@ -111,7 +135,7 @@ struct compute_pool::impl {
 
     void publish(std::uint32_t gen) {
         generation.store(gen, std::memory_order_seq_cst);
-        if (sleepers.load(std::memory_order_seq_cst) > 0) generation.notify_all();
+        if (sleepers.load(std::memory_order_seq_cst) > 0) futex_wake_all(&generation);
     }
 };
 
@@ -120,7 +144,7 @@ compute_pool::compute_pool(int n_threads) : impl_(std::make_unique<impl>()) {
     impl_->n_threads = n_threads;
     impl_->workers.reserve(static_cast<std::size_t>(n_threads - 1));
     for (int i = 1; i < n_threads; ++i) {
-        impl_->workers.emplace_back([p = impl_.get(), i] { p->worker_main(i); });
+        impl_->workers.emplace_back([p = impl_.get(), i, g0 = impl_->generation.load()] { p->worker_main(i, g0); });
     }
 }
 
@@ -128,7 +152,7 @@ compute_pool::~compute_pool() {
     impl_->stop.store(true, std::memory_order_release);
     const std::uint32_t gen = impl_->generation.load(std::memory_order_relaxed) + 1;
     impl_->generation.store(gen, std::memory_order_seq_cst);
-    impl_->generation.notify_all();
+    futex_wake_all(&impl_->generation);
     for (auto& t : impl_->workers) t.join();
 }
 
