@@ -174,9 +174,12 @@ public:
 
     // The complete file image.
     std::vector<std::byte> serialize() const;
+    // The header and tensor infos, padded to the alignment (the data section follows).
+    std::vector<std::byte> serialize_header() const;
     result<void> write(const std::string& path) const;
 
 private:
+    std::uint64_t padded(std::uint64_t bytes) const noexcept;
     std::uint32_t version_;
     std::uint64_t alignment_;
     std::vector<std::pair<std::string, gguf_value>> kv_;

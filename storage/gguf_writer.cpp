@@ -167,7 +167,7 @@ void gguf_writer::add_tensor(std::string name, tensor_type type, std::vector<std
     tensors_.push_back({std::move(name), type, std::move(ne), std::move(data)});
 }
 
-std::vector<std::byte> gguf_writer::serialize() const {
+std::vector<std::byte> gguf_writer::serialize_header() const {
     // A non-default alignment must be in the file for a reader to find the data; it is
     // added after the caller's keys unless the caller set general.alignment itself (which
     // lets tests write a file whose key disagrees with its layout).
@@ -199,40 +199,65 @@ std::vector<std::byte> gguf_writer::serialize() const {
         for (std::int64_t d : t.ne) sink.put<std::int64_t>(d);
         sink.put(static_cast<std::uint32_t>(t.type));
         sink.put<std::uint64_t>(offset);
-        offset += (t.data.size() + alignment_ - 1) / alignment_ * alignment_;
+        offset += padded(t.data.size());
     }
     sink.pad_to(alignment_);
+    return out;
+}
+
+std::uint64_t gguf_writer::padded(std::uint64_t bytes) const noexcept {
+    return (bytes + alignment_ - 1) / alignment_ * alignment_;
+}
+
+std::vector<std::byte> gguf_writer::serialize() const {
+    std::vector<std::byte> out = serialize_header();
     for (const tensor& t : tensors_) {
-        sink.put_bytes(t.data);
-        sink.pad_to(alignment_);
+        out.insert(out.end(), t.data.begin(), t.data.end());
+        out.resize(out.size() + (padded(t.data.size()) - t.data.size()), std::byte{0});
     }
     return out;
 }
 
 result<void> gguf_writer::write(const std::string& path) const {
-    const std::vector<std::byte> bytes = serialize();
+    // Streams the header, then each tensor straight from its buffer: a multi-GiB model is
+    // never copied into one file image.
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
         const int err = errno;
         return make_error(errc::io, "{}: cannot create: {}", path, std::strerror(err));
     }
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-        const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            const int err = errno;
-            ::close(fd);
-            return make_error(errc::io, "{}: write failed after {} of {} bytes: {}", path, done,
-                              bytes.size(), std::strerror(err));
+    std::uint64_t total = 0;
+    auto put = [&](const std::byte* data, std::size_t size) -> result<void> {
+        std::size_t done = 0;
+        while (done < size) {
+            const ssize_t n = ::write(fd, data + done, size - done);
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                const int err = errno;
+                return make_error(errc::io, "{}: write failed after {} bytes: {}", path, total + done,
+                                  std::strerror(err));
+            }
+            done += static_cast<std::size_t>(n);
         }
-        done += static_cast<std::size_t>(n);
-    }
-    if (::close(fd) != 0) {
+        total += size;
+        return {};
+    };
+    auto write_all = [&]() -> result<void> {
+        const std::vector<std::byte> header = serialize_header();
+        MOED_TRY(put(header.data(), header.size()));
+        const std::vector<std::byte> zeros(alignment_, std::byte{0});
+        for (const tensor& t : tensors_) {
+            MOED_TRY(put(t.data.data(), t.data.size()));
+            MOED_TRY(put(zeros.data(), padded(t.data.size()) - t.data.size()));
+        }
+        return {};
+    };
+    auto written = write_all();
+    if (::close(fd) != 0 && written) {
         const int err = errno;
         return make_error(errc::io, "{}: close failed: {}", path, std::strerror(err));
     }
-    return {};
+    return written;
 }
 
 }  // namespace moed::storage

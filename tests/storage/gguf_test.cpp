@@ -427,6 +427,14 @@ TEST(gguf_model, writer_reproduces_bundled_model_bytes) {
         }
     }
     EXPECT_EQ(first_diff, image.size()) << "first differing byte";
+
+    // write() streams header and tensors instead of building the image: same bytes.
+    const std::string path = (moed::test::temp_dir() / "rewritten.gguf").string();
+    ASSERT_TRUE(w.write(path));
+    std::ifstream in(path, std::ios::binary);
+    const std::string streamed((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    ASSERT_EQ(streamed.size(), image.size());
+    EXPECT_EQ(0, std::memcmp(streamed.data(), image.data(), image.size()));
 }
 
 // ---------------------------------------------------------------------------------------
