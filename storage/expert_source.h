@@ -73,6 +73,10 @@ public:
     // Acquires every expert in `ids` (one MoE layer's selection), requesting all missing
     // ones at once before waiting for any. handles[i] corresponds to ids[i].
     virtual result<void> acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles);
+    // How many experts one caller may hold at once (a tier's slot count). The engine
+    // acquires a layer's experts in groups of at most this many, so a budget smaller than
+    // one layer's selection still works, only slower.
+    virtual std::uint32_t max_held_experts() const noexcept { return UINT32_MAX; }
 
 protected:
     friend class expert_handle;

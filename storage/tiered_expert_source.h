@@ -37,9 +37,9 @@ struct tiered_options {
     memory_lock lock = memory_lock::best_effort;
     int numa_node = -1;
     std::uint32_t eio_retries = 3;
-    // The engine holds at most this many experts at once (one layer's selection of a full
-    // batch); the budget must leave room for them or acquire would deadlock.
-    std::uint32_t max_held_experts = 0;  // 0: n_expert (one whole layer)
+    // The budget must hold at least this many slots. The engine acquires in groups of at
+    // most max_held_experts() (= slot_count()), so 1 is enough for correctness.
+    std::uint32_t min_slots = 1;
 };
 
 class tiered_expert_source final : public expert_source {
@@ -60,6 +60,7 @@ public:
 
     expert_cache_stats stats() const;
     std::uint32_t slot_count() const noexcept;
+    std::uint32_t max_held_experts() const noexcept override { return slot_count(); }
     // Bytes one host slot takes (the largest expert of any layer, each matrix aligned).
     std::uint64_t slot_bytes() const noexcept;
 
