@@ -189,11 +189,39 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     });
 }
 
+void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w) {
+    const model_hparams& hp = model_.hparams();
+    const std::int64_t embd = hp.n_embd;
+    const std::int64_t ff = hp.n_ff_exp;
+    const int k = static_cast<int>(hp.n_expert_used);
+    const std::int64_t m = expert_count_[e];
+    const std::int32_t* rows = expert_rows_.data() + static_cast<std::size_t>(e) * max_batch_;
+    for (std::int64_t r = 0; r < m; ++r) {
+        const std::int64_t t = rows[r] / k;
+        std::copy_n(cur_.data() + t * embd, embd, gathered_.data() + r * embd);
+    }
+    auto view = [](const storage::expert_matrix& em) {
+        return kernels::matrix_view{em.type, em.data, em.rows, em.cols, em.row_bytes};
+    };
+    act_.quantize(w.gate.type, gathered_.data(), m, embd, embd, &pool_);
+    kernels::matmul(view(w.gate), act_, gate_.data(), ff, pool_);
+    if (w.up.type != act_.weight_type()) act_.quantize(w.up.type, gathered_.data(), m, embd, embd, &pool_);
+    kernels::matmul(view(w.up), act_, up_.data(), ff, pool_);
+    kernels::swiglu(gate_.data(), up_.data(), gate_.data(), m * ff);
+    kernels::matmul(view(w.down), gate_.data(), m, down_.data(), embd, pool_, act_);
+    for (std::int64_t r = 0; r < m; ++r) {
+        const std::int32_t ts = rows[r];
+        const float weight = route_weights_[ts];
+        const float* src = down_.data() + r * embd;
+        float* dst = expert_out_.data() + static_cast<std::size_t>(ts) * embd;
+        for (std::int64_t j = 0; j < embd; ++j) dst[j] = src[j] * weight;
+    }
+}
+
 result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
     const model_hparams& hp = model_.hparams();
     const layer_weights& lw = model_.layer(l);
     const std::int64_t embd = hp.n_embd;
-    const std::int64_t ff = hp.n_ff_exp;
     const int n_exp = static_cast<int>(hp.n_expert);
     const int k = static_cast<int>(hp.n_expert_used);
 
@@ -222,36 +250,17 @@ result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
                 static_cast<std::int32_t>(t * k + s);
         }
     }
-    MOED_TRY(model_.experts().acquire_many(needed_, handles_));
-
-    for (std::size_t i = 0; i < needed_.size(); ++i) {
-        const std::uint32_t e = needed_[i].expert;
-        const storage::expert_weights& w = handles_[i].weights();
-        const std::int64_t m = expert_count_[e];
-        const std::int32_t* rows = expert_rows_.data() + static_cast<std::size_t>(e) * max_batch_;
-        for (std::int64_t r = 0; r < m; ++r) {
-            const std::int64_t t = rows[r] / k;
-            std::copy_n(cur_.data() + t * embd, embd, gathered_.data() + r * embd);
-        }
-        auto view = [](const storage::expert_matrix& em) {
-            return kernels::matrix_view{em.type, em.data, em.rows, em.cols, em.row_bytes};
-        };
-        act_.quantize(w.gate.type, gathered_.data(), m, embd, embd, &pool_);
-        kernels::matmul(view(w.gate), act_, gate_.data(), ff, pool_);
-        if (w.up.type != act_.weight_type()) act_.quantize(w.up.type, gathered_.data(), m, embd, embd, &pool_);
-        kernels::matmul(view(w.up), act_, up_.data(), ff, pool_);
-        kernels::swiglu(gate_.data(), up_.data(), gate_.data(), m * ff);
-        kernels::matmul(view(w.down), gate_.data(), m, down_.data(), embd, pool_, act_);
-        for (std::int64_t r = 0; r < m; ++r) {
-            const std::int32_t ts = rows[r];
-            const float weight = route_weights_[ts];
-            const float* src = down_.data() + r * embd;
-            float* dst = expert_out_.data() + static_cast<std::size_t>(ts) * embd;
-            for (std::int64_t j = 0; j < embd; ++j) dst[j] = src[j] * weight;
-        }
+    // Experts are acquired in groups the source can hold at once (all of them when the
+    // experts are resident); each group is applied and released before the next.
+    storage::expert_source& source = model_.experts();
+    const std::size_t group = std::max<std::uint32_t>(1, source.max_held_experts());
+    for (std::size_t first = 0; first < needed_.size(); first += group) {
+        const std::size_t count = std::min(group, needed_.size() - first);
+        MOED_TRY(source.acquire_many(std::span<const ExpertId>(needed_.data() + first, count), handles_));
+        for (std::size_t i = 0; i < count; ++i) apply_expert(needed_[first + i].expert, handles_[i].weights());
+        for (auto& h : handles_) h.release();
+        handles_.clear();
     }
-    for (auto& h : handles_) h.release();
-    handles_.clear();
 
     // Sum the weighted expert outputs in slot order, as llama.cpp adds them, then the residual.
     for_tokens(n, [&](std::int64_t t) {

@@ -63,6 +63,9 @@ private:
     result<void> validate(std::span<const batch_token> batch) const;
     void attention_block(std::uint32_t layer, std::span<const batch_token> batch);
     result<void> moe_block(std::uint32_t layer, std::int64_t n);
+    // Runs expert `e` (weights `w`) on the batch rows routed to it; writes each row's
+    // weighted output into its (token, slot) place of expert_out_.
+    void apply_expert(std::uint32_t e, const storage::expert_weights& w);
     // Runs fn(t) for t in [0, n), spread over the pool when n is large enough to pay.
     void for_tokens(std::int64_t n, const std::function<void(std::int64_t)>& fn);
 
