@@ -28,7 +28,9 @@ float fp16_to_fp32(std::uint16_t h) noexcept {
     const std::uint32_t sign = static_cast<std::uint32_t>(h & 0x8000u) << 16;
     const std::uint32_t exp = (h >> 10) & 0x1fu;
     std::uint32_t mant = h & 0x3ffu;
-    if (exp == 0x1f) return float_of(sign | 0x7f800000u | (mant << 13));
+    if (exp == 0x1f) {  // inf, or NaN made quiet (as vcvtph2ps does), payload kept
+        return float_of(sign | 0x7f800000u | (mant << 13) | (mant != 0 ? 0x400000u : 0u));
+    }
     if (exp != 0) return float_of(sign | ((exp + 112u) << 23) | (mant << 13));
     if (mant == 0) return float_of(sign);
     // Subnormal half: normalise the mantissa into a normal float.

@@ -143,7 +143,7 @@ void softmax(float* x, std::int64_t n) {
 }
 
 void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, float* weights) {
-    MOED_ASSERT(k > 0 && k <= n && k <= detail::max_top_k);
+    MOED_ASSERT(k > 0 && k <= n);
     // Insertion into a sorted list of the k best; strict `>` keeps lower indices first on ties.
     int count = 0;
     for (int i = 0; i < n; ++i) {

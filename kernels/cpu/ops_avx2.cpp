@@ -1,29 +1,203 @@
-// avx2 ops: first stage forwards to the scalar references (vectorised versions follow).
+// AVX2 (+FMA, F16C) versions of the layer ops; numerics as ops_avx512.cpp describes.
+// libm is reached through __builtin_* rather than <cmath>, whose inline wrappers would be
+// instantiated here with AVX2 encodings (see kernel_impl.h).
+#include <immintrin.h>
+
+
 #include "kernels/cpu/ops_impl.h"
 
 namespace moed::kernels::detail {
 
-void rms_norm_avx2(const float* x, const float* weight, float* y, std::int64_t n, float eps) {
-    reference::rms_norm(x, weight, y, n, eps);
+namespace {
+
+inline float hsum_ps(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
+
+inline double hsum_pd(__m256d v) {
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+    s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+    return _mm_cvtsd_f64(s);
+}
+
+inline float hmax_ps(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+// e^x as in ops_avx512.cpp, with 2^n built in the exponent field. x is clamped so n stays
+// in [-125, 128]: results below e^-86.64 (near the smallest normal float) flush to 0, and
+// n = 128 overflows to inf in the last multiply, as expf does above 88.72.
+inline __m256 exp_ps(__m256 x) {
+    const __m256 lo = _mm256_set1_ps(-86.64f);
+    const __m256 underflow = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
+    x = _mm256_min_ps(_mm256_max_ps(x, lo), _mm256_set1_ps(89.0f));
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                     _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    const __m256 e = _mm256_add_ps(_mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r), _mm256_set1_ps(1.0f));
+    // 2^n = 2^(n-1) * 2, so that n = 128 still has an exponent field (254).
+    const __m256i ni = _mm256_cvtps_epi32(n);
+    const __m256 pow2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(ni, _mm256_set1_epi32(126)), 23));
+    const __m256 result = _mm256_mul_ps(_mm256_mul_ps(e, pow2), _mm256_set1_ps(2.0f));
+    return _mm256_andnot_ps(underflow, result);
+}
+
+inline __m256 round_to_half(__m256 v) {
+    return _mm256_cvtph_ps(_mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+inline __m256 load_half8(const std::uint16_t* p) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
+inline float round_to_half(float f) {
+    return _cvtsh_ss(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+}  // namespace
+
+void rms_norm_avx2(const float* x, const float* weight, float* y, std::int64_t n, float eps) {
+    __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+    std::int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 v = _mm256_loadu_ps(x + i);
+        const __m256 sq = _mm256_mul_ps(v, v);
+        acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(sq)));
+        acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(sq, 1)));
+    }
+    double sum = hsum_pd(_mm256_add_pd(acc0, acc1));
+    for (std::int64_t k = i; k < n; ++k) sum += static_cast<double>(x[k] * x[k]);
+    const float mean = static_cast<float>(sum / static_cast<double>(n));
+    const float scale = 1.0f / __builtin_sqrtf(mean + eps);
+    const __m256 vs = _mm256_set1_ps(scale);
+    for (i = 0; i + 8 <= n; i += 8) {
+        __m256 v = _mm256_mul_ps(_mm256_loadu_ps(x + i), vs);
+        if (weight != nullptr) v = _mm256_mul_ps(v, _mm256_loadu_ps(weight + i));
+        _mm256_storeu_ps(y + i, v);
+    }
+    for (; i < n; ++i) y[i] = weight != nullptr ? x[i] * scale * weight[i] : x[i] * scale;
+}
+
 void rope_apply_avx2(float* x, int n_heads, int head_dim, int n_rot, const float* cos_theta, const float* sin_theta) {
     const int half = n_rot / 2;
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
-        for (int i = 0; i < half; ++i) {
+        int i = 0;
+        for (; i + 8 <= half; i += 8) {
+            const __m256 x0 = _mm256_loadu_ps(v + i);
+            const __m256 x1 = _mm256_loadu_ps(v + i + half);
+            const __m256 c = _mm256_loadu_ps(cos_theta + i);
+            const __m256 s = _mm256_loadu_ps(sin_theta + i);
+            _mm256_storeu_ps(v + i, _mm256_sub_ps(_mm256_mul_ps(x0, c), _mm256_mul_ps(x1, s)));
+            _mm256_storeu_ps(v + i + half, _mm256_add_ps(_mm256_mul_ps(x0, s), _mm256_mul_ps(x1, c)));
+        }
+        for (; i < half; ++i) {
             const float x0 = v[i], x1 = v[i + half];
             v[i] = x0 * cos_theta[i] - x1 * sin_theta[i];
             v[i + half] = x0 * sin_theta[i] + x1 * cos_theta[i];
         }
     }
 }
-void softmax_avx2(float* x, std::int64_t n) { reference::softmax(x, n); }
-void swiglu_avx2(const float* gate, const float* up, float* out, std::int64_t n) { reference::swiglu(gate, up, out, n); }
-void axpy_avx2(float a, const float* x, float* y, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+
+void softmax_avx2(float* x, std::int64_t n) {
+    float max = -__builtin_inff();
+    std::int64_t i = 0;
+    if (n >= 8) {
+        __m256 vmax = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+        max = hmax_ps(vmax);
+    }
+    for (; i < n; ++i) max = x[i] > max ? x[i] : max;
+    const __m256 mx = _mm256_set1_ps(max);
+    double sum = 0.0;
+    for (i = 0; i + 8 <= n; i += 8) {
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx));
+        _mm256_storeu_ps(x + i, e);
+        sum += static_cast<double>(hsum_ps(e));
+    }
+    for (; i < n; ++i) {
+        x[i] = __builtin_expf(x[i] - max);
+        sum += static_cast<double>(x[i]);
+    }
+    const float inv = static_cast<float>(1.0 / sum);
+    const __m256 vinv = _mm256_set1_ps(inv);
+    for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
+    for (; i < n; ++i) x[i] *= inv;
 }
+
+void swiglu_avx2(const float* gate, const float* up, float* out, std::int64_t n) {
+    const __m256 one = _mm256_set1_ps(1.0f);
+    std::int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 g = _mm256_loadu_ps(gate + i);
+        const __m256 u = _mm256_loadu_ps(up + i);
+        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g));
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u));
+    }
+    for (; i < n; ++i) {
+        const float g = gate[i];
+        out[i] = g / (1.0f + __builtin_expf(-g)) * up[i];
+    }
+}
+
+void axpy_avx2(float a, const float* x, float* y, std::int64_t n) {
+    const __m256 va = _mm256_set1_ps(a);
+    std::int64_t i = 0;
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+    for (; i < n; ++i) y[i] += a * x[i];
+}
+
 void attention_head_avx2(const attention_args& args, int head, float* scratch) {
-    reference::attention_head(args, head, scratch);
+    const int dim = args.head_dim;
+    const int kv_head = head / (args.n_head / args.n_head_kv);
+    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const int n_vec = dim / 8;  // full vectors; a tail of dim % 8 values is done in scalar
+    const float* qsrc = args.q + static_cast<std::int64_t>(head) * dim;
+    __m256 q[max_head_dim / 8];
+    for (int v = 0; v < n_vec; ++v) q[v] = round_to_half(_mm256_loadu_ps(qsrc + 8 * v));
+    float q_tail[8] = {};
+    for (int d = 8 * n_vec; d < dim; ++d) q_tail[d - 8 * n_vec] = round_to_half(qsrc[d]);
+    const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
+    for (std::int64_t p = 0; p < args.n_kv; ++p) {
+        const std::uint16_t* k = k_base + p * pos_stride;
+        __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+        int v = 0;
+        for (; v + 2 <= n_vec; v += 2) {
+            acc0 = _mm256_fmadd_ps(q[v], load_half8(k + 8 * v), acc0);
+            acc1 = _mm256_fmadd_ps(q[v + 1], load_half8(k + 8 * v + 8), acc1);
+        }
+        if (v < n_vec) acc0 = _mm256_fmadd_ps(q[v], load_half8(k + 8 * v), acc0);
+        float s = hsum_ps(_mm256_add_ps(acc0, acc1));
+        for (int d = 8 * n_vec; d < dim; ++d) s += q_tail[d - 8 * n_vec] * half_to_float(k[d]);
+        scratch[p] = s * args.scale;
+    }
+    softmax_avx2(scratch, args.n_kv);
+    __m256 out[max_head_dim / 8];
+    for (int v = 0; v < n_vec; ++v) out[v] = _mm256_setzero_ps();
+    float out_tail[8] = {};
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    for (std::int64_t p = 0; p < args.n_kv; ++p) {
+        const float prob = round_to_half(scratch[p]);
+        const __m256 vp = _mm256_set1_ps(prob);
+        const std::uint16_t* vrow = v_base + p * pos_stride;
+        for (int v = 0; v < n_vec; ++v) out[v] = _mm256_fmadd_ps(vp, load_half8(vrow + 8 * v), out[v]);
+        for (int d = 8 * n_vec; d < dim; ++d) out_tail[d - 8 * n_vec] += prob * half_to_float(vrow[d]);
+    }
+    float* dst = args.out + static_cast<std::int64_t>(head) * dim;
+    for (int v = 0; v < n_vec; ++v) _mm256_storeu_ps(dst + 8 * v, out[v]);
+    for (int d = 8 * n_vec; d < dim; ++d) dst[d] = out_tail[d - 8 * n_vec];
 }
 
 }  // namespace moed::kernels::detail

@@ -1,29 +1,215 @@
-// avx512 ops: first stage forwards to the scalar references (vectorised versions follow).
+// AVX-512 versions of the layer ops. Numerics follow the scalar references in ops.cpp:
+// the same float operations where that is cheap (RMSNorm's squares, RoPE without FMA), a
+// vector exp accurate to about 2 ulp where libm's expf would dominate (softmax, SwiGLU).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <immintrin.h>
+#pragma GCC diagnostic pop
+
 #include "kernels/cpu/ops_impl.h"
 
 namespace moed::kernels::detail {
 
-void rms_norm_avx512(const float* x, const float* weight, float* y, std::int64_t n, float eps) {
-    reference::rms_norm(x, weight, y, n, eps);
+namespace {
+
+inline float hsum_ps256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
 }
+
+inline float hsum_ps(__m512 v) {
+    return hsum_ps256(_mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1)));
+}
+
+inline double hsum_pd(__m512d v) {
+    __m256d s4 = _mm256_add_pd(_mm512_extractf64x4_pd(v, 0), _mm512_extractf64x4_pd(v, 1));
+    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(s4), _mm256_extractf128_pd(s4, 1));
+    s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+    return _mm_cvtsd_f64(s);
+}
+
+inline float hmax_ps(__m512 v) {
+    __m256 m8 = _mm256_max_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+inline __mmask16 tail_mask(std::int64_t left) {
+    return static_cast<__mmask16>(left >= 16 ? 0xFFFFu : (1u << left) - 1u);
+}
+
+// e^x: Cody-Waite reduction x = n ln2 + r, a degree-6 polynomial for e^r, scaled by 2^n
+// with vscalefps (which also gives 0 and inf outside the float range).
+inline __m512 exp_ps(__m512 x) {
+    // Clamp so that -inf gives 0 and +inf gives inf without NaNs from the reduction.
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-104.0f)), _mm512_set1_ps(89.0f));
+    const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    const __m512 r2 = _mm512_mul_ps(r, r);
+    const __m512 e = _mm512_add_ps(_mm512_fmadd_ps(p, r2, r), _mm512_set1_ps(1.0f));
+    // e^89 overflows to inf and e^-104 underflows to 0 in the scaling, as expf does.
+    return _mm512_scalef_ps(e, n);
+}
+
+inline __m512 load_half16(const std::uint16_t* p) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+inline __m512 load_half16_masked(const std::uint16_t* p, __mmask16 m) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, p));
+}
+inline __m512 round_to_half(__m512 v) {
+    return _mm512_cvtph_ps(_mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+
+}  // namespace
+
+void rms_norm_avx512(const float* x, const float* weight, float* y, std::int64_t n, float eps) {
+    // Squares in float (as ggml), accumulated in double.
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    std::int64_t i = 0;
+    for (; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 v = _mm512_maskz_loadu_ps(m, x + i);
+        const __m512 sq = _mm512_mul_ps(v, v);
+        acc0 = _mm512_add_pd(acc0, _mm512_cvtps_pd(_mm512_extractf32x8_ps(sq, 0)));
+        acc1 = _mm512_add_pd(acc1, _mm512_cvtps_pd(_mm512_extractf32x8_ps(sq, 1)));
+    }
+    const double sum = hsum_pd(_mm512_add_pd(acc0, acc1));
+    const float mean = static_cast<float>(sum / static_cast<double>(n));
+    const float scale = 1.0f / __builtin_sqrtf(mean + eps);
+    const __m512 vs = _mm512_set1_ps(scale);
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        __m512 v = _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), vs);
+        if (weight != nullptr) v = _mm512_mul_ps(v, _mm512_maskz_loadu_ps(m, weight + i));
+        _mm512_mask_storeu_ps(y + i, m, v);
+    }
+}
+
 void rope_apply_avx512(float* x, int n_heads, int head_dim, int n_rot, const float* cos_theta, const float* sin_theta) {
     const int half = n_rot / 2;
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
-        for (int i = 0; i < half; ++i) {
-            const float x0 = v[i], x1 = v[i + half];
-            v[i] = x0 * cos_theta[i] - x1 * sin_theta[i];
-            v[i + half] = x0 * sin_theta[i] + x1 * cos_theta[i];
+        for (int i = 0; i < half; i += 16) {
+            const __mmask16 m = tail_mask(half - i);
+            const __m512 x0 = _mm512_maskz_loadu_ps(m, v + i);
+            const __m512 x1 = _mm512_maskz_loadu_ps(m, v + i + half);
+            const __m512 c = _mm512_maskz_loadu_ps(m, cos_theta + i);
+            const __m512 s = _mm512_maskz_loadu_ps(m, sin_theta + i);
+            // Separate multiplies and adds, as the scalar reference (no FMA contraction).
+            _mm512_mask_storeu_ps(v + i, m, _mm512_sub_ps(_mm512_mul_ps(x0, c), _mm512_mul_ps(x1, s)));
+            _mm512_mask_storeu_ps(v + i + half, m, _mm512_add_ps(_mm512_mul_ps(x0, s), _mm512_mul_ps(x1, c)));
         }
     }
 }
-void softmax_avx512(float* x, std::int64_t n) { reference::softmax(x, n); }
-void swiglu_avx512(const float* gate, const float* up, float* out, std::int64_t n) { reference::swiglu(gate, up, out, n); }
-void axpy_avx512(float a, const float* x, float* y, std::int64_t n) {
-    for (std::int64_t i = 0; i < n; ++i) y[i] += a * x[i];
+
+void softmax_avx512(float* x, std::int64_t n) {
+    __m512 vmax = _mm512_set1_ps(-__builtin_inff());
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, x + i));
+    }
+    const __m512 mx = _mm512_set1_ps(hmax_ps(vmax));
+    double sum = 0.0;
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 e = _mm512_maskz_mov_ps(m, exp_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, x + i), mx)));
+        _mm512_mask_storeu_ps(x + i, m, e);
+        sum += static_cast<double>(hsum_ps(e));
+    }
+    const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / sum));
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(x + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i), inv));
+    }
 }
+
+void swiglu_avx512(const float* gate, const float* up, float* out, std::int64_t n) {
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m512 g = _mm512_maskz_loadu_ps(m, gate + i);
+        const __m512 u = _mm512_maskz_loadu_ps(m, up + i);
+        const __m512 e = exp_ps(_mm512_sub_ps(_mm512_setzero_ps(), g));
+        const __m512 silu = _mm512_div_ps(g, _mm512_add_ps(one, e));
+        _mm512_mask_storeu_ps(out + i, m, _mm512_mul_ps(silu, u));
+    }
+}
+
+void axpy_avx512(float a, const float* x, float* y, std::int64_t n) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(va, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    }
+}
+
 void attention_head_avx512(const attention_args& args, int head, float* scratch) {
-    reference::attention_head(args, head, scratch);
+    const int dim = args.head_dim;
+    const int kv_head = head / (args.n_head / args.n_head_kv);
+    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const int n_vec = (dim + 15) / 16;
+    // q rounded to f16 as the f16 K matmul does; kept in registers-sized chunks on the stack.
+    __m512 q[max_head_dim / 16];
+    for (int v = 0; v < n_vec; ++v) {
+        const __mmask16 m = tail_mask(dim - 16 * v);
+        q[v] = round_to_half(_mm512_maskz_loadu_ps(m, args.q + static_cast<std::int64_t>(head) * dim + 16 * v));
+    }
+    const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
+    const __m512 scale = _mm512_set1_ps(args.scale);
+    std::int64_t p = 0;
+    // Four positions at a time: independent accumulators hide the FMA latency.
+    for (; p + 4 <= args.n_kv; p += 4) {
+        __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        for (int v = 0; v < n_vec; ++v) {
+            const __mmask16 m = tail_mask(dim - 16 * v);
+            for (int j = 0; j < 4; ++j) {
+                const std::uint16_t* k = k_base + (p + j) * pos_stride + 16 * v;
+                acc[j] = _mm512_fmadd_ps(q[v], load_half16_masked(k, m), acc[j]);
+            }
+        }
+        for (int j = 0; j < 4; ++j) scratch[p + j] = hsum_ps(acc[j]) * args.scale;
+    }
+    for (; p < args.n_kv; ++p) {
+        __m512 acc = _mm512_setzero_ps();
+        for (int v = 0; v < n_vec; ++v) {
+            const __mmask16 m = tail_mask(dim - 16 * v);
+            acc = _mm512_fmadd_ps(q[v], load_half16_masked(k_base + p * pos_stride + 16 * v, m), acc);
+        }
+        scratch[p] = hsum_ps(acc) * args.scale;
+    }
+    (void)scale;
+    softmax_avx512(scratch, args.n_kv);
+    // Probabilities rounded to f16 (the f16 V matmul converts them), accumulated in f32.
+    __m512 out[max_head_dim / 16];
+    for (int v = 0; v < n_vec; ++v) out[v] = _mm512_setzero_ps();
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    for (p = 0; p < args.n_kv; ++p) {
+        const __m512 prob = round_to_half(_mm512_set1_ps(scratch[p]));
+        const std::uint16_t* vrow = v_base + p * pos_stride;
+        if (dim % 16 == 0) {
+            for (int v = 0; v < n_vec; ++v) out[v] = _mm512_fmadd_ps(prob, load_half16(vrow + 16 * v), out[v]);
+        } else {
+            for (int v = 0; v < n_vec; ++v) {
+                out[v] = _mm512_fmadd_ps(prob, load_half16_masked(vrow + 16 * v, tail_mask(dim - 16 * v)), out[v]);
+            }
+        }
+    }
+    float* dst = args.out + static_cast<std::int64_t>(head) * dim;
+    for (int v = 0; v < n_vec; ++v) _mm512_mask_storeu_ps(dst + 16 * v, tail_mask(dim - 16 * v), out[v]);
 }
 
 }  // namespace moed::kernels::detail

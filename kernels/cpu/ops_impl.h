@@ -11,7 +11,6 @@ namespace moed::kernels::detail {
 // Bounds that let the ops keep their per-call tables on the stack (no allocation).
 inline constexpr int max_rope_dims = 1024;
 inline constexpr int max_head_dim = 512;
-inline constexpr int max_top_k = 64;
 
 // cos/sin of theta_i = pos * base^(-2i/n_rot) for i < n_rot/2, computed as ggml does.
 void rope_cache(int n_rot, std::int64_t pos, float freq_base, float* cos_theta, float* sin_theta);
