@@ -1,0 +1,141 @@
+// A block reader that wraps another and injects faults: errors (EIO, EINTR, EAGAIN, any
+// errno) on chosen reads, short reads, per-read latency and a bandwidth cap (a fake slow
+// disk for scheduler tests), and a changed file identity (a file replaced underneath).
+// Reads still go to the wrapped reader, so the bytes that do arrive are the file's.
+//
+// Reads are numbered from 0 in the order submit() accepts them; rules name reads by that
+// number (reads_accepted() says where the count stands). Completions come back through
+// reap() once they are due: a read is due when the wrapped reader finished it, its latency
+// has passed, and the bandwidth cap's clock has reached the end of its bytes. The cap models
+// one disk that moves `bytes_per_s` in total, serving reads in submission order. A waiting
+// reap() sleeps on a condition variable until the earliest due time; a private thread
+// reaps the wrapped reader. Nothing busy-waits.
+//
+// Threads: the block_reader contract (one submitter, one reaper, wake() from any). Every
+// fault setter and counter is thread-safe and takes effect for reads submitted after it.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "common/result.h"
+#include "storage/block_reader.h"
+
+namespace moed::storage {
+
+class fault_reader final : public block_reader {
+public:
+    using clock = std::chrono::steady_clock;
+    // A count of reads that never runs out.
+    static constexpr std::uint64_t forever = ~std::uint64_t{0};
+
+    // Takes `inner` and starts the thread that reaps it. Errors: the thread cannot start.
+    static result<std::unique_ptr<fault_reader>> create(std::unique_ptr<block_reader> inner);
+    // Stops the reaping thread; the wrapped reader then drains its own reads.
+    ~fault_reader() override;
+    fault_reader(const fault_reader&) = delete;
+    fault_reader& operator=(const fault_reader&) = delete;
+
+    // --- Faults (thread-safe) ---
+    // Reads numbered [first, first + count) complete with -error_number (a positive errno:
+    // EIO, EINTR, EAGAIN...) without touching the file. Rules add up; the first match wins.
+    void fail_reads(std::uint64_t first, std::uint64_t count, int error_number);
+    void fail_nth_read(std::uint64_t n, int error_number) { fail_reads(n, 1, error_number); }
+    // Every read from the next one on fails, until clear_failures().
+    void fail_all_reads(int error_number);
+    void clear_failures();
+    // Reads numbered [first, first + count) ask the wrapped reader for only `fraction`
+    // (0 < fraction < 1) of their bytes, rounded down to the alignment but at least one
+    // aligned block; the completion reports what was read, so a caller sees a short read.
+    void set_short_reads(double fraction, std::uint64_t first = 0, std::uint64_t count = forever);
+    void clear_short_reads();
+    // Added to every read from submission (zero: none).
+    void set_latency(std::chrono::nanoseconds per_read);
+    // Total bytes per second across all reads (0: no cap).
+    void set_bandwidth_cap(std::uint64_t bytes_per_s);
+    // identity() reports another inode and mtime while set, as if the file had been replaced.
+    void set_file_replaced(bool replaced);
+    // Removes every fault above.
+    void clear_all();
+
+    // --- Counters (thread-safe) ---
+    std::uint64_t reads_accepted() const;
+    std::uint64_t reads_failed() const;     // completed with an injected error
+    std::uint64_t reads_shortened() const;  // forwarded with fewer bytes than asked
+
+    block_reader& inner() noexcept { return *inner_; }
+
+    // --- block_reader ---
+    io_mode mode() const noexcept override { return inner_->mode(); }
+    std::uint32_t alignment() const noexcept override { return inner_->alignment(); }
+    std::uint32_t queue_depth() const noexcept override { return inner_->queue_depth(); }
+    const std::string& path() const noexcept override { return inner_->path(); }
+    result<std::size_t> submit(std::span<const read_op> ops) override;
+    std::size_t reap(std::span<read_completion> out, bool wait) override;
+    std::size_t in_flight() const noexcept override;
+    void wake() noexcept override;
+    result<file_identity> identity() const override;
+
+private:
+    struct range_rule {
+        std::uint64_t first = 0;
+        std::uint64_t count = 0;
+        int error_number = 0;
+        bool covers(std::uint64_t n) const { return n >= first && n - first < count; }
+    };
+    // One accepted read, indexed by the user_data we give the wrapped reader.
+    struct slot {
+        std::uint64_t user_data = 0;
+        clock::time_point due{};
+        std::int64_t result = 0;
+    };
+    struct due_entry {
+        clock::time_point due;
+        std::uint32_t slot;
+        bool operator>(const due_entry& other) const { return due > other.due; }
+    };
+
+    explicit fault_reader(std::unique_ptr<block_reader> inner);
+    void pump_main();
+    // Makes `index` reapable at its due time; mutex_ must be held.
+    void push_due_locked(std::uint32_t index);
+
+    std::unique_ptr<block_reader> inner_;
+    const std::uint32_t depth_;
+
+    mutable std::mutex mutex_;
+    std::condition_variable due_cv_;  // a read became due-able, or wake()
+    // Fault settings.
+    std::vector<range_rule> failures_;
+    range_rule short_rule_{};
+    double short_fraction_ = 1.0;
+    std::chrono::nanoseconds latency_{0};
+    std::uint64_t bandwidth_bytes_per_s_ = 0;
+    clock::time_point bandwidth_free_at_{};  // when the modelled disk finishes its queue
+    bool replaced_ = false;
+    // Counters.
+    std::uint64_t reads_accepted_ = 0;
+    std::uint64_t reads_failed_ = 0;
+    std::uint64_t reads_shortened_ = 0;
+    // Reads: slots (queue depth of them), free slot indices, and a min-heap of the reads
+    // whose result is known, by due time. All preallocated.
+    std::vector<slot> slots_;
+    std::vector<std::uint32_t> free_slots_;
+    std::vector<due_entry> due_heap_;
+    std::vector<read_op> forward_;           // submit()'s scratch: ops for the wrapped reader
+    std::vector<std::uint32_t> op_slots_;    // submit()'s scratch: the slot of each op
+    std::size_t in_flight_ = 0;
+    bool wake_pending_ = false;
+    bool stopping_ = false;
+
+    std::thread pump_;
+};
+
+}  // namespace moed::storage
