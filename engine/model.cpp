@@ -1,5 +1,12 @@
 #include "engine/model.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <unordered_map>
+
 #include <fmt/format.h>
 
 #include "kernels/cpu/quantize.h"
@@ -35,9 +42,65 @@ result<std::uint64_t> positive_key(const storage::gguf_file& file, const std::st
     return value;
 }
 
+bool is_routed_expert(const std::string& name) {
+    return name.find("_exps.") != std::string::npos;
+}
+
+// Copies every tensor except the routed experts into `dst` (each at a 64-byte aligned
+// offset) with positional reads, then drops those pages from the page cache: the copy is
+// the only resident instance. Returns name -> offset in dst.
+result<std::unordered_map<std::string, std::size_t>> copy_dense(const storage::gguf_file& file,
+                                                                std::vector<std::byte>& dst) {
+    std::unordered_map<std::string, std::size_t> where;
+    std::size_t total = 0;
+    for (const auto& t : file.tensors()) {
+        if (is_routed_expert(t.name)) continue;
+        where[t.name] = total;
+        total += (t.size_bytes + 63) / 64 * 64;
+    }
+    dst.assign(total + 64, std::byte{0});
+    const std::size_t shift = (64 - reinterpret_cast<std::uintptr_t>(dst.data()) % 64) % 64;
+    const int fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        const int err = errno;
+        return make_error(errc::io, "{}: cannot open to copy dense weights: {}", file.path(), std::strerror(err));
+    }
+    for (const auto& t : file.tensors()) {
+        if (is_routed_expert(t.name)) continue;
+        std::size_t& off = where[t.name];
+        off += shift;
+        std::size_t done = 0;
+        while (done < t.size_bytes) {
+            const ssize_t n = ::pread(fd, dst.data() + off + done, t.size_bytes - done,
+                                      static_cast<off_t>(t.offset + done));
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                const int err = n < 0 ? errno : 0;
+                ::close(fd);
+                return make_error(errc::io, "{}: reading tensor '{}' ({} bytes at offset {}): {}", file.path(),
+                                  t.name, t.size_bytes, t.offset + done,
+                                  err ? std::strerror(err) : "unexpected end of file");
+            }
+            done += static_cast<std::size_t>(n);
+        }
+        ::posix_fadvise(fd, static_cast<off_t>(t.offset), static_cast<off_t>(t.size_bytes), POSIX_FADV_DONTNEED);
+    }
+    ::close(fd);
+    return where;
+}
+
 class loader {
 public:
     explicit loader(const storage::gguf_file& file) : file_(file) {}
+    // Dense tensors are read from `copy` at the given offsets instead of the mapping.
+    void use_copy(const std::byte* copy, std::unordered_map<std::string, std::size_t> offsets) {
+        copy_ = copy;
+        offsets_ = std::move(offsets);
+    }
+    const std::byte* data_of(const storage::gguf_tensor_info& t) const {
+        if (copy_ != nullptr) return copy_ + offsets_.at(t.name);
+        return file_.tensor_data(t);
+    }
 
     // A 2-D weight [rows x cols] (ggml ne = {cols, rows}) in a type the kernels compute.
     result<kernels::matrix_view> matrix(const std::string& name, std::int64_t rows, std::int64_t cols) {
@@ -52,7 +115,7 @@ public:
             return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot compute with",
                               file_.path(), name, type_name(t.type));
         }
-        return kernels::matrix_view{t.type, file_.tensor_data(t), rows, cols, row_bytes(t.type, cols)};
+        return kernels::matrix_view{t.type, data_of(t), rows, cols, row_bytes(t.type, cols)};
     }
 
     // A 1-D weight of n values, converted to f32 into owned storage.
@@ -68,19 +131,21 @@ public:
             return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot read as a vector",
                               file_.path(), name, type_name(t.type));
         }
-        if (t.type == tensor_type::f32) return reinterpret_cast<const float*>(file_.tensor_data(t));
+        if (t.type == tensor_type::f32) return reinterpret_cast<const float*>(data_of(t));
         store.emplace_back(static_cast<std::size_t>(n));
-        kernels::dequantize_row(t.type, file_.tensor_data(t), store.back().data(), n);
+        kernels::dequantize_row(t.type, data_of(t), store.back().data(), n);
         return static_cast<const float*>(store.back().data());
     }
 
 private:
     const storage::gguf_file& file_;
+    const std::byte* copy_ = nullptr;
+    std::unordered_map<std::string, std::size_t> offsets_;
 };
 
 }  // namespace
 
-result<std::unique_ptr<model>> model::load(const std::string& path) {
+result<std::unique_ptr<model>> model::load(const std::string& path, const load_options& options) {
     auto opened = storage::gguf_file::open(path);
     if (!opened) return unexpected(std::move(opened).error());
     std::unique_ptr<model> m(new model());
@@ -177,6 +242,11 @@ result<std::unique_ptr<model>> model::load(const std::string& path) {
     hp.n_vocab = m->tokenizer_->n_vocab();
 
     loader ld(file);
+    if (options.host_budget) {
+        auto offsets = copy_dense(file, m->dense_copy_);
+        if (!offsets) return unexpected(std::move(offsets).error());
+        ld.use_copy(m->dense_copy_.data(), std::move(offsets).value());
+    }
     const std::int64_t q_dim = static_cast<std::int64_t>(hp.n_head) * hp.head_dim;
     const std::int64_t kv_dim = static_cast<std::int64_t>(hp.n_head_kv) * hp.head_dim;
     auto embd = ld.matrix("token_embd.weight", hp.n_vocab, hp.n_embd);
@@ -233,11 +303,21 @@ result<std::unique_ptr<model>> model::load(const std::string& path) {
             }
         }
     }
-    m->experts_ = std::make_unique<storage::resident_expert_source>(file, m->layout_);
+    if (options.host_budget) {
+        storage::tiered_options tier = options.tier;
+        tier.host_budget_bytes = options.host_budget->resolve(m->expert_bytes());
+        auto tiered = storage::tiered_expert_source::create(path, m->layout_, tier);
+        if (!tiered) return unexpected(std::move(tiered).error());
+        m->tiers_ = tiered->get();
+        m->experts_ = std::move(tiered).value();
+    } else {
+        m->experts_ = std::make_unique<storage::resident_expert_source>(file, m->layout_);
+    }
     return m;
 }
 
 void model::set_expert_source(std::unique_ptr<storage::expert_source> source) {
+    tiers_ = dynamic_cast<storage::tiered_expert_source*>(source.get());
     experts_ = std::move(source);
 }
 

@@ -6,14 +6,17 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "common/result.h"
+#include "common/units.h"
 #include "engine/tokenizer.h"
 #include "kernels/cpu/matmul.h"
 #include "storage/expert_source.h"
 #include "storage/gguf.h"
+#include "storage/tiered_expert_source.h"
 
 namespace moed::engine {
 
@@ -44,11 +47,21 @@ struct layer_weights {
     kernels::matrix_view router;       // [n_expert x n_embd]
 };
 
+struct load_options {
+    // Absent: every routed expert stays in the file's read-only mapping (resident). Set:
+    // routed experts come through the tiered source with this host budget ("25%" of the
+    // expert bytes or an absolute size), and dense weights are copied into owned memory so
+    // nothing touches the mapping after load (a file changed underneath cannot fault the
+    // process; expert reads report it instead).
+    std::optional<budget_spec> host_budget;
+    storage::tiered_options tier;  // queue depth, I/O mode limits, memory locking
+};
+
 class model {
 public:
     // Opens `path`, checks architecture, hyper-parameters, tensor shapes and types.
     // Errors name the file and the key or tensor at fault.
-    static result<std::unique_ptr<model>> load(const std::string& path);
+    static result<std::unique_ptr<model>> load(const std::string& path, const load_options& options = {});
 
     const model_hparams& hparams() const noexcept { return hparams_; }
     const tokenizer& vocab() const noexcept { return *tokenizer_; }
@@ -68,6 +81,10 @@ public:
     std::uint64_t expert_bytes() const noexcept;
     std::uint64_t dense_bytes() const noexcept;
 
+    // The tiered source when experts are tiered (load_options::host_budget), else null.
+    storage::tiered_expert_source* tiers() noexcept { return tiers_; }
+    const storage::tiered_expert_source* tiers() const noexcept { return tiers_; }
+
 private:
     model() = default;
     std::unique_ptr<storage::gguf_file> file_;
@@ -80,6 +97,8 @@ private:
     std::vector<std::vector<float>> owned_vectors_;  // norm weights stored in non-f32 types
     storage::expert_layout layout_;
     std::unique_ptr<storage::expert_source> experts_;
+    storage::tiered_expert_source* tiers_ = nullptr;  // experts_ when it is the tiered source
+    std::vector<std::byte> dense_copy_;  // dense weights (64-byte aligned inside) when tiered
 };
 
 }  // namespace moed::engine

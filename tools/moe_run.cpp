@@ -2,8 +2,11 @@
 // text (or, with --json, one JSON object with ids, text and speeds).
 //
 //   moe-run -m MODEL -p PROMPT -n N [--temp T --top-k K --top-p P --min-p P --seed S
-//           --repeat-penalty R -t THREADS -c CTX -b BATCH --ignore-eos --parse-special] [--json]
+//           --repeat-penalty R -t THREADS -c CTX -b BATCH --ignore-eos --parse-special]
+//           [--host-budget 4GiB|25% --io-depth N --no-uring --no-direct --mlock required|best_effort|off]
+//           [--json]
 //   moe-run -m MODEL --tokenize TEXT [--parse-special] --json
+#include <dlfcn.h>
 #include <sys/resource.h>
 
 #include <charconv>
@@ -17,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/log.h"
+#include "common/units.h"
 #include "engine/generator.h"
 #include "engine/model.h"
 #include "kernels/cpu/cpu_features.h"
@@ -36,6 +40,7 @@ struct options {
     bool ignore_eos = false;
     bool parse_special = false;
     moed::engine::sampling_params sampling;
+    moed::engine::load_options load;
 };
 
 [[noreturn]] void usage(int code) {
@@ -43,6 +48,8 @@ struct options {
                  "usage: moe-run -m MODEL -p PROMPT [-n N] [--temp T] [--top-k K] [--top-p P] [--min-p P]\n"
                  "               [--repeat-penalty R] [--seed S] [-t THREADS] [-c CTX] [-b BATCH]\n"
                  "               [--ignore-eos] [--parse-special] [--json]\n"
+                 "               [--host-budget SIZE|PERCENT] [--io-depth N] [--no-uring] [--no-direct]\n"
+                 "               [--mlock required|best_effort|off]\n"
                  "       moe-run -m MODEL --tokenize TEXT [--parse-special] [--json]\n");
     std::exit(code);
 }
@@ -86,6 +93,20 @@ options parse_args(int argc, char** argv) {
         else if (a == "--json") o.json = true;
         else if (a == "--ignore-eos") o.ignore_eos = true;
         else if (a == "--parse-special") o.parse_special = true;
+        else if (a == "--host-budget") {
+            auto budget = moed::parse_budget(next());
+            if (!budget) fail("--host-budget: " + budget.error().message);
+            o.load.host_budget = *budget;
+        } else if (a == "--io-depth") o.load.tier.queue_depth = parse_number<std::uint32_t>("--io-depth", next());
+        else if (a == "--no-uring") o.load.tier.allow_uring = false;
+        else if (a == "--no-direct") o.load.tier.allow_direct = false;
+        else if (a == "--mlock") {
+            const std::string v = next();
+            if (v == "required") o.load.tier.lock = moed::storage::memory_lock::required;
+            else if (v == "best_effort") o.load.tier.lock = moed::storage::memory_lock::best_effort;
+            else if (v == "off") o.load.tier.lock = moed::storage::memory_lock::off;
+            else fail("--mlock must be required, best_effort or off, not '" + v + "'");
+        }
         else fail("unknown argument '" + a + "' (see --help)");
     }
     if (o.model_path.empty()) fail("no model given (-m MODEL)");
@@ -94,8 +115,40 @@ options parse_args(int argc, char** argv) {
     if (o.threads == 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (o.n_batch < 1 || o.n_batch > 4096) fail("-b must be between 1 and 4096");
     if (o.n_ctx < 0) fail("-c must be positive");
+    if (o.load.tier.queue_depth < 1 || o.load.tier.queue_depth > 4096) fail("--io-depth must be between 1 and 4096");
     if (auto v = o.sampling.validate(); !v) fail(v.error().message);
     return o;
+}
+
+// The allocator actually serving malloc: jemalloc exports mallctl when it is linked in.
+const char* allocator_name() { return dlsym(RTLD_DEFAULT, "mallctl") != nullptr ? "jemalloc" : "system"; }
+
+nlohmann::json tier_json(const moed::storage::tier_stats& t) {
+    return {{"name", t.name},
+            {"capacity_bytes", t.capacity_bytes},
+            {"capacity_experts", t.capacity_experts},
+            {"resident_bytes", t.resident_bytes},
+            {"resident_experts", t.resident_experts},
+            {"hits", t.hits},
+            {"misses", t.misses},
+            {"evictions", t.evictions},
+            {"bytes_read", t.bytes_read},
+            {"read_errors", t.read_errors},
+            {"read_bytes_per_s", t.read_bytes_per_s},
+            {"load_latency_us",
+             {{"count", t.load_latency.count},
+              {"p50", t.load_latency.p50_us},
+              {"p90", t.load_latency.p90_us},
+              {"p99", t.load_latency.p99_us},
+              {"max", t.load_latency.max_us}}}};
+}
+
+nlohmann::json stats_json(const moed::storage::expert_cache_stats& s) {
+    return {{"io_mode", s.io_mode},
+            {"queue_depth", s.queue_depth},
+            {"expert_bytes_total", s.expert_bytes_total},
+            {"host", tier_json(s.host)},
+            {"nvme", tier_json(s.nvme)}};
 }
 
 std::int64_t peak_rss_bytes() {
@@ -110,7 +163,7 @@ int main(int argc, char** argv) {
     const options opt = parse_args(argc, argv);
     moed::set_log_level(moed::log_level::warn);
 
-    auto loaded = moed::engine::model::load(opt.model_path);
+    auto loaded = moed::engine::model::load(opt.model_path, opt.load);
     if (!loaded) fail(loaded.error().message);
     moed::engine::model& m = **loaded;
 
@@ -164,8 +217,12 @@ int main(int argc, char** argv) {
             {"isa", std::string(moed::kernels::isa_name(moed::kernels::active_isa()))},
             {"peak_rss_bytes", peak_rss_bytes()},
             {"model_bytes", m.file().file_size()},
+            {"dense_bytes", m.dense_bytes()},
+            {"expert_bytes", m.expert_bytes()},
             {"kv_cache_bytes", cache.bytes()},
+            {"allocator", allocator_name()},
         };
+        if (const auto* tiers = m.tiers()) out["tiers"] = stats_json(tiers->stats());
         // Text may end mid-character in principle; replace rather than throw on bad UTF-8.
         std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else {

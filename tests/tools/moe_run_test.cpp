@@ -86,6 +86,54 @@ TEST(moe_run, peak_rss_within_model_plus_kv_plus_64mib) {
         << "peak RSS " << rss << " exceeds model " << model_bytes << " + KV " << kv << " + 64 MiB";
 }
 
+// With a host budget the experts are read into the slab and never mapped: the process stays
+// within dense bytes + budget + KV cache + 64 MiB, far below the model's size.
+TEST(moe_run, peak_rss_within_dense_plus_budget_when_tiered) {
+    moed::tools::synth_shape shape;
+    shape.layers = 2;
+    shape.embd = 1024;
+    shape.heads = 8;
+    shape.kv_heads = 2;
+    shape.head_dim = 128;
+    shape.experts = 16;
+    shape.experts_used = 4;
+    shape.ff = 1024;
+    shape.vocab = 4096;
+    const std::string big = moed::test::synthetic_model("Q8_0", shape);
+    auto r = run({"-m", big, "-p", "hello world", "-n", "8", "-t", "2", "--json", "--ignore-eos",
+                  "--host-budget", "25%", "--mlock", "best_effort"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    const double dense = j["dense_bytes"].get<double>();
+    const double budget = j["tiers"]["host"]["capacity_bytes"].get<double>();
+    const double kv = j["kv_cache_bytes"].get<double>();
+    const double rss = j["peak_rss_bytes"].get<double>();
+    EXPECT_LE(budget, 0.25 * j["expert_bytes"].get<double>());
+    EXPECT_GT(j["tiers"]["host"]["bytes_read"].get<double>(), 0.0);
+    EXPECT_LE(rss, dense + budget + kv + 64.0 * 1024 * 1024)
+        << "peak RSS " << rss << " exceeds dense " << dense << " + budget " << budget << " + KV " << kv << " + 64 MiB";
+    EXPECT_LT(rss, j["model_bytes"].get<double>());
+}
+
+TEST(moe_run, bad_host_budget_is_an_error) {
+    auto r = run({"-m", model, "-p", "x", "--host-budget", "lots"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("--host-budget"), std::string::npos) << r.out;
+    r = run({"-m", model, "-p", "x", "--host-budget", "1KiB"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("budget"), std::string::npos) << r.out;
+}
+
+TEST(moe_run, jemalloc_is_the_allocator) {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+    GTEST_SKIP() << "sanitizer builds keep the sanitizer's allocator";
+#else
+    auto r = run({"-m", model, "-p", "x", "-n", "1", "--json"});
+    ASSERT_EQ(r.status, 0) << r.out;
+    EXPECT_EQ(nlohmann::json::parse(r.out)["allocator"], "jemalloc");
+#endif
+}
+
 TEST(moe_run, tokenize_prints_ids_only) {
     auto r = run({"-m", model, "--tokenize", "int main(void)", "--json"});
     ASSERT_EQ(r.status, 0) << r.out;
