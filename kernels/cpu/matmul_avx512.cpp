@@ -79,75 +79,133 @@ inline void q4_k_unpack_scales(const std::uint8_t* packed, std::uint64_t* scales
     *mins = m_lo | (static_cast<std::uint64_t>(m_hi) << 32);
 }
 
-// One row x T tokens of Q4_K.
-template <int T>
-void q4_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
-    const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+// R rows x T tokens of Q4_K. Per block and row: the nibbles are unpacked once into four
+// vectors of two sub-blocks each (value order), the scales into four madd vectors; then per
+// token: 4 x vpdpbusd (products) and 4 x vpdpwssd (times the sub-block scale, summed),
+// one float FMA with d * x.d, and the minimums from the bsums.
+template <int R, int T>
+void q4_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
+    const block_q4_k* wb[R];
     const block_q8_k* xb[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) {
-        xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
-    }
+    for (int i = 0; i < R; ++i) wb[i] = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r0 + i) * a.w_stride);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     const std::int64_t nb = a.cols / qk_k;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
-    // Lane i of S_k holds the scale of sub-block 2k (i < 8) or 2k+1 (i >= 8).
+    // Lane i of s[k] holds the scale of sub-block 2k (i < 8) or 2k+1 (i >= 8), in the low
+    // 16 bits (vpdpwssd then multiplies each dpbusd lane, which fits in int16, exactly).
     const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    const __m512i idx_step = _mm512_set1_epi32(2);
+    const __m512i idx1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i idx2 = _mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m512i idx3 = _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6);
     const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    __m512 acc[T];
-    __m256 acc_min[T];
+    __m512 acc[R][T];
+    __m256 acc_min[R][T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) {
-        acc[t] = _mm512_setzero_ps();
-        acc_min[t] = _mm256_setzero_ps();
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            acc[i][t] = _mm512_setzero_ps();
+            acc_min[i][t] = _mm256_setzero_ps();
+        }
     }
     for (std::int64_t b = 0; b < nb; ++b) {
-        const block_q4_k& w = wb[b];
-        std::uint64_t scales, mins;
-        q4_k_unpack_scales(w.scales, &scales, &mins);
-        const __m512i sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(scales)));
-        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
-        __m512i s[4];
-        __m512i idx = idx0;
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) {
-            s[k] = _mm512_permutexvar_epi32(idx, sc32);
-            idx = _mm512_add_epi32(idx, idx_step);
+        __m512i w[R][4], s[R][4];
+        __m256i mins16[R];
+        float d[R], dmin[R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+            const block_q4_k& blk = wb[i][b];
+            std::uint64_t scales, mins;
+            q4_k_unpack_scales(blk.scales, &scales, &mins);
+            const __m512i sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(scales)));
+            mins16[i] = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
+            s[i][0] = _mm512_permutexvar_epi32(idx0, sc32);
+            s[i][1] = _mm512_permutexvar_epi32(idx1, sc32);
+            s[i][2] = _mm512_permutexvar_epi32(idx2, sc32);
+            s[i][3] = _mm512_permutexvar_epi32(idx3, sc32);
+            const __m512i q0 = _mm512_loadu_si512(blk.qs);
+            const __m512i q1 = _mm512_loadu_si512(blk.qs + 64);
+            const __m512i lo0 = _mm512_and_si512(q0, m4);
+            const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);
+            const __m512i lo1 = _mm512_and_si512(q1, m4);
+            const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);
+            // Sub-blocks in value order: [0|1], [2|3], [4|5], [6|7] (32 values each).
+            w[i][0] = _mm512_shuffle_i64x2(lo0, hi0, 0x44);
+            w[i][1] = _mm512_shuffle_i64x2(lo0, hi0, 0xEE);
+            w[i][2] = _mm512_shuffle_i64x2(lo1, hi1, 0x44);
+            w[i][3] = _mm512_shuffle_i64x2(lo1, hi1, 0xEE);
+            d[i] = half_to_float(blk.d);
+            dmin[i] = half_to_float(blk.dmin);
         }
-        const __m512i q0 = _mm512_loadu_si512(w.qs);
-        const __m512i q1 = _mm512_loadu_si512(w.qs + 64);
-        const __m512i lo0 = _mm512_and_si512(q0, m4);
-        const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);
-        const __m512i lo1 = _mm512_and_si512(q1, m4);
-        const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);
-        // Sub-blocks in value order: [0|1], [2|3], [4|5], [6|7] (32 values each).
-        const __m512i w0 = _mm512_shuffle_i64x2(lo0, hi0, 0x44);
-        const __m512i w1 = _mm512_shuffle_i64x2(lo0, hi0, 0xEE);
-        const __m512i w2 = _mm512_shuffle_i64x2(lo1, hi1, 0x44);
-        const __m512i w3 = _mm512_shuffle_i64x2(lo1, hi1, 0xEE);
-        const float d = half_to_float(w.d);
-        const float dmin = half_to_float(w.dmin);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
             const block_q8_k& x = xb[t][b];
-            const __m512i zero = _mm512_setzero_si512();
-            __m512i p0 = _mm512_dpbusd_epi32(zero, w0, _mm512_loadu_si512(x.qs));
-            __m512i p1 = _mm512_dpbusd_epi32(zero, w1, _mm512_loadu_si512(x.qs + 64));
-            __m512i p2 = _mm512_dpbusd_epi32(zero, w2, _mm512_loadu_si512(x.qs + 128));
-            __m512i p3 = _mm512_dpbusd_epi32(zero, w3, _mm512_loadu_si512(x.qs + 192));
-            p0 = _mm512_madd_epi16(p0, s[0]);
-            p1 = _mm512_madd_epi16(p1, s[1]);
-            p2 = _mm512_madd_epi16(p2, s[2]);
-            p3 = _mm512_madd_epi16(p3, s[3]);
-            const __m512i sum = _mm512_add_epi32(_mm512_add_epi32(p0, p1), _mm512_add_epi32(p2, p3));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * x.d), acc[t]);
+            const __m512i x0 = _mm512_loadu_si512(x.qs);
+            const __m512i x1 = _mm512_loadu_si512(x.qs + 64);
+            const __m512i x2 = _mm512_loadu_si512(x.qs + 128);
+            const __m512i x3 = _mm512_loadu_si512(x.qs + 192);
             const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
-            const __m256i msum = _mm256_madd_epi16(bs, mins16);
-            acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin * x.d), acc_min[t]);
+            const __m512i zero = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int i = 0; i < R; ++i) {
+                __m512i sum = _mm512_dpwssd_epi32(zero, _mm512_dpbusd_epi32(zero, w[i][0], x0), s[i][0]);
+                sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w[i][1], x1), s[i][1]);
+                sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w[i][2], x2), s[i][2]);
+                sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w[i][3], x3), s[i][3]);
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d[i] * x.d), acc[i][t]);
+                const __m256i msum = _mm256_madd_epi16(bs, mins16[i]);
+                acc_min[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin[i] * x.d), acc_min[i][t]);
+            }
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]) - hsum_ps256(acc_min[t]);
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r0 + i] = hsum_ps(acc[i][t]) - hsum_ps256(acc_min[i][t]);
+    }
+}
+
+// One row x one token of Q4_K with 256-bit vectors (decode). Each 32-byte group of nibbles
+// already holds whole sub-blocks in value order (low nibbles: sub-block 2j, high: 2j+1), so
+// unlike the 512-bit tile nothing crosses lanes; on CPUs that split 512-bit operations in
+// two (AMD Zen 4) this does the same arithmetic with fewer shuffles.
+void q4_k_decode_row(const gemm_args& a, std::int64_t r) {
+    const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+    const auto* xb = reinterpret_cast<const block_q8_k*>(a.x);
+    const std::int64_t nb = a.cols / qk_k;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    __m256 acc = _mm256_setzero_ps();
+    __m256 acc_min = _mm256_setzero_ps();
+    for (std::int64_t b = 0; b < nb; ++b) {
+        const block_q4_k& w = wb[b];
+        const block_q8_k& x = xb[b];
+        std::uint64_t scales, mins;
+        q4_k_unpack_scales(w.scales, &scales, &mins);
+        // Byte j of the scales into the low byte of every 32-bit lane, zeros above.
+        const __m256i sc = _mm256_set1_epi64x(static_cast<long long>(scales));
+        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
+        const __m256i zero = _mm256_setzero_si256();
+        __m256i sum = zero;
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * j));
+            const __m256i lo = _mm256_and_si256(q, m4);
+            const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            const __m256i s_lo = _mm256_shuffle_epi8(sc, _mm256_set1_epi32(static_cast<int>(0x80808000u | (2 * j))));
+            const __m256i s_hi = _mm256_shuffle_epi8(sc, _mm256_set1_epi32(static_cast<int>(0x80808000u | (2 * j + 1))));
+            const __m256i p_lo = _mm256_dpbusd_epi32(zero, lo, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * j)));
+            const __m256i p_hi = _mm256_dpbusd_epi32(zero, hi, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * j + 32)));
+            sum = _mm256_dpwssd_epi32(sum, p_lo, s_lo);
+            sum = _mm256_dpwssd_epi32(sum, p_hi, s_hi);
+        }
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(half_to_float(w.d) * x.d), acc);
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+        acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins16)), _mm256_set1_ps(half_to_float(w.dmin) * x.d), acc_min);
+    }
+    a.y[r] = hsum_ps256(acc) - hsum_ps256(acc_min);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -342,7 +400,48 @@ void gemm_quant(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     }
 }
 
-template <int T> struct q4_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_tile<T>(a, r, t0); } };
+// Row x token tiles for kernels templated on both: decode (one token) takes kDecodeRows
+// rows per tile, prefill one row x up to kTokens tokens (each unpacked weight block is
+// reused across the tile's tokens while their activations stay in L1).
+template <template <int, int> class K>
+void gemm_quant_rt(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    constexpr int decode_rows = K<1, 1>::decode_rows;
+    constexpr int tokens = K<1, 1>::tokens;
+    if (a.n_tokens == 1 && K<1, 1>::has_decode_row) {
+        for (std::int64_t r = r0; r < r1; ++r) K<1, 1>::decode_row(a, r);
+        return;
+    }
+    if (a.n_tokens == 1) {
+        std::int64_t r = r0;
+        for (; r + decode_rows <= r1; r += decode_rows) K<decode_rows, 1>::run(a, r, 0);
+        for (; r < r1; ++r) K<1, 1>::run(a, r, 0);
+        return;
+    }
+    std::int64_t t0 = 0;
+    for (; t0 + tokens <= a.n_tokens; t0 += tokens) {
+        for (std::int64_t r = r0; r < r1; ++r) K<1, tokens>::run(a, r, t0);
+    }
+    const std::int64_t left = a.n_tokens - t0;
+    for (std::int64_t r = r0; r < r1 && left > 0; ++r) {
+        switch (left) {
+            case 7: K<1, 7>::run(a, r, t0); break;
+            case 6: K<1, 6>::run(a, r, t0); break;
+            case 5: K<1, 5>::run(a, r, t0); break;
+            case 4: K<1, 4>::run(a, r, t0); break;
+            case 3: K<1, 3>::run(a, r, t0); break;
+            case 2: K<1, 2>::run(a, r, t0); break;
+            default: K<1, 1>::run(a, r, t0); break;
+        }
+    }
+}
+
+template <int R, int T> struct q4_k_kernel {
+    static constexpr int decode_rows = 1;
+    static constexpr int tokens = 4;
+    static constexpr bool has_decode_row = true;
+    static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_run<R, T>(a, r, t0); }
+    static void decode_row(const gemm_args& a, std::int64_t r) { q4_k_decode_row(a, r); }
+};
 template <int T> struct q6_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q6_k_tile<T>(a, r, t0); } };
 template <int T> struct q8_0_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q8_0_tile<T>(a, r, t0); } };
 
@@ -374,7 +473,7 @@ inline __m128i pack_i32_to_i8(__m512i v) { return _mm512_cvtsepi32_epi8(v); }
 
 gemm_fn gemm_avx512(tensor_type weight_type) noexcept {
     switch (weight_type) {
-        case tensor_type::q4_k: return &gemm_quant<q4_k_kernel>;
+        case tensor_type::q4_k: return &gemm_quant_rt<q4_k_kernel>;
         case tensor_type::q6_k: return &gemm_quant<q6_k_kernel>;
         case tensor_type::q8_0: return &gemm_quant<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;
