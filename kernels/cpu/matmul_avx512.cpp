@@ -211,14 +211,16 @@ void q4_k_decode_row(const gemm_args& a, std::int64_t r) {
 // ---------------------------------------------------------------------------------------
 // Q6_K x Q8_K
 
-template <int T>
-void q6_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
-    const auto* wb = reinterpret_cast<const block_q6_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+// R rows x T tokens of Q6_K: per half block, one 512-bit load of ql and a broadcast of qh
+// give the codes of 128 values in value order; per token 4 x vpdpbusd + 4 x vpdpwssd.
+template <int R, int T>
+void q6_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
+    const block_q6_k* wb[R];
     const block_q8_k* xb[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) {
-        xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
-    }
+    for (int i = 0; i < R; ++i) wb[i] = reinterpret_cast<const block_q6_k*>(a.w + static_cast<std::size_t>(r0 + i) * a.w_stride);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     const std::int64_t nb = a.cols / qk_k;
     const __m512i m4 = _mm512_set1_epi8(0x0F);
     const __m512i m30 = _mm512_set1_epi8(0x30);
@@ -226,56 +228,68 @@ void q6_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     // Low 256 bits hold values l, high 256 bits values l + 32 of a 64-value quarter pair.
     const __m512i shl_lo = _mm512_inserti64x4(_mm512_set1_epi16(4), _mm256_set1_epi16(2), 1);
     const __m512i shr_hi = _mm512_inserti64x4(_mm512_setzero_si512(), _mm256_set1_epi16(2), 1);
-    // Lane i of S_k: the scale of sub-block 4k + i/4 (16 values = 4 lanes per sub-block).
+    // Lane i of s[k]: the scale of sub-block 4k + i/4 (16 values = 4 lanes per sub-block).
     const __m512i idx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i idx_step = _mm512_set1_epi32(4);
-    __m512 acc[T];
+    const __m512i idx1 = _mm512_add_epi32(idx0, _mm512_set1_epi32(4));
+    const __m512i idx2 = _mm512_add_epi32(idx0, _mm512_set1_epi32(8));
+    const __m512i idx3 = _mm512_add_epi32(idx0, _mm512_set1_epi32(12));
+    __m512 acc[R][T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) acc[t] = _mm512_setzero_ps();
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+    }
     for (std::int64_t b = 0; b < nb; ++b) {
-        const block_q6_k& w = wb[b];
-        const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
-        const __m512i sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), low16);
-        const __m256i sc16 = _mm256_cvtepi8_epi16(sc8);
-        __m512i s[4];
-        __m512i idx = idx0;
-#pragma GCC unroll 4
-        for (int k = 0; k < 4; ++k) {
-            s[k] = _mm512_permutexvar_epi32(idx, sc32);
-            idx = _mm512_add_epi32(idx, idx_step);
-        }
-        __m512i q[4];
+        __m512i q[R][4], s[R][4];
+        __m256i sc16[R];
+        float d[R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+            const block_q6_k& w = wb[i][b];
+            const __m128i sc8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
+            const __m512i sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(sc8), low16);
+            sc16[i] = _mm256_cvtepi8_epi16(sc8);
+            s[i][0] = _mm512_permutexvar_epi32(idx0, sc32);
+            s[i][1] = _mm512_permutexvar_epi32(idx1, sc32);
+            s[i][2] = _mm512_permutexvar_epi32(idx2, sc32);
+            s[i][3] = _mm512_permutexvar_epi32(idx3, sc32);
 #pragma GCC unroll 2
-        for (int h = 0; h < 2; ++h) {
-            const __m512i l = _mm512_loadu_si512(w.ql + 64 * h);
-            const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qh + 32 * h)));
-            q[2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, shl_lo), m30));
-            q[2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
-                                           _mm512_and_si512(_mm512_srlv_epi16(hb, shr_hi), m30));
+            for (int h = 0; h < 2; ++h) {
+                const __m512i l = _mm512_loadu_si512(w.ql + 64 * h);
+                const __m512i hb = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qh + 32 * h)));
+                q[i][2 * h] = _mm512_or_si512(_mm512_and_si512(l, m4), _mm512_and_si512(_mm512_sllv_epi16(hb, shl_lo), m30));
+                q[i][2 * h + 1] = _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(l, 4), m4),
+                                                  _mm512_and_si512(_mm512_srlv_epi16(hb, shr_hi), m30));
+            }
+            d[i] = half_to_float(w.d);
         }
-        const float d = half_to_float(w.d);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
             const block_q8_k& x = xb[t][b];
-            const __m512i zero = _mm512_setzero_si512();
-            __m512i p0 = _mm512_dpbusd_epi32(zero, q[0], _mm512_loadu_si512(x.qs));
-            __m512i p1 = _mm512_dpbusd_epi32(zero, q[1], _mm512_loadu_si512(x.qs + 64));
-            __m512i p2 = _mm512_dpbusd_epi32(zero, q[2], _mm512_loadu_si512(x.qs + 128));
-            __m512i p3 = _mm512_dpbusd_epi32(zero, q[3], _mm512_loadu_si512(x.qs + 192));
-            p0 = _mm512_madd_epi16(p0, s[0]);
-            p1 = _mm512_madd_epi16(p1, s[1]);
-            p2 = _mm512_madd_epi16(p2, s[2]);
-            p3 = _mm512_madd_epi16(p3, s[3]);
-            __m512i sum = _mm512_add_epi32(_mm512_add_epi32(p0, p1), _mm512_add_epi32(p2, p3));
-            // The -32 offset of every code: 32 * sum_j scale_j * bsum_j.
+            const __m512i x0 = _mm512_loadu_si512(x.qs);
+            const __m512i x1 = _mm512_loadu_si512(x.qs + 64);
+            const __m512i x2 = _mm512_loadu_si512(x.qs + 128);
+            const __m512i x3 = _mm512_loadu_si512(x.qs + 192);
             const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
-            const __m256i bias = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
-            sum = _mm512_sub_epi32(sum, _mm512_zextsi256_si512(bias));
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d * x.d), acc[t]);
+            const __m512i zero = _mm512_setzero_si512();
+#pragma GCC unroll 8
+            for (int i = 0; i < R; ++i) {
+                // The -32 offset of every code: 32 * sum_j scale_j * bsum_j, subtracted first.
+                const __m256i bias = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16[i]), 5);
+                __m512i sum = _mm512_sub_epi32(zero, _mm512_zextsi256_si512(bias));
+                sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, q[i][0], x0), s[i][0]);
+                sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, q[i][1], x1), s[i][1]);
+                sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, q[i][2], x2), s[i][2]);
+                sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, q[i][3], x3), s[i][3]);
+                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d[i] * x.d), acc[i][t]);
+            }
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]);
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r0 + i] = hsum_ps(acc[i][t]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -442,7 +456,13 @@ template <int R, int T> struct q4_k_kernel {
     static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_run<R, T>(a, r, t0); }
     static void decode_row(const gemm_args& a, std::int64_t r) { q4_k_decode_row(a, r); }
 };
-template <int T> struct q6_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q6_k_tile<T>(a, r, t0); } };
+template <int R, int T> struct q6_k_kernel {
+    static constexpr int decode_rows = 1;
+    static constexpr int tokens = 4;
+    static constexpr bool has_decode_row = false;
+    static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q6_k_run<R, T>(a, r, t0); }
+    static void decode_row(const gemm_args&, std::int64_t) {}
+};
 template <int T> struct q8_0_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q8_0_tile<T>(a, r, t0); } };
 
 template <class L, int T>
@@ -474,7 +494,7 @@ inline __m128i pack_i32_to_i8(__m512i v) { return _mm512_cvtsepi32_epi8(v); }
 gemm_fn gemm_avx512(tensor_type weight_type) noexcept {
     switch (weight_type) {
         case tensor_type::q4_k: return &gemm_quant_rt<q4_k_kernel>;
-        case tensor_type::q6_k: return &gemm_quant<q6_k_kernel>;
+        case tensor_type::q6_k: return &gemm_quant_rt<q6_k_kernel>;
         case tensor_type::q8_0: return &gemm_quant<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;
         case tensor_type::bf16: return &gemm_float<load_bf16>;
