@@ -85,10 +85,13 @@ struct compute_pool::impl {
     // the chunks still unclaimed, so a successful compare-exchange proves the job is still
     // running and its description (fn, n, chunk, n_chunks) is the one published with it.
     void run_chunks(std::uint32_t gen, int thread_index) {
+        // Finished chunks are reported once, on the way out: one write to the shared counter
+        // per thread and job instead of one per chunk. Holding them back is safe, because the
+        // owner cannot finish the job (and reuse its description) while any is unreported.
+        std::int64_t done = 0;
         std::uint64_t c = claim.load(std::memory_order_acquire);
         for (;;) {
-            if (static_cast<std::uint32_t>(c >> 32) != gen) return;
-            if ((c & 0xffffffffu) == 0) return;
+            if (static_cast<std::uint32_t>(c >> 32) != gen || (c & 0xffffffffu) == 0) break;
             if (!claim.compare_exchange_weak(c, c - 1, std::memory_order_acq_rel,
                                              std::memory_order_acquire)) {
                 continue;
@@ -97,9 +100,10 @@ struct compute_pool::impl {
             const std::int64_t begin = (n_chunks - remaining) * chunk;
             const std::int64_t end = std::min(n, begin + chunk);
             (*fn)(begin, end, thread_index);
-            completed.fetch_add(1, std::memory_order_acq_rel);
+            ++done;
             c = claim.load(std::memory_order_acquire);
         }
+        if (done > 0) completed.fetch_add(done, std::memory_order_acq_rel);
     }
 
     // `seen` is the generation when the pool was built, passed in rather than read here:
