@@ -232,7 +232,6 @@ void uring_reader::on_wake_cqe(const io_uring_cqe& cqe) {
 }
 
 std::size_t uring_reader::drain_cq(std::span<read_completion> out, std::size_t n) {
-    std::size_t reaped_ops = 0;
     while (n < out.size()) {
         io_uring_cqe* cqes[cqe_batch];
         const unsigned want = static_cast<unsigned>(std::min<std::size_t>(cqe_batch, out.size() - n));
@@ -251,12 +250,13 @@ std::size_t uring_reader::drain_cq(std::span<read_completion> out, std::size_t n
             out[n++] = read_completion{slot_user_data_[slot], cqe.res};
             free_slots_[tail % queue_depth_] = slot;
             ++tail;
-            ++reaped_ops;
         }
         io_uring_cq_advance(&ring_, got);
+        // Uncount before the slots are handed back, so in_flight() never exceeds the depth.
+        const std::uint64_t freed = tail - free_tail_.load(std::memory_order_relaxed);
+        if (freed > 0) in_flight_.fetch_sub(freed, std::memory_order_acq_rel);
         free_tail_.store(tail, std::memory_order_release);
     }
-    if (reaped_ops > 0) in_flight_.fetch_sub(reaped_ops, std::memory_order_acq_rel);
     return n;
 }
 

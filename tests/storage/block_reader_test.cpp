@@ -37,52 +37,15 @@
 #include "storage/block_reader_open.h"
 #include "storage/fault_reader.h"
 #include "storage/uring_reader.h"
+#include "tests/storage/block_reader_test_util.h"
 #include "tests/support/test_paths.h"
 
 namespace moed::storage {
 namespace {
 
+using namespace test_util;
+
 constexpr std::uint64_t file_bytes = 64ull << 20;
-constexpr std::uint32_t page = 4096;
-
-// The 8-byte word at byte offset 8*k: a mix of k, so misplaced data never matches.
-std::uint64_t pattern_word(std::uint64_t k) {
-    std::uint64_t z = k + 0x9e3779b97f4a7c15ull;
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-void write_pattern_file(const std::filesystem::path& path, std::uint64_t bytes) {
-    const int fd = ::open(path.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-    ASSERT_GE(fd, 0) << path;
-    std::vector<std::uint64_t> chunk(1 << 17);  // 1 MiB
-    for (std::uint64_t at = 0; at < bytes; at += chunk.size() * 8) {
-        for (std::size_t i = 0; i < chunk.size(); ++i) chunk[i] = pattern_word(at / 8 + i);
-        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(chunk.size() * 8, bytes - at));
-        ASSERT_EQ(::pwrite(fd, chunk.data(), n, static_cast<off_t>(at)), static_cast<ssize_t>(n));
-    }
-    ASSERT_EQ(::close(fd), 0);
-}
-
-// True when `data` holds the file's bytes [offset, offset + n); offsets are 8-aligned.
-bool matches_file(const std::byte* data, std::uint64_t offset, std::size_t n) {
-    for (std::size_t i = 0; i < n; i += 8) {
-        const std::uint64_t expect = pattern_word((offset + i) / 8);
-        if (std::memcmp(data + i, &expect, std::min<std::size_t>(8, n - i)) != 0) return false;
-    }
-    return true;
-}
-
-struct aligned_buffer {
-    std::byte* data = nullptr;
-    std::size_t bytes = 0;
-    explicit aligned_buffer(std::size_t n) : data(static_cast<std::byte*>(std::aligned_alloc(page, n))), bytes(n) {}
-    ~aligned_buffer() { std::free(data); }
-    aligned_buffer(const aligned_buffer&) = delete;
-    aligned_buffer& operator=(const aligned_buffer&) = delete;
-};
-
 const std::filesystem::path& pattern_file() {
     static const std::filesystem::path path = [] {
         auto p = test::temp_dir() / "pattern.bin";
