@@ -183,7 +183,9 @@ void activation_buffer::quantize(tensor_type weight_type, const float* x, std::i
 
 void matmul(const matrix_view& w, const activation_buffer& x, float* y, std::int64_t y_stride,
             compute_pool& pool) {
-    MOED_ASSERT(x.weight_type() == w.type && x.cols() == w.cols);
+    // Any weight type that consumes the same activation type will do (Q4_K and Q6_K both
+    // take Q8_K), so callers may reuse one conversion across such matrices.
+    MOED_ASSERT(activation_type_for(x.weight_type()) == activation_type_for(w.type) && x.cols() == w.cols);
     MOED_ASSERT(w.rows >= 0 && w.data != nullptr && w.row_stride_bytes >= moed::row_bytes(w.type, w.cols));
     MOED_ASSERT(x.n_tokens() <= 1 || y_stride >= w.rows);
     if (w.rows == 0 || x.n_tokens() == 0) return;

@@ -49,8 +49,9 @@ private:
     std::size_t row_bytes_ = 0;
 };
 
-// y = W x for pre-converted activations (x.weight_type() must equal w.type and
-// x.cols() == w.cols).
+// y = W x for pre-converted activations: x must have been converted for a weight type
+// with the same activation type as w.type (activation_type_for; e.g. Q4_K and Q6_K both
+// use Q8_K, so one conversion serves both), and x.cols() == w.cols.
 void matmul(const matrix_view& w, const activation_buffer& x, float* y, std::int64_t y_stride,
             compute_pool& pool);
 

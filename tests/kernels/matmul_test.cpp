@@ -7,7 +7,8 @@
 // within 1e-5 of the typical output magnitude (sqrt(cols) * rms(w) * rms(x)); the only
 // differences allowed are float summation order. Also checked: padded row strides and
 // y strides (untouched gaps), x strides, results bitwise equal for 1, 2 and 3 threads, and
-// an activation buffer that does not reallocate once sized.
+// an activation buffer that does not reallocate once sized, and one Q8_K conversion
+// serving both Q4_K and Q6_K weights.
 #include "kernels/cpu/matmul.h"
 
 #include <cmath>
@@ -159,6 +160,20 @@ TEST(matmul, activation_buffer_does_not_reallocate_once_sized) {
         matmul(w.view(), x.data(), n, y.data(), 8, pool, act);
         EXPECT_EQ(act.row(0), first) << "reallocated for " << n << " tokens";
     }
+}
+
+TEST(matmul, one_conversion_serves_weight_types_sharing_an_activation_type) {
+    std::mt19937 rng(26);
+    compute_pool pool(2);
+    const weights w6 = make_weights(rng, tensor_type::q6_k, 9, 512);
+    const std::vector<float> x = test::random_floats(rng, 3 * 512);
+    activation_buffer for_q4k, for_q6k;
+    for_q4k.quantize(tensor_type::q4_k, x.data(), 3, 512, 512, &pool);
+    for_q6k.quantize(tensor_type::q6_k, x.data(), 3, 512, 512, &pool);
+    std::vector<float> a(27), b(27);
+    matmul(w6.view(), for_q4k, a.data(), 9, pool);
+    matmul(w6.view(), for_q6k, b.data(), 9, pool);
+    EXPECT_EQ(a, b);
 }
 
 TEST(matmul, zero_rows_or_tokens_do_nothing) {
