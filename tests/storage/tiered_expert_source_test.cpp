@@ -24,6 +24,7 @@
 #include <filesystem>
 #include <numeric>
 
+#include "storage/fault_reader.h"
 #include "storage/tiered_expert_source.h"
 #include "tests/storage/tiered_test_util.h"
 #include "tests/support/test_paths.h"
@@ -473,6 +474,101 @@ TEST(tiered_expert_source_faults, identity_change_fails_the_load) {
     rs.control->change_identity.store(false);
     ASSERT_TRUE((*made)->acquire(ExpertId{0, 1}));
 }
+
+// --- faults through fault_reader over the real block reader ---
+
+// The real backend (io_uring or pread) wrapped in fault_reader; `raw` stays valid while the
+// source owns the reader.
+std::unique_ptr<block_reader> make_fault_reader(const std::string& path, fault_reader*& raw, bool uring = true) {
+    auto inner = open_block_reader(block_reader_options{path, 16, uring, true, {}});
+    EXPECT_TRUE(inner) << inner.error().message;
+    if (!inner) return nullptr;
+    auto made = fault_reader::create(std::move(inner).value());
+    EXPECT_TRUE(made) << made.error().message;
+    if (!made) return nullptr;
+    raw = made->get();
+    return std::move(made).value();
+}
+
+class tiered_fault_reader : public ::testing::TestWithParam<bool> {};  // param: io_uring allowed
+
+TEST_P(tiered_fault_reader, eio_on_nth_read_fails_the_acquire_then_works_once_cleared) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    fault_reader* faults = nullptr;
+    auto made = make_source(m, {.slots = 3, .eio_retries = 3}, make_fault_reader(m.path, faults, GetParam()));
+    ASSERT_TRUE(made) << made.error().message;
+    tiered_expert_source& source = **made;
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));
+    faults->fail_all_reads(EIO);
+    auto h = source.acquire(ExpertId{2, 5});
+    expect_error(h, {m.path, "reading expert 2/5", "bytes at offset", "Input/output error after 3 retries"});
+    EXPECT_GE(source.stats().host.read_errors, 4u);
+    faults->clear_failures();
+    h = source.acquire(ExpertId{2, 5});
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_TRUE(same_as_resident(*h, *m.resident));
+    h->release();
+    churn_and_compare(source, m, 3);
+}
+
+TEST_P(tiered_fault_reader, single_eio_is_retried_transparently) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    fault_reader* faults = nullptr;
+    auto made = make_source(m, {.slots = 3}, make_fault_reader(m.path, faults, GetParam()));
+    ASSERT_TRUE(made) << made.error().message;
+    faults->fail_nth_read(faults->reads_accepted() + 1, EIO);
+    auto h = (*made)->acquire(ExpertId{1, 4});
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_TRUE(same_as_resident(*h, *m.resident));
+    EXPECT_EQ(faults->reads_failed(), 1u);
+    EXPECT_EQ((*made)->stats().host.read_errors, 1u);
+}
+
+TEST_P(tiered_fault_reader, short_reads_give_the_right_bytes) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    fault_reader* faults = nullptr;
+    auto made = make_source(m, {.slots = 4}, make_fault_reader(m.path, faults, GetParam()));
+    ASSERT_TRUE(made) << made.error().message;
+    faults->set_short_reads(0.3);
+    churn_and_compare(**made, m, 4);
+    EXPECT_GT(faults->reads_shortened(), 0u);
+    EXPECT_EQ((*made)->stats().host.read_errors, 0u);
+}
+
+TEST_P(tiered_fault_reader, replaced_file_fails_the_load) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    fault_reader* faults = nullptr;
+    auto made = make_source(m, {.slots = 3}, make_fault_reader(m.path, faults, GetParam()));
+    ASSERT_TRUE(made) << made.error().message;
+    ASSERT_TRUE((*made)->acquire(ExpertId{0, 3}));
+    faults->set_file_replaced(true);
+    expect_error((*made)->acquire(ExpertId{0, 4}), {m.path, "changed since it was opened", "expert 0/4"});
+    // Already resident experts stay usable: they were read before the change.
+    ASSERT_TRUE((*made)->acquire(ExpertId{0, 3}));
+}
+
+TEST_P(tiered_fault_reader, slow_disk_fills_latency_and_throughput) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    fault_reader* faults = nullptr;
+    auto made = make_source(m, {.slots = 4}, make_fault_reader(m.path, faults, GetParam()));
+    ASSERT_TRUE(made) << made.error().message;
+    faults->set_latency(std::chrono::microseconds(200));
+    faults->set_bandwidth_cap(64 << 20);
+    churn_and_compare(**made, m, 4);
+    const auto st = (*made)->stats();
+    EXPECT_EQ(st.host.load_latency.count, st.host.misses);
+    EXPECT_GT(st.host.load_latency.p50_us, 0.0);
+    EXPECT_GT(st.host.read_seconds, 0.0);
+    EXPECT_GT(st.host.read_bytes_per_s, 0.0);
+}
+
+INSTANTIATE_TEST_SUITE_P(backends, tiered_fault_reader, ::testing::Values(true, false),
+                         [](const ::testing::TestParamInfo<bool>& p) { return p.param ? "uring" : "pread"; });
 
 // --- faults on a real file, through the real block reader ---
 
