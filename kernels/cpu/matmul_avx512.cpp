@@ -295,33 +295,91 @@ void q6_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 // ---------------------------------------------------------------------------------------
 // Q8_0 x Q8_0
 
-template <int T>
-void q8_0_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
-    const auto* wb = reinterpret_cast<const block_q8_0*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+// Two consecutive Q8_0 blocks (34 bytes each) as one 512-bit vector of their 64 quants.
+inline __m512i q8_0_pair_quants(const block_q8_0* b) {
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[0].qs))),
+                              _mm256_loadu_si256(reinterpret_cast<const __m256i*>(b[1].qs)), 1);
+}
+
+// The scales of two consecutive Q8_0 blocks as [d0 x 8 | d1 x 8]: one 64-byte load from
+// the first block's d covers the second's (34 bytes on), and vpermw picks both halves.
+inline __m512 q8_0_pair_scales(const block_q8_0* b) {
+    const __m512i idx = _mm512_set_epi16(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                         17, 17, 17, 17, 17, 17, 17, 17, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i raw = _mm512_loadu_si512(b);
+    return _mm512_cvtph_ps(_mm512_extracti64x4_epi64(_mm512_permutexvar_epi16(idx, raw), 0));
+}
+
+// R rows x T tokens of Q8_0, two blocks per 512-bit vector. vpdpbusd wants unsigned
+// weights, so they are offset by 128 (w ^ 0x80 = w + 128) and the offset's contribution,
+// 128 * sum(x), is removed by starting each accumulation at -128 * sum(x): one vpdpbusd
+// per token pair, shared by the R rows. The activation scales of a block pair are also
+// built once per token. An odd last block is done with 256-bit vectors.
+template <int R, int T>
+void q8_0_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
+    const block_q8_0* wb[R];
     const block_q8_0* xb[T];
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) {
-        xb[t] = reinterpret_cast<const block_q8_0*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
-    }
-    const std::int64_t nb = a.cols / qk8_0;
-    __m256 acc[T];
+    for (int i = 0; i < R; ++i) wb[i] = reinterpret_cast<const block_q8_0*>(a.w + static_cast<std::size_t>(r0 + i) * a.w_stride);
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
-    for (std::int64_t b = 0; b < nb; ++b) {
-        const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[b].qs));
-        const __m256i wabs = _mm256_abs_epi8(wq);
-        const __mmask32 neg = _mm256_movepi8_mask(wq);
-        const float dw = half_to_float(wb[b].d);
+    for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const block_q8_0*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
+    const std::int64_t nb = a.cols / qk8_0;
+    __m512 acc[R][T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+    }
+    const __m512i zero = _mm512_setzero_si512();
+    const __m512i bias = _mm512_set1_epi8(static_cast<char>(0x80));
+    std::int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        __m512i wu[R];
+        __m512 dw[R];
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+            wu[i] = _mm512_xor_si512(q8_0_pair_quants(wb[i] + b), bias);
+            dw[i] = q8_0_pair_scales(wb[i] + b);
+        }
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-            const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[t][b].qs));
-            const __m256i xs = _mm256_mask_sub_epi8(xq, neg, _mm256_setzero_si256(), xq);
-            const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, xs);
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * half_to_float(xb[t][b].d)), acc[t]);
+            const __m512i xq = q8_0_pair_quants(xb[t] + b);
+            const __m512 dx = q8_0_pair_scales(xb[t] + b);
+            const __m512i start = _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, bias, xq));
+#pragma GCC unroll 8
+            for (int i = 0; i < R; ++i) {
+                const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, wu[i], xq));
+                acc[i][t] = _mm512_fmadd_ps(_mm512_mul_ps(p, dx), dw[i], acc[i][t]);
+            }
+        }
+    }
+    __m256 tail[R][T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) tail[i][t] = _mm256_setzero_ps();
+    }
+    if (b < nb) {
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+            const __m256i wq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wb[i][b].qs));
+            const __m256i wabs = _mm256_abs_epi8(wq);
+            const __mmask32 neg = _mm256_movepi8_mask(wq);
+            const float dw = half_to_float(wb[i][b].d);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) {
+                const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[t][b].qs));
+                const __m256i xs = _mm256_mask_sub_epi8(xq, neg, _mm256_setzero_si256(), xq);
+                const __m256i p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), wabs, xs);
+                tail[i][t] = _mm256_mul_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(dw * half_to_float(xb[t][b].d)));
+            }
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps256(acc[t]);
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r0 + i] = hsum_ps(acc[i][t]) + hsum_ps256(tail[i][t]);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -400,23 +458,30 @@ void float_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 // Drivers: token tiles of up to 4 (the activations of a tile stay in L1 while the rows of
 // the chunk stream past), rows one at a time (quantized) or 4 at a time (float).
 
-template <template <int> class Tile>
-void gemm_quant(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
-    std::int64_t t0 = 0;
-    for (; t0 + 4 <= a.n_tokens; t0 += 4) {
-        for (std::int64_t r = r0; r < r1; ++r) Tile<4>::run(a, r, t0);
-    }
-    switch (a.n_tokens - t0) {
-        case 3: for (std::int64_t r = r0; r < r1; ++r) Tile<3>::run(a, r, t0); break;
-        case 2: for (std::int64_t r = r0; r < r1; ++r) Tile<2>::run(a, r, t0); break;
-        case 1: for (std::int64_t r = r0; r < r1; ++r) Tile<1>::run(a, r, t0); break;
-        default: break;
+// Row x token tiles for the quantized kernels. Decode (one token) uses the kernel's own
+// row routine when it has one, else tiles of decode_rows rows; prefill walks token tiles of
+// `tokens` (the activations of a tile stay in L1 while the rows of the chunk stream past),
+// each weight block unpacked once per tile of prefill_rows rows and reused across tokens.
+template <template <int, int> class K, int T>
+void quant_rows(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t0) {
+    constexpr int rows = K<1, 1>::prefill_rows;
+    std::int64_t r = r0;
+    for (; r + rows <= r1; r += rows) K<rows, T>::run(a, r, t0);
+    for (; r < r1; ++r) K<1, T>::run(a, r, t0);
+}
+
+// The last tile of fewer than `tokens` tokens: instantiates tiles of 1..N tokens.
+template <template <int, int> class K, int N>
+void quant_tail(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t0, std::int64_t left) {
+    if constexpr (N >= 1) {
+        if (left == N) {
+            quant_rows<K, N>(a, r0, r1, t0);
+        } else {
+            quant_tail<K, N - 1>(a, r0, r1, t0, left);
+        }
     }
 }
 
-// Row x token tiles for kernels templated on both: decode (one token) takes kDecodeRows
-// rows per tile, prefill one row x up to kTokens tokens (each unpacked weight block is
-// reused across the tile's tokens while their activations stay in L1).
 template <template <int, int> class K>
 void gemm_quant_rt(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     constexpr int decode_rows = K<1, 1>::decode_rows;
@@ -432,24 +497,13 @@ void gemm_quant_rt(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
         return;
     }
     std::int64_t t0 = 0;
-    for (; t0 + tokens <= a.n_tokens; t0 += tokens) {
-        for (std::int64_t r = r0; r < r1; ++r) K<1, tokens>::run(a, r, t0);
-    }
-    const std::int64_t left = a.n_tokens - t0;
-    for (std::int64_t r = r0; r < r1 && left > 0; ++r) {
-        switch (left) {
-            case 7: K<1, 7>::run(a, r, t0); break;
-            case 6: K<1, 6>::run(a, r, t0); break;
-            case 5: K<1, 5>::run(a, r, t0); break;
-            case 4: K<1, 4>::run(a, r, t0); break;
-            case 3: K<1, 3>::run(a, r, t0); break;
-            case 2: K<1, 2>::run(a, r, t0); break;
-            default: K<1, 1>::run(a, r, t0); break;
-        }
-    }
+    for (; t0 + tokens <= a.n_tokens; t0 += tokens) quant_rows<K, tokens>(a, r0, r1, t0);
+    quant_tail<K, tokens - 1>(a, r0, r1, t0, a.n_tokens - t0);
 }
 
+
 template <int R, int T> struct q4_k_kernel {
+    static constexpr int prefill_rows = 1;
     static constexpr int decode_rows = 1;
     static constexpr int tokens = 4;
     static constexpr bool has_decode_row = true;
@@ -457,13 +511,21 @@ template <int R, int T> struct q4_k_kernel {
     static void decode_row(const gemm_args& a, std::int64_t r) { q4_k_decode_row(a, r); }
 };
 template <int R, int T> struct q6_k_kernel {
+    static constexpr int prefill_rows = 1;
     static constexpr int decode_rows = 1;
     static constexpr int tokens = 4;
     static constexpr bool has_decode_row = false;
     static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q6_k_run<R, T>(a, r, t0); }
     static void decode_row(const gemm_args&, std::int64_t) {}
 };
-template <int T> struct q8_0_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q8_0_tile<T>(a, r, t0); } };
+template <int R, int T> struct q8_0_kernel {
+    static constexpr int prefill_rows = 4;
+    static constexpr int decode_rows = 2;
+    static constexpr int tokens = 4;
+    static constexpr bool has_decode_row = false;
+    static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q8_0_run<R, T>(a, r, t0); }
+    static void decode_row(const gemm_args&, std::int64_t) {}
+};
 
 template <class L, int T>
 void float_rows(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t0) {
@@ -495,7 +557,7 @@ gemm_fn gemm_avx512(tensor_type weight_type) noexcept {
     switch (weight_type) {
         case tensor_type::q4_k: return &gemm_quant_rt<q4_k_kernel>;
         case tensor_type::q6_k: return &gemm_quant_rt<q6_k_kernel>;
-        case tensor_type::q8_0: return &gemm_quant<q8_0_kernel>;
+        case tensor_type::q8_0: return &gemm_quant_rt<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;
         case tensor_type::bf16: return &gemm_float<load_bf16>;
         case tensor_type::f32: return &gemm_float<load_f32>;

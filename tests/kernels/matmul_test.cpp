@@ -3,7 +3,7 @@
 // is compared with matmul_reference (dequantize, then double sums with the same activation
 // conversion) over awkward shapes: rows 1, 3, 17, 33 (not multiples of the row tiles),
 // 1..9 tokens (not multiples of the token tiles), columns 256 and 2304 (and for float types
-// also 1, 7, 33, 100 to hit the vector tails). Thresholds: NMSE <= 1e-10 and every output
+// also 1, 7, 33, 100 to hit the vector tails; for Q8_0 32, 96, 288: odd block counts). Thresholds: NMSE <= 1e-10 and every output
 // within 1e-5 of the typical output magnitude (sqrt(cols) * rms(w) * rms(x)); the only
 // differences allowed are float summation order. Also checked: padded row strides and
 // y strides (untouched gaps), x strides, results bitwise equal for 1, 2 and 3 threads, and
@@ -69,6 +69,7 @@ TEST(matmul, matches_reference_every_type_and_isa) {
     for (tensor_type type : all_types) {
         std::vector<std::int64_t> col_sizes{256, 2304};
         if (is_float_type(type)) col_sizes.insert(col_sizes.end(), {1, 7, 33, 100});
+        if (type == tensor_type::q8_0) col_sizes.insert(col_sizes.end(), {32, 96, 288});  // odd block counts
         for (std::int64_t cols : col_sizes) {
             for (std::int64_t rows : {1, 3, 17, 33}) {
                 const weights w = make_weights(rng, type, rows, cols);
