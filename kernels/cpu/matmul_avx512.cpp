@@ -167,6 +167,113 @@ void q4_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     }
 }
 
+// Prefill of Q4_K from unpacked weights: a group of rows is unpacked once (nibbles in
+// value order, madd scale vectors, minimums) into an L1-sized buffer, then every token tile
+// reads it back instead of unpacking each block again per tile.
+struct q4_k_unpacked {
+    __m512i w[4];
+    __m512i s[4];
+    __m256i mins16;
+    float d, dmin;
+};
+// Blocks the buffer holds (about 18 KiB: it shares L1 with a token tile's activations).
+constexpr int q4_k_unpacked_blocks = 32;
+
+void q4_k_unpack_block(const block_q4_k& blk, q4_k_unpacked* out) {
+    const __m512i m4 = _mm512_set1_epi8(0x0F);
+    const __m512i idx0 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    const __m512i idx1 = _mm512_set_epi32(3, 3, 3, 3, 3, 3, 3, 3, 2, 2, 2, 2, 2, 2, 2, 2);
+    const __m512i idx2 = _mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4);
+    const __m512i idx3 = _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    std::uint64_t scales, mins;
+    q4_k_unpack_scales(blk.scales, &scales, &mins);
+    const __m512i sc32 = _mm512_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<long long>(scales)));
+    out->mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
+    out->s[0] = _mm512_permutexvar_epi32(idx0, sc32);
+    out->s[1] = _mm512_permutexvar_epi32(idx1, sc32);
+    out->s[2] = _mm512_permutexvar_epi32(idx2, sc32);
+    out->s[3] = _mm512_permutexvar_epi32(idx3, sc32);
+    const __m512i q0 = _mm512_loadu_si512(blk.qs);
+    const __m512i q1 = _mm512_loadu_si512(blk.qs + 64);
+    const __m512i lo0 = _mm512_and_si512(q0, m4);
+    const __m512i hi0 = _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4);
+    const __m512i lo1 = _mm512_and_si512(q1, m4);
+    const __m512i hi1 = _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4);
+    out->w[0] = _mm512_shuffle_i64x2(lo0, hi0, 0x44);
+    out->w[1] = _mm512_shuffle_i64x2(lo0, hi0, 0xEE);
+    out->w[2] = _mm512_shuffle_i64x2(lo1, hi1, 0x44);
+    out->w[3] = _mm512_shuffle_i64x2(lo1, hi1, 0xEE);
+    out->d = half_to_float(blk.d);
+    out->dmin = half_to_float(blk.dmin);
+}
+
+// One unpacked row x T tokens.
+template <int T>
+void q4_k_unpacked_row(const gemm_args& a, const q4_k_unpacked* u, std::int64_t r, std::int64_t t0) {
+    const block_q8_k* xb[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
+    const std::int64_t nb = a.cols / qk_k;
+    __m512 acc[T];
+    __m256 acc_min[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        acc[t] = _mm512_setzero_ps();
+        acc_min[t] = _mm256_setzero_ps();
+    }
+    const __m512i zero = _mm512_setzero_si512();
+    for (std::int64_t b = 0; b < nb; ++b) {
+        const q4_k_unpacked& w = u[b];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            const block_q8_k& x = xb[t][b];
+            __m512i sum = _mm512_dpwssd_epi32(zero, _mm512_dpbusd_epi32(zero, w.w[0], _mm512_loadu_si512(x.qs)), w.s[0]);
+            sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w.w[1], _mm512_loadu_si512(x.qs + 64)), w.s[1]);
+            sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w.w[2], _mm512_loadu_si512(x.qs + 128)), w.s[2]);
+            sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w.w[3], _mm512_loadu_si512(x.qs + 192)), w.s[3]);
+            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(w.d * x.d), acc[t]);
+            const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+            acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, w.mins16)), _mm256_set1_ps(w.dmin * x.d), acc_min[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]) - hsum_ps256(acc_min[t]);
+}
+
+template <int N>
+void q4_k_unpacked_tail(const gemm_args& a, const q4_k_unpacked* u, std::int64_t r, std::int64_t t0, std::int64_t left) {
+    if constexpr (N >= 1) {
+        if (left == N) {
+            q4_k_unpacked_row<N>(a, u, r, t0);
+        } else {
+            q4_k_unpacked_tail<N - 1>(a, u, r, t0, left);
+        }
+    }
+}
+
+// Rows r0..r1 for a batch of tokens (n_tokens >= 2, rows of at most q4_k_unpacked_blocks).
+void q4_k_prefill(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    constexpr int tile = 4;
+    alignas(64) q4_k_unpacked buf[q4_k_unpacked_blocks];
+    const std::int64_t nb = a.cols / qk_k;
+    const std::int64_t group = q4_k_unpacked_blocks / nb;
+    for (std::int64_t g0 = r0; g0 < r1; g0 += group) {
+        const std::int64_t g1 = g0 + group < r1 ? g0 + group : r1;
+        for (std::int64_t r = g0; r < g1; ++r) {
+            const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+            for (std::int64_t b = 0; b < nb; ++b) q4_k_unpack_block(wb[b], &buf[(r - g0) * nb + b]);
+        }
+        std::int64_t t0 = 0;
+        for (; t0 + tile <= a.n_tokens; t0 += tile) {
+            for (std::int64_t r = g0; r < g1; ++r) q4_k_unpacked_row<tile>(a, &buf[(r - g0) * nb], r, t0);
+        }
+        if (t0 < a.n_tokens) {
+            for (std::int64_t r = g0; r < g1; ++r) q4_k_unpacked_tail<tile - 1>(a, &buf[(r - g0) * nb], r, t0, a.n_tokens - t0);
+        }
+    }
+}
+
 // One row x one token of Q4_K with 256-bit vectors (decode). Each 32-byte group of nibbles
 // already holds whole sub-blocks in value order (low nibbles: sub-block 2j, high: 2j+1), so
 // unlike the 512-bit tile nothing crosses lanes; on CPUs that split 512-bit operations in
@@ -546,6 +653,15 @@ void gemm_float(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     }
 }
 
+// Q4_K: the unpacked-rows prefill for batches whose rows fit its buffer, else the tiles.
+void gemm_q4_k(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    if (a.n_tokens >= 2 && a.cols / qk_k <= q4_k_unpacked_blocks) {
+        q4_k_prefill(a, r0, r1);
+    } else {
+        gemm_quant_rt<q4_k_kernel>(a, r0, r1);
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Activation conversions, bit-identical with the scalar versions in quantize.cpp.
 
@@ -555,7 +671,7 @@ inline __m128i pack_i32_to_i8(__m512i v) { return _mm512_cvtsepi32_epi8(v); }
 
 gemm_fn gemm_avx512(tensor_type weight_type) noexcept {
     switch (weight_type) {
-        case tensor_type::q4_k: return &gemm_quant_rt<q4_k_kernel>;
+        case tensor_type::q4_k: return &gemm_q4_k;
         case tensor_type::q6_k: return &gemm_quant_rt<q6_k_kernel>;
         case tensor_type::q8_0: return &gemm_quant_rt<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;
