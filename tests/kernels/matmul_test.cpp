@@ -2,13 +2,14 @@
 // and every ISA level this CPU has (forced scalar / AVX2 / AVX-512), matmul on random data
 // is compared with matmul_reference (dequantize, then double sums with the same activation
 // conversion) over awkward shapes: rows 1, 3, 17, 33 (not multiples of the row tiles),
-// 1..9 tokens (not multiples of the token tiles), columns 256 and 2304 (and for float types
-// also 1, 7, 33, 100 to hit the vector tails; for Q8_0 32, 96, 288: odd block counts). Thresholds: NMSE <= 1e-10 and every output
-// within 1e-5 of the typical output magnitude (sqrt(cols) * rms(w) * rms(x)); the only
-// differences allowed are float summation order. Also checked: padded row strides and
-// y strides (untouched gaps), x strides, results bitwise equal for 1, 2 and 3 threads, and
-// an activation buffer that does not reallocate once sized, and one Q8_K conversion
-// serving both Q4_K and Q6_K weights.
+// 1..9 tokens (not multiples of the token tiles), columns 256 and 2304 (float types also
+// 1, 7, 33, 100 for the vector tails; Q8_0 also 32, 96, 288: odd block counts), and rows of
+// 8448 columns (wider than the Q4_K prefill buffer, so the per-tile kernels run).
+// Thresholds: NMSE <= 1e-10 and every output within 1e-5 of the typical output magnitude
+// (sqrt(cols) * rms(w) * rms(x)); the only differences allowed are float summation order.
+// Also checked: padded row strides and y strides (untouched gaps), x strides, results
+// bitwise equal for 1, 2 and 3 threads, an activation buffer that does not reallocate once
+// sized, and one Q8_K conversion serving both Q4_K and Q6_K weights.
 #include "kernels/cpu/matmul.h"
 
 #include <cmath>
@@ -89,6 +90,28 @@ TEST(matmul, matches_reference_every_type_and_isa) {
                                          " cols=" + std::to_string(cols) + " tokens=" + std::to_string(n_tokens));
                     }
                 }
+            }
+        }
+    }
+}
+
+// Rows wider than the Q4_K prefill buffer (32 super-blocks) take the per-tile kernels.
+TEST(matmul, wide_rows_match_reference) {
+    std::mt19937 rng(27);
+    compute_pool pool(2);
+    activation_buffer act;
+    for (tensor_type type : {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q8_0}) {
+        const std::int64_t rows = 5, cols = 33 * 256;
+        const weights w = make_weights(rng, type, rows, cols);
+        for (std::int64_t n_tokens : {1, 2, 6}) {
+            const std::vector<float> x = test::random_floats(rng, static_cast<std::size_t>(n_tokens * cols));
+            std::vector<float> want(static_cast<std::size_t>(n_tokens * rows));
+            matmul_reference(w.view(), x.data(), n_tokens, want.data(), rows);
+            for (isa level : available_isas()) {
+                isa_scope scope(level);
+                std::vector<float> got(want.size());
+                matmul(w.view(), x.data(), n_tokens, got.data(), rows, pool, act);
+                EXPECT_LE(test::nmse(got.data(), want.data(), got.size()), 1e-10) << type_name(type) << " " << test::isa_label(level);
             }
         }
     }
