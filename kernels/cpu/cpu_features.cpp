@@ -2,6 +2,8 @@
 
 #include <atomic>
 
+#include "kernels/cpu/kernel_impl.h"
+
 namespace moed::kernels {
 
 namespace {
@@ -48,6 +50,24 @@ isa force_isa(isa level) noexcept {
     g_active.store(static_cast<int>(chosen), std::memory_order_relaxed);
     return chosen;
 }
+
+namespace detail {
+
+namespace {
+std::atomic<bool> g_bf16_allowed{true};
+}  // namespace
+
+bool use_avx512_bf16() noexcept {
+    static const bool has = [] {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx512bf16") != 0;
+    }();
+    return has && g_bf16_allowed.load(std::memory_order_relaxed);
+}
+
+void allow_avx512_bf16(bool allowed) noexcept { g_bf16_allowed.store(allowed, std::memory_order_relaxed); }
+
+}  // namespace detail
 
 std::string_view isa_name(isa level) noexcept {
     switch (level) {

@@ -25,6 +25,11 @@ struct gemm_args {
 };
 using gemm_fn = void (*)(const gemm_args& args, std::int64_t r0, std::int64_t r1);
 
+// Optional extensions within the AVX-512 level: AVX512-BF16 (vdpbf16ps) for BF16 weights.
+// Tests may switch it off to reach the plain AVX-512 BF16 kernel on a CPU that has it.
+bool use_avx512_bf16() noexcept;
+void allow_avx512_bf16(bool allowed) noexcept;
+
 // Kernels for a weight type; nullptr where a level has no kernel of its own for the type.
 gemm_fn gemm_scalar(tensor_type weight_type) noexcept;
 gemm_fn gemm_avx2(tensor_type weight_type) noexcept;

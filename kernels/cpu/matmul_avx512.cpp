@@ -1,4 +1,4 @@
-// AVX-512 (F, BW, VL, DQ, VNNI) matmul kernels and activation conversions.
+// AVX-512 (F, BW, VL, DQ, VNNI) matmul kernels (activation conversions: quantize_avx512.cpp).
 //
 // Integer types use VNNI `vpdpbusd` (u8 x s8 -> s32, four products per lane):
 // - Q4_K: the nibbles are unsigned already; the per-sub-block int32 sums are scaled with
@@ -44,22 +44,6 @@ inline float hsum_ps256(__m256 v) {
 
 inline float hsum_ps(__m512 v) {
     return hsum_ps256(_mm256_add_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1)));
-}
-
-inline float hmax_ps(__m512 v) {
-    __m256 m8 = _mm256_max_ps(_mm512_extractf32x8_ps(v, 0), _mm512_extractf32x8_ps(v, 1));
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(m8), _mm256_extractf128_ps(m8, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    m = _mm_max_ss(m, _mm_movehdup_ps(m));
-    return _mm_cvtss_f32(m);
-}
-
-inline int hsum_epi32(__m512i v) {
-    __m256i s8 = _mm256_add_epi32(_mm512_extracti64x4_epi64(v, 0), _mm512_extracti64x4_epi64(v, 1));
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s8), _mm256_extracti128_si256(s8, 1));
-    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x55));
-    return _mm_cvtsi128_si32(s);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -562,6 +546,69 @@ void float_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 }
 
 // ---------------------------------------------------------------------------------------
+// BF16 with AVX512-BF16: vdpbf16ps multiplies pairs of bf16 (exactly, in f32) and adds
+// them to f32 accumulators, 32 values per instruction. Compiled for that extension only
+// here and called only when CPUID reports it (use_avx512_bf16).
+#pragma GCC push_options
+#pragma GCC target("avx512bf16")
+
+template <int R, int T>
+void bf16_dp_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
+    const std::byte* w[R];
+    const std::byte* x[T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) w[i] = a.w + static_cast<std::size_t>(r0 + i) * a.w_stride;
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) x[t] = a.x + static_cast<std::size_t>(t0 + t) * a.x_stride;
+    __m512 acc[R][T];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) acc[i][t] = _mm512_setzero_ps();
+    }
+    const std::int64_t n = a.cols;
+    for (std::int64_t c = 0; c < n; c += 32) {
+        const std::int64_t left = n - c;
+        const __mmask32 m = left >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1u << left) - 1u);
+        const std::size_t off = static_cast<std::size_t>(c) * 2;
+        __m512bh xv[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) xv[t] = (__m512bh)_mm512_maskz_loadu_epi16(m, x[t] + off);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
+            const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(m, w[i] + off);
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) acc[i][t] = _mm512_dpbf16_ps(acc[i][t], wv, xv[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) {
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r0 + i] = hsum_ps(acc[i][t]);
+    }
+}
+
+template <int T>
+void bf16_dp_rows(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t0) {
+    std::int64_t r = r0;
+    for (; r + 4 <= r1; r += 4) bf16_dp_tile<4, T>(a, r, t0);
+    for (; r < r1; ++r) bf16_dp_tile<1, T>(a, r, t0);
+}
+
+void gemm_bf16_dp(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    std::int64_t t0 = 0;
+    for (; t0 + 4 <= a.n_tokens; t0 += 4) bf16_dp_rows<4>(a, r0, r1, t0);
+    switch (a.n_tokens - t0) {
+        case 3: bf16_dp_rows<3>(a, r0, r1, t0); break;
+        case 2: bf16_dp_rows<2>(a, r0, r1, t0); break;
+        case 1: bf16_dp_rows<1>(a, r0, r1, t0); break;
+        default: break;
+    }
+}
+
+#pragma GCC pop_options
+
+// ---------------------------------------------------------------------------------------
 // Drivers: token tiles of up to 4 (the activations of a tile stay in L1 while the rows of
 // the chunk stream past), rows one at a time (quantized) or 4 at a time (float).
 
@@ -662,11 +709,6 @@ void gemm_q4_k(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// Activation conversions, bit-identical with the scalar versions in quantize.cpp.
-
-inline __m128i pack_i32_to_i8(__m512i v) { return _mm512_cvtsepi32_epi8(v); }
-
 }  // namespace
 
 gemm_fn gemm_avx512(tensor_type weight_type) noexcept {
@@ -675,99 +717,9 @@ gemm_fn gemm_avx512(tensor_type weight_type) noexcept {
         case tensor_type::q6_k: return &gemm_quant_rt<q6_k_kernel>;
         case tensor_type::q8_0: return &gemm_quant_rt<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;
-        case tensor_type::bf16: return &gemm_float<load_bf16>;
+        case tensor_type::bf16: return use_avx512_bf16() ? &gemm_bf16_dp : &gemm_float<load_bf16>;
         case tensor_type::f32: return &gemm_float<load_f32>;
         default: return nullptr;
-    }
-}
-
-void quantize_q8_0_act_avx512(const float* x, void* dst, std::int64_t n) {
-    auto* y = static_cast<block_q8_0*>(dst);
-    const __m512 sign = _mm512_set1_ps(-0.0f);
-    for (std::int64_t b = 0; b < n / qk8_0; ++b, x += qk8_0) {
-        const __m512 v0 = _mm512_loadu_ps(x);
-        const __m512 v1 = _mm512_loadu_ps(x + 16);
-        const float amax = hmax_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
-        const float d = amax / 127.f;
-        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
-        y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m512 mul = _mm512_set1_ps(id);
-        // cvtps rounds with MXCSR's default mode: to nearest, ties to even.
-        const __m128i q0 = pack_i32_to_i8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, mul)));
-        const __m128i q1 = pack_i32_to_i8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, mul)));
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs), q0);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16), q1);
-    }
-}
-
-void quantize_q8_k_act_avx512(const float* x, void* dst, std::int64_t n) {
-    auto* y = static_cast<block_q8_k*>(dst);
-    const __m512 sign = _mm512_set1_ps(-0.0f);
-    for (std::int64_t b = 0; b < n / qk_k; ++b, x += qk_k) {
-        __m512 vmax = _mm512_setzero_ps();
-        for (int j = 0; j < qk_k; j += 16) vmax = _mm512_max_ps(vmax, _mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)));
-        const float amax = hmax_ps(vmax);
-        if (amax == 0.0f) {
-            std::memset(&y[b], 0, sizeof(block_q8_k));
-            continue;
-        }
-        // The signed value of largest magnitude, first occurrence (as the scalar loop's `>`).
-        float max = 0.0f;
-        const __m512 va = _mm512_set1_ps(amax);
-        for (int j = 0; j < qk_k; j += 16) {
-            const __mmask16 hit = _mm512_cmp_ps_mask(_mm512_andnot_ps(sign, _mm512_loadu_ps(x + j)), va, _CMP_EQ_OQ);
-            if (hit != 0) {
-                max = x[j + __builtin_ctz(hit)];
-                break;
-            }
-        }
-        const float iscale = -127.f / max;
-        const __m512 mul = _mm512_set1_ps(iscale);
-        for (int j = 0; j < qk_k; j += 16) {
-            const __m512i q = _mm512_min_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(_mm512_loadu_ps(x + j), mul)),
-                                               _mm512_set1_epi32(127));
-            _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + j), pack_i32_to_i8(q));
-            y[b].bsums[j / 16] = static_cast<std::int16_t>(hsum_epi32(q));
-        }
-        y[b].d = 1 / iscale;
-    }
-}
-
-void convert_f16_avx512(const float* x, void* dst, std::int64_t n) {
-    auto* y = static_cast<std::uint8_t*>(dst);
-    std::int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + 2 * i),
-                            _mm512_cvtps_ph(_mm512_loadu_ps(x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    }
-    if (i < n) {
-        const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
-        _mm256_mask_storeu_epi16(y + 2 * i, m,
-                                 _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
-    }
-}
-
-namespace {
-inline __m256i bf16_round(__m512 v) {
-    const __m512i u = _mm512_castps_si512(v);
-    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-    const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7fff)), lsb), 16);
-    const __mmask16 nan = _mm512_cmp_epu32_mask(_mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff)),
-                                                _mm512_set1_epi32(0x7f800000), _MM_CMPINT_NLE);
-    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(64));
-    return _mm512_cvtepi32_epi16(_mm512_mask_blend_epi32(nan, rounded, quiet));
-}
-}  // namespace
-
-void convert_bf16_avx512(const float* x, void* dst, std::int64_t n) {
-    auto* y = static_cast<std::uint8_t*>(dst);
-    std::int64_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + 2 * i), bf16_round(_mm512_loadu_ps(x + i)));
-    }
-    if (i < n) {
-        const auto m = static_cast<__mmask16>((1u << (n - i)) - 1u);
-        _mm256_mask_storeu_epi16(y + 2 * i, m, bf16_round(_mm512_maskz_loadu_ps(m, x + i)));
     }
 }
 

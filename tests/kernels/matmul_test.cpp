@@ -9,7 +9,8 @@
 // (sqrt(cols) * rms(w) * rms(x)); the only differences allowed are float summation order.
 // Also checked: padded row strides and y strides (untouched gaps), x strides, results
 // bitwise equal for 1, 2 and 3 threads, an activation buffer that does not reallocate once
-// sized, and one Q8_K conversion serving both Q4_K and Q6_K weights.
+// sized, one Q8_K conversion serving both Q4_K and Q6_K weights, and both AVX-512 BF16
+// kernels (with and without AVX512-BF16).
 #include "kernels/cpu/matmul.h"
 
 #include <cmath>
@@ -18,6 +19,7 @@
 
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/kernel_impl.h"
 #include "kernels/cpu/quantize.h"
 #include "tests/kernels/kernel_test_util.h"
 
@@ -93,6 +95,30 @@ TEST(matmul, matches_reference_every_type_and_isa) {
             }
         }
     }
+}
+
+// AVX-512 has two BF16 kernels: vdpbf16ps where the CPU has AVX512-BF16, FMAs elsewhere;
+// both are compared with the reference here (the main test reaches only the first).
+TEST(matmul, bf16_with_and_without_avx512_bf16) {
+    if (detect_isa() != isa::avx512) GTEST_SKIP() << "no AVX-512 on this CPU";
+    std::mt19937 rng(28);
+    compute_pool pool(2);
+    activation_buffer act;
+    for (bool allowed : {false, true}) {
+        detail::allow_avx512_bf16(allowed);
+        for (std::int64_t cols : {7, 33, 100, 2304}) {
+            const std::int64_t rows = 9;
+            const weights w = make_weights(rng, tensor_type::bf16, rows, cols);
+            for (std::int64_t n_tokens : {1, 3, 6}) {
+                const std::vector<float> x = test::random_floats(rng, static_cast<std::size_t>(n_tokens * cols));
+                std::vector<float> want(static_cast<std::size_t>(n_tokens * rows)), got(want.size());
+                matmul_reference(w.view(), x.data(), n_tokens, want.data(), rows);
+                matmul(w.view(), x.data(), n_tokens, got.data(), rows, pool, act);
+                EXPECT_LE(test::nmse(got.data(), want.data(), got.size()), 1e-10) << "avx512_bf16=" << allowed << " cols=" << cols;
+            }
+        }
+    }
+    detail::allow_avx512_bf16(true);
 }
 
 // Rows wider than the Q4_K prefill buffer (32 super-blocks) take the per-tile kernels.
