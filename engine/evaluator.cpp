@@ -132,12 +132,13 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     for_tokens(n, [&](std::int64_t t) {
         kernels::rms_norm(x_.data() + t * embd, lw.attn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
     });
-    // Q, K and V read the same activations, converted once when their types agree.
+    // Q, K and V read the same activations, converted once when their activation types agree
+    // (one Q8_K conversion serves Q4_K and Q6_K weights).
     act_.quantize(lw.wq.type, cur_.data(), n, embd, embd, &pool_);
     kernels::matmul(lw.wq, act_, q_.data(), q_dim, pool_);
-    if (lw.wk.type != act_.weight_type()) act_.quantize(lw.wk.type, cur_.data(), n, embd, embd, &pool_);
+    if (kernels::activation_type_for(lw.wk.type) != act_.type()) act_.quantize(lw.wk.type, cur_.data(), n, embd, embd, &pool_);
     kernels::matmul(lw.wk, act_, k_.data(), kv_dim, pool_);
-    if (lw.wv.type != act_.weight_type()) act_.quantize(lw.wv.type, cur_.data(), n, embd, embd, &pool_);
+    if (kernels::activation_type_for(lw.wv.type) != act_.type()) act_.quantize(lw.wv.type, cur_.data(), n, embd, embd, &pool_);
     kernels::matmul(lw.wv, act_, v_.data(), kv_dim, pool_);
 
     for_tokens(n, [&](std::int64_t t) {
@@ -205,7 +206,7 @@ void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w) 
     };
     act_.quantize(w.gate.type, gathered_.data(), m, embd, embd, &pool_);
     kernels::matmul(view(w.gate), act_, gate_.data(), ff, pool_);
-    if (w.up.type != act_.weight_type()) act_.quantize(w.up.type, gathered_.data(), m, embd, embd, &pool_);
+    if (kernels::activation_type_for(w.up.type) != act_.type()) act_.quantize(w.up.type, gathered_.data(), m, embd, embd, &pool_);
     kernels::matmul(view(w.up), act_, up_.data(), ff, pool_);
     kernels::swiglu(gate_.data(), up_.data(), gate_.data(), m * ff);
     kernels::matmul(view(w.down), gate_.data(), m, down_.data(), embd, pool_, act_);

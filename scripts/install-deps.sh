@@ -4,7 +4,8 @@ set -euo pipefail
 packages=(
   build-essential cmake ninja-build pkg-config git ca-certificates
   liburing-dev libhwloc-dev libboost-dev libjemalloc-dev libfmt-dev nlohmann-json3-dev
-  libsystemd-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev
+  libsystemd-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev libtomlplusplus-dev
+  fio
   curl systemd
 )
 sudo=""

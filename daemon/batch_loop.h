@@ -1,0 +1,103 @@
+// The batch loop: the engine thread of moed. It owns the evaluator, a fixed pool of KV
+// caches (one per concurrent sequence, allocated at start-up) and the running sequences.
+// Each step it admits queued jobs (continuous batching: new requests join between steps),
+// builds one batch from every running sequence — a prompt chunk for sequences in prefill,
+// one token for sequences decoding — runs one forward pass (the MoE layers group the batch's
+// tokens by expert, so each expert is fetched and applied once per step), samples each
+// sequence's next token and reports it to the job's sink.
+//
+// Finishing: max_tokens ("length"), an end-of-generation token or a stop string ("stop"),
+// cancel() or a sink that reports its client gone ("cancelled"), an engine error
+// ("error"). A finished sequence frees its KV cache at once.
+// Stop strings: text that could still become a stop string is held back, so a stream never
+// shows a partial stop string; the stop string itself is not emitted.
+// Threads: submit(), cancel(), snapshot() and shutdown() may be called from any thread (the
+// socket thread); sinks are called on the engine thread and must not block (post the event
+// to the socket's io_context and return).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/result.h"
+#include "common/status.h"
+#include "engine/model.h"
+#include "engine/sampler.h"
+
+namespace moed::daemon {
+
+struct job_params {
+    std::vector<engine::token_id> prompt;  // already tokenized (and templated, for chat)
+    std::int32_t max_tokens = 16;
+    engine::sampling_params sampling;
+    std::vector<std::string> stop;         // stop strings (at most loop_options::max_stop_strings)
+    bool stop_at_eog = true;
+    std::string id;                        // request id for status and logs ("cmpl-...")
+    std::string peer;                      // peer credentials for status
+};
+
+struct job_usage {
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+};
+
+// What a job reports. Exactly one finish event (done or failed) ends every accepted job.
+class job_sink {
+public:
+    virtual ~job_sink() = default;
+    // New text (valid UTF-8, possibly empty when held back) for generated token `token`.
+    virtual void on_token(engine::token_id token, std::string_view text) noexcept = 0;
+    // Finished: reason is "stop", "length" or "cancelled".
+    virtual void on_done(std::string_view finish_reason, const job_usage& usage) noexcept = 0;
+    virtual void on_failed(const error& err, const job_usage& usage) noexcept = 0;
+    // Polled once per step; true when the client went away (the job is then cancelled).
+    virtual bool gone() const noexcept { return false; }
+};
+
+struct loop_options {
+    std::uint32_t max_sequences = 8;       // concurrent sequences (= KV caches allocated)
+    std::uint32_t queue_capacity = 64;     // jobs waiting beyond the running ones
+    std::int64_t max_batch_tokens = 256;   // tokens per forward pass
+    std::int64_t n_ctx = 0;                // context per sequence; 0: the model's training context
+    std::int32_t max_tokens_limit = 4096;  // upper bound on a job's max_tokens
+    std::uint32_t max_stop_strings = 8;
+    int threads = 0;                       // compute threads; 0: hardware concurrency
+};
+
+using job_id = std::uint64_t;
+
+class batch_loop {
+public:
+    // Allocates the KV caches and scratch for the configured limits; starts no thread.
+    batch_loop(engine::model& model, const loop_options& options);
+    ~batch_loop();
+    batch_loop(const batch_loop&) = delete;
+    batch_loop& operator=(const batch_loop&) = delete;
+
+    // Starts the engine thread.
+    void start();
+    // Stops accepting jobs; waits up to `drain` for running and queued jobs to finish, then
+    // cancels what is left (their sinks get "cancelled") and joins the thread.
+    void shutdown(std::chrono::milliseconds drain);
+
+    // Queues a job. Errors: errc::invalid_argument (empty prompt, prompt + max_tokens over
+    // the context, bad sampling parameters, too many stop strings), errc::out_of_memory when
+    // the queue is full (the daemon answers 429), errc::cancelled after shutdown began (503).
+    result<job_id> submit(job_params params, std::shared_ptr<job_sink> sink);
+    // Cancels a queued or running job; unknown ids are ignored.
+    void cancel(job_id id) noexcept;
+
+    // Fills the queue, batch and request fields of `status` (and counters).
+    void snapshot(server_status& status) const;
+
+    const loop_options& options() const noexcept;
+
+private:
+    struct impl;
+    std::unique_ptr<impl> impl_;
+};
+
+}  // namespace moed::daemon
