@@ -168,6 +168,11 @@ result<std::unique_ptr<host_slab>> host_slab::create(const host_slab_options& op
     }
     slab->base_ = static_cast<std::byte*>(base);
     // From here the slab owns the mapping: its destructor frees it on any error below.
+    // Expert copies are reread from the model file; a core dump of a crashed daemon should
+    // not carry a budget's worth of them.
+    if (::madvise(slab->base_, map_bytes, MADV_DONTDUMP) != 0) {
+        MOED_LOG_DEBUG(component, "madvise(MADV_DONTDUMP) on the host slab failed: {}", std::strerror(errno));
+    }
 
     if (options.lock != memory_lock::off) {
         if (::mlock(slab->base_, slab->bytes_) == 0) {

@@ -23,7 +23,7 @@ tiered_expert_source::~tiered_expert_source() = default;
 
 result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     const std::string& path, const expert_layout& layout, const tiered_options& options,
-    std::unique_ptr<eviction_policy> policy, std::unique_ptr<block_reader> reader) {
+    std::unique_ptr<eviction_policy> policy, std::unique_ptr<block_reader> supplied_reader) {
     if (layout.n_layer == 0 || layout.n_expert == 0 || layout.layers.size() != layout.n_layer) {
         return make_error(errc::invalid_argument, "{}: expert layout has {} layers x {} experts ({} described)",
                           path, layout.n_layer, layout.n_expert, layout.layers.size());
@@ -41,9 +41,12 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     if (!policy) policy = make_lru_policy();
     const std::uint32_t min_slots = std::max<std::uint32_t>(options.min_slots, 1);
 
+    std::unique_ptr<host_slab> slab;
+    // Declared after the slab so that on every return the reader, which may have registered
+    // the slab with the kernel, goes first.
+    std::unique_ptr<block_reader> reader = std::move(supplied_reader);
     std::uint32_t alignment = min_region_alignment;
     if (reader) alignment = std::max(alignment, reader->alignment());
-    std::unique_ptr<host_slab> slab;
     std::uint64_t slot_bytes = 0;
     // The slab must exist before the reader opens (io_uring registers it), but the region
     // alignment depends on the reader; a device wanting more than a page is met by one retry.
@@ -171,31 +174,45 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
     }
 
     std::unique_lock lock(mutex);
+    // Pass 1 pins what is resident or loading, so pass 2 cannot pick one of this call's own
+    // experts as the victim for another; pass 2 finds slots for the rest.
+    auto pin = [&](std::size_t k, std::uint32_t where) {
+        const ExpertId id = ids[k];
+        slot_entry& e = slots[where];
+        switch (e.state) {
+            case slot_state::ready:
+                policy->on_access(where);
+                policy->on_evictable(where, false);
+                e.state = slot_state::in_use;
+                ++hits;
+                break;
+            case slot_state::in_use:
+                policy->on_access(where);
+                ++hits;
+                break;
+            case slot_state::loading:
+                ++misses;  // the wait is the cost a miss has
+                break;
+            default:
+                MOED_ASSERT(false && "the residency table points at a free or failed slot");
+        }
+        ++e.refs;
+        out[k] = expert_handle(owner, id, weights_of(where, id), where);
+    };
+    for (std::size_t k = 0; k < ids.size(); ++k) {
+        const std::uint32_t where = residency[table_index(ids[k])];
+        if (where != no_slot) pin(k, where);
+    }
     bool queued = false;
     for (std::size_t k = 0; k < ids.size();) {
+        if (out[k].valid()) {
+            ++k;
+            continue;
+        }
         const ExpertId id = ids[k];
         const std::uint32_t where = residency[table_index(id)];
-        if (where != no_slot) {
-            slot_entry& e = slots[where];
-            switch (e.state) {
-                case slot_state::ready:
-                    policy->on_access(where);
-                    policy->on_evictable(where, false);
-                    e.state = slot_state::in_use;
-                    ++hits;
-                    break;
-                case slot_state::in_use:
-                    policy->on_access(where);
-                    ++hits;
-                    break;
-                case slot_state::loading:
-                    ++misses;  // the wait is the cost a miss has
-                    break;
-                default:
-                    MOED_ASSERT(false && "the residency table points at a free or failed slot");
-            }
-            ++e.refs;
-            out[k] = expert_handle(owner, id, weights_of(where, id), where);
+        if (where != no_slot) {  // a duplicate id, or loaded by another caller meanwhile
+            pin(k, where);
             ++k;
             continue;
         }

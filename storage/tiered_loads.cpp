@@ -303,7 +303,13 @@ void tiered_expert_source::impl::completion_main() noexcept {
         work_cv.wait(lock, [&] { return submitted > 0 || stopping; });
         if (submitted == 0) break;  // stopping, and nothing left to drain
         lock.unlock();
-        const std::size_t n = reader->reap(batch, true);
+        std::size_t n = 0;
+        try {
+            n = reader->reap(batch, true);
+        } catch (...) {
+            // Nothing may leave a thread entry; a reader that throws is retried next loop.
+            MOED_LOG_ERROR(component, "{}: the block reader's reap threw", path);
+        }
         lock.lock();
         try {
             for (std::size_t k = 0; k < n; ++k) on_completion_locked(batch[k]);

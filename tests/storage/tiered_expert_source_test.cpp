@@ -181,6 +181,25 @@ TEST(tiered_expert_source, counts_hits_misses_evictions_and_bytes) {
     EXPECT_EQ(st.host.load_latency.count, 5u);
 }
 
+TEST(tiered_expert_source, acquire_many_never_evicts_its_own_experts) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    auto made = make_source(m, {.slots = 2});
+    ASSERT_TRUE(made) << made.error().message;
+    tiered_expert_source& source = **made;
+    const ExpertId a{0, 4}, b{1, 4}, c{2, 4};
+    ASSERT_TRUE(source.acquire(b));  // b is now the least recently used
+    ASSERT_TRUE(source.acquire(c));
+    std::vector<expert_handle> handles;
+    // a is missing and b would be the victim; b must be pinned first, so c goes instead.
+    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{a, b}, handles));
+    for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
+    const auto st = source.stats();
+    EXPECT_EQ(st.host.hits, 1u);
+    EXPECT_EQ(st.host.misses, 3u);
+    EXPECT_EQ(st.host.evictions, 1u);
+}
+
 TEST(tiered_expert_source, held_slots_are_never_evicted) {
     const model_fixture m = load_model("Q8_0", skewed_shape());
     ASSERT_TRUE(m.resident);
