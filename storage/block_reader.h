@@ -53,6 +53,8 @@ struct file_identity {
 
 class block_reader {
 public:
+    // Destroy a reader only after its reaper has stopped calling reap(). Implementations
+    // wait for reads still in flight, so their buffers may be freed right after.
     virtual ~block_reader() = default;
 
     virtual io_mode mode() const noexcept = 0;
@@ -64,13 +66,17 @@ public:
 
     // Queues reads; returns how many of `ops` were accepted (the rest when slots free up).
     // Never blocks on I/O. An error means the backend itself failed.
+    // The accepted ops are a prefix of `ops`, at most queue_depth() - in_flight() of them.
+    // An op that breaks the alignment rules is not refused here: it completes with the
+    // kernel's verdict (-EINVAL under O_DIRECT).
     virtual result<std::size_t> submit(std::span<const read_op> ops) = 0;
     // Moves finished reads into `out` and returns their count. With `wait`, blocks until at
     // least one finishes or wake() is called.
     virtual std::size_t reap(std::span<read_completion> out, bool wait) = 0;
-    // Ops submitted and not yet reaped.
+    // Ops submitted and not yet reaped (a finished read holds its slot until reaped).
     virtual std::size_t in_flight() const noexcept = 0;
-    // Makes a blocked reap() return (possibly with nothing).
+    // Makes a blocked reap() return (possibly with nothing). A wake() while no reap waits is
+    // kept for the next reap(wait = true); wakes before one reap may collapse into one return.
     virtual void wake() noexcept = 0;
     // The file's identity now (fstat of the open file), to detect a file changed in place.
     virtual result<file_identity> identity() const = 0;
