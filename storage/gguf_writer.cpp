@@ -177,7 +177,7 @@ std::vector<std::byte> gguf_writer::serialize_header() const {
 
     std::vector<std::byte> out;
     byte_sink sink(out);
-    out.insert(out.end(), {std::byte{'G'}, std::byte{'G'}, std::byte{'U'}, std::byte{'F'}});
+    for (char c : {'G', 'G', 'U', 'F'}) out.push_back(static_cast<std::byte>(c));
     sink.put<std::uint32_t>(version_);
     sink.put<std::uint64_t>(tensors_.size());
     sink.put<std::uint64_t>(kv_.size() + (add_alignment_key ? 1 : 0));

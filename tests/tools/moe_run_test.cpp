@@ -23,13 +23,20 @@ struct run_result {
 
 std::string shell_quote(const std::string& s) {
     std::string q = "'";
-    for (char c : s) q += c == '\'' ? std::string("'\\''") : std::string(1, c);
-    return q + "'";
+    for (char c : s) {
+        if (c == '\'') q.append("'\\''");
+        else q.push_back(c);
+    }
+    q.push_back('\'');
+    return q;
 }
 
 run_result run(const std::vector<std::string>& args, bool merge_stderr = false) {
     std::string cmd = shell_quote(std::string(MOED_BINARY_DIR) + "/tools/moe-run");
-    for (const auto& a : args) cmd += " " + shell_quote(a);
+    for (const auto& a : args) {
+        cmd += ' ';
+        cmd += shell_quote(a);
+    }
     if (merge_stderr) cmd += " 2>&1";
     run_result r;
     FILE* p = popen(cmd.c_str(), "r");
