@@ -4,6 +4,9 @@
 // the figures do not depend on a tokenizer.
 //
 //   bench-decode -m MODEL [-t THREADS] [-p 512] [-n 128] [-b 512] [-r REPS]
+//                [--host-budget 25%|4GiB [--io-depth N] [--no-uring] [--no-direct]]
+// With --host-budget the experts come through the tiered source (read from the file into a
+// slab of that size) and the JSON adds the tier statistics and the I/O wait per token.
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -17,6 +20,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/units.h"
 #include "engine/evaluator.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
@@ -57,6 +61,8 @@ int main(int argc, char** argv) {
     int threads = 2;
     std::int64_t n_prompt = 512, n_gen = 128, n_batch = 512;
     int reps = 3;
+    moed::engine::load_options load;
+    load.tier.lock = moed::storage::memory_lock::best_effort;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> const char* {
@@ -69,11 +75,18 @@ int main(int argc, char** argv) {
         else if (a == "-n") n_gen = parse_number<std::int64_t>(a, next());
         else if (a == "-b") n_batch = parse_number<std::int64_t>(a, next());
         else if (a == "-r") reps = parse_number<int>(a, next());
+        else if (a == "--host-budget") {
+            auto budget = moed::parse_budget(next());
+            if (!budget) fail(budget.error().message);
+            load.host_budget = *budget;
+        } else if (a == "--io-depth") load.tier.queue_depth = parse_number<std::uint32_t>(a, next());
+        else if (a == "--no-uring") load.tier.allow_uring = false;
+        else if (a == "--no-direct") load.tier.allow_direct = false;
         else fail("unknown argument '" + a + "'; usage: bench-decode -m MODEL [-t N] [-p N] [-n N] [-b N] [-r N]");
     }
     if (model_path.empty()) fail("no model given (-m MODEL)");
 
-    auto loaded = moed::engine::model::load(model_path);
+    auto loaded = moed::engine::model::load(model_path, load);
     if (!loaded) fail(loaded.error().message);
     moed::engine::model& m = **loaded;
     const auto& hp = m.hparams();
@@ -128,7 +141,15 @@ int main(int argc, char** argv) {
         {"model_bytes", m.file().file_size()},
         {"kv_cache_bytes", cache.bytes()},
         {"peak_rss_bytes", peak_rss_bytes()},
+        {"dense_bytes", m.dense_bytes()},
+        {"expert_bytes", m.expert_bytes()},
     };
+    if (const auto* tiers = m.tiers()) {
+        const auto st = tiers->stats();
+        out["host_budget_bytes"] = st.host.capacity_bytes;
+        out["host_budget_fraction"] = static_cast<double>(st.host.capacity_bytes) / static_cast<double>(m.expert_bytes());
+        out["tiers"] = st;
+    }
     std::cout << out.dump() << "\n";
     return 0;
 }
