@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
-# Configures and builds one flavour of moed: build.sh [release|asan|tsan] (default release).
-# Each flavour has its own folder: build/, build-asan/, build-tsan/.
+# Configures and builds one flavour of moed: build.sh [release|asan|tsan] [TARGET...]
+# (default release, all targets). Each flavour has its own folder: build/, build-asan/,
+# build-tsan/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 flavour=${1:-release}
+shift || true
 jobs=${MOED_JOBS:-$(nproc)}
 case "$flavour" in
   release) dir=build; args=(-DCMAKE_BUILD_TYPE=Release) ;;
   asan) dir=build-asan; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOED_SANITIZE=address -DMOED_CUDA=OFF -DMOED_BUILD_BENCH=OFF) ;;
   tsan) dir=build-tsan; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOED_SANITIZE=thread -DMOED_CUDA=OFF -DMOED_BUILD_BENCH=OFF) ;;
-  *) echo "usage: $0 [release|asan|tsan]" >&2; exit 2 ;;
+  *) echo "usage: $0 [release|asan|tsan] [TARGET...]" >&2; exit 2 ;;
 esac
 cmake -S . -B "$dir" -G Ninja -DMOED_WERROR=ON "${args[@]}" > /dev/null
-cmake --build "$dir" -j "$jobs"
+if [ $# -gt 0 ]; then
+  cmake --build "$dir" -j "$jobs" --target "$@"
+else
+  cmake --build "$dir" -j "$jobs"
+fi
