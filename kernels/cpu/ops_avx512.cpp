@@ -212,4 +212,75 @@ void attention_head_avx512(const attention_args& args, int head, float* scratch)
     for (int v = 0; v < n_vec; ++v) _mm512_mask_storeu_ps(dst + 16 * v, tail_mask(dim - 16 * v), out[v]);
 }
 
+namespace {
+
+// Eight sums of eight vectors, as one 256-bit vector (lane h = sum of v[h]).
+inline __m256 hsum8(const __m512* v) {
+    __m256 s[8];
+    for (int h = 0; h < 8; ++h) s[h] = _mm256_add_ps(_mm512_extractf32x8_ps(v[h], 0), _mm512_extractf32x8_ps(v[h], 1));
+    const __m256 a = _mm256_hadd_ps(_mm256_hadd_ps(s[0], s[1]), _mm256_hadd_ps(s[2], s[3]));
+    const __m256 b = _mm256_hadd_ps(_mm256_hadd_ps(s[4], s[5]), _mm256_hadd_ps(s[6], s[7]));
+    return _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+}
+
+// Heads h0 .. h0+7 of one KV group (all sharing the same K and V rows).
+void attention_eight_heads(const attention_args& args, int kv_head, int h0, float* scratch) {
+    constexpr int heads = 8;
+    const int dim = args.head_dim;
+    const int n_vec = (dim + 15) / 16;
+    const std::int64_t n_kv = args.n_kv;
+    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    // q rounded to f16 (as attention_head), zero-padded to whole vectors.
+    alignas(64) float q[heads][max_head_dim];
+    for (int h = 0; h < heads; ++h) {
+        const float* src = args.q + static_cast<std::int64_t>(h0 + h) * dim;
+        for (int v = 0; v < n_vec; ++v) {
+            _mm512_store_ps(&q[h][16 * v], round_to_half(_mm512_maskz_loadu_ps(tail_mask(dim - 16 * v), src + 16 * v)));
+        }
+    }
+    const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    for (std::int64_t p = 0; p < n_kv; ++p) {
+        __m512 acc[heads];
+        for (int h = 0; h < heads; ++h) acc[h] = _mm512_setzero_ps();
+        const std::uint16_t* k = k_base + p * pos_stride;
+        for (int v = 0; v < n_vec; ++v) {
+            const __m512 kv = load_half16_masked(k + 16 * v, tail_mask(dim - 16 * v));
+            for (int h = 0; h < heads; ++h) acc[h] = _mm512_fmadd_ps(_mm512_load_ps(&q[h][16 * v]), kv, acc[h]);
+        }
+        alignas(32) float s[heads];
+        _mm256_store_ps(s, _mm256_mul_ps(hsum8(acc), _mm256_set1_ps(args.scale)));
+        for (int h = 0; h < heads; ++h) scratch[h * n_kv + p] = s[h];
+    }
+    // Softmax per head, then the probabilities rounded to f16 (as the f16 V matmul does).
+    for (int h = 0; h < heads; ++h) {
+        float* prob = scratch + h * n_kv;
+        softmax_avx512(prob, n_kv);
+        for (std::int64_t p = 0; p < n_kv; p += 16) {
+            const __mmask16 m = tail_mask(n_kv - p);
+            _mm512_mask_storeu_ps(prob + p, m, round_to_half(_mm512_maskz_loadu_ps(m, prob + p)));
+        }
+    }
+    // One output vector of every head at a time: V converted once for the eight heads.
+    for (int v = 0; v < n_vec; ++v) {
+        const __mmask16 m = tail_mask(dim - 16 * v);
+        __m512 acc[heads];
+        for (int h = 0; h < heads; ++h) acc[h] = _mm512_setzero_ps();
+        for (std::int64_t p = 0; p < n_kv; ++p) {
+            const __m512 vv = load_half16_masked(v_base + p * pos_stride + 16 * v, m);
+            for (int h = 0; h < heads; ++h) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[h * n_kv + p]), vv, acc[h]);
+        }
+        for (int h = 0; h < heads; ++h) _mm512_mask_storeu_ps(args.out + static_cast<std::int64_t>(h0 + h) * dim + 16 * v, m, acc[h]);
+    }
+}
+
+}  // namespace
+
+bool attention_group_avx512(const attention_args& args, int kv_head, float* scratch) {
+    const int group = args.n_head / args.n_head_kv;
+    if (group % 8 != 0) return false;
+    for (int h = 0; h < group; h += 8) attention_eight_heads(args, kv_head, kv_head * group + h, scratch + h * args.n_kv);
+    return true;
+}
+
 }  // namespace moed::kernels::detail

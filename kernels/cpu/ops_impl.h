@@ -28,5 +28,7 @@ void softmax_avx512(float* x, std::int64_t n);
 void swiglu_avx512(const float* gate, const float* up, float* out, std::int64_t n);
 void axpy_avx512(float a, const float* x, float* y, std::int64_t n);
 void attention_head_avx512(const attention_args& args, int head, float* scratch);
+// Returns false when it has no kernel for this group size (the caller loops over heads).
+bool attention_group_avx512(const attention_args& args, int kv_head, float* scratch);
 
 }  // namespace moed::kernels::detail

@@ -5,7 +5,8 @@
 // match exactly). The references themselves are checked on known values and against
 // independent formulas (RMSNorm by definition, RoPE with theta computed in double, softmax
 // sums to 1, SwiGLU at extremes), and attention on hand-built caches (one position, a
-// constant V per KV head to check the grouped-query head mapping, uniform keys).
+// constant V per KV head to check the grouped-query head mapping, uniform keys); the
+// grouped attention (all query heads of a KV head at once) against the same references.
 #include "kernels/cpu/ops.h"
 
 #include <algorithm>
@@ -278,6 +279,39 @@ TEST(ops, attention_matches_reference) {
                 // neighbouring half: at most 2^-11 of that probability, summed over positions.
                 expect_rel_close(got, want, 0.0, 1.5e-3, "attention " + test::isa_label(level) + " dim=" + std::to_string(head_dim) +
                                                              " n_kv=" + std::to_string(n_kv));
+            }
+        }
+    }
+}
+
+TEST(ops, attention_group_matches_reference) {
+    std::mt19937 rng(40);
+    for (auto [n_head, n_head_kv] : {std::pair{32, 4}, std::pair{16, 1}, std::pair{4, 2}}) {
+        for (int head_dim : {128, 40}) {
+            for (std::int64_t n_kv : {1, 17, 100}) {
+                kv_cache cache = random_cache(rng, 128, n_head_kv, head_dim);
+                const std::vector<float> q = test::random_floats(rng, static_cast<std::size_t>(n_head * head_dim), 2.0f);
+                attention_args args;
+                args.q = q.data();
+                args.k_cache = cache.k.data();
+                args.v_cache = cache.v.data();
+                args.n_kv = n_kv;
+                args.n_head = n_head;
+                args.n_head_kv = n_head_kv;
+                args.head_dim = head_dim;
+                args.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+                std::vector<float> want(q.size()), scratch(static_cast<std::size_t>(n_head * n_kv));
+                args.out = want.data();
+                for (int h = 0; h < n_head; ++h) reference::attention_head(args, h, scratch.data());
+                for (isa level : available_isas()) {
+                    isa_scope scope(level);
+                    std::vector<float> got(q.size(), std::nanf(""));
+                    args.out = got.data();
+                    for (int g = 0; g < n_head_kv; ++g) attention_group(args, g, scratch.data());
+                    expect_rel_close(got, want, 0.0, 1.5e-3, "attention_group " + test::isa_label(level) + " heads " + std::to_string(n_head) +
+                                                                 "/" + std::to_string(n_head_kv) + " dim=" + std::to_string(head_dim) +
+                                                                 " n_kv=" + std::to_string(n_kv));
+                }
             }
         }
     }
