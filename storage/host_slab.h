@@ -44,6 +44,8 @@ public:
     std::byte* slot(std::uint32_t index) const noexcept;
     std::span<std::byte> region() const noexcept { return {base_, bytes_}; }
     bool locked() const noexcept { return locked_; }
+    // The node the slab is bound to; -1 when hwloc could not bind it (the kernel's default
+    // placement then applies, logged at debug level).
     int numa_node() const noexcept { return numa_node_; }
 
 private:

@@ -11,7 +11,11 @@
 // wakes the waiters. A failed load fails the acquire with an error naming the expert and the
 // file; the slot returns to the free list and the next request tries again.
 // Threads: acquire/acquire_many/prefetch/release and stats() may be called from any thread;
-// the completion thread is private.
+// the completion thread is private. Callers together must not hold more than slot_count()
+// experts: an acquire that finds every slot held waits for a release (and logs a warning
+// every 10 s); one call asking for more distinct experts than there are slots is an error.
+// Every handle must be released before the source is destroyed (checked by an assertion);
+// destruction waits for reads still in flight (prefetches) before freeing the slab.
 #pragma once
 
 #include <cstdint>
