@@ -1,0 +1,500 @@
+// moectl: the command-line client for moed. It shows what sits in each memory tier
+// (status), streams a generation (generate), lists the models and checks health, through
+// libmoeclient's public API only. Exit codes are part of its interface (see usage_text).
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <iterator>
+#include <limits>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "moed/client.hpp"
+
+namespace {
+
+// Exit codes scripts can rely on.
+enum exit_code : int {
+    exit_ok = 0,
+    exit_daemon_error = 1,  // moed answered with an error (or a malformed answer)
+    exit_usage = 2,         // bad command line
+    exit_unreachable = 3,   // moed is not running or cannot be reached
+};
+
+constexpr const char* usage_text = R"(usage: moectl [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARGS]
+
+Talks to moed, the Mixture-of-Experts inference daemon, over its Unix socket.
+
+Commands:
+  status                 model, memory tiers (capacity, used, experts resident, hit rate,
+                         read GB/s, load latency p50/p99, I/O mode), per-layer residency
+                         map, running and queued requests
+  generate [OPTIONS] PROMPT...
+                         stream a completion to stdout as it is generated
+                         (PROMPT "-" reads the prompt from stdin)
+      --chat             send the prompt as a user message (/v1/chat/completions)
+      --system TEXT      a system message first (implies --chat)
+      --model NAME       the model to ask for (default: the one moed serves)
+      --max-tokens N     --temperature T   --top-p P   --top-k K   --min-p P
+      --seed S           --stop TEXT (repeatable)
+  models                 list the models moed serves
+  health                 check that moed answers (GET /healthz)
+  help                   this text
+
+Options:
+  --socket PATH          moed's socket (default: $MOED_SOCKET, else /run/moed/moed.sock)
+  --json                 print moed's JSON answer as received (generate: one
+                         non-streamed completion response)
+  --timeout SECONDS      longest wait for moed's next bytes (default 600)
+  --version              print moectl's version
+
+Exit codes:
+  0  success
+  1  moed answered with an error (the message is printed; with --json, moed's error
+     JSON goes to stdout)
+  2  usage error (bad command line)
+  3  moed is not running or cannot be reached (no socket, connection refused,
+     permission denied, timeout, connection lost)
+)";
+
+struct command_line {
+    std::string socket;
+    bool json = false;
+    std::optional<double> timeout_s;
+    std::string command;
+    std::vector<std::string> args;  // the command's own arguments, in order
+};
+
+int fail_usage(const std::string& message) {
+    std::fprintf(stderr, "moectl: %s\n(run 'moectl --help' for usage)\n", message.c_str());
+    return exit_usage;
+}
+
+// Splits "--name=value" into name and value.
+bool split_option(std::string_view arg, std::string_view& name, std::optional<std::string>& inline_value) {
+    if (arg.size() < 3 || arg.substr(0, 2) != "--") return false;
+    const auto eq = arg.find('=');
+    name = arg.substr(0, eq);
+    if (eq != std::string_view::npos) inline_value = std::string(arg.substr(eq + 1));
+    return true;
+}
+
+std::optional<command_line> parse_command_line(int argc, char** argv, std::string& error) {
+    command_line cl;
+    bool options_done = false;
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view arg = argv[i];
+        std::string_view name;
+        std::optional<std::string> value;
+        if (!options_done && arg == "--") {
+            options_done = true;
+            cl.args.emplace_back(arg);  // the command sees it too (ends its options)
+            continue;
+        }
+        if (!options_done && split_option(arg, name, value)) {
+            auto take_value = [&]() -> std::optional<std::string> {
+                if (value) return value;
+                if (i + 1 >= argc) {
+                    error = fmt::format("{} needs a value", name);
+                    return std::nullopt;
+                }
+                return std::string(argv[++i]);
+            };
+            if (name == "--socket") {
+                auto v = take_value();
+                if (!v) return std::nullopt;
+                cl.socket = *v;
+                continue;
+            }
+            if (name == "--timeout") {
+                auto v = take_value();
+                if (!v) return std::nullopt;
+                char* end = nullptr;
+                const double t = std::strtod(v->c_str(), &end);
+                if (v->empty() || end != v->c_str() + v->size() || !(t > 0.0) || t > 86400.0 * 365) {
+                    error = fmt::format("--timeout needs a positive number of seconds, not '{}'", *v);
+                    return std::nullopt;
+                }
+                cl.timeout_s = t;
+                continue;
+            }
+            if (name == "--json" && !value) {
+                cl.json = true;
+                continue;
+            }
+        }
+        if (cl.command.empty() && !options_done && (arg == "-h" || arg == "--help" || arg == "--version")) {
+            cl.command = std::string(arg);
+            continue;
+        }
+        if (cl.command.empty()) {
+            if (arg.size() > 1 && arg.front() == '-') {
+                error = fmt::format("unknown option '{}'", arg);
+                return std::nullopt;
+            }
+            cl.command = std::string(arg);
+            continue;
+        }
+        cl.args.emplace_back(arg);
+    }
+    return cl;
+}
+
+// moectl's exit code for a client error.
+int exit_for(const moed::client_error& e) {
+    switch (e.code) {
+        case moed::client_errc::not_running:
+        case moed::client_errc::unreachable:
+        case moed::client_errc::timeout:
+        case moed::client_errc::connection: return exit_unreachable;
+        case moed::client_errc::http:
+        case moed::client_errc::protocol:
+        case moed::client_errc::invalid_argument: return exit_daemon_error;
+    }
+    return exit_daemon_error;
+}
+
+int report(const moed::client_error& e, bool json) {
+    if (json && !e.body.empty()) {
+        std::fwrite(e.body.data(), 1, e.body.size(), stdout);
+        if (e.body.back() != '\n') std::fputc('\n', stdout);
+        std::fflush(stdout);
+    }
+    std::fprintf(stderr, "moectl: %s\n", e.message.c_str());
+    if (e.code == moed::client_errc::not_running) {
+        std::fprintf(stderr, "moectl: start it (systemctl start moed) or point moectl at its socket "
+                             "(--socket PATH or MOED_SOCKET)\n");
+    }
+    return exit_for(e);
+}
+
+void print_raw(const std::string& body) {
+    std::fwrite(body.data(), 1, body.size(), stdout);
+    if (body.empty() || body.back() != '\n') std::fputc('\n', stdout);
+}
+
+// --- status formatting ---
+
+std::string human_bytes(std::uint64_t bytes) {
+    static constexpr const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB", "PiB"};
+    double v = static_cast<double>(bytes);
+    std::size_t u = 0;
+    while (v >= 1024.0 && u + 1 < std::size(units)) {
+        v /= 1024.0;
+        ++u;
+    }
+    return u == 0 ? fmt::format("{} B", bytes) : fmt::format("{:.2f} {}", v, units[u]);
+}
+
+std::string human_latency(double us, std::uint64_t count) {
+    if (count == 0) return "-";
+    if (us < 1000.0) return fmt::format("{:.0f} us", us);
+    if (us < 1'000'000.0) return fmt::format("{:.2f} ms", us / 1000.0);
+    return fmt::format("{:.2f} s", us / 1'000'000.0);
+}
+
+std::string human_duration(double seconds) {
+    auto s = static_cast<std::uint64_t>(seconds);
+    const std::uint64_t d = s / 86400, h = s / 3600 % 24, m = s / 60 % 60;
+    s %= 60;
+    if (d > 0) return fmt::format("{}d {}h{:02}m", d, h, m);
+    if (h > 0) return fmt::format("{}h{:02}m{:02}s", h, m, s);
+    if (m > 0) return fmt::format("{}m{:02}s", m, s);
+    return fmt::format("{:.1f}s", seconds);
+}
+
+std::string hit_rate(const moed::daemon_tier& t) {
+    const std::uint64_t accesses = t.hits + t.misses;
+    if (accesses == 0) return "-";
+    return fmt::format("{:.1f}%", 100.0 * static_cast<double>(t.hits) / static_cast<double>(accesses));
+}
+
+void print_tier(const moed::daemon_tier& t) {
+    const std::string capacity = t.capacity_experts != 0
+                                     ? fmt::format("{} ({})", human_bytes(t.capacity_bytes), t.capacity_experts)
+                                     : human_bytes(t.capacity_bytes);
+    const std::string experts = t.capacity_experts != 0 ? fmt::format("{}/{}", t.resident_experts, t.capacity_experts)
+                                                        : fmt::format("{}", t.resident_experts);
+    const std::string gbps = t.bytes_read == 0 ? "-" : fmt::format("{:.2f}", t.read_bytes_per_s / 1e9);
+    fmt::print("{:<6} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", t.name.empty() ? "?" : t.name,
+               capacity, human_bytes(t.resident_bytes), experts, hit_rate(t), gbps,
+               human_latency(t.load_latency.p50_us, t.load_latency.count),
+               human_latency(t.load_latency.p99_us, t.load_latency.count), t.evictions, t.read_errors);
+}
+
+void print_status(const moed::daemon_status& s) {
+    fmt::print("moed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : s.version, human_duration(s.uptime_s),
+               s.isa.empty() ? "?" : s.isa, s.threads);
+    const moed::daemon_model& m = s.model;
+    fmt::print("model  {} ({}): {} layers, {} experts ({} used per token), context {}, vocabulary {}\n",
+               m.id.empty() ? "?" : m.id, m.architecture.empty() ? "?" : m.architecture, m.n_layer, m.n_expert,
+               m.n_expert_used, m.n_ctx, m.n_vocab);
+    fmt::print("       file {} (dense {}, experts {}){}{}\n", human_bytes(m.file_bytes), human_bytes(m.dense_bytes),
+               human_bytes(m.expert_bytes), m.path.empty() ? "" : "  ", m.path);
+
+    if (!s.tiers) {
+        fmt::print("\ntiers  every expert is resident (no expert cache)\n");
+    } else {
+        const moed::daemon_tiers& t = *s.tiers;
+        fmt::print("\nI/O mode {}  queue depth {}  routed experts {}\n", t.io_mode.empty() ? "?" : t.io_mode,
+                   t.queue_depth, human_bytes(t.expert_bytes_total));
+        fmt::print("{:<6} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", "tier", "capacity", "used",
+                   "experts", "hit rate", "read GB/s", "load p50", "load p99", "evictions", "errors");
+        print_tier(t.host);
+        print_tier(t.nvme);
+        if (!t.layer_residency.empty()) {
+            fmt::print("\nresidency per layer ('#' resident, '+' in use, '~' loading, '.' on disk only)\n");
+            for (std::size_t layer = 0; layer < t.layer_residency.size(); ++layer) {
+                const std::string& row = t.layer_residency[layer];
+                const auto resident = std::count_if(row.begin(), row.end(), [](char c) { return c == '#' || c == '+'; });
+                fmt::print("  L{:<3} {}  {}/{}\n", layer, row, resident, row.size());
+            }
+        }
+    }
+
+    fmt::print("\nrequests  {} running (max {}), {} queued (capacity {}), max batch {} tokens\n", s.running_sequences,
+               s.max_sequences, s.queue_waiting, s.queue_capacity, s.max_batch_tokens);
+    fmt::print("          {} served, {} failed, {} cancelled; tokens {} prompt, {} generated; {} steps; "
+               "decode {:.1f} tokens/s\n",
+               s.requests_total, s.requests_failed, s.requests_cancelled, s.prompt_tokens_total,
+               s.generated_tokens_total, s.steps_total, s.decode_tokens_per_s);
+    if (!s.requests.empty()) {
+        fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {}\n", "id", "state", "prompt", "generated", "max", "peer");
+        for (const moed::daemon_request& r : s.requests) {
+            fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {}\n", r.id, r.state, r.prompt_tokens, r.generated_tokens,
+                       r.max_tokens, r.peer);
+        }
+    }
+}
+
+// --- commands ---
+
+int cmd_status(const moed::client& c, const command_line& cl) {
+    if (!cl.args.empty()) return fail_usage(fmt::format("status takes no arguments (got '{}')", cl.args.front()));
+    if (cl.json) {
+        auto body = c.get_json("/v1/status");
+        if (!body) return report(body.error(), true);
+        print_raw(*body);
+        return exit_ok;
+    }
+    auto s = c.status();
+    if (!s) return report(s.error(), false);
+    print_status(*s);
+    return exit_ok;
+}
+
+int cmd_models(const moed::client& c, const command_line& cl) {
+    if (!cl.args.empty()) return fail_usage(fmt::format("models takes no arguments (got '{}')", cl.args.front()));
+    if (cl.json) {
+        auto body = c.get_json("/v1/models");
+        if (!body) return report(body.error(), true);
+        print_raw(*body);
+        return exit_ok;
+    }
+    auto models = c.models();
+    if (!models) return report(models.error(), false);
+    if (models->empty()) {
+        fmt::print("no models\n");
+        return exit_ok;
+    }
+    for (const moed::model_info& m : *models) fmt::print("{}{}{}\n", m.id, m.owned_by.empty() ? "" : "  ", m.owned_by);
+    return exit_ok;
+}
+
+int cmd_health(const moed::client& c, const command_line& cl) {
+    if (!cl.args.empty()) return fail_usage(fmt::format("health takes no arguments (got '{}')", cl.args.front()));
+    if (cl.json) {
+        auto body = c.get_json("/healthz");
+        if (!body) return report(body.error(), true);
+        print_raw(*body);
+        return exit_ok;
+    }
+    auto h = c.health();
+    if (!h) return report(h.error(), false);
+    fmt::print("{}\n", *h);
+    return exit_ok;
+}
+
+template <typename T>
+bool parse_number(const std::string& text, T& out) {
+    if (text.empty()) return false;
+    char* end = nullptr;
+    errno = 0;
+    if constexpr (std::is_floating_point_v<T>) {
+        out = static_cast<T>(std::strtod(text.c_str(), &end));
+    } else if constexpr (std::is_signed_v<T>) {
+        const long long v = std::strtoll(text.c_str(), &end, 10);
+        if (v < std::numeric_limits<T>::min() || v > std::numeric_limits<T>::max()) return false;
+        out = static_cast<T>(v);
+    } else {
+        if (text.front() == '-') return false;
+        const unsigned long long v = std::strtoull(text.c_str(), &end, 10);
+        if (v > std::numeric_limits<T>::max()) return false;
+        out = static_cast<T>(v);
+    }
+    return errno == 0 && end == text.c_str() + text.size();
+}
+
+int cmd_generate(const moed::client& c, const command_line& cl) {
+    moed::completion_request request;
+    bool chat = false;
+    std::string system;
+    std::vector<std::string> words;
+    bool options_done = false;
+    for (std::size_t i = 0; i < cl.args.size(); ++i) {
+        const std::string& arg = cl.args[i];
+        std::string_view name;
+        std::optional<std::string> inline_value;
+        if (options_done || arg == "-" || !split_option(arg, name, inline_value)) {
+            if (arg == "--" && !options_done) {
+                options_done = true;
+                continue;
+            }
+            words.push_back(arg);
+            continue;
+        }
+        if (name == "--chat" && !inline_value) {
+            chat = true;
+            continue;
+        }
+        std::string value;
+        if (inline_value) {
+            value = *inline_value;
+        } else if (i + 1 < cl.args.size()) {
+            value = cl.args[++i];
+        } else {
+            return fail_usage(fmt::format("{} needs a value", name));
+        }
+        auto bad = [&] { return fail_usage(fmt::format("{}: '{}' is not a valid value", name, value)); };
+        if (name == "--max-tokens") {
+            std::int32_t n = 0;
+            if (!parse_number(value, n) || n <= 0) return bad();
+            request.max_tokens = n;
+        } else if (name == "--temperature") {
+            double t = 0;
+            if (!parse_number(value, t) || t < 0) return bad();
+            request.temperature = t;
+        } else if (name == "--top-p") {
+            double p = 0;
+            if (!parse_number(value, p) || p < 0 || p > 1) return bad();
+            request.top_p = p;
+        } else if (name == "--min-p") {
+            double p = 0;
+            if (!parse_number(value, p) || p < 0 || p > 1) return bad();
+            request.min_p = p;
+        } else if (name == "--top-k") {
+            std::int32_t k = 0;
+            if (!parse_number(value, k) || k < 0) return bad();
+            request.top_k = k;
+        } else if (name == "--seed") {
+            std::uint64_t s = 0;
+            if (!parse_number(value, s)) return bad();
+            request.seed = s;
+        } else if (name == "--stop") {
+            if (value.empty()) return bad();
+            request.stop.push_back(value);
+        } else if (name == "--model") {
+            request.model = value;
+        } else if (name == "--system") {
+            system = value;
+            chat = true;
+        } else {
+            return fail_usage(fmt::format("generate: unknown option '{}'", name));
+        }
+    }
+    if (words.empty()) return fail_usage("generate needs a PROMPT");
+    std::string prompt;
+    if (words.size() == 1 && words[0] == "-") {
+        prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
+    } else {
+        for (const std::string& w : words) {
+            if (!prompt.empty()) prompt += ' ';
+            prompt += w;
+        }
+    }
+    if (chat) {
+        if (!system.empty()) request.messages.push_back({"system", system});
+        request.messages.push_back({"user", prompt});
+    } else {
+        request.prompt = prompt;
+    }
+
+    if (cl.json) {
+        auto r = c.complete(request);
+        if (!r) return report(r.error(), true);
+        print_raw(r->raw_json);
+        return exit_ok;
+    }
+
+    bool wrote_any = false;
+    char last = '\n';
+    auto r = c.stream(request, [&](std::string_view piece) {
+        if (std::fwrite(piece.data(), 1, piece.size(), stdout) != piece.size() || std::fflush(stdout) != 0) {
+            return false;  // stdout went away (a closed pipe): stop generating
+        }
+        wrote_any = true;
+        last = piece.back();
+        return true;
+    });
+    // End the text with a newline on a terminal; a pipe gets exactly the generated text.
+    if (wrote_any && last != '\n' && isatty(STDOUT_FILENO) == 1) std::fputc('\n', stdout);
+    std::fflush(stdout);
+    if (!r) {
+        if (wrote_any && isatty(STDOUT_FILENO) != 1) std::fputc('\n', stderr);
+        return report(r.error(), false);
+    }
+    // A closed stdout is the reader's choice (moectl generate ... | head): not an error.
+    return exit_ok;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    // A closed stdout (moectl generate ... | head) must end the stream, not kill moectl.
+    std::signal(SIGPIPE, SIG_IGN);
+    try {
+        std::string error;
+        const auto cl = parse_command_line(argc, argv, error);
+        if (!cl) return fail_usage(error);
+        if (cl->command.empty()) {
+            std::fputs(usage_text, stderr);
+            return exit_usage;
+        }
+        if (cl->command == "help" || cl->command == "-h" || cl->command == "--help") {
+            std::fputs(usage_text, stdout);
+            return exit_ok;
+        }
+        if (cl->command == "--version") {
+            std::printf("moectl %s (libmoeclient %s)\n", MOED_CLIENT_VERSION, moed::client_version());
+            return exit_ok;
+        }
+
+        moed::client_options options;
+        options.socket_path = cl->socket;  // empty: $MOED_SOCKET or the default
+        if (cl->timeout_s) {
+            options.read_timeout =
+                std::chrono::milliseconds(std::max<std::int64_t>(1, static_cast<std::int64_t>(*cl->timeout_s * 1000.0)));
+        }
+        const moed::client c(options);
+
+        if (cl->command == "status") return cmd_status(c, *cl);
+        if (cl->command == "generate") return cmd_generate(c, *cl);
+        if (cl->command == "models") return cmd_models(c, *cl);
+        if (cl->command == "health") return cmd_health(c, *cl);
+        return fail_usage(fmt::format("unknown command '{}'", cl->command));
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "moectl: %s\n", e.what());
+        return exit_daemon_error;
+    }
+}

@@ -1,0 +1,454 @@
+// The C++ API: builds the OpenAI-style JSON requests, reads moed's answers (whole or as
+// server-sent events) and maps every failure to a client_error.
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <utility>
+
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "client/src/http_connection.h"
+#include "client/src/sse_parser.h"
+#include "common/status.h"
+#include "moed/client.hpp"
+
+namespace moed {
+
+using client_detail::http_connection;
+using client_detail::http_head;
+using client_detail::http_reply;
+using nlohmann::json;
+
+namespace {
+
+constexpr const char* default_socket = "/run/moed/moed.sock";
+// The longest single SSE event accepted (one chunk of a few tokens is well under 1 KiB).
+constexpr std::size_t max_sse_event_bytes = 1u << 20;
+// How much of a non-JSON error body goes into a message.
+constexpr std::size_t max_quoted_body = 200;
+
+client_error make(client_errc code, std::string message) {
+    client_error e;
+    e.code = code;
+    e.message = std::move(message);
+    return e;
+}
+
+// moed's error answer: {"error":{"type","message"}} with a 4xx/5xx status, or the same
+// object as an event in the middle of a stream (`mid_stream`).
+client_error http_error(const http_head& head, std::string body, bool mid_stream = false) {
+    client_error e;
+    e.code = client_errc::http;
+    e.http_status = static_cast<int>(head.status);
+    std::string server_message;
+    const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("error") && j["error"].is_object()) {
+        const json& err = j["error"];
+        if (auto it = err.find("type"); it != err.end() && it->is_string()) e.type = it->get<std::string>();
+        if (auto it = err.find("message"); it != err.end() && it->is_string()) server_message = it->get<std::string>();
+    } else {
+        server_message = body.substr(0, max_quoted_body);
+        while (!server_message.empty() && (server_message.back() == '\n' || server_message.back() == '\r')) {
+            server_message.pop_back();
+        }
+    }
+    e.message = mid_stream ? std::string("moed failed the request mid-stream")
+                           : fmt::format("moed answered {} {}", head.status, head.reason);
+    if (!e.type.empty()) e.message += fmt::format(" ({})", e.type);
+    if (!server_message.empty()) e.message += ": " + server_message;
+    e.body = std::move(body);
+    return e;
+}
+
+client_error protocol_error(std::string_view what, std::string_view detail) {
+    return make(client_errc::protocol, fmt::format("malformed answer from moed: {} ({})", what, detail));
+}
+
+bool is_2xx(unsigned status) { return status >= 200 && status < 300; }
+
+// One request, whole answer; error statuses become http errors.
+client_result<std::string> exchange(const client_options& options, std::string_view method, std::string_view target,
+                                    std::string_view body) {
+    http_connection conn(options);
+    if (auto err = conn.send(method, target, body, "application/json")) return std::move(*err);
+    auto reply = conn.read_reply();
+    if (!reply) return std::move(reply).error();
+    if (!is_2xx(reply->head.status)) return http_error(reply->head, std::move(reply->body));
+    return std::move(reply->body);
+}
+
+// Serialises a request; text that is not valid UTF-8 cannot go into JSON.
+client_result<std::string> dump(const json& j) {
+    try {
+        return j.dump();
+    } catch (const json::type_error& e) {
+        return make(client_errc::invalid_argument, fmt::format("the request cannot be sent as JSON: {}", e.what()));
+    }
+}
+
+json request_to_json(const completion_request& r) {
+    json j = json::object();
+    if (!r.model.empty()) j["model"] = r.model;
+    if (r.messages.empty()) {
+        j["prompt"] = r.prompt;
+    } else {
+        json messages = json::array();
+        for (const chat_message& m : r.messages) messages.push_back({{"role", m.role}, {"content", m.content}});
+        j["messages"] = std::move(messages);
+    }
+    if (r.max_tokens) j["max_tokens"] = *r.max_tokens;
+    if (r.temperature) j["temperature"] = *r.temperature;
+    if (r.top_p) j["top_p"] = *r.top_p;
+    if (r.top_k) j["top_k"] = *r.top_k;
+    if (r.min_p) j["min_p"] = *r.min_p;
+    if (r.seed) j["seed"] = *r.seed;
+    if (!r.stop.empty()) j["stop"] = r.stop;
+    return j;
+}
+
+// Parses request_json, checks it is an object and sets "stream"; returns the endpoint.
+client_result<std::string> prepare_raw(std::string_view request_json, bool stream, json& out) {
+    out = json::parse(request_json, nullptr, /*allow_exceptions=*/false);
+    if (out.is_discarded() || !out.is_object()) {
+        return make(client_errc::invalid_argument, "the request is not a JSON object");
+    }
+    out["stream"] = stream;
+    return std::string(out.contains("messages") ? "/v1/chat/completions" : "/v1/completions");
+}
+
+std::string string_field(const json& j, const char* key) {
+    if (auto it = j.find(key); it != j.end() && it->is_string()) return it->get<std::string>();
+    return {};
+}
+
+template <typename Int>
+Int int_field(const json& j, const char* key) {
+    if (auto it = j.find(key); it != j.end() && it->is_number_integer()) return it->get<Int>();
+    return Int{};
+}
+
+token_usage parse_usage(const json& j) {
+    token_usage u;
+    u.prompt_tokens = int_field<std::int64_t>(j, "prompt_tokens");
+    u.completion_tokens = int_field<std::int64_t>(j, "completion_tokens");
+    u.total_tokens = int_field<std::int64_t>(j, "total_tokens");
+    if (u.total_tokens == 0) u.total_tokens = u.prompt_tokens + u.completion_tokens;
+    return u;
+}
+
+// The text of choice 0: "text" (completions), "message.content" (chat) or
+// "delta.content" (a chat stream chunk).
+std::string choice_text(const json& choice) {
+    if (auto it = choice.find("text"); it != choice.end() && it->is_string()) return it->get<std::string>();
+    for (const char* key : {"message", "delta"}) {
+        if (auto it = choice.find(key); it != choice.end() && it->is_object()) return string_field(*it, "content");
+    }
+    return {};
+}
+
+client_result<completion_response> parse_completion(std::string body) {
+    const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return protocol_error("a completion that is not a JSON object", body.substr(0, max_quoted_body));
+    auto choices = j.find("choices");
+    if (choices == j.end() || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
+        return protocol_error("a completion without choices", body.substr(0, max_quoted_body));
+    }
+    completion_response r;
+    r.id = string_field(j, "id");
+    r.model = string_field(j, "model");
+    r.text = choice_text((*choices)[0]);
+    r.finish_reason = string_field((*choices)[0], "finish_reason");
+    if (auto it = j.find("usage"); it != j.end() && it->is_object()) r.usage = parse_usage(*it);
+    r.raw_json = std::move(body);
+    return r;
+}
+
+// Streams one request: POST with "stream": true, SSE events until [DONE].
+client_result<completion_response> run_stream(const client_options& options, std::string_view target,
+                                              const std::string& body, const stream_callback& on_text) {
+    http_connection conn(options);
+    if (auto err = conn.send("POST", target, body, "text/event-stream")) return std::move(*err);
+    auto head = conn.read_head();
+    if (!head) return std::move(head).error();
+    if (!is_2xx(head->status)) {
+        auto rest = conn.read_body_rest();
+        if (!rest) return std::move(rest).error();
+        return http_error(*head, std::move(*rest));
+    }
+    // A server that answers a stream request with one JSON completion is still understood.
+    if (head->content_type.rfind("application/json", 0) == 0) {
+        auto rest = conn.read_body_rest();
+        if (!rest) return std::move(rest).error();
+        auto whole = parse_completion(std::move(*rest));
+        if (whole && on_text && !whole->text.empty()) on_text(whole->text);
+        if (whole) whole->raw_json.clear();
+        return whole;
+    }
+
+    completion_response result;
+    client_detail::sse_parser parser(max_sse_event_bytes);
+    std::optional<client_error> failure;
+    bool done = false;
+    bool stopped = false;
+    // Handles one event; returns false to stop reading.
+    auto on_event = [&](const client_detail::sse_event& event) -> bool {
+        if (event.data == "[DONE]") {
+            done = true;
+            return false;
+        }
+        const json chunk = json::parse(event.data, nullptr, /*allow_exceptions=*/false);
+        if (!chunk.is_object()) {
+            failure = protocol_error("a stream event that is not JSON", event.data.substr(0, max_quoted_body));
+            return false;
+        }
+        if (chunk.contains("error") || event.type == "error") {
+            failure = http_error(*head, event.data, /*mid_stream=*/true);
+            return false;
+        }
+        if (result.id.empty()) result.id = string_field(chunk, "id");
+        if (result.model.empty()) result.model = string_field(chunk, "model");
+        if (auto usage = chunk.find("usage"); usage != chunk.end() && usage->is_object()) {
+            result.usage = parse_usage(*usage);
+        }
+        auto choices = chunk.find("choices");
+        if (choices == chunk.end() || !choices->is_array() || choices->empty()) return true;  // a usage-only chunk
+        const json& choice = (*choices)[0];
+        if (!choice.is_object()) {
+            failure = protocol_error("a stream choice that is not an object", event.data.substr(0, max_quoted_body));
+            return false;
+        }
+        if (std::string reason = string_field(choice, "finish_reason"); !reason.empty()) {
+            result.finish_reason = std::move(reason);
+        }
+        const std::string text = choice_text(choice);
+        if (text.empty()) return true;
+        result.text += text;
+        if (on_text && !on_text(text)) {
+            stopped = true;
+            return false;
+        }
+        return true;
+    };
+
+    std::string piece;
+    while (!done && !stopped && !failure) {
+        auto more = conn.read_body_some(piece);
+        if (!more) return std::move(more).error();
+        if (!*more) break;
+        if (!parser.feed(piece, on_event) && parser.overflowed()) {
+            return protocol_error("a stream event longer than the limit",
+                                  fmt::format("{} bytes", max_sse_event_bytes));
+        }
+    }
+    if (failure) return std::move(*failure);
+    if (stopped) {
+        // Closing is how a client cancels: moed sees the connection go and stops generating.
+        conn.close();
+        result.finish_reason = "cancelled";
+        return result;
+    }
+    if (!done && result.finish_reason.empty()) {
+        return make(client_errc::connection,
+                    fmt::format("moed ended the stream on {} before it finished (no [DONE])", options.socket_path));
+    }
+    return result;
+}
+
+// Conversions from the wire type (common/status.h) to the public plain structs.
+daemon_latency to_public(const latency_summary& l) { return {l.count, l.p50_us, l.p90_us, l.p99_us, l.max_us}; }
+
+daemon_tier to_public(const tier_stats& t) {
+    daemon_tier p;
+    p.name = t.name;
+    p.capacity_bytes = t.capacity_bytes;
+    p.capacity_experts = t.capacity_experts;
+    p.resident_bytes = t.resident_bytes;
+    p.resident_experts = t.resident_experts;
+    p.hits = t.hits;
+    p.misses = t.misses;
+    p.evictions = t.evictions;
+    p.bytes_read = t.bytes_read;
+    p.read_errors = t.read_errors;
+    p.read_seconds = t.read_seconds;
+    p.read_bytes_per_s = t.read_bytes_per_s;
+    p.load_latency = to_public(t.load_latency);
+    return p;
+}
+
+daemon_status to_public(server_status&& s) {
+    daemon_status p;
+    p.version = std::move(s.version);
+    p.uptime_s = s.uptime_s;
+    p.model.id = std::move(s.model.id);
+    p.model.path = std::move(s.model.path);
+    p.model.architecture = std::move(s.model.architecture);
+    p.model.n_layer = s.model.n_layer;
+    p.model.n_expert = s.model.n_expert;
+    p.model.n_expert_used = s.model.n_expert_used;
+    p.model.n_ctx = s.model.n_ctx;
+    p.model.n_vocab = s.model.n_vocab;
+    p.model.file_bytes = s.model.file_bytes;
+    p.model.dense_bytes = s.model.dense_bytes;
+    p.model.expert_bytes = s.model.expert_bytes;
+    p.threads = s.threads;
+    p.isa = std::move(s.isa);
+    p.queue_waiting = s.queue_waiting;
+    p.queue_capacity = s.queue_capacity;
+    p.running_sequences = s.running_sequences;
+    p.max_sequences = s.max_sequences;
+    p.max_batch_tokens = s.max_batch_tokens;
+    p.steps_total = s.steps_total;
+    p.requests_total = s.requests_total;
+    p.requests_failed = s.requests_failed;
+    p.requests_cancelled = s.requests_cancelled;
+    p.prompt_tokens_total = s.prompt_tokens_total;
+    p.generated_tokens_total = s.generated_tokens_total;
+    p.decode_tokens_per_s = s.decode_tokens_per_s;
+    if (s.tiers) {
+        daemon_tiers t;
+        t.io_mode = std::move(s.tiers->io_mode);
+        t.queue_depth = s.tiers->queue_depth;
+        t.expert_bytes_total = s.tiers->expert_bytes_total;
+        t.host = to_public(s.tiers->host);
+        t.nvme = to_public(s.tiers->nvme);
+        t.layer_residency = std::move(s.tiers->layer_residency);
+        p.tiers = std::move(t);
+    }
+    p.requests.reserve(s.requests.size());
+    for (request_status& r : s.requests) {
+        p.requests.push_back({std::move(r.id), std::move(r.state), r.prompt_tokens, r.generated_tokens, r.max_tokens,
+                              std::move(r.peer)});
+    }
+    return p;
+}
+
+}  // namespace
+
+const char* client_version() noexcept { return MOED_CLIENT_VERSION; }
+
+std::string default_socket_path() {
+    const char* env = std::getenv("MOED_SOCKET");
+    return (env != nullptr && env[0] != '\0') ? std::string(env) : std::string(default_socket);
+}
+
+const char* client_errc_name(client_errc code) noexcept {
+    switch (code) {
+        case client_errc::not_running: return "not_running";
+        case client_errc::unreachable: return "unreachable";
+        case client_errc::timeout: return "timeout";
+        case client_errc::connection: return "connection";
+        case client_errc::http: return "http";
+        case client_errc::protocol: return "protocol";
+        case client_errc::invalid_argument: return "invalid_argument";
+    }
+    return "unknown";
+}
+
+namespace detail {
+void bad_result_access(const client_error& err) noexcept {
+    std::fprintf(stderr, "libmoeclient: value() called on an error result: %s\n", err.message.c_str());
+    std::fflush(stderr);
+    std::abort();
+}
+}  // namespace detail
+
+client::client() : client(client_options{}) {}
+
+client::client(std::string socket_path) : client([&] {
+    client_options o;
+    o.socket_path = std::move(socket_path);
+    return o;
+}()) {}
+
+client::client(client_options options) : options_(std::move(options)) {
+    if (options_.socket_path.empty()) options_.socket_path = default_socket_path();
+}
+
+client_result<completion_response> client::complete(const completion_request& request) const {
+    json j = request_to_json(request);
+    j["stream"] = false;
+    auto text = dump(j);
+    if (!text) return std::move(text).error();
+    const char* target = request.messages.empty() ? "/v1/completions" : "/v1/chat/completions";
+    auto body = exchange(options_, "POST", target, *text);
+    if (!body) return std::move(body).error();
+    return parse_completion(std::move(*body));
+}
+
+client_result<completion_response> client::stream(const completion_request& request,
+                                                   const stream_callback& on_text) const {
+    json j = request_to_json(request);
+    j["stream"] = true;
+    auto text = dump(j);
+    if (!text) return std::move(text).error();
+    const char* target = request.messages.empty() ? "/v1/completions" : "/v1/chat/completions";
+    return run_stream(options_, target, *text, on_text);
+}
+
+client_result<std::string> client::get_json(std::string_view target) const {
+    if (target.empty() || target.front() != '/') {
+        return make(client_errc::invalid_argument, fmt::format("the target '{}' does not start with '/'", target));
+    }
+    return exchange(options_, "GET", target, {});
+}
+
+client_result<daemon_status> client::status() const {
+    auto body = get_json("/v1/status");
+    if (!body) return std::move(body).error();
+    const json j = json::parse(*body, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return protocol_error("a status that is not a JSON object", body->substr(0, max_quoted_body));
+    server_status wire;
+    try {
+        from_json(j, wire);
+    } catch (const json::exception& e) {
+        return protocol_error("a status field of the wrong type", e.what());
+    }
+    return to_public(std::move(wire));
+}
+
+client_result<std::vector<model_info>> client::models() const {
+    auto body = get_json("/v1/models");
+    if (!body) return std::move(body).error();
+    const json j = json::parse(*body, nullptr, /*allow_exceptions=*/false);
+    auto data = j.is_object() ? j.find("data") : j.end();
+    if (!j.is_object() || data == j.end() || !data->is_array()) {
+        return protocol_error("a model list without \"data\"", body->substr(0, max_quoted_body));
+    }
+    std::vector<model_info> out;
+    for (const json& m : *data) {
+        if (!m.is_object()) continue;
+        out.push_back({string_field(m, "id"), string_field(m, "owned_by"), int_field<std::int64_t>(m, "created")});
+    }
+    return out;
+}
+
+client_result<std::string> client::health() const {
+    auto body = get_json("/healthz");
+    if (!body) return body;
+    std::string text = std::move(*body);
+    while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.pop_back();
+    if (text.empty()) text = "ok";
+    return text;
+}
+
+client_result<std::string> client::complete_json(std::string_view request_json) const {
+    json j;
+    auto target = prepare_raw(request_json, false, j);
+    if (!target) return target;
+    auto text = dump(j);
+    if (!text) return text;
+    return exchange(options_, "POST", *target, *text);
+}
+
+client_result<completion_response> client::stream_json(std::string_view request_json,
+                                                       const stream_callback& on_text) const {
+    json j;
+    auto target = prepare_raw(request_json, true, j);
+    if (!target) return std::move(target).error();
+    auto text = dump(j);
+    if (!text) return std::move(text).error();
+    return run_stream(options_, *target, *text, on_text);
+}
+
+}  // namespace moed
