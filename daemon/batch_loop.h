@@ -17,9 +17,11 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/result.h"
@@ -29,11 +31,17 @@
 
 namespace moed::daemon {
 
+// A stop string is searched for after every token and up to its length is held back; this
+// bound keeps both cheap.
+inline constexpr std::size_t max_stop_string_bytes = 256;
+
 struct job_params {
     std::vector<engine::token_id> prompt;  // already tokenized (and templated, for chat)
-    std::int32_t max_tokens = 16;
+    std::int32_t max_tokens = 16;          // 1 .. loop_options::max_tokens_limit
     engine::sampling_params sampling;
-    std::vector<std::string> stop;         // stop strings (at most loop_options::max_stop_strings)
+    // Stop strings (at most loop_options::max_stop_strings; each non-empty valid UTF-8 of at
+    // most max_stop_string_bytes).
+    std::vector<std::string> stop;
     bool stop_at_eog = true;
     std::string id;                        // request id for status and logs ("cmpl-...")
     std::string peer;                      // peer credentials for status
@@ -49,6 +57,11 @@ class job_sink {
 public:
     virtual ~job_sink() = default;
     // New text (valid UTF-8, possibly empty when held back) for generated token `token`.
+    // Called once per generated token, the end-of-generation token included (its text is
+    // empty unless held-back text is released with it). When a job ends by a stop string,
+    // end of generation or max_tokens, its last call carries every byte still held (the text
+    // before the stop string); a cancelled job's held text is dropped. `text` is valid only
+    // during the call.
     virtual void on_token(engine::token_id token, std::string_view text) noexcept = 0;
     // Finished: reason is "stop", "length" or "cancelled".
     virtual void on_done(std::string_view finish_reason, const job_usage& usage) noexcept = 0;
@@ -83,8 +96,9 @@ public:
     // cancels what is left (their sinks get "cancelled") and joins the thread.
     void shutdown(std::chrono::milliseconds drain);
 
-    // Queues a job. Errors: errc::invalid_argument (empty prompt, prompt + max_tokens over
-    // the context, bad sampling parameters, too many stop strings), errc::out_of_memory when
+    // Queues a job. Errors: errc::invalid_argument (empty prompt, a token id outside the
+    // vocabulary, max_tokens out of range, prompt + max_tokens over the context, bad sampling
+    // parameters, bad or too many stop strings; messages name the field), errc::out_of_memory when
     // the queue is full (the daemon answers 429), errc::cancelled after shutdown began (503).
     result<job_id> submit(job_params params, std::shared_ptr<job_sink> sink);
     // Cancels a queued or running job; unknown ids are ignored.

@@ -1,0 +1,645 @@
+#include "daemon/batch_loop.h"
+
+#include <pthread.h>
+
+#include <algorithm>
+#include <condition_variable>
+#include <exception>
+#include <limits>
+#include <mutex>
+#include <optional>
+#include <span>
+#include <thread>
+
+#include "common/log.h"
+#include "engine/evaluator.h"
+#include "engine/kv_cache.h"
+#include "engine/tokenizer.h"
+#include "engine/unicode_utf8.h"
+#include "kernels/cpu/thread_pool.h"
+
+namespace moed::daemon {
+
+namespace {
+
+constexpr std::string_view k_component = "loop";
+// decode_tokens_per_s is measured over the last this-many steps.
+constexpr std::size_t k_rate_samples = 32;
+
+constexpr std::size_t npos = std::string_view::npos;
+
+// Where the earliest of `stops` starts in `text`, or npos.
+std::size_t find_stop(std::string_view text, const std::vector<std::string>& stops) noexcept {
+    std::size_t best = npos;
+    for (const std::string& s : stops) best = std::min(best, text.find(s));
+    return best;
+}
+
+// The length of the longest suffix of `text` that is a proper prefix of one of `stops`:
+// the bytes that must be held back because the next token may complete a stop string.
+std::size_t partial_stop(std::string_view text, const std::vector<std::string>& stops) noexcept {
+    std::size_t best = 0;
+    for (const std::string& s : stops) {
+        const std::string_view stop(s);
+        for (std::size_t k = std::min(text.size(), stop.size() - 1); k > best; --k) {
+            if (text.ends_with(stop.substr(0, k))) {
+                best = k;
+                break;
+            }
+        }
+    }
+    return best;
+}
+
+// A job waiting for a KV cache. Lives in the bounded ring under the loop's mutex.
+struct queued_job {
+    job_id id = 0;
+    job_params params;
+    std::shared_ptr<job_sink> sink;
+    bool cancel = false;  // cancel() was called; the engine thread reports it
+};
+
+// What other threads may see of a running sequence (under the loop's mutex). The engine
+// thread writes it once per step; cancel() sets `cancel`.
+struct slot_public {
+    job_id id = 0;  // 0: free
+    bool cancel = false;
+    bool prefill = true;
+    std::int64_t prompt_tokens = 0;
+    std::int64_t generated_tokens = 0;
+    std::int64_t max_tokens = 0;
+    std::string request_id;
+    std::string peer;
+};
+
+// The engine thread's own state of one sequence; one per KV cache, made at start-up and
+// reused by every job admitted into it.
+struct sequence {
+    sequence(const engine::model_hparams& hp, std::int64_t n_ctx)
+        : cache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim) {
+        history.reserve(static_cast<std::size_t>(n_ctx));
+        held.reserve(2 * max_stop_string_bytes);
+    }
+
+    bool active() const noexcept { return id != 0; }
+    std::int64_t prompt_size() const noexcept { return static_cast<std::int64_t>(params.prompt.size()); }
+    bool in_prefill() const noexcept { return n_past < prompt_size(); }
+    job_usage usage() const noexcept { return job_usage{prompt_size(), generated}; }
+
+    job_id id = 0;  // 0: free
+    job_params params;
+    std::shared_ptr<job_sink> sink;
+    engine::kv_cache cache;
+    std::optional<engine::sampler> smp;
+    std::vector<engine::token_id> history;  // prompt and generated tokens (repetition penalty)
+    engine::utf8_stream text;
+    std::string held;          // text not emitted yet: it may be the start of a stop string
+    std::int64_t n_past = 0;   // tokens in the KV cache
+    std::int32_t generated = 0;
+    bool cancel = false;       // cancellation seen at the start of this step
+    std::int64_t take = 0;     // tokens of this sequence in this step's batch
+};
+
+// Totals the engine thread counts and publishes once per step.
+struct loop_counters {
+    std::uint64_t steps = 0;
+    std::uint64_t failed = 0;
+    std::uint64_t cancelled = 0;
+    std::uint64_t prompt_tokens = 0;
+    std::uint64_t generated_tokens = 0;
+};
+
+struct rate_sample {
+    std::chrono::steady_clock::time_point time;
+    std::uint64_t generated_tokens = 0;
+};
+
+loop_options effective_options(const engine::model& m, loop_options o) {
+    MOED_ASSERT(o.max_sequences >= 1);
+    MOED_ASSERT(o.queue_capacity >= 1);
+    if (o.n_ctx <= 0) o.n_ctx = m.hparams().n_ctx_train;
+    MOED_ASSERT(o.n_ctx >= 1);
+    if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // Every running sequence puts at least one token in every batch, so a batch smaller than
+    // the sequence count would starve some of them.
+    if (o.max_batch_tokens < static_cast<std::int64_t>(o.max_sequences)) {
+        MOED_LOG_WARN(k_component, "max_batch_tokens {} is below max_sequences {}; using {}", o.max_batch_tokens,
+                      o.max_sequences, o.max_sequences);
+        o.max_batch_tokens = o.max_sequences;
+    }
+    return o;
+}
+
+}  // namespace
+
+struct batch_loop::impl {
+    impl(engine::model& m, const loop_options& o)
+        : model(m),
+          opt(effective_options(m, o)),
+          pool(opt.threads),
+          eval(m, pool, opt.max_batch_tokens),
+          n_vocab(m.hparams().n_vocab) {
+        seqs.reserve(opt.max_sequences);
+        for (std::uint32_t i = 0; i < opt.max_sequences; ++i) seqs.emplace_back(m.hparams(), opt.n_ctx);
+        batch.reserve(static_cast<std::size_t>(opt.max_batch_tokens));
+        logits.resize(static_cast<std::size_t>(opt.max_sequences) * static_cast<std::size_t>(n_vocab));
+        row_seq.resize(opt.max_sequences);
+        cancelled_jobs.reserve(opt.queue_capacity);
+        ring.resize(opt.queue_capacity);
+        slots.resize(opt.max_sequences);
+        rates.resize(k_rate_samples);
+    }
+
+    result<void> validate(const job_params& p) const;
+    void thread_main() noexcept;
+    // One step; false when the loop should end (shutting down and nothing left).
+    bool step();
+    void take_requests_locked();
+    void admit_locked();
+    void publish_locked();
+    void build_batch();
+    void after_batch();
+    void emit(sequence& s, engine::token_id token);
+    void finish(sequence& s, std::string_view reason) noexcept;
+    void fail(sequence& s, const error& err) noexcept;
+    void release(sequence& s) noexcept;
+    void fail_all(const error& err) noexcept;
+    std::size_t ring_index(std::size_t i) const noexcept { return (head + i) % ring.size(); }
+
+    engine::model& model;
+    const loop_options opt;
+    kernels::compute_pool pool;
+    engine::evaluator eval;
+    const std::int64_t n_vocab;
+
+    // Engine thread only.
+    std::vector<sequence> seqs;
+    std::uint32_t active = 0;               // sequences with a job
+    std::vector<engine::batch_token> batch;
+    std::vector<float> logits;              // [max_sequences][n_vocab]
+    std::vector<std::uint32_t> row_seq;     // the sequence of each logits row
+    std::vector<queued_job> cancelled_jobs; // taken out of the queue, reported outside the lock
+    std::uint32_t share_start = 0;          // rotates which prefill gets the budget's remainder
+    loop_counters counters;
+
+    // Shared with every other thread, under mu.
+    mutable std::mutex mu;
+    std::condition_variable work_cv;  // the engine thread waits here for jobs
+    std::condition_variable idle_cv;  // shutdown() waits here for the drain
+    std::vector<queued_job> ring;     // bounded queue: `count` jobs from `head`
+    std::size_t head = 0;
+    std::size_t count = 0;
+    std::vector<slot_public> slots;
+    std::uint32_t running = 0;        // published count of sequences with a job
+    bool accepting = true;
+    bool stopping = false;            // exit once nothing is left
+    bool force_cancel = false;        // the drain time is over: cancel everything
+    job_id next_id = 1;
+    std::uint64_t requests_total = 0;
+    loop_counters published;
+    std::vector<rate_sample> rates;   // ring of the last k_rate_samples steps
+    std::size_t rate_next = 0;
+    std::size_t rate_count = 0;
+
+    std::mutex shutdown_mu;           // serialises shutdown() callers
+    std::thread thread;
+    bool started = false;
+};
+
+result<void> batch_loop::impl::validate(const job_params& p) const {
+    if (p.prompt.empty()) return make_error(errc::invalid_argument, "prompt is empty");
+    for (std::size_t i = 0; i < p.prompt.size(); ++i) {
+        if (p.prompt[i] < 0 || p.prompt[i] >= n_vocab) {
+            return make_error(errc::invalid_argument, "prompt token {} has id {}, outside the vocabulary (0..{})", i,
+                              p.prompt[i], n_vocab - 1);
+        }
+    }
+    if (p.max_tokens < 1) return make_error(errc::invalid_argument, "max_tokens {} must be at least 1", p.max_tokens);
+    if (p.max_tokens > opt.max_tokens_limit) {
+        return make_error(errc::invalid_argument, "max_tokens {} exceeds the limit of {}", p.max_tokens,
+                          opt.max_tokens_limit);
+    }
+    const std::int64_t needed = static_cast<std::int64_t>(p.prompt.size()) + p.max_tokens;
+    if (needed > opt.n_ctx) {
+        return make_error(errc::invalid_argument, "prompt of {} tokens plus max_tokens {} exceeds the context of {}",
+                          p.prompt.size(), p.max_tokens, opt.n_ctx);
+    }
+    MOED_TRY(p.sampling.validate());
+    if (p.stop.size() > opt.max_stop_strings) {
+        return make_error(errc::invalid_argument, "stop has {} strings; the limit is {}", p.stop.size(),
+                          opt.max_stop_strings);
+    }
+    for (std::size_t i = 0; i < p.stop.size(); ++i) {
+        const std::string& s = p.stop[i];
+        if (s.empty()) return make_error(errc::invalid_argument, "stop[{}] is empty", i);
+        if (s.size() > max_stop_string_bytes) {
+            return make_error(errc::invalid_argument, "stop[{}] is {} bytes; the limit is {}", i, s.size(),
+                              max_stop_string_bytes);
+        }
+        // Held-back text is cut where a stop string starts; valid UTF-8 stop strings start on
+        // a character boundary, so what is emitted stays valid UTF-8.
+        if (!engine::utf8::is_valid(s)) return make_error(errc::invalid_argument, "stop[{}] is not valid UTF-8", i);
+    }
+    return {};
+}
+
+void batch_loop::impl::thread_main() noexcept {
+    pthread_setname_np(pthread_self(), "moed-engine");
+    for (;;) {
+        try {
+            if (!step()) break;
+        } catch (const std::exception& e) {
+            // Out of memory in a token's text or a sink's allocation: the running jobs cannot
+            // be trusted to continue, the loop can.
+            MOED_LOG_ERROR(k_component, "engine step failed: {}", e.what());
+            fail_all(error{errc::internal, "the engine step failed"});
+        } catch (...) {
+            MOED_LOG_ERROR(k_component, "engine step failed with an unknown exception");
+            fail_all(error{errc::internal, "the engine step failed"});
+        }
+    }
+}
+
+bool batch_loop::impl::step() {
+    {
+        std::unique_lock lock(mu);
+        work_cv.wait(lock, [&] { return active > 0 || count > 0 || stopping; });
+        if (stopping && active == 0 && count == 0) return false;
+        take_requests_locked();
+        admit_locked();
+    }
+
+    // Sinks are called without the lock: a sink may call back into submit() or cancel().
+    for (queued_job& j : cancelled_jobs) {
+        j.sink->on_done("cancelled", job_usage{static_cast<std::int64_t>(j.params.prompt.size()), 0});
+        ++counters.cancelled;
+    }
+    cancelled_jobs.clear();
+    for (sequence& s : seqs) {
+        if (s.active() && (s.cancel || s.sink->gone())) finish(s, "cancelled");
+    }
+
+    if (active > 0) {
+        build_batch();
+        if (auto ran = eval.run(batch, logits.data()); !ran) {
+            // Every sequence of the batch may have a half-written KV cache now; fail them all
+            // and keep serving (the next step starts from clean caches).
+            MOED_LOG_WARN(k_component, "forward pass failed: {}", ran.error().message);
+            for (sequence& s : seqs) {
+                if (s.active() && s.take > 0) fail(s, ran.error());
+            }
+        } else {
+            ++counters.steps;
+            after_batch();
+        }
+    }
+
+    // Slots freed in this step take queued jobs now, so the next step runs them.
+    std::lock_guard lock(mu);
+    admit_locked();
+    publish_locked();
+    return true;
+}
+
+// Takes cancel requests: cancelled queued jobs leave the ring (reported after unlocking),
+// running ones are marked for this step.
+void batch_loop::impl::take_requests_locked() {
+    std::size_t kept = 0;
+    for (std::size_t i = 0; i < count; ++i) {
+        queued_job& j = ring[ring_index(i)];
+        if (j.cancel || force_cancel) {
+            cancelled_jobs.push_back(std::move(j));
+        } else {
+            if (kept != i) ring[ring_index(kept)] = std::move(j);
+            ++kept;
+        }
+    }
+    count = kept;
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+        if (seqs[i].active()) seqs[i].cancel = slots[i].cancel || force_cancel;
+    }
+}
+
+// Continuous batching: queued jobs take free KV caches between steps.
+void batch_loop::impl::admit_locked() {
+    for (std::size_t i = 0; i < seqs.size() && count > 0; ++i) {
+        sequence& s = seqs[i];
+        if (s.active()) continue;
+        queued_job& j = ring[head];
+        head = (head + 1) % ring.size();
+        --count;
+
+        s.id = j.id;
+        s.params = std::move(j.params);
+        s.sink = std::move(j.sink);
+        s.cache.clear();
+        s.smp.emplace(s.params.sampling);
+        s.history.assign(s.params.prompt.begin(), s.params.prompt.end());
+        s.text = engine::utf8_stream();
+        s.held.clear();
+        s.n_past = 0;
+        s.generated = 0;
+        s.cancel = false;
+        s.take = 0;
+        ++active;
+
+        slot_public& p = slots[i];
+        p.id = s.id;
+        p.cancel = false;
+        p.prefill = true;
+        p.prompt_tokens = s.prompt_size();
+        p.generated_tokens = 0;
+        p.max_tokens = s.params.max_tokens;
+        p.request_id = s.params.id;
+        p.peer = s.params.peer;
+    }
+}
+
+void batch_loop::impl::publish_locked() {
+    for (std::size_t i = 0; i < seqs.size(); ++i) {
+        const sequence& s = seqs[i];
+        slot_public& p = slots[i];
+        if (!s.active()) {
+            p.id = 0;
+            p.cancel = false;
+            continue;
+        }
+        p.prefill = s.in_prefill();
+        p.generated_tokens = s.generated;
+    }
+    running = active;
+    published = counters;
+    rates[rate_next] = rate_sample{std::chrono::steady_clock::now(), counters.generated_tokens};
+    rate_next = (rate_next + 1) % rates.size();
+    rate_count = std::min(rate_count + 1, rates.size());
+    if (running == 0 && count == 0) idle_cv.notify_all();
+}
+
+// One batch: the last sampled token of every decoding sequence first (a running stream
+// never waits behind a long prompt), then the prompt chunks of sequences in prefill, which
+// share the rest of the token budget evenly.
+void batch_loop::impl::build_batch() {
+    batch.clear();
+    std::uint32_t rows = 0;
+    for (std::uint32_t i = 0; i < seqs.size(); ++i) {
+        sequence& s = seqs[i];
+        s.take = 0;
+        if (!s.active() || s.in_prefill()) continue;
+        batch.push_back(engine::batch_token{s.history.back(), s.n_past, &s.cache, true});
+        s.take = 1;
+        row_seq[rows++] = i;
+    }
+
+    // Water-filling: each round gives every prefill that still wants tokens an equal share of
+    // what is left; sequences that need less leave the rest to the others. The first
+    // sequence served rotates per step so the remainder of an uneven split moves around.
+    std::int64_t budget = opt.max_batch_tokens - static_cast<std::int64_t>(batch.size());
+    const std::uint32_t n_seq = static_cast<std::uint32_t>(seqs.size());
+    while (budget > 0) {
+        std::int64_t wanting = 0;
+        for (const sequence& s : seqs) {
+            if (s.active() && s.prompt_size() - s.n_past - s.take > 0) ++wanting;
+        }
+        if (wanting == 0) break;
+        const std::int64_t share = std::max<std::int64_t>(1, budget / wanting);
+        for (std::uint32_t k = 0; k < n_seq && budget > 0; ++k) {
+            sequence& s = seqs[(share_start + k) % n_seq];
+            if (!s.active()) continue;
+            const std::int64_t want = s.prompt_size() - s.n_past - s.take;
+            if (want <= 0) continue;
+            const std::int64_t give = std::min({want, share, budget});
+            s.take += give;
+            budget -= give;
+        }
+    }
+    share_start = (share_start + 1) % n_seq;
+
+    for (std::uint32_t i = 0; i < seqs.size(); ++i) {
+        sequence& s = seqs[i];
+        if (!s.active() || !s.in_prefill() || s.take == 0) continue;
+        const bool completes = s.n_past + s.take == s.prompt_size();
+        for (std::int64_t k = 0; k < s.take; ++k) {
+            const std::int64_t pos = s.n_past + k;
+            const bool last = completes && k + 1 == s.take;
+            batch.push_back(
+                engine::batch_token{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last});
+            if (last) row_seq[rows++] = i;
+        }
+    }
+}
+
+// Advances every sequence of the batch, then samples and reports the sequences that got
+// logits (in batch order, as the evaluator wrote them).
+void batch_loop::impl::after_batch() {
+    std::uint32_t rows = 0;
+    for (sequence& s : seqs) {
+        if (!s.active() || s.take == 0) continue;
+        if (s.in_prefill()) counters.prompt_tokens += static_cast<std::uint64_t>(s.take);
+        s.n_past += s.take;
+    }
+    for (const engine::batch_token& bt : batch) {
+        if (bt.want_logits) ++rows;
+    }
+    for (std::uint32_t r = 0; r < rows; ++r) {
+        sequence& s = seqs[row_seq[r]];
+        const std::span<const float> row(logits.data() + static_cast<std::size_t>(r) * n_vocab,
+                                         static_cast<std::size_t>(n_vocab));
+        const engine::token_id token = s.smp->sample(row, s.history);
+        s.history.push_back(token);
+        ++s.generated;
+        ++counters.generated_tokens;
+        emit(s, token);
+    }
+}
+
+// Turns one sampled token into text for the sink, holding back what may be the start of a
+// stop string, and finishes the sequence on a stop string, end of generation or max_tokens.
+void batch_loop::impl::emit(sequence& s, engine::token_id token) {
+    const engine::tokenizer& vocab = model.vocab();
+    s.held += s.text.push(vocab.token_bytes(token));
+    const std::vector<std::string>& stops = s.params.stop;
+
+    if (const std::size_t at = find_stop(s.held, stops); at != npos) {
+        s.sink->on_token(token, std::string_view(s.held).substr(0, at));
+        finish(s, "stop");
+        return;
+    }
+    const bool eog = s.params.stop_at_eog && vocab.is_eog(token);
+    if (eog || s.generated >= s.params.max_tokens) {
+        // The end: bytes that never formed a character become U+FFFD, and text held back
+        // for a stop string that never came is real output.
+        s.held += s.text.finish();
+        const std::size_t at = find_stop(s.held, stops);
+        const bool stopped = eog || at != npos;
+        s.sink->on_token(token, std::string_view(s.held).substr(0, at));
+        finish(s, stopped ? "stop" : "length");
+        return;
+    }
+    const std::size_t ready = s.held.size() - partial_stop(s.held, stops);
+    s.sink->on_token(token, std::string_view(s.held).substr(0, ready));
+    s.held.erase(0, ready);
+}
+
+void batch_loop::impl::finish(sequence& s, std::string_view reason) noexcept {
+    if (reason == "cancelled") ++counters.cancelled;
+    s.sink->on_done(reason, s.usage());
+    release(s);
+}
+
+void batch_loop::impl::fail(sequence& s, const error& err) noexcept {
+    ++counters.failed;
+    s.sink->on_failed(err, s.usage());
+    release(s);
+}
+
+// Frees the sequence's KV cache for the next job at once (the memory stays allocated).
+void batch_loop::impl::release(sequence& s) noexcept {
+    s.id = 0;
+    s.sink.reset();
+    s.cache.clear();
+    s.take = 0;
+    --active;
+}
+
+void batch_loop::impl::fail_all(const error& err) noexcept {
+    for (sequence& s : seqs) {
+        if (s.active()) fail(s, err);
+    }
+    try {
+        std::lock_guard lock(mu);
+        publish_locked();
+    } catch (...) {
+        // Locking a std::mutex throws only on a broken system; the next step publishes anyway.
+    }
+}
+
+batch_loop::batch_loop(engine::model& model, const loop_options& options)
+    : impl_(std::make_unique<impl>(model, options)) {}
+
+batch_loop::~batch_loop() { shutdown(std::chrono::milliseconds(0)); }
+
+const loop_options& batch_loop::options() const noexcept { return impl_->opt; }
+
+void batch_loop::start() {
+    std::lock_guard lock(impl_->mu);
+    MOED_ASSERT(!impl_->started);
+    impl_->started = true;
+    impl_->thread = std::thread([this] { impl_->thread_main(); });
+}
+
+void batch_loop::shutdown(std::chrono::milliseconds drain) {
+    impl& im = *impl_;
+    std::lock_guard serial(im.shutdown_mu);
+    bool has_thread = false;
+    {
+        std::unique_lock lock(im.mu);
+        im.accepting = false;
+        im.stopping = true;
+        has_thread = im.thread.joinable();
+        if (has_thread) {
+            im.work_cv.notify_all();
+            im.idle_cv.wait_for(lock, drain, [&] { return im.running == 0 && im.count == 0; });
+            im.force_cancel = true;
+            im.work_cv.notify_all();
+        }
+    }
+    if (has_thread) {
+        im.thread.join();
+        return;
+    }
+    // Never started (or already joined): queued jobs still get their one finish event, here.
+    std::vector<queued_job> left;
+    {
+        std::lock_guard lock(im.mu);
+        left.reserve(im.count);
+        for (std::size_t i = 0; i < im.count; ++i) left.push_back(std::move(im.ring[im.ring_index(i)]));
+        im.count = 0;
+        im.published.cancelled += left.size();
+    }
+    for (queued_job& j : left) j.sink->on_done("cancelled", job_usage{static_cast<std::int64_t>(j.params.prompt.size()), 0});
+}
+
+result<job_id> batch_loop::submit(job_params params, std::shared_ptr<job_sink> sink) {
+    MOED_ASSERT(sink != nullptr);
+    impl& im = *impl_;
+    MOED_TRY(im.validate(params));
+    std::lock_guard lock(im.mu);
+    if (!im.accepting) return make_error(errc::cancelled, "the server is shutting down");
+    if (im.count >= im.ring.size()) {
+        return make_error(errc::out_of_memory, "the queue is full ({} jobs waiting)", im.count);
+    }
+    const job_id id = im.next_id++;
+    queued_job& j = im.ring[im.ring_index(im.count)];
+    j.id = id;
+    j.params = std::move(params);
+    j.sink = std::move(sink);
+    j.cancel = false;
+    ++im.count;
+    ++im.requests_total;
+    im.work_cv.notify_one();
+    return id;
+}
+
+void batch_loop::cancel(job_id id) noexcept {
+    impl& im = *impl_;
+    std::lock_guard lock(im.mu);
+    for (std::size_t i = 0; i < im.count; ++i) {
+        queued_job& j = im.ring[im.ring_index(i)];
+        if (j.id == id) {
+            j.cancel = true;
+            im.work_cv.notify_one();
+            return;
+        }
+    }
+    for (slot_public& p : im.slots) {
+        if (p.id == id) {
+            p.cancel = true;
+            return;
+        }
+    }
+}
+
+void batch_loop::snapshot(server_status& status) const {
+    const impl& im = *impl_;
+    std::lock_guard lock(im.mu);
+    status.threads = static_cast<std::uint32_t>(im.pool.size());
+    status.queue_waiting = static_cast<std::uint32_t>(im.count);
+    status.queue_capacity = im.opt.queue_capacity;
+    status.running_sequences = im.running;
+    status.max_sequences = im.opt.max_sequences;
+    status.max_batch_tokens = static_cast<std::uint32_t>(im.opt.max_batch_tokens);
+    status.steps_total = im.published.steps;
+    status.requests_total = im.requests_total;
+    status.requests_failed = im.published.failed;
+    status.requests_cancelled = im.published.cancelled;
+    status.prompt_tokens_total = im.published.prompt_tokens;
+    status.generated_tokens_total = im.published.generated_tokens;
+
+    // Rate over the recorded window; nothing running means nothing is being decoded now.
+    status.decode_tokens_per_s = 0.0;
+    if (im.running > 0 && im.rate_count >= 2) {
+        const rate_sample& newest = im.rates[(im.rate_next + im.rates.size() - 1) % im.rates.size()];
+        const rate_sample& oldest = im.rates[(im.rate_next + im.rates.size() - im.rate_count) % im.rates.size()];
+        const double seconds = std::chrono::duration<double>(newest.time - oldest.time).count();
+        if (seconds > 0.0) {
+            status.decode_tokens_per_s =
+                static_cast<double>(newest.generated_tokens - oldest.generated_tokens) / seconds;
+        }
+    }
+
+    status.requests.clear();
+    status.requests.reserve(im.running + im.count);
+    for (const slot_public& p : im.slots) {
+        if (p.id == 0) continue;
+        status.requests.push_back(request_status{p.request_id, p.prefill ? "prefill" : "decode", p.prompt_tokens,
+                                                 p.generated_tokens, p.max_tokens, p.peer});
+    }
+    for (std::size_t i = 0; i < im.count; ++i) {
+        const queued_job& j = im.ring[im.ring_index(i)];
+        status.requests.push_back(request_status{j.params.id, "queued",
+                                                 static_cast<std::int64_t>(j.params.prompt.size()), 0,
+                                                 j.params.max_tokens, j.params.peer});
+    }
+}
+
+}  // namespace moed::daemon
