@@ -89,8 +89,10 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
     std::int64_t ctx_needed = 0;
     for (const batch_token& bt : batch) ctx_needed = std::max(ctx_needed, bt.pos + 1);
     if (ctx_needed > scratch_ctx_) {
+        // Each thread scores one KV head's group of query heads at a time.
+        const std::size_t group = static_cast<std::size_t>(hp.n_head / hp.n_head_kv);
         scratch_ctx_ = std::max(ctx_needed, batch.front().cache->n_ctx());
-        attn_scratch_.assign(static_cast<std::size_t>(scratch_ctx_) * pool_.size(), 0.0f);
+        attn_scratch_.assign(static_cast<std::size_t>(scratch_ctx_) * group * pool_.size(), 0.0f);
     }
 
     const kernels::matrix_view& embd_w = model_.token_embedding();
@@ -160,12 +162,15 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
 
     // Every token's K/V is in its cache now; each attends causally up to its own position.
     const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
-    const std::int64_t items = n * hp.n_head;
+    // One work item = one token's query heads that share a KV head (grouped-query attention
+    // converts each K/V row once per group).
+    const std::int64_t items = n * hp.n_head_kv;
+    const std::size_t group = static_cast<std::size_t>(hp.n_head / hp.n_head_kv);
     auto attend = [&](std::int64_t begin, std::int64_t end, int thread) {
-        float* scratch = attn_scratch_.data() + static_cast<std::size_t>(thread) * scratch_ctx_;
+        float* scratch = attn_scratch_.data() + static_cast<std::size_t>(thread) * scratch_ctx_ * group;
         for (std::int64_t i = begin; i < end; ++i) {
-            const std::int64_t t = i / hp.n_head;
-            const int h = static_cast<int>(i % hp.n_head);
+            const std::int64_t t = i / hp.n_head_kv;
+            const int kv_head = static_cast<int>(i % hp.n_head_kv);
             kv_cache& cache = *batch[t].cache;
             kernels::attention_args args;
             args.q = q_.data() + t * q_dim;
@@ -177,7 +182,7 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
             args.head_dim = hd;
             args.scale = scale;
             args.out = attn_.data() + t * q_dim;
-            kernels::attention_head(args, h, scratch);
+            kernels::attention_group(args, kv_head, scratch);
         }
     };
     pool_.parallel_for(items, 1, attend);
