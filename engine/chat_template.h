@@ -6,10 +6,12 @@
 // that names it.
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
 #include "common/result.h"
+#include "engine/tokenizer.h"
 
 namespace moed::storage {
 class gguf_file;
@@ -35,6 +37,14 @@ public:
     // The prompt text, ending with the assistant turn opened when add_generation_prompt.
     // Errors: unknown role, empty message list.
     result<std::string> apply(const std::vector<chat_message>& messages, bool add_generation_prompt = true) const;
+    // The same prompt as token ids: the template's markers become their special tokens (as
+    // vocab.encode(apply(...), true) makes them) while message contents are tokenized as plain
+    // text, so a message that contains "<|im_end|>" cannot forge a turn of another role.
+    // Equal to vocab.encode(apply(...), true) when the vocabulary has the markers and no
+    // content contains a special token's text. A marker missing from the vocabulary is
+    // tokenized as text on its own. Errors: as apply().
+    result<std::vector<token_id>> encode(const tokenizer& vocab, const std::vector<chat_message>& messages,
+                                         bool add_generation_prompt = true) const;
 
 private:
     explicit chat_template(chat_family f) : family_(f) {}
