@@ -39,6 +39,11 @@ namespace {
 // How long an idle worker keeps spinning before it sleeps. Long enough to bridge the gaps
 // between the matmuls of one decoded token, short enough not to burn a core when idle.
 constexpr auto spin_before_sleep = std::chrono::microseconds(2000);
+// Spinning with `pause` only for this long, then yielding the CPU between polls: on an
+// oversubscribed machine a spinning thread may share its core with the thread it waits
+// for (the owner, or a worker holding a chunk), and plain spinning would then stall both
+// for a whole scheduler time slice. On an idle core sched_yield returns at once.
+constexpr auto spin_before_yield = std::chrono::microseconds(50);
 // Chunks per thread when the work allows it: a few, so uneven chunks balance out.
 constexpr std::int64_t chunks_per_thread = 4;
 // The count of unclaimed chunks lives in the low 32 bits of the claim word.
@@ -115,11 +120,18 @@ struct compute_pool::impl {
             auto spin_start = std::chrono::steady_clock::now();
             std::uint32_t gen = generation.load(std::memory_order_acquire);
             int polls = 0;
+            bool yielding = false;
             while (gen == seen) {
-                cpu_relax();
+                if (yielding) {
+                    std::this_thread::yield();
+                } else {
+                    cpu_relax();
+                }
                 if (++polls == 64) {
                     polls = 0;
-                    if (std::chrono::steady_clock::now() - spin_start > spin_before_sleep) {
+                    const auto spun = std::chrono::steady_clock::now() - spin_start;
+                    yielding = spun > spin_before_yield;
+                    if (spun > spin_before_sleep) {
                         // Announce the sleep before the last check: the owner stores the
                         // generation, then reads `sleepers` (both seq_cst), so either it
                         // sees us and wakes us, or we see its new generation here.
@@ -127,6 +139,7 @@ struct compute_pool::impl {
                         if (generation.load(std::memory_order_seq_cst) == seen) futex_wait(&generation, seen);
                         sleepers.fetch_sub(1, std::memory_order_seq_cst);
                         spin_start = std::chrono::steady_clock::now();
+                        yielding = false;
                     }
                 }
                 gen = generation.load(std::memory_order_acquire);
@@ -196,7 +209,21 @@ void compute_pool::parallel_for(std::int64_t n, std::int64_t min_chunk,
     p.publish(gen);
 
     p.run_chunks(gen, 0);
-    while (p.completed.load(std::memory_order_acquire) < n_chunks) cpu_relax();
+    // Wait for chunks other threads still hold; yield after a while (see spin_before_yield).
+    const auto wait_start = std::chrono::steady_clock::now();
+    int polls = 0;
+    bool yielding = false;
+    while (p.completed.load(std::memory_order_acquire) < n_chunks) {
+        if (yielding) {
+            std::this_thread::yield();
+        } else {
+            cpu_relax();
+            if (++polls == 64) {
+                polls = 0;
+                yielding = std::chrono::steady_clock::now() - wait_start > spin_before_yield;
+            }
+        }
+    }
 }
 
 }  // namespace moed::kernels
