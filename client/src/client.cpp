@@ -47,6 +47,10 @@ client_error http_error(const http_head& head, std::string body, bool mid_stream
         const json& err = j["error"];
         if (auto it = err.find("type"); it != err.end() && it->is_string()) e.type = it->get<std::string>();
         if (auto it = err.find("message"); it != err.end() && it->is_string()) server_message = it->get<std::string>();
+        // Mid-stream the HTTP status is long sent (200); moed puts the real one in "code".
+        if (auto it = err.find("code"); mid_stream && it != err.end() && it->is_number_integer()) {
+            e.http_status = it->get<int>();
+        }
     } else {
         server_message = body.substr(0, max_quoted_body);
         while (!server_message.empty() && (server_message.back() == '\n' || server_message.back() == '\r')) {

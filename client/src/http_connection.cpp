@@ -3,6 +3,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 #include <optional>
 
 #include <sys/un.h>
@@ -169,8 +170,19 @@ client_result<http_reply> http_connection::read_reply() {
     impl& s = *impl_;
     http::response_parser<http::string_body> parser;
     parser.body_limit(s.options.max_response_bytes);
+    // The head first, then the body: Boost 1.74's eager parsing (what async_read does) drops
+    // the body_limit error for a Content-Length that arrives together with its body, so the
+    // length is checked here, before any of the body is stored.
     s.stream.expires_after(s.options.read_timeout);
-    const beast::error_code ec = s.run([&](auto handler) { http::async_read(s.stream, s.buffer, parser, std::move(handler)); });
+    beast::error_code ec =
+        s.run([&](auto handler) { http::async_read_header(s.stream, s.buffer, parser, std::move(handler)); });
+    if (!ec && parser.content_length() && *parser.content_length() > s.options.max_response_bytes) {
+        ec = http::error::body_limit;
+    }
+    if (!ec && !parser.is_done()) {
+        s.stream.expires_after(s.options.read_timeout);
+        ec = s.run([&](auto handler) { http::async_read(s.stream, s.buffer, parser, std::move(handler)); });
+    }
     if (ec) return s.io_error(ec, "reading the answer");
     http_reply reply;
     const auto& message = parser.get();
@@ -184,7 +196,9 @@ client_result<http_reply> http_connection::read_reply() {
 client_result<http_head> http_connection::read_head() {
     impl& s = *impl_;
     s.stream_parser.emplace();
-    s.stream_parser->body_limit(boost::none);  // a stream is as long as the generation
+    // A stream is as long as the generation. Not boost::none: Boost 1.74 compares the
+    // Content-Length with an empty optional and reports body_limit for every length.
+    s.stream_parser->body_limit(std::numeric_limits<std::uint64_t>::max());
     s.stream.expires_after(s.options.read_timeout);
     const beast::error_code ec =
         s.run([&](auto handler) { http::async_read_header(s.stream, s.buffer, *s.stream_parser, std::move(handler)); });

@@ -72,8 +72,8 @@ MOED_CLIENT_API const char* client_errc_name(client_errc code) noexcept;
 
 struct client_error {
     client_errc code = client_errc::protocol;
-    // The HTTP status of moed's answer (0 when there was none). An error event in the middle
-    // of a stream keeps the stream's status, 200.
+    // The HTTP status of moed's answer (0 when there was none). For an error event in the
+    // middle of a stream: the "code" moed put in the error object, else the stream's 200.
     int http_status = 0;
     // moed's error type ("invalid_request_error", "not_found", ...), empty when it sent none.
     std::string type;

@@ -1,0 +1,286 @@
+// Runs the built moectl as a script would and checks its output and exit codes against the
+// scripted fake moed: status as a table per tier with the residency map and requests (and
+// --json as received), generate streaming text to stdout exactly as sent (prompt options
+// and --chat in the request), generate --json, models, health, an error answer (exit 1,
+// the message on stderr, the error JSON on stdout with --json), usage errors (exit 2) and
+// a daemon that is not running (exit 3 with a clear message).
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "common/status.h"
+#include "tests/client/fake_server.h"
+
+namespace {
+
+using nlohmann::json;
+using moed::test::fake_connection;
+using moed::test::fake_server;
+using moed::test::json_response;
+
+struct run_result {
+    int exit_code = -1;
+    std::string out;
+    std::string err;
+};
+
+// Runs moectl with `args`; `socket_env` non-empty sets MOED_SOCKET, empty removes it.
+run_result moectl(const std::vector<std::string>& args, const std::string& socket_env = {},
+                  const std::string& stdin_text = {}) {
+    const std::string binary = std::string(MOED_BINARY_DIR) + "/client/moectl";
+    int out_pipe[2], err_pipe[2], in_pipe[2];
+    if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0 || ::pipe2(in_pipe, O_CLOEXEC) != 0) {
+        ADD_FAILURE() << "pipe failed";
+        return {};
+    }
+    std::vector<char*> argv;
+    argv.push_back(const_cast<char*>(binary.c_str()));
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        ::dup2(in_pipe[0], 0);
+        ::dup2(out_pipe[1], 1);
+        ::dup2(err_pipe[1], 2);
+        if (socket_env.empty()) ::unsetenv("MOED_SOCKET");
+        else ::setenv("MOED_SOCKET", socket_env.c_str(), 1);
+        ::execv(binary.c_str(), argv.data());
+        ::_exit(127);
+    }
+    ::close(in_pipe[0]);
+    ::close(out_pipe[1]);
+    ::close(err_pipe[1]);
+    if (!stdin_text.empty()) {
+        const ssize_t n = ::write(in_pipe[1], stdin_text.data(), stdin_text.size());
+        EXPECT_EQ(n, static_cast<ssize_t>(stdin_text.size()));
+    }
+    ::close(in_pipe[1]);
+    run_result r;
+    pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+    std::string* sinks[2] = {&r.out, &r.err};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        if (::poll(fds, 2, -1) < 0) break;
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+            char buf[4096];
+            const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
+            if (n > 0) {
+                sinks[i]->append(buf, static_cast<std::size_t>(n));
+            } else {
+                ::close(fds[i].fd);
+                fds[i].fd = -1;
+                --open_fds;
+            }
+        }
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+    return r;
+}
+
+std::string status_body() {
+    moed::server_status s;
+    s.version = "0.1.0";
+    s.uptime_s = 3725;
+    s.model = {"tinymoe", "/models/tinymoe.gguf", "qwen3moe", 2, 4, 2, 256, 512, 3u << 20, 1u << 20, 2u << 20};
+    s.isa = "avx512";
+    s.threads = 4;
+    s.running_sequences = 1;
+    s.max_sequences = 8;
+    s.queue_waiting = 0;
+    s.queue_capacity = 64;
+    s.requests = {{"cmpl-77", "decode", 12, 5, 32, "pid=42 uid=1000 gid=1000"}};
+    moed::expert_cache_stats t;
+    t.io_mode = "uring_direct";
+    t.queue_depth = 16;
+    t.host = {"host", 8u << 20, 4, 6u << 20, 3, 90, 10, 2, 5u << 20, 0, 0.5, 2.5e9, {10, 812.0, 900.0, 2410.0, 3000.0}};
+    t.nvme = {"nvme", 2u << 20, 8, 2u << 20, 8};
+    t.layer_residency = {"#+~.", "..##"};
+    s.tiers = t;
+    return json(s).dump();
+}
+
+std::string event(const std::string& text) {
+    return "data: " + json({{"choices", json::array({{{"index", 0}, {"text", text}}})}}).dump() + "\n\n";
+}
+
+TEST(moectl, not_running_exits_3_with_a_clear_message) {
+    const std::string missing = (moed::test::temp_dir() / "nobody.sock").string();
+    for (const char* command : {"status", "models", "health"}) {
+        const run_result r = moectl({"--socket", missing, command});
+        EXPECT_EQ(r.exit_code, 3) << command;
+        EXPECT_NE(r.err.find("moed is not running: cannot connect to " + missing + " (No such file or directory)"),
+                  std::string::npos)
+            << r.err;
+        EXPECT_EQ(r.out, "");
+    }
+    // Through the environment, and with generate.
+    const run_result r = moectl({"generate", "hello"}, missing);
+    EXPECT_EQ(r.exit_code, 3);
+    EXPECT_NE(r.err.find(missing), std::string::npos) << r.err;
+}
+
+TEST(moectl, usage_errors_exit_2) {
+    const run_result none = moectl({});
+    EXPECT_EQ(none.exit_code, 2);
+    EXPECT_NE(none.err.find("usage: moectl"), std::string::npos);
+    EXPECT_EQ(moectl({"frobnicate"}).exit_code, 2);
+    EXPECT_EQ(moectl({"--bogus", "status"}).exit_code, 2);
+    EXPECT_EQ(moectl({"status", "extra"}).exit_code, 2);
+    EXPECT_EQ(moectl({"generate"}).exit_code, 2);
+    const run_result bad = moectl({"generate", "--max-tokens", "many", "hi"});
+    EXPECT_EQ(bad.exit_code, 2);
+    EXPECT_NE(bad.err.find("--max-tokens"), std::string::npos) << bad.err;
+    EXPECT_EQ(moectl({"generate", "--temperature"}).exit_code, 2);
+    EXPECT_EQ(moectl({"--socket"}).exit_code, 2);
+    EXPECT_EQ(moectl({"--timeout", "-1", "status"}).exit_code, 2);
+
+    const run_result help = moectl({"--help"});
+    EXPECT_EQ(help.exit_code, 0);
+    EXPECT_NE(help.out.find("Exit codes:"), std::string::npos);
+    EXPECT_NE(help.out.find("3  moed is not running"), std::string::npos);
+    EXPECT_EQ(moectl({"help"}).exit_code, 0);
+    const run_result version = moectl({"--version"});
+    EXPECT_EQ(version.exit_code, 0);
+    EXPECT_NE(version.out.find("0.1.0"), std::string::npos);
+}
+
+TEST(moectl, status_table_and_json) {
+    const std::string body = status_body();
+    fake_server server([&](fake_connection& c) {
+        auto req = c.read_request();
+        ASSERT_TRUE(req);
+        EXPECT_EQ(req->target, "/v1/status");
+        c.write(json_response(body));
+    });
+    const run_result r = moectl({"--socket", server.path(), "status"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    const std::string& o = r.out;
+    for (const char* want : {"moed 0.1.0", "up 1h02m05s", "tinymoe", "qwen3moe", "I/O mode uring_direct",
+                             "queue depth 16", "hit rate", "read GB/s", "load p50", "load p99", "90.0%", "2.50",
+                             "812 us", "2.41 ms", "8.00 MiB (4)", "6.00 MiB", "3/4", "L0   #+~.  2/4",
+                             "L1   ..##  2/4", "cmpl-77", "decode", "pid=42 uid=1000 gid=1000",
+                             "1 running (max 8)"}) {
+        EXPECT_NE(o.find(want), std::string::npos) << "missing '" << want << "' in:\n" << o;
+    }
+    const std::size_t host_line = o.find("\nhost ");
+    const std::size_t nvme_line = o.find("\nnvme ");
+    EXPECT_NE(host_line, std::string::npos) << o;
+    EXPECT_NE(nvme_line, std::string::npos) << o;
+
+    const run_result j = moectl({"--json", "--socket", server.path(), "status"});
+    ASSERT_EQ(j.exit_code, 0) << j.err;
+    EXPECT_EQ(j.out, body + "\n");
+}
+
+TEST(moectl, status_without_tiers) {
+    fake_server server([](fake_connection& c) {
+        ASSERT_TRUE(c.read_request());
+        c.write(json_response(R"({"version":"0.1.0","model":{"id":"m"}})"));
+    });
+    const run_result r = moectl({"status"}, server.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_NE(r.out.find("every expert is resident"), std::string::npos) << r.out;
+}
+
+TEST(moectl, generate_streams_text_as_sent) {
+    fake_server server([](fake_connection& c) {
+        ASSERT_TRUE(c.read_request());
+        c.write_pieces({moed::test::sse_head(true), moed::test::http_chunk(event("Once")),
+                        moed::test::http_chunk(event(" upon\n")), moed::test::http_chunk(event(" a time")),
+                        moed::test::http_chunk("data: [DONE]\n\n"), moed::test::http_chunk("")});
+    });
+    const run_result r = moectl({"--socket", server.path(), "generate", "--max-tokens", "3", "--temperature", "0.7",
+                                 "--seed", "7", "--stop", "END", "--top-k", "20", "Tell", "a story"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "Once upon\n a time");  // a pipe gets exactly the text
+    const auto requests = server.requests();
+    ASSERT_EQ(requests.size(), 1u);
+    EXPECT_EQ(requests[0].target, "/v1/completions");
+    const json body = json::parse(requests[0].body);
+    EXPECT_EQ(body["prompt"], "Tell a story");
+    EXPECT_EQ(body["max_tokens"], 3);
+    EXPECT_DOUBLE_EQ(body["temperature"].get<double>(), 0.7);
+    EXPECT_EQ(body["seed"], 7);
+    EXPECT_EQ(body["stop"], json::array({"END"}));
+    EXPECT_EQ(body["top_k"], 20);
+    EXPECT_EQ(body["stream"], true);
+}
+
+TEST(moectl, generate_chat_and_stdin) {
+    fake_server server([](fake_connection& c) {
+        ASSERT_TRUE(c.read_request());
+        c.write(moed::test::sse_head(false) +
+                "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi!\"},\"finish_reason\":\"stop\"}]}\n\n"
+                "data: [DONE]\n\n");
+    });
+    const run_result r = moectl({"generate", "--chat", "--system", "Be nice.", "-"}, server.path(), "hello there");
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, "Hi!");
+    const json body = json::parse(server.requests().at(0).body);
+    EXPECT_EQ(server.requests().at(0).target, "/v1/chat/completions");
+    ASSERT_EQ(body["messages"].size(), 2u);
+    EXPECT_EQ(body["messages"][0]["role"], "system");
+    EXPECT_EQ(body["messages"][0]["content"], "Be nice.");
+    EXPECT_EQ(body["messages"][1]["role"], "user");
+    EXPECT_EQ(body["messages"][1]["content"], "hello there");
+}
+
+TEST(moectl, generate_json_is_one_completion) {
+    const std::string body = R"({"id":"cmpl-3","choices":[{"index":0,"text":"x","finish_reason":"length"}]})";
+    fake_server server([&](fake_connection& c) {
+        ASSERT_TRUE(c.read_request());
+        c.write(json_response(body));
+    });
+    const run_result r = moectl({"generate", "--json", "hi"}, server.path());
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, body + "\n");
+    EXPECT_EQ(json::parse(server.requests().at(0).body)["stream"], false);
+}
+
+TEST(moectl, daemon_error_exits_1) {
+    const std::string body = R"j({"error":{"type":"invalid_request_error","message":"prompt is too long (9000 tokens, context 4096)"}})j";
+    fake_server server([&](fake_connection& c) {
+        ASSERT_TRUE(c.read_request());
+        c.write(json_response(body, 400, "Bad Request"));
+    });
+    const run_result r = moectl({"generate", "long prompt"}, server.path());
+    EXPECT_EQ(r.exit_code, 1);
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find("prompt is too long (9000 tokens, context 4096)"), std::string::npos) << r.err;
+
+    const run_result j = moectl({"--json", "generate", "long prompt"}, server.path());
+    EXPECT_EQ(j.exit_code, 1);
+    EXPECT_EQ(j.out, body + "\n");
+}
+
+TEST(moectl, models_and_health) {
+    const std::string models = R"({"object":"list","data":[{"id":"tinymoe","object":"model","owned_by":"moed"}]})";
+    fake_server server([&](fake_connection& c) {
+        auto req = c.read_request();
+        ASSERT_TRUE(req);
+        if (req->target == "/v1/models") c.write(json_response(models));
+        else c.write(json_response(R"({"status":"ok"})"));
+    });
+    const run_result m = moectl({"models"}, server.path());
+    ASSERT_EQ(m.exit_code, 0) << m.err;
+    EXPECT_EQ(m.out, "tinymoe  moed\n");
+    const run_result mj = moectl({"models", "--json"}, server.path());
+    ASSERT_EQ(mj.exit_code, 0);
+    EXPECT_EQ(mj.out, models + "\n");
+    const run_result h = moectl({"health"}, server.path());
+    ASSERT_EQ(h.exit_code, 0) << h.err;
+    EXPECT_EQ(h.out, "{\"status\":\"ok\"}\n");
+}
+
+}  // namespace
