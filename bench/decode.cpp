@@ -26,32 +26,20 @@
 #include "engine/sampler.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
+#include "tools/cli_util.h"
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
-    std::fprintf(stderr, "bench-decode: %s\n", message.c_str());
-    std::exit(2);
-}
+[[noreturn]] void fail(const std::string& message) { moed::tools::fail("bench-decode", message); }
 
 template <typename T>
 T parse_number(const std::string& flag, const char* text) {
-    T value{};
-    const char* end = text + std::strlen(text);
-    auto [ptr, ec] = std::from_chars(text, end, value);
-    if (ec != std::errc() || ptr != end || value <= 0) fail("bad value for " + flag + ": '" + text + "'");
-    return value;
+    return moed::tools::parse_number<T>("bench-decode", flag, text, moed::tools::sign::positive);
 }
 
 double median(std::vector<double> v) {
     std::sort(v.begin(), v.end());
     return v.empty() ? 0.0 : v[v.size() / 2];
-}
-
-std::int64_t peak_rss_bytes() {
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    return static_cast<std::int64_t>(usage.ru_maxrss) * 1024;
 }
 
 }  // namespace
@@ -140,7 +128,7 @@ int main(int argc, char** argv) {
         {"decode_runs", tg},
         {"model_bytes", m.file().file_size()},
         {"kv_cache_bytes", cache.bytes()},
-        {"peak_rss_bytes", peak_rss_bytes()},
+        {"peak_rss_bytes", moed::tools::peak_rss_bytes()},
         {"dense_bytes", m.dense_bytes()},
         {"expert_bytes", m.expert_bytes()},
     };

@@ -25,6 +25,7 @@
 #include "engine/model.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
+#include "tools/cli_util.h"
 
 namespace {
 
@@ -54,18 +55,11 @@ struct options {
     std::exit(code);
 }
 
-[[noreturn]] void fail(const std::string& message) {
-    std::fprintf(stderr, "moe-run: %s\n", message.c_str());
-    std::exit(2);
-}
+[[noreturn]] void fail(const std::string& message) { moed::tools::fail("moe-run", message); }
 
 template <typename T>
 T parse_number(const char* flag, const char* text) {
-    T value{};
-    const char* end = text + std::strlen(text);
-    auto [ptr, ec] = std::from_chars(text, end, value);
-    if (ec != std::errc() || ptr != end) fail(std::string("bad value for ") + flag + ": '" + text + "'");
-    return value;
+    return moed::tools::parse_number<T>("moe-run", flag, text);
 }
 
 options parse_args(int argc, char** argv) {
@@ -151,12 +145,6 @@ nlohmann::json stats_json(const moed::storage::expert_cache_stats& s) {
             {"nvme", tier_json(s.nvme)}};
 }
 
-std::int64_t peak_rss_bytes() {
-    rusage usage{};
-    getrusage(RUSAGE_SELF, &usage);
-    return static_cast<std::int64_t>(usage.ru_maxrss) * 1024;
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -215,7 +203,7 @@ int main(int argc, char** argv) {
             {"decode_tokens_per_s", decode_tps},
             {"threads", opt.threads},
             {"isa", std::string(moed::kernels::isa_name(moed::kernels::active_isa()))},
-            {"peak_rss_bytes", peak_rss_bytes()},
+            {"peak_rss_bytes", moed::tools::peak_rss_bytes()},
             {"model_bytes", m.file().file_size()},
             {"dense_bytes", m.dense_bytes()},
             {"expert_bytes", m.expert_bytes()},

@@ -9,22 +9,16 @@
 #include <cstring>
 #include <string>
 
+#include "tools/cli_util.h"
 #include "tools/synth_model.h"
 
 namespace {
 
-[[noreturn]] void fail(const std::string& message) {
-    std::fprintf(stderr, "moe-synth: %s\n", message.c_str());
-    std::exit(2);
-}
+[[noreturn]] void fail(const std::string& message) { moed::tools::fail("moe-synth", message); }
 
 template <typename T>
 T parse_number(const std::string& flag, const char* text) {
-    T value{};
-    const char* end = text + std::strlen(text);
-    auto [ptr, ec] = std::from_chars(text, end, value);
-    if (ec != std::errc() || ptr != end || value <= 0) fail("bad value for " + flag + ": '" + text + "'");
-    return value;
+    return moed::tools::parse_number<T>("moe-synth", flag, text, moed::tools::sign::positive);
 }
 
 }  // namespace
