@@ -51,6 +51,8 @@ client_error http_error(const http_head& head, std::string body, bool mid_stream
         if (auto it = err.find("code"); mid_stream && it != err.end() && it->is_number_integer()) {
             e.http_status = it->get<int>();
         }
+    } else if (j.is_object() && j.contains("status") && j["status"].is_string()) {
+        server_message = j["status"].get<std::string>();  // /healthz while draining: {"status":"draining"}
     } else {
         server_message = body.substr(0, max_quoted_body);
         while (!server_message.empty() && (server_message.back() == '\n' || server_message.back() == '\r')) {
@@ -430,6 +432,9 @@ client_result<std::vector<model_info>> client::models() const {
 client_result<std::string> client::health() const {
     auto body = get_json("/healthz");
     if (!body) return body;
+    // moed answers {"status":"ok"}; other servers may answer plain text.
+    const json j = json::parse(*body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("status") && j["status"].is_string()) return j["status"].get<std::string>();
     std::string text = std::move(*body);
     while (!text.empty() && (text.back() == '\n' || text.back() == '\r' || text.back() == ' ')) text.pop_back();
     if (text.empty()) text = "ok";

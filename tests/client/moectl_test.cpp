@@ -264,6 +264,16 @@ TEST(moectl, daemon_error_exits_1) {
     EXPECT_EQ(j.out, body + "\n");
 }
 
+TEST(moectl, draining_daemon_is_unhealthy) {
+    fake_server server([](fake_connection& c) {
+        ASSERT_TRUE(c.read_request());
+        c.write(json_response(R"({"status":"draining"})", 503, "Service Unavailable"));
+    });
+    const run_result h = moectl({"health"}, server.path());
+    EXPECT_EQ(h.exit_code, 1);
+    EXPECT_NE(h.err.find("moed answered 503 Service Unavailable: draining"), std::string::npos) << h.err;
+}
+
 TEST(moectl, models_and_health) {
     const std::string models = R"({"object":"list","data":[{"id":"tinymoe","object":"model","owned_by":"moed"}]})";
     fake_server server([&](fake_connection& c) {
@@ -280,7 +290,10 @@ TEST(moectl, models_and_health) {
     EXPECT_EQ(mj.out, models + "\n");
     const run_result h = moectl({"health"}, server.path());
     ASSERT_EQ(h.exit_code, 0) << h.err;
-    EXPECT_EQ(h.out, "{\"status\":\"ok\"}\n");
+    EXPECT_EQ(h.out, "ok\n");
+    const run_result hj = moectl({"health", "--json"}, server.path());
+    ASSERT_EQ(hj.exit_code, 0);
+    EXPECT_EQ(hj.out, "{\"status\":\"ok\"}\n");
 }
 
 }  // namespace

@@ -284,7 +284,8 @@ public:
     client_result<daemon_status> status() const;
     // GET /v1/models.
     client_result<std::vector<model_info>> models() const;
-    // GET /healthz: moed's answer body ("ok" or a small JSON object), trimmed.
+    // GET /healthz: the "status" moed reports ("ok"), or a plain-text answer trimmed. While
+    // moed drains for shutdown it answers 503: an http error.
     client_result<std::string> health() const;
 
     // Raw JSON, for callers with their own JSON library (and the C ABI):
