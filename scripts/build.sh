@@ -9,8 +9,10 @@ shift || true
 jobs=${MOED_JOBS:-$(nproc)}
 case "$flavour" in
   release) dir=build; args=(-DCMAKE_BUILD_TYPE=Release) ;;
-  asan) dir=build-asan; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOED_SANITIZE=address -DMOED_CUDA=OFF -DMOED_BUILD_BENCH=OFF) ;;
-  tsan) dir=build-tsan; args=(-DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOED_SANITIZE=thread -DMOED_CUDA=OFF -DMOED_BUILD_BENCH=OFF) ;;
+  # Sanitizer flavours: -O1 with line tables only; they compile about twice as fast as
+  # RelWithDebInfo and still give symbolised reports.
+  asan) dir=build-asan; args=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" -DMOED_SANITIZE=address -DMOED_CUDA=OFF -DMOED_BUILD_BENCH=OFF) ;;
+  tsan) dir=build-tsan; args=(-DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" -DMOED_SANITIZE=thread -DMOED_CUDA=OFF -DMOED_BUILD_BENCH=OFF) ;;
   *) echo "usage: $0 [release|asan|tsan] [TARGET...]" >&2; exit 2 ;;
 esac
 cmake -S . -B "$dir" -G Ninja -DMOED_WERROR=ON "${args[@]}" > /dev/null

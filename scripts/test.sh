@@ -15,7 +15,7 @@ ctest --test-dir build --output-on-failure -j "$(nproc)"
 ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   ctest --test-dir build-asan --output-on-failure -j "$(nproc)" -L unit
 
-cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMOED_SANITIZE=thread \
+cmake -S . -B build-tsan -G Ninja -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g1" -DMOED_SANITIZE=thread \
   -DMOED_CUDA=OFF -DMOED_BUILD_BENCH=OFF -DMOED_WERROR=ON > /dev/null
 mapfile -t tsan_targets < <(ninja -C build-tsan -t targets all | grep -oE '^test_[a-z0-9_]*concurrency_test' | sort -u)
 if [ ${#tsan_targets[@]} -gt 0 ]; then
