@@ -12,6 +12,7 @@
 #include <thread>
 
 #include "common/log.h"
+#include "common/units.h"
 #include "engine/evaluator.h"
 #include "engine/kv_cache.h"
 #include "engine/tokenizer.h"
@@ -119,6 +120,11 @@ loop_options effective_options(const engine::model& m, loop_options o) {
     MOED_ASSERT(o.queue_capacity >= 1);
     if (o.n_ctx <= 0) o.n_ctx = m.hparams().n_ctx_train;
     MOED_ASSERT(o.n_ctx >= 1);
+    if (o.n_ctx > m.hparams().n_ctx_train) {
+        // As llama.cpp: allowed, but positions past the training context degrade the output.
+        MOED_LOG_WARN(k_component, "n_ctx {} exceeds the model's training context of {}", o.n_ctx,
+                      m.hparams().n_ctx_train);
+    }
     if (o.threads <= 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     // Every running sequence puts at least one token in every batch, so a batch smaller than
     // the sequence count would starve some of them.
@@ -148,6 +154,9 @@ struct batch_loop::impl {
         ring.resize(opt.queue_capacity);
         slots.resize(opt.max_sequences);
         rates.resize(k_rate_samples);
+        MOED_LOG_INFO(k_component, "{} sequences of {} tokens (KV caches {}), batches of {} tokens, {} threads",
+                      opt.max_sequences, opt.n_ctx, format_bytes(seqs.front().cache.bytes() * seqs.size()),
+                      opt.max_batch_tokens, pool.size());
     }
 
     result<void> validate(const job_params& p) const;
@@ -533,6 +542,8 @@ void batch_loop::shutdown(std::chrono::milliseconds drain) {
     bool has_thread = false;
     {
         std::unique_lock lock(im.mu);
+        // From a sink it would wait for the thread it runs on.
+        MOED_ASSERT(im.thread.get_id() != std::this_thread::get_id());
         im.accepting = false;
         im.stopping = true;
         has_thread = im.thread.joinable();

@@ -13,7 +13,8 @@
 // shows a partial stop string; the stop string itself is not emitted.
 // Threads: submit(), cancel(), snapshot() and shutdown() may be called from any thread (the
 // socket thread); sinks are called on the engine thread and must not block (post the event
-// to the socket's io_context and return).
+// to the socket's io_context and return). A sink may call submit(), cancel() and snapshot()
+// (the loop's lock is not held while a sink runs), but not shutdown() or the destructor.
 #pragma once
 
 #include <chrono>
