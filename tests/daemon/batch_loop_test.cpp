@@ -5,7 +5,8 @@
 //   sampling, which need each sequence's own sampler and history);
 // - stop strings, inside one token or split across two or three, are held back (the
 //   stream never shows any of them) and finish "stop"; a partial match that fails is
-//   released; max_tokens finishes "length";
+//   released; an end-of-generation token finishes "stop" (unless stop_at_eog is off);
+//   max_tokens finishes "length";
 // - cancel() and a sink that reports its client gone finish "cancelled" and free the slot
 //   at once (max_sequences new jobs then run side by side);
 // - a full queue is errc::out_of_memory, bad parameters are errors naming the field;
@@ -20,6 +21,7 @@
 #include <functional>
 #include <mutex>
 #include <optional>
+#include <variant>
 
 #include <gtest/gtest.h>
 
@@ -28,6 +30,7 @@
 #include "engine/generator.h"
 #include "engine/model.h"
 #include "kernels/cpu/thread_pool.h"
+#include "tests/support/synth_fixture.h"
 #include "tests/support/test_paths.h"
 
 namespace moed::daemon {
@@ -298,6 +301,55 @@ TEST_F(batch_loop_test, max_tokens_finishes_with_length) {
     EXPECT_EQ(sink->tokens().size(), 5u);
     EXPECT_EQ(sink->usage().completion_tokens, 5);
     EXPECT_EQ(sink->finish_events(), 1);
+}
+
+TEST_F(batch_loop_test, end_of_generation_finishes_with_stop) {
+    // The bundled model never samples its <|endoftext|> in practice; a copy whose newline
+    // token (which "he said" produces within a few tokens) is the control token EOS does.
+    const token_id newline = tokenize("x\ny")[1];
+    const std::string path = (test::temp_dir() / "tinymoe-newline-eos.gguf").string();
+    test::rewrite_gguf(model_path(), path, [&](test::gguf_contents& c) {
+        for (auto& [key, value] : c.kv) {
+            if (key == "tokenizer.ggml.eos_token_id") value.data = static_cast<std::uint64_t>(newline);
+            if (key == "tokenizer.ggml.token_type") {
+                std::get<storage::gguf_array>(value.data).values[static_cast<std::size_t>(newline)].data =
+                    std::int64_t{3};  // control
+            }
+        }
+    });
+    auto loaded = engine::model::load(path);
+    ASSERT_TRUE(loaded) << loaded.error().message;
+    engine::model& m = **loaded;
+    ASSERT_TRUE(m.vocab().is_eog(newline));
+
+    job_params job = make_job("he said", 40, true);
+    job.prompt = m.vocab().encode("he said", false);
+    kernels::compute_pool pool(k_threads);
+    engine::evaluator eval(m, pool, 64);
+    engine::kv_cache cache(m.hparams().n_layer, 256, m.hparams().n_head_kv, m.hparams().head_dim);
+    engine::generation_request req;
+    req.prompt = job.prompt;
+    req.n_predict = job.max_tokens;
+    auto alone = engine::generate(eval, m, cache, req);
+    ASSERT_TRUE(alone) << alone.error().message;
+    ASSERT_LT(alone->tokens.size(), 40u);
+    ASSERT_EQ(alone->tokens.back(), newline);
+
+    batch_loop loop(m, small_options(2));
+    loop.start();
+    auto stops = std::make_shared<recording_sink>();
+    auto ignores = std::make_shared<recording_sink>();
+    job_params ignoring = job;
+    ignoring.stop_at_eog = false;
+    ASSERT_TRUE(loop.submit(job, stops));
+    ASSERT_TRUE(loop.submit(ignoring, ignores));
+    stops->wait_done();
+    ignores->wait_done();
+    EXPECT_EQ(stops->reason(), "stop");
+    EXPECT_EQ(stops->tokens(), alone->tokens);  // the end-of-generation token is reported too
+    EXPECT_EQ(stops->text(), alone->text);      // and has no text
+    EXPECT_EQ(ignores->reason(), "length");
+    EXPECT_EQ(ignores->tokens().size(), 40u);
 }
 
 // Stop strings are cut from the reference output of one prompt, so where they start and
