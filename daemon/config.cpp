@@ -1,0 +1,469 @@
+#include "daemon/config.h"
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <limits>
+#include <sstream>
+
+#include <toml++/toml.h>
+
+namespace moed::daemon {
+
+namespace {
+
+// A value as it arrives: from TOML with its own type, or from a flag as text that the key's
+// type decides how to read.
+struct raw_value {
+    enum class kind : std::uint8_t { text, integer, floating, boolean };
+    kind type = kind::text;
+    std::string text;
+    std::int64_t integer = 0;
+    double floating = 0.0;
+    bool boolean = false;
+    bool from_flag = false;
+};
+
+const char* kind_name(raw_value::kind k) {
+    switch (k) {
+        case raw_value::kind::text: return "a string";
+        case raw_value::kind::integer: return "an integer";
+        case raw_value::kind::floating: return "a float";
+        case raw_value::kind::boolean: return "a boolean";
+    }
+    return "a value";
+}
+
+// What a bad value is reported as: "file:line:col: key 'x'" or "--flag".
+std::string got(const raw_value& v) {
+    if (v.from_flag) return fmt::format("'{}'", v.text);
+    return kind_name(v.type);
+}
+
+template <typename T>
+result<T> to_integer(const raw_value& v, std::string_view origin, T min, T max) {
+    std::int64_t value = 0;
+    if (v.from_flag) {
+        const char* begin = v.text.data();
+        const char* end = begin + v.text.size();
+        auto [ptr, ec] = std::from_chars(begin, end, value);
+        if (ec != std::errc() || ptr != end || v.text.empty())
+            return make_error(errc::invalid_argument, "{}: expected an integer, got {}", origin, got(v));
+    } else if (v.type == raw_value::kind::integer) {
+        value = v.integer;
+    } else {
+        return make_error(errc::invalid_argument, "{}: expected an integer, got {}", origin, got(v));
+    }
+    if (value < static_cast<std::int64_t>(min) || value > static_cast<std::int64_t>(max))
+        return make_error(errc::invalid_argument, "{}: {} is out of range [{}, {}]", origin, value, min, max);
+    return static_cast<T>(value);
+}
+
+result<std::string> to_string(const raw_value& v, std::string_view origin) {
+    if (!v.from_flag && v.type != raw_value::kind::text)
+        return make_error(errc::invalid_argument, "{}: expected a string, got {}", origin, got(v));
+    return v.text;
+}
+
+result<bool> to_bool(const raw_value& v, std::string_view origin) {
+    if (v.from_flag) {
+        static constexpr std::array<std::string_view, 4> yes{"true", "yes", "on", "1"};
+        static constexpr std::array<std::string_view, 4> no{"false", "no", "off", "0"};
+        for (auto y : yes)
+            if (v.text == y) return true;
+        for (auto n : no)
+            if (v.text == n) return false;
+        return make_error(errc::invalid_argument, "{}: expected true or false, got {}", origin, got(v));
+    }
+    if (v.type != raw_value::kind::boolean)
+        return make_error(errc::invalid_argument, "{}: expected a boolean, got {}", origin, got(v));
+    return v.boolean;
+}
+
+// Seconds: an integer or a float in (0, max].
+result<double> to_seconds(const raw_value& v, std::string_view origin, double max) {
+    double value = 0.0;
+    if (v.from_flag) {
+        const char* begin = v.text.data();
+        const char* end = begin + v.text.size();
+        auto [ptr, ec] = std::from_chars(begin, end, value);
+        if (ec != std::errc() || ptr != end || v.text.empty())
+            return make_error(errc::invalid_argument, "{}: expected a number of seconds, got {}", origin, got(v));
+    } else if (v.type == raw_value::kind::integer) {
+        value = static_cast<double>(v.integer);
+    } else if (v.type == raw_value::kind::floating) {
+        value = v.floating;
+    } else {
+        return make_error(errc::invalid_argument, "{}: expected a number of seconds, got {}", origin, got(v));
+    }
+    if (!std::isfinite(value) || value <= 0.0 || value > max)
+        return make_error(errc::invalid_argument, "{}: {} seconds is out of range (0, {}]", origin, value, max);
+    return value;
+}
+
+// Bytes: an integer, or a size text ("1MiB").
+result<std::uint64_t> to_bytes(const raw_value& v, std::string_view origin, std::uint64_t min, std::uint64_t max) {
+    std::uint64_t value = 0;
+    if (!v.from_flag && v.type == raw_value::kind::integer) {
+        if (v.integer < 0)
+            return make_error(errc::invalid_argument, "{}: {} is out of range [{}, {}]", origin, v.integer, min, max);
+        value = static_cast<std::uint64_t>(v.integer);
+    } else if (v.from_flag || v.type == raw_value::kind::text) {
+        auto parsed = parse_bytes(v.text);
+        if (!parsed) return make_error(errc::invalid_argument, "{}: {}", origin, parsed.error().message);
+        value = *parsed;
+    } else {
+        return make_error(errc::invalid_argument, "{}: expected a size (\"1MiB\" or bytes), got {}", origin, got(v));
+    }
+    if (value < min || value > max)
+        return make_error(errc::invalid_argument, "{}: {} bytes is out of range [{}, {}]", origin, value, min, max);
+    return value;
+}
+
+// A file mode: an integer (TOML 0o660) or octal text ("0660", "660").
+result<std::uint32_t> to_mode(const raw_value& v, std::string_view origin) {
+    std::int64_t value = 0;
+    if (!v.from_flag && v.type == raw_value::kind::integer) {
+        value = v.integer;
+    } else if (v.from_flag || v.type == raw_value::kind::text) {
+        std::string_view t = v.text;
+        if (t.starts_with("0o")) t.remove_prefix(2);
+        auto [ptr, ec] = std::from_chars(t.data(), t.data() + t.size(), value, 8);
+        if (ec != std::errc() || ptr != t.data() + t.size() || t.empty())
+            return make_error(errc::invalid_argument, "{}: expected an octal mode such as \"0660\", got {}", origin,
+                              got(v));
+    } else {
+        return make_error(errc::invalid_argument, "{}: expected an octal mode such as \"0660\", got {}", origin, got(v));
+    }
+    if (value < 0 || value > 0777)
+        return make_error(errc::invalid_argument, "{}: mode {:o} is out of range [0, 0777]", origin, value);
+    return static_cast<std::uint32_t>(value);
+}
+
+using setter = result<void> (*)(daemon_config&, const raw_value&, std::string_view origin);
+
+struct key_spec {
+    std::string_view key;
+    std::string_view type;  // for --help
+    std::string_view fallback;  // default, for --help
+    std::string_view help;
+    setter set;
+};
+
+// Upper bounds that keep a typo from asking for absurd resources; each is far above any
+// machine moed targets but low enough that derived sizes cannot overflow.
+constexpr int max_threads = 1024;
+constexpr std::int64_t max_ctx = 1 << 20;
+constexpr std::uint32_t max_sequences_limit = 1024;
+constexpr std::uint32_t max_queue_length = 1 << 16;
+constexpr std::int64_t max_batch_tokens_limit = 1 << 16;
+constexpr std::int32_t max_tokens_limit = 1 << 20;
+constexpr std::uint32_t max_stop_strings_limit = 64;
+constexpr std::uint32_t max_io_depth = 4096;
+constexpr std::uint64_t max_body_bytes_limit = 1ull << 30;
+constexpr std::uint32_t max_connections_limit = 1 << 16;
+constexpr double max_timeout_s = 24 * 3600.0;
+
+#define MOED_SET(expr_field, conversion)                          \
+    [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> { \
+        auto r = conversion;                                      \
+        if (!r) return unexpected(std::move(r).error());          \
+        c.expr_field = *r;                                        \
+        return {};                                                \
+    }
+
+const std::array<key_spec, 26> keys{{
+    {"model.path", "path", "the bundled tinymoe model", "GGUF model file to serve",
+     MOED_SET(model_path, to_string(v, o))},
+    {"model.id", "string", "from the file name", "the name clients give as \"model\"",
+     MOED_SET(model_id, to_string(v, o))},
+    {"engine.threads", "integer", "0 (all cores)", "compute threads", MOED_SET(threads, to_integer<int>(v, o, 0, max_threads))},
+    {"engine.ctx", "integer", "0 (min(training context, 4096))", "context tokens per sequence (prompt + output)",
+     MOED_SET(ctx, to_integer<std::int64_t>(v, o, 0, max_ctx))},
+    {"engine.max_sequences", "integer", "8", "sequences generated concurrently (one KV cache each)",
+     MOED_SET(max_sequences, to_integer<std::uint32_t>(v, o, 1, max_sequences_limit))},
+    {"engine.queue_length", "integer", "64", "requests waiting beyond the running ones; more answer 429",
+     MOED_SET(queue_length, to_integer<std::uint32_t>(v, o, 0, max_queue_length))},
+    {"engine.max_batch_tokens", "integer", "256", "tokens per forward pass",
+     MOED_SET(max_batch_tokens, to_integer<std::int64_t>(v, o, 1, max_batch_tokens_limit))},
+    {"limits.max_tokens", "integer", "4096", "largest max_tokens a request may ask for",
+     MOED_SET(max_tokens, to_integer<std::int32_t>(v, o, 1, max_tokens_limit))},
+    {"limits.default_max_tokens", "integer", "256", "max_tokens of a request that gives none",
+     MOED_SET(default_max_tokens, to_integer<std::int32_t>(v, o, 1, max_tokens_limit))},
+    {"limits.max_stop_strings", "integer", "8", "stop strings per request",
+     MOED_SET(max_stop_strings, to_integer<std::uint32_t>(v, o, 0, max_stop_strings_limit))},
+    {"tiers.host_budget", "size or percent", "unset (all experts resident)",
+     "host RAM for routed experts: \"4GiB\", \"25%\" or \"0.25\" of the expert bytes",
+     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
+         if (!v.from_flag && v.type != raw_value::kind::text)
+             return make_error(errc::invalid_argument, "{}: expected a size or percent string, got {}", o, got(v));
+         auto b = parse_budget(v.text);
+         if (!b) return make_error(errc::invalid_argument, "{}: {}", o, b.error().message);
+         c.host_budget = *b;
+         return {};
+     }},
+    {"tiers.io_depth", "integer", "32", "expert reads in flight",
+     MOED_SET(io_depth, to_integer<std::uint32_t>(v, o, 1, max_io_depth))},
+    {"tiers.mlock", "required|best_effort|off", "best_effort", "lock the host tier in RAM",
+     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
+         auto s = to_string(v, o);
+         if (!s) return unexpected(std::move(s).error());
+         if (*s == "required") c.mlock = storage::memory_lock::required;
+         else if (*s == "best_effort") c.mlock = storage::memory_lock::best_effort;
+         else if (*s == "off") c.mlock = storage::memory_lock::off;
+         else return make_error(errc::invalid_argument, "{}: expected required, best_effort or off, got '{}'", o, *s);
+         return {};
+     }},
+    {"tiers.io_uring", "boolean", "true", "read experts through io_uring (else a pread pool)",
+     MOED_SET(io_uring, to_bool(v, o))},
+    {"tiers.direct_io", "boolean", "true", "read experts with O_DIRECT (bypass the page cache)",
+     MOED_SET(direct_io, to_bool(v, o))},
+    {"socket.path", "path", "/run/moed/moed.sock", "Unix socket to listen on (unless socket-activated)",
+     MOED_SET(socket_path, to_string(v, o))},
+    {"socket.mode", "octal", "0660", "permissions of the socket file", MOED_SET(socket_mode, to_mode(v, o))},
+    {"socket.group", "string", "unset (the daemon's group)", "group that owns the socket file",
+     MOED_SET(socket_group, to_string(v, o))},
+    {"http.max_body_bytes", "size", "1MiB", "largest request body; larger ones answer 413",
+     MOED_SET(max_body_bytes, to_bytes(v, o, 1, max_body_bytes_limit))},
+    {"http.max_connections", "integer", "256", "open client connections; more answer 503 and close",
+     MOED_SET(max_connections, to_integer<std::uint32_t>(v, o, 1, max_connections_limit))},
+    {"http.read_timeout_s", "seconds", "60", "time to receive a request (and keep-alive idle time)",
+     MOED_SET(read_timeout_s, to_seconds(v, o, max_timeout_s))},
+    {"http.write_timeout_s", "seconds", "60", "time for one write to a client",
+     MOED_SET(write_timeout_s, to_seconds(v, o, max_timeout_s))},
+    {"daemon.drain_timeout_s", "seconds", "30", "on SIGTERM, time for running requests to finish",
+     MOED_SET(drain_timeout_s, to_seconds(v, o, max_timeout_s))},
+    {"daemon.log_level", "debug|info|warn|error|off", "info", "lowest level logged",
+     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
+         auto s = to_string(v, o);
+         if (!s) return unexpected(std::move(s).error());
+         if (!parse_log_level(*s, c.level))
+             return make_error(errc::invalid_argument, "{}: expected debug, info, warn, error or off, got '{}'", o, *s);
+         return {};
+     }},
+    {"daemon.state_dir", "path", "/var/lib/moed", "directory for state (task profiles)",
+     MOED_SET(state_dir, to_string(v, o))},
+    {"daemon.watchdog", "boolean", "true", "answer systemd's watchdog (WATCHDOG_USEC) with pings",
+     MOED_SET(watchdog, to_bool(v, o))},
+}};
+
+#undef MOED_SET
+
+const key_spec* find_key(std::string_view key) {
+    for (const auto& k : keys)
+        if (k.key == key) return &k;
+    return nullptr;
+}
+
+const key_spec* find_flag(std::string_view flag) {
+    for (const auto& k : keys)
+        if (flag_for_key(k.key) == flag) return &k;
+    return nullptr;
+}
+
+std::string where(std::string_view source, const toml::source_region& region) {
+    return fmt::format("{}:{}:{}", source, region.begin.line, region.begin.column);
+}
+
+}  // namespace
+
+std::string flag_for_key(std::string_view key) {
+    std::string flag = "--";
+    for (char ch : key) flag += (ch == '.' || ch == '_') ? '-' : ch;
+    return flag;
+}
+
+result<command_line> parse_command_line(int argc, const char* const* argv) {
+    command_line cmd;
+    for (int i = 1; i < argc; ++i) {
+        std::string_view arg = argv[i];
+        if (arg == "-h" || arg == "--help") {
+            cmd.help = true;
+            continue;
+        }
+        if (arg == "--version") {
+            cmd.version = true;
+            continue;
+        }
+        if (!arg.starts_with("--"))
+            return make_error(errc::invalid_argument, "unexpected argument '{}' (see --help)", arg);
+        std::string_view name = arg;
+        std::optional<std::string_view> value;
+        if (auto eq = arg.find('='); eq != std::string_view::npos) {
+            name = arg.substr(0, eq);
+            value = arg.substr(eq + 1);
+        }
+        if (!value) {
+            if (i + 1 >= argc) return make_error(errc::invalid_argument, "{}: missing value", name);
+            value = argv[++i];
+        }
+        if (name == "--config") {
+            cmd.config_path = std::string(*value);
+            continue;
+        }
+        const key_spec* spec = find_flag(name);
+        if (!spec) return make_error(errc::invalid_argument, "unknown option '{}' (see --help)", name);
+        cmd.overrides.emplace_back(std::string(spec->key), std::string(*value));
+    }
+    return cmd;
+}
+
+result<void> apply_text(daemon_config& config, std::string_view key, std::string_view value, std::string_view origin) {
+    const key_spec* spec = find_key(key);
+    if (!spec) return make_error(errc::invalid_argument, "{}: unknown key '{}'", origin, key);
+    raw_value v;
+    v.text = std::string(value);
+    v.from_flag = true;
+    return spec->set(config, v, origin);
+}
+
+result<void> apply_toml(daemon_config& config, std::string_view text, std::string_view source) {
+    toml::table root;
+    try {
+        root = toml::parse(text, source);
+    } catch (const toml::parse_error& e) {
+        return make_error(errc::invalid_argument, "{}: {}", where(source, e.source()), e.description());
+    } catch (const std::exception& e) {
+        return make_error(errc::invalid_argument, "{}: {}", source, e.what());
+    }
+    for (auto&& [section_key, section] : root) {
+        const std::string section_name(section_key.str());
+        auto* table = section.as_table();
+        if (!table) {
+            // A top-level key: every key lives in a section, so this is either unknown or a
+            // section written as a value.
+            return make_error(errc::invalid_argument, "{}: unknown key '{}' (keys live in sections such as [socket])",
+                              where(source, section_key.source()), section_name);
+        }
+        for (auto&& [name_key, node] : *table) {
+            const std::string key = section_name + "." + std::string(name_key.str());
+            const std::string origin = fmt::format("{}: key '{}'", where(source, name_key.source()), key);
+            const key_spec* spec = find_key(key);
+            if (!spec) return make_error(errc::invalid_argument, "{}: unknown key '{}'", where(source, name_key.source()), key);
+            raw_value v;
+            if (auto s = node.value_exact<std::string>()) {
+                v.type = raw_value::kind::text;
+                v.text = *s;
+            } else if (auto i = node.value_exact<std::int64_t>()) {
+                v.type = raw_value::kind::integer;
+                v.integer = *i;
+            } else if (auto d = node.value_exact<double>()) {
+                v.type = raw_value::kind::floating;
+                v.floating = *d;
+            } else if (auto b = node.value_exact<bool>()) {
+                v.type = raw_value::kind::boolean;
+                v.boolean = *b;
+            } else {
+                // Arrays, tables, dates and times: no key takes one.
+                return make_error(errc::invalid_argument, "{}: expected a string, number or boolean", origin);
+            }
+            MOED_TRY(spec->set(config, v, origin));
+        }
+    }
+    return {};
+}
+
+result<void> validate(const daemon_config& config) {
+    if (config.socket_path.empty()) return make_error(errc::invalid_argument, "socket.path: must not be empty");
+    if (config.default_max_tokens > config.max_tokens)
+        return make_error(errc::invalid_argument,
+                          "limits.default_max_tokens: {} is larger than limits.max_tokens ({})",
+                          config.default_max_tokens, config.max_tokens);
+    if (config.ctx != 0 && config.ctx < 2)
+        return make_error(errc::invalid_argument, "engine.ctx: {} leaves no room for a prompt and a token", config.ctx);
+    if (config.model_id.find_first_of(" \t\r\n'\"") != std::string::npos)
+        return make_error(errc::invalid_argument, "model.id: '{}' must not contain spaces or quotes", config.model_id);
+    return {};
+}
+
+result<daemon_config> load_config(const command_line& cmd) {
+    daemon_config config;
+    std::string path;
+    if (cmd.config_path) {
+        path = *cmd.config_path;
+    } else if (::access(std::string(default_config_path).c_str(), F_OK) == 0) {
+        path = std::string(default_config_path);
+    }
+    if (!path.empty()) {
+        struct stat st {};
+        if (::stat(path.c_str(), &st) != 0)
+            return make_error(errc::not_found, "config {}: {}", path, std::strerror(errno));
+        if (!S_ISREG(st.st_mode)) return make_error(errc::invalid_argument, "config {}: not a regular file", path);
+        if (static_cast<std::uint64_t>(st.st_size) > max_config_file_bytes)
+            return make_error(errc::invalid_argument, "config {}: {} bytes is larger than the {} a config may be", path,
+                              st.st_size, max_config_file_bytes);
+        std::ifstream in(path, std::ios::binary);
+        if (!in) return make_error(errc::io, "config {}: cannot open: {}", path, std::strerror(errno));
+        std::ostringstream text;
+        text << in.rdbuf();
+        if (in.bad()) return make_error(errc::io, "config {}: read failed", path);
+        MOED_TRY(apply_toml(config, text.str(), path));
+        config.source = path;
+    }
+    for (const auto& [key, value] : cmd.overrides) MOED_TRY(apply_text(config, key, value, flag_for_key(key)));
+    MOED_TRY(validate(config));
+    return config;
+}
+
+std::string help_text() {
+    std::string out =
+        "usage: moed [--config FILE] [--KEY VALUE ...] [--help] [--version]\n"
+        "\n"
+        "Serves a Mixture-of-Experts model over HTTP/1.1 on a Unix socket (OpenAI-compatible\n"
+        "/v1/completions and /v1/chat/completions, /v1/models, /v1/status, /metrics, /healthz).\n"
+        "\n"
+        "Settings come from the TOML file (--config FILE, else /etc/moed/moed.toml when it exists),\n"
+        "then from flags, which win. Every key is also a flag: key `section.name_part` is\n"
+        "`--section-name-part VALUE` (or `--section-name-part=VALUE`), e.g. socket.path is\n"
+        "--socket-path. Booleans take true/false, sizes take 1MiB/300MB/bytes.\n"
+        "\n"
+        "keys (flag, type, default):\n";
+    for (const auto& k : keys) {
+        out += fmt::format("  {:<26} {:<28} {}\n", k.key, flag_for_key(k.key), k.help);
+        out += fmt::format("  {:<26} {:<28} type {}; default {}\n", "", "", k.type, k.fallback);
+    }
+    out +=
+        "\n"
+        "exit codes: 0 stopped cleanly (SIGTERM/SIGINT), 1 failed while running or loading,\n"
+        "2 bad command line or configuration.\n";
+    return out;
+}
+
+std::string resolve_default_model() {
+    namespace fs = std::filesystem;
+    static constexpr std::string_view bundled_name = "tinymoe-qwen3moe-Q4_K_M.gguf";
+    std::error_code ec;
+    const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        // <prefix>/sbin/moed -> <prefix>/share/moed/models/<name>
+        const fs::path installed = exe.parent_path().parent_path() / "share" / "moed" / "models" / bundled_name;
+        if (fs::exists(installed, ec)) return installed.string();
+    }
+#ifdef MOED_DEFAULT_MODEL
+    if (fs::exists(MOED_DEFAULT_MODEL, ec)) return MOED_DEFAULT_MODEL;
+#endif
+    return {};
+}
+
+std::string default_model_id(std::string_view path, std::string_view architecture) {
+    std::string_view name = path;
+    if (auto slash = name.rfind('/'); slash != std::string_view::npos) name.remove_prefix(slash + 1);
+    if (name.ends_with(".gguf")) name.remove_suffix(5);
+    if (!architecture.empty()) {
+        const std::string marker = "-" + std::string(architecture);
+        if (auto at = name.find(marker); at != std::string_view::npos && at > 0) name = name.substr(0, at);
+    }
+    std::string id(name);
+    for (char& ch : id)
+        if (ch == ' ' || ch == '\'' || ch == '"') ch = '_';
+    return id.empty() ? std::string("model") : id;
+}
+
+}  // namespace moed::daemon

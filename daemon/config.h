@@ -1,0 +1,105 @@
+// moed's configuration: a TOML file (/etc/moed/moed.toml, or --config FILE) whose every key
+// is also a command-line flag. A key `section.name_part` is the flag `--section-name-part`
+// (dots and underscores become dashes); flags override the file. Unknown keys, values of the
+// wrong type, values out of range and unparsable sizes are errors that name the key (and,
+// for the file, where it is); TOML syntax errors carry file:line:column. The daemon refuses
+// to start on any of them (exit code 2).
+// Threads: parsing runs once in main before any other thread exists.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/log.h"
+#include "common/result.h"
+#include "common/units.h"
+#include "storage/host_slab.h"
+
+namespace moed::daemon {
+
+// Where the daemon looks for its config when no --config is given; a missing default file
+// means "all defaults", a missing --config file is an error.
+inline constexpr std::string_view default_config_path = "/etc/moed/moed.toml";
+inline constexpr std::string_view default_socket_path = "/run/moed/moed.sock";
+// A config file is a few hundred bytes; refuse anything that cannot be one.
+inline constexpr std::uint64_t max_config_file_bytes = 1u << 20;
+
+struct daemon_config {
+    // [model]
+    std::string model_path;  // empty: the bundled tinymoe model (see resolve_default_model)
+    std::string model_id;    // empty: derived from the file name (see default_model_id)
+    // [engine]
+    int threads = 0;                       // 0: hardware concurrency
+    std::int64_t ctx = 0;                  // per sequence; 0: min(training context, default_ctx)
+    std::uint32_t max_sequences = 8;
+    std::uint32_t queue_length = 64;
+    std::int64_t max_batch_tokens = 256;
+    // [limits]
+    std::int32_t max_tokens = 4096;        // upper bound a request may ask for
+    std::int32_t default_max_tokens = 256; // when a request gives no max_tokens
+    std::uint32_t max_stop_strings = 8;
+    // [tiers]
+    std::optional<budget_spec> host_budget;  // absent: every expert stays resident
+    std::uint32_t io_depth = 32;
+    storage::memory_lock mlock = storage::memory_lock::best_effort;
+    bool io_uring = true;
+    bool direct_io = true;
+    // [socket]
+    std::string socket_path{default_socket_path};
+    std::uint32_t socket_mode = 0660;
+    std::string socket_group;  // empty: keep the daemon's group
+    // [http]
+    std::uint64_t max_body_bytes = 1u << 20;
+    std::uint32_t max_connections = 256;
+    double read_timeout_s = 60.0;   // to receive one whole request (also the keep-alive idle time)
+    double write_timeout_s = 60.0;  // for one write to the client
+    // [daemon]
+    double drain_timeout_s = 30.0;
+    log_level level = log_level::info;
+    std::string state_dir = "/var/lib/moed";
+    bool watchdog = true;  // ping systemd's watchdog when WATCHDOG_USEC asks for it
+
+    std::string source;  // the config file read, or "" when defaults only (for logs)
+};
+
+// What the command line asked for, before the file is read.
+struct command_line {
+    std::optional<std::string> config_path;
+    std::vector<std::pair<std::string, std::string>> overrides;  // (key, value text) in order
+    bool help = false;
+    bool version = false;
+};
+
+// Parses argv: --config FILE, --help/-h, --version, and --<flag> VALUE / --<flag>=VALUE for
+// every key. Errors name the argument.
+result<command_line> parse_command_line(int argc, const char* const* argv);
+
+// Applies TOML text (named `source` in messages) onto `config`.
+result<void> apply_toml(daemon_config& config, std::string_view text, std::string_view source);
+// Applies one key given as text (a flag's value); `origin` names it in messages ("--socket-path").
+result<void> apply_text(daemon_config& config, std::string_view key, std::string_view value,
+                        std::string_view origin);
+// Checks relations between keys (a value valid alone but not with another).
+result<void> validate(const daemon_config& config);
+
+// The whole start-up path: defaults, then the file (--config or the default path when it
+// exists), then the flags, then validate().
+result<daemon_config> load_config(const command_line& cmd);
+
+// The --help text: usage and every key with its flag, type, default and meaning.
+std::string help_text();
+
+// The bundled model: next to the installed binary (../share/moed/models/...), else the
+// source tree's copy (compile-time MOED_DEFAULT_MODEL). Empty when neither exists.
+std::string resolve_default_model();
+// The id clients use for a model file: the file name without ".gguf", cut before
+// "-<architecture>" when it contains it ("tinymoe-qwen3moe-Q4_K_M.gguf" -> "tinymoe").
+std::string default_model_id(std::string_view path, std::string_view architecture);
+
+// The flag for a key ("socket.path" -> "--socket-path").
+std::string flag_for_key(std::string_view key);
+
+}  // namespace moed::daemon

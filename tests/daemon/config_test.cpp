@@ -1,0 +1,260 @@
+// Checks moed's configuration parser (daemon/config.h): TOML files and flags set every key;
+// flags override the file; unknown keys, wrong types, out-of-range values and unparsable
+// sizes are errors naming the key (and file:line:column for the file); TOML syntax errors
+// carry the position; the shipped moed.toml.example parses and equals the defaults; --help
+// lists every key with its flag. Pure parsing: no daemon runs.
+#include <fstream>
+
+#include <gtest/gtest.h>
+
+#include "daemon/config.h"
+#include "tests/support/test_paths.h"
+
+namespace moed::daemon {
+namespace {
+
+result<daemon_config> from_toml(std::string_view text) {
+    daemon_config c;
+    MOED_TRY(apply_toml(c, text, "test.toml"));
+    MOED_TRY(validate(c));
+    return c;
+}
+
+std::string error_of(std::string_view text) {
+    auto r = from_toml(text);
+    EXPECT_FALSE(r.has_value()) << text;
+    return r ? std::string() : r.error().message;
+}
+
+result<command_line> args(std::vector<const char*> v) {
+    v.insert(v.begin(), "moed");
+    return parse_command_line(static_cast<int>(v.size()), v.data());
+}
+
+TEST(Config, DefaultsWithoutFile) {
+    daemon_config c;
+    EXPECT_EQ(c.socket_path, "/run/moed/moed.sock");
+    EXPECT_EQ(c.socket_mode, 0660u);
+    EXPECT_FALSE(c.host_budget.has_value());
+    EXPECT_EQ(c.max_sequences, 8u);
+    EXPECT_TRUE(validate(c).has_value());
+}
+
+TEST(Config, EveryKeyFromToml) {
+    auto c = from_toml(R"(
+[model]
+path = "/m.gguf"
+id = "qwen"
+[engine]
+threads = 3
+ctx = 512
+max_sequences = 4
+queue_length = 2
+max_batch_tokens = 64
+[limits]
+max_tokens = 100
+default_max_tokens = 50
+max_stop_strings = 2
+[tiers]
+host_budget = "25%"
+io_depth = 8
+mlock = "off"
+io_uring = false
+direct_io = false
+[socket]
+path = "/tmp/x.sock"
+mode = 0o600
+group = "users"
+[http]
+max_body_bytes = "64KiB"
+max_connections = 10
+read_timeout_s = 5
+write_timeout_s = 2.5
+[daemon]
+drain_timeout_s = 7
+log_level = "debug"
+state_dir = "/tmp/state"
+watchdog = false
+)");
+    ASSERT_TRUE(c.has_value()) << c.error().message;
+    EXPECT_EQ(c->model_path, "/m.gguf");
+    EXPECT_EQ(c->model_id, "qwen");
+    EXPECT_EQ(c->threads, 3);
+    EXPECT_EQ(c->ctx, 512);
+    EXPECT_EQ(c->max_sequences, 4u);
+    EXPECT_EQ(c->queue_length, 2u);
+    EXPECT_EQ(c->max_batch_tokens, 64);
+    EXPECT_EQ(c->max_tokens, 100);
+    EXPECT_EQ(c->default_max_tokens, 50);
+    EXPECT_EQ(c->max_stop_strings, 2u);
+    ASSERT_TRUE(c->host_budget.has_value());
+    EXPECT_TRUE(c->host_budget->relative);
+    EXPECT_DOUBLE_EQ(c->host_budget->fraction, 0.25);
+    EXPECT_EQ(c->io_depth, 8u);
+    EXPECT_EQ(c->mlock, storage::memory_lock::off);
+    EXPECT_FALSE(c->io_uring);
+    EXPECT_FALSE(c->direct_io);
+    EXPECT_EQ(c->socket_path, "/tmp/x.sock");
+    EXPECT_EQ(c->socket_mode, 0600u);
+    EXPECT_EQ(c->socket_group, "users");
+    EXPECT_EQ(c->max_body_bytes, 64u * 1024);
+    EXPECT_EQ(c->max_connections, 10u);
+    EXPECT_DOUBLE_EQ(c->read_timeout_s, 5.0);
+    EXPECT_DOUBLE_EQ(c->write_timeout_s, 2.5);
+    EXPECT_DOUBLE_EQ(c->drain_timeout_s, 7.0);
+    EXPECT_EQ(c->level, log_level::debug);
+    EXPECT_EQ(c->state_dir, "/tmp/state");
+    EXPECT_FALSE(c->watchdog);
+}
+
+TEST(Config, SizesAndModesInEveryForm) {
+    auto c = from_toml("[http]\nmax_body_bytes = 4096\n[socket]\nmode = \"0640\"\n[tiers]\nhost_budget = \"4GiB\"\n");
+    ASSERT_TRUE(c.has_value()) << c.error().message;
+    EXPECT_EQ(c->max_body_bytes, 4096u);
+    EXPECT_EQ(c->socket_mode, 0640u);
+    ASSERT_TRUE(c->host_budget.has_value());
+    EXPECT_FALSE(c->host_budget->relative);
+    EXPECT_EQ(c->host_budget->bytes, 4ull << 30);
+}
+
+TEST(Config, UnknownKeysNameKeyAndPosition) {
+    EXPECT_EQ(error_of("[socket]\npth = \"/x\"\n"), "test.toml:2:1: unknown key 'socket.pth'");
+    EXPECT_EQ(error_of("[sockets]\npath = \"/x\"\n"), "test.toml:2:1: unknown key 'sockets.path'");
+    EXPECT_NE(error_of("threads = 4\n").find("unknown key 'threads'"), std::string::npos);
+}
+
+TEST(Config, WrongTypesNameKeyAndExpectedType) {
+    EXPECT_EQ(error_of("[engine]\nthreads = \"four\"\n"),
+              "test.toml:2:1: key 'engine.threads': expected an integer, got a string");
+    EXPECT_EQ(error_of("[daemon]\nwatchdog = 1\n"), "test.toml:2:1: key 'daemon.watchdog': expected a boolean, got an integer");
+    EXPECT_EQ(error_of("[socket]\npath = 3\n"), "test.toml:2:1: key 'socket.path': expected a string, got an integer");
+    EXPECT_NE(error_of("[engine]\nthreads = [1, 2]\n").find("key 'engine.threads'"), std::string::npos);
+    EXPECT_NE(error_of("[http]\nread_timeout_s = \"5s\"\n").find("key 'http.read_timeout_s': expected a number of seconds"),
+              std::string::npos);
+}
+
+TEST(Config, OutOfRangeNamesKeyAndRange) {
+    EXPECT_EQ(error_of("[engine]\nmax_sequences = 0\n"),
+              "test.toml:2:1: key 'engine.max_sequences': 0 is out of range [1, 1024]");
+    EXPECT_EQ(error_of("[engine]\nthreads = -1\n"), "test.toml:2:1: key 'engine.threads': -1 is out of range [0, 1024]");
+    EXPECT_NE(error_of("[daemon]\ndrain_timeout_s = 0\n").find("key 'daemon.drain_timeout_s'"), std::string::npos);
+    EXPECT_NE(error_of("[socket]\nmode = 0o1777\n").find("key 'socket.mode': mode 1777 is out of range"),
+              std::string::npos);
+    EXPECT_NE(error_of("[tiers]\nmlock = \"maybe\"\n").find("key 'tiers.mlock': expected required, best_effort or off"),
+              std::string::npos);
+    EXPECT_NE(error_of("[daemon]\nlog_level = \"loud\"\n").find("key 'daemon.log_level'"), std::string::npos);
+}
+
+TEST(Config, UnparsableSizesNameKey) {
+    const std::string e = error_of("[http]\nmax_body_bytes = \"lots\"\n");
+    EXPECT_NE(e.find("test.toml:2:1: key 'http.max_body_bytes'"), std::string::npos) << e;
+    const std::string b = error_of("[tiers]\nhost_budget = \"150%\"\n");
+    EXPECT_NE(b.find("key 'tiers.host_budget'"), std::string::npos) << b;
+    const std::string z = error_of("[http]\nmax_body_bytes = 0\n");
+    EXPECT_NE(z.find("key 'http.max_body_bytes': 0 bytes is out of range"), std::string::npos) << z;
+}
+
+TEST(Config, RelationsBetweenKeys) {
+    EXPECT_EQ(error_of("[limits]\nmax_tokens = 10\ndefault_max_tokens = 20\n"),
+              "limits.default_max_tokens: 20 is larger than limits.max_tokens (10)");
+    EXPECT_NE(error_of("[model]\nid = \"a b\"\n").find("model.id"), std::string::npos);
+}
+
+TEST(Config, SyntaxErrorsCarryLineAndColumn) {
+    const std::string e = error_of("[socket]\npath = \"/x\n");
+    EXPECT_EQ(e.rfind("test.toml:2:", 0), 0u) << e;
+    const std::string d = error_of("[engine]\nthreads = 1\nthreads = 2\n");
+    EXPECT_EQ(d.rfind("test.toml:3:", 0), 0u) << d;
+}
+
+TEST(Config, FlagsMapToKeys) {
+    EXPECT_EQ(flag_for_key("socket.path"), "--socket-path");
+    EXPECT_EQ(flag_for_key("engine.max_sequences"), "--engine-max-sequences");
+    auto cmd = args({"--socket-path", "/tmp/a.sock", "--engine-max-sequences=3", "--daemon-watchdog", "off"});
+    ASSERT_TRUE(cmd.has_value()) << cmd.error().message;
+    ASSERT_EQ(cmd->overrides.size(), 3u);
+    EXPECT_EQ(cmd->overrides[0].first, "socket.path");
+    EXPECT_EQ(cmd->overrides[1].first, "engine.max_sequences");
+    EXPECT_EQ(cmd->overrides[1].second, "3");
+    daemon_config c;
+    for (const auto& [k, v] : cmd->overrides) ASSERT_TRUE(apply_text(c, k, v, flag_for_key(k)).has_value());
+    EXPECT_EQ(c.socket_path, "/tmp/a.sock");
+    EXPECT_EQ(c.max_sequences, 3u);
+    EXPECT_FALSE(c.watchdog);
+}
+
+TEST(Config, BadFlagsAreNamed) {
+    EXPECT_EQ(args({"--sockt-path", "/x"}).error().message, "unknown option '--sockt-path' (see --help)");
+    EXPECT_EQ(args({"--socket-path"}).error().message, "--socket-path: missing value");
+    EXPECT_EQ(args({"stray"}).error().message, "unexpected argument 'stray' (see --help)");
+    daemon_config c;
+    EXPECT_EQ(apply_text(c, "engine.threads", "x4", "--engine-threads").error().message,
+              "--engine-threads: expected an integer, got 'x4'");
+    EXPECT_EQ(apply_text(c, "daemon.watchdog", "maybe", "--daemon-watchdog").error().message,
+              "--daemon-watchdog: expected true or false, got 'maybe'");
+    EXPECT_EQ(apply_text(c, "engine.max_sequences", "0", "--engine-max-sequences").error().message,
+              "--engine-max-sequences: 0 is out of range [1, 1024]");
+}
+
+TEST(Config, FlagsOverrideTheFile) {
+    const auto path = test::temp_dir() / "moed.toml";
+    {
+        std::ofstream out(path);
+        out << "[socket]\npath = \"/from/file.sock\"\n[engine]\nmax_sequences = 2\n";
+    }
+    const std::string p = path.string();
+    auto cmd = args({"--config", p.c_str(), "--engine-max-sequences", "5"});
+    ASSERT_TRUE(cmd.has_value());
+    auto c = load_config(*cmd);
+    ASSERT_TRUE(c.has_value()) << c.error().message;
+    EXPECT_EQ(c->socket_path, "/from/file.sock");
+    EXPECT_EQ(c->max_sequences, 5u);
+    EXPECT_EQ(c->source, p);
+}
+
+TEST(Config, MissingConfigFileIsAnError) {
+    auto cmd = args({"--config", "/nonexistent/moed.toml"});
+    ASSERT_TRUE(cmd.has_value());
+    auto c = load_config(*cmd);
+    ASSERT_FALSE(c.has_value());
+    EXPECT_NE(c.error().message.find("/nonexistent/moed.toml"), std::string::npos);
+}
+
+TEST(Config, ShippedExampleParsesToTheDefaults) {
+    std::ifstream in(test::models_dir() + "/../daemon/moed.toml.example");
+    ASSERT_TRUE(in.good());
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    auto c = from_toml(text);
+    ASSERT_TRUE(c.has_value()) << c.error().message;
+    const daemon_config d;
+    EXPECT_EQ(c->socket_path, d.socket_path);
+    EXPECT_EQ(c->socket_mode, d.socket_mode);
+    EXPECT_EQ(c->max_sequences, d.max_sequences);
+    EXPECT_EQ(c->queue_length, d.queue_length);
+    EXPECT_EQ(c->max_body_bytes, d.max_body_bytes);
+    EXPECT_EQ(c->io_depth, d.io_depth);
+    EXPECT_EQ(c->mlock, d.mlock);
+    EXPECT_DOUBLE_EQ(c->drain_timeout_s, d.drain_timeout_s);
+    EXPECT_EQ(c->level, d.level);
+}
+
+TEST(Config, HelpListsEveryKeyAndFlag) {
+    const std::string help = help_text();
+    for (const char* key : {"model.path", "model.id", "engine.threads", "engine.ctx", "engine.max_sequences",
+                            "engine.queue_length", "engine.max_batch_tokens", "limits.max_tokens",
+                            "tiers.host_budget", "tiers.io_depth", "tiers.mlock", "socket.path", "socket.mode",
+                            "socket.group", "http.max_body_bytes", "daemon.drain_timeout_s", "daemon.log_level",
+                            "daemon.state_dir", "daemon.watchdog"}) {
+        EXPECT_NE(help.find(key), std::string::npos) << key;
+        EXPECT_NE(help.find(flag_for_key(key)), std::string::npos) << key;
+    }
+}
+
+TEST(Config, DefaultModelId) {
+    EXPECT_EQ(default_model_id("/a/b/tinymoe-qwen3moe-Q4_K_M.gguf", "qwen3moe"), "tinymoe");
+    EXPECT_EQ(default_model_id("Qwen3-30B-A3B-Q4_K_M.gguf", "qwen3moe"), "Qwen3-30B-A3B-Q4_K_M");
+    EXPECT_EQ(default_model_id("/m/model.gguf", ""), "model");
+}
+
+}  // namespace
+}  // namespace moed::daemon
