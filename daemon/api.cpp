@@ -1,0 +1,371 @@
+#include "daemon/api.h"
+
+#include <cmath>
+#include <limits>
+
+#include <nlohmann/json.hpp>
+
+#include "daemon/batch_loop.h"
+
+namespace moed::daemon {
+
+namespace {
+
+using json = nlohmann::json;
+
+// Text the engine produced is valid UTF-8, but a stop string or prompt echoed back may not
+// be; replacing bad bytes beats failing the response.
+std::string dump(const json& j) { return j.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+const char* json_type_name(const json& j) {
+    switch (j.type()) {
+        case json::value_t::null: return "null";
+        case json::value_t::boolean: return "boolean";
+        case json::value_t::string: return "string";
+        case json::value_t::array: return "array";
+        case json::value_t::object: return "object";
+        case json::value_t::number_integer:
+        case json::value_t::number_unsigned: return "integer";
+        case json::value_t::number_float: return "number";
+        default: return "value";
+    }
+}
+
+unexpected wrong_type(std::string_view field, std::string_view expected, const json& got) {
+    return make_error(errc::invalid_argument, "{}: expected {}, got {}", field, expected, json_type_name(got));
+}
+
+// Depth of brackets outside strings; the parser is not run on input deeper than the limit.
+bool depth_within(std::string_view text, std::size_t limit) {
+    std::size_t depth = 0;
+    bool in_string = false;
+    bool escaped = false;
+    for (char ch : text) {
+        if (in_string) {
+            if (escaped) escaped = false;
+            else if (ch == '\\') escaped = true;
+            else if (ch == '"') in_string = false;
+            continue;
+        }
+        if (ch == '"') in_string = true;
+        else if (ch == '[' || ch == '{') {
+            if (++depth > limit) return false;
+        } else if ((ch == ']' || ch == '}') && depth > 0) {
+            --depth;
+        }
+    }
+    return true;
+}
+
+// Reads an optional field; `present` false when absent or null (OpenAI clients send null
+// for "not set").
+const json* field(const json& obj, const char* name) {
+    auto it = obj.find(name);
+    if (it == obj.end() || it->is_null()) return nullptr;
+    return &*it;
+}
+
+result<std::int64_t> get_integer(const json& j, std::string_view name, std::int64_t min, std::int64_t max) {
+    std::int64_t v = 0;
+    if (j.is_number_unsigned()) {
+        const auto u = j.get<std::uint64_t>();
+        if (u > static_cast<std::uint64_t>(max))
+            return make_error(errc::invalid_argument, "{}: {} is out of range [{}, {}]", name, u, min, max);
+        v = static_cast<std::int64_t>(u);
+    } else if (j.is_number_integer()) {
+        v = j.get<std::int64_t>();
+    } else {
+        return wrong_type(name, "an integer", j);
+    }
+    if (v < min || v > max) return make_error(errc::invalid_argument, "{}: {} is out of range [{}, {}]", name, v, min, max);
+    return v;
+}
+
+result<float> get_number(const json& j, std::string_view name) {
+    if (!j.is_number()) return wrong_type(name, "a number", j);
+    const double v = j.get<double>();
+    if (!std::isfinite(v) || std::fabs(v) > std::numeric_limits<float>::max())
+        return make_error(errc::invalid_argument, "{}: {} is out of range", name, v);
+    return static_cast<float>(v);
+}
+
+result<bool> get_bool(const json& j, std::string_view name) {
+    if (!j.is_boolean()) return wrong_type(name, "a boolean", j);
+    return j.get<bool>();
+}
+
+// Chat content: a string, or an array of parts of which only {"type":"text"} is understood.
+result<std::string> get_content(const json& j, std::string_view name) {
+    if (j.is_null()) return std::string();
+    if (j.is_string()) return j.get<std::string>();
+    if (!j.is_array()) return wrong_type(name, "a string or an array of text parts", j);
+    std::string text;
+    for (std::size_t i = 0; i < j.size(); ++i) {
+        const std::string part_name = fmt::format("{}[{}]", name, i);
+        const json& part = j[i];
+        if (!part.is_object()) return wrong_type(part_name, "an object", part);
+        const json* type = field(part, "type");
+        if (!type || !type->is_string() || type->get<std::string>() != "text")
+            return make_error(errc::invalid_argument, "{}.type: only \"text\" parts are supported", part_name);
+        const json* t = field(part, "text");
+        if (!t || !t->is_string()) return wrong_type(part_name + ".text", "a string", t ? *t : json());
+        text += t->get<std::string>();
+    }
+    return text;
+}
+
+}  // namespace
+
+result<generation_request> parse_generation_request(api_kind kind, std::string_view body, const api_limits& limits) {
+    if (!depth_within(body, max_json_depth))
+        return make_error(errc::invalid_argument, "malformed JSON: nested deeper than {} levels", max_json_depth);
+    json doc;
+    try {
+        doc = json::parse(body);
+    } catch (const json::parse_error& e) {
+        // e.what() carries the byte position and the reason ("syntax error while parsing
+        // object key - invalid literal; last read: '{x'; expected string literal").
+        return make_error(errc::invalid_argument, "malformed JSON: {}", e.what());
+    } catch (const std::exception& e) {
+        return make_error(errc::invalid_argument, "malformed JSON: {}", e.what());
+    }
+    if (!doc.is_object()) return wrong_type("request body", "a JSON object", doc);
+
+    generation_request req;
+    req.kind = kind;
+    if (const json* m = field(doc, "model")) {
+        if (!m->is_string()) return wrong_type("model", "a string", *m);
+        req.model = m->get<std::string>();
+    }
+
+    if (kind == api_kind::completion) {
+        const json* p = field(doc, "prompt");
+        if (!p) return make_error(errc::invalid_argument, "prompt: required");
+        if (p->is_string()) {
+            req.prompt = p->get<std::string>();
+        } else if (p->is_array() && p->size() == 1 && (*p)[0].is_string()) {
+            req.prompt = (*p)[0].get<std::string>();
+        } else if (p->is_array()) {
+            return make_error(errc::invalid_argument, "prompt: expected a string or an array of one string, got an "
+                                                      "array of {} elements",
+                              p->size());
+        } else {
+            return wrong_type("prompt", "a string or an array of one string", *p);
+        }
+    } else {
+        const json* msgs = field(doc, "messages");
+        if (!msgs) return make_error(errc::invalid_argument, "messages: required");
+        if (!msgs->is_array()) return wrong_type("messages", "an array", *msgs);
+        if (msgs->empty()) return make_error(errc::invalid_argument, "messages: must not be empty");
+        if (msgs->size() > max_chat_messages)
+            return make_error(errc::invalid_argument, "messages: {} messages is more than the {} allowed", msgs->size(),
+                              max_chat_messages);
+        for (std::size_t i = 0; i < msgs->size(); ++i) {
+            const json& m = (*msgs)[i];
+            const std::string name = fmt::format("messages[{}]", i);
+            if (!m.is_object()) return wrong_type(name, "an object", m);
+            const json* role = field(m, "role");
+            if (!role) return make_error(errc::invalid_argument, "{}.role: required", name);
+            if (!role->is_string()) return wrong_type(name + ".role", "a string", *role);
+            auto content = get_content(m.contains("content") ? m["content"] : json(), name + ".content");
+            if (!content) return unexpected(std::move(content).error());
+            req.messages.push_back({role->get<std::string>(), std::move(*content)});
+        }
+    }
+
+    if (const json* v = field(doc, "max_tokens")) {
+        auto n = get_integer(*v, "max_tokens", 1, limits.max_tokens);
+        if (!n) return unexpected(std::move(n).error());
+        req.max_tokens = static_cast<std::int32_t>(*n);
+    } else if (const json* c = field(doc, "max_completion_tokens")) {  // the newer OpenAI name
+        auto n = get_integer(*c, "max_completion_tokens", 1, limits.max_tokens);
+        if (!n) return unexpected(std::move(n).error());
+        req.max_tokens = static_cast<std::int32_t>(*n);
+    }
+
+    // Sampling: OpenAI's default temperature is 1; top_k, top_p and min_p default to the
+    // sampler's (llama.cpp's) values.
+    req.sampling.temperature = 1.0f;
+    if (const json* v = field(doc, "temperature")) {
+        auto t = get_number(*v, "temperature");
+        if (!t) return unexpected(std::move(t).error());
+        req.sampling.temperature = *t;
+    }
+    if (const json* v = field(doc, "top_p")) {
+        auto t = get_number(*v, "top_p");
+        if (!t) return unexpected(std::move(t).error());
+        req.sampling.top_p = *t;
+    }
+    if (const json* v = field(doc, "min_p")) {
+        auto t = get_number(*v, "min_p");
+        if (!t) return unexpected(std::move(t).error());
+        req.sampling.min_p = *t;
+    }
+    if (const json* v = field(doc, "repeat_penalty")) {
+        auto t = get_number(*v, "repeat_penalty");
+        if (!t) return unexpected(std::move(t).error());
+        req.sampling.repeat_penalty = *t;
+    }
+    if (const json* v = field(doc, "top_k")) {
+        auto k = get_integer(*v, "top_k", 0, std::numeric_limits<std::int32_t>::max());
+        if (!k) return unexpected(std::move(k).error());
+        req.sampling.top_k = static_cast<std::int32_t>(*k);
+    }
+    if (const json* v = field(doc, "seed")) {
+        if (v->is_number_unsigned()) {
+            req.sampling.seed = v->get<std::uint64_t>();
+            req.seed_given = true;
+        } else if (v->is_number_integer()) {
+            // Negative seeds (-1 in llama.cpp) mean "random": seed_given stays false.
+            const auto s = v->get<std::int64_t>();
+            if (s >= 0) {
+                req.sampling.seed = static_cast<std::uint64_t>(s);
+                req.seed_given = true;
+            }
+        } else {
+            return wrong_type("seed", "an integer", *v);
+        }
+    }
+    if (auto r = req.sampling.validate(); !r) return unexpected(std::move(r).error());
+
+    if (const json* v = field(doc, "stop")) {
+        if (v->is_string()) {
+            req.stop.push_back(v->get<std::string>());
+        } else if (v->is_array()) {
+            for (std::size_t i = 0; i < v->size(); ++i) {
+                if (!(*v)[i].is_string()) return wrong_type(fmt::format("stop[{}]", i), "a string", (*v)[i]);
+                req.stop.push_back((*v)[i].get<std::string>());
+            }
+        } else {
+            return wrong_type("stop", "a string or an array of strings", *v);
+        }
+        if (req.stop.size() > limits.max_stop_strings)
+            return make_error(errc::invalid_argument, "stop: {} strings is more than the {} allowed", req.stop.size(),
+                              limits.max_stop_strings);
+        for (std::size_t i = 0; i < req.stop.size(); ++i) {
+            if (req.stop[i].empty()) return make_error(errc::invalid_argument, "stop[{}]: must not be empty", i);
+            if (req.stop[i].size() > max_stop_string_bytes)
+                return make_error(errc::invalid_argument, "stop[{}]: {} bytes is longer than the {} allowed", i,
+                                  req.stop[i].size(), max_stop_string_bytes);
+        }
+    }
+    if (const json* v = field(doc, "stream")) {
+        auto b = get_bool(*v, "stream");
+        if (!b) return unexpected(std::move(b).error());
+        req.stream = *b;
+    }
+    if (const json* v = field(doc, "ignore_eos")) {
+        auto b = get_bool(*v, "ignore_eos");
+        if (!b) return unexpected(std::move(b).error());
+        req.ignore_eos = *b;
+    }
+    if (const json* v = field(doc, "n")) {
+        auto n = get_integer(*v, "n", 1, 1);
+        if (!n) return make_error(errc::invalid_argument, "n: only 1 choice per request is supported");
+    }
+    return req;
+}
+
+unsigned http_status_for(errc code) noexcept {
+    switch (code) {
+        case errc::invalid_argument: return 400;
+        case errc::not_found: return 404;
+        case errc::out_of_memory: return 429;
+        case errc::cancelled: return 503;
+        case errc::unsupported: return 501;
+        default: return 500;
+    }
+}
+
+const char* error_type_for(unsigned status) noexcept {
+    switch (status) {
+        case 400: return "invalid_request_error";
+        case 404: return "not_found_error";
+        case 405: return "method_not_allowed_error";
+        case 408: return "timeout_error";
+        case 413: return "request_too_large_error";
+        case 429: return "rate_limit_error";
+        case 431: return "request_too_large_error";
+        case 501: return "not_supported_error";
+        case 503: return "unavailable_error";
+        default: return "server_error";
+    }
+}
+
+std::string error_body(unsigned status, std::string_view message) {
+    return dump(json{{"error", {{"type", error_type_for(status)}, {"message", message}, {"code", status}}}});
+}
+
+namespace {
+
+json usage_json(const usage_counts& u) {
+    return {{"prompt_tokens", u.prompt_tokens},
+            {"completion_tokens", u.completion_tokens},
+            {"total_tokens", u.prompt_tokens + u.completion_tokens}};
+}
+
+json base_object(const response_meta& meta, bool chunk) {
+    const char* object = meta.kind == api_kind::chat ? (chunk ? "chat.completion.chunk" : "chat.completion")
+                                                     : "text_completion";
+    return {{"id", meta.id}, {"object", object}, {"created", meta.created}, {"model", meta.model}};
+}
+
+json finish_json(std::string_view reason) { return reason.empty() ? json(nullptr) : json(reason); }
+
+}  // namespace
+
+std::string completion_body(const response_meta& meta, std::string_view text, std::string_view finish_reason,
+                            const usage_counts& usage) {
+    json j = base_object(meta, false);
+    json choice{{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
+    if (meta.kind == api_kind::chat) {
+        choice["message"] = {{"role", "assistant"}, {"content", text}};
+    } else {
+        choice["text"] = text;
+        choice["logprobs"] = nullptr;
+    }
+    j["choices"] = json::array({std::move(choice)});
+    j["usage"] = usage_json(usage);
+    return dump(j);
+}
+
+std::string stream_event(const response_meta& meta, std::string_view piece, bool first) {
+    json j = base_object(meta, true);
+    json choice{{"index", 0}, {"finish_reason", nullptr}};
+    if (meta.kind == api_kind::chat) {
+        json delta{{"content", piece}};
+        if (first) delta["role"] = "assistant";
+        choice["delta"] = std::move(delta);
+    } else {
+        choice["text"] = piece;
+        choice["logprobs"] = nullptr;
+    }
+    j["choices"] = json::array({std::move(choice)});
+    return "data: " + dump(j) + "\n\n";
+}
+
+std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage) {
+    json j = base_object(meta, true);
+    json choice{{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
+    if (meta.kind == api_kind::chat) {
+        choice["delta"] = json::object();
+    } else {
+        choice["text"] = "";
+        choice["logprobs"] = nullptr;
+    }
+    j["choices"] = json::array({std::move(choice)});
+    j["usage"] = usage_json(usage);
+    return "data: " + dump(j) + "\n\ndata: [DONE]\n\n";
+}
+
+std::string stream_error_events(unsigned status, std::string_view message) {
+    return "data: " + error_body(status, message) + "\n\ndata: [DONE]\n\n";
+}
+
+std::string models_body(std::string_view model_id, std::int64_t created) {
+    json j{{"object", "list"},
+           {"data", json::array({json{{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "moed"}}})}};
+    return dump(j);
+}
+
+}  // namespace moed::daemon

@@ -1,0 +1,88 @@
+// The OpenAI-compatible request and response bodies, as pure functions: parsing and
+// validating a completion or chat request (every wrong type is an error naming the field and
+// the type expected), and building the JSON of responses, stream chunks and errors.
+// No I/O and no engine here, so every rule is unit-tested directly.
+// Threads: any; nothing is shared.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "common/result.h"
+#include "engine/chat_template.h"
+#include "engine/sampler.h"
+
+namespace moed::daemon {
+
+// Deeper JSON than this is refused before parsing: no request needs it, and it bounds the
+// recursion that building and destroying the parsed tree costs.
+inline constexpr std::size_t max_json_depth = 64;
+// Messages in one chat request; each becomes prompt text, which the context bounds anyway,
+// but this keeps a flood of tiny messages from costing more than the tokens they make.
+inline constexpr std::size_t max_chat_messages = 1024;
+
+enum class api_kind : std::uint8_t { completion = 0, chat = 1 };
+
+struct api_limits {
+    std::int32_t max_tokens = 4096;          // a request asking for more is refused
+    std::int32_t default_max_tokens = 256;   // used when the request gives none
+    std::uint32_t max_stop_strings = 8;
+};
+
+// A validated generation request. The prompt is still text: tokenizing needs the model.
+struct generation_request {
+    api_kind kind = api_kind::completion;
+    std::string model;                        // as the client named it; empty when absent
+    std::string prompt;                       // completion
+    std::vector<engine::chat_message> messages;  // chat
+    std::optional<std::int32_t> max_tokens;   // absent: the default, capped by the context
+    engine::sampling_params sampling;
+    bool seed_given = false;
+    std::vector<std::string> stop;
+    bool stream = false;
+    bool ignore_eos = false;                  // extension (llama.cpp): generate past end-of-text
+};
+
+// Parses a POST body. Errors are errc::invalid_argument with a message such as
+// "max_tokens: expected an integer, got string".
+result<generation_request> parse_generation_request(api_kind kind, std::string_view body, const api_limits& limits);
+
+// The HTTP status and the error "type" for an error code (invalid_argument 400, not_found
+// 404, out_of_memory 429, cancelled 503, unsupported 501, anything else 500).
+unsigned http_status_for(errc code) noexcept;
+const char* error_type_for(unsigned status) noexcept;
+// {"error":{"type":...,"message":...,"code":status}}
+std::string error_body(unsigned status, std::string_view message);
+
+struct usage_counts {
+    std::int64_t prompt_tokens = 0;
+    std::int64_t completion_tokens = 0;
+};
+
+// What every response of one request shares.
+struct response_meta {
+    api_kind kind = api_kind::completion;
+    std::string id;       // "cmpl-..." / "chatcmpl-..."
+    std::int64_t created = 0;  // unix seconds
+    std::string model;
+};
+
+// The whole (non-stream) response body.
+std::string completion_body(const response_meta& meta, std::string_view text, std::string_view finish_reason,
+                            const usage_counts& usage);
+// One server-sent event "data: {chunk}\n\n" carrying `piece` (chat: delta.content; the
+// first chat chunk also carries role "assistant").
+std::string stream_event(const response_meta& meta, std::string_view piece, bool first);
+// The last chunk: empty text/delta, the finish reason and usage; then "data: [DONE]\n\n".
+std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage);
+// An error after the stream began (headers are sent): an event with the error object, then
+// "data: [DONE]\n\n".
+std::string stream_error_events(unsigned status, std::string_view message);
+
+// The /v1/models body for one served model.
+std::string models_body(std::string_view model_id, std::int64_t created);
+
+}  // namespace moed::daemon

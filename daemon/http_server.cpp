@@ -1,0 +1,582 @@
+#include "daemon/http_server.h"
+
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <ctime>
+#include <random>
+#include <unordered_set>
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <nlohmann/json.hpp>
+
+#include "common/log.h"
+#include "daemon/job_channel.h"
+#include "daemon/listener.h"
+
+namespace moed::daemon {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using stream_protocol = asio::local::stream_protocol;
+using socket_stream = beast::basic_stream<stream_protocol>;
+using request = http::request<http::string_body>;
+using boost::system::error_code;
+
+namespace {
+
+// The access log's status for a request whose client left before the answer was complete
+// (nginx's convention; never sent on the wire).
+constexpr unsigned status_client_gone = 499;
+constexpr std::string_view json_type = "application/json";
+
+void log_exception(std::exception_ptr e) noexcept {
+    if (!e) return;
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& x) {
+        MOED_LOG_ERROR("http", "connection ended by an error: {}", x.what());
+    } catch (...) {
+        MOED_LOG_ERROR("http", "connection ended by an unknown error");
+    }
+}
+
+std::uint64_t random_u64() {
+    std::random_device rd;
+    return (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
+}
+
+// Beast 1.74 speaks boost::string_view.
+std::string_view sv(beast::string_view s) noexcept { return {s.data(), s.size()}; }
+
+// The path without a query string.
+std::string_view route_of(std::string_view target) {
+    if (auto q = target.find('?'); q != std::string_view::npos) target = target.substr(0, q);
+    return target;
+}
+
+}  // namespace
+
+struct http_server::state {
+    state(asio::io_context& io_, stream_protocol::acceptor acceptor_, server_context ctx_, const http_options& options_)
+        : io(io_), acceptor(std::move(acceptor_)), ctx(std::move(ctx_)), options(options_),
+          id_prefix(random_u64()), seeds(random_u64()) {}
+
+    asio::io_context& io;
+    stream_protocol::acceptor acceptor;
+    server_context ctx;
+    http_options options;
+    http_counters counters;
+    std::unordered_set<session*> sessions;
+    bool shutting_down = false;
+    bool engine_alive = true;
+    std::uint64_t next_request = 0;
+    std::uint64_t id_prefix;  // random per run, so the ids of two runs do not collide
+    std::mt19937_64 seeds;    // seeds of requests that give none
+
+    std::string next_id(api_kind kind) {
+        return fmt::format("{}-{:016x}", kind == api_kind::chat ? "chatcmpl" : "cmpl", id_prefix + ++next_request);
+    }
+
+    // A generation request turned into a job: validated, templated, tokenized and fitted to
+    // the context. Errors carry the code whose HTTP status they answer with.
+    result<job_params> prepare(const generation_request& req, const std::string& peer, const std::string& id) {
+        if (!req.model.empty() && req.model != ctx.model_id)
+            return make_error(errc::not_found, "model '{}' is not served; available: {}", req.model, ctx.model_id);
+        std::string text;
+        if (req.kind == api_kind::chat) {
+            if (!ctx.chat) return make_error(errc::unsupported, "{}", ctx.chat_error);
+            auto applied = ctx.chat->apply(req.messages);
+            if (!applied) return make_error(errc::invalid_argument, "messages: {}", applied.error().message);
+            text = std::move(*applied);
+        } else {
+            text = req.prompt;
+        }
+        job_params p;
+        // Control-token texts in the prompt (<|im_start|> of a template written by the
+        // client) become their ids, as llama-server does.
+        p.prompt = ctx.vocab->encode(text, /*parse_special=*/true);
+        if (ctx.vocab->add_bos() && ctx.vocab->bos_id() >= 0) p.prompt.insert(p.prompt.begin(), ctx.vocab->bos_id());
+        const char* what = req.kind == api_kind::chat ? "messages" : "prompt";
+        const auto n_prompt = static_cast<std::int64_t>(p.prompt.size());
+        if (n_prompt == 0) return make_error(errc::invalid_argument, "{}: must not be empty", what);
+        if (n_prompt >= ctx.n_ctx)
+            return make_error(errc::invalid_argument,
+                              "{}: {} tokens leave no room in the context of {} tokens per sequence", what, n_prompt,
+                              ctx.n_ctx);
+        if (req.max_tokens) {
+            if (n_prompt + *req.max_tokens > ctx.n_ctx)
+                return make_error(errc::invalid_argument,
+                                  "max_tokens: the prompt ({} tokens) plus max_tokens ({}) exceeds the context of {} "
+                                  "tokens per sequence",
+                                  n_prompt, *req.max_tokens, ctx.n_ctx);
+            p.max_tokens = *req.max_tokens;
+        } else {
+            p.max_tokens = static_cast<std::int32_t>(
+                std::min<std::int64_t>(ctx.limits.default_max_tokens, ctx.n_ctx - n_prompt));
+        }
+        p.sampling = req.sampling;
+        if (!req.seed_given) p.sampling.seed = seeds();
+        p.stop = req.stop;
+        p.stop_at_eog = !req.ignore_eos;
+        p.id = id;
+        p.peer = peer;
+        return p;
+    }
+};
+
+class http_server::session : public std::enable_shared_from_this<session> {
+public:
+    session(std::shared_ptr<state> st, stream_protocol::socket socket)
+        : st_(std::move(st)), stream_(std::move(socket)), peer_(peer_credentials(stream_.socket().native_handle())) {
+        st_->sessions.insert(this);
+        ++st_->counters.connections_open;
+    }
+
+    ~session() {
+        st_->sessions.erase(this);
+        --st_->counters.connections_open;
+        // Ended with a job still running (an exception, or the io_context stopped): the
+        // job must not outlive its client.
+        if (channel_) {
+            channel_->mark_gone();
+            if (st_->engine_alive) st_->ctx.engine->cancel(job_);
+        }
+    }
+
+    bool idle() const noexcept { return idle_; }
+
+    void close() noexcept {
+        error_code ec;
+        stream_.socket().shutdown(stream_protocol::socket::shutdown_both, ec);
+        stream_.close();
+    }
+
+    asio::awaitable<void> run() {
+        for (;;) {
+            http::request_parser<http::string_body> parser;
+            parser.header_limit(max_header_bytes);
+            parser.body_limit(st_->options.max_body_bytes);
+            idle_ = true;
+            if (st_->shutting_down) break;
+            error_code ec;
+            stream_.expires_after(st_->options.read_timeout);
+            co_await http::async_read(stream_, buffer_, parser, asio::redirect_error(asio::use_awaitable, ec));
+            stream_.expires_never();
+            idle_ = false;
+            start_ = std::chrono::steady_clock::now();
+            log_status_ = 0;
+            log_bytes_ = 0;
+            if (ec) {
+                if (ec == http::error::end_of_stream || ec == asio::error::eof || ec == asio::error::operation_aborted ||
+                    ec == asio::error::bad_descriptor || ec == asio::error::connection_reset ||
+                    ec == beast::error::timeout)
+                    break;  // the client closed, went quiet, or the server is closing idle connections
+                keep_alive_ = false;
+                version_ = parser.is_header_done() ? parser.get().version() : 11;
+                if (ec == http::error::body_limit) {
+                    co_await send_error(413, fmt::format("request body is larger than the {} bytes allowed "
+                                                         "(http.max_body_bytes)",
+                                                         st_->options.max_body_bytes));
+                } else if (ec == http::error::header_limit) {
+                    co_await send_error(431, fmt::format("request headers are larger than the {} bytes allowed",
+                                                         max_header_bytes));
+                } else {
+                    co_await send_error(400, fmt::format("malformed HTTP request: {}", ec.message()));
+                }
+                if (parser.is_header_done())
+                    access_log(sv(parser.get().method_string()), sv(parser.get().target()));
+                else
+                    access_log("-", "-");
+                co_await linger_close();
+                co_return;
+            }
+            request req = parser.release();
+            version_ = req.version();
+            keep_alive_ = req.keep_alive() && !st_->shutting_down;
+            co_await handle(req);
+            access_log(sv(req.method_string()), sv(req.target()));
+            if (!keep_alive_) break;
+        }
+        close();
+    }
+
+    // Over the connection limit: answer 503 without reading a request, then close.
+    asio::awaitable<void> reject() {
+        keep_alive_ = false;
+        start_ = std::chrono::steady_clock::now();
+        co_await send_error(503, fmt::format("too many connections (http.max_connections is {}); retry later",
+                                             st_->options.max_connections));
+        access_log("-", "-");
+        co_await linger_close();
+    }
+
+private:
+    asio::awaitable<void> handle(request& req) {
+        std::string failure;
+        try {
+            co_await route(req);
+        } catch (const std::exception& e) {
+            failure = e.what();
+        }
+        if (!failure.empty()) {
+            MOED_LOG_ERROR("http", "{} {}: {}", sv(req.method_string()), sv(req.target()), failure);
+            keep_alive_ = false;
+            // Only when nothing was sent yet can an error response still be written.
+            if (log_status_ == 0) co_await send_error(500, fmt::format("internal error: {}", failure));
+        }
+    }
+
+    asio::awaitable<void> route(request& req) {
+        const std::string_view path = route_of(sv(req.target()));
+        const auto method = req.method();
+        struct endpoint {
+            std::string_view path;
+            http::verb verb;
+        };
+        static constexpr endpoint endpoints[] = {
+            {"/v1/completions", http::verb::post}, {"/v1/chat/completions", http::verb::post},
+            {"/v1/models", http::verb::get},       {"/v1/status", http::verb::get},
+            {"/metrics", http::verb::get},         {"/healthz", http::verb::get},
+        };
+        const endpoint* found = nullptr;
+        for (const auto& e : endpoints)
+            if (e.path == path) found = &e;
+        if (!found) {
+            co_await send_error(404, fmt::format("no such endpoint: {}", path));
+            co_return;
+        }
+        if (method != found->verb) {
+            allow_ = found->verb;
+            co_await send_error(405, fmt::format("{} does not accept {}; use {}", path,
+                                                 sv(req.method_string()), sv(http::to_string(found->verb))));
+            co_return;
+        }
+        if (path == "/v1/completions") co_await generate(req, api_kind::completion);
+        else if (path == "/v1/chat/completions") co_await generate(req, api_kind::chat);
+        else if (path == "/v1/models") co_await send(200, models_body(st_->ctx.model_id, st_->ctx.started_unix), std::string(json_type));
+        else if (path == "/v1/status") co_await send(200, status_body(), std::string(json_type));
+        else if (path == "/metrics") co_await send(200, metrics_body(), std::string("text/plain; version=0.0.4; charset=utf-8"));
+        else if (st_->shutting_down) co_await send(503, R"({"status":"draining"})", std::string(json_type));
+        else co_await send(200, R"({"status":"ok"})", std::string(json_type));
+    }
+
+    std::string status_body() {
+        server_status s;
+        st_->ctx.fill_status(s);
+        return nlohmann::json(s).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    }
+
+    std::string metrics_body() {
+        server_status s;
+        st_->ctx.fill_status(s);
+        return prometheus_text(s, st_->counters);
+    }
+
+    asio::awaitable<void> generate(request& req, api_kind kind) {
+        if (st_->shutting_down) {
+            co_await send_error(503, std::string("the server is shutting down"));
+            co_return;
+        }
+        auto parsed = parse_generation_request(kind, req.body(), st_->ctx.limits);
+        if (!parsed) {
+            co_await send_error(http_status_for(parsed.error().code), parsed.error().message);
+            co_return;
+        }
+        response_meta meta{kind, st_->next_id(kind), static_cast<std::int64_t>(std::time(nullptr)), st_->ctx.model_id};
+        auto params = st_->prepare(*parsed, peer_, meta.id);
+        if (!params) {
+            co_await send_error(http_status_for(params.error().code), params.error().message);
+            co_return;
+        }
+        auto channel = std::make_shared<job_channel>(st_->io.get_executor(), st_->options.max_pending_bytes);
+        auto submitted = st_->ctx.engine->submit(std::move(*params), channel);
+        if (!submitted) {
+            const error& err = submitted.error();
+            const unsigned status = http_status_for(err.code);
+            if (err.code == errc::out_of_memory) {
+                co_await send_error(429, fmt::format("the request queue is full (engine.queue_length is {}); retry "
+                                                     "later",
+                                                     queue_capacity()));
+            } else if (err.code == errc::cancelled) {
+                co_await send_error(503, std::string("the server is shutting down"));
+            } else {
+                co_await send_error(status, err.message);
+            }
+            co_return;
+        }
+        channel_ = channel;
+        job_ = *submitted;
+        watch(channel, job_);
+        if (parsed->stream) co_await stream_job(*channel, meta);
+        else co_await plain_job(*channel, meta);
+        stop_watching();
+        channel_.reset();
+    }
+
+    std::uint32_t queue_capacity() const {
+        server_status s;
+        st_->ctx.engine->snapshot(s);
+        return s.queue_capacity;
+    }
+
+    asio::awaitable<void> plain_job(job_channel& channel, const response_meta& meta) {
+        std::string text;
+        job_channel::events ev;
+        for (;;) {
+            channel.take(ev);
+            for (const auto& piece : ev.pieces) text += piece;
+            if (ev.done) break;
+            co_await channel.wait();
+        }
+        const job_channel::finish& f = *ev.done;
+        if (client_gone_) {
+            log_status_ = status_client_gone;
+            co_return;
+        }
+        if (f.failed) {
+            co_await send_error(500, fmt::format("generation failed: {}", f.reason));
+        } else if (f.reason == "cancelled") {
+            co_await send_error(503, fmt::format("the request was cancelled after {} tokens: the server is shutting down",
+                                                 f.usage.completion_tokens));
+        } else {
+            co_await send(200,
+                          completion_body(meta, text, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens}),
+                          std::string(json_type));
+        }
+    }
+
+    asio::awaitable<void> stream_job(job_channel& channel, const response_meta& meta) {
+        http::response<http::empty_body> res{http::status::ok, version_};
+        res.set(http::field::server, "moed");
+        res.set(http::field::content_type, "text/event-stream");
+        res.set(http::field::cache_control, "no-cache");
+        res.keep_alive(keep_alive_);
+        res.chunked(true);
+        http::response_serializer<http::empty_body> serializer{res};
+        error_code ec;
+        stream_.expires_after(st_->options.write_timeout);
+        co_await http::async_write_header(stream_, serializer, asio::redirect_error(asio::use_awaitable, ec));
+        stream_.expires_never();
+        log_status_ = 200;
+        ++st_->counters.responses[200];
+        if (ec) client_left(channel);
+
+        job_channel::events ev;
+        bool first = true;
+        for (;;) {
+            channel.take(ev);
+            std::string payload;
+            for (const auto& piece : ev.pieces) {
+                payload += stream_event(meta, piece, first);
+                first = false;
+            }
+            if (ev.done) {
+                const auto& f = *ev.done;
+                if (f.failed)
+                    payload += stream_error_events(500, fmt::format("generation failed: {}", f.reason));
+                else
+                    payload += stream_final_events(meta, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens});
+            }
+            if (!payload.empty() && !client_gone_) {
+                stream_.expires_after(st_->options.write_timeout);
+                co_await asio::async_write(stream_, http::make_chunk(asio::buffer(payload)),
+                                           asio::redirect_error(asio::use_awaitable, ec));
+                stream_.expires_never();
+                if (ec) client_left(channel);
+                else count_bytes(payload.size());
+            }
+            if (ev.done) break;
+            co_await channel.wait();
+        }
+        if (!client_gone_) {
+            stream_.expires_after(st_->options.write_timeout);
+            co_await asio::async_write(stream_, http::make_chunk_last(), asio::redirect_error(asio::use_awaitable, ec));
+            stream_.expires_never();
+            if (ec) client_left(channel);
+        }
+        if (client_gone_) log_status_ = status_client_gone;
+    }
+
+    // The client closed its end or a write failed: cancel its job (the loop frees the
+    // sequence), stop writing, and close the connection once the job's finish arrives.
+    void client_left(job_channel& channel) {
+        if (client_gone_) return;
+        client_gone_ = true;
+        keep_alive_ = false;
+        channel.mark_gone();
+        if (st_->engine_alive) st_->ctx.engine->cancel(job_);
+        MOED_LOG_DEBUG("http", "{}: client went away; job cancelled", peer_);
+    }
+
+    // Watches the socket while a job runs: readable with nothing to read is the client's
+    // close. Bytes to read (a pipelined request) end the watch, as the client is alive.
+    void watch(std::shared_ptr<job_channel> channel, job_id id) {
+        watching_ = true;
+        stream_.socket().async_wait(
+            stream_protocol::socket::wait_read,
+            [self = shared_from_this(), channel = std::move(channel), id](const error_code& ec) mutable {
+                if (ec || !self->watching_ || self->job_ != id || self->client_gone_) return;
+                char byte = 0;
+                const ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+                if (n > 0) {
+                    self->watching_ = false;
+                    return;
+                }
+                if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) {
+                    self->watch(std::move(channel), id);
+                    return;
+                }
+                self->client_left(*channel);
+            });
+    }
+
+    void stop_watching() {
+        if (!watching_) return;
+        watching_ = false;
+        // Cancels the wait; no other operation is pending on the socket at this point.
+        error_code ec;
+        stream_.socket().cancel(ec);
+    }
+
+    // Coroutine parameters are owned strings, not views: a view of a caller's temporary is
+    // one compiler bug away from dangling across the suspension.
+    asio::awaitable<void> send_error(unsigned status, std::string message) {
+        co_await send(status, error_body(status, message), std::string(json_type));
+    }
+
+    asio::awaitable<void> send(unsigned status, std::string body, std::string content_type) {
+        http::response<http::string_body> res{static_cast<http::status>(status), version_};
+        res.set(http::field::server, "moed");
+        res.set(http::field::content_type, content_type);
+        if (status == 405) res.set(http::field::allow, http::to_string(allow_));
+        res.keep_alive(keep_alive_);
+        const std::size_t bytes = body.size();
+        res.body() = std::move(body);
+        res.prepare_payload();
+        log_status_ = status;
+        ++st_->counters.responses[status];
+        error_code ec;
+        stream_.expires_after(st_->options.write_timeout);
+        co_await http::async_write(stream_, res, asio::redirect_error(asio::use_awaitable, ec));
+        stream_.expires_never();
+        if (ec) {
+            keep_alive_ = false;
+            log_status_ = status_client_gone;
+        } else {
+            count_bytes(bytes);
+        }
+    }
+
+    void count_bytes(std::size_t n) {
+        log_bytes_ += n;
+        st_->counters.bytes_sent_total += n;
+    }
+
+    // After an error that leaves unread input (an oversize body), stop sending and drop what
+    // the client still sends for a while, so it reads the answer rather than a reset.
+    asio::awaitable<void> linger_close() {
+        error_code ec;
+        stream_.socket().shutdown(stream_protocol::socket::shutdown_send, ec);
+        std::array<char, 16384> sink;
+        std::uint64_t dropped = 0;
+        stream_.expires_after(linger_timeout);
+        while (!ec && dropped < linger_max_bytes) {
+            const std::size_t n =
+                co_await stream_.async_read_some(asio::buffer(sink), asio::redirect_error(asio::use_awaitable, ec));
+            dropped += n;
+        }
+        stream_.expires_never();
+        close();
+    }
+
+    void access_log(std::string_view method, std::string_view target) {
+        const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start_).count();
+        MOED_LOG_INFO("access", "{} \"{} {}\" {} {}B {:.1f}ms", peer_, method, target, log_status_, log_bytes_, ms);
+    }
+
+    std::shared_ptr<state> st_;
+    socket_stream stream_;
+    beast::flat_buffer buffer_;
+    const std::string peer_;
+    bool idle_ = true;
+    bool keep_alive_ = true;
+    unsigned version_ = 11;
+    http::verb allow_ = http::verb::get;
+    // The running job, if any.
+    std::shared_ptr<job_channel> channel_;
+    job_id job_ = 0;
+    bool watching_ = false;
+    bool client_gone_ = false;
+    // For the access log line of the current request.
+    std::chrono::steady_clock::time_point start_{};
+    unsigned log_status_ = 0;
+    std::uint64_t log_bytes_ = 0;
+};
+
+http_server::http_server(asio::io_context& io, stream_protocol::acceptor acceptor, server_context context,
+                         const http_options& options)
+    : state_(std::make_shared<state>(io, std::move(acceptor), std::move(context), options)) {}
+
+http_server::~http_server() {
+    error_code ec;
+    state_->acceptor.close(ec);
+}
+
+void http_server::start() {
+    auto st = state_;
+    asio::co_spawn(st->io, accept_loop(st), log_exception);
+}
+
+void http_server::begin_shutdown() {
+    state_->shutting_down = true;
+    error_code ec;
+    state_->acceptor.close(ec);
+    // Closing completes their pending reads with operation_aborted; nothing runs inline,
+    // so the set is not changed while this loop walks it.
+    for (session* s : state_->sessions)
+        if (s->idle()) s->close();
+}
+
+void http_server::engine_stopped() {
+    state_->engine_alive = false;
+    for (session* s : state_->sessions)
+        if (s->idle()) s->close();
+}
+
+std::size_t http_server::open_connections() const noexcept { return state_->sessions.size(); }
+const http_counters& http_server::counters() const noexcept { return state_->counters; }
+
+asio::awaitable<void> http_server::accept_loop(std::shared_ptr<state> st) {
+    asio::steady_timer pause(st->io);
+    for (;;) {
+        error_code ec;
+        stream_protocol::socket socket =
+            co_await st->acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        if (st->shutting_down || !st->acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
+        if (ec) {
+            // Out of descriptors or buffers: a pause lets connections finish and free them.
+            MOED_LOG_WARN("http", "accept failed: {}; retrying", ec.message());
+            pause.expires_after(accept_retry_delay);
+            co_await pause.async_wait(asio::redirect_error(asio::use_awaitable, ec));
+            continue;
+        }
+        ++st->counters.connections_total;
+        auto s = std::make_shared<session>(st, std::move(socket));
+        const bool over = st->sessions.size() > st->options.max_connections;
+        if (over) ++st->counters.connections_rejected;
+        // Two spawns rather than `co_await (over ? a : b)`: g++ 12 destroys the awaitable
+        // temporary of a conditional operator twice inside a coroutine.
+        if (over) asio::co_spawn(st->io, [s]() -> asio::awaitable<void> { co_await s->reject(); }, log_exception);
+        else asio::co_spawn(st->io, [s]() -> asio::awaitable<void> { co_await s->run(); }, log_exception);
+    }
+}
+
+}  // namespace moed::daemon

@@ -1,0 +1,103 @@
+// The HTTP/1.1 server on the daemon's Unix socket (Boost.Beast over Asio, C++20 coroutines,
+// one io_context thread). One coroutine per connection reads requests (keep-alive, header
+// and body limits, read and write timeouts) and answers them:
+//   POST /v1/completions, POST /v1/chat/completions  (OpenAI-compatible; "stream": true as
+//        server-sent events ending in "data: [DONE]")
+//   GET /v1/models, GET /v1/status (common/status.h as JSON), GET /metrics (Prometheus),
+//   GET /healthz
+// Errors are JSON {"error":{"type","message","code"}} with the matching status: 400 bad
+// request body, 404 unknown path or model, 405 wrong method, 413 body over the limit, 429
+// queue full, 503 shutting down or over the connection limit, 500 engine failure.
+//
+// Generation goes through the engine_port; tokens come back through a job_channel (posted
+// to this io_context, never blocking the engine). While a job runs the connection watches
+// its socket: a client that closes it (or fails a write) has its job cancelled, which frees
+// the sequence's KV cache at the loop's next step.
+// Every request ends with one access-log line: peer credentials, method, path, status,
+// body bytes, duration. Status 499 in the log means the client went away first.
+//
+// Threads: every member function runs on the io_context thread (start() may also run
+// before io_context::run()).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>  // std::exchange: Boost 1.74's awaitable.hpp uses it without the include
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+
+#include "common/status.h"
+#include "daemon/api.h"
+#include "daemon/engine_port.h"
+#include "daemon/metrics.h"
+#include "engine/chat_template.h"
+#include "engine/tokenizer.h"
+
+namespace moed::daemon {
+
+// Request line plus headers; Beast's default (8 KiB) is tight for long cookies or tokens
+// some clients send, 16 KiB is what common proxies allow.
+inline constexpr std::uint32_t max_header_bytes = 16u << 10;
+// After refusing a body (413) the server reads and drops up to this much of it, for at most
+// linger_timeout, so the client sees the response instead of a reset mid-upload.
+inline constexpr std::uint64_t linger_max_bytes = 4u << 20;
+inline constexpr std::chrono::milliseconds linger_timeout{2000};
+// A failed accept (EMFILE, ENFILE, ENOBUFS) is retried after this pause instead of spinning.
+inline constexpr std::chrono::milliseconds accept_retry_delay{100};
+
+struct http_options {
+    std::uint64_t max_body_bytes = 1u << 20;
+    std::uint32_t max_connections = 256;
+    std::chrono::milliseconds read_timeout{60000};
+    std::chrono::milliseconds write_timeout{60000};
+    std::size_t max_pending_bytes = 4u << 20;  // per streaming job, see job_channel
+};
+
+// What the handlers need to know about the served model and the engine.
+struct server_context {
+    engine_port* engine = nullptr;                  // outlives the server's use (see engine_stopped)
+    const engine::tokenizer* vocab = nullptr;
+    std::optional<engine::chat_template> chat;      // absent: chat_error says why
+    std::string chat_error;
+    std::string model_id;
+    std::int64_t n_ctx = 0;                         // context per sequence
+    api_limits limits;
+    std::int64_t started_unix = 0;                  // "created" of /v1/models
+    // Fills the whole status (model, tiers, engine snapshot) for /v1/status and /metrics.
+    std::function<void(server_status&)> fill_status;
+};
+
+class http_server {
+public:
+    http_server(boost::asio::io_context& io, boost::asio::local::stream_protocol::acceptor acceptor,
+                server_context context, const http_options& options);
+    ~http_server();
+    http_server(const http_server&) = delete;
+    http_server& operator=(const http_server&) = delete;
+
+    // Starts accepting.
+    void start();
+    // Stops accepting, closes connections waiting for a request; requests in progress
+    // finish (their connections then close), new requests on open connections get 503.
+    void begin_shutdown();
+    // The engine has stopped (its jobs all finished): no more cancel() calls into it, and
+    // connections still idle are closed.
+    void engine_stopped();
+
+    std::size_t open_connections() const noexcept;
+    const http_counters& counters() const noexcept;
+
+private:
+    struct state;
+    class session;
+    static boost::asio::awaitable<void> accept_loop(std::shared_ptr<state> st);
+    std::shared_ptr<state> state_;
+};
+
+}  // namespace moed::daemon

@@ -1,0 +1,72 @@
+// The daemon's listening Unix socket: either the one systemd passed (socket activation,
+// sd_listen_fds) or one moed binds itself. Binding first checks an existing file: a socket
+// nobody accepts on (connect gives ECONNREFUSED: a crashed daemon's leftover) is replaced,
+// one that accepts is another daemon and an error, anything else is left alone and an
+// error. The new file gets the configured mode and group.
+// Threads: open_listener runs on the main thread before the io_context runs; the returned
+// acceptor then belongs to the io_context thread.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+
+#include "common/result.h"
+
+namespace moed::daemon {
+
+// listen(2) backlog: connections the kernel holds before accept; a burst of local clients
+// beyond it retry (connect gives EAGAIN on a Unix socket).
+inline constexpr int listen_backlog = 128;
+
+struct listener_options {
+    std::string path;
+    std::uint32_t mode = 0660;
+    std::string group;  // empty: leave the group as created
+};
+
+// Removes the socket file the daemon bound when it goes, but only if the path still names
+// the same inode (a newer daemon may have replaced it).
+class socket_file {
+public:
+    socket_file() = default;
+    socket_file(std::string path, dev_t dev, ino_t ino) : path_(std::move(path)), dev_(dev), ino_(ino) {}
+    socket_file(socket_file&& other) noexcept;
+    socket_file& operator=(socket_file&& other) noexcept;
+    socket_file(const socket_file&) = delete;
+    socket_file& operator=(const socket_file&) = delete;
+    ~socket_file();
+
+    const std::string& path() const noexcept { return path_; }
+
+private:
+    std::string path_;  // empty: nothing to remove (socket activation)
+    dev_t dev_ = 0;
+    ino_t ino_ = 0;
+};
+
+struct listener {
+    boost::asio::local::stream_protocol::acceptor acceptor;
+    socket_file file;         // empty path when activated
+    bool activated = false;   // the socket came from systemd
+    std::string description;  // for logs: the path, or "systemd socket (fd 3)"
+};
+
+// Takes the systemd socket when there is one, else binds `options.path`. Errors name the
+// path and the reason ("another moed is listening on PATH", "PATH exists and is not a
+// socket", "unknown group 'x'").
+result<std::unique_ptr<listener>> open_listener(boost::asio::io_context& io, const listener_options& options);
+
+// The group id of `name`; errc::not_found when there is no such group.
+result<gid_t> lookup_group(const std::string& name);
+
+// The peer of a connected Unix socket as "pid=123 uid=1000 gid=1000" (SO_PEERCRED), or
+// "pid=? uid=? gid=?" when the kernel does not say.
+std::string peer_credentials(int fd);
+
+}  // namespace moed::daemon

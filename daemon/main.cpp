@@ -1,0 +1,330 @@
+// moed: the daemon. Reads its configuration, binds (or receives from systemd) its Unix
+// socket, loads the model, starts the batch loop (the engine thread) and serves HTTP on the
+// io_context (this thread) until SIGTERM/SIGINT, then drains running requests within
+// daemon.drain_timeout_s and exits 0.
+//
+// Exit codes: 0 clean stop; 1 failure while starting (socket in use, model cannot load) or
+// running; 2 bad command line or configuration (one line naming the key).
+#include <signal.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <thread>
+#include <utility>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "common/log.h"
+#include "daemon/batch_loop.h"
+#include "daemon/config.h"
+#include "daemon/engine_port.h"
+#include "daemon/http_server.h"
+#include "daemon/listener.h"
+#include "daemon/systemd_notify.h"
+#include "engine/chat_template.h"
+#include "engine/model.h"
+#include "kernels/cpu/cpu_features.h"
+
+#ifndef MOED_VERSION
+#define MOED_VERSION "0.0.0"
+#endif
+
+namespace {
+
+namespace asio = boost::asio;
+using namespace moed;
+using namespace moed::daemon;
+
+constexpr int exit_ok = 0;
+constexpr int exit_failure = 1;
+constexpr int exit_config = 2;
+
+// Without engine.ctx, a sequence gets the model's training context up to this: KV caches
+// are allocated per sequence at start-up, and a 32k-context model times max_sequences
+// would claim far more memory than most requests use.
+constexpr std::int64_t default_ctx = 4096;
+// After the engine drained, connections get this long to flush their last bytes before the
+// io_context is stopped regardless (a client that stopped reading cannot hold the exit).
+constexpr std::chrono::milliseconds final_flush_timeout{5000};
+constexpr std::chrono::milliseconds final_flush_poll{20};
+
+// SIGTERM/SIGINT handling. The first signal stops accepting and drains on a helper thread
+// (the drain blocks, and the io thread must keep writing the tokens of the requests it waits
+// for); when the engine is done, open connections get final_flush_timeout to finish, then
+// the io_context runs out of work and main returns. A second signal exits at once.
+// Threads: everything but the drain thread's body runs on the io_context thread.
+class lifecycle {
+public:
+    lifecycle(asio::io_context& io, asio::signal_set& signals, http_server& server, batch_loop& loop, watchdog& dog,
+              std::chrono::milliseconds drain)
+        : io_(io), signals_(signals), server_(server), loop_(loop), dog_(dog), drain_(drain), flush_timer_(io) {}
+    lifecycle(const lifecycle&) = delete;
+    lifecycle& operator=(const lifecycle&) = delete;
+    ~lifecycle() { join(); }
+
+    void start() { wait_signal(); }
+    void join() {
+        if (drainer_.joinable()) drainer_.join();
+    }
+    bool stopped_by_signal() const noexcept { return stopping_; }
+
+private:
+    void wait_signal() {
+        signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
+            if (!ec) on_signal(signo);
+        });
+    }
+
+    void on_signal(int signo) noexcept {
+        if (stopping_) {
+            MOED_LOG_WARN("moed", "{} again: exiting without waiting for running requests", ::strsignal(signo));
+            std::fflush(stderr);
+            std::_Exit(exit_failure);
+        }
+        stopping_ = true;
+        MOED_LOG_INFO("moed", "{}: draining running requests (up to {} ms)", ::strsignal(signo), drain_.count());
+        notify("STOPPING=1\nSTATUS=draining");
+        try {
+            server_.begin_shutdown();
+            wait_signal();
+            drainer_ = std::thread([this] {
+                drain_engine();
+                try {
+                    asio::post(io_, [this] { drained(); });
+                } catch (...) {
+                    io_.stop();  // cannot schedule the last step: stop without the flush
+                }
+            });
+        } catch (const std::exception& e) {
+            // No thread for the drain: do it here. Running requests then finish or are
+            // cancelled at the timeout, and their last tokens are written afterwards.
+            MOED_LOG_WARN("moed", "cannot start the drain thread ({}); draining on the socket thread", e.what());
+            drain_engine();
+            drained();
+        }
+    }
+
+    void drain_engine() noexcept {
+        try {
+            loop_.shutdown(drain_);
+        } catch (const std::exception& e) {
+            MOED_LOG_ERROR("moed", "drain failed: {}", e.what());
+        }
+    }
+
+    void drained() noexcept {
+        server_.engine_stopped();
+        dog_.stop();
+        flush_deadline_ = std::chrono::steady_clock::now() + final_flush_timeout;
+        poll_connections();
+    }
+
+    void poll_connections() noexcept {
+        if (server_.open_connections() == 0) {
+            signals_.cancel();  // the last pending work: io.run() returns
+            return;
+        }
+        if (std::chrono::steady_clock::now() >= flush_deadline_) {
+            MOED_LOG_WARN("moed", "{} connections still open after the drain; closing them", server_.open_connections());
+            io_.stop();
+            return;
+        }
+        try {
+            flush_timer_.expires_after(final_flush_poll);
+            flush_timer_.async_wait([this](const boost::system::error_code& ec) {
+                if (!ec) poll_connections();
+            });
+        } catch (...) {
+            io_.stop();
+        }
+    }
+
+    asio::io_context& io_;
+    asio::signal_set& signals_;
+    http_server& server_;
+    batch_loop& loop_;
+    watchdog& dog_;
+    const std::chrono::milliseconds drain_;
+    asio::steady_timer flush_timer_;
+    std::chrono::steady_clock::time_point flush_deadline_{};
+    std::thread drainer_;
+    bool stopping_ = false;
+};
+
+int config_error(const std::string& message) {
+    std::fprintf(stderr, "moed: %s\n", message.c_str());
+    return exit_config;
+}
+
+int start_error(const std::string& message) {
+    MOED_LOG_ERROR("moed", "{}", message);
+    moed::daemon::notify(fmt::format("STATUS=failed: {}", message));
+    return exit_failure;
+}
+
+int run(int argc, char** argv) {
+    auto cmd = parse_command_line(argc, argv);
+    if (!cmd) return config_error(cmd.error().message);
+    if (cmd->help) {
+        std::fputs(help_text().c_str(), stdout);
+        return exit_ok;
+    }
+    if (cmd->version) {
+        std::printf("moed %s\n", MOED_VERSION);
+        return exit_ok;
+    }
+    auto loaded_config = load_config(*cmd);
+    if (!loaded_config) return config_error(loaded_config.error().message);
+    daemon_config config = std::move(*loaded_config);
+    set_log_level(config.level);
+
+    if (config.model_path.empty()) {
+        config.model_path = resolve_default_model();
+        if (config.model_path.empty())
+            return config_error("model.path: not set, and the bundled model is not installed (share/moed/models/)");
+    }
+    {
+        std::error_code ec;
+        if (!std::filesystem::is_regular_file(config.model_path, ec))
+            return config_error(fmt::format("model.path: '{}' is not a readable file", config.model_path));
+    }
+    if (!config.socket_group.empty()) {
+        auto gid = lookup_group(config.socket_group);
+        if (!gid) return config_error(gid.error().message);
+    }
+
+    // Writes to a closed connection must fail with EPIPE, not kill the daemon.
+    ::signal(SIGPIPE, SIG_IGN);
+    const auto started = std::chrono::steady_clock::now();
+    const std::int64_t started_unix = static_cast<std::int64_t>(std::time(nullptr));
+
+    // Declared first so it is destroyed last: the batch loop, sinks and sessions post to it.
+    asio::io_context io(1);
+    // Installed before the slow steps so a SIGTERM while loading is held until the loop runs
+    // (and then drains at once) instead of killing the process mid-load.
+    asio::signal_set signals(io, SIGINT, SIGTERM);
+
+    // The socket comes before the model: a second daemon on the same path fails at once
+    // instead of after loading gigabytes.
+    auto listening = open_listener(io, {config.socket_path, config.socket_mode, config.socket_group});
+    if (!listening) return start_error(listening.error().message);
+    std::unique_ptr<listener> lst = std::move(*listening);
+
+    MOED_LOG_INFO("moed", "moed {} loading {}{}", MOED_VERSION, config.model_path,
+                  config.source.empty() ? std::string() : fmt::format(" (config {})", config.source));
+    notify(fmt::format("STATUS=loading model {}", config.model_path));
+    engine::load_options load;
+    load.host_budget = config.host_budget;
+    load.tier.queue_depth = config.io_depth;
+    load.tier.allow_uring = config.io_uring;
+    load.tier.allow_direct = config.direct_io;
+    load.tier.lock = config.mlock;
+    auto loaded_model = engine::model::load(config.model_path, load);
+    if (!loaded_model) return start_error(loaded_model.error().message);
+    engine::model& model = **loaded_model;
+    const auto& hp = model.hparams();
+
+    const std::string model_id = config.model_id.empty() ? default_model_id(config.model_path, hp.architecture)
+                                                         : config.model_id;
+    std::int64_t n_ctx = config.ctx;
+    if (n_ctx == 0) n_ctx = hp.n_ctx_train > 0 ? std::min(hp.n_ctx_train, default_ctx) : default_ctx;
+    if (hp.n_ctx_train > 0 && n_ctx > hp.n_ctx_train)
+        MOED_LOG_WARN("moed", "engine.ctx {} is beyond the model's training context {}; quality may drop", n_ctx,
+                      hp.n_ctx_train);
+    const int threads = config.threads > 0 ? config.threads
+                                           : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+    server_context ctx;
+    ctx.vocab = &model.vocab();
+    if (auto tmpl = engine::chat_template::from_gguf(model.file())) ctx.chat = *tmpl;
+    else {
+        ctx.chat_error = fmt::format("chat completions are not available for this model: {}", tmpl.error().message);
+        MOED_LOG_WARN("moed", "{}", ctx.chat_error);
+    }
+    ctx.model_id = model_id;
+    ctx.n_ctx = n_ctx;
+    ctx.limits = {config.max_tokens, config.default_max_tokens, config.max_stop_strings};
+    ctx.started_unix = started_unix;
+
+    loop_options lo;
+    lo.max_sequences = config.max_sequences;
+    lo.queue_capacity = config.queue_length;
+    lo.max_batch_tokens = config.max_batch_tokens;
+    lo.n_ctx = n_ctx;
+    lo.max_tokens_limit = config.max_tokens;
+    lo.max_stop_strings = config.max_stop_strings;
+    lo.threads = threads;
+    batch_loop loop(model, lo);
+    batch_loop_port port(loop);
+    ctx.engine = &port;
+
+    model_status mstatus;
+    mstatus.id = model_id;
+    mstatus.path = config.model_path;
+    mstatus.architecture = hp.architecture;
+    mstatus.n_layer = hp.n_layer;
+    mstatus.n_expert = hp.n_expert;
+    mstatus.n_expert_used = hp.n_expert_used;
+    mstatus.n_ctx = n_ctx;
+    mstatus.n_vocab = hp.n_vocab;
+    mstatus.file_bytes = model.file().file_size();
+    mstatus.dense_bytes = model.dense_bytes();
+    mstatus.expert_bytes = model.expert_bytes();
+    const std::string isa(kernels::isa_name(kernels::active_isa()));
+    ctx.fill_status = [&, mstatus, isa, started](server_status& s) {
+        s.version = MOED_VERSION;
+        s.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        s.model = mstatus;
+        s.threads = static_cast<std::uint32_t>(threads);
+        s.isa = isa;
+        loop.snapshot(s);
+        // The tiered source has no per-layer residency API yet: layer_residency stays empty.
+        if (const auto* tiers = model.tiers()) s.tiers = tiers->stats();
+    };
+
+    http_options ho;
+    ho.max_body_bytes = config.max_body_bytes;
+    ho.max_connections = config.max_connections;
+    ho.read_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.read_timeout_s * 1000.0));
+    ho.write_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.write_timeout_s * 1000.0));
+    http_server server(io, std::move(lst->acceptor), std::move(ctx), ho);
+
+    loop.start();
+    server.start();
+    watchdog dog(io);
+    if (config.watchdog) dog.start(watchdog_interval());
+
+    lifecycle life(io, signals, server, loop, dog,
+                   std::chrono::milliseconds(static_cast<std::int64_t>(config.drain_timeout_s * 1000.0)));
+    life.start();
+
+    MOED_LOG_INFO("moed", "serving '{}' on {}: {} sequences, ctx {}, {} threads ({}), experts {}", model_id,
+                  lst->description, config.max_sequences, n_ctx, threads, isa,
+                  model.tiers() ? "tiered" : "resident");
+    notify(fmt::format("READY=1\nSTATUS=ready: {} sequences, model {}", config.max_sequences, model_id));
+
+    io.run();
+    life.join();
+    // Handlers the loop posted while stopping: run them so nothing still refers to a job.
+    io.restart();
+    io.poll();
+    MOED_LOG_INFO("moed", "stopped");
+    return life.stopped_by_signal() ? exit_ok : exit_failure;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::exception& e) {
+        MOED_LOG_ERROR("moed", "fatal: {}", e.what());
+        return exit_failure;
+    }
+}
