@@ -94,7 +94,7 @@ struct http_server::state {
         if (req.kind == api_kind::chat) {
             if (!ctx.chat) return make_error(errc::unsupported, "{}", ctx.chat_error);
             auto applied = ctx.chat->apply(req.messages);
-            if (!applied) return make_error(errc::invalid_argument, "messages: {}", applied.error().message);
+            if (!applied) return make_error(errc::invalid_argument, "{}", applied.error().message);
             text = std::move(*applied);
         } else {
             text = req.prompt;

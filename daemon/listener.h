@@ -43,6 +43,8 @@ public:
     ~socket_file();
 
     const std::string& path() const noexcept { return path_; }
+    // Forgets the file: it stays behind (tests use this to make a stale socket).
+    void release() noexcept { path_.clear(); }
 
 private:
     std::string path_;  // empty: nothing to remove (socket activation)

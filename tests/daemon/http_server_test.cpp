@@ -1,0 +1,539 @@
+// Checks the HTTP layer of moed (daemon/http_server.h, job_channel, listener) in-process,
+// with a fake engine in place of the batch loop: the fake emits scripted text pieces from
+// its own thread (as the engine thread would), can hold a job until it is cancelled, fail
+// it, or refuse it (queue full, shutting down). The bundled model supplies the tokenizer.
+// Checked over a real Unix socket with a Beast client: every endpoint, status code and
+// error message; what the engine receives (templated and tokenized prompt, limits, seeds,
+// peer credentials); non-stream and SSE framing; keep-alive; a client that disconnects
+// mid-stream or mid-request gets its job cancelled; engine failures; the connection
+// limit; shutdown closing idle connections; the listener's stale/live socket rules.
+// Waits are on condition variables; nothing asserts on wall time.
+#include <unistd.h>
+
+#include <condition_variable>
+#include <deque>
+#include <sys/stat.h>
+
+#include <filesystem>
+#include <fstream>
+#include <future>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include <boost/asio/post.hpp>
+#include <gtest/gtest.h>
+
+#include "daemon/http_server.h"
+#include "daemon/listener.h"
+#include "engine/model.h"
+#include "tests/daemon/http_test_client.h"
+#include "tests/support/test_paths.h"
+
+namespace moed::daemon {
+namespace {
+
+using test::http_connection;
+using test::http_reply;
+namespace http = boost::beast::http;
+
+// How long a condition-variable wait may take before the test calls the server stuck; a
+// safety net for a broken build, never a measurement.
+constexpr auto stuck_after = std::chrono::seconds(60);
+
+class fake_engine final : public engine_port {
+public:
+    struct received {
+        job_id id;
+        job_params params;
+    };
+
+    fake_engine() : worker_([this] { run(); }) {}
+    ~fake_engine() override { stop(); }
+
+    void stop() {
+        {
+            std::lock_guard lock(mutex_);
+            stopping_ = true;
+        }
+        cv_.notify_all();
+        if (worker_.joinable()) worker_.join();
+    }
+
+    // Behaviour of the jobs submitted from now on.
+    void script(std::vector<std::string> pieces, std::string finish = "length") {
+        std::lock_guard lock(mutex_);
+        pieces_ = std::move(pieces);
+        finish_ = std::move(finish);
+    }
+    void set_hold(bool hold) {
+        std::lock_guard lock(mutex_);
+        hold_ = hold;
+    }
+    void set_fail(std::optional<std::string> message) {
+        std::lock_guard lock(mutex_);
+        fail_ = std::move(message);
+    }
+    void set_submit_error(std::optional<error> e) {
+        std::lock_guard lock(mutex_);
+        submit_error_ = std::move(e);
+    }
+
+    result<job_id> submit(job_params params, std::shared_ptr<job_sink> sink) override {
+        std::lock_guard lock(mutex_);
+        if (submit_error_) return unexpected(*submit_error_);
+        const job_id id = ++next_id_;
+        received_.push_back({id, params});
+        queue_.push_back({id, std::move(sink), pieces_, finish_, hold_, fail_});
+        cv_.notify_all();
+        return id;
+    }
+
+    void cancel(job_id id) noexcept override {
+        std::lock_guard lock(mutex_);
+        cancelled_.insert(id);
+        cv_.notify_all();
+    }
+
+    void snapshot(server_status& s) const override {
+        std::lock_guard lock(mutex_);
+        s.queue_capacity = 4;
+        s.max_sequences = 2;
+        s.running_sequences = running_;
+        s.requests_total = next_id_;
+    }
+
+    std::vector<received> jobs() const {
+        std::lock_guard lock(mutex_);
+        return received_;
+    }
+    // Waits until job `id` ended as cancelled (by cancel() or its sink's gone()).
+    bool wait_cancelled(job_id id) {
+        std::unique_lock lock(mutex_);
+        return cv_.wait_for(lock, stuck_after, [&] { return ended_cancelled_.count(id) > 0; });
+    }
+    bool wait_running(std::uint32_t n) {
+        std::unique_lock lock(mutex_);
+        return cv_.wait_for(lock, stuck_after, [&] { return running_ >= n; });
+    }
+
+private:
+    struct job {
+        job_id id;
+        std::shared_ptr<job_sink> sink;
+        std::vector<std::string> pieces;
+        std::string finish;
+        bool hold;
+        std::optional<std::string> fail;
+    };
+
+    // The "engine thread": one job at a time, as the sinks expect any thread.
+    void run() {
+        std::unique_lock lock(mutex_);
+        for (;;) {
+            cv_.wait(lock, [&] { return stopping_ || !queue_.empty(); });
+            if (stopping_) {
+                for (auto& j : queue_) j.sink->on_done("cancelled", {});
+                return;
+            }
+            job j = std::move(queue_.front());
+            queue_.pop_front();
+            ++running_;
+            cv_.notify_all();
+            lock.unlock();
+            job_usage usage{3, 0};
+            for (const auto& p : j.pieces) {
+                j.sink->on_token(1, p);
+                ++usage.completion_tokens;
+            }
+            lock.lock();
+            bool cancelled = false;
+            if (j.hold) {
+                // Polls gone() as the loop does once per step.
+                while (!stopping_ && !cancelled_.count(j.id) && !j.sink->gone())
+                    cv_.wait_for(lock, std::chrono::milliseconds(5));
+                cancelled = true;
+            }
+            cancelled = cancelled || cancelled_.count(j.id) > 0;
+            --running_;
+            if (cancelled) ended_cancelled_.insert(j.id);
+            lock.unlock();
+            if (cancelled) j.sink->on_done("cancelled", usage);
+            else if (j.fail) j.sink->on_failed(error{errc::io, *j.fail}, usage);
+            else j.sink->on_done(j.finish, usage);
+            lock.lock();
+            cv_.notify_all();
+        }
+    }
+
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    std::deque<job> queue_;
+    std::vector<received> received_;
+    std::set<job_id> cancelled_;
+    std::set<job_id> ended_cancelled_;
+    std::vector<std::string> pieces_{"Hel", "lo", " world"};
+    std::string finish_ = "length";
+    bool hold_ = false;
+    std::optional<std::string> fail_;
+    std::optional<error> submit_error_;
+    job_id next_id_ = 0;
+    std::uint32_t running_ = 0;
+    bool stopping_ = false;
+    std::thread worker_;
+};
+
+class HttpServer : public ::testing::Test {
+protected:
+    static void SetUpTestSuite() {
+        auto m = engine::model::load(test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf");
+        ASSERT_TRUE(m.has_value()) << m.error().message;
+        model_ = std::move(*m).release();
+    }
+    static void TearDownTestSuite() {
+        delete model_;
+        model_ = nullptr;
+    }
+
+    void start(http_options options = {}) {
+        static int counter = 0;
+        socket_path_ = (test::temp_dir() / fmt::format("s{}.sock", ++counter)).string();
+        auto l = open_listener(io_, {socket_path_, 0600, ""});
+        ASSERT_TRUE(l.has_value()) << l.error().message;
+        listener_ = std::move(*l);
+        server_context ctx;
+        ctx.engine = &engine_;
+        ctx.vocab = &model_->vocab();
+        ctx.chat = engine::chat_template::chatml();
+        ctx.model_id = "tinymoe";
+        ctx.n_ctx = 64;
+        ctx.limits = {100, 20, 4};
+        ctx.started_unix = 1;
+        ctx.fill_status = [this](server_status& s) {
+            s.model.id = "tinymoe";
+            engine_.snapshot(s);
+        };
+        server_ = std::make_unique<http_server>(io_, std::move(listener_->acceptor), std::move(ctx), options);
+        server_->start();
+        io_thread_ = std::thread([this] { io_.run(); });
+    }
+
+    void TearDown() override {
+        engine_.stop();
+        io_.stop();
+        if (io_thread_.joinable()) io_thread_.join();
+        server_.reset();
+    }
+
+    // Runs `f` on the io thread and waits for it.
+    void on_io(std::function<void()> f) {
+        std::promise<void> done;
+        boost::asio::post(io_, [&] {
+            f();
+            done.set_value();
+        });
+        done.get_future().wait();
+    }
+
+    http_reply post(const std::string& target, const std::string& body) { return test::post(socket_path_, target, body); }
+    http_reply get(const std::string& target) { return test::get(socket_path_, target); }
+
+    static engine::model* model_;
+    fake_engine engine_;  // first: outlives the io_context and the server
+    boost::asio::io_context io_;
+    std::unique_ptr<listener> listener_;
+    std::unique_ptr<http_server> server_;
+    std::thread io_thread_;
+    std::string socket_path_;
+};
+
+engine::model* HttpServer::model_ = nullptr;
+
+void expect_error(const http_reply& r, unsigned status, const std::string& type, const std::string& message) {
+    EXPECT_EQ(r.status, status) << r.body;
+    EXPECT_EQ(r.content_type, "application/json");
+    EXPECT_EQ(r.error_type(), type) << r.body;
+    EXPECT_EQ(r.error_message(), message) << r.body;
+}
+
+TEST_F(HttpServer, HealthModelsStatusMetrics) {
+    start();
+    auto h = get("/healthz");
+    EXPECT_EQ(h.status, 200u);
+    EXPECT_EQ(h.json()["status"], "ok");
+    auto m = get("/v1/models");
+    EXPECT_EQ(m.status, 200u);
+    EXPECT_EQ(m.json()["data"][0]["id"], "tinymoe");
+    auto s = get("/v1/status?verbose=1");
+    EXPECT_EQ(s.status, 200u);
+    EXPECT_EQ(s.json()["model"]["id"], "tinymoe");
+    EXPECT_EQ(s.json()["queue_capacity"], 4);
+    auto x = get("/metrics");
+    EXPECT_EQ(x.status, 200u);
+    EXPECT_EQ(x.content_type, "text/plain; version=0.0.4; charset=utf-8");
+    EXPECT_NE(x.body.find("moed_queue_capacity 4\n"), std::string::npos);
+    EXPECT_NE(x.body.find("moed_http_responses_total{code=\"200\"}"), std::string::npos);
+}
+
+TEST_F(HttpServer, ErrorsCarryStatusTypeAndMessage) {
+    start();
+    expect_error(get("/v1/nothing"), 404, "not_found_error", "no such endpoint: /v1/nothing");
+    auto wrong_method = get("/v1/completions");
+    expect_error(wrong_method, 405, "method_not_allowed_error", "/v1/completions does not accept GET; use POST");
+    EXPECT_EQ(wrong_method.allow, "POST");
+    expect_error(post("/healthz", "{}"), 405, "method_not_allowed_error", "/healthz does not accept POST; use GET");
+    auto bad_json = post("/v1/completions", "{\"prompt\": ");
+    EXPECT_EQ(bad_json.status, 400u);
+    EXPECT_EQ(bad_json.error_type(), "invalid_request_error");
+    EXPECT_EQ(bad_json.error_message().rfind("malformed JSON: ", 0), 0u) << bad_json.body;
+    expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":"5"})"), 400, "invalid_request_error",
+                 "max_tokens: expected an integer, got string");
+    expect_error(post("/v1/chat/completions", R"({"messages":"hi"})"), 400, "invalid_request_error",
+                 "messages: expected an array, got string");
+    expect_error(post("/v1/completions", R"({"model":"gpt-4","prompt":"x"})"), 404, "not_found_error",
+                 "model 'gpt-4' is not served; available: tinymoe");
+    expect_error(post("/v1/completions", R"({"prompt":"x","max_tokens":101})"), 400, "invalid_request_error",
+                 "max_tokens: 101 is out of range [1, 100]");
+    expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"robot","content":"x"}]})"), 400,
+                 "invalid_request_error", "messages[0] has role \"robot\"; the roles are system, user, assistant and tool");
+    // The context holds 64 tokens per sequence in this fixture.
+    std::string long_prompt;
+    for (int i = 0; i < 80; ++i) long_prompt += " word";
+    auto too_long = post("/v1/completions", R"({"prompt":")" + long_prompt + R"("})");
+    EXPECT_EQ(too_long.status, 400u);
+    EXPECT_NE(too_long.error_message().find("leave no room in the context of 64 tokens"), std::string::npos)
+        << too_long.body;
+    const std::size_t n_hi = model_->vocab().encode("Hi", true).size() + (model_->vocab().add_bos() ? 1 : 0);
+    expect_error(post("/v1/completions", R"({"prompt":"Hi","max_tokens":64})"), 400, "invalid_request_error",
+                 fmt::format("max_tokens: the prompt ({} tokens) plus max_tokens (64) exceeds the context of 64 tokens "
+                             "per sequence",
+                             n_hi));
+    EXPECT_TRUE(engine_.jobs().empty()) << "no bad request reaches the engine";
+}
+
+TEST_F(HttpServer, OversizeBodyIs413AndHeadersOver16KiBAre431) {
+    http_options o;
+    o.max_body_bytes = 4096;
+    start(o);
+    const std::string big = R"({"prompt":")" + std::string(100000, 'a') + R"("})";
+    expect_error(post("/v1/completions", big), 413, "request_too_large_error",
+                 "request body is larger than the 4096 bytes allowed (http.max_body_bytes)");
+    http_connection c(socket_path_);
+    auto r = c.request(http::verb::get, "/healthz", "", {{"X-Big", std::string(20000, 'h')}});
+    expect_error(r, 431, "request_too_large_error", "request headers are larger than the 16384 bytes allowed");
+    EXPECT_EQ(get("/healthz").status, 200u) << "the server still serves";
+}
+
+TEST_F(HttpServer, MalformedHttpIs400) {
+    start();
+    http_connection c(socket_path_);
+    ASSERT_TRUE(c.send_raw("GET /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: nope\r\n\r\n"));
+    auto r = c.read_reply();
+    EXPECT_EQ(r.status, 400u);
+    EXPECT_EQ(r.error_message().rfind("malformed HTTP request: ", 0), 0u) << r.body;
+}
+
+TEST_F(HttpServer, QueueFullIs429AndShuttingDownIs503) {
+    start();
+    engine_.set_submit_error(error{errc::out_of_memory, "queue full"});
+    expect_error(post("/v1/completions", R"({"prompt":"x"})"), 429, "rate_limit_error",
+                 "the request queue is full (engine.queue_length is 4); retry later");
+    engine_.set_submit_error(error{errc::cancelled, "stopping"});
+    expect_error(post("/v1/completions", R"({"prompt":"x"})"), 503, "unavailable_error", "the server is shutting down");
+    engine_.set_submit_error(error{errc::invalid_argument, "stop[0]: not valid UTF-8"});
+    expect_error(post("/v1/completions", R"({"prompt":"x"})"), 400, "invalid_request_error", "stop[0]: not valid UTF-8");
+}
+
+TEST_F(HttpServer, CompletionAndWhatTheEngineReceives) {
+    start();
+    auto r = post("/v1/completions", R"({"model":"tinymoe","prompt":"Hi","stop":["\n"],"temperature":0,"top_k":5})");
+    ASSERT_EQ(r.status, 200u) << r.body;
+    auto j = r.json();
+    EXPECT_EQ(j["object"], "text_completion");
+    EXPECT_EQ(j["model"], "tinymoe");
+    EXPECT_EQ(j["id"].get<std::string>().rfind("cmpl-", 0), 0u);
+    EXPECT_EQ(j["choices"][0]["text"], "Hello world");
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "length");
+    EXPECT_EQ(j["usage"]["prompt_tokens"], 3);
+    EXPECT_EQ(j["usage"]["completion_tokens"], 3);
+    EXPECT_EQ(j["usage"]["total_tokens"], 6);
+
+    auto jobs = engine_.jobs();
+    ASSERT_EQ(jobs.size(), 1u);
+    const job_params& p = jobs[0].params;
+    EXPECT_EQ(p.prompt, model_->vocab().encode("Hi", true));
+    EXPECT_EQ(p.max_tokens, 20) << "the configured default, within the context";
+    EXPECT_EQ(p.stop, (std::vector<std::string>{"\n"}));
+    EXPECT_FLOAT_EQ(p.sampling.temperature, 0.0f);
+    EXPECT_EQ(p.sampling.top_k, 5);
+    EXPECT_TRUE(p.stop_at_eog);
+    EXPECT_EQ(p.id, j["id"]);
+    EXPECT_EQ(p.peer, fmt::format("pid={} uid={} gid={}", ::getpid(), ::getuid(), ::getgid()));
+
+    // Without a seed each request draws its own; with one it is passed through.
+    ASSERT_EQ(post("/v1/completions", R"({"prompt":"Hi"})").status, 200u);
+    ASSERT_EQ(post("/v1/completions", R"({"prompt":"Hi","seed":7,"ignore_eos":true})").status, 200u);
+    jobs = engine_.jobs();
+    ASSERT_EQ(jobs.size(), 3u);
+    EXPECT_NE(jobs[0].params.sampling.seed, jobs[1].params.sampling.seed);
+    EXPECT_EQ(jobs[2].params.sampling.seed, 7u);
+    EXPECT_FALSE(jobs[2].params.stop_at_eog);
+}
+
+TEST_F(HttpServer, ChatIsTemplatedAndTokenizedWithSpecialTokens) {
+    start();
+    engine_.script({"Hi", "!"}, "stop");
+    auto r = post("/v1/chat/completions", R"({"messages":[{"role":"system","content":"S"},{"role":"user","content":"U"}]})");
+    ASSERT_EQ(r.status, 200u) << r.body;
+    auto j = r.json();
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_EQ(j["id"].get<std::string>().rfind("chatcmpl-", 0), 0u);
+    EXPECT_EQ(j["choices"][0]["message"]["role"], "assistant");
+    EXPECT_EQ(j["choices"][0]["message"]["content"], "Hi!");
+    EXPECT_EQ(j["choices"][0]["finish_reason"], "stop");
+    auto text = engine::chat_template::chatml().apply({{"system", "S"}, {"user", "U"}});
+    ASSERT_TRUE(text.has_value());
+    auto jobs = engine_.jobs();
+    ASSERT_EQ(jobs.size(), 1u);
+    EXPECT_EQ(jobs[0].params.prompt, model_->vocab().encode(*text, true));
+}
+
+TEST_F(HttpServer, StreamsAreServerSentEventsEndingInDone) {
+    start();
+    auto r = post("/v1/completions", R"({"prompt":"Hi","stream":true})");
+    ASSERT_EQ(r.status, 200u) << r.body;
+    EXPECT_EQ(r.content_type, "text/event-stream");
+    EXPECT_TRUE(r.chunked);
+    auto s = test::read_stream(r.body);
+    EXPECT_TRUE(s.framing_ok) << r.body;
+    EXPECT_TRUE(s.done_last);
+    EXPECT_EQ(s.text, "Hello world");
+    EXPECT_EQ(s.finish_reason, "length");
+    EXPECT_EQ(s.usage["completion_tokens"], 3);
+    EXPECT_EQ(s.chunks, 4u) << "one chunk per piece, then the final chunk";
+
+    auto c = post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stream":true})");
+    ASSERT_EQ(c.status, 200u);
+    auto cs = test::read_stream(c.body);
+    EXPECT_TRUE(cs.framing_ok && cs.done_last);
+    EXPECT_EQ(cs.text, "Hello world");
+    const auto events = test::parse_sse(c.body);
+    auto first = nlohmann::json::parse(events.data.front());
+    EXPECT_EQ(first["object"], "chat.completion.chunk");
+    EXPECT_EQ(first["choices"][0]["delta"]["role"], "assistant");
+}
+
+TEST_F(HttpServer, KeepAliveServesManyRequestsOnOneConnection) {
+    start();
+    http_connection c(socket_path_);
+    for (int i = 0; i < 3; ++i) {
+        auto r = c.request(http::verb::post, "/v1/completions", R"({"prompt":"Hi","stream":true})");
+        ASSERT_EQ(r.status, 200u) << i << r.error;
+        EXPECT_TRUE(test::read_stream(r.body).done_last);
+        auto h = c.request(http::verb::get, "/healthz");
+        ASSERT_EQ(h.status, 200u) << i << h.error;
+        auto e = c.request(http::verb::post, "/v1/completions", "nope");
+        ASSERT_EQ(e.status, 400u) << i << e.error;
+    }
+}
+
+TEST_F(HttpServer, ClientGoneMidStreamCancelsItsJob) {
+    start();
+    engine_.set_hold(true);
+    http_connection c(socket_path_);
+    const std::string body = R"({"prompt":"Hi","stream":true})";
+    ASSERT_TRUE(c.send_raw(fmt::format("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                                       "Content-Length: {}\r\n\r\n{}",
+                                       body.size(), body)));
+    const std::string head = c.read_until("data: ");
+    EXPECT_NE(head.find("200 OK"), std::string::npos) << head;
+    c.close();
+    ASSERT_EQ(engine_.jobs().size(), 1u);
+    EXPECT_TRUE(engine_.wait_cancelled(engine_.jobs()[0].id));
+    EXPECT_EQ(get("/healthz").status, 200u);
+}
+
+TEST_F(HttpServer, ClientGoneDuringNonStreamRequestCancelsItsJob) {
+    start();
+    engine_.set_hold(true);
+    {
+        http_connection c(socket_path_);
+        ASSERT_TRUE(c.send_raw("POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 15\r\n\r\n{\"prompt\":\"Hi\"}"));
+        ASSERT_TRUE(engine_.wait_running(1));
+        c.close();
+    }
+    ASSERT_EQ(engine_.jobs().size(), 1u);
+    EXPECT_TRUE(engine_.wait_cancelled(engine_.jobs()[0].id));
+}
+
+TEST_F(HttpServer, EngineFailures) {
+    start();
+    engine_.set_fail("expert read failed: EIO");
+    expect_error(post("/v1/completions", R"({"prompt":"Hi"})"), 500, "server_error",
+                 "generation failed: expert read failed: EIO");
+    auto s = post("/v1/completions", R"({"prompt":"Hi","stream":true})");
+    ASSERT_EQ(s.status, 200u);
+    auto r = test::read_stream(s.body);
+    EXPECT_TRUE(r.framing_ok && r.done_last);
+    EXPECT_EQ(r.error, "generation failed: expert read failed: EIO");
+}
+
+TEST_F(HttpServer, ConnectionLimit) {
+    http_options o;
+    o.max_connections = 1;
+    start(o);
+    http_connection first(socket_path_);
+    ASSERT_EQ(first.request(http::verb::get, "/healthz").status, 200u);
+    http_connection second(socket_path_);
+    auto r = second.read_reply();
+    expect_error(r, 503, "unavailable_error", "too many connections (http.max_connections is 1); retry later");
+    first.close();
+    second.close();
+}
+
+TEST_F(HttpServer, ShutdownClosesIdleConnectionsAndStopsAccepting) {
+    start();
+    http_connection idle(socket_path_);
+    ASSERT_EQ(idle.request(http::verb::get, "/healthz").status, 200u);
+    on_io([this] { server_->begin_shutdown(); });
+    EXPECT_TRUE(idle.closed_by_peer());
+    http_connection late(socket_path_);
+    EXPECT_FALSE(late.connected()) << "the acceptor is closed";
+}
+
+TEST(Listener, StaleSocketIsReplacedAndLiveOneRefused) {
+    boost::asio::io_context io;
+    const std::string path = (test::temp_dir() / "listener.sock").string();
+    {
+        // A socket file nobody accepts on: what a crashed daemon leaves.
+        auto l = open_listener(io, {path, 0600, ""});
+        ASSERT_TRUE(l.has_value()) << l.error().message;
+        (*l)->file.release();  // the file stays behind
+    }
+    ASSERT_TRUE(std::filesystem::exists(path));
+    auto again = open_listener(io, {path, 0640, ""});
+    ASSERT_TRUE(again.has_value()) << again.error().message;
+    struct stat st {};
+    ASSERT_EQ(::stat(path.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0640u);
+    auto third = open_listener(io, {path, 0600, ""});
+    ASSERT_FALSE(third.has_value());
+    EXPECT_EQ(third.error().message, "another moed is listening on " + path);
+    again->reset();
+    EXPECT_FALSE(std::filesystem::exists(path)) << "the daemon removes its socket file";
+
+    const std::string plain = (test::temp_dir() / "plain-file").string();
+    std::ofstream(plain) << "x";
+    auto not_socket = open_listener(io, {plain, 0600, ""});
+    ASSERT_FALSE(not_socket.has_value());
+    EXPECT_EQ(not_socket.error().message, "socket " + plain + ": the path exists and is not a socket; not replacing it");
+    auto bad_group = open_listener(io, {path, 0600, "no-such-group-moed"});
+    ASSERT_FALSE(bad_group.has_value());
+    EXPECT_EQ(bad_group.error().message, "socket.group: unknown group 'no-such-group-moed'");
+    auto too_long = open_listener(io, {"/tmp/" + std::string(200, 'x'), 0600, ""});
+    ASSERT_FALSE(too_long.has_value());
+    EXPECT_NE(too_long.error().message.find("a Unix socket path holds at most 107"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace moed::daemon
