@@ -11,6 +11,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -45,14 +46,22 @@ run_result moectl(const std::vector<std::string>& args, const std::string& socke
     argv.push_back(const_cast<char*>(binary.c_str()));
     for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
+    // The environment is built before fork: the fake server's thread may hold the malloc
+    // lock at that moment, so the child calls only async-signal-safe functions.
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e != nullptr; ++e) {
+        if (std::string_view(*e).rfind("MOED_SOCKET=", 0) != 0) env_strings.emplace_back(*e);
+    }
+    if (!socket_env.empty()) env_strings.push_back("MOED_SOCKET=" + socket_env);
+    std::vector<char*> envp;
+    for (std::string& e : env_strings) envp.push_back(e.data());
+    envp.push_back(nullptr);
     const pid_t pid = ::fork();
     if (pid == 0) {
         ::dup2(in_pipe[0], 0);
         ::dup2(out_pipe[1], 1);
         ::dup2(err_pipe[1], 2);
-        if (socket_env.empty()) ::unsetenv("MOED_SOCKET");
-        else ::setenv("MOED_SOCKET", socket_env.c_str(), 1);
-        ::execv(binary.c_str(), argv.data());
+        ::execve(binary.c_str(), argv.data(), envp.data());
         ::_exit(127);
     }
     ::close(in_pipe[0]);

@@ -17,7 +17,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
-#include <regex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -73,7 +72,12 @@ fs::path stage_units(const fs::path& dir, const std::string& extra = {}) {
         fs::permissions(program, fs::perms::owner_all);
     }
     std::string service = read_file(unit_build_dir / "moed.service");
-    service = std::regex_replace(service, std::regex("^ExecStart=[^ ]+", std::regex::multiline), "ExecStart=" + program);
+    const std::size_t exec = service.find("\nExecStart=");
+    EXPECT_NE(exec, std::string::npos) << "moed.service has no ExecStart";
+    if (exec != std::string::npos) {
+        const std::size_t from = exec + std::string("\nExecStart=").size();
+        service.replace(from, service.find_first_of(" \n", from) - from, program);
+    }
     if (!extra.empty()) {
         const std::string anchor = "[Service]\n";
         service.insert(service.find(anchor) + anchor.size(), extra);
@@ -186,12 +190,20 @@ TEST(systemd_units, sysusers_and_tmpfiles_apply) {
     const shell_result users = shell("systemd-sysusers --root='" + root.string() + "' '" +
                                      (src / "sysusers.d/moed.conf").string() + "'");
     ASSERT_EQ(users.exit_code, 0) << users.output;
-    const std::string passwd = read_file(root / "etc/passwd");
-    std::smatch m;
-    ASSERT_TRUE(std::regex_search(passwd, m, std::regex("(^|\n)moed:x:([0-9]+):([0-9]+):[^:]*:/var/lib/moed:")))
-        << passwd;
-    const unsigned uid = static_cast<unsigned>(std::stoul(m[2]));
-    const unsigned gid = static_cast<unsigned>(std::stoul(m[3]));
+    // moed:x:UID:GID:GECOS:/var/lib/moed:SHELL
+    std::vector<std::string> fields;
+    {
+        std::istringstream passwd(read_file(root / "etc/passwd"));
+        for (std::string line; std::getline(passwd, line);) {
+            if (line.rfind("moed:", 0) != 0) continue;
+            std::istringstream parts(line);
+            for (std::string f; std::getline(parts, f, ':');) fields.push_back(f);
+        }
+    }
+    ASSERT_EQ(fields.size(), 7u) << read_file(root / "etc/passwd");
+    EXPECT_EQ(fields[5], "/var/lib/moed");
+    const unsigned uid = static_cast<unsigned>(std::stoul(fields[2]));
+    const unsigned gid = static_cast<unsigned>(std::stoul(fields[3]));
     EXPECT_NE(read_file(root / "etc/group").find("moed:x:" + std::to_string(gid) + ":"), std::string::npos);
 
     const shell_result dirs = shell("systemd-tmpfiles --root='" + root.string() + "' --create '" +
