@@ -253,7 +253,9 @@ void print_status(const moed::daemon_status& s) {
                    "experts", "hit rate", "read GB/s", "load p50", "load p99", "evictions", "errors");
         print_tier(t.host);
         print_tier(t.nvme);
-        if (!t.layer_residency.empty()) {
+        if (t.layer_residency.empty()) {
+            fmt::print("\nresidency per layer: not reported by this moed\n");
+        } else {
             fmt::print("\nresidency per layer ('#' resident, '+' in use, '~' loading, '.' on disk only)\n");
             for (std::size_t layer = 0; layer < t.layer_residency.size(); ++layer) {
                 const std::string& row = t.layer_residency[layer];
