@@ -3,6 +3,10 @@
 // Activations are first converted with quantize_activation_row (llama.cpp's scheme), then
 // multiplied with integer (Q8_0, K-quants) or half/bf16/f32 dot products. Work is split over
 // the pool by row blocks; prefill batches reuse each weight block across several tokens.
+// Batch invariance: at a given ISA level, y[t, r] has the same bits whatever n_tokens, t's
+// place in the batch, the row split and the thread count, so a token batched with others
+// (continuous batching, prefill chunks) gives exactly its result alone. Every kernel keeps
+// one reduction order per (row, token); tests/kernels/batch_invariance_test.cpp checks it.
 // Threads: called by the pool's owner thread only.
 #pragma once
 

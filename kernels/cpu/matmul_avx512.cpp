@@ -9,8 +9,11 @@
 //   the bsums (-32 * sum(scale_j * bsum_j)); 4 * 63 * 127 still fits in int16 for the madd.
 // - Q8_0: signs move from the weights to the activations (|w| x sign(w)*a).
 // Each weight block is unpacked once per tile and reused across up to 4 tokens; float types
-// tile 4 rows x 4 tokens. Everything here is internal (anonymous namespace) except the
-// functions declared in kernel_impl.h, and no std:: inline code is used (see kernel_impl.h).
+// tile 4 rows x 4 tokens. Batch invariance (see matmul.h): accumulators belong to one row
+// and one token and run the same operations in every tile shape, and the Q4_K decode row
+// and tiles share q4_k_accumulate / q4_k_reduce. Everything here is internal (anonymous
+// namespace) except the functions declared in kernel_impl.h, and no std:: inline code is
+// used (see kernel_impl.h).
 // GCC 12's AVX-512 headers build "undefined" vectors as `__m512i __Y = __Y;`, which trips
 // -W(maybe-)uninitialized when inlined; the diagnostic is located in the header, so
 // silencing it around the include keeps the warnings live for this file's own code.
@@ -63,10 +66,32 @@ inline void q4_k_unpack_scales(const std::uint8_t* packed, std::uint64_t* scales
     *mins = m_lo | (static_cast<std::uint64_t>(m_hi) << 32);
 }
 
+// Batch invariance: a token decoded alone must give the same bits as inside a prefill batch,
+// so every Q4_K path (the decode row, the tiles, the unpacked-rows prefill) hands each
+// block's integer sums to the same float routines in one layout: 8 int32 lanes, lane i =
+// sum over the 8 sub-blocks j of scale_j * (dot product of values 4i..4i+3 of sub-block j),
+// and the minimums' 8 madd lanes. Integer sums are exact, so each path may form them in its
+// own order; the float multiply-adds per block, their order across blocks and the final
+// reduction are then the same everywhere.
+inline void q4_k_accumulate(__m256i isum, __m256i msum, float d, float dmin, float xd, __m256* acc, __m256* acc_min) {
+    *acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_set1_ps(d * xd), *acc);
+    *acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin * xd), *acc_min);
+}
+
+inline float q4_k_reduce(__m256 acc, __m256 acc_min) { return hsum_ps256(acc) - hsum_ps256(acc_min); }
+
+// A 512-bit tile's sums (lanes 0..7: even sub-blocks, 8..15: odd, same value positions)
+// folded into that layout. On CPUs that split 512-bit operations (Zen 4) the fold and the
+// 256-bit convert and FMA cost what a 512-bit convert and FMA did.
+inline __m256i q4_k_fold(__m512i s) {
+    return _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
+}
+
 // R rows x T tokens of Q4_K. Per block and row: the nibbles are unpacked once into four
 // vectors of two sub-blocks each (value order), the scales into four madd vectors; then per
 // token: 4 x vpdpbusd (products) and 4 x vpdpwssd (times the sub-block scale, summed),
-// one float FMA with d * x.d, and the minimums from the bsums.
+// folded to 8 lanes, one float FMA with d * x.d, and the minimums from the bsums
+// (q4_k_accumulate, shared with the other Q4_K paths).
 template <int R, int T>
 void q4_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     const block_q4_k* wb[R];
@@ -84,13 +109,13 @@ void q4_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     const __m512i idx2 = _mm512_set_epi32(5, 5, 5, 5, 5, 5, 5, 5, 4, 4, 4, 4, 4, 4, 4, 4);
     const __m512i idx3 = _mm512_set_epi32(7, 7, 7, 7, 7, 7, 7, 7, 6, 6, 6, 6, 6, 6, 6, 6);
     const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
-    __m512 acc[R][T];
+    __m256 acc[R][T];
     __m256 acc_min[R][T];
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-            acc[i][t] = _mm512_setzero_ps();
+            acc[i][t] = _mm256_setzero_ps();
             acc_min[i][t] = _mm256_setzero_ps();
         }
     }
@@ -138,16 +163,14 @@ void q4_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
                 sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w[i][1], x1), s[i][1]);
                 sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w[i][2], x2), s[i][2]);
                 sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w[i][3], x3), s[i][3]);
-                acc[i][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(d[i] * x.d), acc[i][t]);
-                const __m256i msum = _mm256_madd_epi16(bs, mins16[i]);
-                acc_min[i][t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(msum), _mm256_set1_ps(dmin[i] * x.d), acc_min[i][t]);
+                q4_k_accumulate(q4_k_fold(sum), _mm256_madd_epi16(bs, mins16[i]), d[i], dmin[i], x.d, &acc[i][t], &acc_min[i][t]);
             }
         }
     }
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8
-        for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r0 + i] = hsum_ps(acc[i][t]) - hsum_ps256(acc_min[i][t]);
+        for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r0 + i] = q4_k_reduce(acc[i][t], acc_min[i][t]);
     }
 }
 
@@ -199,11 +222,11 @@ void q4_k_unpacked_row(const gemm_args& a, const q4_k_unpacked* u, std::int64_t 
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     const std::int64_t nb = a.cols / qk_k;
-    __m512 acc[T];
+    __m256 acc[T];
     __m256 acc_min[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
-        acc[t] = _mm512_setzero_ps();
+        acc[t] = _mm256_setzero_ps();
         acc_min[t] = _mm256_setzero_ps();
     }
     const __m512i zero = _mm512_setzero_si512();
@@ -216,13 +239,12 @@ void q4_k_unpacked_row(const gemm_args& a, const q4_k_unpacked* u, std::int64_t 
             sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w.w[1], _mm512_loadu_si512(x.qs + 64)), w.s[1]);
             sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w.w[2], _mm512_loadu_si512(x.qs + 128)), w.s[2]);
             sum = _mm512_dpwssd_epi32(sum, _mm512_dpbusd_epi32(zero, w.w[3], _mm512_loadu_si512(x.qs + 192)), w.s[3]);
-            acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum), _mm512_set1_ps(w.d * x.d), acc[t]);
             const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
-            acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, w.mins16)), _mm256_set1_ps(w.dmin * x.d), acc_min[t]);
+            q4_k_accumulate(q4_k_fold(sum), _mm256_madd_epi16(bs, w.mins16), w.d, w.dmin, x.d, &acc[t], &acc_min[t]);
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]) - hsum_ps256(acc_min[t]);
+    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = q4_k_reduce(acc[t], acc_min[t]);
 }
 
 template <int N>
@@ -261,7 +283,8 @@ void q4_k_prefill(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
 // One row x one token of Q4_K with 256-bit vectors (decode). Each 32-byte group of nibbles
 // already holds whole sub-blocks in value order (low nibbles: sub-block 2j, high: 2j+1), so
 // unlike the 512-bit tile nothing crosses lanes; on CPUs that split 512-bit operations in
-// two (AMD Zen 4) this does the same arithmetic with fewer shuffles.
+// two (AMD Zen 4) this does the same arithmetic with fewer shuffles. Its 8 lanes are the
+// tiles' folded sums, so it gives their bits.
 void q4_k_decode_row(const gemm_args& a, std::int64_t r) {
     const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
     const auto* xb = reinterpret_cast<const block_q8_k*>(a.x);
@@ -292,11 +315,10 @@ void q4_k_decode_row(const gemm_args& a, std::int64_t r) {
             sum = _mm256_dpwssd_epi32(sum, p_lo, s_lo);
             sum = _mm256_dpwssd_epi32(sum, p_hi, s_hi);
         }
-        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(half_to_float(w.d) * x.d), acc);
         const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
-        acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins16)), _mm256_set1_ps(half_to_float(w.dmin) * x.d), acc_min);
+        q4_k_accumulate(sum, _mm256_madd_epi16(bs, mins16), half_to_float(w.d), half_to_float(w.dmin), x.d, &acc, &acc_min);
     }
-    a.y[r] = hsum_ps256(acc) - hsum_ps256(acc_min);
+    a.y[r] = q4_k_reduce(acc, acc_min);
 }
 
 // ---------------------------------------------------------------------------------------

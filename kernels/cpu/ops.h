@@ -2,6 +2,10 @@
 // RMSNorm, RoPE (NEOX layout), softmax with top-k routing, SwiGLU, and attention over an
 // f16 KV cache. Each has a scalar reference (namespace `reference`) that tests compare the
 // vectorised path with.
+// Element-wise results (SwiGLU, axpy, RMSNorm's scaling, RoPE) do not depend on the length
+// of the call or on an element's place in it: vector tails use the body's operations, so a
+// call over several tokens' rows gives each row's values alone (batch invariance). Softmax
+// of a row is unchanged by -inf padding.
 #pragma once
 
 #include <cstdint>

@@ -62,6 +62,20 @@ inline __m256 load_half8(const std::uint16_t* p) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
 }
 inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
+
+// Lanes 0..left-1 set (left < 8): the tail of an element-wise op is done with the body's
+// vector operations on masked loads and stores, so an element's result does not depend on
+// whether it falls in a tail (that is, on the length of the call or the element's place in
+// it: batch invariance when a call covers several tokens' rows). libm's expf or a scalar
+// a*x+y without FMA would round differently from the vector body.
+inline __m256i tail_mask(std::int64_t left) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(left)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+// silu(g) * u, the whole of SwiGLU for 8 values.
+inline __m256 swiglu8(__m256 g, __m256 u) {
+    const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g));
+    return _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0f), e)), u);
+}
 inline float round_to_half(float f) {
     return _cvtsh_ss(_cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
 }
@@ -111,44 +125,38 @@ void rope_apply_avx2(float* x, int n_heads, int head_dim, int n_rot, const float
     }
 }
 
+// The tail is a masked vector whose unused lanes hold -inf for the maximum and 0 in the sum,
+// so padding a row with -inf (as causal masking does) changes none of its results.
 void softmax_avx2(float* x, std::int64_t n) {
-    float max = -__builtin_inff();
+    const __m256 minus_inf = _mm256_set1_ps(-__builtin_inff());
+    __m256 vmax = minus_inf;
     std::int64_t i = 0;
-    if (n >= 8) {
-        __m256 vmax = _mm256_loadu_ps(x);
-        for (i = 8; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
-        max = hmax_ps(vmax);
-    }
-    for (; i < n; ++i) max = x[i] > max ? x[i] : max;
-    const __m256 mx = _mm256_set1_ps(max);
+    for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
+    const __m256i tail = tail_mask(n - i);
+    if (i < n) vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(x + i, tail), _mm256_castsi256_ps(tail)));
+    const __m256 mx = _mm256_set1_ps(hmax_ps(vmax));
     double sum = 0.0;
     for (i = 0; i + 8 <= n; i += 8) {
         const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx));
         _mm256_storeu_ps(x + i, e);
         sum += static_cast<double>(hsum_ps(e));
     }
-    for (; i < n; ++i) {
-        x[i] = __builtin_expf(x[i] - max);
-        sum += static_cast<double>(x[i]);
+    if (i < n) {
+        const __m256 e = _mm256_and_ps(exp_ps(_mm256_sub_ps(_mm256_maskload_ps(x + i, tail), mx)), _mm256_castsi256_ps(tail));
+        _mm256_maskstore_ps(x + i, tail, e);
+        sum += static_cast<double>(hsum_ps(e));
     }
-    const float inv = static_cast<float>(1.0 / sum);
-    const __m256 vinv = _mm256_set1_ps(inv);
+    const __m256 vinv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
     for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
-    for (; i < n; ++i) x[i] *= inv;
+    if (i < n) _mm256_maskstore_ps(x + i, tail, _mm256_mul_ps(_mm256_maskload_ps(x + i, tail), vinv));
 }
 
 void swiglu_avx2(const float* gate, const float* up, float* out, std::int64_t n) {
-    const __m256 one = _mm256_set1_ps(1.0f);
     std::int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 g = _mm256_loadu_ps(gate + i);
-        const __m256 u = _mm256_loadu_ps(up + i);
-        const __m256 e = exp_ps(_mm256_sub_ps(_mm256_setzero_ps(), g));
-        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_div_ps(g, _mm256_add_ps(one, e)), u));
-    }
-    for (; i < n; ++i) {
-        const float g = gate[i];
-        out[i] = g / (1.0f + __builtin_expf(-g)) * up[i];
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, swiglu8(_mm256_loadu_ps(gate + i), _mm256_loadu_ps(up + i)));
+    if (i < n) {
+        const __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(out + i, m, swiglu8(_mm256_maskload_ps(gate + i, m), _mm256_maskload_ps(up + i, m)));
     }
 }
 
@@ -156,7 +164,10 @@ void axpy_avx2(float a, const float* x, float* y, std::int64_t n) {
     const __m256 va = _mm256_set1_ps(a);
     std::int64_t i = 0;
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-    for (; i < n; ++i) y[i] += a * x[i];
+    if (i < n) {
+        const __m256i m = tail_mask(n - i);
+        _mm256_maskstore_ps(y + i, m, _mm256_fmadd_ps(va, _mm256_maskload_ps(x + i, m), _mm256_maskload_ps(y + i, m)));
+    }
 }
 
 void attention_head_avx2(const attention_args& args, int head, float* scratch) {
