@@ -316,6 +316,21 @@ expert_cache_stats tiered_expert_source::stats() const {
         if (d.loads_in_flight > 0) {
             h.read_seconds += std::chrono::duration<double>(clock_type::now() - d.busy_since).count();
         }
+        // The residency map: one character per expert of each layer ('#' resident, '+' in
+        // use, '~' loading, '.' only in the file).
+        out.layer_residency.assign(d.layout.n_layer, std::string(d.layout.n_expert, '.'));
+        for (std::uint32_t l = 0; l < d.layout.n_layer; ++l) {
+            for (std::uint32_t e = 0; e < d.layout.n_expert; ++e) {
+                const std::uint32_t slot = d.residency[static_cast<std::size_t>(l) * d.layout.n_expert + e];
+                if (slot == tiered_detail::no_slot) continue;
+                switch (d.slots[slot].state) {
+                    case tiered_detail::slot_state::ready: out.layer_residency[l][e] = '#'; break;
+                    case tiered_detail::slot_state::in_use: out.layer_residency[l][e] = '+'; break;
+                    case tiered_detail::slot_state::loading: out.layer_residency[l][e] = '~'; break;
+                    default: break;
+                }
+            }
+        }
         const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(d.latency_count, latency_samples_max));
         samples.assign(d.latency_us.begin(), d.latency_us.begin() + static_cast<std::ptrdiff_t>(n));
         h.load_latency.count = d.latency_count;

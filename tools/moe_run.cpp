@@ -117,34 +117,6 @@ options parse_args(int argc, char** argv) {
 // The allocator actually serving malloc: jemalloc exports mallctl when it is linked in.
 const char* allocator_name() { return dlsym(RTLD_DEFAULT, "mallctl") != nullptr ? "jemalloc" : "system"; }
 
-nlohmann::json tier_json(const moed::storage::tier_stats& t) {
-    return {{"name", t.name},
-            {"capacity_bytes", t.capacity_bytes},
-            {"capacity_experts", t.capacity_experts},
-            {"resident_bytes", t.resident_bytes},
-            {"resident_experts", t.resident_experts},
-            {"hits", t.hits},
-            {"misses", t.misses},
-            {"evictions", t.evictions},
-            {"bytes_read", t.bytes_read},
-            {"read_errors", t.read_errors},
-            {"read_bytes_per_s", t.read_bytes_per_s},
-            {"load_latency_us",
-             {{"count", t.load_latency.count},
-              {"p50", t.load_latency.p50_us},
-              {"p90", t.load_latency.p90_us},
-              {"p99", t.load_latency.p99_us},
-              {"max", t.load_latency.max_us}}}};
-}
-
-nlohmann::json stats_json(const moed::storage::expert_cache_stats& s) {
-    return {{"io_mode", s.io_mode},
-            {"queue_depth", s.queue_depth},
-            {"expert_bytes_total", s.expert_bytes_total},
-            {"host", tier_json(s.host)},
-            {"nvme", tier_json(s.nvme)}};
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -210,7 +182,7 @@ int main(int argc, char** argv) {
             {"kv_cache_bytes", cache.bytes()},
             {"allocator", allocator_name()},
         };
-        if (const auto* tiers = m.tiers()) out["tiers"] = stats_json(tiers->stats());
+        if (const auto* tiers = m.tiers()) out["tiers"] = tiers->stats();  // common/status.h gives the JSON form
         // Text may end mid-character in principle; replace rather than throw on bad UTF-8.
         std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else {
