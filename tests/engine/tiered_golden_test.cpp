@@ -39,6 +39,11 @@ std::vector<std::vector<token_id>> run_all(const std::string& model_path, const 
     return out;
 }
 
+std::size_t golden_layers(const std::string& model_path) {
+    auto m = model::load(model_path);
+    return m ? (*m)->hparams().n_layer : 0;
+}
+
 void check_budgets(const std::string& model_path, const std::string& golden_name) {
     std::ifstream in(test::models_dir() + "/golden/" + golden_name + ".json");
     const auto golden = nlohmann::json::parse(in);
@@ -59,6 +64,13 @@ void check_budgets(const std::string& model_path, const std::string& golden_name
         EXPECT_GT(stats.host.evictions, 0u);
         EXPECT_GT(stats.host.bytes_read, 0u);
         EXPECT_EQ(stats.host.read_errors, 0u);
+        // The residency map has a row per layer and marks exactly the resident experts.
+        ASSERT_EQ(stats.layer_residency.size(), golden_layers(model_path));
+        std::uint64_t marked = 0;
+        for (const auto& row : stats.layer_residency) {
+            for (char c : row) marked += (c == '#' || c == '+') ? 1 : 0;
+        }
+        EXPECT_EQ(marked, stats.host.resident_experts);
     }
 }
 
