@@ -168,7 +168,16 @@ public:
             if (st_->shutting_down) break;
             error_code ec;
             stream_.expires_after(st_->options.read_timeout);
-            co_await http::async_read(stream_, buffer_, parser, asio::redirect_error(asio::use_awaitable, ec));
+            co_await http::async_read_header(stream_, buffer_, parser, asio::redirect_error(asio::use_awaitable, ec));
+            // A client that asks first (curl does for bodies over 1 MiB) gets its go-ahead
+            // now instead of waiting a second for it; an oversize Content-Length has
+            // already failed the header read (body_limit) and is answered 413 below.
+            if (!ec && !parser.is_done() && beast::iequals(parser.get()[http::field::expect], "100-continue")) {
+                http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
+                co_await http::async_write(stream_, go_on, asio::redirect_error(asio::use_awaitable, ec));
+            }
+            if (!ec && !parser.is_done())
+                co_await http::async_read(stream_, buffer_, parser, asio::redirect_error(asio::use_awaitable, ec));
             stream_.expires_never();
             idle_ = false;
             start_ = std::chrono::steady_clock::now();

@@ -195,7 +195,7 @@ protected:
         model_ = nullptr;
     }
 
-    void start(http_options options = {}) {
+    void start(http_options options = {}, std::function<void(server_context&)> customize = {}) {
         static int counter = 0;
         socket_path_ = (test::temp_dir() / fmt::format("s{}.sock", ++counter)).string();
         auto l = open_listener(io_, {socket_path_, 0600, ""});
@@ -213,6 +213,7 @@ protected:
             s.model.id = "tinymoe";
             engine_.snapshot(s);
         };
+        if (customize) customize(ctx);
         server_ = std::make_unique<http_server>(io_, std::move(listener_->acceptor), std::move(ctx), options);
         server_->start();
         io_thread_ = std::thread([this] { io_.run(); });
@@ -331,6 +332,33 @@ TEST_F(HttpServer, MalformedHttpIs400) {
     auto r = c.read_reply();
     EXPECT_EQ(r.status, 400u);
     EXPECT_EQ(r.error_message().rfind("malformed HTTP request: ", 0), 0u) << r.body;
+}
+
+TEST_F(HttpServer, ExpectContinueGetsItsGoAhead) {
+    start();
+    http_connection c(socket_path_);
+    const std::string body = R"({"prompt":"Hi"})";
+    ASSERT_TRUE(c.send_raw(fmt::format("POST /v1/completions HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+                                       "Content-Length: {}\r\n\r\n",
+                                       body.size())));
+    EXPECT_EQ(c.read_until("\r\n\r\n"), "HTTP/1.1 100 Continue\r\n\r\n");
+    ASSERT_TRUE(c.send_raw(body));
+    auto r = c.read_reply();
+    EXPECT_EQ(r.status, 200u) << r.body;
+    EXPECT_EQ(r.json()["choices"][0]["text"], "Hello world");
+}
+
+TEST_F(HttpServer, ChatWithAnUnsupportedTemplateIs501) {
+    start({}, [](server_context& ctx) {
+        ctx.chat.reset();
+        ctx.chat_error = "chat completions are not available for this model: m.gguf: the chat template is of a "
+                         "family moed does not support";
+    });
+    expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}]})"), 501,
+                 "not_supported_error",
+                 "chat completions are not available for this model: m.gguf: the chat template is of a family moed "
+                 "does not support");
+    EXPECT_EQ(post("/v1/completions", R"({"prompt":"x"})").status, 200u) << "completions still work";
 }
 
 TEST_F(HttpServer, QueueFullIs429AndShuttingDownIs503) {

@@ -377,8 +377,10 @@ TEST(MoedIntegration, FullQueueIs429) {
             expect_error(r, 429, "rate_limit_error", "the request queue is full (engine.queue_length is 1); retry later");
         }
     }
+    // Whether the second request waits or is refused depends on whether the engine thread
+    // admitted the first one before it came (the queue holds jobs not yet admitted).
     EXPECT_GE(full, 1);
-    EXPECT_GE(ok, 2) << "the running and the queued request both complete";
+    EXPECT_GE(ok, 1);
     EXPECT_EQ(ok + full, n);
 }
 
@@ -409,6 +411,13 @@ TEST(MoedIntegration, SigtermDuringGenerationDrainsAndExitsZero) {
     http_connection c(moed.socket());
     std::string got = start_stream(c, completion_body("The", 200, true, R"("ignore_eos":true)"));
     ASSERT_NE(got.find("200 OK"), std::string::npos) << got;
+    // The batch loop's drain waits for the sequences it has published as running; a job
+    // admitted in the step still under way is not counted yet (the first token can reach
+    // the client before that step publishes), so wait until status shows it (or shows it
+    // already finished, on a machine fast enough to beat the poll).
+    ASSERT_TRUE(moed.wait_status([](const json& st) {
+        return st["running_sequences"] == 1 || st["generated_tokens_total"].get<int>() >= 200;
+    }));
     moed.signal(SIGTERM);
     got += c.read_until("data: [DONE]\n\n");
     const auto body_start = got.find("data: ");
@@ -568,6 +577,12 @@ TEST(MoedIntegration, CurlWorksOverTheUnixSocket) {
     auto s = read_stream(streamed);
     EXPECT_TRUE(s.framing_ok && s.done_last) << streamed;
     EXPECT_EQ(run(base + "-o /dev/null -w '%{http_code}' http://localhost/v1/nope"), "404");
+    // Over 1 MiB curl asks "Expect: 100-continue" first; the daemon refuses at the header.
+    const auto big = temp_dir() / "big.json";
+    std::ofstream(big) << completion_body(std::string(2u << 20, 'a'), 4, false);
+    const json too_big = json::parse(run(base + "http://localhost/v1/completions -d @" + big.string()), nullptr, false);
+    ASSERT_TRUE(too_big.is_object());
+    EXPECT_EQ(too_big["error"]["message"], "request body is larger than the 1048576 bytes allowed (http.max_body_bytes)");
     EXPECT_NE(run(base + "http://localhost/metrics").find("# TYPE moed_requests_total counter"), std::string::npos);
 }
 
