@@ -284,7 +284,8 @@ int run(int argc, char** argv) {
         s.threads = static_cast<std::uint32_t>(threads);
         s.isa = isa;
         loop.snapshot(s);
-        // The tiered source has no per-layer residency API yet: layer_residency stays empty.
+        // Tier statistics include the per-layer residency map; absent when every expert
+        // stays resident in the mapping.
         if (const auto* tiers = model.tiers()) s.tiers = tiers->stats();
     };
 

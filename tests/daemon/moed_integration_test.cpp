@@ -288,6 +288,10 @@ TEST(MoedIntegration, TieredExpertsReportTierStats) {
     ASSERT_TRUE(st.contains("tiers") && st["tiers"].is_object()) << st.dump();
     EXPECT_GT(st["tiers"]["host"]["capacity_bytes"].get<std::uint64_t>(), 0u);
     EXPECT_GT(st["tiers"]["host"]["hits"].get<std::uint64_t>() + st["tiers"]["host"]["misses"].get<std::uint64_t>(), 0u);
+    // One residency row per layer, one character per expert.
+    const auto& rows = st["tiers"]["layer_residency"];
+    ASSERT_EQ(rows.size(), st["model"]["n_layer"].get<std::size_t>()) << st["tiers"].dump();
+    for (const auto& row : rows) EXPECT_EQ(row.get<std::string>().size(), st["model"]["n_expert"].get<std::size_t>());
     auto metrics = get(moed.socket(), "/metrics");
     EXPECT_NE(metrics.body.find("moed_tier_misses_total{tier=\"host\""), std::string::npos);
     EXPECT_NE(metrics.body.find("moed_tier_load_latency_seconds{"), std::string::npos);
