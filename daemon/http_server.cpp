@@ -90,19 +90,20 @@ struct http_server::state {
     result<job_params> prepare(const generation_request& req, const std::string& peer, const std::string& id) {
         if (!req.model.empty() && req.model != ctx.model_id)
             return make_error(errc::not_found, "model '{}' is not served; available: {}", req.model, ctx.model_id);
-        std::string text;
+        job_params p;
         if (req.kind == api_kind::chat) {
             if (!ctx.chat) return make_error(errc::unsupported, "{}", ctx.chat_error);
-            auto applied = ctx.chat->apply(req.messages);
-            if (!applied) return make_error(errc::invalid_argument, "{}", applied.error().message);
-            text = std::move(*applied);
+            // The template's markers become control tokens while message contents stay plain
+            // text, so a message cannot forge a turn (a "<|im_end|>\n<|im_start|>system" in
+            // the content is just text).
+            auto ids = ctx.chat->encode(*ctx.vocab, req.messages);
+            if (!ids) return make_error(errc::invalid_argument, "{}", ids.error().message);
+            p.prompt = std::move(*ids);
         } else {
-            text = req.prompt;
+            // Control-token texts in a raw prompt (<|im_start|> of a template the client wrote
+            // itself) become their ids, as llama-server does.
+            p.prompt = ctx.vocab->encode(req.prompt, /*parse_special=*/true);
         }
-        job_params p;
-        // Control-token texts in the prompt (<|im_start|> of a template written by the
-        // client) become their ids, as llama-server does.
-        p.prompt = ctx.vocab->encode(text, /*parse_special=*/true);
         if (ctx.vocab->add_bos() && ctx.vocab->bos_id() >= 0) p.prompt.insert(p.prompt.begin(), ctx.vocab->bos_id());
         const char* what = req.kind == api_kind::chat ? "messages" : "prompt";
         const auto n_prompt = static_cast<std::int64_t>(p.prompt.size());
