@@ -351,6 +351,9 @@ void batch_loop::impl::admit_locked() {
         s.cancel = false;
         s.take = 0;
         ++active;
+        // Published at once: a job leaves `count` here, and shutdown()'s drain waits for
+        // running == 0 && count == 0, so a just-admitted job must already count as running.
+        running = active;
 
         slot_public& p = slots[i];
         p.id = s.id;
