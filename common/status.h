@@ -37,6 +37,44 @@ struct tier_stats {
     latency_summary load_latency;       // request -> ready, per expert
 };
 
+// The prefetch pipeline of a tier.
+struct prefetch_stats {
+    std::uint64_t requested = 0;       // prefetch requests received
+    std::uint64_t issued = 0;          // loads started by prefetch requests
+    std::uint64_t cancelled = 0;       // requests dropped before their read started (stale or superseded)
+    std::uint64_t hits = 0;            // acquires that found a prefetched expert ready (before it was needed)
+    std::uint64_t late = 0;            // acquires that found a prefetched expert still loading
+    std::uint64_t wasted = 0;          // prefetched experts evicted without ever being used
+    std::uint64_t wasted_bytes = 0;
+    std::uint64_t demand_misses = 0;   // acquires that had to start the read themselves
+    double hit_rate = 0.0;             // hits / (hits + late + demand_misses)
+    std::uint64_t queued = 0;          // requests waiting now
+    std::uint64_t inflight_bytes = 0;  // bytes of loads in flight now
+    std::uint64_t inflight_bytes_max = 0;    // the most ever in flight at once
+    std::uint64_t inflight_bytes_limit = 0;  // the bound (0: none)
+    std::uint64_t io_wait_ns = 0;      // time acquires spent waiting for reads or slots
+    std::uint64_t io_waits = 0;        // acquires that waited
+    std::uint64_t tokens = 0;          // tokens the engine reported (begin_layer at layer 0)
+    double io_wait_ns_per_token = 0.0; // io_wait_ns / tokens (0 without tokens)
+};
+
+// One section of the ring.
+struct ring_section_stats {
+    std::uint32_t slots = 0;
+    std::vector<std::uint32_t> layers;  // the layers that load into it (l mod sections)
+    std::int64_t layer = -1;            // the layer of the latest load into it (-1: none yet)
+    std::uint32_t resident = 0;         // experts resident in it now
+};
+
+struct ring_stats {
+    bool enabled = false;               // false: one pool, least recently used first
+    std::uint32_t slots_per_layer = 0;  // the share the sections were sized for
+    std::uint32_t hot_slots = 0;        // slots of the pinned hot set
+    std::uint32_t hot_set = 0;          // experts in the hot set
+    std::uint32_t hot_resident = 0;     // of them resident in hot slots now
+    std::vector<ring_section_stats> sections;
+};
+
 struct expert_cache_stats {
     std::string io_mode;  // how expert bytes are read: uring_direct, pread_buffered, ...
     std::uint32_t queue_depth = 0;
@@ -46,6 +84,8 @@ struct expert_cache_stats {
     // Per layer, one character per expert: '#' resident, '+' resident and in use,
     // '~' loading, '.' only on disk.
     std::vector<std::string> layer_residency;
+    prefetch_stats prefetch;
+    ring_stats ring;
 };
 
 struct model_status {
@@ -99,8 +139,15 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(latency_summary, count, p50_us, 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(tier_stats, name, capacity_bytes, capacity_experts, resident_bytes,
                                                 resident_experts, hits, misses, evictions, bytes_read, read_errors,
                                                 read_seconds, read_bytes_per_s, load_latency)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(prefetch_stats, requested, issued, cancelled, hits, late, wasted,
+                                                wasted_bytes, demand_misses, hit_rate, queued, inflight_bytes,
+                                                inflight_bytes_max, inflight_bytes_limit, io_wait_ns, io_waits, tokens,
+                                                io_wait_ns_per_token)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_section_stats, slots, layers, layer, resident)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_stats, enabled, slots_per_layer, hot_slots, hot_set,
+                                                hot_resident, sections)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(expert_cache_stats, io_mode, queue_depth, expert_bytes_total, host,
-                                                nvme, layer_residency)
+                                                nvme, layer_residency, prefetch, ring)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(model_status, id, path, architecture, n_layer, n_expert,
                                                 n_expert_used, n_ctx, n_vocab, file_bytes, dense_bytes, expert_bytes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(request_status, id, state, prompt_tokens, generated_tokens,

@@ -38,7 +38,6 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     if (options.queue_depth == 0) {
         return make_error(errc::invalid_argument, "{}: queue depth must be at least 1", path);
     }
-    if (!policy) policy = make_lru_policy();
     const std::uint32_t min_slots = std::max<std::uint32_t>(options.min_slots, 1);
 
     std::unique_ptr<host_slab> slab;
@@ -117,12 +116,29 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     p->slab = std::move(slab);
     p->reader = std::move(reader);
     p->policy = std::move(policy);
-    p->policy->reset(n_slots);
+    if (p->policy) p->policy->reset(n_slots);
     p->slots.resize(n_slots);
-    p->residency.assign(static_cast<std::size_t>(layout.n_layer) * layout.n_expert, no_slot);
-    p->free_slots.reserve(n_slots);
-    for (std::uint32_t s = n_slots; s > 0; --s) p->free_slots.push_back(s - 1);  // slot 0 first
+    const std::size_t n_experts = static_cast<std::size_t>(layout.n_layer) * layout.n_expert;
+    p->residency.assign(n_experts, no_slot);
+    if (p->policy) {
+        p->free_slots.reserve(n_slots);
+        for (std::uint32_t s = n_slots; s > 0; --s) p->free_slots.push_back(s - 1);  // slot 0 first
+    }
     p->pending.reserve(static_cast<std::size_t>(n_slots) * 3);
+    // Without the ring (or with a policy) every slot is one section; the ring's rules then
+    // reduce to least recently used among unpredicted experts.
+    const bool ring = options.ring && !p->policy;
+    const std::uint32_t per_layer =
+        options.slots_per_layer > 0 ? options.slots_per_layer : std::max<std::uint32_t>(1, layout.n_expert / 4);
+    p->ring.reset(n_slots, ring ? layout.n_layer : 1, per_layer);
+    p->section_last_layer.assign(p->ring.n_sections(), -1);
+    p->layer_gen.assign(layout.n_layer, 0);
+    p->hot.assign(n_experts, 0);
+    p->queued.assign(n_experts, 0);
+    p->mark.assign(n_experts, 0);
+    p->layer_mark.assign(layout.n_layer, 0);
+    p->queue.reserve(n_experts);
+    p->deferred.reserve(n_slots);
     p->latency_us.assign(latency_samples_max, 0);
     try {
         impl* raw = p.get();
@@ -130,9 +146,12 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     } catch (const std::system_error& ex) {
         return make_error(errc::internal, "{}: cannot start the completion thread: {}", path, ex.what());
     }
-    MOED_LOG_INFO(component, "{}: host tier of {} slots x {} ({}), {} reads, queue depth {}", path, n_slots,
-                  format_bytes(slot_bytes), format_bytes(slot_bytes * n_slots), io_mode_name(p->reader->mode()),
-                  p->reader->queue_depth());
+    MOED_LOG_INFO(component,
+                  "{}: host tier of {} slots x {} ({}), {} reads, queue depth {}; ring of {} sections ({} slots per "
+                  "layer wanted), at most {} in flight",
+                  path, n_slots, format_bytes(slot_bytes), format_bytes(slot_bytes * n_slots),
+                  io_mode_name(p->reader->mode()), p->reader->queue_depth(), p->ring.n_sections(), per_layer,
+                  options.max_inflight_bytes == 0 ? std::string("unbounded") : format_bytes(options.max_inflight_bytes));
     return std::unique_ptr<tiered_expert_source>(new tiered_expert_source(std::move(p)));
 }
 
@@ -174,6 +193,16 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
     }
 
     std::unique_lock lock(mutex);
+    // The engine computes the layer it acquires for: its experts are guarded from prefetches.
+    if (!ids.empty()) set_current_layer_locked(ids.front().layer);
+    // Time spent waiting for reads or slots: what compute lost to I/O.
+    std::uint64_t waited_ns = 0;
+    auto timed_wait = [&](auto&& wait) {
+        const auto t0 = clock_type::now();
+        wait();
+        waited_ns += static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - t0).count());
+    };
     // Pass 1 pins what is resident or loading, so pass 2 cannot pick one of this call's own
     // experts as the victim for another; pass 2 finds slots for the rest.
     auto pin = [&](std::size_t k, std::uint32_t where) {
@@ -181,21 +210,28 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         slot_entry& e = slots[where];
         switch (e.state) {
             case slot_state::ready:
-                policy->on_access(where);
-                policy->on_evictable(where, false);
+                if (policy) {
+                    policy->on_access(where);
+                    policy->on_evictable(where, false);
+                }
                 e.state = slot_state::in_use;
                 ++hits;
+                if (e.prefetched_unused) ++pf_hits;
                 break;
             case slot_state::in_use:
-                policy->on_access(where);
+                if (policy) policy->on_access(where);
                 ++hits;
                 break;
             case slot_state::loading:
                 ++misses;  // the wait is the cost a miss has
+                if (e.prefetched_unused) ++pf_late;
                 break;
             default:
                 MOED_ASSERT(false && "the residency table points at a free or failed slot");
         }
+        e.prefetched_unused = false;
+        touch_locked(e);
+        guard_locked(e);
         ++e.refs;
         out[k] = expert_handle(owner, id, weights_of(where, id), where);
     };
@@ -203,7 +239,7 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         const std::uint32_t where = residency[table_index(ids[k])];
         if (where != no_slot) pin(k, where);
     }
-    bool queued = false;
+    bool submitted_any = false;
     for (std::size_t k = 0; k < ids.size();) {
         if (out[k].valid()) {
             ++k;
@@ -216,16 +252,18 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             ++k;
             continue;
         }
-        const std::optional<std::uint32_t> slot = take_slot_locked();
+        const std::optional<std::uint32_t> slot = take_slot_locked(id, slot_load_kind::demand, 0.0f);
         if (!slot) {
             // Every slot is loading or held. Send what this call queued so those loads can
             // finish, then wait for a release or a finished load and look at `id` again
             // (another caller may have loaded it meanwhile).
-            if (queued) {
+            if (submitted_any) {
                 flush_pending_locked();
-                queued = false;
+                submitted_any = false;
             }
-            if (slot_cv.wait_for(lock, slot_wait_warn) == std::cv_status::timeout) {
+            std::cv_status waited = std::cv_status::no_timeout;
+            timed_wait([&] { waited = slot_cv.wait_for(lock, slot_wait_warn); });
+            if (waited == std::cv_status::timeout) {
                 MOED_LOG_WARN(component,
                               "{}: waited {} s for a free host slot for expert {}/{}: all {} slots are held or "
                               "loading (do callers together hold more than max_held_experts()?)",
@@ -235,21 +273,29 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         }
         start_load_locked(*slot, id, 1);
         ++misses;
+        ++demand_misses;
+        guard_locked(slots[*slot]);
         out[k] = expert_handle(owner, id, weights_of(*slot, id), *slot);
-        queued = true;
+        submitted_any = true;
         ++k;
     }
     // One batch for every read of the call; then wait only for this call's experts.
-    if (queued) flush_pending_locked();
+    if (submitted_any) flush_pending_locked();
 
     const moed::error* failure = nullptr;
     for (const expert_handle& h : out) {
         const std::uint32_t slot = slot_of(h);
-        load_cv.wait(lock, [&] { return slots[slot].state != slot_state::loading; });
+        if (slots[slot].state == slot_state::loading) {
+            timed_wait([&] { load_cv.wait(lock, [&] { return slots[slot].state != slot_state::loading; }); });
+        }
         if (slots[slot].state == slot_state::failed) {
             failure = &slots[slot].failure;
             break;
         }
+    }
+    if (waited_ns > 0) {
+        io_wait_ns += waited_ns;
+        ++io_waits;
     }
     if (failure != nullptr) {
         // The failed slot stays failed (not reused) while this call holds its ref, so the
@@ -260,26 +306,6 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         return unexpected(std::move(copy));
     }
     return {};
-}
-
-void tiered_expert_source::prefetch(std::span<const ExpertId> ids) {
-    impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    bool queued = false;
-    for (const ExpertId& id : ids) {
-        if (!d.in_range(id)) continue;  // a hint; an impossible id is simply not prefetched
-        const std::uint32_t where = d.residency[d.table_index(id)];
-        if (where != no_slot) {
-            // Soon needed: keep it away from the eviction end.
-            if (d.slots[where].state == slot_state::ready) d.policy->on_access(where);
-            continue;
-        }
-        const std::optional<std::uint32_t> slot = d.take_slot_locked();
-        if (!slot) break;  // every slot is held or loading; prefetch never waits
-        d.start_load_locked(*slot, id, 0);
-        queued = true;
-    }
-    if (queued) d.flush_pending_locked();
 }
 
 void tiered_expert_source::release(ExpertId id, std::uint64_t token) noexcept {
@@ -331,10 +357,56 @@ expert_cache_stats tiered_expert_source::stats() const {
                 }
             }
         }
+        prefetch_stats& pf = out.prefetch;
+        pf.requested = d.pf_requested;
+        pf.issued = d.pf_issued;
+        pf.cancelled = d.pf_cancelled;
+        pf.hits = d.pf_hits;
+        pf.late = d.pf_late;
+        pf.wasted = d.pf_wasted;
+        pf.wasted_bytes = d.pf_wasted_bytes;
+        pf.demand_misses = d.demand_misses;
+        pf.queued = d.queue.size();
+        pf.inflight_bytes = d.inflight_bytes;
+        pf.inflight_bytes_max = d.inflight_bytes_max;
+        pf.inflight_bytes_limit = d.options.max_inflight_bytes;
+        pf.io_wait_ns = d.io_wait_ns;
+        pf.io_waits = d.io_waits;
+        pf.tokens = d.tokens;
+        ring_stats& r = out.ring;
+        r.enabled = !d.policy && d.options.ring;
+        r.slots_per_layer = d.ring.slots_per_layer();
+        r.hot_slots = static_cast<std::uint32_t>(d.ring.hot_members().size());
+        r.hot_set = d.hot_count;
+        for (std::uint32_t s : d.ring.hot_members()) {
+            const slot_entry& e = d.slots[s];
+            if ((e.state == slot_state::ready || e.state == slot_state::in_use) && d.hot[d.table_index(e.id)] != 0) {
+                ++r.hot_resident;
+            }
+        }
+        r.sections.resize(d.ring.n_sections());
+        for (std::uint32_t sec = 0; sec < d.ring.n_sections(); ++sec) {
+            ring_section_stats& rs = r.sections[sec];
+            const auto members = d.ring.section_members(sec);
+            rs.slots = static_cast<std::uint32_t>(members.size());
+            for (std::uint32_t l = sec; l < (r.enabled ? d.layout.n_layer : 0); l += d.ring.n_sections()) {
+                rs.layers.push_back(l);
+            }
+            rs.layer = sec < d.section_last_layer.size() ? d.section_last_layer[sec] : -1;
+            for (std::uint32_t s : members) {
+                const slot_state st = d.slots[s].state;
+                if (st == slot_state::ready || st == slot_state::in_use) ++rs.resident;
+            }
+        }
         const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(d.latency_count, latency_samples_max));
         samples.assign(d.latency_us.begin(), d.latency_us.begin() + static_cast<std::ptrdiff_t>(n));
         h.load_latency.count = d.latency_count;
     }
+    prefetch_stats& pf = out.prefetch;
+    const std::uint64_t needed = pf.hits + pf.late + pf.demand_misses;
+    pf.hit_rate = needed > 0 ? static_cast<double>(pf.hits) / static_cast<double>(needed) : 0.0;
+    pf.io_wait_ns_per_token =
+        pf.tokens > 0 ? static_cast<double>(pf.io_wait_ns) / static_cast<double>(pf.tokens) : 0.0;
     tier_stats& h = out.host;
     h.read_bytes_per_s = h.read_seconds > 0.0 ? static_cast<double>(h.bytes_read) / h.read_seconds : 0.0;
     if (!samples.empty()) {

@@ -3,17 +3,37 @@
 // acquire_many() requests every missing expert of a layer at once (one batched submission),
 // then waits only for those; prefetch() requests experts without waiting (the scheduler's
 // hook). A residency table keeps each slot's state (free, loading, ready, in use,
-// evicting); handles are reference counted, so a slot in use is never evicted; the eviction
-// policy picks victims among ready, unheld slots.
+// evicting); handles are reference counted, so a slot in use is never evicted.
+//
+// Placement: the slots form a ring of sections plus a pinned hot set (storage/section_ring.h
+// says how the budget is divided and which slot a load takes). Layer l loads into section
+// l mod R while the layer being computed uses another; a slot is reclaimed for a new expert
+// by predicted need (the prefetch score of an expert still predicted for a coming layer,
+// else the profile score set_expert_scores() gave it), oldest use breaking ties. Experts
+// still resident from an earlier token are hits wherever they sit.
+//
+// The prefetch pipeline: prefetch() takes scored requests in four classes, served in this
+// order: demand (the layer being computed needs it), near (the next layer), far (layers
+// further on), warmup (profile warm-up and the hot set); within a class, layers closer to
+// the one being computed go first, then higher scores. A request for a layer supersedes every
+// request still queued for that layer; begin_layer() and cancel_prefetches_before() drop the
+// requests for layers already passed. Dropped requests never reach the disk (counted as
+// cancelled); a read already submitted completes, and its expert, no longer predicted, is
+// the first to be reclaimed (counted as wasted if it leaves unused). Reads in flight, demand
+// and prefetch together, never exceed tiered_options::max_inflight_bytes (except one load
+// when nothing else is in flight, so a bound below one expert still makes progress); demand
+// loads are admitted before prefetches. A prefetch never evicts an expert that a handle holds
+// or that was acquired or demanded for the layer being computed (begin_layer() names it, or
+// the last acquire), and it only replaces experts of lower need than its own score.
 //
 // I/O runs on the block reader; a completion thread reaps it, resumes short reads, retries
 // EINTR/EAGAIN and EIO (a bounded number of times), then marks the slot ready or failed and
 // wakes the waiters. A failed load fails the acquire with an error naming the expert and the
 // file; the slot returns to the free list and the next request tries again.
-// Threads: acquire/acquire_many/prefetch/release and stats() may be called from any thread;
-// the completion thread is private. Callers together must not hold more than slot_count()
-// experts: an acquire that finds every slot held waits for a release (and logs a warning
-// every 10 s); one call asking for more distinct experts than there are slots is an error.
+// Threads: every public method may be called from any thread; the completion thread is
+// private. Callers together must not hold more than slot_count() experts: an acquire that
+// finds every slot held waits for a release (and logs a warning every 10 s); one call asking
+// for more distinct experts than there are slots is an error.
 // Every handle must be released before the source is destroyed (checked by an assertion);
 // destruction waits for reads still in flight (prefetches) before freeing the slab.
 #pragma once
@@ -44,12 +64,36 @@ struct tiered_options {
     // The budget must hold at least this many slots. The engine acquires in groups of at
     // most max_held_experts() (= slot_count()), so 1 is enough for correctness.
     std::uint32_t min_slots = 1;
+    // Bytes of expert reads in flight at once, demand and prefetch together (0: no bound).
+    // It bounds how long a demand read can queue behind prefetches on the disk.
+    std::uint64_t max_inflight_bytes = std::uint64_t{256} << 20;
+    // Slots one layer's loads want at once, which sizes the ring's sections (0: a quarter of
+    // the layer's experts, at least 1). The engine passes 2 x the experts used per token.
+    std::uint32_t slots_per_layer = 0;
+    // The most of the slots the hot set may take (set_hot_set()).
+    double hot_fraction_max = 0.25;
+    // false: one section (plain least-recently-used placement, no hot set), to compare with.
+    bool ring = true;
+};
+
+// Prefetch priority classes, served in this order (contract with the scheduler).
+enum class prefetch_class : std::uint8_t { demand = 0, near = 1, far = 2, warmup = 3 };
+const char* prefetch_class_name(prefetch_class c) noexcept;
+
+struct prefetch_request {
+    ExpertId id;
+    prefetch_class cls = prefetch_class::near;
+    // The predicted probability that the expert is needed, in [0, 1]: orders requests of a
+    // class and is the need the loaded expert keeps while its layer is still ahead.
+    float score = 1.0f;
 };
 
 class tiered_expert_source final : public expert_source {
 public:
     // `path` is the model file `layout` was read from. `reader` may be supplied (tests
-    // inject faults); otherwise open_block_reader() is used with `options`.
+    // inject faults); otherwise open_block_reader() is used with `options`. A `policy`, when
+    // given, replaces the ring's placement: one pool of slots whose victims the policy picks
+    // (no sections, no hot set, prefetch scores ignored).
     static result<std::unique_ptr<tiered_expert_source>> create(
         const std::string& path, const expert_layout& layout, const tiered_options& options,
         std::unique_ptr<eviction_policy> policy = nullptr,
@@ -58,9 +102,32 @@ public:
 
     result<expert_handle> acquire(ExpertId id) override;
     result<void> acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles) override;
-    // Starts loading those of `ids` that are not resident or loading, while free or
-    // evictable slots remain; never waits and never evicts a slot in use.
+    // Queues `requests` and starts as many loads as the in-flight bound and the ring allow;
+    // never waits. Requests for resident or loading experts only refresh their score. Every
+    // layer named by a demand/near/far request has its older queued requests dropped
+    // (superseded); warmup requests supersede nothing. Out-of-range ids are ignored (hints).
+    void prefetch(std::span<const prefetch_request> requests);
+    // The older form: class near, score 1 (may replace any expert that is not held or
+    // guarded).
     void prefetch(std::span<const ExpertId> ids);
+    // The engine starts computing `layer` (of a batch of n_tokens tokens; counted per token
+    // at layer 0): requests queued for the layers passed since the previous call (cyclically:
+    // a new token wraps) are dropped, those layers' predictions lapse, and the experts
+    // guarded for the previous layer stop being guarded.
+    void begin_layer(std::uint32_t layer, std::uint64_t n_tokens = 0);
+    // Drops queued requests for layers below `layer` and lets their predictions lapse.
+    void cancel_prefetches_before(std::uint32_t layer);
+    // Drops every queued request.
+    void cancel_prefetches();
+    // The pinned hot set: up to hot_fraction_max of the slots hold these experts (in the
+    // order given, duplicates and out-of-range ids skipped) outside the ring; resident ones are
+    // adopted in place, the rest load at warmup priority. An empty span clears it. Returns
+    // how many experts the hot set took.
+    std::uint32_t set_hot_set(std::span<const ExpertId> ids);
+    // Profile/statistics bias for eviction: a need score per expert, [n_layer * n_expert]
+    // (layer-major), higher keeps an expert longer; empty clears. A wrong size is ignored
+    // with a warning.
+    void set_expert_scores(std::span<const float> per_expert_score);
 
     expert_cache_stats stats() const;
     std::uint32_t slot_count() const noexcept;

@@ -42,26 +42,50 @@ void tiered_expert_source::impl::shutdown() noexcept {
     completion_thread.join();
 }
 
-std::optional<std::uint32_t> tiered_expert_source::impl::take_slot_locked() {
-    if (!free_slots.empty()) {
-        const std::uint32_t s = free_slots.back();
-        free_slots.pop_back();
-        return s;
+std::optional<std::uint32_t> tiered_expert_source::impl::take_slot_locked(ExpertId id, slot_load_kind kind,
+                                                                         float score) {
+    if (policy) {
+        // Policy mode: one pool; a prefetch may take any evictable slot, as demand does.
+        if (!free_slots.empty()) {
+            const std::uint32_t s = free_slots.back();
+            free_slots.pop_back();
+            return s;
+        }
+        const std::optional<std::uint32_t> victim = policy->choose_victim();
+        if (!victim) return std::nullopt;
+        MOED_ASSERT(*victim < n_slots());
+        // The policy is told about every state change, so it only offers ready, unheld slots.
+        MOED_ASSERT(slots[*victim].state == slot_state::ready && slots[*victim].refs == 0);
+        evict_locked(*victim);
+        return victim;
     }
-    const std::optional<std::uint32_t> victim = policy->choose_victim();
-    if (!victim) return std::nullopt;
-    const std::uint32_t v = *victim;
-    MOED_ASSERT(v < n_slots());
+    const std::optional<std::uint32_t> chosen =
+        ring.choose_slot(id.layer, kind, score, [this](std::uint32_t s) { return facts_of(s); });
+    if (!chosen) return std::nullopt;
+    if (slots[*chosen].state != slot_state::free) evict_locked(*chosen);
+    return chosen;
+}
+
+void tiered_expert_source::impl::evict_locked(std::uint32_t v) {
     slot_entry& e = slots[v];
-    // The policy is told about every state change, so it only offers ready, unheld slots.
     MOED_ASSERT(e.state == slot_state::ready && e.refs == 0);
-    policy->on_remove(v);
-    residency[table_index(e.id)] = no_slot;
-    resident_bytes -= layout.expert_bytes(e.id.layer);
+    if (policy) policy->on_remove(v);
+    const std::size_t idx = table_index(e.id);
+    residency[idx] = no_slot;
+    const std::uint64_t bytes = layout.expert_bytes(e.id.layer);
+    resident_bytes -= bytes;
     --resident_experts;
     ++evictions;
+    if (e.prefetched_unused) {
+        ++pf_wasted;
+        pf_wasted_bytes += bytes;
+    }
+    e.prefetched_unused = false;
+    e.predicted = false;
     e.state = slot_state::free;
-    return v;
+    // A hot expert pushed out (only a demand load does that, as its last resort) comes back
+    // at warmup priority.
+    if (!hot.empty() && hot[idx] != 0) enqueue_locked(prefetch_request{e.id, prefetch_class::warmup, 1.0f});
 }
 
 void tiered_expert_source::impl::start_load_locked(std::uint32_t slot, ExpertId id, std::uint32_t refs) {
@@ -73,22 +97,56 @@ void tiered_expert_source::impl::start_load_locked(std::uint32_t slot, ExpertId 
     e.matrices_pending = 3;
     e.load_failed = false;
     e.failure = moed::error{};
-    e.load_start = clock_type::now();
+    e.admitted = false;
+    e.prefetched_unused = false;
+    e.predicted = false;
+    e.guard_epoch = 0;
     residency[table_index(id)] = slot;
+    const std::uint32_t section = ring.section_of_slot(slot);
+    if (section != section_ring::hot && section < section_last_layer.size()) section_last_layer[section] = id.layer;
+    if (fits_inflight_locked(layout.expert_bytes(id.layer))) {
+        admit_locked(slot);
+    } else {
+        deferred.push_back(slot);  // capacity n_slots: a slot is deferred at most once
+    }
+}
+
+bool tiered_expert_source::impl::fits_inflight_locked(std::uint64_t bytes) const noexcept {
+    const std::uint64_t limit = options.max_inflight_bytes;
+    return limit == 0 || inflight_bytes == 0 || inflight_bytes + bytes <= limit;
+}
+
+void tiered_expert_source::impl::admit_locked(std::uint32_t slot) {
+    slot_entry& e = slots[slot];
+    MOED_ASSERT(e.state == slot_state::loading && !e.admitted);
+    e.admitted = true;
+    e.load_start = clock_type::now();
+    inflight_bytes += layout.expert_bytes(e.id.layer);
+    inflight_bytes_max = std::max(inflight_bytes_max, inflight_bytes);
     if (loads_in_flight++ == 0) busy_since = e.load_start;
-    const auto ms = matrices_of(layout.layers[id.layer]);
+    const auto ms = matrices_of(layout.layers[e.id.layer]);
     for (std::size_t m = 0; m < 3; ++m) {
         matrix_read& r = e.reads[m];
-        const std::uint64_t start = ms[m].offset + static_cast<std::uint64_t>(id.expert) * ms[m].bytes;
+        const std::uint64_t start = ms[m].offset + static_cast<std::uint64_t>(e.id.expert) * ms[m].bytes;
         r.file_offset = align_down(start, region_alignment);
         r.needed = start - r.file_offset + ms[m].bytes;
         r.length = align_up(r.needed, region_alignment);
-        MOED_ASSERT(r.length <= geometry[id.layer].region_bytes[m]);
+        MOED_ASSERT(r.length <= geometry[e.id.layer].region_bytes[m]);
         r.done = 0;
         r.eio_retries = 0;
         r.transient_retries = 0;
         queue_read_locked(slot, m);
     }
+}
+
+void tiered_expert_source::impl::admit_deferred_locked() {
+    std::size_t k = 0;
+    for (; k < deferred.size(); ++k) {
+        const std::uint32_t slot = deferred[k];
+        if (!fits_inflight_locked(layout.expert_bytes(slots[slot].id.layer))) break;
+        admit_locked(slot);
+    }
+    deferred.erase(deferred.begin(), deferred.begin() + static_cast<std::ptrdiff_t>(k));
 }
 
 // Queues the read of what is still missing of matrix `m`, from the last reader-aligned
@@ -229,6 +287,9 @@ void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
     const auto now = clock_type::now();
     MOED_ASSERT(loads_in_flight > 0);
     if (--loads_in_flight == 0) busy_seconds += std::chrono::duration<double>(now - busy_since).count();
+    const std::uint64_t bytes = layout.expert_bytes(e.id.layer);
+    MOED_ASSERT(inflight_bytes >= bytes);
+    inflight_bytes -= bytes;
     if (stopping) return;
 
     if (!e.load_failed) {
@@ -252,9 +313,10 @@ void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
     if (e.load_failed) {
         MOED_LOG_WARN(component, "{}", e.failure.message);
         residency[table_index(e.id)] = no_slot;  // the next request reads it afresh
+        e.prefetched_unused = false;
         if (e.refs == 0) {
             e.state = slot_state::free;
-            free_slots.push_back(slot);
+            if (policy) free_slots.push_back(slot);
         } else {
             e.state = slot_state::failed;  // freed when the last waiter has read the error
         }
@@ -267,12 +329,13 @@ void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
     latency_us[latency_count % latency_samples_max] =
         static_cast<std::uint32_t>(std::min<std::int64_t>(latency, std::numeric_limits<std::uint32_t>::max()));
     ++latency_count;
-    policy->on_insert(slot, e.id);
+    if (policy) policy->on_insert(slot, e.id);
+    touch_locked(e);
     if (e.refs > 0) {
         e.state = slot_state::in_use;
     } else {
         e.state = slot_state::ready;
-        policy->on_evictable(slot, true);
+        if (policy) policy->on_evictable(slot, true);
     }
 }
 
@@ -283,15 +346,18 @@ void tiered_expert_source::impl::release_locked(ExpertId id, std::uint32_t slot)
     if (--e.refs > 0) return;
     if (e.state == slot_state::in_use) {
         e.state = slot_state::ready;
-        policy->on_evictable(slot, true);
+        touch_locked(e);
+        if (policy) policy->on_evictable(slot, true);
         slot_cv.notify_all();
     } else if (e.state == slot_state::failed) {
         e.state = slot_state::free;
-        free_slots.push_back(slot);
+        if (policy) free_slots.push_back(slot);
         slot_cv.notify_all();
     }
     // loading: an acquirer gave up (another expert of its call failed); the load finishes
     // into a ready, evictable slot.
+    // A slot became reclaimable: a queued prefetch may fit now.
+    if (!queue.empty() && e.state != slot_state::loading) dispatch_locked();
 }
 
 void tiered_expert_source::impl::completion_main() noexcept {
@@ -313,6 +379,11 @@ void tiered_expert_source::impl::completion_main() noexcept {
         lock.lock();
         try {
             for (std::size_t k = 0; k < n; ++k) on_completion_locked(batch[k]);
+            // Bytes drained: demand loads waiting for the bound go first, then prefetches.
+            if (!stopping) {
+                admit_deferred_locked();
+                dispatch_locked();
+            }
             flush_pending_locked();
         } catch (const std::exception& ex) {
             MOED_LOG_ERROR(component, "{}: completion thread: {}", path, ex.what());

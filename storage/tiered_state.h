@@ -25,6 +25,7 @@
 
 #include <fmt/format.h>
 
+#include "storage/section_ring.h"
 #include "storage/tiered_expert_source.h"
 
 namespace moed::storage {
@@ -105,6 +106,13 @@ inline std::string identity_text(const file_identity& id) {
 
 enum class slot_state : std::uint8_t { free, loading, ready, in_use, failed };
 
+// A prefetch request waiting for its load to start.
+struct queued_prefetch {
+    ExpertId id;
+    prefetch_class cls = prefetch_class::near;
+    float score = 0.0f;
+};
+
 // One matrix's read into its region: [file_offset, file_offset + length) of the file, of
 // which the first `needed` bytes must arrive (the tail past the matrix may be past EOF).
 struct matrix_read {
@@ -124,6 +132,13 @@ struct slot_entry {
     std::uint32_t refs = 0;              // handles plus acquirers waiting for the load
     std::uint32_t matrices_pending = 0;  // reads of the current load not yet finished
     bool load_failed = false;
+    bool admitted = false;          // the load's reads were queued (else it waits for the in-flight bound)
+    bool prefetched_unused = false; // loaded by a prefetch and not acquired since
+    bool predicted = false;         // pred_score holds while pred_gen is its layer's generation
+    float pred_score = 0.0f;
+    std::uint32_t pred_gen = 0;
+    std::uint64_t guard_epoch = 0;  // equal to impl::layer_epoch: guarded for the layer computed now
+    std::uint64_t last_use = 0;     // impl::tick at the last acquire, release or load
     moed::error failure;  // why the load failed; read by the waiters still holding refs
     clock_type::time_point load_start;
     std::array<matrix_read, 3> reads;
@@ -156,7 +171,7 @@ struct tiered_expert_source::impl {
     // for its reads) goes before the slab.
     std::unique_ptr<host_slab> slab;
     std::unique_ptr<block_reader> reader;
-    std::unique_ptr<eviction_policy> policy;
+    std::unique_ptr<eviction_policy> policy;  // null: the ring places loads
 
     mutable std::mutex mutex;
     std::condition_variable load_cv;  // a load finished (ready or failed)
@@ -164,7 +179,25 @@ struct tiered_expert_source::impl {
     std::condition_variable work_cv;  // the completion thread: reads were submitted, or stop
     std::vector<tiered_detail::slot_entry> slots;
     std::vector<std::uint32_t> residency;   // layer * n_expert + expert -> slot or no_slot
-    std::vector<std::uint32_t> free_slots;  // a stack
+    std::vector<std::uint32_t> free_slots;  // a stack (policy mode only; the ring finds free slots itself)
+
+    // Placement and the prefetch pipeline (tiered_prefetch.cpp); all under `mutex`.
+    section_ring ring;
+    std::vector<std::int64_t> section_last_layer;  // per section: layer of its latest load, -1 none
+    std::uint64_t tick = 0;                 // advances at every use, for last_use
+    std::uint32_t current_layer = 0;        // the layer being computed (begin_layer or the last acquire)
+    std::uint64_t layer_epoch = 1;          // advances when current_layer changes
+    std::vector<std::uint32_t> layer_gen;   // per layer: advances when its predictions lapse
+    std::vector<float> expert_scores;       // [n_layer * n_expert] or empty
+    std::vector<std::uint8_t> hot;          // per expert: in the hot set
+    std::uint32_t hot_count = 0;
+    std::vector<tiered_detail::queued_prefetch> queue;  // capacity n_layer * n_expert, reserved once
+    std::vector<std::uint8_t> queued;       // per expert: has an entry in `queue`
+    std::vector<std::uint8_t> mark;         // per expert: scratch of one prefetch() call
+    std::vector<std::uint8_t> layer_mark;   // per layer: scratch of one prefetch() call
+    bool queue_sorted = true;
+    std::vector<std::uint32_t> deferred;    // demand loads waiting for the in-flight bound (FIFO)
+    std::uint64_t inflight_bytes = 0;       // bytes of admitted loads not yet finished
     // Reads made but not yet accepted by the reader (its queue was full). Each loading slot
     // has at most one read per matrix outstanding, so 3 * n_slots bounds it; reserved once.
     std::vector<read_op> pending;
@@ -174,6 +207,9 @@ struct tiered_expert_source::impl {
 
     // Statistics (under `mutex`).
     std::uint64_t hits = 0, misses = 0, evictions = 0, bytes_read = 0, read_errors = 0;
+    std::uint64_t pf_requested = 0, pf_issued = 0, pf_cancelled = 0, pf_hits = 0, pf_late = 0, pf_wasted = 0,
+                  pf_wasted_bytes = 0, demand_misses = 0, inflight_bytes_max = 0, io_wait_ns = 0, io_waits = 0,
+                  tokens = 0;
     std::uint64_t resident_bytes = 0, resident_experts = 0;
     tiered_detail::clock_type::time_point busy_since;
     double busy_seconds = 0.0;
@@ -225,9 +261,34 @@ struct tiered_expert_source::impl {
     // error every handle it made is released again.
     result<void> acquire_into(std::span<const ExpertId> ids, std::span<expert_handle> out);
 
+    std::size_t index_of(const tiered_detail::slot_entry& e) const noexcept { return table_index(e.id); }
+    // The need of the expert a slot holds: its prefetch score while its prediction holds,
+    // else the profile score, whichever is higher.
+    float need_of(const tiered_detail::slot_entry& e) const noexcept;
+    slot_facts facts_of(std::uint32_t slot) const noexcept;
+
     // All below: called with `mutex` held.
-    std::optional<std::uint32_t> take_slot_locked();
+    // A slot for a load of `id` (evicting what it held), by the ring's rules for `kind`, or
+    // by the policy when there is one; nullopt when none may be taken now.
+    std::optional<std::uint32_t> take_slot_locked(ExpertId id, slot_load_kind kind, float score);
+    void evict_locked(std::uint32_t slot);
+    // Marks `slot` loading `id` (refs: waiting acquirers) and admits its reads, or defers them
+    // while the in-flight bound is full (demand only: prefetches are started only when they fit).
     void start_load_locked(std::uint32_t slot, ExpertId id, std::uint32_t refs);
+    bool fits_inflight_locked(std::uint64_t bytes) const noexcept;
+    void admit_locked(std::uint32_t slot);
+    void admit_deferred_locked();
+    // Starts queued prefetches in priority order while the bound and the ring allow.
+    void dispatch_locked() noexcept;
+    void sort_queue_locked() noexcept;
+    // Drops queued requests (not warmup when `keep_warmup`) whose layer `drop` says; counts them.
+    template <typename Pred>
+    void drop_queued_locked(Pred drop) noexcept;
+    void lapse_layer_locked(std::uint32_t layer) noexcept;
+    void enqueue_locked(const prefetch_request& r) noexcept;
+    void touch_locked(tiered_detail::slot_entry& e) noexcept { e.last_use = ++tick; }
+    void guard_locked(tiered_detail::slot_entry& e) noexcept;
+    void set_current_layer_locked(std::uint32_t layer) noexcept;
     void queue_read_locked(std::uint32_t slot, std::size_t m);
     void flush_pending_locked();
     void on_completion_locked(const read_completion& c);

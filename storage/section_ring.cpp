@@ -1,0 +1,131 @@
+#include "storage/section_ring.h"
+
+#include <algorithm>
+
+#include "common/assert.h"
+
+namespace moed::storage {
+
+ring_plan plan_ring(std::uint32_t n_slots, std::uint32_t n_layer, std::uint32_t slots_per_layer,
+                    std::uint32_t hot_slots) {
+    n_layer = std::max<std::uint32_t>(n_layer, 1);
+    slots_per_layer = std::max<std::uint32_t>(slots_per_layer, 1);
+    ring_plan plan;
+    plan.hot_slots = std::min(hot_slots, n_slots);
+    const std::uint32_t ring = n_slots - plan.hot_slots;
+    if (ring == 0) return plan;
+    std::uint32_t sections = 0;
+    if (static_cast<std::uint64_t>(ring) >= static_cast<std::uint64_t>(n_layer) * slots_per_layer) {
+        sections = n_layer;  // a section per layer
+    } else {
+        sections = std::clamp<std::uint32_t>(ring / slots_per_layer, std::min<std::uint32_t>(2, ring), n_layer);
+    }
+    plan.section_slots.assign(sections, ring / sections);
+    for (std::uint32_t s = 0; s < ring % sections; ++s) ++plan.section_slots[s];
+    return plan;
+}
+
+void section_ring::reset(std::uint32_t n_slots, std::uint32_t n_layer, std::uint32_t slots_per_layer) {
+    n_layer_ = std::max<std::uint32_t>(n_layer, 1);
+    slots_per_layer_ = std::max<std::uint32_t>(slots_per_layer, 1);
+    role_.assign(n_slots, 0);
+    position_.assign(n_slots, 0);
+    hot_members_.clear();
+    std::vector<std::uint32_t> all(n_slots);
+    for (std::uint32_t s = 0; s < n_slots; ++s) all[s] = s;
+    place_ring(all);
+}
+
+void section_ring::assign_hot(std::span<const std::uint32_t> slots) {
+    std::vector<bool> is_hot(n_slots(), false);
+    hot_members_.clear();
+    for (std::uint32_t s : slots) {
+        MOED_ASSERT(s < n_slots() && !is_hot[s]);
+        is_hot[s] = true;
+        position_[s] = static_cast<std::uint32_t>(hot_members_.size());
+        role_[s] = hot;
+        hot_members_.push_back(s);
+    }
+    std::vector<std::uint32_t> rest;
+    rest.reserve(n_slots() - slots.size());
+    for (std::uint32_t s = 0; s < n_slots(); ++s) {
+        if (!is_hot[s]) rest.push_back(s);
+    }
+    place_ring(rest);
+}
+
+void section_ring::place_ring(std::span<const std::uint32_t> ring_slots) {
+    const ring_plan plan =
+        plan_ring(static_cast<std::uint32_t>(ring_slots.size()), n_layer_, slots_per_layer_, 0);
+    members_.assign(plan.section_slots.size(), {});
+    std::size_t next = 0;
+    for (std::uint32_t sec = 0; sec < plan.section_slots.size(); ++sec) {
+        members_[sec].reserve(plan.section_slots[sec]);
+        for (std::uint32_t k = 0; k < plan.section_slots[sec]; ++k) {
+            const std::uint32_t s = ring_slots[next++];
+            role_[s] = sec;
+            position_[s] = k;
+            members_[sec].push_back(s);
+        }
+    }
+    MOED_ASSERT(next == ring_slots.size());
+}
+
+void section_ring::swap_roles(std::uint32_t a, std::uint32_t b) {
+    MOED_ASSERT(a < n_slots() && b < n_slots());
+    if (a == b) return;
+    auto list_of = [&](std::uint32_t role) -> std::vector<std::uint32_t>& {
+        return role == hot ? hot_members_ : members_[role];
+    };
+    const std::uint32_t ra = role_[a], rb = role_[b];
+    const std::uint32_t pa = position_[a], pb = position_[b];
+    list_of(ra)[pa] = b;
+    list_of(rb)[pb] = a;
+    role_[a] = rb;
+    role_[b] = ra;
+    position_[a] = pb;
+    position_[b] = pa;
+}
+
+std::uint32_t section_ring::section_of_layer(std::uint32_t layer) const noexcept {
+    MOED_ASSERT(!members_.empty());
+    return layer % static_cast<std::uint32_t>(members_.size());
+}
+
+std::span<const std::uint32_t> section_ring::section_members(std::uint32_t section) const noexcept {
+    if (section == hot) return hot_members_;
+    MOED_ASSERT(section < members_.size());
+    return members_[section];
+}
+
+std::uint8_t section_ring::rank(std::uint32_t slot, std::uint32_t own, slot_load_kind kind, float score,
+                                const slot_facts& f) const noexcept {
+    const std::uint32_t role = role_[slot];
+    const bool in_hot = role == hot;
+    const bool mine = role == own;
+    switch (f.availability) {
+        case slot_availability::busy: return no_rank;
+        case slot_availability::free:
+            if (kind == slot_load_kind::hot) return in_hot ? 0 : no_rank;
+            if (in_hot) return kind == slot_load_kind::demand || kind == slot_load_kind::hint ? 4 : no_rank;
+            return mine ? 0 : 1;
+        case slot_availability::reclaimable:
+        case slot_availability::guarded: {
+            const bool guarded = f.availability == slot_availability::guarded;
+            if (kind == slot_load_kind::hot) return in_hot && !f.hot_expert && !guarded ? 1 : no_rank;
+            if (kind == slot_load_kind::prefetch) {
+                if (in_hot || guarded || f.hot_expert || !(f.need < score)) return no_rank;
+                return mine ? 2 : 3;
+            }
+            if (kind == slot_load_kind::hint && (guarded || f.hot_expert)) return no_rank;
+            // demand (and hint)
+            if (f.hot_expert) return 7;
+            if (guarded) return 6;
+            if (in_hot) return 5;
+            return mine ? 2 : 3;
+        }
+    }
+    return no_rank;
+}
+
+}  // namespace moed::storage

@@ -1,0 +1,145 @@
+// The ring of sections (SE-MoE) over one tier's slots, as a plan only: which slots form the
+// pinned hot set, how the other slots divide into sections, which section each layer loads
+// into, and which slot a new load should take. It moves no bytes, owns no memory and takes
+// no lock, so the host tier (reads from the model file) and the GPU tier (copies from the
+// host) share it: the tier describes its slots through slot_facts and carries out the
+// choice. Sections are roles of slot indices, not address ranges, so changing the hot set
+// re-plans the ring without moving or dropping a single resident expert.
+//
+// Geometry (plan_ring): `hot` slots hold the hot set (the experts a profile or the
+// statistics say nearly every token uses); the other slots form R sections. A layer wants
+// about `slots_per_layer` slots at once (the tier is told 2 x experts used per token: the
+// predicted top-2k of a layer, so a prefetch of the next layer has room while the current
+// layer computes). When the ring holds a full share for every layer (ring >= n_layer x
+// slots_per_layer), R = n_layer: each layer keeps its own section, and whatever of it stays
+// resident from one token to the next is a hit. Otherwise R = ring / slots_per_layer, at
+// least 2 (one section computes while the next loads) and at most n_layer, and layers share
+// sections round-robin: layer l loads into section l mod R, so a lookahead of up to R - 1
+// layers never lands in the section being computed. Slots that do not divide evenly go to
+// the first sections.
+//
+// Slot choice (choose_slot): a load takes, in this order of preference, a free slot of its
+// layer's section, a free slot elsewhere in the ring, then replaces the resident expert of
+// lowest predicted need (oldest use breaking ties) in its own section, then elsewhere in the
+// ring. A prefetch only replaces an expert whose need is below its own score and never one
+// guarded for the layer being computed, nor a slot of the hot set. A demand load (the layer
+// being computed needs it now) may go on to the hot set's spare slots, then to guarded
+// experts, and last to hot experts, so it always finds a slot while any is not busy. A hot
+// load (an expert of the hot set) only fills hot slots that do not hold a hot expert.
+// Busy slots (held by a handle, or loading) are never chosen.
+//
+// Threads: none of its own; the owning tier calls it under its lock.
+#pragma once
+
+#include <cstdint>
+#include <limits>
+#include <optional>
+#include <span>
+#include <vector>
+
+namespace moed::storage {
+
+enum class slot_load_kind : std::uint8_t {
+    demand = 0,    // needed by the layer being computed
+    prefetch = 1,  // predicted for a coming layer, with a score
+    hot = 2,       // an expert of the pinned hot set
+    hint = 3,      // an unscored prefetch (the older form): demand's order, never guarded or hot
+};
+
+// What the tier says about a slot when a load looks for room.
+enum class slot_availability : std::uint8_t {
+    free = 0,         // holds nothing
+    reclaimable = 1,  // holds an expert nobody holds or waits for: may be replaced
+    guarded = 2,      // reclaimable, but acquired or demanded for the layer being computed
+    busy = 3,         // held by a handle, or loading: never replaced
+};
+
+struct slot_facts {
+    slot_availability availability = slot_availability::busy;
+    float need = 0.0f;          // predicted need of the resident expert (higher: keep longer)
+    std::uint64_t last_use = 0; // when it was last used, in the tier's ticks (lower: older)
+    bool hot_expert = false;    // the resident expert belongs to the hot set
+};
+
+struct ring_plan {
+    std::uint32_t hot_slots = 0;
+    std::vector<std::uint32_t> section_slots;  // slots of each section; sums to n_slots - hot
+};
+
+// The geometry described above. `hot_slots` is clamped to n_slots; slots_per_layer and
+// n_layer of 0 count as 1.
+ring_plan plan_ring(std::uint32_t n_slots, std::uint32_t n_layer, std::uint32_t slots_per_layer,
+                    std::uint32_t hot_slots);
+
+class section_ring {
+public:
+    // The section number of hot-set slots.
+    static constexpr std::uint32_t hot = std::numeric_limits<std::uint32_t>::max();
+
+    // Plans a ring with no hot slots; slots join sections in index order.
+    void reset(std::uint32_t n_slots, std::uint32_t n_layer, std::uint32_t slots_per_layer);
+    // Makes exactly `slots` (distinct, in range) the hot set and re-plans the sections over
+    // the remaining slots (in index order). Contents are the tier's business: nothing moves.
+    void assign_hot(std::span<const std::uint32_t> slots);
+    // Exchanges the roles of two slots (a hot slot adopting a hot expert that a ring slot
+    // holds, without reading it again).
+    void swap_roles(std::uint32_t a, std::uint32_t b);
+
+    std::uint32_t n_slots() const noexcept { return static_cast<std::uint32_t>(role_.size()); }
+    std::uint32_t n_layer() const noexcept { return n_layer_; }
+    std::uint32_t slots_per_layer() const noexcept { return slots_per_layer_; }
+    std::uint32_t n_sections() const noexcept { return static_cast<std::uint32_t>(members_.size()); }
+    std::uint32_t section_of_layer(std::uint32_t layer) const noexcept;
+    // hot for a slot of the hot set.
+    std::uint32_t section_of_slot(std::uint32_t slot) const noexcept { return role_[slot]; }
+    std::span<const std::uint32_t> section_members(std::uint32_t section) const noexcept;
+    std::span<const std::uint32_t> hot_members() const noexcept { return hot_members_; }
+
+    // The slot a load of an expert of `layer` should take, by the rules above; nullopt when
+    // none may be taken. `score` matters for prefetches only. `facts(slot)` returns the
+    // slot's slot_facts.
+    template <typename Facts>
+    std::optional<std::uint32_t> choose_slot(std::uint32_t layer, slot_load_kind kind, float score,
+                                             Facts&& facts) const;
+
+private:
+    void place_ring(std::span<const std::uint32_t> ring_slots);
+    // Preference class of a slot for a load (lower first), or no_rank when it may not be taken.
+    static constexpr std::uint8_t no_rank = 0xff;
+    std::uint8_t rank(std::uint32_t slot, std::uint32_t own, slot_load_kind kind, float score,
+                      const slot_facts& f) const noexcept;
+
+    std::uint32_t n_layer_ = 1;
+    std::uint32_t slots_per_layer_ = 1;
+    std::vector<std::uint32_t> role_;                  // slot -> section, or hot
+    std::vector<std::uint32_t> position_;              // slot -> index within its member list
+    std::vector<std::vector<std::uint32_t>> members_;  // section -> its slots
+    std::vector<std::uint32_t> hot_members_;
+};
+
+template <typename Facts>
+std::optional<std::uint32_t> section_ring::choose_slot(std::uint32_t layer, slot_load_kind kind, float score,
+                                                       Facts&& facts) const {
+    const std::uint32_t own = members_.empty() ? hot : section_of_layer(layer);
+    std::optional<std::uint32_t> best;
+    std::uint8_t best_rank = no_rank;
+    float best_need = 0.0f;
+    std::uint64_t best_use = 0;
+    for (std::uint32_t s = 0; s < n_slots(); ++s) {
+        const slot_facts f = facts(s);
+        const std::uint8_t r = rank(s, own, kind, score, f);
+        if (r == no_rank) continue;
+        const bool better = !best || r < best_rank ||
+                            (r == best_rank && (f.need < best_need || (f.need == best_need && f.last_use < best_use)));
+        if (better) {
+            best = s;
+            best_rank = r;
+            best_need = f.need;
+            best_use = f.last_use;
+            if (r == 0 && f.availability == slot_availability::free) break;  // nothing beats it
+        }
+    }
+    return best;
+}
+
+}  // namespace moed::storage

@@ -1,0 +1,378 @@
+// The prefetch pipeline and placement of the tiered expert source: scored requests, their
+// priority queue, staleness (superseded and passed layers), the in-flight bound, the hot set
+// and the need scores the ring reclaims slots by. See tiered_expert_source.h for the
+// contract and tiered_state.h for the slot state machine.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/log.h"
+#include "storage/tiered_state.h"
+
+namespace moed::storage {
+
+using namespace tiered_detail;
+
+const char* prefetch_class_name(prefetch_class c) noexcept {
+    switch (c) {
+        case prefetch_class::demand: return "demand";
+        case prefetch_class::near: return "near";
+        case prefetch_class::far: return "far";
+        case prefetch_class::warmup: return "warmup";
+    }
+    return "unknown";
+}
+
+// --- need, facts, guards (mutex held) ---
+
+float tiered_expert_source::impl::need_of(const slot_entry& e) const noexcept {
+    const float base = expert_scores.empty() ? 0.0f : expert_scores[table_index(e.id)];
+    if (e.predicted && e.pred_gen == layer_gen[e.id.layer]) return std::max(base, e.pred_score);
+    return base;
+}
+
+slot_facts tiered_expert_source::impl::facts_of(std::uint32_t s) const noexcept {
+    const slot_entry& e = slots[s];
+    slot_facts f;
+    switch (e.state) {
+        case slot_state::free: f.availability = slot_availability::free; return f;
+        case slot_state::ready:
+            f.availability = e.guard_epoch == layer_epoch ? slot_availability::guarded : slot_availability::reclaimable;
+            break;
+        default: return f;  // busy
+    }
+    f.need = need_of(e);
+    f.last_use = e.last_use;
+    f.hot_expert = hot_count > 0 && hot[table_index(e.id)] != 0;
+    return f;
+}
+
+void tiered_expert_source::impl::guard_locked(slot_entry& e) noexcept {
+    if (e.id.layer == current_layer) e.guard_epoch = layer_epoch;
+}
+
+void tiered_expert_source::impl::set_current_layer_locked(std::uint32_t layer) noexcept {
+    if (layer == current_layer) return;
+    current_layer = layer;
+    ++layer_epoch;  // the previous layer's guards lapse at once
+}
+
+void tiered_expert_source::impl::lapse_layer_locked(std::uint32_t layer) noexcept { ++layer_gen[layer]; }
+
+// --- the queue (mutex held) ---
+
+void tiered_expert_source::impl::enqueue_locked(const prefetch_request& r) noexcept {
+    const std::size_t idx = table_index(r.id);
+    if (queued[idx] != 0) {
+        for (queued_prefetch& q : queue) {
+            if (q.id == r.id) {
+                q.cls = std::min(q.cls, r.cls);
+                q.score = std::max(q.score, r.score);
+                break;
+            }
+        }
+    } else {
+        // One entry per expert at most, so the reserved n_layer * n_expert never grows.
+        MOED_ASSERT(queue.size() < queue.capacity());
+        queue.push_back(queued_prefetch{r.id, r.cls, r.score});
+        queued[idx] = 1;
+    }
+    queue_sorted = false;
+}
+
+template <typename Pred>
+void tiered_expert_source::impl::drop_queued_locked(Pred drop) noexcept {
+    std::size_t keep = 0;
+    for (std::size_t k = 0; k < queue.size(); ++k) {
+        if (drop(queue[k])) {
+            queued[table_index(queue[k].id)] = 0;
+            ++pf_cancelled;
+        } else {
+            queue[keep++] = queue[k];
+        }
+    }
+    queue.resize(keep);
+}
+
+void tiered_expert_source::impl::sort_queue_locked() noexcept {
+    const std::uint32_t n_layer = layout.n_layer;
+    const std::uint32_t now = current_layer;
+    // Class first; then layers in the order the engine reaches them from the one it computes
+    // (a request for a layer it has passed waits for the next token); then the higher score.
+    auto distance = [&](std::uint32_t layer) { return (layer + n_layer - now) % n_layer; };
+    std::sort(queue.begin(), queue.end(), [&](const queued_prefetch& a, const queued_prefetch& b) {
+        if (a.cls != b.cls) return a.cls < b.cls;
+        const std::uint32_t da = distance(a.id.layer), db = distance(b.id.layer);
+        if (da != db) return da < db;
+        if (a.score != b.score) return a.score > b.score;
+        return a.id.expert < b.id.expert;
+    });
+    queue_sorted = true;
+}
+
+namespace {
+
+void set_prediction(slot_entry& e, float score, std::uint32_t gen) noexcept {
+    // Scores above 1 (hints that may replace anything) count as certain.
+    score = std::clamp(score, 0.0f, 1.0f);
+    if (e.predicted && e.pred_gen == gen) score = std::max(score, e.pred_score);
+    e.predicted = true;
+    e.pred_score = score;
+    e.pred_gen = gen;
+}
+
+}  // namespace
+
+void tiered_expert_source::impl::dispatch_locked() noexcept {
+    if (queue.empty() || stopping) return;
+    if (!queue_sorted) sort_queue_locked();
+    std::size_t keep = 0;
+    bool bound_reached = false;
+    bool started = false;
+    for (std::size_t k = 0; k < queue.size(); ++k) {
+        const queued_prefetch q = queue[k];
+        const std::size_t idx = table_index(q.id);
+        const bool is_hot = hot_count > 0 && hot[idx] != 0;
+        bool done = false;
+        if (const std::uint32_t where = residency[idx]; where != no_slot) {
+            // Loaded meanwhile (by an acquire or another request). A hot expert found in a
+            // ring slot joins the hot set where it lies: the slot trades roles with a hot slot
+            // that holds no hot expert.
+            if (is_hot && !policy && ring.section_of_slot(where) != section_ring::hot) {
+                std::optional<std::uint32_t> spare;
+                for (std::uint32_t h : ring.hot_members()) {
+                    const slot_entry& he = slots[h];
+                    if (he.state == slot_state::free) {
+                        spare = h;
+                        break;
+                    }
+                    if (!spare && hot[table_index(he.id)] == 0) spare = h;
+                }
+                if (spare) ring.swap_roles(where, *spare);
+            }
+            done = true;
+        } else if (!bound_reached) {
+            if (!fits_inflight_locked(layout.expert_bytes(q.id.layer))) {
+                bound_reached = true;  // later requests wait too: the queue is in priority order
+            } else {
+                const slot_load_kind kind = q.cls == prefetch_class::demand ? slot_load_kind::demand
+                                                                            : slot_load_kind::prefetch;
+                std::optional<std::uint32_t> slot;
+                if (is_hot && !policy) slot = take_slot_locked(q.id, slot_load_kind::hot, q.score);
+                if (!slot && (!is_hot || q.cls != prefetch_class::warmup)) slot = take_slot_locked(q.id, kind, q.score);
+                if (slot) {
+                    start_load_locked(*slot, q.id, 0);
+                    slot_entry& e = slots[*slot];
+                    e.prefetched_unused = true;
+                    set_prediction(e, q.score, layer_gen[q.id.layer]);
+                    if (q.cls == prefetch_class::demand) guard_locked(e);
+                    ++pf_issued;
+                    started = true;
+                    done = true;
+                }
+            }
+        }
+        if (done) {
+            queued[idx] = 0;
+        } else {
+            queue[keep++] = q;
+        }
+    }
+    queue.resize(keep);
+    if (started) flush_pending_locked();
+}
+
+// --- public side ---
+
+void tiered_expert_source::prefetch(std::span<const prefetch_request> requests) {
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    if (d.stopping) return;
+    // Mark this call's experts and the layers it predicts anew.
+    for (const prefetch_request& r : requests) {
+        if (!d.in_range(r.id)) continue;
+        d.mark[d.table_index(r.id)] = 1;
+        if (r.cls != prefetch_class::warmup) d.layer_mark[r.id.layer] = 1;
+    }
+    // Superseded: requests still queued for those layers that this call does not repeat.
+    d.drop_queued_locked([&](const queued_prefetch& q) {
+        return q.cls != prefetch_class::warmup && d.layer_mark[q.id.layer] != 0 && d.mark[d.table_index(q.id)] == 0;
+    });
+    // Earlier predictions of those layers lapse; this call's requests renew theirs below.
+    for (std::uint32_t l = 0; l < d.layout.n_layer; ++l) {
+        if (d.layer_mark[l] != 0) d.lapse_layer_locked(l);
+    }
+    for (const prefetch_request& r : requests) {
+        if (!d.in_range(r.id)) continue;
+        ++d.pf_requested;
+        const std::size_t idx = d.table_index(r.id);
+        d.mark[idx] = 0;
+        if (const std::uint32_t where = d.residency[idx]; where != no_slot) {
+            slot_entry& e = d.slots[where];
+            set_prediction(e, r.score, d.layer_gen[r.id.layer]);
+            if (r.cls == prefetch_class::demand) d.guard_locked(e);
+            if (d.policy && e.state == slot_state::ready) d.policy->on_access(where);
+            // A hot expert still in a ring slot is adopted by the dispatch below.
+            if (d.hot_count > 0 && d.hot[idx] != 0 && !d.policy &&
+                d.ring.section_of_slot(where) != section_ring::hot) {
+                d.enqueue_locked(r);
+            }
+            continue;
+        }
+        d.enqueue_locked(r);
+    }
+    std::fill(d.layer_mark.begin(), d.layer_mark.end(), 0);
+    d.dispatch_locked();
+}
+
+void tiered_expert_source::prefetch(std::span<const ExpertId> ids) {
+    // The older form: no queue, no scores. Each expert takes a slot now if one is free or
+    // holds an expert nobody holds (demand's order, never a guarded or hot expert), else it
+    // is skipped.
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    if (d.stopping) return;
+    bool queued = false;
+    for (const ExpertId& id : ids) {
+        if (!d.in_range(id)) continue;  // a hint; an impossible id is simply not prefetched
+        ++d.pf_requested;
+        const std::uint32_t where = d.residency[d.table_index(id)];
+        if (where != no_slot) {
+            // Soon needed: keep it away from the eviction end.
+            if (d.slots[where].state == slot_state::ready) {
+                d.touch_locked(d.slots[where]);
+                if (d.policy) d.policy->on_access(where);
+            }
+            continue;
+        }
+        if (!d.fits_inflight_locked(d.layout.expert_bytes(id.layer))) break;
+        const std::optional<std::uint32_t> slot = d.take_slot_locked(id, slot_load_kind::hint, 0.0f);
+        if (!slot) break;  // every slot is held, guarded or loading; prefetch never waits
+        d.start_load_locked(*slot, id, 0);
+        d.slots[*slot].prefetched_unused = true;
+        ++d.pf_issued;
+        queued = true;
+    }
+    if (queued) d.flush_pending_locked();
+}
+
+void tiered_expert_source::begin_layer(std::uint32_t layer, std::uint64_t n_tokens) {
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    if (layer >= d.layout.n_layer) return;
+    if (layer == 0) d.tokens += n_tokens;
+    const std::uint32_t from = d.current_layer;
+    if (layer != from) {
+        // The layers passed since the last call, cyclically: [from, layer).
+        const std::uint32_t n = d.layout.n_layer;
+        for (std::uint32_t l = from; l != layer; l = (l + 1) % n) d.layer_mark[l] = 1;
+        d.drop_queued_locked([&](const queued_prefetch& q) {
+            return q.cls != prefetch_class::warmup && d.layer_mark[q.id.layer] != 0;
+        });
+        for (std::uint32_t l = 0; l < n; ++l) {
+            if (d.layer_mark[l] != 0) d.lapse_layer_locked(l);
+        }
+        std::fill(d.layer_mark.begin(), d.layer_mark.end(), 0);
+        d.set_current_layer_locked(layer);
+        d.queue_sorted = false;
+    }
+    d.dispatch_locked();
+}
+
+void tiered_expert_source::cancel_prefetches_before(std::uint32_t layer) {
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    layer = std::min(layer, d.layout.n_layer);
+    d.drop_queued_locked([&](const queued_prefetch& q) {
+        return q.cls != prefetch_class::warmup && q.id.layer < layer;
+    });
+    for (std::uint32_t l = 0; l < layer; ++l) d.lapse_layer_locked(l);
+    d.dispatch_locked();
+}
+
+void tiered_expert_source::cancel_prefetches() {
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    d.drop_queued_locked([](const queued_prefetch&) { return true; });
+}
+
+std::uint32_t tiered_expert_source::set_hot_set(std::span<const ExpertId> ids) {
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    if (d.policy) return 0;  // policy mode has no ring, hence no hot set
+    const std::uint32_t n_slots = d.n_slots();
+    // Leave at least one ring slot; the fraction caps the rest.
+    const auto cap = static_cast<std::uint32_t>(std::min<double>(
+        std::floor(std::clamp(d.options.hot_fraction_max, 0.0, 1.0) * n_slots), n_slots - 1));
+    std::fill(d.hot.begin(), d.hot.end(), 0);
+    std::vector<ExpertId> members;
+    members.reserve(std::min<std::size_t>(ids.size(), cap));
+    for (const ExpertId& id : ids) {
+        if (members.size() >= cap) break;
+        if (!d.in_range(id) || d.hot[d.table_index(id)] != 0) continue;
+        d.hot[d.table_index(id)] = 1;
+        members.push_back(id);
+    }
+    d.hot_count = static_cast<std::uint32_t>(members.size());
+    // Warmup requests for experts that left the hot set are stale.
+    d.drop_queued_locked([&](const queued_prefetch& q) {
+        return q.cls == prefetch_class::warmup && d.hot[d.table_index(q.id)] == 0;
+    });
+
+    // The hot slots: first those already holding hot experts (adopted in place), then slots
+    // of the old hot set that hold no hot expert, then free slots, then the ring slots whose
+    // experts are needed least. Roles only: nothing is evicted or read here.
+    std::vector<std::uint32_t> chosen;
+    chosen.reserve(d.hot_count);
+    std::vector<std::uint8_t> taken(n_slots, 0);
+    auto take = [&](std::uint32_t s) {
+        if (taken[s] != 0 || chosen.size() >= d.hot_count) return;
+        taken[s] = 1;
+        chosen.push_back(s);
+    };
+    for (const ExpertId& id : members) {
+        if (const std::uint32_t where = d.residency[d.table_index(id)]; where != no_slot) take(where);
+    }
+    for (std::uint32_t s : d.ring.hot_members()) {
+        if (d.slots[s].state == slot_state::free || d.hot[d.table_index(d.slots[s].id)] == 0) take(s);
+    }
+    for (std::uint32_t s = 0; s < n_slots; ++s) {
+        if (d.slots[s].state == slot_state::free) take(s);
+    }
+    if (chosen.size() < d.hot_count) {
+        std::vector<std::uint32_t> rest;
+        for (std::uint32_t s = 0; s < n_slots; ++s) {
+            if (taken[s] == 0) rest.push_back(s);
+        }
+        std::sort(rest.begin(), rest.end(), [&](std::uint32_t a, std::uint32_t b) {
+            const float na = d.need_of(d.slots[a]), nb = d.need_of(d.slots[b]);
+            if (na != nb) return na < nb;
+            return d.slots[a].last_use < d.slots[b].last_use;
+        });
+        for (std::uint32_t s : rest) take(s);
+    }
+    MOED_ASSERT(chosen.size() == d.hot_count);
+    d.ring.assign_hot(chosen);
+    d.section_last_layer.assign(d.ring.n_sections(), -1);
+    for (const ExpertId& id : members) {
+        if (d.residency[d.table_index(id)] == no_slot) d.enqueue_locked(prefetch_request{id, prefetch_class::warmup, 1.0f});
+    }
+    MOED_LOG_DEBUG(component, "{}: hot set of {} experts; ring of {} sections over {} slots", d.path, d.hot_count,
+                   d.ring.n_sections(), n_slots - d.hot_count);
+    d.dispatch_locked();
+    return d.hot_count;
+}
+
+void tiered_expert_source::set_expert_scores(std::span<const float> per_expert_score) {
+    impl& d = *impl_;
+    const std::size_t want = static_cast<std::size_t>(d.layout.n_layer) * d.layout.n_expert;
+    if (!per_expert_score.empty() && per_expert_score.size() != want) {
+        MOED_LOG_WARN(component, "{}: {} expert scores given for {} experts ({} layers x {}); ignored", d.path,
+                      per_expert_score.size(), want, d.layout.n_layer, d.layout.n_expert);
+        return;
+    }
+    std::lock_guard lock(d.mutex);
+    d.expert_scores.assign(per_expert_score.begin(), per_expert_score.end());
+}
+
+}  // namespace moed::storage
