@@ -4,9 +4,15 @@
 // the figures do not depend on a tokenizer.
 //
 //   bench-decode -m MODEL [-t THREADS] [-p 512] [-n 128] [-b 512] [-r REPS]
-//                [--host-budget 25%|4GiB [--io-depth N] [--no-uring] [--no-direct]]
+//                [--host-budget 25%|4GiB [--io-depth N] [--no-uring] [--no-direct]
+//                 [--prefetch on|off] [--lookahead D] [--max-inflight SIZE] [--no-ring]
+//                 [--history] [--slow-disk LAT_US,MBPS]]
 // With --host-budget the experts come through the tiered source (read from the file into a
-// slab of that size) and the JSON adds the tier statistics and the I/O wait per token.
+// slab of that size) and the JSON adds the tier statistics and, for the decode runs, the time
+// compute waited for expert I/O per token. --prefetch on (the default) drives the prefetch
+// planner from a router lookahead of D layers (default 2); --slow-disk wraps the reader in a
+// fault_reader with that per-read latency and bandwidth cap (a file in the page cache reads
+// far faster than any disk, which hides what prefetching buys).
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -22,11 +28,13 @@
 
 #include "common/units.h"
 #include "engine/evaluator.h"
+#include "engine/prefetch.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
 #include "tools/cli_util.h"
+#include "tools/slow_disk.h"
 
 namespace {
 
@@ -51,6 +59,8 @@ int main(int argc, char** argv) {
     int reps = 3;
     moed::engine::load_options load;
     load.tier.lock = moed::storage::memory_lock::best_effort;
+    moed::engine::prefetch_options prefetch;
+    std::string slow_disk;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> const char* {
@@ -70,7 +80,33 @@ int main(int argc, char** argv) {
         } else if (a == "--io-depth") load.tier.queue_depth = parse_number<std::uint32_t>(a, next());
         else if (a == "--no-uring") load.tier.allow_uring = false;
         else if (a == "--no-direct") load.tier.allow_direct = false;
-        else fail("unknown argument '" + a + "'; usage: bench-decode -m MODEL [-t N] [-p N] [-n N] [-b N] [-r N]");
+        else if (a == "--prefetch") {
+            const std::string v = next();
+            if (v != "on" && v != "off") fail("--prefetch takes on or off, not '" + v + "'");
+            prefetch.enabled = v == "on";
+        } else if (a == "--lookahead") prefetch.lookahead = parse_number<int>(a, next());
+        else if (a == "--max-inflight") {
+            auto bytes = moed::parse_bytes(next());
+            if (!bytes) fail(bytes.error().message);
+            load.tier.max_inflight_bytes = *bytes;
+        } else if (a == "--max-prefetch-inflight") {
+            auto bytes = moed::parse_bytes(next());
+            if (!bytes) fail(bytes.error().message);
+            load.tier.max_prefetch_inflight_bytes = *bytes;
+        } else if (a == "--no-ring") load.tier.ring = false;
+        else if (a == "--history") prefetch.planner.history = true;
+        else if (a == "--skip-current") prefetch.planner.skip_current = true;
+        else if (a == "--slots-per-layer") load.tier.slots_per_layer = parse_number<std::uint32_t>(a, next());
+        else if (a == "--reuse-prior") load.tier.reuse_prior = parse_number<double>(a, next());
+        else if (a == "--pf-max") prefetch.planner.max_per_layer = parse_number<std::uint32_t>(a, next());
+        else if (a == "--pf-min") prefetch.planner.min_per_layer = parse_number<std::uint32_t>(a, next());
+        else if (a == "--pf-min-score") prefetch.planner.min_score = parse_number<float>(a, next());
+        else if (a == "--slow-disk") {
+            slow_disk = next();
+            auto spec = moed::tools::parse_slow_disk(slow_disk);
+            if (!spec) fail(spec.error().message);
+            moed::tools::apply_slow_disk(*spec, load.tier);
+        } else fail("unknown argument '" + a + "'; usage: bench-decode -m MODEL [-t N] [-p N] [-n N] [-b N] [-r N]");
     }
     if (model_path.empty()) fail("no model given (-m MODEL)");
 
@@ -80,6 +116,8 @@ int main(int argc, char** argv) {
     const auto& hp = m.hparams();
     moed::kernels::compute_pool pool(threads);
     moed::engine::evaluator eval(m, pool, std::min(n_batch, n_prompt));
+    auto planner = moed::engine::attach_prefetch(eval, m, prefetch);
+    if (!planner) fail(planner.error().message);
     moed::engine::kv_cache cache(hp.n_layer, n_prompt + n_gen, hp.n_head_kv, hp.head_dim);
 
     std::vector<moed::engine::token_id> prompt(static_cast<std::size_t>(n_prompt));
@@ -93,7 +131,9 @@ int main(int argc, char** argv) {
         cache.clear();
         if (auto r = eval.run_sequence(warm, cache, logits); !r) fail(r.error().message);
     }
-    std::vector<double> pp, tg;
+    std::vector<double> pp, tg, tg_wait_ns, tg_bytes, tg_misses;
+    auto io_wait_ns = [&]() -> std::uint64_t { return m.tiers() ? m.tiers()->stats().prefetch.io_wait_ns : 0; };
+    auto host_stats = [&]() { return m.tiers() ? m.tiers()->stats().host : moed::tier_stats{}; };
     for (int r = 0; r < reps; ++r) {
         cache.clear();
         auto start = clock::now();
@@ -103,6 +143,8 @@ int main(int argc, char** argv) {
         // Decode from an empty context, as llama-bench's tg test does.
         cache.clear();
         moed::engine::token_id token = prompt[0];
+        const std::uint64_t wait_before = io_wait_ns();
+        const moed::tier_stats host_before = host_stats();
         start = clock::now();
         for (std::int64_t i = 0; i < n_gen; ++i) {
             if (auto ok = eval.run_sequence(std::span<const moed::engine::token_id>(&token, 1), cache, logits); !ok) {
@@ -111,6 +153,10 @@ int main(int argc, char** argv) {
             token = moed::engine::argmax(logits);
         }
         tg.push_back(static_cast<double>(n_gen) / std::chrono::duration<double>(clock::now() - start).count());
+        tg_wait_ns.push_back(static_cast<double>(io_wait_ns() - wait_before) / static_cast<double>(n_gen));
+        const moed::tier_stats host_after = host_stats();
+        tg_bytes.push_back(static_cast<double>(host_after.bytes_read - host_before.bytes_read) / static_cast<double>(n_gen));
+        tg_misses.push_back(static_cast<double>(host_after.misses - host_before.misses) / static_cast<double>(n_gen));
     }
 
     nlohmann::json out{
@@ -133,9 +179,20 @@ int main(int argc, char** argv) {
         {"expert_bytes", m.expert_bytes()},
     };
     if (const auto* tiers = m.tiers()) {
-        const auto st = tiers->stats();
+        auto st = tiers->stats();
+        if (*planner) moed::scheduler::add_planner_stats((*planner)->stats(), st.prefetch);
         out["host_budget_bytes"] = st.host.capacity_bytes;
         out["host_budget_fraction"] = static_cast<double>(st.host.capacity_bytes) / static_cast<double>(m.expert_bytes());
+        out["prefetch"] = prefetch.enabled;
+        out["lookahead"] = prefetch.enabled ? prefetch.lookahead : 0;
+        out["ring"] = load.tier.ring;
+        out["slow_disk"] = slow_disk;
+        // What compute waited for expert reads (or slots) per decoded token, median over reps.
+        out["decode_io_wait_ns_per_token"] = median(tg_wait_ns);
+        out["decode_io_wait_runs"] = tg_wait_ns;
+        // Expert bytes read and acquires that waited for a read, per decoded token (median).
+        out["decode_bytes_read_per_token"] = median(tg_bytes);
+        out["decode_misses_per_token"] = median(tg_misses);
         out["tiers"] = st;
     }
     std::cout << out.dump() << "\n";

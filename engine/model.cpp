@@ -306,6 +306,9 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     if (options.host_budget) {
         storage::tiered_options tier = options.tier;
         tier.host_budget_bytes = options.host_budget->resolve(m->expert_bytes());
+        // The ring's sections are sized for a layer's predicted top-2k (room for the next
+        // layer's prefetch while this one computes).
+        if (tier.slots_per_layer == 0) tier.slots_per_layer = 2 * hp.n_expert_used;
         auto tiered = storage::tiered_expert_source::create(path, m->layout_, tier);
         if (!tiered) return unexpected(std::move(tiered).error());
         m->tiers_ = tiered->get();

@@ -74,6 +74,12 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
                                                                  options.allow_direct, slab->region()});
             if (!opened) return unexpected(std::move(opened).error());
             reader = std::move(opened).value();
+            if (options.wrap_reader) {
+                auto wrapped = options.wrap_reader(std::move(reader));
+                if (!wrapped) return unexpected(std::move(wrapped).error());
+                reader = std::move(wrapped).value();
+                if (!reader) return make_error(errc::internal, "{}: the reader wrapper returned no reader", path);
+            }
         }
         if (alignment % reader->alignment() == 0) break;
         if (attempt == 1) {

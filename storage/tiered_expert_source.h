@@ -39,6 +39,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -67,13 +68,24 @@ struct tiered_options {
     // Bytes of expert reads in flight at once, demand and prefetch together (0: no bound).
     // It bounds how long a demand read can queue behind prefetches on the disk.
     std::uint64_t max_inflight_bytes = std::uint64_t{256} << 20;
+    // A prefetch starts only while all reads in flight stay within this (0: max_inflight_bytes
+    // alone), so on a disk that is the bottleneck prefetches use the time it would idle while
+    // compute runs, and a demand read never queues behind more than this of them.
+    std::uint64_t max_prefetch_inflight_bytes = 0;
     // Slots one layer's loads want at once, which sizes the ring's sections (0: a quarter of
     // the layer's experts, at least 1). The engine passes 2 x the experts used per token.
     std::uint32_t slots_per_layer = 0;
+    // The chance that an expert with no prediction is used again when its layer next runs
+    // (the need it keeps, scaled down the further away that layer is); prefetches only
+    // replace experts whose need is below their score.
+    double reuse_prior = 0.3;
     // The most of the slots the hot set may take (set_hot_set()).
     double hot_fraction_max = 0.25;
     // false: one section (plain least-recently-used placement, no hot set), to compare with.
     bool ring = true;
+    // When set, wraps the block reader create() opens (a fault_reader for a fake slow disk in
+    // benchmarks); not used for a reader passed to create().
+    std::function<result<std::unique_ptr<block_reader>>(std::unique_ptr<block_reader>)> wrap_reader;
 };
 
 // Prefetch priority classes, served in this order (contract with the scheduler).

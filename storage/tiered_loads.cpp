@@ -116,6 +116,11 @@ bool tiered_expert_source::impl::fits_inflight_locked(std::uint64_t bytes) const
     return limit == 0 || inflight_bytes == 0 || inflight_bytes + bytes <= limit;
 }
 
+bool tiered_expert_source::impl::fits_prefetch_locked(std::uint64_t bytes) const noexcept {
+    const std::uint64_t limit = options.max_prefetch_inflight_bytes;
+    return fits_inflight_locked(bytes) && (limit == 0 || inflight_bytes == 0 || inflight_bytes + bytes <= limit);
+}
+
 void tiered_expert_source::impl::admit_locked(std::uint32_t slot) {
     slot_entry& e = slots[slot];
     MOED_ASSERT(e.state == slot_state::loading && !e.admitted);

@@ -26,8 +26,16 @@ const char* prefetch_class_name(prefetch_class c) noexcept {
 // --- need, facts, guards (mutex held) ---
 
 float tiered_expert_source::impl::need_of(const slot_entry& e) const noexcept {
-    const float base = expert_scores.empty() ? 0.0f : expert_scores[table_index(e.id)];
+    float base = expert_scores.empty() ? 0.0f : expert_scores[table_index(e.id)];
     if (e.predicted && e.pred_gen == layer_gen[e.id.layer]) return std::max(base, e.pred_score);
+    // Layers run in a cycle, so an expert with no prediction is next wanted when its layer
+    // comes round again: soonest for the layer being computed and those just ahead, latest
+    // for the layer just passed. Its need is the chance of reuse scaled by that nearness
+    // (what Belady's rule would look at on a cyclic pattern, where LRU picks the worst).
+    const std::uint32_t n = layout.n_layer;
+    const std::uint32_t distance = (e.id.layer + n - current_layer) % n;
+    const float nearness = static_cast<float>(n - distance) / static_cast<float>(n);
+    base = std::max(base, static_cast<float>(options.reuse_prior) * nearness);
     return base;
 }
 
@@ -152,7 +160,7 @@ void tiered_expert_source::impl::dispatch_locked() noexcept {
             }
             done = true;
         } else if (!bound_reached) {
-            if (!fits_inflight_locked(layout.expert_bytes(q.id.layer))) {
+            if (!fits_prefetch_locked(layout.expert_bytes(q.id.layer))) {
                 bound_reached = true;  // later requests wait too: the queue is in priority order
             } else {
                 const slot_load_kind kind = q.cls == prefetch_class::demand ? slot_load_kind::demand
@@ -245,7 +253,7 @@ void tiered_expert_source::prefetch(std::span<const ExpertId> ids) {
             }
             continue;
         }
-        if (!d.fits_inflight_locked(d.layout.expert_bytes(id.layer))) break;
+        if (!d.fits_prefetch_locked(d.layout.expert_bytes(id.layer))) break;
         const std::optional<std::uint32_t> slot = d.take_slot_locked(id, slot_load_kind::hint, 0.0f);
         if (!slot) break;  // every slot is held, guarded or loading; prefetch never waits
         d.start_load_locked(*slot, id, 0);

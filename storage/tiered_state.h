@@ -276,6 +276,7 @@ struct tiered_expert_source::impl {
     // while the in-flight bound is full (demand only: prefetches are started only when they fit).
     void start_load_locked(std::uint32_t slot, ExpertId id, std::uint32_t refs);
     bool fits_inflight_locked(std::uint64_t bytes) const noexcept;
+    bool fits_prefetch_locked(std::uint64_t bytes) const noexcept;
     void admit_locked(std::uint32_t slot);
     void admit_deferred_locked();
     // Starts queued prefetches in priority order while the bound and the ring allow.

@@ -1,0 +1,140 @@
+#include "scheduler/prefetch_planner.h"
+
+#include <algorithm>
+
+#include "common/assert.h"
+
+namespace moed::scheduler {
+
+namespace {
+// History is kept for at most this many sequences; beyond it the map starts afresh (a caller
+// that never calls forget() must not grow it without bound).
+constexpr std::size_t history_sequences_max = 4096;
+}  // namespace
+
+prefetch_planner::prefetch_planner(storage::tiered_expert_source& source, std::uint32_t n_layer,
+                                   std::uint32_t n_expert, std::uint32_t n_expert_used,
+                                   const prefetch_planner_options& options)
+    : source_(source), n_layer_(n_layer), n_expert_(n_expert), n_expert_used_(n_expert_used), options_(options) {
+    MOED_ASSERT(n_layer > 0 && n_expert > 0 && n_expert_used > 0 && n_expert_used <= n_expert);
+    score_.resize(n_expert);
+    order_.resize(n_expert);
+    requested_.assign(static_cast<std::size_t>(n_layer) * n_expert, 0);
+    seen_.assign(n_expert, 0);
+    requests_.reserve(static_cast<std::size_t>(n_expert) * (static_cast<std::size_t>(std::max(options.depth, 0)) + 1));
+}
+
+void prefetch_planner::plan(std::uint32_t layer, std::int64_t n_tokens, std::span<const std::uint64_t> seqs,
+                            int depth, std::span<const float> probs, std::vector<storage::prefetch_request>& out) {
+    if (n_tokens <= 0 || layer >= n_layer_) return;
+    const int rows = std::max(0, std::min(options_.depth, depth));
+    const std::size_t n = static_cast<std::size_t>(n_tokens);
+    MOED_ASSERT(probs.size() >= static_cast<std::size_t>(rows) * n * n_expert_);
+    const std::uint32_t min_k = options_.min_per_layer > 0 ? options_.min_per_layer : n_expert_used_;
+    const std::uint64_t per_token = options_.max_per_layer > 0 ? options_.max_per_layer : 2ull * n_expert_used_;
+    const auto max_k = static_cast<std::uint32_t>(std::min<std::uint64_t>(n_expert_, per_token * n));
+    for (int j = options_.skip_current ? 1 : 0; j < rows; ++j) {
+        const std::uint32_t target = layer + static_cast<std::uint32_t>(j);
+        if (target >= n_layer_) break;
+        const float* row = probs.data() + static_cast<std::size_t>(j) * n * n_expert_;
+        // P(at least one token picks e), were the router's probabilities independent draws.
+        for (std::uint32_t e = 0; e < n_expert_; ++e) {
+            float miss = 1.0f;
+            for (std::size_t t = 0; t < n; ++t) miss *= 1.0f - std::clamp(row[t * n_expert_ + e], 0.0f, 1.0f);
+            score_[e] = 1.0f - miss;
+        }
+        for (std::uint32_t e = 0; e < n_expert_; ++e) order_[e] = e;
+        std::sort(order_.begin(), order_.end(), [&](std::uint32_t a, std::uint32_t b) {
+            return score_[a] != score_[b] ? score_[a] > score_[b] : a < b;
+        });
+        const storage::prefetch_class cls = j <= 1 ? storage::prefetch_class::near : storage::prefetch_class::far;
+        std::uint8_t* asked = requested_.data() + static_cast<std::size_t>(target) * n_expert_;
+        std::fill_n(asked, n_expert_, 0);  // the newest prediction of a layer replaces the older
+        for (std::uint32_t i = 0; i < max_k; ++i) {
+            const std::uint32_t e = order_[i];
+            if (i >= min_k && score_[e] < options_.min_score) break;
+            out.push_back(storage::prefetch_request{ExpertId{target, e}, cls, score_[e]});
+            asked[e] = 1;
+        }
+    }
+    // History reaches one layer past the lookahead: what each sequence used there last time.
+    const std::uint32_t target = layer + static_cast<std::uint32_t>(rows);
+    if (options_.history && target < n_layer_ && !seqs.empty()) {
+        std::uint8_t* asked = requested_.data() + static_cast<std::size_t>(target) * n_expert_;
+        std::fill(seen_.begin(), seen_.end(), 0);
+        for (std::uint64_t seq : seqs) {
+            const auto it = history_.find(seq);
+            if (it == history_.end()) continue;
+            for (std::uint32_t s = 0; s < n_expert_used_; ++s) {
+                const std::int32_t e = it->second[static_cast<std::size_t>(target) * n_expert_used_ + s];
+                if (e < 0 || static_cast<std::uint32_t>(e) >= n_expert_ || seen_[e] != 0) continue;
+                seen_[e] = 1;
+                out.push_back(storage::prefetch_request{ExpertId{target, static_cast<std::uint32_t>(e)},
+                                                        storage::prefetch_class::far, options_.history_score});
+                asked[e] = 1;
+            }
+        }
+    }
+}
+
+void prefetch_planner::on_layer_start(std::uint32_t layer, std::int64_t n_tokens, std::span<const std::uint64_t> seqs,
+                                      int depth, std::span<const float> probs) {
+    if (layer >= n_layer_) return;
+    layer_events_.fetch_add(1, std::memory_order_relaxed);
+    // First the source learns where the engine is (stale requests go), then the new ones.
+    source_.begin_layer(layer, n_tokens > 0 ? static_cast<std::uint64_t>(n_tokens) : 0);
+    requests_.clear();
+    plan(layer, n_tokens, seqs, depth, probs, requests_);
+    if (requests_.empty()) return;
+    requests_sent_.fetch_add(requests_.size(), std::memory_order_relaxed);
+    source_.prefetch(requests_);
+}
+
+void prefetch_planner::on_routing(std::uint32_t layer, std::int64_t n_tokens, std::span<const std::uint64_t> seqs,
+                                  std::span<const std::int32_t> chosen) {
+    if (layer >= n_layer_ || n_tokens <= 0) return;
+    const std::size_t n = static_cast<std::size_t>(n_tokens);
+    MOED_ASSERT(chosen.size() >= n * n_expert_used_);
+    std::uint8_t* asked = requested_.data() + static_cast<std::size_t>(layer) * n_expert_;
+    std::fill(seen_.begin(), seen_.end(), 0);
+    std::uint64_t routed = 0, hit = 0;
+    for (std::size_t i = 0; i < n * n_expert_used_; ++i) {
+        const std::int32_t e = chosen[i];
+        if (e < 0 || static_cast<std::uint32_t>(e) >= n_expert_ || seen_[e] != 0) continue;
+        seen_[e] = 1;
+        ++routed;
+        hit += asked[e] != 0 ? 1 : 0;
+    }
+    std::fill_n(asked, n_expert_, 0);
+    routed_.fetch_add(routed, std::memory_order_relaxed);
+    predicted_routed_.fetch_add(hit, std::memory_order_relaxed);
+
+    if (!options_.history || seqs.size() < n) return;
+    if (history_.size() > history_sequences_max) history_.clear();
+    for (std::size_t t = 0; t < n; ++t) {
+        auto& h = history_[seqs[t]];
+        if (h.empty()) h.assign(static_cast<std::size_t>(n_layer_) * n_expert_used_, -1);
+        std::copy_n(chosen.data() + t * n_expert_used_, n_expert_used_,
+                    h.data() + static_cast<std::size_t>(layer) * n_expert_used_);
+    }
+}
+
+void prefetch_planner::forget(std::uint64_t seq) { history_.erase(seq); }
+
+prefetch_planner_stats prefetch_planner::stats() const noexcept {
+    prefetch_planner_stats s;
+    s.layer_events = layer_events_.load(std::memory_order_relaxed);
+    s.requests = requests_sent_.load(std::memory_order_relaxed);
+    s.routed = routed_.load(std::memory_order_relaxed);
+    s.predicted_routed = predicted_routed_.load(std::memory_order_relaxed);
+    s.recall = s.routed > 0 ? static_cast<double>(s.predicted_routed) / static_cast<double>(s.routed) : 0.0;
+    return s;
+}
+
+void add_planner_stats(const prefetch_planner_stats& s, prefetch_stats& out) {
+    out.routed = s.routed;
+    out.predicted_routed = s.predicted_routed;
+    out.recall = s.recall;
+}
+
+}  // namespace moed::scheduler

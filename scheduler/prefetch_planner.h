@@ -1,0 +1,102 @@
+// The prefetch planner: turns the router lookahead the engine computes at the start of each
+// layer into scored prefetch requests for the tiered expert source (contract 3 of issue 5).
+//
+// At the start of layer l (before attention) the engine has applied the routers of layers
+// l .. l+depth-1 to the residual stream entering layer l: probs[j][t][e]. For each target
+// layer l+j the planner scores every expert by the probability that at least one token of
+// the batch picks it, 1 - prod_t (1 - p[j][t][e]) (for one token: the router's probability),
+// takes the best `min_per_layer` always and further experts down to `min_score`, at most
+// `max_per_layer` per token of the batch (never more than the layer has), and asks for them
+// with class near for layers l and l+1 and far beyond. It first tells the source that layer l
+// begins, which drops whatever is still queued for the layers passed and lets their
+// predictions lapse. On each routing event it issues nothing (the layer's demand is the
+// engine's acquire) but checks its prediction of that layer against the experts the router
+// chose, for the recall figures (routed experts that were among those requested for their
+// layer).
+// Optional history: the experts each sequence used for layer l+depth on its previous token,
+// at class far and score `history_score`, reaching one layer beyond the lookahead.
+//
+// The planner knows nothing of the engine (the scheduler sits below it): the engine's
+// layer-start and routing observers call on_layer_start() and on_routing() with the event's
+// fields (engine/prefetch.h does the wiring).
+// Threads: on_layer_start/on_routing/plan on the engine thread only; stats() from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <span>
+#include <unordered_map>
+#include <vector>
+
+#include "common/status.h"
+#include "storage/tiered_expert_source.h"
+
+namespace moed::scheduler {
+
+struct prefetch_planner_options {
+    // Lookahead rows used (layers l .. l+depth-1); rows beyond what the event carries are
+    // ignored.
+    int depth = 2;
+    std::uint32_t min_per_layer = 0;  // 0: the model's experts per token
+    std::uint32_t max_per_layer = 0;  // per token of the batch; 0: 2 x the experts per token
+    float min_score = 0.02f;
+    // Row 0 (the layer about to run) is left out: its reads would have only attention's time
+    // to arrive, and the demand read follows right after with the exact experts.
+    bool skip_current = false;
+    bool history = false;
+    float history_score = 0.25f;
+};
+
+// What the planner did, for status and benchmarks.
+struct prefetch_planner_stats {
+    std::uint64_t layer_events = 0;
+    std::uint64_t requests = 0;       // requests sent to the source
+    std::uint64_t routed = 0;         // (token-deduplicated) experts the routers chose, per layer event
+    std::uint64_t predicted_routed = 0;  // of them, requested for their layer beforehand
+    double recall = 0.0;              // predicted_routed / routed
+};
+
+class prefetch_planner {
+public:
+    prefetch_planner(storage::tiered_expert_source& source, std::uint32_t n_layer, std::uint32_t n_expert,
+                     std::uint32_t n_expert_used, const prefetch_planner_options& options = {});
+
+    const prefetch_planner_options& options() const noexcept { return options_; }
+
+    // The engine starts layer `layer` for a batch of n_tokens tokens (sequence ids `seqs`,
+    // may be empty); `probs` is [depth][n_tokens][n_expert].
+    void on_layer_start(std::uint32_t layer, std::int64_t n_tokens, std::span<const std::uint64_t> seqs, int depth,
+                        std::span<const float> probs);
+    // The router of `layer` chose `chosen` ([n_tokens][n_expert_used]).
+    void on_routing(std::uint32_t layer, std::int64_t n_tokens, std::span<const std::uint64_t> seqs,
+                    std::span<const std::int32_t> chosen);
+
+    // The requests on_layer_start would send (appended to `out`), without sending them.
+    void plan(std::uint32_t layer, std::int64_t n_tokens, std::span<const std::uint64_t> seqs, int depth,
+              std::span<const float> probs, std::vector<storage::prefetch_request>& out);
+
+    prefetch_planner_stats stats() const noexcept;
+    // Forgets the history of sequence `seq` (it finished).
+    void forget(std::uint64_t seq);
+
+private:
+    storage::tiered_expert_source& source_;
+    const std::uint32_t n_layer_, n_expert_, n_expert_used_;
+    prefetch_planner_options options_;
+
+    // Engine thread only; sized once.
+    std::vector<storage::prefetch_request> requests_;
+    std::vector<float> score_;                 // [n_expert]
+    std::vector<std::uint32_t> order_;         // [n_expert]
+    std::vector<std::uint8_t> requested_;      // [n_layer][n_expert]: asked for since the layer last ran
+    std::vector<std::uint8_t> seen_;           // [n_expert] scratch
+    // History: per sequence, the experts of each layer on its latest token.
+    std::unordered_map<std::uint64_t, std::vector<std::int32_t>> history_;  // [n_layer][n_expert_used]
+
+    std::atomic<std::uint64_t> layer_events_{0}, requests_sent_{0}, routed_{0}, predicted_routed_{0};
+};
+
+// Adds the planner's figures to a tier's prefetch statistics (prediction recall).
+void add_planner_stats(const prefetch_planner_stats& s, prefetch_stats& out);
+
+}  // namespace moed::scheduler
