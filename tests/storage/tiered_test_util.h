@@ -2,7 +2,8 @@
 // (the reference the tiered bytes are compared with), and test_reader, a block reader
 // double that reads with pread inside submit() and hands completions to reap(). It can hold
 // completions back (so a load stays "loading" as long as a test wants), cap every read
-// (short reads), fail chosen reads with an errno, and records how ops were submitted.
+// (short reads), fail chosen reads with an errno, and records how ops were submitted (and
+// the offset of each, so a test can tell which expert was read when).
 #pragma once
 
 #include <fcntl.h>
@@ -131,6 +132,13 @@ public:
         std::atomic<int> fail_errno{EIO};
         std::atomic<bool> hold{false};  // completions wait in the reader until released
         std::atomic<bool> change_identity{false};
+        // The file offset of every op performed, in order (read under `offsets_mutex`).
+        std::mutex offsets_mutex;
+        std::vector<std::uint64_t> offsets;
+        std::vector<std::uint64_t> offsets_copy() {
+            std::lock_guard lock(offsets_mutex);
+            return offsets;
+        }
     };
 
     test_reader(const std::string& path, knobs k, std::shared_ptr<control> c)
@@ -160,6 +168,10 @@ public:
             EXPECT_EQ(op.length % knobs_.alignment, 0u);
             EXPECT_EQ(reinterpret_cast<std::uintptr_t>(op.dest) % knobs_.alignment, 0u);
             const std::uint64_t index = control_->reads.fetch_add(1);
+            {
+                std::lock_guard olock(control_->offsets_mutex);
+                control_->offsets.push_back(op.offset);
+            }
             std::int64_t res;
             if (index >= control_->fail_from.load() && index < control_->fail_from.load() + control_->fail_count.load()) {
                 res = -control_->fail_errno.load();
