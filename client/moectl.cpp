@@ -233,6 +233,35 @@ void print_tier(const moed::daemon_tier& t) {
                human_latency(t.load_latency.p99_us, t.load_latency.count), t.evictions, t.read_errors);
 }
 
+std::string percent(double fraction, bool known) { return known ? fmt::format("{:.1f}%", 100.0 * fraction) : "-"; }
+
+void print_prefetch(const moed::daemon_tiers& t) {
+    const moed::daemon_prefetch& p = t.prefetch;
+    const std::uint64_t needed = p.hits + p.late + p.demand_misses;
+    fmt::print("\nprefetch  recall {}  hit rate {} ({} ready, {} late, {} demand misses)\n",
+               percent(p.recall, p.routed > 0), percent(p.hit_rate, needed > 0), p.hits, p.late, p.demand_misses);
+    fmt::print("          {} issued, {} cancelled, {} wasted ({}); in flight {} (max {}, limit {})\n", p.issued,
+               p.cancelled, p.wasted, human_bytes(p.wasted_bytes), human_bytes(p.inflight_bytes),
+               human_bytes(p.inflight_bytes_max),
+               p.inflight_bytes_limit == 0 ? std::string("none") : human_bytes(p.inflight_bytes_limit));
+    fmt::print("          compute waited {:.1f} ms for I/O{}\n", static_cast<double>(p.io_wait_ns) / 1e6,
+               p.tokens > 0 ? fmt::format(" ({:.1f} us per token)", p.io_wait_ns_per_token / 1e3) : std::string());
+    const moed::daemon_ring& r = t.ring;
+    if (!r.enabled) {
+        fmt::print("ring      off (one pool, least recently used first)\n");
+        return;
+    }
+    fmt::print("ring      {} sections (sized for {} slots per layer), hot set {}/{} resident in {} slots\n",
+               r.sections.size(), r.slots_per_layer, r.hot_resident, r.hot_set, r.hot_slots);
+    for (std::size_t i = 0; i < r.sections.size(); ++i) {
+        const moed::daemon_ring_section& sec = r.sections[i];
+        std::string layers;
+        for (std::uint32_t l : sec.layers) layers += fmt::format("{}{}", layers.empty() ? "" : ",", l);
+        fmt::print("  S{:<3} {:>4} slots  {:>4} resident  layers {:<16} now {}\n", i, sec.slots, sec.resident, layers,
+                   sec.layer < 0 ? std::string("-") : fmt::format("L{}", sec.layer));
+    }
+}
+
 void print_status(const moed::daemon_status& s) {
     fmt::print("moed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : s.version, human_duration(s.uptime_s),
                s.isa.empty() ? "?" : s.isa, s.threads);
@@ -253,6 +282,7 @@ void print_status(const moed::daemon_status& s) {
                    "experts", "hit rate", "read GB/s", "load p50", "load p99", "evictions", "errors");
         print_tier(t.host);
         print_tier(t.nvme);
+        print_prefetch(t);
         if (t.layer_residency.empty()) {
             fmt::print("\nresidency per layer: not reported by this moed\n");
         } else {

@@ -9,6 +9,7 @@
 #include <mutex>
 #include <optional>
 #include <span>
+#include <stdexcept>
 #include <thread>
 
 #include "common/log.h"
@@ -157,6 +158,13 @@ struct batch_loop::impl {
         MOED_LOG_INFO(k_component, "{} sequences of {} tokens (KV caches {}), batches of {} tokens, {} threads",
                       opt.max_sequences, opt.n_ctx, format_bytes(seqs.front().cache.bytes() * seqs.size()),
                       opt.max_batch_tokens, pool.size());
+        // A bad lookahead is a start-up error (the config checks its range first).
+        auto attached = engine::attach_prefetch(eval, m, opt.prefetch);
+        if (!attached) throw std::invalid_argument(attached.error().message);
+        planner = std::move(attached).value();
+        if (planner) {
+            MOED_LOG_INFO(k_component, "prefetch on: router lookahead of {} layers", opt.prefetch.lookahead);
+        }
     }
 
     result<void> validate(const job_params& p) const;
@@ -179,6 +187,7 @@ struct batch_loop::impl {
     const loop_options opt;
     kernels::compute_pool pool;
     engine::evaluator eval;
+    std::unique_ptr<scheduler::prefetch_planner> planner;  // null: experts resident or prefetch off
     const std::int64_t n_vocab;
 
     // Engine thread only.
@@ -531,6 +540,10 @@ batch_loop::batch_loop(engine::model& model, const loop_options& options)
 batch_loop::~batch_loop() { shutdown(std::chrono::milliseconds(0)); }
 
 const loop_options& batch_loop::options() const noexcept { return impl_->opt; }
+
+void batch_loop::add_prefetch_stats(prefetch_stats& stats) const {
+    if (impl_->planner) scheduler::add_planner_stats(impl_->planner->stats(), stats);
+}
 
 void batch_loop::start() {
     std::lock_guard lock(impl_->mu);

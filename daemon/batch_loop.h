@@ -28,6 +28,7 @@
 #include "common/result.h"
 #include "common/status.h"
 #include "engine/model.h"
+#include "engine/prefetch.h"
 #include "engine/sampler.h"
 
 namespace moed::daemon {
@@ -79,6 +80,8 @@ struct loop_options {
     std::int32_t max_tokens_limit = 4096;  // upper bound on a job's max_tokens
     std::uint32_t max_stop_strings = 8;
     int threads = 0;                       // compute threads; 0: hardware concurrency
+    // Router-lookahead prefetching of tiered experts (ignored when experts are resident).
+    engine::prefetch_options prefetch;
 };
 
 using job_id = std::uint64_t;
@@ -107,6 +110,9 @@ public:
 
     // Fills the queue, batch and request fields of `status` (and counters).
     void snapshot(server_status& status) const;
+    // Adds the prefetch planner's prediction figures to tier statistics (nothing without
+    // one). Any thread.
+    void add_prefetch_stats(prefetch_stats& stats) const;
 
     const loop_options& options() const noexcept;
 

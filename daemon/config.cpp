@@ -167,6 +167,8 @@ constexpr std::int64_t max_batch_tokens_limit = 1 << 16;
 constexpr std::int32_t max_tokens_limit = 1 << 20;
 constexpr std::uint32_t max_stop_strings_limit = 64;
 constexpr std::uint32_t max_io_depth = 4096;
+constexpr int max_lookahead = 4;  // engine::max_lookahead_depth (the daemon library does not see it here)
+constexpr std::uint64_t max_inflight_limit = 1ull << 40;
 constexpr std::uint64_t max_body_bytes_limit = 1ull << 30;
 constexpr std::uint32_t max_connections_limit = 1 << 16;
 constexpr double max_timeout_s = 24 * 3600.0;
@@ -179,7 +181,7 @@ constexpr double max_timeout_s = 24 * 3600.0;
         return {};                                                \
     }
 
-const std::array<key_spec, 26> keys{{
+const std::array<key_spec, 29> keys{{
     {"model.path", "path", "the bundled tinymoe model", "GGUF model file to serve",
      MOED_SET(model_path, to_string(v, o))},
     {"model.id", "string", "from the file name", "the name clients give as \"model\"",
@@ -225,6 +227,13 @@ const std::array<key_spec, 26> keys{{
      MOED_SET(io_uring, to_bool(v, o))},
     {"tiers.direct_io", "boolean", "true", "read experts with O_DIRECT (bypass the page cache)",
      MOED_SET(direct_io, to_bool(v, o))},
+    {"tiers.prefetch", "boolean", "true",
+     "read the coming layers' predicted experts ahead of use (router lookahead; tiered experts only)",
+     MOED_SET(prefetch, to_bool(v, o))},
+    {"tiers.lookahead", "integer", "2", "layers the router lookahead predicts at the start of each layer",
+     MOED_SET(lookahead, to_integer<int>(v, o, 1, max_lookahead))},
+    {"tiers.max_inflight", "size", "256MiB", "expert bytes being read at once (demand and prefetch)",
+     MOED_SET(max_inflight_bytes, to_bytes(v, o, 1, max_inflight_limit))},
     {"socket.path", "path", "/run/moed/moed.sock", "Unix socket to listen on (unless socket-activated)",
      MOED_SET(socket_path, to_string(v, o))},
     {"socket.mode", "octal", "0660", "permissions of the socket file", MOED_SET(socket_mode, to_mode(v, o))},

@@ -47,6 +47,9 @@ struct daemon_config {
     storage::memory_lock mlock = storage::memory_lock::best_effort;
     bool io_uring = true;
     bool direct_io = true;
+    bool prefetch = true;                           // router-lookahead prefetch (tiered experts only)
+    int lookahead = 2;                              // layers the lookahead reaches (1..4)
+    std::uint64_t max_inflight_bytes = 256u << 20;  // expert reads in flight at once
     // [socket]
     std::string socket_path{default_socket_path};
     std::uint32_t socket_mode = 0660;

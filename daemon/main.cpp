@@ -225,6 +225,7 @@ int run(int argc, char** argv) {
     load.tier.allow_uring = config.io_uring;
     load.tier.allow_direct = config.direct_io;
     load.tier.lock = config.mlock;
+    load.tier.max_inflight_bytes = config.max_inflight_bytes;
     auto loaded_model = engine::model::load(config.model_path, load);
     if (!loaded_model) return start_error(loaded_model.error().message);
     engine::model& model = **loaded_model;
@@ -260,6 +261,8 @@ int run(int argc, char** argv) {
     lo.max_tokens_limit = config.max_tokens;
     lo.max_stop_strings = config.max_stop_strings;
     lo.threads = threads;
+    lo.prefetch.enabled = config.prefetch;
+    lo.prefetch.lookahead = config.lookahead;
     batch_loop loop(model, lo);
     batch_loop_port port(loop);
     ctx.engine = &port;
@@ -286,7 +289,10 @@ int run(int argc, char** argv) {
         loop.snapshot(s);
         // Tier statistics include the per-layer residency map; absent when every expert
         // stays resident in the mapping.
-        if (const auto* tiers = model.tiers()) s.tiers = tiers->stats();
+        if (const auto* tiers = model.tiers()) {
+            s.tiers = tiers->stats();
+            loop.add_prefetch_stats(s.tiers->prefetch);
+        }
     };
 
     http_options ho;

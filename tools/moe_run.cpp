@@ -3,8 +3,11 @@
 //
 //   moe-run -m MODEL -p PROMPT -n N [--temp T --top-k K --top-p P --min-p P --seed S
 //           --repeat-penalty R -t THREADS -c CTX -b BATCH --ignore-eos --parse-special]
-//           [--host-budget 4GiB|25% --io-depth N --no-uring --no-direct --mlock required|best_effort|off]
+//           [--host-budget 4GiB|25% --io-depth N --no-uring --no-direct --mlock required|best_effort|off
+//            --prefetch on|off --lookahead D --max-inflight SIZE --slow-disk LAT_US,MBPS]
 //           [--json]
+// With --host-budget, prefetching is on unless --prefetch off: a router lookahead of D layers
+// (default 2) predicts the coming layers' experts and the tiers read them ahead.
 //   moe-run -m MODEL --tokenize TEXT [--parse-special] --json
 #include <dlfcn.h>
 #include <sys/resource.h>
@@ -23,9 +26,11 @@
 #include "common/units.h"
 #include "engine/generator.h"
 #include "engine/model.h"
+#include "engine/prefetch.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
 #include "tools/cli_util.h"
+#include "tools/slow_disk.h"
 
 namespace {
 
@@ -42,6 +47,7 @@ struct options {
     bool parse_special = false;
     moed::engine::sampling_params sampling;
     moed::engine::load_options load;
+    moed::engine::prefetch_options prefetch;
 };
 
 [[noreturn]] void usage(int code) {
@@ -50,7 +56,8 @@ struct options {
                  "               [--repeat-penalty R] [--seed S] [-t THREADS] [-c CTX] [-b BATCH]\n"
                  "               [--ignore-eos] [--parse-special] [--json]\n"
                  "               [--host-budget SIZE|PERCENT] [--io-depth N] [--no-uring] [--no-direct]\n"
-                 "               [--mlock required|best_effort|off]\n"
+                 "               [--mlock required|best_effort|off] [--prefetch on|off] [--lookahead D]\n"
+                 "               [--max-inflight SIZE] [--slow-disk LAT_US,MBPS]\n"
                  "       moe-run -m MODEL --tokenize TEXT [--parse-special] [--json]\n");
     std::exit(code);
 }
@@ -100,6 +107,19 @@ options parse_args(int argc, char** argv) {
             else if (v == "best_effort") o.load.tier.lock = moed::storage::memory_lock::best_effort;
             else if (v == "off") o.load.tier.lock = moed::storage::memory_lock::off;
             else fail("--mlock must be required, best_effort or off, not '" + v + "'");
+        } else if (a == "--prefetch") {
+            const std::string v = next();
+            if (v != "on" && v != "off") fail("--prefetch must be on or off, not '" + v + "'");
+            o.prefetch.enabled = v == "on";
+        } else if (a == "--lookahead") o.prefetch.lookahead = parse_number<int>("--lookahead", next());
+        else if (a == "--max-inflight") {
+            auto bytes = moed::parse_bytes(next());
+            if (!bytes) fail("--max-inflight: " + bytes.error().message);
+            o.load.tier.max_inflight_bytes = *bytes;
+        } else if (a == "--slow-disk") {
+            auto spec = moed::tools::parse_slow_disk(next());
+            if (!spec) fail(spec.error().message);
+            moed::tools::apply_slow_disk(*spec, o.load.tier);
         }
         else fail("unknown argument '" + a + "' (see --help)");
     }
@@ -156,6 +176,8 @@ int main(int argc, char** argv) {
         m.hparams().n_ctx_train, static_cast<std::int64_t>(request.prompt.size()) + opt.n_predict);
     moed::kernels::compute_pool pool(opt.threads);
     moed::engine::evaluator eval(m, pool, opt.n_batch);
+    auto planner = moed::engine::attach_prefetch(eval, m, opt.prefetch);
+    if (!planner) fail(planner.error().message);
     moed::engine::kv_cache cache(m.hparams().n_layer, n_ctx, m.hparams().n_head_kv, m.hparams().head_dim);
 
     auto generated = moed::engine::generate(eval, m, cache, request);
@@ -182,7 +204,11 @@ int main(int argc, char** argv) {
             {"kv_cache_bytes", cache.bytes()},
             {"allocator", allocator_name()},
         };
-        if (const auto* tiers = m.tiers()) out["tiers"] = tiers->stats();  // common/status.h gives the JSON form
+        if (const auto* tiers = m.tiers()) {
+            auto st = tiers->stats();  // common/status.h gives the JSON form
+            if (*planner) moed::scheduler::add_planner_stats((*planner)->stats(), st.prefetch);
+            out["tiers"] = st;
+        }
         // Text may end mid-character in principle; replace rather than throw on bad UTF-8.
         std::cout << out.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) << "\n";
     } else {

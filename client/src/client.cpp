@@ -282,6 +282,43 @@ daemon_tier to_public(const tier_stats& t) {
     return p;
 }
 
+daemon_prefetch to_public(const prefetch_stats& f) {
+    daemon_prefetch p;
+    p.requested = f.requested;
+    p.issued = f.issued;
+    p.cancelled = f.cancelled;
+    p.hits = f.hits;
+    p.late = f.late;
+    p.wasted = f.wasted;
+    p.wasted_bytes = f.wasted_bytes;
+    p.demand_misses = f.demand_misses;
+    p.hit_rate = f.hit_rate;
+    p.inflight_bytes = f.inflight_bytes;
+    p.inflight_bytes_max = f.inflight_bytes_max;
+    p.inflight_bytes_limit = f.inflight_bytes_limit;
+    p.io_wait_ns = f.io_wait_ns;
+    p.tokens = f.tokens;
+    p.io_wait_ns_per_token = f.io_wait_ns_per_token;
+    p.routed = f.routed;
+    p.predicted_routed = f.predicted_routed;
+    p.recall = f.recall;
+    return p;
+}
+
+daemon_ring to_public(ring_stats&& r) {
+    daemon_ring p;
+    p.enabled = r.enabled;
+    p.slots_per_layer = r.slots_per_layer;
+    p.hot_slots = r.hot_slots;
+    p.hot_set = r.hot_set;
+    p.hot_resident = r.hot_resident;
+    p.sections.reserve(r.sections.size());
+    for (ring_section_stats& sec : r.sections) {
+        p.sections.push_back({sec.slots, std::move(sec.layers), sec.layer, sec.resident});
+    }
+    return p;
+}
+
 daemon_status to_public(server_status&& s) {
     daemon_status p;
     p.version = std::move(s.version);
@@ -319,6 +356,8 @@ daemon_status to_public(server_status&& s) {
         t.host = to_public(s.tiers->host);
         t.nvme = to_public(s.tiers->nvme);
         t.layer_residency = std::move(s.tiers->layer_residency);
+        t.prefetch = to_public(s.tiers->prefetch);
+        t.ring = to_public(std::move(s.tiers->ring));
         p.tiers = std::move(t);
     }
     p.requests.reserve(s.requests.size());

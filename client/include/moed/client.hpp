@@ -199,6 +199,45 @@ struct daemon_tier {
     daemon_latency load_latency;  // request -> ready, per expert
 };
 
+// The prefetch pipeline: predictions, what they brought in time, what they wasted.
+struct daemon_prefetch {
+    std::uint64_t requested = 0;       // prefetch requests received
+    std::uint64_t issued = 0;          // loads they started
+    std::uint64_t cancelled = 0;       // dropped before reading (stale or superseded)
+    std::uint64_t hits = 0;            // experts ready before they were needed
+    std::uint64_t late = 0;            // still loading when needed
+    std::uint64_t wasted = 0;          // prefetched and evicted unused
+    std::uint64_t wasted_bytes = 0;
+    std::uint64_t demand_misses = 0;   // reads started only when needed
+    double hit_rate = 0.0;             // hits / (hits + late + demand_misses)
+    std::uint64_t inflight_bytes = 0;
+    std::uint64_t inflight_bytes_max = 0;
+    std::uint64_t inflight_bytes_limit = 0;
+    std::uint64_t io_wait_ns = 0;      // time compute waited for expert reads
+    std::uint64_t tokens = 0;
+    double io_wait_ns_per_token = 0.0;
+    std::uint64_t routed = 0;          // experts the routers chose
+    std::uint64_t predicted_routed = 0;
+    double recall = 0.0;               // prediction recall: predicted_routed / routed
+};
+
+struct daemon_ring_section {
+    std::uint32_t slots = 0;
+    std::vector<std::uint32_t> layers;  // layers that load into it
+    std::int64_t layer = -1;            // layer of its latest load (-1: none)
+    std::uint32_t resident = 0;
+};
+
+// The host tier's ring of sections and pinned hot set.
+struct daemon_ring {
+    bool enabled = false;
+    std::uint32_t slots_per_layer = 0;
+    std::uint32_t hot_slots = 0;
+    std::uint32_t hot_set = 0;
+    std::uint32_t hot_resident = 0;
+    std::vector<daemon_ring_section> sections;
+};
+
 struct daemon_tiers {
     std::string io_mode;  // uring_direct, pread_buffered, ...
     std::uint32_t queue_depth = 0;
@@ -208,6 +247,8 @@ struct daemon_tiers {
     // Per layer, one character per expert: '#' resident, '+' resident and in use,
     // '~' loading, '.' only on disk.
     std::vector<std::string> layer_residency;
+    daemon_prefetch prefetch;
+    daemon_ring ring;
 };
 
 struct daemon_model {
