@@ -94,11 +94,13 @@ int main(int argc, char** argv) {
             if (!bytes) fail(bytes.error().message);
             load.tier.max_prefetch_inflight_bytes = *bytes;
         } else if (a == "--no-ring") load.tier.ring = false;
+        else if (a == "--prefetch-after-demand") load.tier.prefetch_after_demand = true;
         else if (a == "--history") prefetch.planner.history = true;
         else if (a == "--skip-current") prefetch.planner.skip_current = true;
         else if (a == "--slots-per-layer") load.tier.slots_per_layer = parse_number<std::uint32_t>(a, next());
         else if (a == "--reuse-prior") load.tier.reuse_prior = parse_number<double>(a, next());
         else if (a == "--pf-max") prefetch.planner.max_per_layer = parse_number<std::uint32_t>(a, next());
+        else if (a == "--pf-current") prefetch.planner.max_current = parse_number<std::uint32_t>(a, next());
         else if (a == "--pf-min") prefetch.planner.min_per_layer = parse_number<std::uint32_t>(a, next());
         else if (a == "--pf-min-score") prefetch.planner.min_score = parse_number<float>(a, next());
         else if (a == "--slow-disk") {
@@ -194,6 +196,17 @@ int main(int argc, char** argv) {
         out["decode_bytes_read_per_token"] = median(tg_bytes);
         out["decode_misses_per_token"] = median(tg_misses);
         out["tiers"] = st;
+        if (*planner) {
+            // How often the expert a single-token lookahead ranked r was chosen, per row
+            // (row j: layer l + j predicted at the start of layer l), for the first 2k ranks.
+            nlohmann::json rows = nlohmann::json::array();
+            for (int j = 0; j < prefetch.lookahead; ++j) {
+                auto rates = (*planner)->rank_hit_rates(j);
+                rates.resize(std::min<std::size_t>(rates.size(), 2 * hp.n_expert_used));
+                rows.push_back(rates);
+            }
+            out["lookahead_rank_hit_rates"] = rows;
+        }
     }
     std::cout << out.dump() << "\n";
     return 0;

@@ -7,6 +7,8 @@
 namespace moed::scheduler {
 
 namespace {
+// Lookahead rows the calibration tracks (the engine's max_lookahead_depth).
+constexpr int calibration_rows = 4;
 // History is kept for at most this many sequences; beyond it the map starts afresh (a caller
 // that never calls forget() must not grow it without bound).
 constexpr std::size_t history_sequences_max = 4096;
@@ -21,7 +23,17 @@ prefetch_planner::prefetch_planner(storage::tiered_expert_source& source, std::u
     order_.resize(n_expert);
     requested_.assign(static_cast<std::size_t>(n_layer) * n_expert, 0);
     seen_.assign(n_expert, 0);
+    rank_.assign(static_cast<std::size_t>(calibration_rows) * n_layer * n_expert, 0);
+    rank_asked_.assign(static_cast<std::size_t>(calibration_rows) * n_expert, 0);
+    rank_hit_.assign(static_cast<std::size_t>(calibration_rows) * n_expert, 0);
     requests_.reserve(static_cast<std::size_t>(n_expert) * (static_cast<std::size_t>(std::max(options.depth, 0)) + 1));
+}
+
+float prefetch_planner::calibrated(int row, std::uint32_t rank, float raw) const noexcept {
+    const std::size_t k = static_cast<std::size_t>(row) * n_expert_ + rank;
+    const std::uint32_t asked = rank_asked_[k];
+    if (asked < std::max<std::uint32_t>(options_.calibration_samples, 1)) return raw;
+    return (static_cast<float>(rank_hit_[k]) + 0.5f) / (static_cast<float>(asked) + 1.0f);
 }
 
 void prefetch_planner::plan(std::uint32_t layer, std::int64_t n_tokens, std::span<const std::uint64_t> seqs,
@@ -30,10 +42,12 @@ void prefetch_planner::plan(std::uint32_t layer, std::int64_t n_tokens, std::spa
     const int rows = std::max(0, std::min(options_.depth, depth));
     const std::size_t n = static_cast<std::size_t>(n_tokens);
     MOED_ASSERT(probs.size() >= static_cast<std::size_t>(rows) * n * n_expert_);
-    const std::uint32_t min_k = options_.min_per_layer > 0 ? options_.min_per_layer : n_expert_used_;
+    const std::uint32_t min_k = options_.min_per_layer;
     const std::uint64_t per_token = options_.max_per_layer > 0 ? options_.max_per_layer : 2ull * n_expert_used_;
-    const auto max_k = static_cast<std::uint32_t>(std::min<std::uint64_t>(n_expert_, per_token * n));
+    const std::uint64_t current_per_token = options_.max_current > 0 ? options_.max_current : n_expert_used_;
     for (int j = options_.skip_current ? 1 : 0; j < rows; ++j) {
+        const auto max_k =
+            static_cast<std::uint32_t>(std::min<std::uint64_t>(n_expert_, (j == 0 ? current_per_token : per_token) * n));
         const std::uint32_t target = layer + static_cast<std::uint32_t>(j);
         if (target >= n_layer_) break;
         const float* row = probs.data() + static_cast<std::size_t>(j) * n * n_expert_;
@@ -47,12 +61,21 @@ void prefetch_planner::plan(std::uint32_t layer, std::int64_t n_tokens, std::spa
         std::sort(order_.begin(), order_.end(), [&](std::uint32_t a, std::uint32_t b) {
             return score_[a] != score_[b] ? score_[a] > score_[b] : a < b;
         });
+        if (n == 1 && j < calibration_rows) {
+            // Remember the ranking for calibration, and score by rank where it is known.
+            std::uint16_t* ranks = rank_.data() + (static_cast<std::size_t>(j) * n_layer_ + target) * n_expert_;
+            for (std::uint32_t r = 0; r < n_expert_; ++r) {
+                const std::uint32_t e = order_[r];
+                ranks[e] = static_cast<std::uint16_t>(std::min<std::uint32_t>(r + 1, 0xffff));
+                score_[e] = calibrated(j, r, score_[e]);
+            }
+        }
         const storage::prefetch_class cls = j <= 1 ? storage::prefetch_class::near : storage::prefetch_class::far;
         std::uint8_t* asked = requested_.data() + static_cast<std::size_t>(target) * n_expert_;
         std::fill_n(asked, n_expert_, 0);  // the newest prediction of a layer replaces the older
         for (std::uint32_t i = 0; i < max_k; ++i) {
             const std::uint32_t e = order_[i];
-            if (i >= min_k && score_[e] < options_.min_score) break;
+            if (i >= std::min(min_k, max_k) && score_[e] < options_.min_score) break;
             out.push_back(storage::prefetch_request{ExpertId{target, e}, cls, score_[e]});
             asked[e] = 1;
         }
@@ -107,6 +130,19 @@ void prefetch_planner::on_routing(std::uint32_t layer, std::int64_t n_tokens, st
     }
     std::fill_n(asked, n_expert_, 0);
     routed_.fetch_add(routed, std::memory_order_relaxed);
+    // Calibration: each row's latest single-token ranking of this layer against the choice.
+    for (int j = 0; j < calibration_rows; ++j) {
+        std::uint16_t* ranks = rank_.data() + (static_cast<std::size_t>(j) * n_layer_ + layer) * n_expert_;
+        if (n == 1) {
+            for (std::uint32_t e = 0; e < n_expert_; ++e) {
+                if (ranks[e] == 0) continue;
+                const std::size_t k = static_cast<std::size_t>(j) * n_expert_ + (ranks[e] - 1u);
+                ++rank_asked_[k];
+                rank_hit_[k] += seen_[e];
+            }
+        }
+        std::fill_n(ranks, n_expert_, 0);
+    }
     predicted_routed_.fetch_add(hit, std::memory_order_relaxed);
 
     if (!options_.history || seqs.size() < n) return;
@@ -120,6 +156,16 @@ void prefetch_planner::on_routing(std::uint32_t layer, std::int64_t n_tokens, st
 }
 
 void prefetch_planner::forget(std::uint64_t seq) { history_.erase(seq); }
+
+std::vector<double> prefetch_planner::rank_hit_rates(int row) const {
+    std::vector<double> out(n_expert_, 0.0);
+    if (row < 0 || row >= calibration_rows) return out;
+    for (std::uint32_t r = 0; r < n_expert_; ++r) {
+        const std::size_t k = static_cast<std::size_t>(row) * n_expert_ + r;
+        if (rank_asked_[k] > 0) out[r] = static_cast<double>(rank_hit_[k]) / static_cast<double>(rank_asked_[k]);
+    }
+    return out;
+}
 
 prefetch_planner_stats prefetch_planner::stats() const noexcept {
     prefetch_planner_stats s;

@@ -3,11 +3,17 @@
 //
 // At the start of layer l (before attention) the engine has applied the routers of layers
 // l .. l+depth-1 to the residual stream entering layer l: probs[j][t][e]. For each target
-// layer l+j the planner scores every expert by the probability that at least one token of
-// the batch picks it, 1 - prod_t (1 - p[j][t][e]) (for one token: the router's probability),
-// takes the best `min_per_layer` always and further experts down to `min_score`, at most
-// `max_per_layer` per token of the batch (never more than the layer has), and asks for them
-// with class near for layers l and l+1 and far beyond. It first tells the source that layer l
+// layer l+j the planner ranks the experts and scores each by the probability that the batch
+// will use it. For one token that probability is calibrated online: the planner counts, per
+// row j and rank r, how often the expert it ranked r was then chosen by the router, and
+// uses that frequency once a rank has been seen `calibration_samples` times (before, the
+// router's probability). For a batch it is 1 - prod_t (1 - p[j][t][e]), the chance that at
+// least one token picks it. It takes the best `min_per_layer` (default 1) always and further
+// experts while their score reaches `min_score`, at most `max_per_layer` per token of the batch
+// (`max_current` for row 0; never more than the layer has), and asks for them with class
+// near for layers l and l+1 and far beyond. Scores are what the tier weighs against the
+// need of the experts a prefetch would replace, so calibrated ones keep a poor predictor
+// (a model whose routing the lookahead does not foresee well) from flooding the disk. It first tells the source that layer l
 // begins, which drops whatever is still queued for the layers passed and lets their
 // predictions lapse. On each routing event it issues nothing (the layer's demand is the
 // engine's acquire) but checks its prediction of that layer against the experts the router
@@ -37,9 +43,17 @@ struct prefetch_planner_options {
     // Lookahead rows used (layers l .. l+depth-1); rows beyond what the event carries are
     // ignored.
     int depth = 2;
-    std::uint32_t min_per_layer = 0;  // 0: the model's experts per token
+    std::uint32_t min_per_layer = 1;
     std::uint32_t max_per_layer = 0;  // per token of the batch; 0: 2 x the experts per token
-    float min_score = 0.02f;
+    // For row 0 (the layer about to run), whose reads have only attention's time before the
+    // router asks for the exact experts: per token of the batch; 0: the experts per token.
+    std::uint32_t max_current = 0;
+    // A prefetch that is wasted costs a read (bandwidth, and on a page-cache read the CPU's
+    // copy); one that is used saves a wait. At 0.5 an expert is read ahead only when it is
+    // more likely used than not, which measured best on a bandwidth-bound disk and within
+    // noise of lower thresholds on a latency-bound one (see the closing figures of issue 5).
+    float min_score = 0.5f;
+    std::uint32_t calibration_samples = 32;
     // Row 0 (the layer about to run) is left out: its reads would have only attention's time
     // to arrive, and the demand read follows right after with the exact experts.
     bool skip_current = false;
@@ -76,6 +90,9 @@ public:
               std::span<const float> probs, std::vector<storage::prefetch_request>& out);
 
     prefetch_planner_stats stats() const noexcept;
+    // For lookahead row `row`: per rank, how often the expert ranked there by a single-token
+    // prediction was then chosen (0 where never measured). Engine thread only.
+    std::vector<double> rank_hit_rates(int row) const;
     // Forgets the history of sequence `seq` (it finished).
     void forget(std::uint64_t seq);
 
@@ -90,6 +107,12 @@ private:
     std::vector<std::uint32_t> order_;         // [n_expert]
     std::vector<std::uint8_t> requested_;      // [n_layer][n_expert]: asked for since the layer last ran
     std::vector<std::uint8_t> seen_;           // [n_expert] scratch
+    // Calibration: the rank (1-based; 0 none) each expert had in the latest single-token
+    // prediction of row j for each layer, [max rows][n_layer][n_expert], and per row and
+    // rank how often such a prediction was made and how often the router then chose it.
+    std::vector<std::uint16_t> rank_;
+    std::vector<std::uint32_t> rank_asked_, rank_hit_;  // [max rows][n_expert]
+    float calibrated(int row, std::uint32_t rank, float raw) const noexcept;
     // History: per sequence, the experts of each layer on its latest token.
     std::unordered_map<std::uint64_t, std::vector<std::int32_t>> history_;  // [n_layer][n_expert_used]
 

@@ -114,8 +114,10 @@ std::uint8_t section_ring::rank(std::uint32_t slot, std::uint32_t own, slot_load
             const bool guarded = f.availability == slot_availability::guarded;
             if (kind == slot_load_kind::hot) return in_hot && !f.hot_expert && !guarded ? 1 : no_rank;
             if (kind == slot_load_kind::prefetch) {
-                if (in_hot || guarded || f.hot_expert || !(f.need < score)) return no_rank;
-                return mine ? 2 : 3;
+                // Only within its own section: a prediction never pushes out what another
+                // layer keeps (which it would need back later, at the price of a read).
+                if (!mine || guarded || f.hot_expert || !(f.need < score)) return no_rank;
+                return 2;
             }
             if (kind == slot_load_kind::hint && (guarded || f.hot_expert)) return no_rank;
             // demand (and hint)

@@ -20,13 +20,15 @@
 //
 // Slot choice (choose_slot): a load takes, in this order of preference, a free slot of its
 // layer's section, a free slot elsewhere in the ring, then replaces the resident expert of
-// lowest predicted need (oldest use breaking ties) in its own section, then elsewhere in the
-// ring. A prefetch only replaces an expert whose need is below its own score and never one
-// guarded for the layer being computed, nor a slot of the hot set. A demand load (the layer
-// being computed needs it now) may go on to the hot set's spare slots, then to guarded
-// experts, and last to hot experts, so it always finds a slot while any is not busy. A hot
-// load (an expert of the hot set) only fills hot slots that do not hold a hot expert.
-// Busy slots (held by a handle, or loading) are never chosen.
+// lowest predicted need (oldest use breaking ties) in its own section. A prefetch stops
+// there, and only replaces an expert whose need is below its own score, never one guarded
+// for the layer being computed: a prediction never pushes out what other layers keep. A
+// demand load (the layer being computed needs it now) goes on to the rest of the ring, then
+// the hot set's spare slots, then guarded experts, and last hot experts, so it always finds
+// a slot while any is not busy. A hint (the older, unscored prefetch) follows demand's order
+// without the guarded and hot experts. A hot load (an expert of the hot set) only fills hot
+// slots that do not hold a hot expert. Busy slots (held by a handle, or loading) are never
+// chosen.
 //
 // Threads: none of its own; the owning tier calls it under its lock.
 #pragma once

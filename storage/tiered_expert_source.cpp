@@ -287,6 +287,11 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
     }
     // One batch for every read of the call; then wait only for this call's experts.
     if (submitted_any) flush_pending_locked();
+    // The current layer's reads are on their way: prefetches held behind them may go.
+    if (!ids.empty() && ids.front().layer == current_layer && !demand_requested) {
+        demand_requested = true;
+        if (options.prefetch_after_demand) dispatch_locked();
+    }
 
     const moed::error* failure = nullptr;
     for (const expert_handle& h : out) {

@@ -75,6 +75,10 @@ struct tiered_options {
     // Slots one layer's loads want at once, which sizes the ring's sections (0: a quarter of
     // the layer's experts, at least 1). The engine passes 2 x the experts used per token.
     std::uint32_t slots_per_layer = 0;
+    // Prefetches for layers after the one being computed wait until that layer's own reads
+    // were requested (its acquire), so on a disk that serves reads in order they queue behind
+    // the reads compute needs first, at the cost of a later start.
+    bool prefetch_after_demand = false;
     // The chance that an expert with no prediction is used again when its layer next runs
     // (the need it keeps, scaled down the further away that layer is); prefetches only
     // replace experts whose need is below their score.

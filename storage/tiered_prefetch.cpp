@@ -63,6 +63,7 @@ void tiered_expert_source::impl::set_current_layer_locked(std::uint32_t layer) n
     if (layer == current_layer) return;
     current_layer = layer;
     ++layer_epoch;  // the previous layer's guards lapse at once
+    demand_requested = false;
 }
 
 void tiered_expert_source::impl::lapse_layer_locked(std::uint32_t layer) noexcept { ++layer_gen[layer]; }
@@ -159,6 +160,9 @@ void tiered_expert_source::impl::dispatch_locked() noexcept {
                 if (spare) ring.swap_roles(where, *spare);
             }
             done = true;
+        } else if (options.prefetch_after_demand && !demand_requested && q.cls != prefetch_class::demand &&
+                   q.id.layer != current_layer) {
+            // Waits for the current layer's reads to go first.
         } else if (!bound_reached) {
             if (!fits_prefetch_locked(layout.expert_bytes(q.id.layer))) {
                 bound_reached = true;  // later requests wait too: the queue is in priority order

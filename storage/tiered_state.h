@@ -187,6 +187,7 @@ struct tiered_expert_source::impl {
     std::uint64_t tick = 0;                 // advances at every use, for last_use
     std::uint32_t current_layer = 0;        // the layer being computed (begin_layer or the last acquire)
     std::uint64_t layer_epoch = 1;          // advances when current_layer changes
+    bool demand_requested = false;          // the current layer's acquire has requested its reads
     std::vector<std::uint32_t> layer_gen;   // per layer: advances when its predictions lapse
     std::vector<float> expert_scores;       // [n_layer * n_expert] or empty
     std::vector<std::uint8_t> hot;          // per expert: in the hot set

@@ -6,7 +6,7 @@
 // round-robin; that assign_hot and swap_roles keep every slot in exactly one role with
 // consistent positions. choose_slot is driven with hand-made slot facts for each rule (free
 // before occupied, own section first, lowest need then oldest use, prefetches bounded by
-// their score and kept off guarded, hot and busy slots, demand's last resorts, hot loads
+// their score and their own section and kept off guarded, hot and busy slots, demand's last resorts, hot loads
 // only into hot slots that hold no hot expert, the older hint form), then compared on many
 // random slot tables with a reference written differently: every candidate gets an explicit
 // preference tuple (class, need, last use, index) and the smallest tuple wins.
@@ -157,9 +157,10 @@ TEST(section_ring, choice_rules) {
     EXPECT_EQ(choose(r, 0, slot_load_kind::demand, 0.0f, f), 2u);  // same need, older
     EXPECT_EQ(choose(r, 1, slot_load_kind::demand, 0.0f, f), 5u);
 
-    // A prefetch replaces only experts needed less than its score.
+    // A prefetch replaces only experts of its own section needed less than its score.
     EXPECT_EQ(choose(r, 0, slot_load_kind::prefetch, 0.2f, f), 2u);
-    EXPECT_EQ(choose(r, 0, slot_load_kind::prefetch, 0.1f, f), 5u);  // own ones are not below 0.1
+    EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 0.1f, f));  // 5 is below, but another section's
+    EXPECT_EQ(choose(r, 1, slot_load_kind::prefetch, 0.1f, f), 5u);
     EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 0.0f, f));
 
     // Guarded experts: never for a prefetch, a demand load's late resort.
@@ -213,7 +214,7 @@ std::optional<std::uint32_t> reference(const section_ring& r, std::uint32_t laye
             case slot_load_kind::prefetch:
                 if (hot_slot) break;
                 if (is_free) pref = mine ? 0 : 1;
-                else if (!is_guarded && !x.hot_expert && x.need < score) pref = mine ? 2 : 3;
+                else if (mine && !is_guarded && !x.hot_expert && x.need < score) pref = 2;
                 break;
             case slot_load_kind::hint:
             case slot_load_kind::demand:
