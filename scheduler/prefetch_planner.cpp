@@ -69,6 +69,10 @@ void prefetch_planner::plan(std::uint32_t layer, std::int64_t n_tokens, std::spa
                 ranks[e] = static_cast<std::uint16_t>(std::min<std::uint32_t>(r + 1, 0xffff));
                 score_[e] = calibrated(j, r, score_[e]);
             }
+            // Measured frequencies need not fall with the rank: order by them (ties keep the
+            // router's order).
+            std::stable_sort(order_.begin(), order_.end(),
+                             [&](std::uint32_t a, std::uint32_t b) { return score_[a] > score_[b]; });
         }
         const storage::prefetch_class cls = j <= 1 ? storage::prefetch_class::near : storage::prefetch_class::far;
         std::uint8_t* asked = requested_.data() + static_cast<std::size_t>(target) * n_expert_;

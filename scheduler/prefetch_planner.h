@@ -5,20 +5,20 @@
 // l .. l+depth-1 to the residual stream entering layer l: probs[j][t][e]. For each target
 // layer l+j the planner ranks the experts and scores each by the probability that the batch
 // will use it. For one token that probability is calibrated online: the planner counts, per
-// row j and rank r, how often the expert it ranked r was then chosen by the router, and
-// uses that frequency once a rank has been seen `calibration_samples` times (before, the
-// router's probability). For a batch it is 1 - prod_t (1 - p[j][t][e]), the chance that at
-// least one token picks it. It takes the best `min_per_layer` (default 1) always and further
-// experts while their score reaches `min_score`, at most `max_per_layer` per token of the batch
+// row j and rank r, how often the expert it ranked r was then chosen by the router, and uses
+// that frequency once a rank has been seen `calibration_samples` times (before, the router's
+// probability). For a batch it is 1 - prod_t (1 - p[j][t][e]), the chance that at least one
+// token picks it. It takes the best `min_per_layer` (default 1) always and further experts
+// while their score reaches `min_score`, at most `max_per_layer` per token of the batch
 // (`max_current` for row 0; never more than the layer has), and asks for them with class
-// near for layers l and l+1 and far beyond. Scores are what the tier weighs against the
-// need of the experts a prefetch would replace, so calibrated ones keep a poor predictor
-// (a model whose routing the lookahead does not foresee well) from flooding the disk. It first tells the source that layer l
-// begins, which drops whatever is still queued for the layers passed and lets their
-// predictions lapse. On each routing event it issues nothing (the layer's demand is the
-// engine's acquire) but checks its prediction of that layer against the experts the router
-// chose, for the recall figures (routed experts that were among those requested for their
-// layer).
+// near for layers l and l+1 and far beyond. Scores are what the tier weighs against the need
+// of the experts a prefetch would replace, so calibrated ones keep a poor predictor (a model
+// whose routing the lookahead does not foresee well) from flooding the disk.
+// It first tells the source that layer l begins, which drops whatever is still queued for
+// the layers passed and lets their predictions lapse. On each routing event it issues
+// nothing (the layer's demand is the engine's acquire) but checks its prediction of that
+// layer against the experts the router chose, for the recall figures (routed experts that
+// were among those requested for their layer) and the calibration.
 // Optional history: the experts each sequence used for layer l+depth on its previous token,
 // at class far and score `history_score`, reaching one layer beyond the lookahead.
 //
