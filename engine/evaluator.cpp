@@ -321,14 +321,17 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         }
     }
     // Experts are acquired in groups the source can hold at once (all of them when the
-    // experts are resident); each group is applied and released before the next.
+    // experts are resident); each expert is applied as soon as it is resident (those already
+    // resident first, while the reads of the others are in flight) and released. Each expert
+    // writes only its own (token, slot) rows, so the order changes no result.
     storage::expert_source& source = model_.experts();
     const std::size_t group = std::max<std::uint32_t>(1, source.max_held_experts());
     for (std::size_t first = 0; first < needed_.size(); first += group) {
         const std::size_t count = std::min(group, needed_.size() - first);
-        MOED_TRY(source.acquire_many(std::span<const ExpertId>(needed_.data() + first, count), handles_));
-        for (std::size_t i = 0; i < count; ++i) apply_expert(needed_[first + i].expert, handles_[i].weights());
-        for (auto& h : handles_) h.release();
+        MOED_TRY(source.acquire_each(std::span<const ExpertId>(needed_.data() + first, count), handles_,
+                                     [this, first](std::size_t i, const storage::expert_handle& h) {
+                                         apply_expert(needed_[first + i].expert, h.weights());
+                                     }));
         handles_.clear();
     }
 

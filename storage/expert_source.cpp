@@ -49,6 +49,13 @@ result<void> expert_source::acquire_many(std::span<const ExpertId> ids,
     return {};
 }
 
+result<void> expert_source::acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
+                                         const apply_fn& apply) {
+    MOED_TRY(acquire_many(ids, handles));
+    for (std::size_t i = 0; i < handles.size(); ++i) apply(i, handles[i]);
+    return {};
+}
+
 namespace {
 
 // Checks one stacked expert tensor: ne = {cols, rows, n_expert}.

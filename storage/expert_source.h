@@ -6,6 +6,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <vector>
@@ -73,6 +74,15 @@ public:
     // Acquires every expert in `ids` (one MoE layer's selection), requesting all missing
     // ones at once before waiting for any. handles[i] corresponds to ids[i].
     virtual result<void> acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles);
+    // As acquire_many, but calls apply(i, handles[i]) for each expert as soon as it is
+    // resident, those already resident first, so compute runs on them while the others are
+    // still being read; returns after every expert was applied (or at the first error, with
+    // every handle released). The order of the calls is unspecified. `apply` runs on the
+    // calling thread with no lock of the source held. The default acquires all, then applies
+    // in order.
+    using apply_fn = std::function<void(std::size_t, const expert_handle&)>;
+    virtual result<void> acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
+                                      const apply_fn& apply);
     // How many experts one caller may hold at once (a tier's slot count). The engine
     // acquires a layer's experts in groups of at most this many, so a budget smaller than
     // one layer's selection still works, only slower.

@@ -175,7 +175,75 @@ result<void> tiered_expert_source::acquire_many(std::span<const ExpertId> ids, s
     return r;
 }
 
-result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> ids, std::span<expert_handle> out) {
+result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
+                                                const apply_fn& apply) {
+    impl& d = *impl_;
+    handles.clear();
+    handles.resize(ids.size());
+    if (auto r = d.acquire_into(ids, handles, false); !r) {
+        handles.clear();
+        return r;
+    }
+    // Each handle is released right after its expert was applied: !valid() marks it done,
+    // and its slot is free for others at once.
+    std::size_t left = ids.size();
+    while (left > 0) {
+        std::size_t pick = 0;
+        {
+            std::unique_lock lock(d.mutex);
+            std::uint64_t waited_ns = 0;
+            for (;;) {
+                bool found = false;
+                for (std::size_t i = 0; i < handles.size() && !found; ++i) {
+                    if (!handles[i].valid()) continue;
+                    const slot_entry& e = d.slots[d.slot_of(handles[i])];
+                    if (e.state == slot_state::failed) {
+                        moed::error copy = e.failure;
+                        lock.unlock();
+                        for (expert_handle& h : handles) h.release();
+                        handles.clear();
+                        return unexpected(std::move(copy));
+                    }
+                    if (e.state != slot_state::loading) {
+                        pick = i;
+                        found = true;
+                    }
+                }
+                if (found) break;
+                // Nothing ready: wait for the next load to end (every completion wakes us).
+                const auto t0 = clock_type::now();
+                d.load_cv.wait(lock);
+                waited_ns += static_cast<std::uint64_t>(
+                    std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - t0).count());
+            }
+            if (waited_ns > 0) {
+                d.io_wait_ns += waited_ns;
+                ++d.io_waits;
+            }
+        }
+        apply(pick, handles[pick]);
+        handles[pick].release();
+        --left;
+    }
+    handles.clear();
+    return {};
+}
+
+bool tiered_expert_source::impl::wait_loaded(std::unique_lock<std::mutex>& lock, std::uint32_t slot,
+                                             std::uint64_t& waited_ns, moed::error& failure) {
+    if (slots[slot].state == slot_state::loading) {
+        const auto t0 = clock_type::now();
+        load_cv.wait(lock, [&] { return slots[slot].state != slot_state::loading; });
+        waited_ns += static_cast<std::uint64_t>(
+            std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - t0).count());
+    }
+    if (slots[slot].state != slot_state::failed) return true;
+    failure = slots[slot].failure;
+    return false;
+}
+
+result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> ids, std::span<expert_handle> out,
+                                                      bool wait) {
     MOED_ASSERT(out.size() == ids.size());
     for (const ExpertId& id : ids) {
         if (!in_range(id)) {
@@ -203,9 +271,9 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
     if (!ids.empty()) set_current_layer_locked(ids.front().layer);
     // Time spent waiting for reads or slots: what compute lost to I/O.
     std::uint64_t waited_ns = 0;
-    auto timed_wait = [&](auto&& wait) {
+    auto timed_wait = [&](auto&& block) {
         const auto t0 = clock_type::now();
-        wait();
+        block();
         waited_ns += static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - t0).count());
     };
@@ -293,14 +361,18 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         if (options.prefetch_after_demand) dispatch_locked();
     }
 
-    const moed::error* failure = nullptr;
-    for (const expert_handle& h : out) {
-        const std::uint32_t slot = slot_of(h);
-        if (slots[slot].state == slot_state::loading) {
-            timed_wait([&] { load_cv.wait(lock, [&] { return slots[slot].state != slot_state::loading; }); });
+    if (!wait) {
+        if (waited_ns > 0) {
+            io_wait_ns += waited_ns;
+            ++io_waits;
         }
-        if (slots[slot].state == slot_state::failed) {
-            failure = &slots[slot].failure;
+        return {};
+    }
+    moed::error failure;
+    bool failed = false;
+    for (const expert_handle& h : out) {
+        if (!wait_loaded(lock, slot_of(h), waited_ns, failure)) {
+            failed = true;
             break;
         }
     }
@@ -308,13 +380,12 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         io_wait_ns += waited_ns;
         ++io_waits;
     }
-    if (failure != nullptr) {
+    if (failed) {
         // The failed slot stays failed (not reused) while this call holds its ref, so the
-        // error can be copied before the handles go; they are released without the lock.
-        moed::error copy = *failure;
+        // error was copied before the handles go; they are released without the lock.
         lock.unlock();
         for (expert_handle& h : out) h.release();
-        return unexpected(std::move(copy));
+        return unexpected(std::move(failure));
     }
     return {};
 }

@@ -118,6 +118,10 @@ public:
 
     result<expert_handle> acquire(ExpertId id) override;
     result<void> acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles) override;
+    // Requests every missing expert at once, then applies the resident ones while the reads
+    // of the others are in flight, waiting only when none is ready.
+    result<void> acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
+                              const apply_fn& apply) override;
     // Queues `requests` and starts as many loads as the in-flight bound and the ring allow;
     // never waits. Requests for resident or loading experts only refresh their score. Every
     // layer named by a demand/near/far request has its older queued requests dropped

@@ -260,7 +260,13 @@ struct tiered_expert_source::impl {
     void completion_main() noexcept;
     // acquire_many's work: fills out[i] for ids[i] (out has ids.size() empty handles); on
     // error every handle it made is released again.
-    result<void> acquire_into(std::span<const ExpertId> ids, std::span<expert_handle> out);
+    // With `wait` false it returns once every read is requested (handles of loading experts
+    // are valid but their bytes are not there yet: wait_loaded() first).
+    result<void> acquire_into(std::span<const ExpertId> ids, std::span<expert_handle> out, bool wait = true);
+    // Waits until the load behind `slot` ended; false when it failed (error in `failure`).
+    // Adds the time waited to `waited_ns`. `lock` holds `mutex`.
+    bool wait_loaded(std::unique_lock<std::mutex>& lock, std::uint32_t slot, std::uint64_t& waited_ns,
+                     moed::error& failure);
 
     std::size_t index_of(const tiered_detail::slot_entry& e) const noexcept { return table_index(e.id); }
     // The need of the expert a slot holds: its prefetch score while its prediction holds,

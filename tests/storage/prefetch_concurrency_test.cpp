@@ -112,7 +112,11 @@ TEST(prefetch_concurrency, acquire_prefetch_cancel_and_hot_set_from_many_threads
                         const ExpertId id{layer, static_cast<std::uint32_t>(rng() % n_expert)};
                         if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
                     }
-                    auto r = source.acquire_many(ids, handles);
+                    // One thread takes them all at once, the other as each arrives.
+                    auto r = t == 0 ? source.acquire_many(ids, handles)
+                                    : source.acquire_each(ids, handles, [&](std::size_t i, const expert_handle& h) {
+                                          if (h.id() != ids[i] || !same_as_resident(h, *m.resident)) bad.fetch_add(1);
+                                      });
                     if (!r) {
                         ADD_FAILURE() << r.error().message;
                         bad.fetch_add(1);

@@ -14,8 +14,9 @@
 // (but may once the engine moves on, which shows the guard is what protected it). With a
 // fault_reader adding latency, a counting wrapper observes reads in flight directly: never
 // more than the bound allows, and more when the bound is lifted. Every expert acquired is
-// compared byte for byte with the resident source. Waits poll with a bound on iterations;
-// nothing asserts on elapsed time.
+// compared byte for byte with the resident source. acquire_each must hand out resident
+// experts while the others are still being read, each exactly once, and release everything
+// when a read fails. Waits poll with a bound on iterations; nothing asserts on elapsed time.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -534,6 +535,68 @@ TEST(prefetch_pipeline, layers_load_into_their_ring_sections) {
     st = source.stats();
     EXPECT_EQ(st.ring.sections[2].resident, 4u);
     EXPECT_EQ(st.host.evictions, 1u);
+}
+
+TEST(prefetch_pipeline, acquire_each_applies_resident_experts_while_others_load) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    reader_setup rs;
+    auto made = make_source(m, {.slots = 6}, rs.make(m.path));
+    ASSERT_TRUE(made) << made.error().message;
+    tiered_expert_source& source = **made;
+    ASSERT_TRUE(source.acquire(ExpertId{1, 1}));
+    rs.control->hold.store(true);
+    const std::vector<ExpertId> ids = {{2, 0}, {1, 1}, {2, 3}};
+    std::vector<std::size_t> order;
+    std::vector<expert_handle> scratch;
+    auto r = source.acquire_each(ids, scratch, [&](std::size_t i, const expert_handle& h) {
+        order.push_back(i);
+        EXPECT_EQ(h.id(), ids[i]);
+        EXPECT_TRUE(same_as_resident(h, *m.resident));
+        if (order.size() == 1) {
+            // The resident expert comes first, while the other two are still being read.
+            EXPECT_EQ(residency_of(source, {2, 0}), '~');
+            EXPECT_EQ(residency_of(source, {2, 3}), '~');
+            rs.release_held();
+        }
+    });
+    ASSERT_TRUE(r) << r.error().message;
+    ASSERT_EQ(order.size(), 3u);
+    EXPECT_EQ(order[0], 1u);
+    std::sort(order.begin(), order.end());
+    EXPECT_EQ(order, (std::vector<std::size_t>{0, 1, 2}));
+    // Every handle was released after its call.
+    for (const ExpertId& id : ids) EXPECT_EQ(residency_of(source, id), '#');
+    EXPECT_GT(source.stats().prefetch.io_wait_ns, 0u);
+}
+
+TEST(prefetch_pipeline, acquire_each_fails_cleanly_when_a_read_fails) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    reader_setup rs;
+    tiered_options o;
+    o.host_budget_bytes = tiered_slot_bytes(m.layout, page) * 4;
+    o.lock = memory_lock::off;
+    o.eio_retries = 0;
+    auto made = tiered_expert_source::create(m.path, m.layout, o, nullptr, rs.make(m.path));
+    ASSERT_TRUE(made) << made.error().message;
+    tiered_expert_source& source = **made;
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));
+    rs.control->fail_from.store(rs.control->reads.load());
+    rs.control->fail_count.store(1000);
+    std::vector<expert_handle> scratch;
+    std::size_t applied = 0;
+    auto r = source.acquire_each(std::vector<ExpertId>{{0, 0}, {1, 2}}, scratch,
+                                 [&](std::size_t, const expert_handle&) { ++applied; });
+    ASSERT_FALSE(r);
+    EXPECT_NE(r.error().message.find("expert 1/2"), std::string::npos) << r.error().message;
+    EXPECT_LE(applied, 1u);
+    EXPECT_TRUE(scratch.empty());
+    rs.control->fail_count.store(0);
+    // Nothing is left held: every slot can be taken at once.
+    std::vector<expert_handle> handles;
+    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{1, 2}, {1, 3}, {2, 4}, {2, 5}}, handles));
+    for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
 }
 
 }  // namespace
