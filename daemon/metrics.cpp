@@ -120,6 +120,21 @@ std::string prometheus_text(const server_status& s, const http_counters& http) {
             w.sample("moed_tier_load_latency_seconds_count", base, l.count);
         }
         w.single("moed_tier_queue_depth", "gauge", "Expert reads that may be in flight.", t.queue_depth);
+        const prefetch_stats& p = t.prefetch;
+        w.single("moed_prefetch_issued_total", "counter", "Expert loads started by prefetch requests.", p.issued);
+        w.single("moed_prefetch_cancelled_total", "counter", "Prefetch requests dropped before any read (stale).",
+                 p.cancelled);
+        w.single("moed_prefetch_hits_total", "counter", "Prefetched experts ready before they were needed.", p.hits);
+        w.single("moed_prefetch_late_total", "counter", "Prefetched experts still loading when needed.", p.late);
+        w.single("moed_prefetch_wasted_bytes_total", "counter", "Bytes prefetched and evicted unused.",
+                 p.wasted_bytes);
+        w.single("moed_prefetch_demand_misses_total", "counter", "Expert reads started only when needed.",
+                 p.demand_misses);
+        w.single("moed_prefetch_inflight_bytes", "gauge", "Expert bytes being read now.", p.inflight_bytes);
+        w.single("moed_prefetch_recall", "gauge", "Routed experts that had been predicted for their layer.",
+                 p.recall);
+        w.single("moed_io_wait_seconds_total", "counter", "Time compute waited for expert reads.",
+                 static_cast<double>(p.io_wait_ns) * 1e-9);
     }
     return w.take();
 }

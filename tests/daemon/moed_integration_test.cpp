@@ -295,6 +295,51 @@ TEST(MoedIntegration, TieredExpertsReportTierStats) {
     auto metrics = get(moed.socket(), "/metrics");
     EXPECT_NE(metrics.body.find("moed_tier_misses_total{tier=\"host\""), std::string::npos);
     EXPECT_NE(metrics.body.find("moed_tier_load_latency_seconds{"), std::string::npos);
+    // Prefetch is on by default: the planner predicted, the tier prefetched, and the ring and
+    // the prefetch figures are reported.
+    const auto& pf = st["tiers"]["prefetch"];
+    EXPECT_GT(pf["issued"].get<std::uint64_t>(), 0u) << pf.dump();
+    EXPECT_GT(pf["routed"].get<std::uint64_t>(), 0u) << pf.dump();
+    EXPECT_GT(pf["recall"].get<double>(), 0.0) << pf.dump();
+    EXPECT_GT(pf["tokens"].get<std::uint64_t>(), 0u) << pf.dump();
+    EXPECT_TRUE(st["tiers"]["ring"]["enabled"].get<bool>());
+    EXPECT_GE(st["tiers"]["ring"]["sections"].size(), 2u);
+    EXPECT_NE(metrics.body.find("moed_prefetch_hits_total "), std::string::npos);
+    EXPECT_NE(metrics.body.find("moed_io_wait_seconds_total "), std::string::npos);
+}
+
+TEST(MoedIntegration, TieredPrefetchStreamsMatchResidentRuns) {
+    const std::vector<std::string> prompts{"int main(", "def parse(", "The river", "for f in *.txt; do"};
+    std::vector<std::string> resident;
+    {
+        moed_process moed({});
+        ASSERT_TRUE(moed.ready());
+        for (const auto& p : prompts) {
+            auto r = post(moed.socket(), "/v1/completions", completion_body(p, 24, false));
+            ASSERT_EQ(r.status, 200u) << r.body;
+            resident.push_back(r.json()["choices"][0]["text"]);
+        }
+    }
+    // A quarter of the expert bytes, a lookahead of 3, and the streams decoding together.
+    moed_process moed({"--tiers-host-budget", "25%", "--tiers-mlock", "off", "--tiers-lookahead", "3",
+                       "--engine-max-sequences", "4"});
+    ASSERT_TRUE(moed.ready());
+    std::vector<stream_result> together(prompts.size());
+    std::vector<std::thread> clients;
+    for (std::size_t i = 0; i < prompts.size(); ++i)
+        clients.emplace_back([&, i] {
+            auto r = post(moed.socket(), "/v1/completions", completion_body(prompts[i], 24, true));
+            together[i] = read_stream(r.body);
+        });
+    for (auto& t : clients) t.join();
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+        EXPECT_TRUE(together[i].framing_ok && together[i].done_last) << i;
+        EXPECT_EQ(together[i].text, resident[i]) << "prompt " << i << ": " << prompts[i];
+    }
+    EXPECT_TRUE(moed.wait_status([](const json& s) { return s["running_sequences"] == 0; }));
+    const auto st = moed.status();
+    EXPECT_GT(st["tiers"]["prefetch"]["issued"].get<std::uint64_t>(), 0u);
+    EXPECT_EQ(st["tiers"]["host"]["read_errors"].get<std::uint64_t>(), 0u);
 }
 
 TEST(MoedIntegration, EightConcurrentStreamsMatchSoloRuns) {

@@ -3,7 +3,8 @@
 //
 // What it checks, and how: over a slow fault_reader (latency on every read) with a small
 // in-flight bound, threads hammer one tiered source at once: acquirers take random groups in
-// layer order and compare every handle's bytes with the resident source (the file mapped);
+// layer order (one with acquire_many, one with acquire_each) and compare every handle's
+// bytes with the resident source (the file mapped);
 // a "planner" thread walks the layers calling begin_layer() and prefetch() with random
 // classes and scores, the older prefetch(ids) form, cancel_prefetches_before() and
 // cancel_prefetches(); a "profile" thread keeps changing the hot set and the expert scores.
