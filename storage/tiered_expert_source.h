@@ -8,9 +8,10 @@
 // Placement: the slots form a ring of sections plus a pinned hot set (storage/section_ring.h
 // says how the budget is divided and which slot a load takes). Layer l loads into section
 // l mod R while the layer being computed uses another; a slot is reclaimed for a new expert
-// by predicted need (the prefetch score of an expert still predicted for a coming layer,
-// else the profile score set_expert_scores() gave it), oldest use breaking ties. Experts
-// still resident from an earlier token are hits wherever they sit.
+// by predicted need (the prefetch score of an expert still predicted for a coming layer;
+// else the larger of the profile score set_expert_scores() gave it and reuse_prior scaled
+// by how soon its layer comes round again), oldest use breaking ties. Experts still
+// resident from an earlier token are hits wherever they sit.
 //
 // The prefetch pipeline: prefetch() takes scored requests in four classes, served in this
 // order: demand (the layer being computed needs it), near (the next layer), far (layers
@@ -24,7 +25,9 @@
 // when nothing else is in flight, so a bound below one expert still makes progress); demand
 // loads are admitted before prefetches. A prefetch never evicts an expert that a handle holds
 // or that was acquired or demanded for the layer being computed (begin_layer() names it, or
-// the last acquire), and it only replaces experts of lower need than its own score.
+// the last acquire), and it only replaces experts of its own section whose need is below its
+// score. acquire_each() lets compute start on the resident experts of a layer while the
+// others are still read.
 //
 // I/O runs on the block reader; a completion thread reaps it, resumes short reads, retries
 // EINTR/EAGAIN and EIO (a bounded number of times), then marks the slot ready or failed and
@@ -127,8 +130,9 @@ public:
     // layer named by a demand/near/far request has its older queued requests dropped
     // (superseded); warmup requests supersede nothing. Out-of-range ids are ignored (hints).
     void prefetch(std::span<const prefetch_request> requests);
-    // The older form: class near, score 1 (may replace any expert that is not held or
-    // guarded).
+    // The older, unscored form: each expert takes a slot now if one is free or holds an
+    // expert that is neither held, guarded nor hot (demand's order), else it is skipped; no
+    // queue, no prediction kept.
     void prefetch(std::span<const ExpertId> ids);
     // The engine starts computing `layer` (of a batch of n_tokens tokens; counted per token
     // at layer 0): requests queued for the layers passed since the previous call (cyclically:
