@@ -42,6 +42,7 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     router_probs_.resize(b * hp.n_expert);
     route_weights_.resize(b * hp.n_expert_used);
     route_experts_.resize(b * hp.n_expert_used);
+    lookahead_.resize(static_cast<std::size_t>(max_lookahead_depth) * b * hp.n_expert);
     expert_out_.resize(b * hp.n_expert_used * embd);
     for (int i = 0; i < pool.size(); ++i) expert_scratch_.push_back(std::make_unique<expert_scratch>(b, embd, ff));
     group_order_.reserve(hp.n_expert);
@@ -54,6 +55,29 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
 
 evaluator::expert_scratch::expert_scratch(std::size_t max_batch, std::size_t embd, std::size_t ff)
     : gathered(max_batch * embd), gate(max_batch * ff), up(max_batch * ff), down(max_batch * embd) {}
+
+void evaluator::add_routing_observer(routing_observer observer) {
+    if (observer) observers_.push_back(std::move(observer));
+}
+
+void evaluator::set_routing_observer(routing_observer observer) {
+    observers_.clear();
+    add_routing_observer(std::move(observer));
+}
+
+void evaluator::add_layer_start_observer(layer_start_observer observer) {
+    if (observer) layer_start_observers_.push_back(std::move(observer));
+}
+
+void evaluator::clear_observers() noexcept {
+    observers_.clear();
+    layer_start_observers_.clear();
+}
+
+void evaluator::set_lookahead_depth(int depth) {
+    MOED_ASSERT(depth >= 0 && depth <= max_lookahead_depth);
+    lookahead_depth_ = depth;
+}
 
 void evaluator::for_tokens(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
     if (n * model_.hparams().n_embd < k_parallel_values_min || pool_.size() == 1) {
@@ -112,8 +136,9 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
     });
 
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        layer_start(l, batch);
         attention_block(l, batch);
-        MOED_TRY(moe_block(l, n));
+        MOED_TRY(moe_block(l, batch));
     }
     for (const batch_token& bt : batch) bt.cache->set_size(std::max(bt.cache->size(), bt.pos + 1));
 
@@ -129,6 +154,36 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
         kernels::matmul(model_.output(), out_rows_.data(), n_out, logits, hp.n_vocab, pool_, act_);
     }
     return {};
+}
+
+void evaluator::layer_start(std::uint32_t l, std::span<const batch_token> batch) {
+    const model_hparams& hp = model_.hparams();
+    const std::int64_t n = static_cast<std::int64_t>(batch.size());
+    const std::int64_t embd = hp.n_embd;
+    const std::int64_t n_exp = hp.n_expert;
+    const int depth = lookahead_depth_;
+    const std::size_t rows = static_cast<std::size_t>(depth) * n * n_exp;
+    // Row j predicts layer l + j from the stream entering layer l, with the same kernels the
+    // real router uses (so at j = 0 it is exactly what layer l's router would say without
+    // attention in between). x_ is only read: the logits are unchanged.
+    for (int j = 0; j < depth; ++j) {
+        float* out = lookahead_.data() + static_cast<std::size_t>(j) * n * n_exp;
+        const std::uint32_t target = l + static_cast<std::uint32_t>(j);
+        if (target >= hp.n_layer) {
+            std::fill_n(out, n * n_exp, 0.0f);
+            continue;
+        }
+        const layer_weights& tw = model_.layer(target);
+        for_tokens(n, [&](std::int64_t t) {
+            kernels::rms_norm(x_.data() + t * embd, tw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
+        });
+        kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_);
+        for_tokens(n, [&](std::int64_t t) { kernels::softmax(out + t * n_exp, n_exp); });
+    }
+    if (layer_start_observers_.empty()) return;
+    const lookahead_event ev{l, n, batch, depth, std::span<const float>(lookahead_.data(), rows),
+                             std::span<const float>(x_.data(), static_cast<std::size_t>(n * embd))};
+    for (const layer_start_observer& obs : layer_start_observers_) obs(ev);
 }
 
 void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> batch) {
@@ -261,8 +316,9 @@ void evaluator::apply_group(std::size_t first, std::size_t count) {
     });
 }
 
-result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
+result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> batch) {
     const model_hparams& hp = model_.hparams();
+    const std::int64_t n = static_cast<std::int64_t>(batch.size());
     const layer_weights& lw = model_.layer(l);
     const std::int64_t embd = hp.n_embd;
     const int n_exp = static_cast<int>(hp.n_expert);
@@ -277,9 +333,17 @@ result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
         kernels::softmax(probs, n_exp);
         kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
     });
-    if (observer_) {
-        observer_(routing_event{l, n, std::span<const float>(router_probs_.data(), n * n_exp),
-                                std::span<const std::int32_t>(route_experts_.data(), n * k)});
+    if (!observers_.empty()) {
+        const routing_event ev{l,
+                               n,
+                               std::span<const float>(router_probs_.data(), n * n_exp),
+                               std::span<const std::int32_t>(route_experts_.data(), n * k),
+                               std::span<const float>(route_weights_.data(), n * k),
+                               batch,
+                               lookahead_depth_,
+                               std::span<const float>(lookahead_.data(),
+                                                      static_cast<std::size_t>(lookahead_depth_) * n * n_exp)};
+        for (const routing_observer& obs : observers_) obs(ev);
     }
 
     // Group the batch's (token, slot) pairs by expert so each expert is applied once.
@@ -319,7 +383,7 @@ result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
 }
 
 result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache& cache,
-                                     std::vector<float>& last_logits) {
+                                     std::vector<float>& last_logits, std::uint64_t seq) {
     if (tokens.empty()) return make_error(errc::invalid_argument, "no tokens to evaluate");
     if (cache.size() + static_cast<std::int64_t>(tokens.size()) > cache.n_ctx()) {
         return make_error(errc::invalid_argument, "{} tokens at position {} exceed the context of {}",
@@ -335,7 +399,7 @@ result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache&
         const std::int64_t pos0 = cache.size();
         for (std::size_t i = 0; i < count; ++i) {
             batch.push_back(batch_token{tokens[done + i], pos0 + static_cast<std::int64_t>(i), &cache,
-                                        done + i + 1 == tokens.size()});
+                                        done + i + 1 == tokens.size(), seq});
         }
         MOED_TRY(run(batch, last_logits.data()));
         done += count;
