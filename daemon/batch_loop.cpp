@@ -397,7 +397,7 @@ void batch_loop::impl::build_batch() {
         sequence& s = seqs[i];
         s.take = 0;
         if (!s.active() || s.in_prefill()) continue;
-        batch.push_back(engine::batch_token{s.history.back(), s.n_past, &s.cache, true});
+        batch.push_back(engine::batch_token{s.history.back(), s.n_past, &s.cache, true, s.id});
         s.take = 1;
         row_seq[rows++] = i;
     }
@@ -434,7 +434,7 @@ void batch_loop::impl::build_batch() {
             const std::int64_t pos = s.n_past + k;
             const bool last = completes && k + 1 == s.take;
             batch.push_back(
-                engine::batch_token{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last});
+                engine::batch_token{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last, s.id});
             if (last) row_seq[rows++] = i;
         }
     }
