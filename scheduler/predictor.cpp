@@ -127,7 +127,12 @@ expert_predictor::expert_predictor(const predictor_config& config) : config_(con
         grid_.push_back({0.7f, 0.1f, 0.1f, 0.05f, 0.05f});
     }
     const std::size_t n_stats = nl * (config.max_distance + 1) * 2;
-    grid_hits_.assign(n_stats * grid_.size(), 0);
+    grid_hits_k_.assign(n_stats * grid_.size(), 0);
+    grid_hits_2k_.assign(n_stats * grid_.size(), 0);
+    samples_.assign(n_stats, 0);
+    for (std::uint32_t g = 0; g < grid_.size(); ++g) {
+        if (std::count(grid_[g].begin(), grid_[g].end(), 1.0f) == 1) vertices_.push_back(g);
+    }
     leader_.assign(n_stats, 0);
     bucket_hits_.assign(n_stats * calibration_buckets, 0);
     bucket_trials_.assign(n_stats * calibration_buckets, 0);
@@ -282,20 +287,43 @@ void expert_predictor::learn(const slot_state& s, std::int64_t pos, std::uint32_
         }
 
         if (n_grid > 1) {
-            std::uint64_t* hits = grid_hits_.data() + stat * n_grid;
+            std::uint64_t* hits_k = grid_hits_k_.data() + stat * n_grid;
+            std::uint64_t* hits_2k = grid_hits_2k_.data() + stat * n_grid;
             for (std::size_t g = 0; g < n_grid; ++g) {
                 mix(g, mask, mixed);
-                std::uint64_t h = 0;
                 for (std::int32_t e : chosen) {
                     const std::uint32_t r = rank_of(mixed, static_cast<std::uint32_t>(e));
-                    h += (r < k ? 1u : 0u) + (r < 2 * k ? 1u : 0u);
+                    hits_k[g] += r < k ? 1u : 0u;
+                    hits_2k[g] += r < 2 * k ? 1u : 0u;
                 }
-                hits[g] += h;
             }
-            // Follow the leader; ties keep the earlier (preferred) grid point.
-            leader_[stat] = static_cast<std::uint32_t>(std::max_element(hits, hits + n_grid) - hits);
+            ++samples_[stat];
+            leader_[stat] = choose_leader(stat);
         }
     }
+}
+
+std::uint32_t expert_predictor::choose_leader(std::size_t stat) const {
+    const std::size_t n_grid = grid_.size();
+    const std::uint64_t* hits_k = grid_hits_k_.data() + stat * n_grid;
+    const std::uint64_t* hits_2k = grid_hits_2k_.data() + stat * n_grid;
+    auto total = [&](std::uint32_t g) { return hits_k[g] + hits_2k[g]; };
+    // The best single source; ties keep the earlier (preferred) one.
+    std::uint32_t best_vertex = vertices_.front();
+    for (std::uint32_t v : vertices_) {
+        if (total(v) > total(best_vertex)) best_vertex = v;
+    }
+    // The margin also grows like the noise of a hit count (sqrt of the chosen experts seen),
+    // so a mixture that led by luck over the first few hundred samples is not adopted.
+    const double chosen_seen = static_cast<double>(samples_[stat]) * static_cast<double>(config_.n_expert_used);
+    const double margin = std::max(static_cast<double>(config_.mix_margin) * chosen_seen, std::sqrt(chosen_seen));
+    std::uint32_t leader = best_vertex;
+    for (std::uint32_t g = 0; g < n_grid; ++g) {
+        if (hits_k[g] < hits_k[best_vertex] || hits_2k[g] < hits_2k[best_vertex]) continue;
+        if (static_cast<double>(total(g)) <= static_cast<double>(total(best_vertex)) + margin) continue;
+        if (leader == best_vertex || total(g) > total(leader)) leader = g;
+    }
+    return leader;
 }
 
 void expert_predictor::observe_routing(std::uint32_t slot, std::int64_t pos, std::uint32_t layer,

@@ -20,12 +20,13 @@
 // weight vector w chosen per (target layer, distance, profile on/off) from a fixed grid on
 // the simplex (step 1/grid_steps, so every single source is one of its vertices) by
 // following the leader: each learning sample scores every grid point by its hits in the top
-// k and top 2k (k = n_expert_used) on the experts the router then chose, and predictions use
-// the point with the most hits so far (ties go to the point with the most lookahead weight,
-// then coactivation, reuse, profile). Because the vertices are in the grid, the combination
-// tracks the best single source at each layer and distance, and it only mixes in history
-// where mixing measurably raises the hits; a fixed sum that lets reuse outvote the router
-// cannot happen. The probability per expert is calibrated the same way: hit rates of the
+// k and top 2k (k = n_expert_used) on the experts the router then chose. Predictions use the
+// best single source so far (a vertex of the grid; ties go to lookahead, then coactivation,
+// reuse, profile, frequency), unless a mixture has at least as many hits at k and at 2k and
+// more in all by a margin (mix_margin), then the best such mixture. So the combination
+// tracks the best single source at each layer and distance, and mixes in history only where
+// mixing measurably raises the hits; a fixed sum that lets reuse outvote the router cannot
+// happen. The probability per expert is calibrated the same way: hit rates of the
 // leader's mixture per score bucket, learned online, map a mixture score to P(chosen).
 //
 // Threads: not thread-safe; one owner (the engine thread, or a replay). Every buffer is
@@ -59,6 +60,12 @@ struct predictor_config {
     // Learn from one token in this many per sequence (the learning step costs about
     // grid points x n_expert x n_expert_used per layer and distance; large models sample).
     std::uint32_t learn_every = 1;
+    // A mixture replaces the best single source only when it has, so far, at least as many
+    // hits in the top k and in the top 2k, and more in all by this fraction of the chosen
+    // experts seen (0.002: 0.2 points of recall), and by at least the square root of that
+    // count. In-sample gains smaller than that are mostly noise, and a single source that is
+    // as good is the safer prediction.
+    float mix_margin = 0.002f;
 };
 
 // Limits on the configuration (named so a bad trace header fails clearly).
@@ -123,6 +130,7 @@ private:
     std::uint32_t gather(const slot_state& s, std::int64_t pos, std::uint32_t layer, std::uint32_t distance);
     void mix(std::size_t grid_point, std::uint32_t mask, std::span<float> out) const;
     void learn(const slot_state& s, std::int64_t pos, std::uint32_t layer, std::span<const std::int32_t> chosen);
+    std::uint32_t choose_leader(std::size_t stat) const;
     std::size_t calibration_bucket(float score) const noexcept;
 
     predictor_config config_;
@@ -139,7 +147,10 @@ private:
 
     // The grid (weights per source) and its per-(layer, distance, profile) hit counts.
     std::vector<std::array<float, n_prediction_sources>> grid_;
-    std::vector<std::uint64_t> grid_hits_;     // [stat][grid]
+    std::vector<std::uint64_t> grid_hits_k_;   // [stat][grid]
+    std::vector<std::uint64_t> grid_hits_2k_;  // [stat][grid]
+    std::vector<std::uint64_t> samples_;       // [stat]
+    std::vector<std::uint32_t> vertices_;      // grid indices of the single sources
     std::vector<std::uint32_t> leader_;        // [stat]
     static constexpr std::size_t calibration_buckets = 24;
     std::vector<std::uint64_t> bucket_hits_;   // [stat][bucket]

@@ -6,8 +6,9 @@
 //                                           and belady (the offline optimum)
 //   trace-replay --recall [options] TRACE   recall@k of each predictor per layer and distance
 //
-// TRACE is a routing trace: the reference JSON lines of shared/models/traces (decompressed:
-// `zcat tinymoe-routing.jsonl.gz | trace-replay ... -`), "-" being standard input.
+// TRACE is a routing trace: a moed trace file (scheduler/trace.h; moe-run/moed --trace), or
+// the reference JSON lines of shared/models/traces, named *.jsonl or given on standard input
+// as "-" (decompressed: `zcat tinymoe-routing.jsonl.gz | trace-replay ... -`).
 // Replay options:
 //   --budget LIST     cache sizes, comma-separated: P% of all experts or N slots ("25%,50%")
 //   --scope LIST      per-layer,global (per-layer splits the slots evenly among layers)
@@ -41,6 +42,7 @@
 #include "scheduler/recall.h"
 #include "scheduler/reference_trace.h"
 #include "scheduler/replay.h"
+#include "scheduler/trace.h"
 #include "tools/cli_util.h"
 
 namespace {
@@ -192,9 +194,17 @@ trace_data load_trace(const options& o) {
         if (!t) fail(t.error().message);
         return std::move(t).value();
     }
+    if (o.trace_path.ends_with(".gz")) fail(o.trace_path + ": decompress it first (zcat FILE | trace-replay ... -)");
+    if (!o.trace_path.ends_with(".jsonl")) {
+        // A moed trace file (scheduler/trace.h).
+        trace_data t;
+        auto records = read_trace(o.trace_path, t.info, &t.tag_names);
+        if (!records) fail(records.error().message);
+        t.records = std::move(records).value();
+        return t;
+    }
     std::ifstream in(o.trace_path);
     if (!in) fail("cannot open " + o.trace_path);
-    if (o.trace_path.ends_with(".gz")) fail(o.trace_path + ": decompress it first (zcat FILE | trace-replay ... -)");
     ro.model_name = o.trace_path;
     auto t = read_reference_trace(in, o.trace_path, ro);
     if (!t) fail(t.error().message);
@@ -337,9 +347,10 @@ json recall_json(const recall_report& r) {
             }
             worst_2k = std::min(worst_2k, comb.recall_2k() - best_2k);
         }
-        dj["combined_minus_best_single"] = {{"worst@" + std::to_string(k), round4(worst_k)},
+        auto round6 = [](double x) { return std::round(x * 1e6) / 1e6; };
+        dj["combined_minus_best_single"] = {{"worst@" + std::to_string(k), round6(worst_k)},
                                             {"worst_layer@" + std::to_string(k), worst_layer},
-                                            {"worst@" + std::to_string(2 * k), round4(worst_2k)}};
+                                            {"worst@" + std::to_string(2 * k), round6(worst_2k)}};
         json weights = json::array();
         for (std::uint32_t l = 0; l < r.n_layer; ++l) {
             json w;
