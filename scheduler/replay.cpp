@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "common/assert.h"
+#include "scheduler/expert_values.h"
 
 namespace moed::scheduler {
 
@@ -101,11 +102,8 @@ private:
 
     // The scored policy's side.
     void start_sequence(const decode_token& token);
-    void refresh_window(std::int64_t pos, std::uint32_t from_layer);
-    void refresh_rate(std::int64_t pos, std::uint32_t layer);
-    void compute_values(std::uint32_t layer, bool routed);
     void push_values(cache& c);
-    void prefetch(std::int64_t pos, std::uint32_t layer);
+    void prefetch(std::uint32_t layer);
 
     const trace_data& trace_;
     std::span<const decode_token> order_;
@@ -115,12 +113,10 @@ private:
     std::vector<cache> caches_;
     std::vector<std::int32_t> where_;       // slot per expert index, or not_resident
     std::vector<std::uint64_t> next_use_;   // [step][k]: the step each chosen expert is next used
-    std::vector<float> bytes_norm_;         // reload cost per layer, mean 1
     replay_result out_;
 
     std::unique_ptr<expert_predictor> predictor_;
-    std::vector<float> p_next_, rate_, values_;  // [n_layer * n_expert]
-    std::vector<float> scratch_scores_;
+    std::unique_ptr<expert_values> values_;
     struct candidate {
         std::uint32_t layer;
         std::uint32_t distance;
@@ -166,13 +162,6 @@ result<void> simulator::setup() {
     }
     where_.assign(static_cast<std::size_t>(nl_) * ne_, not_resident);
 
-    double total = 0.0;
-    for (std::uint32_t l = 0; l < nl_; ++l) total += static_cast<double>(expert_bytes_of(info_, l));
-    bytes_norm_.resize(nl_);
-    for (std::uint32_t l = 0; l < nl_; ++l) {
-        bytes_norm_[l] = static_cast<float>(static_cast<double>(expert_bytes_of(info_, l)) * nl_ / total);
-    }
-
     if (options_.policy == replay_policy::belady) compute_next_uses();
     if (options_.policy == replay_policy::scored) {
         predictor_config pc = options_.predictor;
@@ -187,11 +176,7 @@ result<void> simulator::setup() {
             return make_error(errc::invalid_argument, "replay: the trace or prefetch distance exceeds the predictor's limits");
         }
         predictor_ = std::make_unique<expert_predictor>(pc);
-        const std::size_t n = static_cast<std::size_t>(nl_) * ne_;
-        p_next_.assign(n, 0.0f);
-        rate_.assign(n, 0.0f);
-        values_.assign(n, 0.0f);
-        scratch_scores_.assign(ne_, 0.0f);
+        values_ = std::make_unique<expert_values>(*predictor_, info_.expert_bytes, 1, options_.value);
         candidates_.reserve(static_cast<std::size_t>(pc.max_distance) * ne_);
     }
     return {};
@@ -301,53 +286,21 @@ void simulator::start_sequence(const decode_token& token) {
     } else {
         predictor_->set_profile({});
     }
-    for (std::uint32_t l = 0; l < nl_; ++l) refresh_rate(token.pos, l);
 }
 
-// The long-run rate of layer `layer`'s experts, and their next-visit need when nothing of
-// the token at that visit is known.
-void simulator::refresh_rate(std::int64_t pos, std::uint32_t layer) {
-    std::span<float> rate(rate_.data() + static_cast<std::size_t>(layer) * ne_, ne_);
-    predictor_->predict(0, pos, layer, 0, scratch_scores_, rate);
-    std::copy(rate.begin(), rate.end(), p_next_.begin() + static_cast<std::ptrdiff_t>(layer * ne_));
-}
+void simulator::push_values(cache& c) { c.policy->set_expert_scores(values_->values()); }
 
-// Next-visit need of the layers from `from_layer` on, as far as this token's predictions reach.
-void simulator::refresh_window(std::int64_t pos, std::uint32_t from_layer) {
-    const std::uint32_t reach = predictor_->config().max_distance;
-    for (std::uint32_t l = from_layer; l < nl_ && l < from_layer + reach; ++l) {
-        const std::uint32_t d = predictor_->best_distance(0, pos, l);
-        std::span<float> p(p_next_.data() + static_cast<std::size_t>(l) * ne_, ne_);
-        predictor_->predict(0, pos, l, d, scratch_scores_, p);
-    }
-}
-
-// Values of every expert with the token at `layer`: before its router runs (`routed` false)
-// the layer's next visit is imminent; after, it is a whole token away.
-void simulator::compute_values(std::uint32_t layer, bool routed) {
-    for (std::uint32_t l = 0; l < nl_; ++l) {
-        std::uint32_t phase = l >= layer ? l - layer + 1 : l + nl_ - layer + 1;
-        if (routed) phase = l > layer ? l - layer : l + nl_ - layer;
-        const std::size_t base = static_cast<std::size_t>(l) * ne_;
-        for (std::uint32_t e = 0; e < ne_; ++e) {
-            values_[base + e] = expert_value(p_next_[base + e], rate_[base + e], phase, nl_, bytes_norm_[l], options_.value);
-        }
-    }
-}
-
-void simulator::push_values(cache& c) { c.policy->set_expert_scores(values_); }
-
-void simulator::prefetch(std::int64_t pos, std::uint32_t layer) {
+void simulator::prefetch(std::uint32_t layer) {
     const prefetch_params& pf = options_.prefetch;
     candidates_.clear();
     for (std::uint32_t d = std::max<std::uint32_t>(pf.min_distance, 1); d <= pf.max_distance; ++d) {
         const std::uint32_t target = layer + d - 1;
         if (target >= nl_) break;
-        (void)pos;
         const std::size_t base = static_cast<std::size_t>(target) * ne_;
+        const std::span<const float> need = values_->need(target);
         for (std::uint32_t e = 0; e < ne_; ++e) {
-            if (p_next_[base + e] < pf.min_probability || where_[base + e] != not_resident) continue;
-            candidates_.push_back(candidate{target, d, static_cast<std::int32_t>(e), values_[base + e]});
+            if (need[e] < pf.min_probability || where_[base + e] != not_resident) continue;
+            candidates_.push_back(candidate{target, d, static_cast<std::int32_t>(e), values_->value(target, e)});
         }
     }
     // Nearer layers first, then the more valuable.
@@ -384,11 +337,12 @@ result<replay_result> simulator::run() {
     const bool scored = options_.policy == replay_policy::scored;
     std::uint64_t step = 0;
     for (const decode_token& token : order_) {
+        const active_token in_flight[1] = {active_token{0, token.pos}};
         if (scored) {
             if (token.first_of_sequence) start_sequence(token);
             // Layers this token has not reached are predicted from history alone until its
             // own lookahead and routing say more.
-            std::copy(rate_.begin(), rate_.end(), p_next_.begin());
+            values_->begin_tokens(in_flight);
         }
         for (std::size_t idx : token.layers) {
             const trace_record& rec = trace_.records[idx];
@@ -396,15 +350,12 @@ result<replay_result> simulator::run() {
                 if (!rec.lookahead.empty() && info_.lookahead_depth > 0) {
                     predictor_->observe_lookahead(0, rec.pos, rec.layer, rec.lookahead);
                 }
-                refresh_window(rec.pos, rec.layer);
-                compute_values(rec.layer, false);
-                if (options_.prefetch.enabled) prefetch(rec.pos, rec.layer);
+                values_->before_router(in_flight, rec.layer);
+                if (options_.prefetch.enabled) prefetch(rec.layer);
                 // The router has run: learn from it, then value the layer's experts for the
                 // next token before the demand loads pick victims.
                 predictor_->observe_routing(0, rec.pos, rec.layer, rec.chosen);
-                refresh_rate(rec.pos, rec.layer);
-                if (rec.layer + 1 < nl_) refresh_window(rec.pos, rec.layer + 1);
-                compute_values(rec.layer, true);
+                values_->after_router(in_flight, rec.layer);
                 push_values(cache_of(rec.layer));
             }
             MOED_TRY(demand(step, rec));
