@@ -408,10 +408,14 @@ bool expert_predictor::predict_source(prediction_source source, std::uint32_t sl
 std::uint32_t expert_predictor::best_distance(std::uint32_t slot, std::int64_t pos, std::uint32_t layer) const {
     MOED_ASSERT(slot < slots_.size() && layer < config_.n_layer);
     const slot_state& s = slots_[slot];
+    // Distance d needs everything the mixtures for d were learned with: the routing through
+    // layer - d (nothing for d > layer) and, within the lookahead depth, the lookahead of
+    // layer - d + 1. After the router of layer L, layer L + 1 is at distance 2 until its
+    // own lookahead arrives, not at distance 1 without it.
     for (std::uint32_t d = 1; d <= config_.max_distance; ++d) {
-        const bool look = d <= config_.lookahead_depth && layer + 1 >= d && s.lookahead_pos[layer + 1 - d] == pos;
-        const bool routed = layer >= d && s.chosen_pos[layer - d] == pos;
-        if (look || routed) return d;
+        const bool routed = d > layer || s.chosen_pos[layer - d] == pos;
+        const bool look = d > config_.lookahead_depth || (layer + 1 >= d && s.lookahead_pos[layer + 1 - d] == pos);
+        if (routed && look && (layer >= d || (d <= config_.lookahead_depth && layer + 1 >= d))) return d;
     }
     return 0;
 }

@@ -105,8 +105,9 @@ public:
     // One source alone; false (and `out` untouched) when it has nothing to say there.
     bool predict_source(prediction_source source, std::uint32_t slot, std::int64_t pos, std::uint32_t layer,
                         std::uint32_t distance, std::span<float> out);
-    // The smallest distance at which `layer` of the token at `pos` can be predicted now:
-    // layer - (last layer with lookahead or routing known for pos) ..., 0 if none is known.
+    // The smallest distance whose information is all known now for `layer` of the token at
+    // `pos` (the routing through layer - d and, for d <= lookahead_depth, the lookahead of
+    // layer - d + 1); 0 when none is.
     std::uint32_t best_distance(std::uint32_t slot, std::int64_t pos, std::uint32_t layer) const;
 
     // The weights the combination uses now at (layer, distance), by source.

@@ -14,9 +14,14 @@ const char* recall_predictor_name(recall_predictor p) noexcept {
         case recall_predictor::coactivation: return "coactivation";
         case recall_predictor::profile: return "profile";
         case recall_predictor::frequency: return "frequency";
+        case recall_predictor::naive_sum: return "naive_sum";
         case recall_predictor::combined: return "combined";
     }
     return "?";
+}
+
+bool is_single_source(recall_predictor p) noexcept {
+    return p != recall_predictor::naive_sum && p != recall_predictor::combined;
 }
 
 recall_counts& recall_report::at(recall_predictor p, std::uint32_t distance, std::uint32_t layer) {
@@ -83,7 +88,7 @@ result<recall_report> measure_recall(const trace_data& trace, std::span<const de
 
     const std::size_t ne = info.n_expert;
     const std::uint32_t k = info.n_expert_used;
-    std::vector<float> scores(ne), fallback(ne);
+    std::vector<float> scores(ne), fallback(ne), look(ne);
     std::vector<std::int32_t> previous(static_cast<std::size_t>(info.n_layer) * k, 0);
     std::vector<std::uint8_t> has_previous(info.n_layer, 0);
     // The token's records by layer (decode order lists them in layer order).
@@ -110,6 +115,12 @@ result<recall_report> measure_recall(const trace_data& trace, std::span<const de
             std::copy(fallback.begin(), fallback.end(), scores.begin());
         }
         score.score(recall_predictor::previous_token, d, layer, scores, chosen);
+        if (d >= 1 && d <= info.lookahead_depth &&
+            predictor.predict_source(prediction_source::lookahead, 0, pos, layer, d, look)) {
+            // scores holds the previous token's indicators (+ a tie-break); add the router's.
+            for (std::size_t e = 0; e < ne; ++e) scores[e] += look[e];
+            score.score(recall_predictor::naive_sum, d, layer, scores, chosen);
+        }
         predictor.predict(0, pos, layer, d, scores);
         score.score(recall_predictor::combined, d, layer, scores, chosen);
     };

@@ -11,6 +11,8 @@
 //   coactivation    P(e at L | the token's experts at L - d), learned online
 //   profile         the task profile of the sequence (when profile_of gives one)
 //   frequency       every sequence's decayed usage (also each source's fallback)
+//   naive_sum       lookahead probabilities plus 1 for each of the previous token's experts
+//                   (a fixed sum in which history outvotes the router; for comparison only)
 //   combined        the expert predictor
 // A source with nothing to say for a sample (reuse on a sequence's first token,
 // coactivation for layer L < d) ranks by frequency there, so every predictor is scored on
@@ -30,9 +32,11 @@
 namespace moed::scheduler {
 
 enum class recall_predictor : std::uint8_t {
-    lookahead, previous_token, reuse, coactivation, profile, frequency, combined
+    lookahead, previous_token, reuse, coactivation, profile, frequency, naive_sum, combined
 };
-inline constexpr std::size_t n_recall_predictors = 7;
+inline constexpr std::size_t n_recall_predictors = 8;
+// The single-source predictors (what the combined one is compared with).
+bool is_single_source(recall_predictor p) noexcept;
 const char* recall_predictor_name(recall_predictor p) noexcept;
 
 struct recall_counts {

@@ -336,7 +336,7 @@ json recall_json(const recall_report& r) {
             double best_k = 0.0, best_2k = 0.0;
             for (std::size_t p = 0; p < n_recall_predictors; ++p) {
                 const auto rp = static_cast<recall_predictor>(p);
-                if (rp == recall_predictor::combined || r.at(rp, d, l).samples == 0) continue;
+                if (!is_single_source(rp) || r.at(rp, d, l).samples == 0) continue;
                 if (rp == recall_predictor::lookahead && (d == 0 || d > r.lookahead_depth)) continue;
                 best_k = std::max(best_k, r.at(rp, d, l).recall_k());
                 best_2k = std::max(best_2k, r.at(rp, d, l).recall_2k());

@@ -63,8 +63,9 @@ void expect_combined_dominates(const recall_report& r, double slack) {
         for (std::uint32_t l = 0; l < r.n_layer; ++l) {
             const recall_counts& comb = r.at(recall_predictor::combined, d, l);
             if (comb.samples == 0) continue;
-            for (std::size_t p = 0; p + 1 < n_recall_predictors; ++p) {
+            for (std::size_t p = 0; p < n_recall_predictors; ++p) {
                 const auto rp = static_cast<recall_predictor>(p);
+                if (!is_single_source(rp)) continue;
                 const recall_counts& single = r.at(rp, d, l);
                 if (single.samples == 0) continue;
                 EXPECT_GE(comb.recall_k(), single.recall_k() - slack)
