@@ -361,6 +361,10 @@ json recall_json(const recall_report& r) {
             weights.push_back(w);
         }
         dj["combined_weights_per_layer"] = weights;
+        dj["combined_weights_note"] =
+            "the grid point each layer ended with; sources absent at this distance (lookahead past the trace's "
+            "depth or in a trace without it, coactivation for a layer below the distance) are dropped and the rest "
+            "renormalised";
         out.push_back(dj);
     }
     return out;
