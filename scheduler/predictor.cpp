@@ -149,13 +149,12 @@ void expert_predictor::set_profile(std::span<const float> scores) {
     }
     MOED_ASSERT(scores.size() == profile_.size());
     std::copy(scores.begin(), scores.end(), profile_.begin());
-    has_profile_ = false;
     for (std::uint32_t l = 0; l < config_.n_layer; ++l) {
         std::span<float> row(profile_.data() + static_cast<std::size_t>(l) * stride_, stride_);
         // A layer the profile says nothing about predicts uniformly.
         if (!normalise(row)) std::fill(row.begin(), row.end(), 1.0f / static_cast<float>(stride_));
-        has_profile_ = true;
     }
+    has_profile_ = true;
 }
 
 void expert_predictor::reset_sequence(std::uint32_t slot) {
