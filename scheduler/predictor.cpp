@@ -134,6 +134,33 @@ expert_predictor::expert_predictor(const predictor_config& config) : config_(con
         if (std::count(grid_[g].begin(), grid_[g].end(), 1.0f) == 1) vertices_.push_back(g);
     }
     leader_.assign(n_stats, 0);
+    // Per mask of present sources, each grid point's representative: the first point with
+    // the same weights once absent sources are dropped and the rest renormalised.
+    const std::size_t n_masks = std::size_t{1} << n_prediction_sources;
+    representative_.assign(n_masks * grid_.size(), 0);
+    distinct_.resize(n_masks);
+    for (std::size_t mask = 0; mask < n_masks; ++mask) {
+        std::vector<std::array<float, n_prediction_sources>> effective(grid_.size());
+        for (std::uint32_t g = 0; g < grid_.size(); ++g) {
+            float total = 0.0f;
+            for (std::size_t src = 0; src < n_prediction_sources; ++src) total += (mask >> src) & 1u ? grid_[g][src] : 0.0f;
+            for (std::size_t src = 0; src < n_prediction_sources; ++src) {
+                const bool present = (mask >> src) & 1u;
+                effective[g][src] = total > 0.0f ? (present ? grid_[g][src] / total : 0.0f)
+                                                 : (src == src_frequency ? 1.0f : 0.0f);
+            }
+            std::uint32_t r = g;
+            for (std::uint32_t h = 0; h < g; ++h) {
+                if (effective[h] == effective[g]) {
+                    r = representative_[mask * grid_.size() + h];
+                    break;
+                }
+            }
+            representative_[mask * grid_.size() + g] = r;
+            if (r == g) distinct_[mask].push_back(g);
+        }
+    }
+    point_hits_.assign(2 * grid_.size(), 0);
     bucket_hits_.assign(n_stats * calibration_buckets, 0);
     bucket_trials_.assign(n_stats * calibration_buckets, 0);
 
@@ -288,13 +315,22 @@ void expert_predictor::learn(const slot_state& s, std::int64_t pos, std::uint32_
         if (n_grid > 1) {
             std::uint64_t* hits_k = grid_hits_k_.data() + stat * n_grid;
             std::uint64_t* hits_2k = grid_hits_2k_.data() + stat * n_grid;
-            for (std::size_t g = 0; g < n_grid; ++g) {
+            // Grid points that differ only in absent sources mix alike: score one of each.
+            const std::uint32_t* rep = representative_.data() + static_cast<std::size_t>(mask) * n_grid;
+            for (std::uint32_t g : distinct_[mask]) {
                 mix(g, mask, mixed);
+                std::uint32_t hk = 0, h2k = 0;
                 for (std::int32_t e : chosen) {
                     const std::uint32_t r = rank_of(mixed, static_cast<std::uint32_t>(e));
-                    hits_k[g] += r < k ? 1u : 0u;
-                    hits_2k[g] += r < 2 * k ? 1u : 0u;
+                    hk += r < k ? 1u : 0u;
+                    h2k += r < 2 * k ? 1u : 0u;
                 }
+                point_hits_[2 * g] = hk;
+                point_hits_[2 * g + 1] = h2k;
+            }
+            for (std::size_t g = 0; g < n_grid; ++g) {
+                hits_k[g] += point_hits_[2 * rep[g]];
+                hits_2k[g] += point_hits_[2 * rep[g] + 1];
             }
             ++samples_[stat];
             leader_[stat] = choose_leader(stat);

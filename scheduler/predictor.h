@@ -153,6 +153,9 @@ private:
     std::vector<std::uint64_t> samples_;       // [stat]
     std::vector<std::uint32_t> vertices_;      // grid indices of the single sources
     std::vector<std::uint32_t> leader_;        // [stat]
+    std::vector<std::uint32_t> representative_;       // [mask][grid]
+    std::vector<std::vector<std::uint32_t>> distinct_; // [mask] -> grid points to score
+    std::vector<std::uint32_t> point_hits_;           // scratch: [grid][k, 2k]
     static constexpr std::size_t calibration_buckets = 24;
     std::vector<std::uint64_t> bucket_hits_;   // [stat][bucket]
     std::vector<std::uint64_t> bucket_trials_; // [stat][bucket]
