@@ -32,6 +32,7 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     attn_.resize(b * q_dim);
     proj_.resize(b * embd);
     router_probs_.resize(b * hp.n_expert);
+    masked_probs_.resize(b * hp.n_expert);
     route_weights_.resize(b * hp.n_expert_used);
     route_experts_.resize(b * hp.n_expert_used);
     expert_out_.resize(b * hp.n_expert_used * embd);
@@ -75,6 +76,19 @@ result<void> evaluator::validate(std::span<const batch_token> batch) const {
                               "batch token {}: position {} is outside the context (0..{})", i, bt.pos,
                               bt.cache->n_ctx() - 1);
         }
+        if (bt.allowed_experts != nullptr) {
+            const model_hparams& hp = model_.hparams();
+            for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+                const std::uint8_t* allow = bt.allowed_experts + static_cast<std::size_t>(l) * hp.n_expert;
+                const auto n_allowed = static_cast<std::uint32_t>(std::count_if(allow, allow + hp.n_expert,
+                                                                                [](std::uint8_t a) { return a != 0; }));
+                if (n_allowed < hp.n_expert_used) {
+                    return make_error(errc::invalid_argument,
+                                      "batch token {}: layer {} allows {} experts, fewer than the {} each token uses", i,
+                                      l, n_allowed, hp.n_expert_used);
+                }
+            }
+        }
     }
     return {};
 }
@@ -104,7 +118,7 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
 
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
         attention_block(l, batch);
-        MOED_TRY(moe_block(l, n));
+        MOED_TRY(moe_block(l, batch));
     }
     for (const batch_token& bt : batch) bt.cache->set_size(std::max(bt.cache->size(), bt.pos + 1));
 
@@ -224,8 +238,9 @@ void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w) 
     }
 }
 
-result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
+result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> batch) {
     const model_hparams& hp = model_.hparams();
+    const std::int64_t n = static_cast<std::int64_t>(batch.size());
     const layer_weights& lw = model_.layer(l);
     const std::int64_t embd = hp.n_embd;
     const int n_exp = static_cast<int>(hp.n_expert);
@@ -238,7 +253,16 @@ result<void> evaluator::moe_block(std::uint32_t l, std::int64_t n) {
     for_tokens(n, [&](std::int64_t t) {
         float* probs = router_probs_.data() + t * n_exp;
         kernels::softmax(probs, n_exp);
-        kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        if (const std::uint8_t* allowed = batch[t].allowed_experts) {
+            // Pruned: the softmax over all experts stays (the observer sees it), the top-k
+            // is taken among the allowed ones. Probabilities are >= 0, so -1 never wins.
+            allowed += static_cast<std::size_t>(l) * n_exp;
+            float* masked = masked_probs_.data() + t * n_exp;
+            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? probs[e] : -1.0f;
+            kernels::top_k_routing(masked, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        } else {
+            kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        }
     });
     if (observer_) {
         observer_(routing_event{l, n, std::span<const float>(router_probs_.data(), n * n_exp),

@@ -26,6 +26,11 @@ struct batch_token {
     std::int64_t pos = 0;
     kv_cache* cache = nullptr;
     bool want_logits = false;
+    // Pruning (task profiles): when set, [n_layer][n_expert] flags of the experts this
+    // token may be routed to. The router's softmax still covers every expert; the top-k is
+    // taken among the allowed ones and their weights renormalised. Each layer must allow at
+    // least n_expert_used experts. The memory belongs to the caller and must outlive run().
+    const std::uint8_t* allowed_experts = nullptr;
 };
 
 // What the router did at one MoE layer for one batch: softmax probabilities
@@ -62,7 +67,7 @@ public:
 private:
     result<void> validate(std::span<const batch_token> batch) const;
     void attention_block(std::uint32_t layer, std::span<const batch_token> batch);
-    result<void> moe_block(std::uint32_t layer, std::int64_t n);
+    result<void> moe_block(std::uint32_t layer, std::span<const batch_token> batch);
     // Runs expert `e` (weights `w`) on the batch rows routed to it; writes each row's
     // weighted output into its (token, slot) place of expert_out_.
     void apply_expert(std::uint32_t e, const storage::expert_weights& w);
@@ -77,6 +82,7 @@ private:
     // Scratch, sized for max_batch_ at construction.
     std::vector<float> x_, cur_, q_, k_, v_, attn_, proj_;
     std::vector<float> router_probs_, route_weights_;
+    std::vector<float> masked_probs_;  // [max_batch][n_expert], for tokens with allowed_experts
     std::vector<std::int32_t> route_experts_;
     std::vector<float> expert_out_;  // [n][n_expert_used][n_embd]
     std::vector<float> gathered_, gate_, up_, down_;
