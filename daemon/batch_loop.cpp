@@ -574,6 +574,14 @@ bool batch_loop::impl::prefill_done(sequence& s) {
         }
     }
     s.report_known = true;
+    {
+        // Published now rather than at the end of the step: the sink (and whoever it
+        // notifies) may ask snapshot() about this request before then.
+        std::lock_guard lock(mu);
+        slot_public& p = slots[static_cast<std::size_t>(&s - seqs.data())];
+        p.profile = s.report;
+        p.profile_known = true;
+    }
     s.sink->on_profile(s.report);
     return true;
 }
