@@ -358,8 +358,12 @@ private:
         const auto method = req.method();
         if (path == "/v1/profiles") {
             if (method == http::verb::get) {
-                co_await send(200, store ? profiles_list_body(store->list(), store->problems()) : profiles_list_body({}, {}),
-                              std::string(json_type));
+                // No conditional operator making a class temporary in a coroutine: g++ 12
+                // destroys such a temporary twice (see accept_loop).
+                std::string body;
+                if (store) body = profiles_list_body(store->list(), store->problems());
+                else body = profiles_list_body({}, {});
+                co_await send(200, std::move(body), std::string(json_type));
             } else if (method == http::verb::post) {
                 co_await create_profile(req);
             } else {
@@ -381,7 +385,8 @@ private:
             co_return;
         }
         if (method == http::verb::get) {
-            auto p = store ? store->find(name) : nullptr;
+            std::shared_ptr<const scheduler::profile> p;
+            if (store) p = store->find(name);
             if (!p) co_await send_error(404, fmt::format("no profile named '{}'", name));
             // Twice the experts each token uses: the set a hot set or a pruning would pick from.
             else co_await send(200, profile_detail_body(*p, 2 * p->shape.n_expert_used), std::string(json_type));
@@ -391,9 +396,11 @@ private:
             co_await send_error(409, fmt::format("profile '{}' is being created; delete it once that finishes", name));
             co_return;
         }
-        auto removed = store ? store->remove(name)
-                             : result<void>(make_error(errc::not_found, "no profile named '{}'", name));
-        if (!removed) {
+        if (store == nullptr) {
+            co_await send_error(404, fmt::format("no profile named '{}'", name));
+            co_return;
+        }
+        if (auto removed = store->remove(name); !removed) {
             const unsigned status = removed.error().code == errc::not_found ? 404 : 500;
             co_await send_error(status, removed.error().message);
             co_return;
@@ -499,7 +506,8 @@ private:
             }
         }
         const std::uint32_t n_prompts = static_cast<std::uint32_t>(parsed->prompts.size());
-        std::string source = parsed->source.empty() ? fmt::format("api: {} prompts", n_prompts) : parsed->source;
+        std::string source = parsed->source;
+        if (source.empty()) source = fmt::format("api: {} prompts", n_prompts);
         scheduler::profile made = scheduler::make_profile(name, store->model_identity(), st_->ctx.model_id,
                                                           std::move(source), n_prompts,
                                                           static_cast<std::int64_t>(std::time(nullptr)), *stats);

@@ -102,7 +102,9 @@ public:
     }
     http_reply request(http::verb verb, const std::string& target, const std::string& body = "") {
         http_connection c(socket_);
-        return c.request(verb, target, body);
+        http_reply r = c.request(verb, target, body);
+        if (r.status == 0) ADD_FAILURE() << "no answer to " << target << ": " << r.error << "; moed's log:\n" << log();
+        return r;
     }
 
 private:
