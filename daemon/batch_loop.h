@@ -69,7 +69,7 @@ struct job_params {
     std::uint32_t prune_experts_per_layer = 0;
     // Runs the prompt and finishes ("stop", no token generated and no sink->on_token): how
     // the daemon feeds a profile's example prompts through the engine between other
-    // requests' steps. max_tokens is not used.
+    // requests' steps. max_tokens is still validated (1 will do) but never reached.
     bool prefill_only = false;
     // When set, the prompt's routing statistics (shape of the model) are merged into it on
     // the engine thread before the job's finish event; the caller reads it after that event.
