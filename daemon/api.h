@@ -24,6 +24,9 @@ inline constexpr std::size_t max_json_depth = 64;
 // but this keeps a flood of tiny messages from costing more than the tokens they make.
 inline constexpr std::size_t max_chat_messages = 1024;
 
+// A trace tag is stored in the trace file's tag table (scheduler/trace.h allows 256 bytes).
+inline constexpr std::size_t max_trace_tag_bytes = 256;
+
 enum class api_kind : std::uint8_t { completion = 0, chat = 1 };
 
 struct api_limits {
@@ -44,6 +47,9 @@ struct generation_request {
     std::vector<std::string> stop;
     bool stream = false;
     bool ignore_eos = false;                  // extension (llama.cpp): generate past end-of-text
+    // extension (moed): the label of this request's records in the routing trace, when moed
+    // records one (--trace); at most max_trace_tag_bytes of valid UTF-8.
+    std::string trace_tag;
 };
 
 // Parses a POST body. Errors are errc::invalid_argument with a message such as

@@ -16,6 +16,7 @@
 #include "engine/evaluator.h"
 #include "engine/kv_cache.h"
 #include "engine/tokenizer.h"
+#include "engine/trace_recorder.h"
 #include "engine/unicode_utf8.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -173,6 +174,7 @@ struct batch_loop::impl {
     void fail(sequence& s, const error& err) noexcept;
     void release(sequence& s) noexcept;
     void fail_all(const error& err) noexcept;
+    void close_trace() noexcept;
     std::size_t ring_index(std::size_t i) const noexcept { return (head + i) % ring.size(); }
 
     engine::model& model;
@@ -190,6 +192,9 @@ struct batch_loop::impl {
     std::vector<queued_job> cancelled_jobs; // taken out of the queue, reported outside the lock
     std::uint32_t share_start = 0;          // rotates which prefill gets the budget's remainder
     loop_counters counters;
+    // The routing trace (record_trace): written by the engine thread only.
+    std::optional<scheduler::trace_writer> trace;
+    std::unique_ptr<engine::trace_recorder> recorder;
 
     // Shared with every other thread, under mu.
     mutable std::mutex mu;
@@ -266,6 +271,23 @@ void batch_loop::impl::thread_main() noexcept {
             MOED_LOG_ERROR(k_component, "engine step failed with an unknown exception");
             fail_all(error{errc::internal, "the engine step failed"});
         }
+    }
+    close_trace();
+}
+
+void batch_loop::impl::close_trace() noexcept {
+    if (!trace || !trace->is_open()) return;
+    try {
+        const std::uint64_t records = trace->records_written();
+        if (auto closed = trace->close(); !closed) {
+            MOED_LOG_ERROR(k_component, "routing trace: {}", closed.error().message);
+        } else if (auto st = recorder->status(); !st) {
+            MOED_LOG_ERROR(k_component, "routing trace {} is incomplete: {}", trace->path(), st.error().message);
+        } else {
+            MOED_LOG_INFO(k_component, "routing trace {}: {} records", trace->path(), records);
+        }
+    } catch (...) {
+        MOED_LOG_ERROR(k_component, "closing the routing trace failed");
     }
 }
 
@@ -351,6 +373,11 @@ void batch_loop::impl::admit_locked() {
         s.cancel = false;
         s.take = 0;
         ++active;
+        if (recorder) {
+            // Tags come from requests: past the table's limit they fall back to tag 0.
+            auto tag = trace->intern_tag(s.params.trace_tag);
+            recorder->begin_sequence(s.id, tag ? *tag : 0, s.prompt_size());
+        }
         // Published at once: a job leaves `count` here, and shutdown()'s drain waits for
         // running == 0 && count == 0, so a just-admitted job must already count as running.
         running = active;
@@ -506,6 +533,7 @@ void batch_loop::impl::fail(sequence& s, const error& err) noexcept {
 
 // Frees the sequence's KV cache for the next job at once (the memory stays allocated).
 void batch_loop::impl::release(sequence& s) noexcept {
+    if (recorder) recorder->end_sequence(s.id);
     s.id = 0;
     s.sink.reset();
     s.cache.clear();
@@ -531,6 +559,15 @@ batch_loop::batch_loop(engine::model& model, const loop_options& options)
 batch_loop::~batch_loop() { shutdown(std::chrono::milliseconds(0)); }
 
 const loop_options& batch_loop::options() const noexcept { return impl_->opt; }
+
+void batch_loop::record_trace(scheduler::trace_writer writer) {
+    impl& im = *impl_;
+    std::lock_guard lock(im.mu);
+    MOED_ASSERT(!im.started && !im.trace);
+    im.trace.emplace(std::move(writer));
+    im.recorder = std::make_unique<engine::trace_recorder>(*im.trace);
+    im.recorder->attach(im.eval);
+}
 
 void batch_loop::start() {
     std::lock_guard lock(impl_->mu);
@@ -571,6 +608,7 @@ void batch_loop::shutdown(std::chrono::milliseconds drain) {
         im.published.cancelled += left.size();
     }
     for (queued_job& j : left) j.sink->on_done("cancelled", job_usage{static_cast<std::int64_t>(j.params.prompt.size()), 0});
+    im.close_trace();
 }
 
 result<job_id> batch_loop::submit(job_params params, std::shared_ptr<job_sink> sink) {

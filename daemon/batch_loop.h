@@ -29,6 +29,7 @@
 #include "common/status.h"
 #include "engine/model.h"
 #include "engine/sampler.h"
+#include "scheduler/trace.h"
 
 namespace moed::daemon {
 
@@ -46,6 +47,7 @@ struct job_params {
     bool stop_at_eog = true;
     std::string id;                        // request id for status and logs ("cmpl-...")
     std::string peer;                      // peer credentials for status
+    std::string trace_tag;                 // label in the routing trace (record_trace)
 };
 
 struct job_usage {
@@ -90,6 +92,13 @@ public:
     ~batch_loop();
     batch_loop(const batch_loop&) = delete;
     batch_loop& operator=(const batch_loop&) = delete;
+
+    // Records the routing of every forward pass to `writer` (an open trace for this model;
+    // engine::make_trace_info), with the router lookahead depth the trace declares. Each job's
+    // records carry its job id as seq and its trace_tag (interned in the trace's tag table).
+    // The engine thread owns the writer from start() on and closes it when it ends, so after
+    // shutdown() the file is complete. Call before start(), at most once.
+    void record_trace(scheduler::trace_writer writer);
 
     // Starts the engine thread.
     void start();
