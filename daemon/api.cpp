@@ -277,6 +277,13 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
         if (!n) return unexpected(std::move(n).error());
         req.prune_experts_per_layer = static_cast<std::uint32_t>(*n);
     }
+    if (const json* v = field(doc, "trace_tag")) {
+        if (!v->is_string()) return wrong_type("trace_tag", "a string", *v);
+        req.trace_tag = v->get<std::string>();
+        if (req.trace_tag.size() > max_trace_tag_bytes)
+            return make_error(errc::invalid_argument, "trace_tag: {} bytes is longer than the {} allowed",
+                              req.trace_tag.size(), max_trace_tag_bytes);
+    }
     if (const json* v = field(doc, "n")) {
         auto n = get_integer(*v, "n", 1, 1);
         if (!n) return make_error(errc::invalid_argument, "n: only 1 choice per request is supported");

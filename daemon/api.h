@@ -25,6 +25,9 @@ inline constexpr std::size_t max_json_depth = 64;
 // but this keeps a flood of tiny messages from costing more than the tokens they make.
 inline constexpr std::size_t max_chat_messages = 1024;
 
+// A trace tag is stored in the trace file's tag table (scheduler/trace.h allows 256 bytes).
+inline constexpr std::size_t max_trace_tag_bytes = 256;
+
 enum class api_kind : std::uint8_t { completion = 0, chat = 1 };
 
 struct api_limits {
@@ -50,6 +53,9 @@ struct generation_request {
     // model, when the request is prepared.
     std::string profile;
     std::uint32_t prune_experts_per_layer = 0;  // 0: no pruning
+    // extension (moed): the label of this request's records in the routing trace, when moed
+    // records one (--trace); at most max_trace_tag_bytes of valid UTF-8.
+    std::string trace_tag;
 };
 
 // Parses a POST body. Errors are errc::invalid_argument with a message such as

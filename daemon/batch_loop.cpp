@@ -16,6 +16,7 @@
 #include "engine/evaluator.h"
 #include "engine/kv_cache.h"
 #include "engine/tokenizer.h"
+#include "engine/trace_recorder.h"
 #include "engine/unicode_utf8.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -166,7 +167,7 @@ struct batch_loop::impl {
         ring.resize(opt.queue_capacity);
         slots.resize(opt.max_sequences);
         rates.resize(k_rate_samples);
-        eval.set_routing_observer([this](const engine::routing_event& ev) { on_routing(ev); });
+        eval.add_routing_observer([this](const engine::routing_event& ev) { on_routing(ev); });
         MOED_LOG_INFO(k_component, "{} sequences of {} tokens (KV caches {}), batches of {} tokens, {} threads",
                       opt.max_sequences, opt.n_ctx, format_bytes(seqs.front().cache.bytes() * seqs.size()),
                       opt.max_batch_tokens, pool.size());
@@ -191,6 +192,7 @@ struct batch_loop::impl {
     void fail(sequence& s, const error& err) noexcept;
     void release(sequence& s) noexcept;
     void fail_all(const error& err) noexcept;
+    void close_trace() noexcept;
     std::size_t ring_index(std::size_t i) const noexcept { return (head + i) % ring.size(); }
 
     engine::model& model;
@@ -209,6 +211,9 @@ struct batch_loop::impl {
     std::uint32_t share_start = 0;          // rotates which prefill gets the budget's remainder
     loop_counters counters;
     const scheduler::profile* last_applied = nullptr;  // identity only, for on_profile_applied
+    // The routing trace (record_trace): written by the engine thread only.
+    std::optional<scheduler::trace_writer> trace;
+    std::unique_ptr<engine::trace_recorder> recorder;
 
     // Shared with every other thread, under mu.
     mutable std::mutex mu;
@@ -302,6 +307,23 @@ void batch_loop::impl::thread_main() noexcept {
             fail_all(error{errc::internal, "the engine step failed"});
         }
     }
+    close_trace();
+}
+
+void batch_loop::impl::close_trace() noexcept {
+    if (!trace || !trace->is_open()) return;
+    try {
+        const std::uint64_t records = trace->records_written();
+        if (auto closed = trace->close(); !closed) {
+            MOED_LOG_ERROR(k_component, "routing trace: {}", closed.error().message);
+        } else if (auto st = recorder->status(); !st) {
+            MOED_LOG_ERROR(k_component, "routing trace {} is incomplete: {}", trace->path(), st.error().message);
+        } else {
+            MOED_LOG_INFO(k_component, "routing trace {}: {} records", trace->path(), records);
+        }
+    } catch (...) {
+        MOED_LOG_ERROR(k_component, "closing the routing trace failed");
+    }
 }
 
 bool batch_loop::impl::step() {
@@ -391,6 +413,11 @@ void batch_loop::impl::admit_locked() {
         s.report_known = false;
         if (s.params.profile) use_profile(s, s.params.profile);
         ++active;
+        if (recorder) {
+            // Tags come from requests: past the table's limit they fall back to tag 0.
+            auto tag = trace->intern_tag(s.params.trace_tag);
+            recorder->begin_sequence(s.id, tag ? *tag : 0, s.prompt_size());
+        }
         // Published at once: a job leaves `count` here, and shutdown()'s drain waits for
         // running == 0 && count == 0, so a just-admitted job must already count as running.
         running = active;
@@ -444,7 +471,7 @@ void batch_loop::impl::build_batch() {
         s.take = 0;
         if (!s.active() || s.in_prefill()) continue;
         s.offset = static_cast<std::int64_t>(batch.size());
-        batch.push_back(engine::batch_token{s.history.back(), s.n_past, &s.cache, true,
+        batch.push_back(engine::batch_token{s.history.back(), s.n_past, &s.cache, true, s.id,
                                             s.pruned ? s.allowed.data() : nullptr});
         s.take = 1;
         row_seq[rows++] = i;
@@ -484,7 +511,7 @@ void batch_loop::impl::build_batch() {
             // A prefill-only job samples nothing: its last prompt token needs no logits.
             const bool last = completes && k + 1 == s.take && !s.params.prefill_only;
             batch.push_back(engine::batch_token{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last,
-                                                s.pruned ? s.allowed.data() : nullptr});
+                                                s.id, s.pruned ? s.allowed.data() : nullptr});
             if (last) row_seq[rows++] = i;
         }
     }
@@ -628,6 +655,7 @@ void batch_loop::impl::fail(sequence& s, const error& err) noexcept {
 
 // Frees the sequence's KV cache for the next job at once (the memory stays allocated).
 void batch_loop::impl::release(sequence& s) noexcept {
+    if (recorder) recorder->end_sequence(s.id);
     s.id = 0;
     s.sink.reset();
     s.cache.clear();
@@ -653,6 +681,15 @@ batch_loop::batch_loop(engine::model& model, const loop_options& options)
 batch_loop::~batch_loop() { shutdown(std::chrono::milliseconds(0)); }
 
 const loop_options& batch_loop::options() const noexcept { return impl_->opt; }
+
+void batch_loop::record_trace(scheduler::trace_writer writer) {
+    impl& im = *impl_;
+    std::lock_guard lock(im.mu);
+    MOED_ASSERT(!im.started && !im.trace);
+    im.trace.emplace(std::move(writer));
+    im.recorder = std::make_unique<engine::trace_recorder>(*im.trace);
+    im.recorder->attach(im.eval);
+}
 
 void batch_loop::start() {
     std::lock_guard lock(impl_->mu);
@@ -693,6 +730,7 @@ void batch_loop::shutdown(std::chrono::milliseconds drain) {
         im.published.cancelled += left.size();
     }
     for (queued_job& j : left) j.sink->on_done("cancelled", job_usage{static_cast<std::int64_t>(j.params.prompt.size()), 0});
+    im.close_trace();
 }
 
 result<job_id> batch_loop::submit(job_params params, std::shared_ptr<job_sink> sink) {

@@ -38,6 +38,7 @@
 #include "scheduler/profile.h"
 #include "scheduler/profile_matcher.h"
 #include "scheduler/routing_stats.h"
+#include "scheduler/trace.h"
 
 namespace moed::daemon {
 
@@ -74,6 +75,7 @@ struct job_params {
     // When set, the prompt's routing statistics (shape of the model) are merged into it on
     // the engine thread before the job's finish event; the caller reads it after that event.
     std::shared_ptr<scheduler::routing_accumulator> routing_out;
+    std::string trace_tag;                 // label in the routing trace (record_trace)
 };
 
 // Which task profile a job runs with, reported once its prefill is done.
@@ -133,6 +135,13 @@ public:
     ~batch_loop();
     batch_loop(const batch_loop&) = delete;
     batch_loop& operator=(const batch_loop&) = delete;
+
+    // Records the routing of every forward pass to `writer` (an open trace for this model;
+    // engine::make_trace_info), with the router lookahead depth the trace declares. Each job's
+    // records carry its job id as seq and its trace_tag (interned in the trace's tag table).
+    // The engine thread owns the writer from start() on and closes it when it ends, so after
+    // shutdown() the file is complete. Call before start(), at most once.
+    void record_trace(scheduler::trace_writer writer);
 
     // Starts the engine thread.
     void start();

@@ -129,6 +129,7 @@ struct http_server::state {
         if (!req.seed_given) p.sampling.seed = seeds();
         p.stop = req.stop;
         p.stop_at_eog = !req.ignore_eos;
+        p.trace_tag = req.trace_tag;
         p.id = id;
         p.peer = peer;
         if (!req.profile.empty()) {

@@ -29,6 +29,7 @@
 #include "daemon/systemd_notify.h"
 #include "engine/chat_template.h"
 #include "engine/model.h"
+#include "engine/trace_recorder.h"
 #include "kernels/cpu/cpu_features.h"
 #include "scheduler/model_identity.h"
 #include "scheduler/profile.h"
@@ -292,6 +293,14 @@ int run(int argc, char** argv) {
     lo.threads = threads;
     lo.on_profile_applied = [&model](const scheduler::profile& p) { apply_profile_to_tiers(model, p); };
     batch_loop loop(model, lo);
+    if (!config.trace_path.empty()) {
+        auto writer = scheduler::trace_writer::create(config.trace_path,
+                                                      engine::make_trace_info(model, config.trace_lookahead));
+        if (!writer) return start_error(fmt::format("trace.path: {}", writer.error().message));
+        loop.record_trace(std::move(writer).value());
+        MOED_LOG_INFO("moed", "recording the routing trace to {} (lookahead {})", config.trace_path,
+                      config.trace_lookahead);
+    }
     batch_loop_port port(loop);
     ctx.engine = &port;
 

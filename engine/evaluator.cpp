@@ -10,9 +10,17 @@
 namespace moed::engine {
 
 namespace {
-// Below this many tokens, element-wise work runs on the calling thread: waking the pool
-// costs more than it saves.
-constexpr std::int64_t k_parallel_tokens_min = 4;
+// Element-wise work (norms, RoPE, residual adds) runs on the calling thread unless the batch
+// has at least this many values: waking the pool costs a few microseconds, more than
+// normalising a few thousand floats.
+constexpr std::int64_t k_parallel_values_min = 16384;
+// A group of experts is spread over the pool one expert per thread (each expert's kernels
+// inline on its thread) when it has at least this many experts per thread; otherwise each
+// expert's matmuls are split by rows over the whole pool. Whole experts per thread need one
+// pool wake-up per group instead of about five per expert, which is what lets a decode batch
+// of many sequences (many experts with a few rows each) pay; the results are the same bits
+// either way, because every kernel is batch- and thread-invariant.
+constexpr std::size_t k_experts_per_thread_min = 2;
 }  // namespace
 
 evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_batch)
@@ -35,11 +43,10 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     masked_probs_.resize(b * hp.n_expert);
     route_weights_.resize(b * hp.n_expert_used);
     route_experts_.resize(b * hp.n_expert_used);
+    lookahead_.resize(static_cast<std::size_t>(max_lookahead_depth) * b * hp.n_expert);
     expert_out_.resize(b * hp.n_expert_used * embd);
-    gathered_.resize(b * embd);
-    gate_.resize(b * ff);
-    up_.resize(b * ff);
-    down_.resize(b * embd);
+    for (int i = 0; i < pool.size(); ++i) expert_scratch_.push_back(std::make_unique<expert_scratch>(b, embd, ff));
+    group_order_.reserve(hp.n_expert);
     expert_count_.resize(hp.n_expert);
     expert_rows_.resize(static_cast<std::size_t>(hp.n_expert) * b);
     needed_.reserve(hp.n_expert);
@@ -47,8 +54,34 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     out_rows_.resize(b * embd);
 }
 
+evaluator::expert_scratch::expert_scratch(std::size_t max_batch, std::size_t embd, std::size_t ff)
+    : gathered(max_batch * embd), gate(max_batch * ff), up(max_batch * ff), down(max_batch * embd) {}
+
+void evaluator::add_routing_observer(routing_observer observer) {
+    if (observer) observers_.push_back(std::move(observer));
+}
+
+void evaluator::set_routing_observer(routing_observer observer) {
+    observers_.clear();
+    add_routing_observer(std::move(observer));
+}
+
+void evaluator::add_layer_start_observer(layer_start_observer observer) {
+    if (observer) layer_start_observers_.push_back(std::move(observer));
+}
+
+void evaluator::clear_observers() noexcept {
+    observers_.clear();
+    layer_start_observers_.clear();
+}
+
+void evaluator::set_lookahead_depth(int depth) {
+    MOED_ASSERT(depth >= 0 && depth <= max_lookahead_depth);
+    lookahead_depth_ = depth;
+}
+
 void evaluator::for_tokens(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
-    if (n < k_parallel_tokens_min || pool_.size() == 1) {
+    if (n * model_.hparams().n_embd < k_parallel_values_min || pool_.size() == 1) {
         for (std::int64_t t = 0; t < n; ++t) fn(t);
         return;
     }
@@ -117,6 +150,7 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
     });
 
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        layer_start(l, batch);
         attention_block(l, batch);
         MOED_TRY(moe_block(l, batch));
     }
@@ -134,6 +168,36 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
         kernels::matmul(model_.output(), out_rows_.data(), n_out, logits, hp.n_vocab, pool_, act_);
     }
     return {};
+}
+
+void evaluator::layer_start(std::uint32_t l, std::span<const batch_token> batch) {
+    const model_hparams& hp = model_.hparams();
+    const std::int64_t n = static_cast<std::int64_t>(batch.size());
+    const std::int64_t embd = hp.n_embd;
+    const std::int64_t n_exp = hp.n_expert;
+    const int depth = lookahead_depth_;
+    const std::size_t rows = static_cast<std::size_t>(depth) * n * n_exp;
+    // Row j predicts layer l + j from the stream entering layer l, with the same kernels the
+    // real router uses (so at j = 0 it is exactly what layer l's router would say without
+    // attention in between). x_ is only read: the logits are unchanged.
+    for (int j = 0; j < depth; ++j) {
+        float* out = lookahead_.data() + static_cast<std::size_t>(j) * n * n_exp;
+        const std::uint32_t target = l + static_cast<std::uint32_t>(j);
+        if (target >= hp.n_layer) {
+            std::fill_n(out, n * n_exp, 0.0f);
+            continue;
+        }
+        const layer_weights& tw = model_.layer(target);
+        for_tokens(n, [&](std::int64_t t) {
+            kernels::rms_norm(x_.data() + t * embd, tw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
+        });
+        kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_);
+        for_tokens(n, [&](std::int64_t t) { kernels::softmax(out + t * n_exp, n_exp); });
+    }
+    if (layer_start_observers_.empty()) return;
+    const lookahead_event ev{l, n, batch, depth, std::span<const float>(lookahead_.data(), rows),
+                             std::span<const float>(x_.data(), static_cast<std::size_t>(n * embd))};
+    for (const layer_start_observer& obs : layer_start_observers_) obs(ev);
 }
 
 void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> batch) {
@@ -168,10 +232,8 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
         std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.row_elems();
         std::uint16_t* vrow = cache.values(l) + batch[t].pos * cache.row_elems();
         const float* v = v_.data() + t * kv_dim;
-        for (std::int64_t i = 0; i < kv_dim; ++i) {
-            krow[i] = kernels::fp32_to_fp16(k[i]);
-            vrow[i] = kernels::fp32_to_fp16(v[i]);
-        }
+        kernels::fp32_to_fp16_row(k, krow, kv_dim);
+        kernels::fp32_to_fp16_row(v, vrow, kv_dim);
     });
 
     // Every token's K/V is in its cache now; each attends causally up to its own position.
@@ -209,33 +271,63 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     });
 }
 
-void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w) {
+void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w, kernels::compute_pool& pool,
+                             expert_scratch& scratch) {
     const model_hparams& hp = model_.hparams();
     const std::int64_t embd = hp.n_embd;
     const std::int64_t ff = hp.n_ff_exp;
     const int k = static_cast<int>(hp.n_expert_used);
     const std::int64_t m = expert_count_[e];
     const std::int32_t* rows = expert_rows_.data() + static_cast<std::size_t>(e) * max_batch_;
+    float* gathered = scratch.gathered.data();
+    float* gate = scratch.gate.data();
+    float* up = scratch.up.data();
+    float* down = scratch.down.data();
+    kernels::activation_buffer& act = scratch.act;
     for (std::int64_t r = 0; r < m; ++r) {
         const std::int64_t t = rows[r] / k;
-        std::copy_n(cur_.data() + t * embd, embd, gathered_.data() + r * embd);
+        std::copy_n(cur_.data() + t * embd, embd, gathered + r * embd);
     }
     auto view = [](const storage::expert_matrix& em) {
         return kernels::matrix_view{em.type, em.data, em.rows, em.cols, em.row_bytes};
     };
-    act_.quantize(w.gate.type, gathered_.data(), m, embd, embd, &pool_);
-    kernels::matmul(view(w.gate), act_, gate_.data(), ff, pool_);
-    if (kernels::activation_type_for(w.up.type) != act_.type()) act_.quantize(w.up.type, gathered_.data(), m, embd, embd, &pool_);
-    kernels::matmul(view(w.up), act_, up_.data(), ff, pool_);
-    kernels::swiglu(gate_.data(), up_.data(), gate_.data(), m * ff);
-    kernels::matmul(view(w.down), gate_.data(), m, down_.data(), embd, pool_, act_);
+    act.quantize(w.gate.type, gathered, m, embd, embd, &pool);
+    kernels::matmul(view(w.gate), act, gate, ff, pool);
+    if (kernels::activation_type_for(w.up.type) != act.type()) act.quantize(w.up.type, gathered, m, embd, embd, &pool);
+    kernels::matmul(view(w.up), act, up, ff, pool);
+    kernels::swiglu(gate, up, gate, m * ff);
+    kernels::matmul(view(w.down), gate, m, down, embd, pool, act);
     for (std::int64_t r = 0; r < m; ++r) {
         const std::int32_t ts = rows[r];
         const float weight = route_weights_[ts];
-        const float* src = down_.data() + r * embd;
+        const float* src = down + r * embd;
         float* dst = expert_out_.data() + static_cast<std::size_t>(ts) * embd;
         for (std::int64_t j = 0; j < embd; ++j) dst[j] = src[j] * weight;
     }
+}
+
+void evaluator::apply_group(std::size_t first, std::size_t count) {
+    const std::size_t threads = static_cast<std::size_t>(pool_.size());
+    if (threads == 1 || count < k_experts_per_thread_min * threads) {
+        for (std::size_t i = 0; i < count; ++i) {
+            apply_expert(needed_[first + i].expert, handles_[i].weights(), pool_, *expert_scratch_[0]);
+        }
+        return;
+    }
+    // Experts with the most rows first, handed out one at a time, so the threads finish
+    // together even when a prefill routes many more rows to some experts than to others.
+    group_order_.resize(count);
+    for (std::size_t i = 0; i < count; ++i) group_order_[i] = static_cast<std::uint32_t>(i);
+    std::stable_sort(group_order_.begin(), group_order_.end(), [&](std::uint32_t a, std::uint32_t b) {
+        return expert_count_[needed_[first + a].expert] > expert_count_[needed_[first + b].expert];
+    });
+    pool_.parallel_for(static_cast<std::int64_t>(count), 1, [&](std::int64_t begin, std::int64_t end, int thread) {
+        expert_scratch& scratch = *expert_scratch_[static_cast<std::size_t>(thread)];
+        for (std::int64_t j = begin; j < end; ++j) {
+            const std::uint32_t i = group_order_[static_cast<std::size_t>(j)];
+            apply_expert(needed_[first + i].expert, handles_[i].weights(), scratch.serial, scratch);
+        }
+    });
 }
 
 result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> batch) {
@@ -264,9 +356,17 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
             kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
         }
     });
-    if (observer_) {
-        observer_(routing_event{l, n, std::span<const float>(router_probs_.data(), n * n_exp),
-                                std::span<const std::int32_t>(route_experts_.data(), n * k)});
+    if (!observers_.empty()) {
+        const routing_event ev{l,
+                               n,
+                               std::span<const float>(router_probs_.data(), n * n_exp),
+                               std::span<const std::int32_t>(route_experts_.data(), n * k),
+                               std::span<const float>(route_weights_.data(), n * k),
+                               batch,
+                               lookahead_depth_,
+                               std::span<const float>(lookahead_.data(),
+                                                      static_cast<std::size_t>(lookahead_depth_) * n * n_exp)};
+        for (const routing_observer& obs : observers_) obs(ev);
     }
 
     // Group the batch's (token, slot) pairs by expert so each expert is applied once.
@@ -287,7 +387,7 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     for (std::size_t first = 0; first < needed_.size(); first += group) {
         const std::size_t count = std::min(group, needed_.size() - first);
         MOED_TRY(source.acquire_many(std::span<const ExpertId>(needed_.data() + first, count), handles_));
-        for (std::size_t i = 0; i < count; ++i) apply_expert(needed_[first + i].expert, handles_[i].weights());
+        apply_group(first, count);
         for (auto& h : handles_) h.release();
         handles_.clear();
     }
@@ -306,7 +406,7 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
 }
 
 result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache& cache,
-                                     std::vector<float>& last_logits) {
+                                     std::vector<float>& last_logits, std::uint64_t seq) {
     if (tokens.empty()) return make_error(errc::invalid_argument, "no tokens to evaluate");
     if (cache.size() + static_cast<std::int64_t>(tokens.size()) > cache.n_ctx()) {
         return make_error(errc::invalid_argument, "{} tokens at position {} exceed the context of {}",
@@ -322,7 +422,7 @@ result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache&
         const std::int64_t pos0 = cache.size();
         for (std::size_t i = 0; i < count; ++i) {
             batch.push_back(batch_token{tokens[done + i], pos0 + static_cast<std::int64_t>(i), &cache,
-                                        done + i + 1 == tokens.size()});
+                                        done + i + 1 == tokens.size(), seq});
         }
         MOED_TRY(run(batch, last_logits.data()));
         done += count;

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -26,6 +27,10 @@ struct batch_token {
     std::int64_t pos = 0;
     kv_cache* cache = nullptr;
     bool want_logits = false;
+    // The caller's sequence id (the daemon's job id; 0 for single-sequence callers). The
+    // evaluator only passes it through to observers, so traces and the scheduler can tell
+    // a batch's sequences apart.
+    std::uint64_t seq = 0;
     // Pruning (task profiles): when set, [n_layer][n_expert] flags of the experts this
     // token may be routed to. The router's softmax still covers every expert; the top-k is
     // taken among the allowed ones and their weights renormalised. Each layer must allow at
@@ -33,15 +38,45 @@ struct batch_token {
     const std::uint8_t* allowed_experts = nullptr;
 };
 
+// The most layers a router lookahead reaches (set_lookahead_depth).
+inline constexpr int max_lookahead_depth = 4;
+
 // What the router did at one MoE layer for one batch: softmax probabilities
-// [n_tokens][n_expert] and chosen experts [n_tokens][n_expert_used] (decreasing probability).
+// [n_tokens][n_expert], chosen experts [n_tokens][n_expert_used] (decreasing probability)
+// and their renormalised weights [n_tokens][n_expert_used]; `tokens` is the batch (row t
+// of every array belongs to tokens[t]).
+// `lookahead` ([lookahead_depth][n_tokens][n_expert]) is what was computed at the start of
+// this layer (see lookahead_event): row [j][t] is the softmax of layer (layer + j)'s router
+// applied, after that layer's own ffn_norm RMSNorm, to the residual stream ENTERING this
+// layer (the embeddings for layer 0). Rows for layers past the last are all zero. Empty
+// when the lookahead depth is 0.
+// Every span is valid only during the call (it points into the evaluator's scratch).
 struct routing_event {
     std::uint32_t layer = 0;
     std::int64_t n_tokens = 0;
     std::span<const float> probs;
     std::span<const std::int32_t> chosen;
+    std::span<const float> weights;
+    std::span<const batch_token> tokens;
+    int lookahead_depth = 0;
+    std::span<const float> lookahead;
 };
 using routing_observer = std::function<void(const routing_event&)>;
+
+// The start of one layer, after the router lookahead was computed and before attention:
+// the place to issue prefetches for layers layer .. layer + depth - 1 while attention runs.
+// `probs` is [depth][n_tokens][n_expert] as routing_event::lookahead (empty at depth 0).
+// `stream` is the residual stream entering the layer, [n_tokens][n_embd], the input of the
+// lookahead (for predictors of their own and for tests). Spans are valid only during the call.
+struct lookahead_event {
+    std::uint32_t layer = 0;
+    std::int64_t n_tokens = 0;
+    std::span<const batch_token> tokens;
+    int depth = 0;
+    std::span<const float> probs;
+    std::span<const float> stream;
+};
+using layer_start_observer = std::function<void(const lookahead_event&)>;
 
 class evaluator {
 public:
@@ -57,35 +92,68 @@ public:
     result<void> run(std::span<const batch_token> batch, float* logits);
 
     // Feeds `tokens` to one sequence, continuing at cache.size(), in chunks of max_batch;
-    // `last_logits` receives the final token's logits.
+    // `last_logits` receives the final token's logits. `seq` goes into every batch_token.
     result<void> run_sequence(std::span<const token_id> tokens, kv_cache& cache,
-                              std::vector<float>& last_logits);
+                              std::vector<float>& last_logits, std::uint64_t seq = 0);
 
-    // Called at every MoE layer with the router's output (the scheduler listens here).
-    void set_routing_observer(routing_observer observer) { observer_ = std::move(observer); }
+    // Observers run on the calling (engine) thread, inside run(), in the order they were
+    // added; they must not call back into the evaluator. Adding or clearing them is not
+    // allowed while run() is in progress (same thread only).
+
+    // Called at every MoE layer with the router's output (the scheduler and the trace
+    // recorder listen here).
+    void add_routing_observer(routing_observer observer);
+    // Clears the list, then adds `observer` (if it is set): the single-observer form.
+    void set_routing_observer(routing_observer observer);
+    // Called at the start of every layer (also at depth 0, with empty probs).
+    void add_layer_start_observer(layer_start_observer observer);
+    void clear_observers() noexcept;
+
+    // How many routers the lookahead applies at each layer (0 = off, the default; at most
+    // max_lookahead_depth). The lookahead reads the residual stream and changes no logits.
+    void set_lookahead_depth(int depth);
+    int lookahead_depth() const noexcept { return lookahead_depth_; }
 
 private:
     result<void> validate(std::span<const batch_token> batch) const;
+    // Computes the router lookahead of `layer` from x_ into lookahead_ (uses cur_ and act_
+    // as scratch, which attention_block overwrites next) and calls the layer-start observers.
+    void layer_start(std::uint32_t layer, std::span<const batch_token> batch);
     void attention_block(std::uint32_t layer, std::span<const batch_token> batch);
     result<void> moe_block(std::uint32_t layer, std::span<const batch_token> batch);
-    // Runs expert `e` (weights `w`) on the batch rows routed to it; writes each row's
-    // weighted output into its (token, slot) place of expert_out_.
-    void apply_expert(std::uint32_t e, const storage::expert_weights& w);
+    // Scratch for applying one expert: one per pool thread, so several experts can run at
+    // once, each on one thread (its own single-thread pool keeps the kernels inline).
+    struct expert_scratch {
+        explicit expert_scratch(std::size_t max_batch, std::size_t embd, std::size_t ff);
+        kernels::compute_pool serial{1};
+        kernels::activation_buffer act;
+        std::vector<float> gathered, gate, up, down;
+    };
+    // Runs expert `e` (weights `w`) on the batch rows routed to it with `pool` and `scratch`;
+    // writes each row's weighted output into its (token, slot) place of expert_out_.
+    void apply_expert(std::uint32_t e, const storage::expert_weights& w, kernels::compute_pool& pool,
+                      expert_scratch& scratch);
+    // Applies the experts needed_[first, first + count) whose handles are in handles_.
+    void apply_group(std::size_t first, std::size_t count);
     // Runs fn(t) for t in [0, n), spread over the pool when n is large enough to pay.
     void for_tokens(std::int64_t n, const std::function<void(std::int64_t)>& fn);
 
     model& model_;
     kernels::compute_pool& pool_;
     std::int64_t max_batch_;
-    routing_observer observer_;
+    std::vector<routing_observer> observers_;
+    std::vector<layer_start_observer> layer_start_observers_;
+    int lookahead_depth_ = 0;
 
     // Scratch, sized for max_batch_ at construction.
     std::vector<float> x_, cur_, q_, k_, v_, attn_, proj_;
     std::vector<float> router_probs_, route_weights_;
     std::vector<float> masked_probs_;  // [max_batch][n_expert], for tokens with allowed_experts
+    std::vector<float> lookahead_;  // [max_lookahead_depth][max_batch][n_expert]
     std::vector<std::int32_t> route_experts_;
     std::vector<float> expert_out_;  // [n][n_expert_used][n_embd]
-    std::vector<float> gathered_, gate_, up_, down_;
+    std::vector<std::unique_ptr<expert_scratch>> expert_scratch_;  // [pool size]
+    std::vector<std::uint32_t> group_order_;          // a group's experts, most rows first
     std::vector<std::int32_t> expert_count_;         // tokens per expert this layer
     std::vector<std::int32_t> expert_rows_;          // [n_expert][max_batch] (token*k + slot)
     std::vector<ExpertId> needed_;

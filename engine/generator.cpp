@@ -32,14 +32,14 @@ result<generation_result> generate(evaluator& eval, const model& m, kv_cache& ca
     utf8_stream text;
 
     auto start = std::chrono::steady_clock::now();
-    MOED_TRY(eval.run_sequence(request.prompt, cache, logits));
+    MOED_TRY(eval.run_sequence(request.prompt, cache, logits, request.seq));
     out.prefill_seconds = seconds_since(start);
 
     start = std::chrono::steady_clock::now();
     for (std::int32_t i = 0; i < request.n_predict; ++i) {
         if (i > 0) {
             const token_id last = out.tokens.back();
-            MOED_TRY(eval.run_sequence(std::span<const token_id>(&last, 1), cache, logits));
+            MOED_TRY(eval.run_sequence(std::span<const token_id>(&last, 1), cache, logits, request.seq));
             ++out.decode_steps;
         }
         const token_id next = smp.sample(logits, history);

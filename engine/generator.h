@@ -20,6 +20,7 @@ struct generation_request {
     std::int32_t n_predict = 32;
     sampling_params sampling;
     bool stop_at_eog = true;
+    std::uint64_t seq = 0;  // batch_token::seq of every token (observers see it)
     // Called with each new token and the text it completes (valid UTF-8); return false to stop.
     // A last call with id -1 carries text that only the end of generation completed.
     std::function<bool(token_id, std::string_view)> on_token;

@@ -1,9 +1,9 @@
 #include "scheduler/model_identity.h"
 
-#include <bit>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -11,9 +11,10 @@ namespace moed::scheduler {
 
 namespace {
 
-// FNV-1a, 64 bits: simple, stable across platforms and releases (the identity is stored in
-// files), and good enough to tell models apart (this is not a defence against forgery).
-class fnv1a {
+constexpr std::size_t k_max_arch_chars = 64;
+
+// FNV-1a, 64 bit: simple, stable across platforms and versions (std::hash is neither).
+class fnv1a64 {
 public:
     void bytes(const void* data, std::size_t n) noexcept {
         const auto* p = static_cast<const unsigned char*>(data);
@@ -22,14 +23,15 @@ public:
             h_ *= 0x100000001b3ull;
         }
     }
-    // Integers are hashed little-endian whatever the host order.
+    // Integers are hashed as 8 little-endian bytes whatever their width, so the hash does
+    // not depend on the host's byte order.
     void u64(std::uint64_t v) noexcept {
         unsigned char b[8];
         for (int i = 0; i < 8; ++i) b[i] = static_cast<unsigned char>(v >> (8 * i));
-        bytes(b, sizeof b);
+        bytes(b, 8);
     }
-    // Length-prefixed, so ("ab","c") and ("a","bc") differ.
-    void text(std::string_view s) noexcept {
+    // Length first, so ("ab", "c") and ("a", "bc") differ.
+    void str(std::string_view s) noexcept {
         u64(s.size());
         bytes(s.data(), s.size());
     }
@@ -39,45 +41,60 @@ private:
     std::uint64_t h_ = 0xcbf29ce484222325ull;
 };
 
-void hash_value(fnv1a& h, const storage::gguf_value& v) {
+void hash_value(fnv1a64& h, const storage::gguf_value& v) {
     h.u64(static_cast<std::uint64_t>(v.type));
-    if (const auto* u = std::get_if<std::uint64_t>(&v.data)) {
-        h.u64(*u);
-    } else if (const auto* i = std::get_if<std::int64_t>(&v.data)) {
-        h.u64(static_cast<std::uint64_t>(*i));
-    } else if (const auto* f = std::get_if<double>(&v.data)) {
-        h.u64(std::bit_cast<std::uint64_t>(*f));
-    } else if (const auto* b = std::get_if<bool>(&v.data)) {
-        h.u64(*b ? 1 : 0);
-    } else if (const auto* s = std::get_if<std::string>(&v.data)) {
-        h.text(*s);
-    } else if (const auto* a = std::get_if<storage::gguf_array>(&v.data)) {
-        h.u64(static_cast<std::uint64_t>(a->element_type));
-        h.u64(a->values.size());
-        for (const storage::gguf_value& e : a->values) hash_value(h, e);
-    }
+    std::visit(
+        [&](const auto& x) {
+            using T = std::decay_t<decltype(x)>;
+            if constexpr (std::is_same_v<T, std::uint64_t>) {
+                h.u64(x);
+            } else if constexpr (std::is_same_v<T, std::int64_t>) {
+                h.u64(static_cast<std::uint64_t>(x));
+            } else if constexpr (std::is_same_v<T, double>) {
+                std::uint64_t bits = 0;
+                std::memcpy(&bits, &x, sizeof bits);
+                h.u64(bits);
+            } else if constexpr (std::is_same_v<T, bool>) {
+                h.u64(x ? 1 : 0);
+            } else if constexpr (std::is_same_v<T, std::string>) {
+                h.str(x);
+            } else {
+                h.u64(static_cast<std::uint64_t>(x.element_type));
+                h.u64(x.values.size());
+                for (const storage::gguf_value& e : x.values) hash_value(h, e);
+            }
+        },
+        v.data);
 }
 
 }  // namespace
 
 std::string model_identity(const storage::gguf_file& file) {
-    fnv1a h;
+    fnv1a64 h;
     h.u64(file.metadata().size());
     for (const auto& [key, value] : file.metadata()) {
-        h.text(key);
+        h.str(key);
         hash_value(h, value);
     }
     h.u64(file.tensors().size());
     for (const storage::gguf_tensor_info& t : file.tensors()) {
-        h.text(t.name);
+        h.str(t.name);
         h.u64(static_cast<std::uint64_t>(t.type));
         h.u64(static_cast<std::uint64_t>(t.n_dims));
         for (std::int64_t ne : t.ne) h.u64(static_cast<std::uint64_t>(ne));
         h.u64(t.offset);
     }
-    std::string_view arch = "unknown";
-    if (const storage::gguf_value* v = file.find("general.architecture")) {
-        if (const auto* s = std::get_if<std::string>(&v->data); s != nullptr && !s->empty()) arch = *s;
+    std::string arch = "unknown";
+    if (const storage::gguf_value* a = file.find("general.architecture")) {
+        if (auto s = a->as_string("general.architecture"); s && !s->empty()) arch = std::string(*s);
+    }
+    // The name comes from an untrusted file and ends up in file headers, JSON and logs:
+    // kept short and plain.
+    if (arch.size() > k_max_arch_chars) arch.resize(k_max_arch_chars);
+    for (char& c : arch) {
+        const bool plain = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                           c == '-' || c == '.';
+        if (!plain) c = '_';
     }
     return fmt::format("{}:{:016x}", arch, h.value());
 }

@@ -1,11 +1,16 @@
-// The identity of a model file, shared by routing traces and task profiles so that data
-// recorded for one model is never applied to another: "<architecture>:<16 hex digits>",
-// where the hex is a 64-bit FNV-1a hash over the file's metadata (every key, value type and
-// value, in file order) and its tensor infos (name, type, dimensions, data offset).
-// The same file always gives the same identity; a requantized, retrained or otherwise
-// different model gives another (its metadata or tensor table differs). The tensor data
-// itself is not hashed: reading gigabytes at start-up would cost more than it protects.
-// Threads: a pure function of an immutable gguf_file; any thread.
+// The identity of a model file, recorded in routing traces and task profiles so that data
+// made for one model is never applied to another (shared contract 4 of issue 5).
+// "<architecture>:<16 hex digits>" (the architecture from general.architecture, at most 64
+// characters of [A-Za-z0-9_.-], others replaced by '_'; "unknown" when absent): the hex is a 64-bit FNV-1a over the file's metadata
+// (every key, value type and value, in file order; arrays element by element) and tensor
+// infos (name, type, dimensions, data offset). It does not read tensor data, so it costs
+// microseconds per megabyte of header and needs no I/O beyond the parsed header.
+// The same file always gives the same identity; a requantized, retrained or edited model
+// (any metadata value or tensor shape/type/offset changed) gives another. Two files with
+// equal headers but different weights would collide; GGUF writers put the training run's
+// metadata in the header, and the tensor offsets change with any size change, so this is
+// accepted for a check that exists to catch mistakes, not attacks.
+// Threads: a pure function of an immutable gguf_file.
 #pragma once
 
 #include <string>
