@@ -1,7 +1,8 @@
 // Pruned routing (batch_token::allowed_experts) on the bundled tinymoe model (16 experts,
 // top-4): a mask that allows every expert gives bitwise the logits and routing of no mask;
 // with 5 allowed experts per layer every token's choice is the top-4 of the allowed ones by
-// the router's (unmasked) probabilities, in decreasing order, and the logits change; a
+// the router's (unmasked) probabilities, in decreasing order, with weights renormalised over
+// them (summing to 1), and the logits change; a
 // sequence with a mask batched with one without leaves the other's logits as they are
 // alone; a layer allowing fewer experts than each token uses is an error naming it.
 #include <algorithm>
@@ -28,6 +29,7 @@ struct run_out {
     std::vector<float> logits;                      // last token's
     std::vector<std::vector<float>> probs;          // per layer [n][n_expert]
     std::vector<std::vector<std::int32_t>> chosen;  // per layer [n][k]
+    std::vector<std::vector<float>> weights;        // per layer [n][k], renormalised
 };
 
 // Runs `tokens` as one batch of one sequence with `mask` (may be null).
@@ -38,13 +40,15 @@ run_out run(model& m, const std::vector<token_id>& tokens, const std::uint8_t* m
     run_out out;
     out.probs.resize(m.hparams().n_layer);
     out.chosen.resize(m.hparams().n_layer);
+    out.weights.resize(m.hparams().n_layer);
     eval.set_routing_observer([&](const routing_event& ev) {
         out.probs[ev.layer].assign(ev.probs.begin(), ev.probs.end());
         out.chosen[ev.layer].assign(ev.chosen.begin(), ev.chosen.end());
+        out.weights[ev.layer].assign(ev.weights.begin(), ev.weights.end());
     });
     std::vector<batch_token> batch;
     for (std::size_t i = 0; i < tokens.size(); ++i) {
-        batch.push_back(batch_token{tokens[i], static_cast<std::int64_t>(i), &cache, i + 1 == tokens.size(), mask});
+        batch.push_back(batch_token{tokens[i], static_cast<std::int64_t>(i), &cache, i + 1 == tokens.size(), 0, mask});
     }
     out.logits.resize(static_cast<std::size_t>(m.hparams().n_vocab));
     auto r = eval.run(batch, out.logits.data());
@@ -96,15 +100,18 @@ TEST(routing_mask, choices_stay_inside_the_allowed_set) {
             }
             std::stable_sort(allowed.begin(), allowed.end(), [&](int a, int b) { return p[a] > p[b]; });
             const std::int32_t* c = pruned.chosen[l].data() + t * k;
+            const float* w = pruned.weights[l].data() + t * k;
+            double chosen_sum = 0.0;
+            for (int s = 0; s < k; ++s) chosen_sum += p[c[s]];
             double weight_sum = 0.0;
             for (int s = 0; s < k; ++s) {
                 EXPECT_TRUE(mask[l * n_exp + c[s]]) << "layer " << l << " token " << t << " chose " << c[s];
                 EXPECT_EQ(c[s], allowed[static_cast<std::size_t>(s)]) << "layer " << l << " token " << t << " slot " << s;
-                weight_sum += p[c[s]];
+                // Renormalised over the chosen (allowed) experts only.
+                EXPECT_NEAR(w[s], p[c[s]] / chosen_sum, 1e-6) << "layer " << l << " token " << t << " slot " << s;
+                weight_sum += w[s];
             }
-            // Renormalised weights are p / sum over the chosen: they sum to 1 when the sum
-            // is positive, which the softmax guarantees.
-            EXPECT_GT(weight_sum, 0.0);
+            EXPECT_NEAR(weight_sum, 1.0, 1e-5) << "layer " << l << " token " << t;
         }
     }
 }
@@ -127,8 +134,8 @@ TEST(routing_mask, masked_and_plain_sequences_share_a_batch) {
     std::vector<batch_token> batch;
     for (std::size_t i = 0; i < tokens.size(); ++i) {
         const bool last = i + 1 == tokens.size();
-        batch.push_back(batch_token{tokens[i], static_cast<std::int64_t>(i), &a, last, nullptr});
-        batch.push_back(batch_token{tokens[i], static_cast<std::int64_t>(i), &b, last, mask.data()});
+        batch.push_back(batch_token{tokens[i], static_cast<std::int64_t>(i), &a, last, 1, nullptr});
+        batch.push_back(batch_token{tokens[i], static_cast<std::int64_t>(i), &b, last, 2, mask.data()});
     }
     std::vector<float> logits(2 * static_cast<std::size_t>(hp.n_vocab));
     ASSERT_TRUE(eval.run(batch, logits.data()));
@@ -147,7 +154,7 @@ TEST(routing_mask, too_few_allowed_experts_is_an_error) {
     kernels::compute_pool pool(1);
     evaluator eval(*m, pool, 8);
     kv_cache cache(hp.n_layer, 16, hp.n_head_kv, hp.head_dim);
-    const batch_token bt{1, 0, &cache, true, mask.data()};
+    const batch_token bt{1, 0, &cache, true, 0, mask.data()};
     std::vector<float> logits(static_cast<std::size_t>(hp.n_vocab));
     auto r = eval.run(std::span<const batch_token>(&bt, 1), logits.data());
     ASSERT_FALSE(r);

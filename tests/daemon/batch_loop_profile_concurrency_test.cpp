@@ -12,6 +12,9 @@
 //   pruning whose prompt matches nothing fails with errc::invalid_argument; a K outside
 //   [n_expert_used, n_expert] or pruning with no profile at all is refused at submit;
 // - on_profile_applied is called once per newly applied profile.
+// The name makes scripts/test.sh run it under ThreadSanitizer too: routing_out crosses from
+// the engine thread to the submitter at the finish event, and snapshot() is called from a
+// sink on the engine thread while the loop publishes.
 #include <condition_variable>
 #include <mutex>
 #include <optional>
