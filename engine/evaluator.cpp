@@ -40,6 +40,7 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     attn_.resize(b * q_dim);
     proj_.resize(b * embd);
     router_probs_.resize(b * hp.n_expert);
+    masked_probs_.resize(b * hp.n_expert);
     route_weights_.resize(b * hp.n_expert_used);
     route_experts_.resize(b * hp.n_expert_used);
     lookahead_.resize(static_cast<std::size_t>(max_lookahead_depth) * b * hp.n_expert);
@@ -107,6 +108,19 @@ result<void> evaluator::validate(std::span<const batch_token> batch) const {
             return make_error(errc::invalid_argument,
                               "batch token {}: position {} is outside the context (0..{})", i, bt.pos,
                               bt.cache->n_ctx() - 1);
+        }
+        if (bt.allowed_experts != nullptr) {
+            const model_hparams& hp = model_.hparams();
+            for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+                const std::uint8_t* allow = bt.allowed_experts + static_cast<std::size_t>(l) * hp.n_expert;
+                const auto n_allowed = static_cast<std::uint32_t>(std::count_if(allow, allow + hp.n_expert,
+                                                                                [](std::uint8_t a) { return a != 0; }));
+                if (n_allowed < hp.n_expert_used) {
+                    return make_error(errc::invalid_argument,
+                                      "batch token {}: layer {} allows {} experts, fewer than the {} each token uses", i,
+                                      l, n_allowed, hp.n_expert_used);
+                }
+            }
         }
     }
     return {};
@@ -331,7 +345,16 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     for_tokens(n, [&](std::int64_t t) {
         float* probs = router_probs_.data() + t * n_exp;
         kernels::softmax(probs, n_exp);
-        kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        if (const std::uint8_t* allowed = batch[t].allowed_experts) {
+            // Pruned: the softmax over all experts stays (the observer sees it), the top-k
+            // is taken among the allowed ones. Probabilities are >= 0, so -1 never wins.
+            allowed += static_cast<std::size_t>(l) * n_exp;
+            float* masked = masked_probs_.data() + t * n_exp;
+            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? probs[e] : -1.0f;
+            kernels::top_k_routing(masked, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        } else {
+            kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        }
     });
     if (!observers_.empty()) {
         const routing_event ev{l,

@@ -31,6 +31,11 @@ struct batch_token {
     // evaluator only passes it through to observers, so traces and the scheduler can tell
     // a batch's sequences apart.
     std::uint64_t seq = 0;
+    // Pruning (task profiles): when set, [n_layer][n_expert] flags of the experts this
+    // token may be routed to. The router's softmax still covers every expert; the top-k is
+    // taken among the allowed ones and their weights renormalised. Each layer must allow at
+    // least n_expert_used experts. The memory belongs to the caller and must outlive run().
+    const std::uint8_t* allowed_experts = nullptr;
 };
 
 // The most layers a router lookahead reaches (set_lookahead_depth).
@@ -143,6 +148,7 @@ private:
     // Scratch, sized for max_batch_ at construction.
     std::vector<float> x_, cur_, q_, k_, v_, attn_, proj_;
     std::vector<float> router_probs_, route_weights_;
+    std::vector<float> masked_probs_;  // [max_batch][n_expert], for tokens with allowed_experts
     std::vector<float> lookahead_;  // [max_lookahead_depth][max_batch][n_expert]
     std::vector<std::int32_t> route_experts_;
     std::vector<float> expert_out_;  // [n][n_expert_used][n_embd]

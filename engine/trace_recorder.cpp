@@ -38,7 +38,9 @@ trace_recorder::trace_recorder(scheduler::trace_writer& writer) : writer_(writer
 
 void trace_recorder::attach(evaluator& eval) {
     MOED_ASSERT(writer_.info().lookahead_depth <= static_cast<std::uint32_t>(max_lookahead_depth));
-    eval.set_lookahead_depth(static_cast<int>(writer_.info().lookahead_depth));
+    // A deeper lookahead set by someone else (the prefetch planner) stays: the recorder
+    // takes the first rows it needs.
+    eval.set_lookahead_depth(std::max(eval.lookahead_depth(), static_cast<int>(writer_.info().lookahead_depth)));
     batch_seqs_.reserve(static_cast<std::size_t>(eval.max_batch()));
     eval.add_routing_observer([this](const routing_event& ev) { on_routing(ev); });
 }
@@ -66,8 +68,8 @@ void trace_recorder::on_routing(const routing_event& ev) {
     const std::size_t n_exp = info.n_expert;
     const std::size_t k = info.n_expert_used;
     const std::size_t depth = info.lookahead_depth;
-    if (ev.lookahead_depth != static_cast<int>(depth)) {
-        stop(error{errc::internal, fmt::format("the evaluator's lookahead depth is {}, the trace's {}",
+    if (ev.lookahead_depth < static_cast<int>(depth)) {
+        stop(error{errc::internal, fmt::format("the evaluator's lookahead depth {} is below the trace's {}",
                                                ev.lookahead_depth, depth)});
         return;
     }

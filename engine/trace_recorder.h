@@ -5,8 +5,9 @@
 //   was not told about).
 // - prefill: a position below the prompt length given to begin_sequence; for a sequence it
 //   was not told about, more than one token of that sequence in the batch.
-// - lookahead: the evaluator's lookahead rows for the token ([depth][n_expert]); attach()
-//   sets the evaluator's depth to the trace's.
+// - lookahead: the first `depth` (the trace's) lookahead rows of the token ([depth][n_expert]);
+//   attach() raises the evaluator's depth to the trace's when it is lower (a deeper one, set
+//   by the prefetch planner, is kept; lowering it below the trace's later stops recording).
 // A write error stops the recording (the model keeps running); status() reports it.
 // Threads: everything runs on the engine thread (the evaluator's owner); nothing here
 // blocks on anything but the writer's buffered write(2) when its buffer fills.
@@ -35,8 +36,8 @@ public:
     trace_recorder(const trace_recorder&) = delete;
     trace_recorder& operator=(const trace_recorder&) = delete;
 
-    // Adds this recorder to `eval`'s routing observers and sets its lookahead depth to the
-    // trace's. The recorder must outlive the evaluator's use of it.
+    // Adds this recorder to `eval`'s routing observers and raises its lookahead depth to the
+    // trace's if lower. The recorder must outlive the evaluator's use of it.
     void attach(evaluator& eval);
 
     // Declares a sequence about to run: its tag and prompt length (positions below it are

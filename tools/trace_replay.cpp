@@ -19,7 +19,9 @@
 //   --prefetch-max N, --rate-floor R
 // Predictor options (both modes): --reuse-decay D, --max-distance D, --grid-steps N,
 //   --learn-every N
-// Profiles: --profile FILE (JSON {"scores": [[per expert] per layer]}) for every sequence, or
+// Profiles: --profile FILE for every sequence: a moed task profile (moectl profile create;
+//   scheduler/profile.h; refused if made for another model) or JSON
+//   {"scores": [[per expert] per layer]}; or
 //   --profile-holdout: each prompt gets its domain's TCESS profile made from the other half
 //   of that domain's prompts (halves by the prompt's index within its domain, even/odd).
 // --half even|odd|all: only the prompts of that half of each domain (tune on one half,
@@ -39,6 +41,7 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model.h"
+#include "scheduler/profile.h"
 #include "scheduler/recall.h"
 #include "scheduler/reference_trace.h"
 #include "scheduler/replay.h"
@@ -227,9 +230,23 @@ void keep_half(trace_data& trace, const std::string& half) {
     std::erase_if(trace.records, [&](const trace_record& r) { return index[r.tag] % 2 != want; });
 }
 
-std::vector<float> read_profile(const std::string& path, const trace_info& info) {
-    std::ifstream in(path);
+std::vector<float> read_profile_scores(const std::string& path, const trace_info& info) {
+    std::ifstream in(path, std::ios::binary);
     if (!in) fail("cannot open profile " + path);
+    std::string magic(profile_magic.size(), '\0');
+    in.read(magic.data(), static_cast<std::streamsize>(magic.size()));
+    if (in && magic == profile_magic) {
+        // A moed task profile (scheduler/profile.h): its TCESS scores, if made for this model.
+        auto p = read_profile(path);
+        if (!p) fail(p.error().message);
+        const routing_shape shape{info.n_layer, info.n_expert, info.n_expert_used};
+        const std::string identity = info.model_id.empty() ? p->model_identity : info.model_id;
+        auto ok = check_profile_model(*p, path, identity, shape);
+        if (!ok) fail(ok.error().message);
+        return p->score;
+    }
+    in.clear();
+    in.seekg(0);
     const json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
     if (j.is_discarded() || !j.is_object() || !j.contains("scores") || !j["scores"].is_array()) {
         fail(path + ": expected a JSON object with \"scores\": [[score per expert] per layer]");
@@ -264,7 +281,7 @@ struct profiles {
 
 profiles make_profiles(const options& o, const trace_data& full, const trace_info& info) {
     profiles p;
-    if (o.profile_path) p.single = read_profile(*o.profile_path, info);
+    if (o.profile_path) p.single = read_profile_scores(*o.profile_path, info);
     if (!o.profile_holdout) return p;
     if (full.tag_names.empty()) fail("--profile-holdout needs a trace whose prompts have domains");
     const auto index = index_in_domain(full);
