@@ -4,8 +4,9 @@
 // figures, ratios against LRU, Belady's misses at most every demand-only policy's, and the
 // scheduler's policy missing less than LRU when the lookahead tells the truth; --recall
 // reports every predictor per distance, with the lookahead perfect at distance 1; the same
-// routing read from both formats gives the same LRU figures; bad arguments exit 2 with a
-// message naming the problem.
+// routing read from both formats gives the same LRU figures; a task profile file is used by
+// --profile and one made for another model is refused; bad arguments exit 2 with a message
+// naming the problem.
 #include <sys/wait.h>
 
 #include <array>
@@ -16,6 +17,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "scheduler/profile.h"
 #include "scheduler/trace.h"
 #include "tests/support/test_paths.h"
 
@@ -58,9 +60,13 @@ constexpr std::uint32_t n_layer = 3, n_expert = 8, k = 2, n_prompts = 4, n_token
 
 // Random routing per prompt x token x layer (each expert of a prompt's favourite half
 // three times as likely), the same in both files.
+constexpr const char* model_id = "qwen3moe:0123456789abcdef";
+
 struct fixture {
     std::string jsonl;
     std::string trace;
+    std::string profile;          // the "c" prompts' task profile, for this model
+    std::string foreign_profile;  // the same, made for another model
     fixture() {
         const auto dir = moed::test::temp_dir();
         jsonl = (dir / "routing.jsonl").string();
@@ -99,6 +105,7 @@ struct fixture {
         // Lookahead depth 1: each record's row predicts its own layer, truthfully.
         moed::scheduler::trace_info info;
         info.model_name = "synthetic";
+        info.model_id = model_id;
         info.n_layer = n_layer;
         info.n_expert = n_expert;
         info.n_expert_used = k;
@@ -114,6 +121,20 @@ struct fixture {
             EXPECT_TRUE(w->write(r).has_value());
         }
         EXPECT_TRUE(w->close().has_value());
+
+        // Profiles from the "c" prompts (even ones), as moectl profile create would make them.
+        const moed::scheduler::routing_shape shape{n_layer, n_expert, k};
+        moed::scheduler::routing_accumulator acc(shape);
+        for (std::size_t i = 0; i < records.size(); i += n_layer) {
+            if (records[i].tag % 2 != 0) continue;
+            for (std::uint32_t l = 0; l < n_layer; ++l) acc.add_layer(l, 1, records[i + l].probs, records[i + l].chosen);
+        }
+        profile = (dir / "c.profile").string();
+        foreign_profile = (dir / "other.profile").string();
+        const auto p = moed::scheduler::make_profile("c", model_id, "synthetic", "test", 2, 0, acc);
+        EXPECT_TRUE(moed::scheduler::write_profile(profile, p).has_value());
+        const auto q = moed::scheduler::make_profile("c", "qwen3moe:fedcba9876543210", "other", "test", 2, 0, acc);
+        EXPECT_TRUE(moed::scheduler::write_profile(foreign_profile, q).has_value());
     }
 };
 
@@ -184,6 +205,22 @@ TEST(trace_replay, recall_reports_every_predictor_per_distance) {
     EXPECT_DOUBLE_EQ(d1["lookahead"]["recall@2"].get<double>(), 1.0);
     EXPECT_GT(d1["combined"]["recall@2"].get<double>(), 0.98);
     EXPECT_FALSE(j["distances"][0]["predictors"].contains("lookahead"));  // nothing known at distance 0
+}
+
+TEST(trace_replay, task_profile_files_are_read_and_foreign_ones_refused) {
+    auto r = run({"--recall", "--max-distance", "1", "--profile", files().profile, files().trace});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    const auto& d0 = j["distances"][0]["predictors"];
+    ASSERT_TRUE(d0.contains("profile"));
+    // The c prompts favour experts 0..3: their profile ranks those first.
+    EXPECT_GT(d0["profile"]["recall@4"].get<double>(), 0.4);
+    auto replay = run({"--budget", "50%", "--profile", files().profile, files().trace});
+    EXPECT_EQ(replay.status, 0) << replay.out;
+
+    auto foreign = run({"--recall", "--profile", files().foreign_profile, files().trace}, true);
+    EXPECT_EQ(foreign.status, 2) << foreign.out;
+    EXPECT_NE(foreign.out.find("qwen3moe:fedcba9876543210"), std::string::npos) << foreign.out;
 }
 
 TEST(trace_replay, bad_arguments_exit_2_with_a_message) {
