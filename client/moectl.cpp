@@ -1,14 +1,17 @@
 // moectl: the command-line client for moed. It shows what sits in each memory tier
-// (status), streams a generation (generate), lists the models and checks health, through
-// libmoeclient's public API only. Exit codes are part of its interface (see usage_text).
+// (status), streams a generation (generate), manages task profiles (profile), lists the
+// models and checks health, through libmoeclient's public API only. Exit codes are part of its interface (see usage_text).
 #include <unistd.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
+#include <fstream>
 #include <iostream>
 #include <iterator>
 #include <limits>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include <fmt/format.h>
+#include <nlohmann/json.hpp>
 
 #include "moed/client.hpp"
 
@@ -48,6 +52,15 @@ Commands:
       --model NAME       the model to ask for (default: the one moed serves)
       --max-tokens N     --temperature T   --top-p P   --top-k K   --min-p P
       --seed S           --stop TEXT (repeatable)
+      --profile NAME     run with this task profile (default: moed matches one)
+      --prune K          route only to the profile's top K experts per layer
+  profile list           the task profiles moed keeps (and files it could not use)
+  profile show NAME      a profile: its prompts, tokens and each layer's top experts
+  profile create NAME --prompts FILE.jsonl [--replace] [--source TEXT]
+                         make a profile from example prompts of a task: one JSON
+                         object per line with a "text" (or "prompt") string; moed
+                         runs them through the model (this may take a while)
+  profile delete NAME    delete a profile
   models                 list the models moed serves
   health                 check that moed answers (GET /healthz)
   help                   this text
@@ -262,6 +275,17 @@ void print_prefetch(const moed::daemon_tiers& t) {
     }
 }
 
+// "c (matched 0.87, pruned 8)", "c (named)", "none (0.41)", "-" (not settled yet).
+std::string profile_cell(const moed::daemon_request& r) {
+    if (r.profile_source.empty()) return r.profile.empty() ? "-" : fmt::format("{} (named)", r.profile);
+    std::string cell;
+    if (r.profile_source == "request") cell = fmt::format("{} (named", r.profile);
+    else if (r.profile_source == "matched") cell = fmt::format("{} (matched {:.2f}", r.profile, r.profile_similarity);
+    else cell = fmt::format("none ({:.2f}", r.profile_similarity);
+    if (r.pruned_experts_per_layer != 0) cell += fmt::format(", pruned {}", r.pruned_experts_per_layer);
+    return cell + ")";
+}
+
 void print_status(const moed::daemon_status& s) {
     fmt::print("moed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : s.version, human_duration(s.uptime_s),
                s.isa.empty() ? "?" : s.isa, s.threads);
@@ -302,10 +326,11 @@ void print_status(const moed::daemon_status& s) {
                s.requests_total, s.requests_failed, s.requests_cancelled, s.prompt_tokens_total,
                s.generated_tokens_total, s.steps_total, s.decode_tokens_per_s);
     if (!s.requests.empty()) {
-        fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {}\n", "id", "state", "prompt", "generated", "max", "peer");
+        fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {:<28} {}\n", "id", "state", "prompt", "generated", "max",
+                   "profile", "peer");
         for (const moed::daemon_request& r : s.requests) {
-            fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {}\n", r.id, r.state, r.prompt_tokens, r.generated_tokens,
-                       r.max_tokens, r.peer);
+            fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {:<28} {}\n", r.id, r.state, r.prompt_tokens,
+                       r.generated_tokens, r.max_tokens, profile_cell(r), r.peer);
         }
     }
 }
@@ -438,6 +463,13 @@ int cmd_generate(const moed::client& c, const command_line& cl) {
             request.stop.push_back(value);
         } else if (name == "--model") {
             request.model = value;
+        } else if (name == "--profile") {
+            if (value.empty()) return bad();
+            request.profile = value;
+        } else if (name == "--prune") {
+            std::uint32_t k = 0;
+            if (!parse_number(value, k) || k == 0) return bad();
+            request.prune_experts_per_layer = k;
         } else if (name == "--system") {
             system = value;
             chat = true;
@@ -490,6 +522,184 @@ int cmd_generate(const moed::client& c, const command_line& cl) {
     return exit_ok;
 }
 
+// --- task profiles ---
+
+std::string utc_time(std::int64_t unix_s) {
+    if (unix_s <= 0) return "-";
+    const std::time_t t = static_cast<std::time_t>(unix_s);
+    std::tm tm{};
+    if (::gmtime_r(&t, &tm) == nullptr) return "-";
+    char buf[32];
+    return std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S", &tm) > 0 ? std::string(buf) + " UTC" : "-";
+}
+
+// Reads a JSON-lines prompt file: each non-empty line an object with a "text" or "prompt"
+// string. Errors name the file and line.
+std::optional<std::vector<std::string>> read_prompts(const std::string& path, std::string& error) {
+    std::ifstream in(path);
+    if (!in) {
+        error = fmt::format("cannot read {}: {}", path, std::strerror(errno));
+        return std::nullopt;
+    }
+    std::vector<std::string> prompts;
+    std::string line;
+    std::size_t number = 0;
+    while (std::getline(in, line)) {
+        ++number;
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
+        std::optional<std::string> text;
+        for (const char* key : {"text", "prompt"}) {
+            if (text || !j.is_object()) break;
+            if (auto it = j.find(key); it != j.end() && it->is_string()) text = it->get<std::string>();
+        }
+        if (!text) {
+            error = fmt::format("{}:{}: expected a JSON object with a \"text\" or \"prompt\" string", path, number);
+            return std::nullopt;
+        }
+        if (text->empty()) {
+            error = fmt::format("{}:{}: the prompt is empty", path, number);
+            return std::nullopt;
+        }
+        prompts.push_back(std::move(*text));
+    }
+    if (prompts.empty()) {
+        error = fmt::format("{}: no prompts (one JSON object per line with a \"text\" field)", path);
+        return std::nullopt;
+    }
+    return prompts;
+}
+
+int cmd_profile(const moed::client& c, const command_line& cl) {
+    if (cl.args.empty()) return fail_usage("profile needs a subcommand: list, show NAME, create NAME --prompts FILE, delete NAME");
+    const std::string& sub = cl.args[0];
+    const std::vector<std::string> rest(cl.args.begin() + 1, cl.args.end());
+    if (sub == "list") {
+        if (!rest.empty()) return fail_usage(fmt::format("profile list takes no arguments (got '{}')", rest.front()));
+        if (cl.json) {
+            auto body = c.get_json("/v1/profiles");
+            if (!body) return report(body.error(), true);
+            print_raw(*body);
+            return exit_ok;
+        }
+        auto list = c.list_profiles();
+        if (!list) return report(list.error(), false);
+        if (list->profiles.empty()) {
+            fmt::print("no profiles\n");
+        } else {
+            fmt::print("{:<24} {:>7} {:>8}  {:<23}  {:<12} {}\n", "name", "prompts", "tokens", "created", "model",
+                       "source");
+            for (const moed::profile_summary& p : list->profiles) {
+                fmt::print("{:<24} {:>7} {:>8}  {:<23}  {:<12} {}\n", p.name, p.prompts, p.tokens, utc_time(p.created),
+                           p.model.empty() ? "?" : p.model, p.source);
+            }
+        }
+        if (!list->problems.empty()) {
+            fmt::print("\nfiles moed could not use:\n");
+            for (const std::string& m : list->problems) fmt::print("  {}\n", m);
+        }
+        return exit_ok;
+    }
+    if (sub == "show" || sub == "delete") {
+        if (rest.size() != 1) return fail_usage(fmt::format("profile {} needs exactly one NAME", sub));
+        const std::string& name = rest[0];
+        const bool name_ok = !name.empty() && name.size() <= 64 && name.front() != '.' &&
+                             std::all_of(name.begin(), name.end(), [](char ch) {
+                                 return std::isalnum(static_cast<unsigned char>(ch)) || ch == '.' || ch == '_' || ch == '-';
+                             });
+        if (!name_ok)
+            return fail_usage(fmt::format("'{}' is not a profile name (1 to 64 letters, digits, '.', '_' or '-', not "
+                                          "starting with '.')",
+                                          name));
+        if (sub == "delete") {
+            if (cl.json) {
+                auto body = c.request_json("DELETE", "/v1/profiles/" + name);
+                if (!body) return report(body.error(), true);
+                print_raw(*body);
+                return exit_ok;
+            }
+            auto r = c.delete_profile(name);
+            if (!r) return r.error().code == moed::client_errc::invalid_argument ? fail_usage(r.error().message)
+                                                                                  : report(r.error(), false);
+            fmt::print("deleted profile '{}'\n", name);
+            return exit_ok;
+        }
+        auto d = c.show_profile(name);
+        if (!d) {
+            if (d.error().code == moed::client_errc::invalid_argument) return fail_usage(d.error().message);
+            return report(d.error(), cl.json);
+        }
+        if (cl.json) {
+            print_raw(d->raw_json);
+            return exit_ok;
+        }
+        const moed::profile_summary& p = d->summary;
+        fmt::print("profile {}  model {} ({})\n", p.name, p.model.empty() ? "?" : p.model, p.model_identity);
+        fmt::print("        {} prompts, {} tokens, created {}\n", p.prompts, p.tokens, utc_time(p.created));
+        if (!p.source.empty()) fmt::print("        source: {}\n", p.source);
+        fmt::print("\ntop experts per layer by score (TCESS; selection frequency in brackets)\n");
+        for (std::size_t l = 0; l < d->layers.size(); ++l) {
+            std::string row;
+            for (const moed::profile_expert& e : d->layers[l])
+                row += fmt::format("  {:>3} {:.3f} ({:.2f})", e.expert, e.score, e.selection);
+            fmt::print("  L{:<3}{}\n", l, row);
+        }
+        return exit_ok;
+    }
+    if (sub == "create") {
+        moed::profile_create_request req;
+        std::string prompts_path;
+        for (std::size_t i = 0; i < rest.size(); ++i) {
+            std::string_view name;
+            std::optional<std::string> inline_value;
+            if (!split_option(rest[i], name, inline_value)) {
+                if (!req.name.empty()) return fail_usage(fmt::format("profile create: unexpected argument '{}'", rest[i]));
+                req.name = rest[i];
+                continue;
+            }
+            if (name == "--replace" && !inline_value) {
+                req.replace = true;
+                continue;
+            }
+            std::string value;
+            if (inline_value) value = *inline_value;
+            else if (i + 1 < rest.size()) value = rest[++i];
+            else return fail_usage(fmt::format("{} needs a value", name));
+            if (name == "--prompts") prompts_path = value;
+            else if (name == "--source") req.source = value;
+            else return fail_usage(fmt::format("profile create: unknown option '{}'", name));
+        }
+        if (req.name.empty()) return fail_usage("profile create needs a NAME");
+        if (prompts_path.empty()) return fail_usage("profile create needs --prompts FILE.jsonl");
+        std::string error;
+        auto prompts = read_prompts(prompts_path, error);
+        if (!prompts) return fail_usage(error);
+        req.prompts = std::move(*prompts);
+        if (req.source.empty()) {
+            req.source = fmt::format("{} prompts from {}", req.prompts.size(),
+                                     prompts_path.substr(prompts_path.find_last_of('/') + 1));
+        }
+        if (cl.json) {
+            nlohmann::json body{{"name", req.name}, {"prompts", req.prompts}, {"source", req.source}};
+            if (req.replace) body["replace"] = true;
+            auto raw = c.request_json("POST", "/v1/profiles",
+                                      body.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace));
+            if (!raw) return report(raw.error(), true);
+            print_raw(*raw);
+            return exit_ok;
+        }
+        auto r = c.create_profile(req);
+        if (!r) {
+            if (r.error().code == moed::client_errc::invalid_argument) return fail_usage(r.error().message);
+            return report(r.error(), false);
+        }
+        fmt::print("stored profile '{}': {} prompts, {} tokens, model {}\n", r->name, r->prompts, r->tokens,
+                   r->model_identity);
+        return exit_ok;
+    }
+    return fail_usage(fmt::format("unknown profile subcommand '{}' (list, show, create, delete)", sub));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -523,6 +733,7 @@ int main(int argc, char** argv) {
         if (cl->command == "status") return cmd_status(c, *cl);
         if (cl->command == "generate") return cmd_generate(c, *cl);
         if (cl->command == "models") return cmd_models(c, *cl);
+        if (cl->command == "profile") return cmd_profile(c, *cl);
         if (cl->command == "health") return cmd_health(c, *cl);
         return fail_usage(fmt::format("unknown command '{}'", cl->command));
     } catch (const std::exception& e) {

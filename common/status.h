@@ -114,6 +114,14 @@ struct request_status {
     std::int64_t generated_tokens = 0;
     std::int64_t max_tokens = 0;
     std::string peer;   // "pid=123 uid=1000 gid=1000"
+    // Task profile: the profile's name ("" none), how it was chosen ("request": named by
+    // the request, "matched": matched after the prefill, "none": nothing matched, "" not
+    // known yet), the prompt's similarity to it (or to the closest profile), and the experts
+    // per layer routing is pruned to (0: not pruned).
+    std::string profile;
+    std::string profile_source;
+    double profile_similarity = 0.0;
+    std::uint32_t pruned_experts_per_layer = 0;
 };
 
 struct server_status {
@@ -155,7 +163,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(expert_cache_stats, io_mode, que
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(model_status, id, path, architecture, n_layer, n_expert,
                                                 n_expert_used, n_ctx, n_vocab, file_bytes, dense_bytes, expert_bytes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(request_status, id, state, prompt_tokens, generated_tokens,
-                                                max_tokens, peer)
+                                                max_tokens, peer, profile, profile_source, profile_similarity,
+                                                pruned_experts_per_layer)
 
 void to_json(nlohmann::json& j, const server_status& s);
 void from_json(const nlohmann::json& j, server_status& s);

@@ -259,6 +259,31 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
         if (!b) return unexpected(std::move(b).error());
         req.ignore_eos = *b;
     }
+    if (const json* v = field(doc, "profile")) {
+        if (!v->is_string()) return wrong_type("profile", "a string", *v);
+        req.profile = v->get<std::string>();
+        if (auto ok = scheduler::check_profile_name(req.profile); !ok)
+            return make_error(errc::invalid_argument, "profile: {}", ok.error().message);
+    }
+    if (const json* v = field(doc, "prune")) {
+        if (!v->is_object()) return wrong_type("prune", "an object", *v);
+        for (const auto& [key, value] : v->items()) {
+            if (key != "experts_per_layer")
+                return make_error(errc::invalid_argument, "prune.{}: unknown field (prune takes experts_per_layer)", key);
+        }
+        const json* k = field(*v, "experts_per_layer");
+        if (!k) return make_error(errc::invalid_argument, "prune.experts_per_layer: required");
+        auto n = get_integer(*k, "prune.experts_per_layer", 1, scheduler::max_routing_experts);
+        if (!n) return unexpected(std::move(n).error());
+        req.prune_experts_per_layer = static_cast<std::uint32_t>(*n);
+    }
+    if (const json* v = field(doc, "trace_tag")) {
+        if (!v->is_string()) return wrong_type("trace_tag", "a string", *v);
+        req.trace_tag = v->get<std::string>();
+        if (req.trace_tag.size() > max_trace_tag_bytes)
+            return make_error(errc::invalid_argument, "trace_tag: {} bytes is longer than the {} allowed",
+                              req.trace_tag.size(), max_trace_tag_bytes);
+    }
     if (const json* v = field(doc, "n")) {
         auto n = get_integer(*v, "n", 1, 1);
         if (!n) return make_error(errc::invalid_argument, "n: only 1 choice per request is supported");
@@ -282,6 +307,7 @@ const char* error_type_for(unsigned status) noexcept {
         case 400: return "invalid_request_error";
         case 404: return "not_found_error";
         case 405: return "method_not_allowed_error";
+        case 409: return "conflict_error";
         case 408: return "timeout_error";
         case 413: return "request_too_large_error";
         case 429: return "rate_limit_error";
@@ -312,10 +338,25 @@ json base_object(const response_meta& meta, bool chunk) {
 
 json finish_json(std::string_view reason) { return reason.empty() ? json(nullptr) : json(reason); }
 
+json moed_json(const profile_report* r) {
+    if (r == nullptr) {
+        return {{"profile", nullptr}, {"profile_similarity", 0.0}, {"profile_source", "none"}, {"pruned", nullptr}};
+    }
+    json j{{"profile", r->profile.empty() ? json(nullptr) : json(r->profile)},
+           {"profile_similarity", r->similarity},
+           {"profile_source", r->source},
+           {"pruned", nullptr}};
+    if (r->pruned_experts_per_layer != 0)
+        j["pruned"] = {{"experts_per_layer", r->pruned_experts_per_layer}, {"profile", r->profile}};
+    return j;
+}
+
 }  // namespace
 
+std::string moed_object_json(const profile_report* report) { return dump(moed_json(report)); }
+
 std::string completion_body(const response_meta& meta, std::string_view text, std::string_view finish_reason,
-                            const usage_counts& usage) {
+                            const usage_counts& usage, const profile_report* report) {
     json j = base_object(meta, false);
     json choice{{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
     if (meta.kind == api_kind::chat) {
@@ -326,10 +367,12 @@ std::string completion_body(const response_meta& meta, std::string_view text, st
     }
     j["choices"] = json::array({std::move(choice)});
     j["usage"] = usage_json(usage);
+    j["moed"] = moed_json(report);
     return dump(j);
 }
 
-std::string stream_event(const response_meta& meta, std::string_view piece, bool first) {
+std::string stream_event(const response_meta& meta, std::string_view piece, bool first, const profile_report* moed,
+                         bool with_moed) {
     json j = base_object(meta, true);
     json choice{{"index", 0}, {"finish_reason", nullptr}};
     if (meta.kind == api_kind::chat) {
@@ -341,10 +384,12 @@ std::string stream_event(const response_meta& meta, std::string_view piece, bool
         choice["logprobs"] = nullptr;
     }
     j["choices"] = json::array({std::move(choice)});
+    if (with_moed) j["moed"] = moed_json(moed);
     return "data: " + dump(j) + "\n\n";
 }
 
-std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage) {
+std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage,
+                                const profile_report* moed, bool with_moed) {
     json j = base_object(meta, true);
     json choice{{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
     if (meta.kind == api_kind::chat) {
@@ -355,6 +400,7 @@ std::string stream_final_events(const response_meta& meta, std::string_view fini
     }
     j["choices"] = json::array({std::move(choice)});
     j["usage"] = usage_json(usage);
+    if (with_moed) j["moed"] = moed_json(moed);
     return "data: " + dump(j) + "\n\ndata: [DONE]\n\n";
 }
 
@@ -366,6 +412,102 @@ std::string models_body(std::string_view model_id, std::int64_t created) {
     json j{{"object", "list"},
            {"data", json::array({json{{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "moed"}}})}};
     return dump(j);
+}
+
+result<profile_create_request> parse_profile_create(std::string_view body) {
+    if (!depth_within(body, max_json_depth))
+        return make_error(errc::invalid_argument, "malformed JSON: nested deeper than {} levels", max_json_depth);
+    json doc;
+    try {
+        doc = json::parse(body);
+    } catch (const std::exception& e) {
+        return make_error(errc::invalid_argument, "malformed JSON: {}", e.what());
+    }
+    if (!doc.is_object()) return wrong_type("request body", "a JSON object", doc);
+    profile_create_request req;
+    const json* name = field(doc, "name");
+    if (!name) return make_error(errc::invalid_argument, "name: required");
+    if (!name->is_string()) return wrong_type("name", "a string", *name);
+    req.name = name->get<std::string>();
+    if (auto ok = scheduler::check_profile_name(req.name); !ok)
+        return make_error(errc::invalid_argument, "name: {}", ok.error().message);
+    const json* prompts = field(doc, "prompts");
+    if (!prompts) return make_error(errc::invalid_argument, "prompts: required");
+    if (!prompts->is_array()) return wrong_type("prompts", "an array of strings", *prompts);
+    if (prompts->empty()) return make_error(errc::invalid_argument, "prompts: must not be empty");
+    if (prompts->size() > max_profile_prompts)
+        return make_error(errc::invalid_argument, "prompts: {} prompts is more than the {} allowed", prompts->size(),
+                          max_profile_prompts);
+    for (std::size_t i = 0; i < prompts->size(); ++i) {
+        const json& p = (*prompts)[i];
+        if (!p.is_string()) return wrong_type(fmt::format("prompts[{}]", i), "a string", p);
+        if (p.get_ref<const std::string&>().empty())
+            return make_error(errc::invalid_argument, "prompts[{}]: must not be empty", i);
+        req.prompts.push_back(p.get<std::string>());
+    }
+    if (const json* v = field(doc, "replace")) {
+        auto b = get_bool(*v, "replace");
+        if (!b) return unexpected(std::move(b).error());
+        req.replace = *b;
+    }
+    if (const json* v = field(doc, "source")) {
+        if (!v->is_string()) return wrong_type("source", "a string", *v);
+        req.source = v->get<std::string>();
+        if (req.source.size() > max_profile_source_bytes)
+            return make_error(errc::invalid_argument, "source: {} bytes is more than the {} allowed", req.source.size(),
+                              max_profile_source_bytes);
+    }
+    for (const auto& [key, value] : doc.items()) {
+        if (key != "name" && key != "prompts" && key != "replace" && key != "source")
+            return make_error(errc::invalid_argument, "{}: unknown field (a profile takes name, prompts, replace, source)",
+                              key);
+    }
+    return req;
+}
+
+namespace {
+
+json profile_summary(const scheduler::profile& p) {
+    return {{"object", "profile"},
+            {"name", p.name},
+            {"model", p.model_name},
+            {"model_identity", p.model_identity},
+            {"prompts", p.n_prompts},
+            {"tokens", p.n_tokens},
+            {"created", p.created_unix},
+            {"source", p.source},
+            {"n_layer", p.shape.n_layer},
+            {"n_expert", p.shape.n_expert},
+            {"n_expert_used", p.shape.n_expert_used}};
+}
+
+}  // namespace
+
+std::string profile_summary_body(const scheduler::profile& p) { return dump(profile_summary(p)); }
+
+std::string profiles_list_body(const std::vector<std::shared_ptr<const scheduler::profile>>& profiles,
+                               const std::vector<std::string>& problems) {
+    json data = json::array();
+    for (const auto& p : profiles) data.push_back(profile_summary(*p));
+    return dump(json{{"object", "list"}, {"data", std::move(data)}, {"problems", problems}});
+}
+
+std::string profile_detail_body(const scheduler::profile& p, std::uint32_t top) {
+    json j = profile_summary(p);
+    json layers = json::array();
+    for (std::uint32_t l = 0; l < p.shape.n_layer; ++l) {
+        json experts = json::array();
+        const std::size_t base = static_cast<std::size_t>(l) * p.shape.n_expert;
+        for (std::uint32_t e : p.top_experts(l, top))
+            experts.push_back({{"expert", e}, {"score", p.score[base + e]}, {"selection", p.selection[base + e]}});
+        layers.push_back({{"layer", l}, {"experts", std::move(experts)}});
+    }
+    j["layers"] = std::move(layers);
+    return dump(j);
+}
+
+std::string profile_deleted_body(std::string_view name) {
+    return dump(json{{"object", "profile"}, {"name", name}, {"deleted", true}});
 }
 
 }  // namespace moed::daemon

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/result.h"
+#include "daemon/batch_loop.h"
 #include "engine/chat_template.h"
 #include "engine/sampler.h"
 
@@ -23,6 +24,9 @@ inline constexpr std::size_t max_json_depth = 64;
 // Messages in one chat request; each becomes prompt text, which the context bounds anyway,
 // but this keeps a flood of tiny messages from costing more than the tokens they make.
 inline constexpr std::size_t max_chat_messages = 1024;
+
+// A trace tag is stored in the trace file's tag table (scheduler/trace.h allows 256 bytes).
+inline constexpr std::size_t max_trace_tag_bytes = 256;
 
 enum class api_kind : std::uint8_t { completion = 0, chat = 1 };
 
@@ -44,6 +48,14 @@ struct generation_request {
     std::vector<std::string> stop;
     bool stream = false;
     bool ignore_eos = false;                  // extension (llama.cpp): generate past end-of-text
+    // Extensions (task profiles): "profile": NAME, and "prune": {"experts_per_layer": K}.
+    // The name's syntax and K >= 1 are checked here; that the profile exists and K fits the
+    // model, when the request is prepared.
+    std::string profile;
+    std::uint32_t prune_experts_per_layer = 0;  // 0: no pruning
+    // extension (moed): the label of this request's records in the routing trace, when moed
+    // records one (--trace); at most max_trace_tag_bytes of valid UTF-8.
+    std::string trace_tag;
 };
 
 // Parses a POST body. Errors are errc::invalid_argument with a message such as
@@ -70,19 +82,56 @@ struct response_meta {
     std::string model;
 };
 
-// The whole (non-stream) response body.
+// The moed extension object of a response:
+//   {"profile": NAME|null, "profile_similarity": x, "profile_source": "request"|"matched"|"none",
+//    "pruned": {"experts_per_layer": K, "profile": NAME}|null}
+// `report` null: no profile settled (the job ended before its prefill did).
+std::string moed_object_json(const profile_report* report);
+
+// The whole (non-stream) response body, with the top-level "moed" object.
 std::string completion_body(const response_meta& meta, std::string_view text, std::string_view finish_reason,
-                            const usage_counts& usage);
+                            const usage_counts& usage, const profile_report* report = nullptr);
 // One server-sent event "data: {chunk}\n\n" carrying `piece` (chat: delta.content; the
-// first chat chunk also carries role "assistant").
-std::string stream_event(const response_meta& meta, std::string_view piece, bool first);
+// first chat chunk also carries role "assistant"). With `moed` set, the chunk carries the
+// "moed" object (the stream's first chunk does).
+std::string stream_event(const response_meta& meta, std::string_view piece, bool first,
+                         const profile_report* moed = nullptr, bool with_moed = false);
 // The last chunk: empty text/delta, the finish reason and usage; then "data: [DONE]\n\n".
-std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage);
+// `with_moed`: the "moed" object too (when no earlier chunk carried it).
+std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage,
+                                const profile_report* moed = nullptr, bool with_moed = false);
 // An error after the stream began (headers are sent): an event with the error object, then
 // "data: [DONE]\n\n".
 std::string stream_error_events(unsigned status, std::string_view message);
 
 // The /v1/models body for one served model.
 std::string models_body(std::string_view model_id, std::int64_t created);
+
+// --- Task profiles: /v1/profiles ---
+// Prompts in one profile-creation request (each is one prefill-only job).
+inline constexpr std::size_t max_profile_prompts = 1024;
+inline constexpr std::size_t max_profile_source_bytes = 256;
+
+// POST /v1/profiles: {"name": NAME, "prompts": [TEXT, ...], "replace": bool, "source": TEXT}.
+struct profile_create_request {
+    std::string name;
+    std::vector<std::string> prompts;  // 1..max_profile_prompts, none empty
+    bool replace = false;              // overwrite an existing profile of that name
+    std::string source;                // optional description; default "api: N prompts"
+};
+// Errors (invalid_argument) name the field: "prompts[3]: must not be empty".
+result<profile_create_request> parse_profile_create(std::string_view body);
+
+// {"object":"profile","name","model","model_identity","prompts","tokens","created","source",
+//  "n_layer","n_expert","n_expert_used"}
+std::string profile_summary_body(const scheduler::profile& p);
+// {"object":"list","data":[summary...],"problems":[message...]} (problems: files not loaded)
+std::string profiles_list_body(const std::vector<std::shared_ptr<const scheduler::profile>>& profiles,
+                               const std::vector<std::string>& problems);
+// The summary plus "layers": [{"layer": l, "experts": [{"expert","score","selection"}...]}],
+// the `top` highest-scoring experts of each layer.
+std::string profile_detail_body(const scheduler::profile& p, std::uint32_t top);
+// {"object":"profile","name":NAME,"deleted":true}
+std::string profile_deleted_body(std::string_view name);
 
 }  // namespace moed::daemon

@@ -17,6 +17,7 @@
 #include "engine/evaluator.h"
 #include "engine/kv_cache.h"
 #include "engine/tokenizer.h"
+#include "engine/trace_recorder.h"
 #include "engine/unicode_utf8.h"
 #include "kernels/cpu/thread_pool.h"
 
@@ -72,13 +73,17 @@ struct slot_public {
     std::int64_t max_tokens = 0;
     std::string request_id;
     std::string peer;
+    profile_report profile;
+    bool profile_known = false;  // the prefill is done and `profile` settled (or named)
 };
 
 // The engine thread's own state of one sequence; one per KV cache, made at start-up and
 // reused by every job admitted into it.
 struct sequence {
     sequence(const engine::model_hparams& hp, std::int64_t n_ctx)
-        : cache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim) {
+        : cache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim),
+          stats(scheduler::routing_shape{hp.n_layer, hp.n_expert, hp.n_expert_used}),
+          allowed(static_cast<std::size_t>(hp.n_layer) * hp.n_expert, 0) {
         history.reserve(static_cast<std::size_t>(n_ctx));
         held.reserve(2 * max_stop_string_bytes);
     }
@@ -100,6 +105,14 @@ struct sequence {
     std::int32_t generated = 0;
     bool cancel = false;       // cancellation seen at the start of this step
     std::int64_t take = 0;     // tokens of this sequence in this step's batch
+    std::int64_t offset = 0;   // where those tokens start in the batch
+
+    // Task profile state.
+    scheduler::routing_accumulator stats;  // the prompt's routing, during the prefill
+    std::vector<std::uint8_t> allowed;     // [n_layer][n_expert] pruning mask
+    bool pruned = false;                   // `allowed` applies to this sequence's tokens
+    profile_report report;
+    bool report_known = false;
 };
 
 // Totals the engine thread counts and publishes once per step.
@@ -155,6 +168,7 @@ struct batch_loop::impl {
         ring.resize(opt.queue_capacity);
         slots.resize(opt.max_sequences);
         rates.resize(k_rate_samples);
+        eval.add_routing_observer([this](const engine::routing_event& ev) { on_routing(ev); });
         MOED_LOG_INFO(k_component, "{} sequences of {} tokens (KV caches {}), batches of {} tokens, {} threads",
                       opt.max_sequences, opt.n_ctx, format_bytes(seqs.front().cache.bytes() * seqs.size()),
                       opt.max_batch_tokens, pool.size());
@@ -176,11 +190,17 @@ struct batch_loop::impl {
     void publish_locked();
     void build_batch();
     void after_batch();
+    void on_routing(const engine::routing_event& ev);
+    // The prefill of `s` is done: settles its profile, reports it, starts pruning; false
+    // when the sequence was finished or failed here.
+    bool prefill_done(sequence& s);
+    void use_profile(sequence& s, const std::shared_ptr<const scheduler::profile>& p);
     void emit(sequence& s, engine::token_id token);
     void finish(sequence& s, std::string_view reason) noexcept;
     void fail(sequence& s, const error& err) noexcept;
     void release(sequence& s) noexcept;
     void fail_all(const error& err) noexcept;
+    void close_trace() noexcept;
     std::size_t ring_index(std::size_t i) const noexcept { return (head + i) % ring.size(); }
 
     engine::model& model;
@@ -199,6 +219,10 @@ struct batch_loop::impl {
     std::vector<queued_job> cancelled_jobs; // taken out of the queue, reported outside the lock
     std::uint32_t share_start = 0;          // rotates which prefill gets the budget's remainder
     loop_counters counters;
+    const scheduler::profile* last_applied = nullptr;  // identity only, for on_profile_applied
+    // The routing trace (record_trace): written by the engine thread only.
+    std::optional<scheduler::trace_writer> trace;
+    std::unique_ptr<engine::trace_recorder> recorder;
 
     // Shared with every other thread, under mu.
     mutable std::mutex mu;
@@ -243,6 +267,22 @@ result<void> batch_loop::impl::validate(const job_params& p) const {
                           p.prompt.size(), p.max_tokens, opt.n_ctx);
     }
     MOED_TRY(p.sampling.validate());
+    if (p.prune_experts_per_layer != 0) {
+        const auto& hp = model.hparams();
+        if (p.prune_experts_per_layer < hp.n_expert_used || p.prune_experts_per_layer > hp.n_expert) {
+            return make_error(errc::invalid_argument,
+                              "prune.experts_per_layer {} is outside [{}, {}] (each token uses {} of the {} experts)",
+                              p.prune_experts_per_layer, hp.n_expert_used, hp.n_expert, hp.n_expert_used, hp.n_expert);
+        }
+        if (!p.profile && (!p.matcher || p.matcher->empty()))
+            return make_error(errc::invalid_argument, "prune needs a task profile, and none is named or stored");
+    }
+    const scheduler::routing_shape shape{model.hparams().n_layer, model.hparams().n_expert,
+                                         model.hparams().n_expert_used};
+    if (p.profile && !(p.profile->shape == shape))
+        return make_error(errc::invalid_argument, "profile '{}' does not fit this model's routing", p.profile->name);
+    if (p.routing_out && !(p.routing_out->shape() == shape))
+        return make_error(errc::invalid_argument, "routing_out does not have this model's routing shape");
     if (p.stop.size() > opt.max_stop_strings) {
         return make_error(errc::invalid_argument, "stop has {} strings; the limit is {}", p.stop.size(),
                           opt.max_stop_strings);
@@ -275,6 +315,23 @@ void batch_loop::impl::thread_main() noexcept {
             MOED_LOG_ERROR(k_component, "engine step failed with an unknown exception");
             fail_all(error{errc::internal, "the engine step failed"});
         }
+    }
+    close_trace();
+}
+
+void batch_loop::impl::close_trace() noexcept {
+    if (!trace || !trace->is_open()) return;
+    try {
+        const std::uint64_t records = trace->records_written();
+        if (auto closed = trace->close(); !closed) {
+            MOED_LOG_ERROR(k_component, "routing trace: {}", closed.error().message);
+        } else if (auto st = recorder->status(); !st) {
+            MOED_LOG_ERROR(k_component, "routing trace {} is incomplete: {}", trace->path(), st.error().message);
+        } else {
+            MOED_LOG_INFO(k_component, "routing trace {}: {} records", trace->path(), records);
+        }
+    } catch (...) {
+        MOED_LOG_ERROR(k_component, "closing the routing trace failed");
     }
 }
 
@@ -359,7 +416,17 @@ void batch_loop::impl::admit_locked() {
         s.generated = 0;
         s.cancel = false;
         s.take = 0;
+        s.stats.clear();
+        s.pruned = false;
+        s.report = profile_report{};
+        s.report_known = false;
+        if (s.params.profile) use_profile(s, s.params.profile);
         ++active;
+        if (recorder) {
+            // Tags come from requests: past the table's limit they fall back to tag 0.
+            auto tag = trace->intern_tag(s.params.trace_tag);
+            recorder->begin_sequence(s.id, tag ? *tag : 0, s.prompt_size());
+        }
         // Published at once: a job leaves `count` here, and shutdown()'s drain waits for
         // running == 0 && count == 0, so a just-admitted job must already count as running.
         running = active;
@@ -373,6 +440,8 @@ void batch_loop::impl::admit_locked() {
         p.max_tokens = s.params.max_tokens;
         p.request_id = s.params.id;
         p.peer = s.params.peer;
+        p.profile = s.report;
+        p.profile_known = s.report_known;
     }
 }
 
@@ -387,6 +456,10 @@ void batch_loop::impl::publish_locked() {
         }
         p.prefill = s.in_prefill();
         p.generated_tokens = s.generated;
+        if (s.report_known && !p.profile_known) {
+            p.profile = s.report;
+            p.profile_known = true;
+        }
     }
     running = active;
     published = counters;
@@ -406,7 +479,9 @@ void batch_loop::impl::build_batch() {
         sequence& s = seqs[i];
         s.take = 0;
         if (!s.active() || s.in_prefill()) continue;
-        batch.push_back(engine::batch_token{s.history.back(), s.n_past, &s.cache, true, s.id});
+        s.offset = static_cast<std::int64_t>(batch.size());
+        batch.push_back(engine::batch_token{s.history.back(), s.n_past, &s.cache, true, s.id,
+                                            s.pruned ? s.allowed.data() : nullptr});
         s.take = 1;
         row_seq[rows++] = i;
     }
@@ -439,11 +514,13 @@ void batch_loop::impl::build_batch() {
         sequence& s = seqs[i];
         if (!s.active() || !s.in_prefill() || s.take == 0) continue;
         const bool completes = s.n_past + s.take == s.prompt_size();
+        s.offset = static_cast<std::int64_t>(batch.size());
         for (std::int64_t k = 0; k < s.take; ++k) {
             const std::int64_t pos = s.n_past + k;
-            const bool last = completes && k + 1 == s.take;
-            batch.push_back(
-                engine::batch_token{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last, s.id});
+            // A prefill-only job samples nothing: its last prompt token needs no logits.
+            const bool last = completes && k + 1 == s.take && !s.params.prefill_only;
+            batch.push_back(engine::batch_token{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last,
+                                                s.id, s.pruned ? s.allowed.data() : nullptr});
             if (last) row_seq[rows++] = i;
         }
     }
@@ -453,16 +530,21 @@ void batch_loop::impl::build_batch() {
 // logits (in batch order, as the evaluator wrote them).
 void batch_loop::impl::after_batch() {
     std::uint32_t rows = 0;
-    for (sequence& s : seqs) {
-        if (!s.active() || s.take == 0) continue;
-        if (s.in_prefill()) counters.prompt_tokens += static_cast<std::uint64_t>(s.take);
-        s.n_past += s.take;
-    }
+    // Rows are counted before prefill_done() may finish a sequence (its logits row stays).
     for (const engine::batch_token& bt : batch) {
         if (bt.want_logits) ++rows;
     }
+    for (sequence& s : seqs) {
+        if (!s.active() || s.take == 0) continue;
+        const bool was_prefill = s.in_prefill();
+        if (was_prefill) counters.prompt_tokens += static_cast<std::uint64_t>(s.take);
+        s.n_past += s.take;
+        // Settled before the first token is sampled and reported.
+        if (was_prefill && !s.in_prefill()) prefill_done(s);
+    }
     for (std::uint32_t r = 0; r < rows; ++r) {
         sequence& s = seqs[row_seq[r]];
+        if (!s.active()) continue;  // finished or failed by prefill_done()
         const std::span<const float> row(logits.data() + static_cast<std::size_t>(r) * n_vocab,
                                          static_cast<std::size_t>(n_vocab));
         const engine::token_id token = s.smp->sample(row, s.history);
@@ -471,6 +553,73 @@ void batch_loop::impl::after_batch() {
         ++counters.generated_tokens;
         emit(s, token);
     }
+}
+
+// Routing of one MoE layer of the batch: each sequence in prefill adds its rows to its own
+// statistics (decode tokens are not part of the prompt's statistics).
+void batch_loop::impl::on_routing(const engine::routing_event& ev) {
+    const std::size_t n_exp = model.hparams().n_expert;
+    const std::size_t k = model.hparams().n_expert_used;
+    for (sequence& s : seqs) {
+        if (!s.active() || s.take == 0 || !s.in_prefill()) continue;
+        const auto off = static_cast<std::size_t>(s.offset);
+        const auto n = static_cast<std::size_t>(s.take);
+        s.stats.add_layer(ev.layer, s.take, ev.probs.subspan(off * n_exp, n * n_exp), ev.chosen.subspan(off * k, n * k));
+    }
+}
+
+void batch_loop::impl::use_profile(sequence& s, const std::shared_ptr<const scheduler::profile>& p) {
+    s.report.profile = p->name;
+    if (s.params.prune_experts_per_layer != 0 && !s.pruned) {
+        const auto& hp = model.hparams();
+        std::fill(s.allowed.begin(), s.allowed.end(), std::uint8_t{0});
+        for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+            for (std::uint32_t e : p->top_experts(l, s.params.prune_experts_per_layer))
+                s.allowed[static_cast<std::size_t>(l) * hp.n_expert + e] = 1;
+        }
+        s.pruned = true;
+        s.report.pruned_experts_per_layer = s.params.prune_experts_per_layer;
+    }
+    if (opt.on_profile_applied && p.get() != last_applied) {
+        last_applied = p.get();
+        opt.on_profile_applied(*p);
+    }
+}
+
+bool batch_loop::impl::prefill_done(sequence& s) {
+    if (s.params.routing_out) s.params.routing_out->merge(s.stats);
+    if (s.params.prefill_only) {
+        finish(s, "stop");
+        return false;
+    }
+    if (s.params.profile) {
+        s.report.source = "request";
+        s.report.similarity = scheduler::profile_matcher::similarity(*s.params.profile, s.stats.mean_scores());
+    } else if (s.params.matcher && !s.params.matcher->empty()) {
+        const scheduler::profile_match m = s.params.matcher->match(s.stats);
+        s.report.similarity = m.similarity;
+        if (m.matched) {
+            s.report.source = "matched";
+            use_profile(s, m.matched);
+        } else if (s.params.prune_experts_per_layer != 0) {
+            fail(s, error{errc::invalid_argument,
+                          fmt::format("prune: no stored profile matches this prompt (the closest, '{}', has similarity "
+                                      "{:.3f}, below the threshold {}); name one with \"profile\"",
+                                      m.candidate, m.similarity, s.params.matcher->options().threshold)});
+            return false;
+        }
+    }
+    s.report_known = true;
+    {
+        // Published now rather than at the end of the step: the sink (and whoever it
+        // notifies) may ask snapshot() about this request before then.
+        std::lock_guard lock(mu);
+        slot_public& p = slots[static_cast<std::size_t>(&s - seqs.data())];
+        p.profile = s.report;
+        p.profile_known = true;
+    }
+    s.sink->on_profile(s.report);
+    return true;
 }
 
 // Turns one sampled token into text for the sink, holding back what may be the start of a
@@ -515,6 +664,7 @@ void batch_loop::impl::fail(sequence& s, const error& err) noexcept {
 
 // Frees the sequence's KV cache for the next job at once (the memory stays allocated).
 void batch_loop::impl::release(sequence& s) noexcept {
+    if (recorder) recorder->end_sequence(s.id);
     s.id = 0;
     s.sink.reset();
     s.cache.clear();
@@ -543,6 +693,15 @@ const loop_options& batch_loop::options() const noexcept { return impl_->opt; }
 
 void batch_loop::add_prefetch_stats(prefetch_stats& stats) const {
     if (impl_->planner) scheduler::add_planner_stats(impl_->planner->stats(), stats);
+}
+
+void batch_loop::record_trace(scheduler::trace_writer writer) {
+    impl& im = *impl_;
+    std::lock_guard lock(im.mu);
+    MOED_ASSERT(!im.started && !im.trace);
+    im.trace.emplace(std::move(writer));
+    im.recorder = std::make_unique<engine::trace_recorder>(*im.trace);
+    im.recorder->attach(im.eval);
 }
 
 void batch_loop::start() {
@@ -584,6 +743,7 @@ void batch_loop::shutdown(std::chrono::milliseconds drain) {
         im.published.cancelled += left.size();
     }
     for (queued_job& j : left) j.sink->on_done("cancelled", job_usage{static_cast<std::int64_t>(j.params.prompt.size()), 0});
+    im.close_trace();
 }
 
 result<job_id> batch_loop::submit(job_params params, std::shared_ptr<job_sink> sink) {
@@ -658,8 +818,15 @@ void batch_loop::snapshot(server_status& status) const {
     status.requests.reserve(im.running + im.count);
     for (const slot_public& p : im.slots) {
         if (p.id == 0) continue;
-        status.requests.push_back(request_status{p.request_id, p.prefill ? "prefill" : "decode", p.prompt_tokens,
-                                                 p.generated_tokens, p.max_tokens, p.peer});
+        request_status r{p.request_id, p.prefill ? "prefill" : "decode", p.prompt_tokens,
+                         p.generated_tokens, p.max_tokens, p.peer};
+        if (p.profile_known || !p.profile.profile.empty()) {
+            r.profile = p.profile.profile;
+            r.profile_source = p.profile_known ? p.profile.source : "request";
+            r.profile_similarity = p.profile.similarity;
+            r.pruned_experts_per_layer = p.profile.pruned_experts_per_layer;
+        }
+        status.requests.push_back(std::move(r));
     }
     for (std::size_t i = 0; i < im.count; ++i) {
         const queued_job& j = im.ring[im.ring_index(i)];

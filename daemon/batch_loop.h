@@ -6,6 +6,11 @@
 // tokens by expert, so each expert is fetched and applied once per step), samples each
 // sequence's next token and reports it to the job's sink.
 //
+// Task profiles: the routing of every prompt is accumulated during its prefill (a routing
+// observer on the evaluator, split by sequence); when the prefill is done the job's profile
+// is settled (named, or matched against the stored profiles), reported to its sink and
+// shown in snapshot(), and pruning, when asked for, restricts its routing.
+//
 // Finishing: max_tokens ("length"), an end-of-generation token or a stop string ("stop"),
 // cancel() or a sink that reports its client gone ("cancelled"), an engine error
 // ("error"). A finished sequence frees its KV cache at once.
@@ -20,6 +25,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -30,6 +36,10 @@
 #include "engine/model.h"
 #include "engine/prefetch.h"
 #include "engine/sampler.h"
+#include "scheduler/profile.h"
+#include "scheduler/profile_matcher.h"
+#include "scheduler/routing_stats.h"
+#include "scheduler/trace.h"
 
 namespace moed::daemon {
 
@@ -47,6 +57,34 @@ struct job_params {
     bool stop_at_eog = true;
     std::string id;                        // request id for status and logs ("cmpl-...")
     std::string peer;                      // peer credentials for status
+
+    // Task profiles (scheduler/profile.h), resolved by the caller when it submits.
+    // `profile`: named by the request, applied from the start. Otherwise `matcher` (when set
+    // and not empty) matches the prompt's routing statistics once the prefill is done.
+    std::shared_ptr<const scheduler::profile> profile;
+    std::shared_ptr<const scheduler::profile_matcher> matcher;
+    // Pruning: when > 0, routing is restricted to the profile's top this-many experts per
+    // layer (n_expert_used .. n_expert). A named profile prunes the prefill too; a matched
+    // one prunes from the first token generated after it. Without a named profile a
+    // non-empty matcher is required; if the prompt then matches none, the job fails with
+    // errc::invalid_argument.
+    std::uint32_t prune_experts_per_layer = 0;
+    // Runs the prompt and finishes ("stop", no token generated and no sink->on_token): how
+    // the daemon feeds a profile's example prompts through the engine between other
+    // requests' steps. max_tokens is still validated (1 will do) but never reached.
+    bool prefill_only = false;
+    // When set, the prompt's routing statistics (shape of the model) are merged into it on
+    // the engine thread before the job's finish event; the caller reads it after that event.
+    std::shared_ptr<scheduler::routing_accumulator> routing_out;
+    std::string trace_tag;                 // label in the routing trace (record_trace)
+};
+
+// Which task profile a job runs with, reported once its prefill is done.
+struct profile_report {
+    std::string profile;             // empty: none
+    std::string source = "none";     // "request" (named), "matched", "none"
+    double similarity = 0.0;         // of the prompt to `profile`, or to the best candidate
+    std::uint32_t pruned_experts_per_layer = 0;  // 0: routing not pruned
 };
 
 struct job_usage {
@@ -68,6 +106,9 @@ public:
     // Finished: reason is "stop", "length" or "cancelled".
     virtual void on_done(std::string_view finish_reason, const job_usage& usage) noexcept = 0;
     virtual void on_failed(const error& err, const job_usage& usage) noexcept = 0;
+    // The job's task profile, once its prefill is done (before the first on_token); not
+    // called for prefill_only jobs or jobs that end before their prefill does.
+    virtual void on_profile(const profile_report&) noexcept {}
     // Polled once per step; true when the client went away (the job is then cancelled).
     virtual bool gone() const noexcept { return false; }
 };
@@ -82,6 +123,10 @@ struct loop_options {
     int threads = 0;                       // compute threads; 0: hardware concurrency
     // Router-lookahead prefetching of tiered experts (ignored when experts are resident).
     engine::prefetch_options prefetch;
+    // Called on the engine thread when a job starts using a task profile other than the
+    // last one applied (named at admission, or matched after its prefill): the daemon warms
+    // the expert tiers with it. Must not block.
+    std::function<void(const scheduler::profile&)> on_profile_applied;
 };
 
 using job_id = std::uint64_t;
@@ -93,6 +138,13 @@ public:
     ~batch_loop();
     batch_loop(const batch_loop&) = delete;
     batch_loop& operator=(const batch_loop&) = delete;
+
+    // Records the routing of every forward pass to `writer` (an open trace for this model;
+    // engine::make_trace_info), with the router lookahead depth the trace declares. Each job's
+    // records carry its job id as seq and its trace_tag (interned in the trace's tag table).
+    // The engine thread owns the writer from start() on and closes it when it ends, so after
+    // shutdown() the file is complete. Call before start(), at most once.
+    void record_trace(scheduler::trace_writer writer);
 
     // Starts the engine thread.
     void start();

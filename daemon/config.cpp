@@ -172,6 +172,7 @@ constexpr std::uint64_t max_inflight_limit = 1ull << 40;
 constexpr std::uint64_t max_body_bytes_limit = 1ull << 30;
 constexpr std::uint32_t max_connections_limit = 1 << 16;
 constexpr double max_timeout_s = 24 * 3600.0;
+constexpr std::uint32_t max_trace_lookahead = 4;  // engine::max_lookahead_depth
 
 #define MOED_SET(expr_field, conversion)                          \
     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> { \
@@ -181,7 +182,7 @@ constexpr double max_timeout_s = 24 * 3600.0;
         return {};                                                \
     }
 
-const std::array<key_spec, 29> keys{{
+const std::array<key_spec, 31> keys{{
     {"model.path", "path", "the bundled tinymoe model", "GGUF model file to serve",
      MOED_SET(model_path, to_string(v, o))},
     {"model.id", "string", "from the file name", "the name clients give as \"model\"",
@@ -261,6 +262,10 @@ const std::array<key_spec, 29> keys{{
      MOED_SET(state_dir, to_string(v, o))},
     {"daemon.watchdog", "boolean", "true", "answer systemd's watchdog (WATCHDOG_USEC) with pings",
      MOED_SET(watchdog, to_bool(v, o))},
+    {"trace.path", "path", "unset (off)", "record every token's routing to this trace file (also --trace FILE)",
+     MOED_SET(trace_path, to_string(v, o))},
+    {"trace.lookahead", "integer", "2", "router lookahead layers recorded in the trace (0..4)",
+     MOED_SET(trace_lookahead, to_integer<std::uint32_t>(v, o, 0, max_trace_lookahead))},
 }};
 
 #undef MOED_SET
@@ -272,6 +277,8 @@ const key_spec* find_key(std::string_view key) {
 }
 
 const key_spec* find_flag(std::string_view flag) {
+    // The short spelling the other tools use (moe-run --trace FILE).
+    if (flag == "--trace") flag = "--trace-path";
     for (const auto& k : keys)
         if (flag_for_key(k.key) == flag) return &k;
     return nullptr;

@@ -64,6 +64,9 @@ struct daemon_config {
     log_level level = log_level::info;
     std::string state_dir = "/var/lib/moed";
     bool watchdog = true;  // ping systemd's watchdog when WATCHDOG_USEC asks for it
+    // [trace]
+    std::string trace_path;            // empty: no routing trace (flag --trace FILE)
+    std::uint32_t trace_lookahead = 2; // router lookahead layers recorded (0..4)
 
     std::string source;  // the config file read, or "" when defaults only (for logs)
 };
@@ -77,7 +80,7 @@ struct command_line {
 };
 
 // Parses argv: --config FILE, --help/-h, --version, and --<flag> VALUE / --<flag>=VALUE for
-// every key. Errors name the argument.
+// every key; --trace FILE is also accepted for --trace-path. Errors name the argument.
 result<command_line> parse_command_line(int argc, const char* const* argv);
 
 // Applies TOML text (named `source` in messages) onto `config`.

@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <ctime>
 #include <random>
+#include <set>
 #include <unordered_set>
 
 #include <boost/asio/co_spawn.hpp>
@@ -80,6 +81,7 @@ struct http_server::state {
     std::uint64_t next_request = 0;
     std::uint64_t id_prefix;  // random per run, so the ids of two runs do not collide
     std::mt19937_64 seeds;    // seeds of requests that give none
+    std::set<std::string, std::less<>> creating;  // profiles being created now
 
     std::string next_id(api_kind kind) {
         return fmt::format("{}-{:016x}", kind == api_kind::chat ? "chatcmpl" : "cmpl", id_prefix + ++next_request);
@@ -127,8 +129,23 @@ struct http_server::state {
         if (!req.seed_given) p.sampling.seed = seeds();
         p.stop = req.stop;
         p.stop_at_eog = !req.ignore_eos;
+        p.trace_tag = req.trace_tag;
         p.id = id;
         p.peer = peer;
+        if (!req.profile.empty()) {
+            p.profile = ctx.profiles ? ctx.profiles->find(req.profile) : nullptr;
+            if (!p.profile)
+                return make_error(errc::invalid_argument, "profile: no profile named '{}' (GET /v1/profiles lists them)",
+                                  req.profile);
+        } else if (ctx.profiles) {
+            auto matcher = ctx.profiles->matcher();
+            if (!matcher->empty()) p.matcher = std::move(matcher);
+        }
+        p.prune_experts_per_layer = req.prune_experts_per_layer;
+        if (p.prune_experts_per_layer != 0 && !p.profile && !p.matcher)
+            return make_error(errc::invalid_argument,
+                              "prune: needs a task profile: name one with \"profile\", or create profiles (POST "
+                              "/v1/profiles) for the prompt to be matched to; none is stored");
         return p;
     }
 };
@@ -247,6 +264,11 @@ private:
     asio::awaitable<void> route(request& req) {
         const std::string_view path = route_of(sv(req.target()));
         const auto method = req.method();
+        allow_text_.clear();
+        if (path == "/v1/profiles" || path.starts_with("/v1/profiles/")) {
+            co_await profiles_route(req, path);
+            co_return;
+        }
         struct endpoint {
             std::string_view path;
             http::verb verb;
@@ -331,6 +353,182 @@ private:
         channel_.reset();
     }
 
+    // /v1/profiles and /v1/profiles/NAME.
+    asio::awaitable<void> profiles_route(request& req, std::string_view path) {
+        scheduler::profile_store* store = st_->ctx.profiles;
+        const auto method = req.method();
+        if (path == "/v1/profiles") {
+            if (method == http::verb::get) {
+                // No conditional operator making a class temporary in a coroutine: g++ 12
+                // destroys such a temporary twice (see accept_loop).
+                std::string body;
+                if (store) body = profiles_list_body(store->list(), store->problems());
+                else body = profiles_list_body({}, {});
+                co_await send(200, std::move(body), std::string(json_type));
+            } else if (method == http::verb::post) {
+                co_await create_profile(req);
+            } else {
+                allow_text_ = "GET, POST";
+                co_await send_error(405, fmt::format("{} does not accept {}; use GET or POST", path,
+                                                     sv(req.method_string())));
+            }
+            co_return;
+        }
+        const std::string name(path.substr(std::string_view("/v1/profiles/").size()));
+        if (method != http::verb::get && method != http::verb::delete_) {
+            allow_text_ = "GET, DELETE";
+            co_await send_error(405, fmt::format("{} does not accept {}; use GET or DELETE", path,
+                                                 sv(req.method_string())));
+            co_return;
+        }
+        if (auto ok = scheduler::check_profile_name(name); !ok) {
+            co_await send_error(400, ok.error().message);
+            co_return;
+        }
+        if (method == http::verb::get) {
+            std::shared_ptr<const scheduler::profile> p;
+            if (store) p = store->find(name);
+            if (!p) co_await send_error(404, fmt::format("no profile named '{}'", name));
+            // Twice the experts each token uses: the set a hot set or a pruning would pick from.
+            else co_await send(200, profile_detail_body(*p, 2 * p->shape.n_expert_used), std::string(json_type));
+            co_return;
+        }
+        if (st_->creating.contains(name)) {
+            co_await send_error(409, fmt::format("profile '{}' is being created; delete it once that finishes", name));
+            co_return;
+        }
+        if (store == nullptr) {
+            co_await send_error(404, fmt::format("no profile named '{}'", name));
+            co_return;
+        }
+        if (auto removed = store->remove(name); !removed) {
+            const unsigned status = removed.error().code == errc::not_found ? 404 : 500;
+            co_await send_error(status, removed.error().message);
+            co_return;
+        }
+        MOED_LOG_INFO("profiles", "{}: deleted profile '{}'", peer_, name);
+        co_await send(200, profile_deleted_body(name), std::string(json_type));
+    }
+
+    // POST /v1/profiles: runs every prompt's prefill through the engine as a prefill-only
+    // job, one at a time (other requests keep their share of every step), accumulates the
+    // routing, then stores the profile.
+    asio::awaitable<void> create_profile(request& req) {
+        if (st_->shutting_down) {
+            co_await send_error(503, std::string("the server is shutting down"));
+            co_return;
+        }
+        auto parsed = parse_profile_create(req.body());
+        if (!parsed) {
+            co_await send_error(400, parsed.error().message);
+            co_return;
+        }
+        scheduler::profile_store* store = st_->ctx.profiles;
+        if (store == nullptr) {
+            co_await send_error(501, std::string("task profiles are not available: this moed has no state directory"));
+            co_return;
+        }
+        const std::string& name = parsed->name;
+        if (st_->creating.contains(name)) {
+            co_await send_error(409, fmt::format("profile '{}' is already being created", name));
+            co_return;
+        }
+        if (!parsed->replace && store->find(name)) {
+            co_await send_error(409, fmt::format("profile '{}' exists; send \"replace\": true to overwrite it", name));
+            co_return;
+        }
+        // Every prompt is tokenized and checked before any engine work.
+        std::vector<std::vector<engine::token_id>> prompts;
+        prompts.reserve(parsed->prompts.size());
+        for (std::size_t i = 0; i < parsed->prompts.size(); ++i) {
+            std::vector<engine::token_id> ids = st_->ctx.vocab->encode(parsed->prompts[i], /*parse_special=*/true);
+            if (st_->ctx.vocab->add_bos() && st_->ctx.vocab->bos_id() >= 0) ids.insert(ids.begin(), st_->ctx.vocab->bos_id());
+            if (static_cast<std::int64_t>(ids.size()) >= st_->ctx.n_ctx) {
+                co_await send_error(400, fmt::format("prompts[{}]: {} tokens do not fit the context of {} tokens per "
+                                                     "sequence",
+                                                     i, ids.size(), st_->ctx.n_ctx));
+                co_return;
+            }
+            prompts.push_back(std::move(ids));
+        }
+
+        st_->creating.insert(name);
+        struct creating_guard {
+            std::shared_ptr<state> st;
+            std::string name;
+            ~creating_guard() { st->creating.erase(name); }
+        } guard{st_, name};
+        auto stats = std::make_shared<scheduler::routing_accumulator>(store->shape());
+        for (std::size_t i = 0; i < prompts.size(); ++i) {
+            job_params p;
+            p.prompt = std::move(prompts[i]);
+            p.max_tokens = 1;
+            p.prefill_only = true;
+            p.routing_out = stats;
+            p.id = fmt::format("profile-{}-{}", name, i);
+            p.peer = peer_;
+            auto channel = std::make_shared<job_channel>(st_->io.get_executor(), st_->options.max_pending_bytes);
+            auto submitted = st_->ctx.engine->submit(std::move(p), channel);
+            if (!submitted) {
+                const error& err = submitted.error();
+                if (err.code == errc::out_of_memory)
+                    co_await send_error(429, fmt::format("prompts[{}]: the request queue is full; retry later", i));
+                else if (err.code == errc::cancelled)
+                    co_await send_error(503, std::string("the server is shutting down"));
+                else
+                    co_await send_error(http_status_for(err.code), fmt::format("prompts[{}]: {}", i, err.message));
+                co_return;
+            }
+            channel_ = channel;
+            job_ = *submitted;
+            watch(channel, job_);
+            job_channel::events ev;
+            for (;;) {
+                channel->take(ev);
+                if (ev.done) break;
+                co_await channel->wait();
+            }
+            stop_watching();
+            channel_.reset();
+            if (client_gone_) {
+                log_status_ = status_client_gone;
+                MOED_LOG_INFO("profiles", "{}: client went away; profile '{}' not created", peer_, name);
+                co_return;
+            }
+            const job_channel::finish& f = *ev.done;
+            if (f.failed) {
+                co_await send_error(http_status_for(f.code) == 400 ? 400 : 500,
+                                    fmt::format("prompts[{}]: the prefill failed: {}", i, f.reason));
+                co_return;
+            }
+            if (f.reason == "cancelled") {
+                co_await send_error(503, std::string("profile creation was cancelled: the server is shutting down"));
+                co_return;
+            }
+        }
+        const std::uint32_t n_prompts = static_cast<std::uint32_t>(parsed->prompts.size());
+        std::string source = parsed->source;
+        if (source.empty()) source = fmt::format("api: {} prompts", n_prompts);
+        scheduler::profile made = scheduler::make_profile(name, store->model_identity(), st_->ctx.model_id,
+                                                          std::move(source), n_prompts,
+                                                          static_cast<std::int64_t>(std::time(nullptr)), *stats);
+        auto added = store->add(std::move(made), parsed->replace);
+        if (!added) {
+            co_await send_error(500, added.error().message);
+            co_return;
+        }
+        if (*added == scheduler::add_outcome::exists) {
+            co_await send_error(409, fmt::format("profile '{}' exists; send \"replace\": true to overwrite it", name));
+            co_return;
+        }
+        auto stored = store->find(name);
+        MOED_LOG_INFO("profiles", "{}: {} profile '{}' from {} prompts ({} tokens)", peer_,
+                      *added == scheduler::add_outcome::replaced ? "replaced" : "created", name, n_prompts,
+                      stored ? stored->n_tokens : 0);
+        if (!stored) co_await send_error(500, fmt::format("profile '{}' vanished after it was stored", name));
+        else co_await send(201, profile_summary_body(*stored), std::string(json_type));
+    }
+
     std::uint32_t queue_capacity() const {
         server_status s;
         st_->ctx.engine->snapshot(s);
@@ -340,8 +538,10 @@ private:
     asio::awaitable<void> plain_job(job_channel& channel, const response_meta& meta) {
         std::string text;
         job_channel::events ev;
+        std::optional<profile_report> report;
         for (;;) {
             channel.take(ev);
+            if (ev.profile) report = std::move(ev.profile);
             for (const auto& piece : ev.pieces) text += piece;
             if (ev.done) break;
             co_await channel.wait();
@@ -351,14 +551,18 @@ private:
             log_status_ = status_client_gone;
             co_return;
         }
-        if (f.failed) {
+        if (f.failed && f.code == errc::invalid_argument) {
+            // The request could not be served as asked (prune without a matching profile).
+            co_await send_error(400, f.reason);
+        } else if (f.failed) {
             co_await send_error(500, fmt::format("generation failed: {}", f.reason));
         } else if (f.reason == "cancelled") {
             co_await send_error(503, fmt::format("the request was cancelled after {} tokens: the server is shutting down",
                                                  f.usage.completion_tokens));
         } else {
             co_await send(200,
-                          completion_body(meta, text, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens}),
+                          completion_body(meta, text, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens},
+                                          report ? &*report : nullptr),
                           std::string(json_type));
         }
     }
@@ -381,19 +585,25 @@ private:
 
         job_channel::events ev;
         bool first = true;
+        std::optional<profile_report> report;
         for (;;) {
             channel.take(ev);
+            if (ev.profile) report = std::move(ev.profile);
             std::string payload;
             for (const auto& piece : ev.pieces) {
-                payload += stream_event(meta, piece, first);
+                // The first chunk carries the "moed" object.
+                payload += stream_event(meta, piece, first, report ? &*report : nullptr, first);
                 first = false;
             }
             if (ev.done) {
                 const auto& f = *ev.done;
-                if (f.failed)
+                if (f.failed && f.code == errc::invalid_argument)
+                    payload += stream_error_events(400, f.reason);
+                else if (f.failed)
                     payload += stream_error_events(500, fmt::format("generation failed: {}", f.reason));
                 else
-                    payload += stream_final_events(meta, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens});
+                    payload += stream_final_events(meta, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens},
+                                                   report ? &*report : nullptr, first);
             }
             if (!payload.empty() && !client_gone_) {
                 stream_.expires_after(st_->options.write_timeout);
@@ -466,7 +676,10 @@ private:
         http::response<http::string_body> res{static_cast<http::status>(status), version_};
         res.set(http::field::server, "moed");
         res.set(http::field::content_type, content_type);
-        if (status == 405) res.set(http::field::allow, http::to_string(allow_));
+        if (status == 405) {
+            if (allow_text_.empty()) res.set(http::field::allow, http::to_string(allow_));
+            else res.set(http::field::allow, allow_text_);
+        }
         res.keep_alive(keep_alive_);
         const std::size_t bytes = body.size();
         res.body() = std::move(body);
@@ -520,6 +733,7 @@ private:
     bool keep_alive_ = true;
     unsigned version_ = 11;
     http::verb allow_ = http::verb::get;
+    std::string allow_text_;  // an Allow of several methods (overrides allow_ when set)
     // The running job, if any.
     std::shared_ptr<job_channel> channel_;
     job_id job_ = 0;

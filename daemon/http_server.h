@@ -5,6 +5,14 @@
 //        server-sent events ending in "data: [DONE]")
 //   GET /v1/models, GET /v1/status (common/status.h as JSON), GET /metrics (Prometheus),
 //   GET /healthz
+//   GET /v1/profiles (list), POST /v1/profiles (create: the prompts run as prefill-only jobs
+//        through the engine, one at a time between other requests' steps; 201 with the
+//        summary), GET /v1/profiles/NAME (with each layer's top experts), DELETE
+//        /v1/profiles/NAME. Errors: 400 bad name or body, 404 unknown profile, 409 a
+//        profile of that name exists (unless "replace": true) or is being created.
+// Completions may name a task profile ("profile") and ask for pruning ("prune"); every
+// response carries a top-level "moed" object saying which profile was used and how it was
+// chosen (api.h, moed_object_json); a stream carries it on its first chunk.
 // Errors are JSON {"error":{"type","message","code"}} with the matching status: 400 bad
 // request body, 404 unknown path or model, 405 wrong method, 413 body over the limit, 429
 // queue full, 503 shutting down or over the connection limit, 500 engine failure.
@@ -38,6 +46,7 @@
 #include "daemon/metrics.h"
 #include "engine/chat_template.h"
 #include "engine/tokenizer.h"
+#include "scheduler/profile_store.h"
 
 namespace moed::daemon {
 
@@ -71,6 +80,8 @@ struct server_context {
     std::int64_t started_unix = 0;                  // "created" of /v1/models
     // Fills the whole status (model, tiers, engine snapshot) for /v1/status and /metrics.
     std::function<void(server_status&)> fill_status;
+    // The served model's task profiles; null: none can be stored (creating one answers 501).
+    scheduler::profile_store* profiles = nullptr;
 };
 
 class http_server {

@@ -75,17 +75,31 @@ void job_channel::on_failed(const error& err, const job_usage& usage) noexcept {
     notify_locked();
 }
 
+void job_channel::on_profile(const profile_report& report) noexcept {
+    std::lock_guard lock(mutex_);
+    if (done_) return;
+    try {
+        profile_ = report;
+    } catch (...) {
+        return;  // out of memory copying a name: the response says "none"
+    }
+    notify_locked();
+}
+
 bool job_channel::take(events& out) {
     out.pieces.clear();
     out.done.reset();
+    out.profile.reset();
     std::lock_guard lock(mutex_);
     out.pieces.swap(pieces_);
+    out.profile = std::move(profile_);
+    profile_.reset();
     pending_bytes_ = 0;
     if (done_ && !done_taken_) {
         out.done = std::move(*done_);
         done_taken_ = true;  // done_ stays engaged so late events stay ignored
     }
-    return !out.pieces.empty() || out.done.has_value();
+    return !out.pieces.empty() || out.done.has_value() || out.profile.has_value();
 }
 
 asio::awaitable<void> job_channel::wait() {
@@ -93,7 +107,7 @@ asio::awaitable<void> job_channel::wait() {
         std::lock_guard lock(mutex_);
         // Events that came while the connection was busy writing: no need to sleep. The
         // posted wake-up that came with them may already have run (and cancelled nothing).
-        if (!pieces_.empty() || (done_ && !done_taken_)) co_return;
+        if (!pieces_.empty() || profile_ || (done_ && !done_taken_)) co_return;
     }
     wake_.expires_at(asio::steady_timer::time_point::max());
     boost::system::error_code ec;

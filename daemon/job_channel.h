@@ -42,6 +42,7 @@ public:
     struct events {
         std::vector<std::string> pieces;
         std::optional<finish> done;
+        std::optional<profile_report> profile;  // once, before the first piece
     };
 
     job_channel(boost::asio::io_context::executor_type executor, std::size_t max_pending_bytes);
@@ -50,6 +51,7 @@ public:
     void on_token(engine::token_id token, std::string_view text) noexcept override;
     void on_done(std::string_view finish_reason, const job_usage& usage) noexcept override;
     void on_failed(const error& err, const job_usage& usage) noexcept override;
+    void on_profile(const profile_report& report) noexcept override;
     bool gone() const noexcept override { return gone_.load(std::memory_order_relaxed); }
 
     // io thread: moves what arrived into `out` (cleared first); true when anything did.
@@ -71,6 +73,7 @@ private:
     std::vector<std::string> pieces_;   // guarded by mutex_
     std::size_t pending_bytes_ = 0;     // guarded by mutex_
     std::optional<finish> done_;        // guarded by mutex_
+    std::optional<profile_report> profile_;  // guarded by mutex_; until taken
     bool done_taken_ = false;           // guarded by mutex_
     bool wake_posted_ = false;          // guarded by mutex_
 };

@@ -29,7 +29,11 @@
 #include "daemon/systemd_notify.h"
 #include "engine/chat_template.h"
 #include "engine/model.h"
+#include "engine/trace_recorder.h"
 #include "kernels/cpu/cpu_features.h"
+#include "scheduler/model_identity.h"
+#include "scheduler/profile.h"
+#include "scheduler/profile_store.h"
 
 #ifndef MOED_VERSION
 #define MOED_VERSION "0.0.0"
@@ -157,6 +161,27 @@ private:
     bool stopping_ = false;
 };
 
+// What a task profile does to the expert tiers when a request starts using it (named, or
+// matched after its prefill): its most needed experts become the pinned hot set and its
+// scores bias eviction. Runs on the engine thread (batch_loop's on_profile_applied).
+void apply_profile_to_tiers(engine::model& model, const scheduler::profile& p) {
+    storage::tiered_expert_source* tiers = model.tiers();
+    if (tiers == nullptr) return;  // every expert is resident: nothing to warm
+    // The hot set: each layer's n_expert_used best experts, a fraction of the slots so the
+    // ring keeps room for what the router picks beyond them.
+    const std::uint32_t per_layer = std::min<std::uint32_t>(
+        p.shape.n_expert_used, tiers->slot_count() / (2 * std::max<std::uint32_t>(1, p.shape.n_layer)));
+    const std::vector<ExpertId> hot = scheduler::profile_hot_set(p, per_layer);
+    const std::vector<float> scores = scheduler::profile_expert_scores(p);
+    // The tier pins what fits of the hot set (at most tiered_options::hot_fraction_max of its
+    // slots) outside the ring, and reclaims ring slots by these scores where no prediction
+    // says otherwise. Both only take the tier's lock: nothing here waits for I/O.
+    const std::uint32_t pinned = tiers->set_hot_set(hot);
+    tiers->set_expert_scores(scores);
+    MOED_LOG_DEBUG("profiles", "profile '{}': hot set of {} experts ({} per layer, {} pinned), eviction scores for {}",
+                   p.name, hot.size(), per_layer, pinned, scores.size());
+}
+
 int config_error(const std::string& message) {
     std::fprintf(stderr, "moed: %s\n", message.c_str());
     return exit_config;
@@ -233,6 +258,13 @@ int run(int argc, char** argv) {
 
     const std::string model_id = config.model_id.empty() ? default_model_id(config.model_path, hp.architecture)
                                                          : config.model_id;
+
+    // Task profiles of this model under <state_dir>/profiles; a directory that cannot be
+    // read leaves the daemon serving without them (each bad file is logged and skipped).
+    scheduler::profile_store profiles(config.state_dir, scheduler::model_identity(model.file()),
+                                      scheduler::routing_shape{hp.n_layer, hp.n_expert, hp.n_expert_used});
+    if (auto loaded = profiles.load(); !loaded)
+        MOED_LOG_WARN("moed", "task profiles unavailable until the directory is readable: {}", loaded.error().message);
     std::int64_t n_ctx = config.ctx;
     if (n_ctx == 0) n_ctx = hp.n_ctx_train > 0 ? std::min(hp.n_ctx_train, default_ctx) : default_ctx;
     if (hp.n_ctx_train > 0 && n_ctx > hp.n_ctx_train)
@@ -252,6 +284,7 @@ int run(int argc, char** argv) {
     ctx.n_ctx = n_ctx;
     ctx.limits = {config.max_tokens, config.default_max_tokens, config.max_stop_strings};
     ctx.started_unix = started_unix;
+    ctx.profiles = &profiles;
 
     loop_options lo;
     lo.max_sequences = config.max_sequences;
@@ -263,7 +296,16 @@ int run(int argc, char** argv) {
     lo.threads = threads;
     lo.prefetch.enabled = config.prefetch;
     lo.prefetch.lookahead = config.lookahead;
+    lo.on_profile_applied = [&model](const scheduler::profile& p) { apply_profile_to_tiers(model, p); };
     batch_loop loop(model, lo);
+    if (!config.trace_path.empty()) {
+        auto writer = scheduler::trace_writer::create(config.trace_path,
+                                                      engine::make_trace_info(model, config.trace_lookahead));
+        if (!writer) return start_error(fmt::format("trace.path: {}", writer.error().message));
+        loop.record_trace(std::move(writer).value());
+        MOED_LOG_INFO("moed", "recording the routing trace to {} (lookahead {})", config.trace_path,
+                      config.trace_lookahead);
+    }
     batch_loop_port port(loop);
     ctx.engine = &port;
 

@@ -10,9 +10,17 @@
 namespace moed::engine {
 
 namespace {
-// Below this many tokens, element-wise work runs on the calling thread: waking the pool
-// costs more than it saves.
-constexpr std::int64_t k_parallel_tokens_min = 4;
+// Element-wise work (norms, RoPE, residual adds) runs on the calling thread unless the batch
+// has at least this many values: waking the pool costs a few microseconds, more than
+// normalising a few thousand floats.
+constexpr std::int64_t k_parallel_values_min = 16384;
+// A group of experts is spread over the pool one expert per thread (each expert's kernels
+// inline on its thread) when it has at least this many experts per thread; otherwise each
+// expert's matmuls are split by rows over the whole pool. Whole experts per thread need one
+// pool wake-up per group instead of about five per expert, which is what lets a decode batch
+// of many sequences (many experts with a few rows each) pay; the results are the same bits
+// either way, because every kernel is batch- and thread-invariant.
+constexpr std::size_t k_experts_per_thread_min = 2;
 }  // namespace
 
 evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_batch)
@@ -32,20 +40,22 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     attn_.resize(b * q_dim);
     proj_.resize(b * embd);
     router_probs_.resize(b * hp.n_expert);
+    masked_probs_.resize(b * hp.n_expert);
     route_weights_.resize(b * hp.n_expert_used);
     route_experts_.resize(b * hp.n_expert_used);
     lookahead_.resize(static_cast<std::size_t>(max_lookahead_depth) * b * hp.n_expert);
     expert_out_.resize(b * hp.n_expert_used * embd);
-    gathered_.resize(b * embd);
-    gate_.resize(b * ff);
-    up_.resize(b * ff);
-    down_.resize(b * embd);
+    for (int i = 0; i < pool.size(); ++i) expert_scratch_.push_back(std::make_unique<expert_scratch>(b, embd, ff));
+    group_order_.reserve(hp.n_expert);
     expert_count_.resize(hp.n_expert);
     expert_rows_.resize(static_cast<std::size_t>(hp.n_expert) * b);
     needed_.reserve(hp.n_expert);
     handles_.reserve(hp.n_expert);
     out_rows_.resize(b * embd);
 }
+
+evaluator::expert_scratch::expert_scratch(std::size_t max_batch, std::size_t embd, std::size_t ff)
+    : gathered(max_batch * embd), gate(max_batch * ff), up(max_batch * ff), down(max_batch * embd) {}
 
 void evaluator::add_routing_observer(routing_observer observer) {
     if (observer) observers_.push_back(std::move(observer));
@@ -71,7 +81,7 @@ void evaluator::set_lookahead_depth(int depth) {
 }
 
 void evaluator::for_tokens(std::int64_t n, const std::function<void(std::int64_t)>& fn) {
-    if (n < k_parallel_tokens_min || pool_.size() == 1) {
+    if (n * model_.hparams().n_embd < k_parallel_values_min || pool_.size() == 1) {
         for (std::int64_t t = 0; t < n; ++t) fn(t);
         return;
     }
@@ -98,6 +108,19 @@ result<void> evaluator::validate(std::span<const batch_token> batch) const {
             return make_error(errc::invalid_argument,
                               "batch token {}: position {} is outside the context (0..{})", i, bt.pos,
                               bt.cache->n_ctx() - 1);
+        }
+        if (bt.allowed_experts != nullptr) {
+            const model_hparams& hp = model_.hparams();
+            for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+                const std::uint8_t* allow = bt.allowed_experts + static_cast<std::size_t>(l) * hp.n_expert;
+                const auto n_allowed = static_cast<std::uint32_t>(std::count_if(allow, allow + hp.n_expert,
+                                                                                [](std::uint8_t a) { return a != 0; }));
+                if (n_allowed < hp.n_expert_used) {
+                    return make_error(errc::invalid_argument,
+                                      "batch token {}: layer {} allows {} experts, fewer than the {} each token uses", i,
+                                      l, n_allowed, hp.n_expert_used);
+                }
+            }
         }
     }
     return {};
@@ -209,10 +232,8 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
         std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.row_elems();
         std::uint16_t* vrow = cache.values(l) + batch[t].pos * cache.row_elems();
         const float* v = v_.data() + t * kv_dim;
-        for (std::int64_t i = 0; i < kv_dim; ++i) {
-            krow[i] = kernels::fp32_to_fp16(k[i]);
-            vrow[i] = kernels::fp32_to_fp16(v[i]);
-        }
+        kernels::fp32_to_fp16_row(k, krow, kv_dim);
+        kernels::fp32_to_fp16_row(v, vrow, kv_dim);
     });
 
     // Every token's K/V is in its cache now; each attends causally up to its own position.
@@ -250,33 +271,63 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     });
 }
 
-void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w) {
+void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w, kernels::compute_pool& pool,
+                             expert_scratch& scratch) {
     const model_hparams& hp = model_.hparams();
     const std::int64_t embd = hp.n_embd;
     const std::int64_t ff = hp.n_ff_exp;
     const int k = static_cast<int>(hp.n_expert_used);
     const std::int64_t m = expert_count_[e];
     const std::int32_t* rows = expert_rows_.data() + static_cast<std::size_t>(e) * max_batch_;
+    float* gathered = scratch.gathered.data();
+    float* gate = scratch.gate.data();
+    float* up = scratch.up.data();
+    float* down = scratch.down.data();
+    kernels::activation_buffer& act = scratch.act;
     for (std::int64_t r = 0; r < m; ++r) {
         const std::int64_t t = rows[r] / k;
-        std::copy_n(cur_.data() + t * embd, embd, gathered_.data() + r * embd);
+        std::copy_n(cur_.data() + t * embd, embd, gathered + r * embd);
     }
     auto view = [](const storage::expert_matrix& em) {
         return kernels::matrix_view{em.type, em.data, em.rows, em.cols, em.row_bytes};
     };
-    act_.quantize(w.gate.type, gathered_.data(), m, embd, embd, &pool_);
-    kernels::matmul(view(w.gate), act_, gate_.data(), ff, pool_);
-    if (kernels::activation_type_for(w.up.type) != act_.type()) act_.quantize(w.up.type, gathered_.data(), m, embd, embd, &pool_);
-    kernels::matmul(view(w.up), act_, up_.data(), ff, pool_);
-    kernels::swiglu(gate_.data(), up_.data(), gate_.data(), m * ff);
-    kernels::matmul(view(w.down), gate_.data(), m, down_.data(), embd, pool_, act_);
+    act.quantize(w.gate.type, gathered, m, embd, embd, &pool);
+    kernels::matmul(view(w.gate), act, gate, ff, pool);
+    if (kernels::activation_type_for(w.up.type) != act.type()) act.quantize(w.up.type, gathered, m, embd, embd, &pool);
+    kernels::matmul(view(w.up), act, up, ff, pool);
+    kernels::swiglu(gate, up, gate, m * ff);
+    kernels::matmul(view(w.down), gate, m, down, embd, pool, act);
     for (std::int64_t r = 0; r < m; ++r) {
         const std::int32_t ts = rows[r];
         const float weight = route_weights_[ts];
-        const float* src = down_.data() + r * embd;
+        const float* src = down + r * embd;
         float* dst = expert_out_.data() + static_cast<std::size_t>(ts) * embd;
         for (std::int64_t j = 0; j < embd; ++j) dst[j] = src[j] * weight;
     }
+}
+
+void evaluator::apply_group(std::size_t first, std::size_t count) {
+    const std::size_t threads = static_cast<std::size_t>(pool_.size());
+    if (threads == 1 || count < k_experts_per_thread_min * threads) {
+        for (std::size_t i = 0; i < count; ++i) {
+            apply_expert(needed_[first + i].expert, handles_[i].weights(), pool_, *expert_scratch_[0]);
+        }
+        return;
+    }
+    // Experts with the most rows first, handed out one at a time, so the threads finish
+    // together even when a prefill routes many more rows to some experts than to others.
+    group_order_.resize(count);
+    for (std::size_t i = 0; i < count; ++i) group_order_[i] = static_cast<std::uint32_t>(i);
+    std::stable_sort(group_order_.begin(), group_order_.end(), [&](std::uint32_t a, std::uint32_t b) {
+        return expert_count_[needed_[first + a].expert] > expert_count_[needed_[first + b].expert];
+    });
+    pool_.parallel_for(static_cast<std::int64_t>(count), 1, [&](std::int64_t begin, std::int64_t end, int thread) {
+        expert_scratch& scratch = *expert_scratch_[static_cast<std::size_t>(thread)];
+        for (std::int64_t j = begin; j < end; ++j) {
+            const std::uint32_t i = group_order_[static_cast<std::size_t>(j)];
+            apply_expert(needed_[first + i].expert, handles_[i].weights(), scratch.serial, scratch);
+        }
+    });
 }
 
 result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> batch) {
@@ -294,7 +345,16 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     for_tokens(n, [&](std::int64_t t) {
         float* probs = router_probs_.data() + t * n_exp;
         kernels::softmax(probs, n_exp);
-        kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        if (const std::uint8_t* allowed = batch[t].allowed_experts) {
+            // Pruned: the softmax over all experts stays (the observer sees it), the top-k
+            // is taken among the allowed ones. Probabilities are >= 0, so -1 never wins.
+            allowed += static_cast<std::size_t>(l) * n_exp;
+            float* masked = masked_probs_.data() + t * n_exp;
+            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? probs[e] : -1.0f;
+            kernels::top_k_routing(masked, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        } else {
+            kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+        }
     });
     if (!observers_.empty()) {
         const routing_event ev{l,
@@ -321,17 +381,26 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         }
     }
     // Experts are acquired in groups the source can hold at once (all of them when the
-    // experts are resident); each expert is applied as soon as it is resident (those already
-    // resident first, while the reads of the others are in flight) and released. Each expert
-    // writes only its own (token, slot) rows, so the order changes no result.
+    // experts are resident). A group of few experts (decode) runs each expert across the pool
+    // as soon as it is resident, those already resident first while the reads of the others
+    // are in flight; a large group (prefill) is acquired whole and spread one expert per
+    // thread (apply_group). Each expert writes only its own (token, slot) rows, so the order
+    // changes no result.
     storage::expert_source& source = model_.experts();
     const std::size_t group = std::max<std::uint32_t>(1, source.max_held_experts());
+    const std::size_t threads = static_cast<std::size_t>(pool_.size());
     for (std::size_t first = 0; first < needed_.size(); first += group) {
         const std::size_t count = std::min(group, needed_.size() - first);
-        MOED_TRY(source.acquire_each(std::span<const ExpertId>(needed_.data() + first, count), handles_,
-                                     [this, first](std::size_t i, const storage::expert_handle& h) {
-                                         apply_expert(needed_[first + i].expert, h.weights());
-                                     }));
+        const std::span<const ExpertId> ids(needed_.data() + first, count);
+        if (threads == 1 || count < k_experts_per_thread_min * threads) {
+            MOED_TRY(source.acquire_each(ids, handles_, [this, first](std::size_t i, const storage::expert_handle& h) {
+                apply_expert(needed_[first + i].expert, h.weights(), pool_, *expert_scratch_[0]);
+            }));
+        } else {
+            MOED_TRY(source.acquire_many(ids, handles_));
+            apply_group(first, count);
+            for (auto& h : handles_) h.release();
+        }
         handles_.clear();
     }
 

@@ -10,6 +10,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <span>
 #include <vector>
 
@@ -30,6 +31,11 @@ struct batch_token {
     // evaluator only passes it through to observers, so traces and the scheduler can tell
     // a batch's sequences apart.
     std::uint64_t seq = 0;
+    // Pruning (task profiles): when set, [n_layer][n_expert] flags of the experts this
+    // token may be routed to. The router's softmax still covers every expert; the top-k is
+    // taken among the allowed ones and their weights renormalised. Each layer must allow at
+    // least n_expert_used experts. The memory belongs to the caller and must outlive run().
+    const std::uint8_t* allowed_experts = nullptr;
 };
 
 // The most layers a router lookahead reaches (set_lookahead_depth).
@@ -115,9 +121,20 @@ private:
     void layer_start(std::uint32_t layer, std::span<const batch_token> batch);
     void attention_block(std::uint32_t layer, std::span<const batch_token> batch);
     result<void> moe_block(std::uint32_t layer, std::span<const batch_token> batch);
-    // Runs expert `e` (weights `w`) on the batch rows routed to it; writes each row's
-    // weighted output into its (token, slot) place of expert_out_.
-    void apply_expert(std::uint32_t e, const storage::expert_weights& w);
+    // Scratch for applying one expert: one per pool thread, so several experts can run at
+    // once, each on one thread (its own single-thread pool keeps the kernels inline).
+    struct expert_scratch {
+        explicit expert_scratch(std::size_t max_batch, std::size_t embd, std::size_t ff);
+        kernels::compute_pool serial{1};
+        kernels::activation_buffer act;
+        std::vector<float> gathered, gate, up, down;
+    };
+    // Runs expert `e` (weights `w`) on the batch rows routed to it with `pool` and `scratch`;
+    // writes each row's weighted output into its (token, slot) place of expert_out_.
+    void apply_expert(std::uint32_t e, const storage::expert_weights& w, kernels::compute_pool& pool,
+                      expert_scratch& scratch);
+    // Applies the experts needed_[first, first + count) whose handles are in handles_.
+    void apply_group(std::size_t first, std::size_t count);
     // Runs fn(t) for t in [0, n), spread over the pool when n is large enough to pay.
     void for_tokens(std::int64_t n, const std::function<void(std::int64_t)>& fn);
 
@@ -131,10 +148,12 @@ private:
     // Scratch, sized for max_batch_ at construction.
     std::vector<float> x_, cur_, q_, k_, v_, attn_, proj_;
     std::vector<float> router_probs_, route_weights_;
+    std::vector<float> masked_probs_;  // [max_batch][n_expert], for tokens with allowed_experts
     std::vector<float> lookahead_;  // [max_lookahead_depth][max_batch][n_expert]
     std::vector<std::int32_t> route_experts_;
     std::vector<float> expert_out_;  // [n][n_expert_used][n_embd]
-    std::vector<float> gathered_, gate_, up_, down_;
+    std::vector<std::unique_ptr<expert_scratch>> expert_scratch_;  // [pool size]
+    std::vector<std::uint32_t> group_order_;          // a group's experts, most rows first
     std::vector<std::int32_t> expert_count_;         // tokens per expert this layer
     std::vector<std::int32_t> expert_rows_;          // [n_expert][max_batch] (token*k + slot)
     std::vector<ExpertId> needed_;

@@ -1,5 +1,7 @@
 #include "engine/sampler.h"
 
+#include "kernels/cpu/ops.h"
+
 #include <algorithm>
 #include <cmath>
 #include <unordered_set>
@@ -21,11 +23,8 @@ result<void> sampling_params::validate() const {
 }
 
 token_id argmax(std::span<const float> logits) noexcept {
-    token_id best = 0;
-    for (std::size_t i = 1; i < logits.size(); ++i) {
-        if (logits[i] > logits[best]) best = static_cast<token_id>(i);
-    }
-    return best;
+    if (logits.empty()) return 0;
+    return static_cast<token_id>(kernels::argmax(logits.data(), static_cast<std::int64_t>(logits.size())));
 }
 
 sampler::sampler(const sampling_params& params) : params_(params), rng_(params.seed) {}

@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 
 #include "common/ids.h"
 
@@ -30,6 +31,10 @@ public:
     virtual void on_evictable(std::uint32_t slot, bool evictable) = 0;
     // The slot to evict among evictable ones; nullopt when none is.
     virtual std::optional<std::uint32_t> choose_victim() = 0;
+    // Optional: the scheduler's value of keeping each expert, [n_layer * n_expert] indexed
+    // layer * n_expert + expert, higher = keep (scheduler/eviction_scoring.h says how it is
+    // made). Policies that do not score (LRU) ignore it.
+    virtual void set_expert_scores(std::span<const float> per_expert_score) { (void)per_expert_score; }
 };
 
 // Least recently used, O(1) per event (an intrusive list over slots).

@@ -9,12 +9,21 @@
 // With --host-budget, prefetching is on unless --prefetch off: a router lookahead of D layers
 // (default 2) predicts the coming layers' experts and the tiers read them ahead.
 //   moe-run -m MODEL --tokenize TEXT [--parse-special] --json
+//   moe-run -m MODEL --prompts FILE.jsonl [--trace OUT] [--n-predict N] [--lookahead D]
+// --trace FILE records the routing of every evaluated token (prompt and generated) to a
+// routing trace (scheduler/trace.h), with a router lookahead of --trace-lookahead D layers
+// (default 2; --lookahead D sets it and the prefetch lookahead together). --prompts runs
+// each line's "text" as its own sequence (fresh KV cache, sequence id = line index, tag "<domain>/<id>" when the line has
+// both, else the line number): the prompt, then N greedy tokens each fed back (default 0:
+// the prompt only); it prints one JSON summary line.
 #include <dlfcn.h>
 #include <sys/resource.h>
 
 #include <charconv>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <optional>
 #include <string>
@@ -27,6 +36,7 @@
 #include "engine/generator.h"
 #include "engine/model.h"
 #include "engine/prefetch.h"
+#include "engine/trace_recorder.h"
 #include "kernels/cpu/cpu_features.h"
 #include "kernels/cpu/thread_pool.h"
 #include "tools/cli_util.h"
@@ -38,6 +48,11 @@ struct options {
     std::string model_path;
     std::optional<std::string> prompt;
     std::optional<std::string> tokenize;
+    std::optional<std::string> prompts_file;
+    std::optional<std::string> trace_path;
+    std::optional<std::string> trace_tag;
+    int trace_lookahead = 2;
+    std::optional<std::int32_t> n_predict_flag;
     std::int32_t n_predict = 32;
     int threads = 0;
     std::int64_t n_ctx = 0;
@@ -58,6 +73,8 @@ struct options {
                  "               [--host-budget SIZE|PERCENT] [--io-depth N] [--no-uring] [--no-direct]\n"
                  "               [--mlock required|best_effort|off] [--prefetch on|off] [--lookahead D]\n"
                  "               [--max-inflight SIZE] [--slow-disk LAT_US,MBPS]\n"
+                 "               [--trace FILE [--trace-lookahead D] [--trace-tag NAME]]\n"
+                 "       moe-run -m MODEL --prompts FILE.jsonl [--trace FILE] [-n N] [--lookahead D] [options]\n"
                  "       moe-run -m MODEL --tokenize TEXT [--parse-special] [--json]\n");
     std::exit(code);
 }
@@ -81,7 +98,18 @@ options parse_args(int argc, char** argv) {
         else if (a == "-m" || a == "--model") o.model_path = next();
         else if (a == "-p" || a == "--prompt") o.prompt = next();
         else if (a == "--tokenize") o.tokenize = next();
-        else if (a == "-n" || a == "--n-predict") o.n_predict = parse_number<std::int32_t>("-n", next());
+        else if (a == "-n" || a == "--n-predict") o.n_predict_flag = parse_number<std::int32_t>("-n", next());
+        else if (a == "--prompts") o.prompts_file = next();
+        else if (a == "--trace") o.trace_path = next();
+        else if (a == "--trace-tag") o.trace_tag = next();
+        else if (a == "--trace-lookahead") o.trace_lookahead = parse_number<int>("--trace-lookahead", next());
+        else if (a == "--lookahead") {
+            // One router lookahead for both: the trace records D rows and prefetching uses
+            // them (0: no lookahead, so no prefetching).
+            o.trace_lookahead = parse_number<int>("--lookahead", next());
+            o.prefetch.lookahead = o.trace_lookahead;
+            if (o.trace_lookahead == 0) o.prefetch.enabled = false;
+        }
         else if (a == "-t" || a == "--threads") o.threads = parse_number<int>("-t", next());
         else if (a == "-c" || a == "--ctx-size") o.n_ctx = parse_number<std::int64_t>("-c", next());
         else if (a == "-b" || a == "--batch-size") o.n_batch = parse_number<std::int64_t>("-b", next());
@@ -111,8 +139,7 @@ options parse_args(int argc, char** argv) {
             const std::string v = next();
             if (v != "on" && v != "off") fail("--prefetch must be on or off, not '" + v + "'");
             o.prefetch.enabled = v == "on";
-        } else if (a == "--lookahead") o.prefetch.lookahead = parse_number<int>("--lookahead", next());
-        else if (a == "--max-inflight") {
+        } else if (a == "--max-inflight") {
             auto bytes = moed::parse_bytes(next());
             if (!bytes) fail("--max-inflight: " + bytes.error().message);
             o.load.tier.max_inflight_bytes = *bytes;
@@ -124,7 +151,17 @@ options parse_args(int argc, char** argv) {
         else fail("unknown argument '" + a + "' (see --help)");
     }
     if (o.model_path.empty()) fail("no model given (-m MODEL)");
-    if (!o.prompt && !o.tokenize) fail("nothing to do: give -p PROMPT or --tokenize TEXT");
+    if (!o.prompt && !o.tokenize && !o.prompts_file) fail("nothing to do: give -p PROMPT, --prompts FILE or --tokenize TEXT");
+    if (static_cast<int>(o.prompt.has_value()) + static_cast<int>(o.prompts_file.has_value()) > 1) {
+        fail("give either -p PROMPT or --prompts FILE, not both");
+    }
+    // -n: tokens to generate; for --prompts the default is the prompt alone.
+    o.n_predict = o.n_predict_flag.value_or(o.prompts_file ? 0 : 32);
+    if (o.n_predict < 0) fail("-n must not be negative");
+    if (o.trace_lookahead < 0 || o.trace_lookahead > moed::engine::max_lookahead_depth) {
+        fail("--trace-lookahead must be between 0 and " + std::to_string(moed::engine::max_lookahead_depth));
+    }
+    if (o.trace_tag && !o.trace_path) fail("--trace-tag needs --trace FILE");
     if (o.threads < 0 || o.threads > 1024) fail("-t must be between 1 and 1024");
     if (o.threads == 0) o.threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     if (o.n_batch < 1 || o.n_batch > 4096) fail("-b must be between 1 and 4096");
@@ -132,6 +169,129 @@ options parse_args(int argc, char** argv) {
     if (o.load.tier.queue_depth < 1 || o.load.tier.queue_depth > 4096) fail("--io-depth must be between 1 and 4096");
     if (auto v = o.sampling.validate(); !v) fail(v.error().message);
     return o;
+}
+
+// A routing trace being recorded: the writer and the evaluator's observer that feeds it.
+struct trace_session {
+    moed::scheduler::trace_writer writer;
+    std::unique_ptr<moed::engine::trace_recorder> recorder;
+};
+
+// On the heap: the recorder keeps a reference to the writer.
+std::unique_ptr<trace_session> start_trace(const options& opt, const moed::engine::model& m,
+                                           moed::engine::evaluator& eval) {
+    if (!opt.trace_path) return nullptr;
+    auto writer = moed::scheduler::trace_writer::create(
+        *opt.trace_path, moed::engine::make_trace_info(m, static_cast<std::uint32_t>(opt.trace_lookahead)));
+    if (!writer) fail(writer.error().message);
+    auto t = std::make_unique<trace_session>(trace_session{std::move(writer).value(), nullptr});
+    t->recorder = std::make_unique<moed::engine::trace_recorder>(t->writer);
+    t->recorder->attach(eval);
+    return t;
+}
+
+void finish_trace(const std::unique_ptr<trace_session>& t) {
+    if (!t) return;
+    if (auto st = t->recorder->status(); !st) fail(st.error().message);
+    if (auto closed = t->writer.close(); !closed) fail(closed.error().message);
+}
+
+struct prompt_line {
+    std::string text;
+    std::string tag;
+};
+
+// One JSON object per line with "text" (and optionally "domain" and "id"); blank lines are
+// skipped. Errors name the file and line.
+std::vector<prompt_line> read_prompts(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) fail("cannot open prompts file " + path);
+    std::vector<prompt_line> out;
+    std::string line;
+    for (std::size_t number = 1; std::getline(in, line); ++number) {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        const std::string where = path + ":" + std::to_string(number);
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        if (j.is_discarded() || !j.is_object()) fail(where + ": not a JSON object");
+        const auto text = j.find("text");
+        if (text == j.end() || !text->is_string()) fail(where + ": no \"text\" string");
+        prompt_line p;
+        p.text = text->get<std::string>();
+        const auto domain = j.find("domain");
+        const auto id = j.find("id");
+        if (domain != j.end() && domain->is_string() && id != j.end() && (id->is_string() || id->is_number_integer())) {
+            p.tag = domain->get<std::string>() + "/" + (id->is_string() ? id->get<std::string>() : std::to_string(id->get<std::int64_t>()));
+        } else {
+            p.tag = std::to_string(number);
+        }
+        out.push_back(std::move(p));
+    }
+    if (out.empty()) fail(path + ": no prompts");
+    return out;
+}
+
+// --prompts: each prompt as its own sequence, then n_predict greedy tokens fed back.
+int run_prompts(const options& opt, moed::engine::model& m) {
+    const auto prompts = read_prompts(*opt.prompts_file);
+    std::vector<std::vector<moed::engine::token_id>> tokens;
+    std::int64_t longest = 0;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+        auto ids = m.vocab().encode(prompts[i].text, opt.parse_special);
+        if (m.vocab().add_bos() && m.vocab().bos_id() >= 0) ids.insert(ids.begin(), m.vocab().bos_id());
+        if (ids.empty()) fail(*opt.prompts_file + ": prompt " + std::to_string(i + 1) + " has no tokens");
+        longest = std::max(longest, static_cast<std::int64_t>(ids.size()) + opt.n_predict);
+        tokens.push_back(std::move(ids));
+    }
+    const std::int64_t n_ctx = opt.n_ctx > 0 ? opt.n_ctx : std::max(m.hparams().n_ctx_train, longest);
+    if (longest > n_ctx) fail("a prompt plus -n tokens needs " + std::to_string(longest) + " positions; -c is " + std::to_string(n_ctx));
+    moed::kernels::compute_pool pool(opt.threads);
+    moed::engine::evaluator eval(m, pool, opt.n_batch);
+    // Prefetching changes no routing, so a trace recorded at a host budget is the same.
+    auto planner = moed::engine::attach_prefetch(eval, m, opt.prefetch);
+    if (!planner) fail(planner.error().message);
+    moed::engine::kv_cache cache(m.hparams().n_layer, n_ctx, m.hparams().n_head_kv, m.hparams().head_dim);
+    auto trace = start_trace(opt, m, eval);
+
+    std::vector<float> logits;
+    std::int64_t prompt_tokens = 0, generated_tokens = 0;
+    for (std::size_t i = 0; i < prompts.size(); ++i) {
+        const std::uint64_t seq = i;
+        const auto& ids = tokens[i];
+        if (trace) {
+            auto tag = trace->writer.intern_tag(prompts[i].tag);
+            if (!tag) fail(tag.error().message);
+            trace->recorder->begin_sequence(seq, *tag, static_cast<std::int64_t>(ids.size()));
+        }
+        cache.clear();
+        if (auto ran = eval.run_sequence(ids, cache, logits, seq); !ran) fail(ran.error().message);
+        prompt_tokens += static_cast<std::int64_t>(ids.size());
+        moed::engine::sampler smp(opt.sampling);
+        std::vector<moed::engine::token_id> history = ids;
+        for (std::int32_t g = 0; g < opt.n_predict; ++g) {
+            const moed::engine::token_id next = smp.sample(logits, history);
+            if (!opt.ignore_eos && m.vocab().is_eog(next)) break;
+            history.push_back(next);
+            if (auto ran = eval.run_sequence(std::span<const moed::engine::token_id>(&next, 1), cache, logits, seq); !ran) {
+                fail(ran.error().message);
+            }
+            ++generated_tokens;
+        }
+        if (trace) trace->recorder->end_sequence(seq);
+    }
+    nlohmann::json out{{"model", opt.model_path},
+                       {"prompts", prompts.size()},
+                       {"prompt_tokens", prompt_tokens},
+                       {"generated_tokens", generated_tokens}};
+    if (trace) {
+        const std::uint64_t records = trace->recorder->records();
+        finish_trace(trace);
+        out["trace"] = {{"path", *opt.trace_path},
+                        {"records", records},
+                        {"lookahead_depth", opt.trace_lookahead},
+                        {"bytes", std::filesystem::file_size(*opt.trace_path)}};
+    }
+    std::cout << out.dump() << "\n";
+    return 0;
 }
 
 // The allocator actually serving malloc: jemalloc exports mallctl when it is linked in.
@@ -158,6 +318,8 @@ int main(int argc, char** argv) {
         return 0;
     }
 
+    if (opt.prompts_file) return run_prompts(opt, m);
+
     moed::engine::generation_request request;
     request.prompt = m.vocab().encode(*opt.prompt, opt.parse_special);
     if (m.vocab().add_bos() && m.vocab().bos_id() >= 0) request.prompt.insert(request.prompt.begin(), m.vocab().bos_id());
@@ -179,10 +341,21 @@ int main(int argc, char** argv) {
     auto planner = moed::engine::attach_prefetch(eval, m, opt.prefetch);
     if (!planner) fail(planner.error().message);
     moed::engine::kv_cache cache(m.hparams().n_layer, n_ctx, m.hparams().n_head_kv, m.hparams().head_dim);
+    auto trace = start_trace(opt, m, eval);
+    if (trace) {
+        std::uint32_t tag = 0;
+        if (opt.trace_tag) {
+            auto interned = trace->writer.intern_tag(*opt.trace_tag);
+            if (!interned) fail(interned.error().message);
+            tag = *interned;
+        }
+        trace->recorder->begin_sequence(request.seq, tag, static_cast<std::int64_t>(request.prompt.size()));
+    }
 
     auto generated = moed::engine::generate(eval, m, cache, request);
     if (!generated) fail(generated.error().message);
     const auto& g = *generated;
+    finish_trace(trace);
 
     if (opt.json) {
         const double prefill_tps = g.prefill_seconds > 0 ? static_cast<double>(request.prompt.size()) / g.prefill_seconds : 0.0;

@@ -6,6 +6,7 @@
 #include <mutex>
 #include <new>
 #include <string>
+#include <string_view>
 
 #include <nlohmann/json.hpp>
 
@@ -97,6 +98,17 @@ int guarded(moe_client* c, char** out, Body&& body) noexcept {
     }
 }
 
+// The names moed accepts (a name is part of the target, so nothing else is sent).
+bool valid_profile_name(std::string_view name) noexcept {
+    if (name.empty() || name.size() > 64 || name.front() == '.') return false;
+    for (char c : name) {
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+              c == '-'))
+            return false;
+    }
+    return true;
+}
+
 int invalid(moe_client* c, const char* message) noexcept {
     set_outcome(c, message, 0);
     return MOE_ERR_INVALID_ARGUMENT;
@@ -176,6 +188,46 @@ int moe_models_json(moe_client* client, char** models_json) {
         auto r = client->client.get_json("/v1/models");
         if (!r) return fail(client, r.error(), models_json);
         return succeed(client, *r, 200, models_json);
+    });
+}
+
+int moe_profiles_json(moe_client* client, char** list_json) {
+    return guarded(client, list_json, [&] {
+        auto r = client->client.get_json("/v1/profiles");
+        if (!r) return fail(client, r.error(), list_json);
+        return succeed(client, *r, 200, list_json);
+    });
+}
+
+int moe_profile_json(moe_client* client, const char* name, char** profile_json) {
+    return guarded(client, profile_json, [&] {
+        if (name == nullptr) return invalid(client, "libmoeclient: name is NULL");
+        auto r = client->client.show_profile(name);
+        if (!r) return fail(client, r.error(), profile_json);
+        return succeed(client, r->raw_json, 200, profile_json);
+    });
+}
+
+int moe_profile_create(moe_client* client, const char* request_json, char** response_json) {
+    return guarded(client, response_json, [&] {
+        if (request_json == nullptr) return invalid(client, "libmoeclient: request_json is NULL");
+        const nlohmann::json j = nlohmann::json::parse(request_json, nullptr, /*allow_exceptions=*/false);
+        if (!j.is_object()) return invalid(client, "libmoeclient: request_json is not a JSON object");
+        auto r = client->client.request_json("POST", "/v1/profiles", request_json);
+        if (!r) return fail(client, r.error(), response_json);
+        return succeed(client, *r, 201, response_json);
+    });
+}
+
+int moe_profile_delete(moe_client* client, const char* name, char** response_json) {
+    return guarded(client, response_json, [&] {
+        if (name == nullptr) return invalid(client, "libmoeclient: name is NULL");
+        if (!valid_profile_name(name))
+            return invalid(client, "libmoeclient: not a profile name (1 to 64 letters, digits, '.', '_' or '-', not "
+                                   "starting with '.')");
+        auto r = client->client.request_json("DELETE", std::string("/v1/profiles/") + name);
+        if (!r) return fail(client, r.error(), response_json);
+        return succeed(client, *r, 200, response_json);
     });
 }
 

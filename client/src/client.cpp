@@ -110,8 +110,11 @@ json request_to_json(const completion_request& r) {
     if (r.min_p) j["min_p"] = *r.min_p;
     if (r.seed) j["seed"] = *r.seed;
     if (!r.stop.empty()) j["stop"] = r.stop;
+    if (!r.profile.empty()) j["profile"] = r.profile;
+    if (r.prune_experts_per_layer) j["prune"] = {{"experts_per_layer", *r.prune_experts_per_layer}};
     return j;
 }
+
 
 // Parses request_json, checks it is an object and sets "stream"; returns the endpoint.
 client_result<std::string> prepare_raw(std::string_view request_json, bool stream, json& out) {
@@ -132,6 +135,56 @@ template <typename Int>
 Int int_field(const json& j, const char* key) {
     if (auto it = j.find(key); it != j.end() && it->is_number_integer()) return it->get<Int>();
     return Int{};
+}
+
+// The "moed" object of a response or of a stream's first chunk.
+void parse_moed(const json& j, completion_response& r) {
+    auto it = j.find("moed");
+    if (it == j.end() || !it->is_object()) return;
+    const json& m = *it;
+    r.profile = string_field(m, "profile");
+    r.profile_source = string_field(m, "profile_source");
+    if (auto s = m.find("profile_similarity"); s != m.end() && s->is_number()) r.profile_similarity = s->get<double>();
+    if (auto p = m.find("pruned"); p != m.end() && p->is_object())
+        r.pruned_experts_per_layer = int_field<std::uint32_t>(*p, "experts_per_layer");
+}
+
+// Names moed accepts (scheduler/profile.h); checked here so no odd target is sent.
+bool valid_profile_name(std::string_view name) {
+    if (name.empty() || name.size() > 64 || name.front() == '.') return false;
+    for (char c : name) {
+        const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+                        c == '_' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
+client_error bad_profile_name(std::string_view name) {
+    return make(client_errc::invalid_argument,
+                fmt::format("'{}' is not a profile name (1 to 64 letters, digits, '.', '_' or '-', not starting with '.')",
+                            name));
+}
+
+profile_summary parse_profile_summary(const json& j) {
+    profile_summary p;
+    p.name = string_field(j, "name");
+    p.model = string_field(j, "model");
+    p.model_identity = string_field(j, "model_identity");
+    p.prompts = int_field<std::uint32_t>(j, "prompts");
+    p.tokens = int_field<std::int64_t>(j, "tokens");
+    p.created = int_field<std::int64_t>(j, "created");
+    p.source = string_field(j, "source");
+    p.n_layer = int_field<std::uint32_t>(j, "n_layer");
+    p.n_expert = int_field<std::uint32_t>(j, "n_expert");
+    p.n_expert_used = int_field<std::uint32_t>(j, "n_expert_used");
+    return p;
+}
+
+client_result<json> parse_object(const std::string& body, std::string_view what) {
+    json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return protocol_error(what, body.substr(0, max_quoted_body));
+    return j;
 }
 
 token_usage parse_usage(const json& j) {
@@ -166,6 +219,7 @@ client_result<completion_response> parse_completion(std::string body) {
     r.text = choice_text((*choices)[0]);
     r.finish_reason = string_field((*choices)[0], "finish_reason");
     if (auto it = j.find("usage"); it != j.end() && it->is_object()) r.usage = parse_usage(*it);
+    parse_moed(j, r);
     r.raw_json = std::move(body);
     return r;
 }
@@ -213,6 +267,7 @@ client_result<completion_response> run_stream(const client_options& options, std
             return false;
         }
         if (result.id.empty()) result.id = string_field(chunk, "id");
+        if (result.profile_source.empty()) parse_moed(chunk, result);
         if (result.model.empty()) result.model = string_field(chunk, "model");
         if (auto usage = chunk.find("usage"); usage != chunk.end() && usage->is_object()) {
             result.usage = parse_usage(*usage);
@@ -363,7 +418,8 @@ daemon_status to_public(server_status&& s) {
     p.requests.reserve(s.requests.size());
     for (request_status& r : s.requests) {
         p.requests.push_back({std::move(r.id), std::move(r.state), r.prompt_tokens, r.generated_tokens, r.max_tokens,
-                              std::move(r.peer)});
+                              std::move(r.peer), std::move(r.profile), std::move(r.profile_source),
+                              r.profile_similarity, r.pruned_experts_per_layer});
     }
     return p;
 }
@@ -497,6 +553,88 @@ client_result<completion_response> client::stream_json(std::string_view request_
     auto text = dump(j);
     if (!text) return std::move(text).error();
     return run_stream(options_, *target, *text, on_text);
+}
+
+client_result<std::string> client::request_json(std::string_view method, std::string_view target,
+                                                std::string_view body) const {
+    if (target.empty() || target.front() != '/') {
+        return make(client_errc::invalid_argument, fmt::format("the target '{}' does not start with '/'", target));
+    }
+    if (method != "GET" && method != "POST" && method != "DELETE" && method != "PUT") {
+        return make(client_errc::invalid_argument, fmt::format("the method '{}' is not one moed serves", method));
+    }
+    return exchange(options_, method, target, body);
+}
+
+client_result<profile_list> client::list_profiles() const {
+    auto body = get_json("/v1/profiles");
+    if (!body) return std::move(body).error();
+    auto j = parse_object(*body, "a profile list that is not a JSON object");
+    if (!j) return std::move(j).error();
+    auto data = j->find("data");
+    if (data == j->end() || !data->is_array()) return protocol_error("a profile list without \"data\"", body->substr(0, max_quoted_body));
+    profile_list out;
+    for (const json& p : *data) {
+        if (p.is_object()) out.profiles.push_back(parse_profile_summary(p));
+    }
+    if (auto problems = j->find("problems"); problems != j->end() && problems->is_array()) {
+        for (const json& m : *problems) {
+            if (m.is_string()) out.problems.push_back(m.get<std::string>());
+        }
+    }
+    return out;
+}
+
+client_result<profile_details> client::show_profile(std::string_view name) const {
+    if (!valid_profile_name(name)) return bad_profile_name(name);
+    auto body = get_json(fmt::format("/v1/profiles/{}", name));
+    if (!body) return std::move(body).error();
+    auto j = parse_object(*body, "a profile that is not a JSON object");
+    if (!j) return std::move(j).error();
+    profile_details d;
+    d.summary = parse_profile_summary(*j);
+    if (auto layers = j->find("layers"); layers != j->end() && layers->is_array()) {
+        for (const json& layer : *layers) {
+            std::vector<profile_expert> experts;
+            if (auto e = layer.find("experts"); layer.is_object() && e != layer.end() && e->is_array()) {
+                for (const json& x : *e) {
+                    if (!x.is_object()) continue;
+                    profile_expert pe;
+                    pe.expert = int_field<std::uint32_t>(x, "expert");
+                    if (auto s = x.find("score"); s != x.end() && s->is_number()) pe.score = s->get<double>();
+                    if (auto s = x.find("selection"); s != x.end() && s->is_number()) pe.selection = s->get<double>();
+                    experts.push_back(pe);
+                }
+            }
+            d.layers.push_back(std::move(experts));
+        }
+    }
+    d.raw_json = std::move(*body);
+    return d;
+}
+
+client_result<profile_summary> client::create_profile(const profile_create_request& request) const {
+    if (!valid_profile_name(request.name)) return bad_profile_name(request.name);
+    if (request.prompts.empty()) return make(client_errc::invalid_argument, "a profile needs at least one prompt");
+    json j{{"name", request.name}, {"prompts", request.prompts}};
+    if (request.replace) j["replace"] = true;
+    if (!request.source.empty()) j["source"] = request.source;
+    auto text = dump(j);
+    if (!text) return std::move(text).error();
+    auto body = exchange(options_, "POST", "/v1/profiles", *text);
+    if (!body) return std::move(body).error();
+    auto parsed = parse_object(*body, "a created profile that is not a JSON object");
+    if (!parsed) return std::move(parsed).error();
+    return parse_profile_summary(*parsed);
+}
+
+client_result<profile_summary> client::delete_profile(std::string_view name) const {
+    if (!valid_profile_name(name)) return bad_profile_name(name);
+    auto body = exchange(options_, "DELETE", fmt::format("/v1/profiles/{}", name), {});
+    if (!body) return std::move(body).error();
+    profile_summary p;
+    p.name = std::string(name);
+    return p;
 }
 
 }  // namespace moed

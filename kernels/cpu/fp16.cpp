@@ -6,6 +6,9 @@
 
 #include <cstring>
 
+#include "kernels/cpu/cpu_features.h"
+#include "kernels/cpu/ops_impl.h"
+
 namespace moed::kernels {
 
 namespace {
@@ -78,6 +81,11 @@ std::uint16_t fp32_to_bf16(float f) noexcept {
         return static_cast<std::uint16_t>((u >> 16) | 64u);
     }
     return static_cast<std::uint16_t>((u + (0x7fffu + ((u >> 16) & 1u))) >> 16);
+}
+
+void fp32_to_fp16_row(const float* x, std::uint16_t* y, std::int64_t n) noexcept {
+    if (active_isa() == isa::avx512) return detail::fp32_to_fp16_row_avx512(x, y, n);
+    for (std::int64_t i = 0; i < n; ++i) y[i] = fp32_to_fp16(x[i]);
 }
 
 }  // namespace moed::kernels

@@ -93,6 +93,15 @@ void attention_head(const attention_args& args, int head, float* scratch) {
     for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(acc[d]);
 }
 
+std::int64_t argmax(const float* x, std::int64_t n) {
+    std::int64_t best = -1;
+    for (std::int64_t i = 0; i < n; ++i) {
+        if (std::isnan(x[i])) continue;
+        if (best < 0 || x[i] > x[best]) best = i;
+    }
+    return best < 0 ? 0 : best;
+}
+
 }  // namespace reference
 
 namespace detail {
@@ -169,6 +178,12 @@ void swiglu(const float* gate, const float* up, float* out, std::int64_t n) {
         case isa::scalar: break;
     }
     reference::swiglu(gate, up, out, n);
+}
+
+std::int64_t argmax(const float* x, std::int64_t n) {
+    MOED_ASSERT(n > 0);
+    if (active_isa() == isa::avx512) return detail::argmax_avx512(x, n);
+    return reference::argmax(x, n);
 }
 
 void axpy(float a, const float* x, float* y, std::int64_t n) {

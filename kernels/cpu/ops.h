@@ -29,6 +29,10 @@ void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, floa
 // out[i] = silu(gate[i]) * up[i]. out may alias gate or up.
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
 
+// The index of the largest of x[0..n) (n > 0); the first one on ties, NaNs skipped (0 when
+// every value is NaN). Greedy sampling over a whole vocabulary, once per token and sequence.
+std::int64_t argmax(const float* x, std::int64_t n);
+
 // y += a * x
 void axpy(float a, const float* x, float* y, std::int64_t n);
 
@@ -54,7 +58,8 @@ void attention_head(const attention_args& args, int head, float* scratch);
 // The same for every query head that reads KV head `kv_head` (heads kv_head * g to
 // kv_head * g + g - 1, g = n_head / n_head_kv): each K and V row is converted from f16 once
 // for the whole group instead of once per head, which makes grouped-query attention about
-// 1.6x cheaper. Numerics as attention_head (summation order may differ in the last bits).
+// 1.6x cheaper. Numerics as attention_head; groups of 2 and 4 heads give its exact bits,
+// larger groups (multiples of 8) may differ from it in the last bits (summation order).
 // `scratch` holds at least g * n_kv floats.
 void attention_group(const attention_args& args, int kv_head, float* scratch);
 
@@ -64,6 +69,7 @@ void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
 void softmax(float* x, std::int64_t n);
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
 void attention_head(const attention_args& args, int head, float* scratch);
+std::int64_t argmax(const float* x, std::int64_t n);
 }  // namespace reference
 
 }  // namespace moed::kernels

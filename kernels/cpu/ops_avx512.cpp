@@ -5,6 +5,8 @@
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+
+#include <limits>
 #pragma GCC diagnostic pop
 
 #include "kernels/cpu/ops_impl.h"
@@ -274,10 +276,109 @@ void attention_eight_heads(const attention_args& args, int kv_head, int h0, floa
     }
 }
 
+// Heads h0 .. h0+G-1 of one KV group for small groups (G of 2 or 4, as Qwen3-style models
+// with few query heads per KV head have): each K and V vector is converted from f16 once for
+// the G heads. Per head and position the operations and their order are attention_head's
+// (the same FMAs over the head's vectors, the same horizontal sum, the same V sum), so the
+// results are its bits: only the loads are shared.
+template <int G>
+void attention_small_group(const attention_args& args, int h0, int kv_head, float* scratch) {
+    constexpr int tile = G <= 2 ? 4 : 2;  // positions per step: accumulators fit the registers
+    const int dim = args.head_dim;
+    const int n_vec = (dim + 15) / 16;
+    const std::int64_t n_kv = args.n_kv;
+    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    __m512 q[G][max_head_dim / 16];
+    for (int h = 0; h < G; ++h) {
+        for (int v = 0; v < n_vec; ++v) {
+            const __mmask16 m = tail_mask(dim - 16 * v);
+            q[h][v] = round_to_half(_mm512_maskz_loadu_ps(m, args.q + static_cast<std::int64_t>(h0 + h) * dim + 16 * v));
+        }
+    }
+    const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    std::int64_t p = 0;
+    for (; p + tile <= n_kv; p += tile) {
+        __m512 acc[G][tile];
+        for (int h = 0; h < G; ++h) {
+            for (int j = 0; j < tile; ++j) acc[h][j] = _mm512_setzero_ps();
+        }
+        for (int v = 0; v < n_vec; ++v) {
+            const __mmask16 m = tail_mask(dim - 16 * v);
+            for (int j = 0; j < tile; ++j) {
+                const __m512 k = load_half16_masked(k_base + (p + j) * pos_stride + 16 * v, m);
+                for (int h = 0; h < G; ++h) acc[h][j] = _mm512_fmadd_ps(q[h][v], k, acc[h][j]);
+            }
+        }
+        for (int h = 0; h < G; ++h) {
+            for (int j = 0; j < tile; ++j) scratch[h * n_kv + p + j] = hsum_ps(acc[h][j]) * args.scale;
+        }
+    }
+    for (; p < n_kv; ++p) {
+        __m512 acc[G];
+        for (int h = 0; h < G; ++h) acc[h] = _mm512_setzero_ps();
+        for (int v = 0; v < n_vec; ++v) {
+            const __m512 k = load_half16_masked(k_base + p * pos_stride + 16 * v, tail_mask(dim - 16 * v));
+            for (int h = 0; h < G; ++h) acc[h] = _mm512_fmadd_ps(q[h][v], k, acc[h]);
+        }
+        for (int h = 0; h < G; ++h) scratch[h * n_kv + p] = hsum_ps(acc[h]) * args.scale;
+    }
+    for (int h = 0; h < G; ++h) softmax_avx512(scratch + h * n_kv, n_kv);
+    __m512 out[G][max_head_dim / 16];
+    for (int h = 0; h < G; ++h) {
+        for (int v = 0; v < n_vec; ++v) out[h][v] = _mm512_setzero_ps();
+    }
+    for (p = 0; p < n_kv; ++p) {
+        __m512 prob[G];
+        for (int h = 0; h < G; ++h) prob[h] = round_to_half(_mm512_set1_ps(scratch[h * n_kv + p]));
+        const std::uint16_t* vrow = v_base + p * pos_stride;
+        for (int v = 0; v < n_vec; ++v) {
+            const __m512 vv = load_half16_masked(vrow + 16 * v, tail_mask(dim - 16 * v));
+            for (int h = 0; h < G; ++h) out[h][v] = _mm512_fmadd_ps(prob[h], vv, out[h][v]);
+        }
+    }
+    for (int h = 0; h < G; ++h) {
+        float* dst = args.out + static_cast<std::int64_t>(h0 + h) * dim;
+        for (int v = 0; v < n_vec; ++v) _mm512_mask_storeu_ps(dst + 16 * v, tail_mask(dim - 16 * v), out[h][v]);
+    }
+}
+
 }  // namespace
+
+void fp32_to_fp16_row_avx512(const float* x, std::uint16_t* y, std::int64_t n) noexcept {
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        const __m256i h = _mm512_cvtps_ph(_mm512_maskz_loadu_ps(m, x + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm256_mask_storeu_epi16(y + i, m, h);
+    }
+}
+
+std::int64_t argmax_avx512(const float* x, std::int64_t n) {
+    // Pass 1: the maximum (max_ps returns its second operand when either is NaN, so NaN
+    // values never enter the accumulator). Pass 2: the first index holding it.
+    __m512 best = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 m = tail_mask(n - i);
+        best = _mm512_max_ps(_mm512_mask_loadu_ps(best, m, x + i), best);
+    }
+    const __m512 target = _mm512_set1_ps(_mm512_reduce_max_ps(best));
+    for (std::int64_t i = 0; i < n; i += 16) {
+        const __mmask16 hit = _mm512_mask_cmpeq_ps_mask(tail_mask(n - i), _mm512_maskz_loadu_ps(tail_mask(n - i), x + i), target);
+        if (hit != 0) return i + __builtin_ctz(hit);
+    }
+    return 0;
+}
 
 bool attention_group_avx512(const attention_args& args, int kv_head, float* scratch) {
     const int group = args.n_head / args.n_head_kv;
+    if (group == 2) {
+        attention_small_group<2>(args, kv_head * 2, kv_head, scratch);
+        return true;
+    }
+    if (group == 4) {
+        attention_small_group<4>(args, kv_head * 4, kv_head, scratch);
+        return true;
+    }
     if (group % 8 != 0) return false;
     for (int h = 0; h < group; h += 8) attention_eight_heads(args, kv_head, kv_head * group + h, scratch + h * args.n_kv);
     return true;

@@ -28,6 +28,8 @@ void softmax_avx512(float* x, std::int64_t n);
 void swiglu_avx512(const float* gate, const float* up, float* out, std::int64_t n);
 void axpy_avx512(float a, const float* x, float* y, std::int64_t n);
 void attention_head_avx512(const attention_args& args, int head, float* scratch);
+std::int64_t argmax_avx512(const float* x, std::int64_t n);
+void fp32_to_fp16_row_avx512(const float* x, std::uint16_t* y, std::int64_t n) noexcept;
 // Returns false when it has no kernel for this group size (the caller loops over heads).
 bool attention_group_avx512(const attention_args& args, int kv_head, float* scratch);
 

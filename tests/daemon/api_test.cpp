@@ -135,6 +135,18 @@ TEST(Api, RangesAndLimits) {
     EXPECT_EQ(error_of(completion(long_stop)), "stop[0]: 300 bytes is longer than the 256 allowed");
 }
 
+TEST(Api, TraceTag) {
+    auto r = completion(R"({"prompt":"x","trace_tag":"c/17"})");
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_EQ(r->trace_tag, "c/17");
+    r = completion(R"({"prompt":"x"})");
+    ASSERT_TRUE(r.has_value());
+    EXPECT_EQ(r->trace_tag, "");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","trace_tag":3})")), "trace_tag: expected a string, got integer");
+    const std::string long_tag = json{{"prompt", "x"}, {"trace_tag", std::string(max_trace_tag_bytes + 1, 'a')}}.dump();
+    EXPECT_NE(error_of(completion(long_tag)).find("trace_tag: 257 bytes"), std::string::npos);
+}
+
 TEST(Api, StatusCodesAndErrorBodies) {
     EXPECT_EQ(http_status_for(errc::invalid_argument), 400u);
     EXPECT_EQ(http_status_for(errc::not_found), 404u);

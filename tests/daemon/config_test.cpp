@@ -250,6 +250,28 @@ TEST(Config, HelpListsEveryKeyAndFlag) {
     }
 }
 
+TEST(Config, TraceKeysAndTheTraceAlias) {
+    auto cmd = args({"--trace", "/tmp/r.trace", "--trace-lookahead", "3"});
+    ASSERT_TRUE(cmd.has_value()) << cmd.error().message;
+    auto c = load_config(*cmd);
+    ASSERT_TRUE(c.has_value()) << c.error().message;
+    EXPECT_EQ(c->trace_path, "/tmp/r.trace");
+    EXPECT_EQ(c->trace_lookahead, 3u);
+    cmd = args({"--trace-path=/tmp/s.trace"});
+    ASSERT_TRUE(cmd.has_value());
+    c = load_config(*cmd);
+    ASSERT_TRUE(c.has_value());
+    EXPECT_EQ(c->trace_path, "/tmp/s.trace");
+    EXPECT_EQ(daemon_config{}.trace_path, "");
+    EXPECT_EQ(daemon_config{}.trace_lookahead, 2u);
+    EXPECT_NE(error_of("[trace]\nlookahead = 5\n").find("trace.lookahead"), std::string::npos);
+    auto t = from_toml("[trace]\npath = \"/x.trace\"\nlookahead = 0\n");
+    ASSERT_TRUE(t.has_value()) << t.error().message;
+    EXPECT_EQ(t->trace_path, "/x.trace");
+    EXPECT_EQ(t->trace_lookahead, 0u);
+    EXPECT_NE(help_text().find("--trace-path"), std::string::npos);
+}
+
 TEST(Config, DefaultModelId) {
     EXPECT_EQ(default_model_id("/a/b/tinymoe-qwen3moe-Q4_K_M.gguf", "qwen3moe"), "tinymoe");
     EXPECT_EQ(default_model_id("Qwen3-30B-A3B-Q4_K_M.gguf", "qwen3moe"), "Qwen3-30B-A3B-Q4_K_M");

@@ -9,11 +9,13 @@
 #include <cstring>
 #include <limits>
 #include <random>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <immintrin.h>
 
 #include "kernels/cpu/cpu_features.h"
+#include "tests/kernels/kernel_test_util.h"
 
 namespace moed::kernels {
 namespace {
@@ -125,6 +127,26 @@ TEST(fp16, from_fp32_special_and_random) {
     for (int i = 0; i < 2000000; ++i) {
         const float f = float_of(any_bits(rng));
         ASSERT_EQ(fp32_to_fp16(f), hw_float_to_half(f)) << std::hex << bits_of(f);
+    }
+}
+
+// The row conversion (the KV cache's stores) gives fp32_to_fp16's bits on every ISA and at
+// every length, tails included; the input mixes random bit patterns (NaNs, infinities,
+// subnormals) with ordinary activations.
+TEST(fp16, row_conversion_matches_scalar) {
+    std::mt19937 rng(12);
+    std::uniform_int_distribution<std::uint32_t> any_bits;
+    std::normal_distribution<float> normal(0.0f, 4.0f);
+    for (std::int64_t n : {1, 15, 16, 17, 128, 1000}) {
+        std::vector<float> x(static_cast<std::size_t>(n));
+        for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 3 == 0) ? float_of(any_bits(rng)) : normal(rng);
+        for (isa level : test::available_isas()) {
+            test::isa_scope scope(level);
+            std::vector<std::uint16_t> got(x.size() + 1, 0xabcd);
+            fp32_to_fp16_row(x.data(), got.data(), n);
+            for (std::size_t i = 0; i < x.size(); ++i) ASSERT_EQ(got[i], fp32_to_fp16(x[i])) << "n " << n << " i " << i;
+            EXPECT_EQ(got.back(), 0xabcd) << "wrote past the end";
+        }
     }
 }
 

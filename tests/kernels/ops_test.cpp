@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -315,6 +316,65 @@ TEST(ops, attention_group_matches_reference) {
             }
         }
     }
+}
+
+// Groups of 2 and 4 query heads per KV head share the K/V conversions but must keep each
+// head's arithmetic: the same bits as attention_head on every ISA.
+TEST(ops, attention_small_groups_give_attention_head_bits) {
+    std::mt19937 rng(41);
+    for (auto [n_head, n_head_kv] : {std::pair{4, 2}, std::pair{8, 2}, std::pair{16, 8}}) {
+        for (int head_dim : {64, 40}) {
+            for (std::int64_t n_kv : {1, 3, 6, 37}) {
+                kv_cache cache = random_cache(rng, 64, n_head_kv, head_dim);
+                const std::vector<float> q = test::random_floats(rng, static_cast<std::size_t>(n_head * head_dim), 2.0f);
+                attention_args args;
+                args.q = q.data();
+                args.k_cache = cache.k.data();
+                args.v_cache = cache.v.data();
+                args.n_kv = n_kv;
+                args.n_head = n_head;
+                args.n_head_kv = n_head_kv;
+                args.head_dim = head_dim;
+                args.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+                std::vector<float> scratch(static_cast<std::size_t>(n_head * n_kv));
+                for (isa level : available_isas()) {
+                    isa_scope scope(level);
+                    std::vector<float> want(q.size()), got(q.size(), std::nanf(""));
+                    args.out = want.data();
+                    for (int h = 0; h < n_head; ++h) attention_head(args, h, scratch.data());
+                    args.out = got.data();
+                    for (int g = 0; g < n_head_kv; ++g) attention_group(args, g, scratch.data());
+                    ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
+                        << test::isa_label(level) << " heads " << n_head << "/" << n_head_kv << " dim " << head_dim
+                        << " n_kv " << n_kv;
+                }
+            }
+        }
+    }
+}
+
+// argmax: the first index of the largest value, NaNs skipped, on every ISA; lengths cover
+// vector tails and the winner sits in the body, the tail and the first lane.
+TEST(ops, argmax_first_largest_value) {
+    std::mt19937 rng(42);
+    for (std::int64_t n : {1, 5, 16, 17, 100, 4096, 4099}) {
+        std::vector<float> x = test::random_floats(rng, static_cast<std::size_t>(n), 3.0f);
+        for (std::int64_t at : {std::int64_t{0}, n / 2, n - 1}) {
+            std::vector<float> y = x;
+            y[static_cast<std::size_t>(at)] = 100.0f;
+            if (at + 3 < n) y[static_cast<std::size_t>(at + 3)] = 100.0f;  // a tie: the first wins
+            if (n > 2 && at != 1) y[1] = std::nanf("");
+            for (isa level : available_isas()) {
+                isa_scope scope(level);
+                EXPECT_EQ(at, argmax(y.data(), n)) << test::isa_label(level) << " n " << n;
+                EXPECT_EQ(at, reference::argmax(y.data(), n));
+            }
+        }
+    }
+    const std::vector<float> nans(20, std::nanf(""));
+    EXPECT_EQ(0, argmax(nans.data(), 20));
+    const std::vector<float> low(20, -std::numeric_limits<float>::infinity());
+    EXPECT_EQ(0, argmax(low.data(), 20));
 }
 
 TEST(ops, attention_known_values) {

@@ -75,6 +75,16 @@ MOED_CLIENT_API int moe_stream(moe_client* client, const char* request_json, moe
 /* GET /v1/status, /v1/models: moed's JSON body in *json. */
 MOED_CLIENT_API int moe_status_json(moe_client* client, char** status_json);
 MOED_CLIENT_API int moe_models_json(moe_client* client, char** models_json);
+/* Task profiles. GET /v1/profiles: {"object":"list","data":[...],"problems":[...]}. */
+MOED_CLIENT_API int moe_profiles_json(moe_client* client, char** list_json);
+/* GET /v1/profiles/NAME: the profile with each layer's top experts. A bad name is
+ * MOE_ERR_INVALID_ARGUMENT; an unknown one MOE_ERR_HTTP (404). */
+MOED_CLIENT_API int moe_profile_json(moe_client* client, const char* name, char** profile_json);
+/* POST /v1/profiles with `request_json` ({"name","prompts":[...],"replace","source"}): moed
+ * runs the prompts and stores the profile; *response_json is its summary. */
+MOED_CLIENT_API int moe_profile_create(moe_client* client, const char* request_json, char** response_json);
+/* DELETE /v1/profiles/NAME; *response_json (may be NULL) is moed's answer. */
+MOED_CLIENT_API int moe_profile_delete(moe_client* client, const char* name, char** response_json);
 /* GET /healthz: MOE_OK when moed answers that it is healthy. */
 MOED_CLIENT_API int moe_health(moe_client* client);
 

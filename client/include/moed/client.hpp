@@ -145,6 +145,11 @@ struct completion_request {
     std::optional<double> min_p;
     std::optional<std::uint64_t> seed;
     std::vector<std::string> stop;
+    // moed extensions. `profile`: a stored task profile to run with (empty: moed matches
+    // the prompt to its profiles itself). `prune_experts_per_layer`: restrict routing to the
+    // profile's top this-many experts per layer (needs a named or matched profile).
+    std::string profile;
+    std::optional<std::uint32_t> prune_experts_per_layer;
 };
 
 struct token_usage {
@@ -161,6 +166,14 @@ struct completion_response {
     std::string finish_reason;
     token_usage usage;          // zeros when moed sent none (a stream without a usage chunk)
     std::string raw_json;       // moed's response body as received (non-streaming calls only)
+    // The task profile moed used (its "moed" object): the name (empty: none), how it was
+    // chosen ("request", "matched", "none"; empty when moed sent nothing), the prompt's
+    // similarity to it (or to the closest profile), and the experts per layer routing was
+    // pruned to (0: not pruned).
+    std::string profile;
+    std::string profile_source;
+    double profile_similarity = 0.0;
+    std::uint32_t pruned_experts_per_layer = 0;
 };
 
 // Called with each piece of generated text as it arrives; return false to stop (the
@@ -272,6 +285,11 @@ struct daemon_request {
     std::int64_t generated_tokens = 0;
     std::int64_t max_tokens = 0;
     std::string peer;   // "pid=123 uid=1000 gid=1000"
+    // Its task profile, as completion_response reports it ("" source: not settled yet).
+    std::string profile;
+    std::string profile_source;
+    double profile_similarity = 0.0;
+    std::uint32_t pruned_experts_per_layer = 0;
 };
 
 struct daemon_status {
@@ -294,6 +312,48 @@ struct daemon_status {
     double decode_tokens_per_s = 0.0;
     std::optional<daemon_tiers> tiers;  // absent when every expert is resident
     std::vector<daemon_request> requests;
+};
+
+// Task profiles (GET/POST /v1/profiles, GET/DELETE /v1/profiles/NAME). Names are 1 to 64
+// characters of letters, digits, '.', '_' and '-', not starting with '.'.
+struct profile_summary {
+    std::string name;
+    std::string model;           // the served model's name when the profile was made
+    std::string model_identity;  // "<architecture>:<hash>" of the model file
+    std::uint32_t prompts = 0;   // example prompts it was made from
+    std::int64_t tokens = 0;     // their tokens
+    std::int64_t created = 0;    // Unix time
+    std::string source;          // what the prompts were, as given when it was made
+    std::uint32_t n_layer = 0;
+    std::uint32_t n_expert = 0;
+    std::uint32_t n_expert_used = 0;
+};
+
+struct profile_expert {
+    std::uint32_t expert = 0;
+    double score = 0.0;      // task-conditioned expected selection score (TCESS)
+    double selection = 0.0;  // fraction of the task's tokens that chose it
+};
+
+struct profile_details {
+    profile_summary summary;
+    // Per layer, the top experts moed lists (by decreasing score).
+    std::vector<std::vector<profile_expert>> layers;
+    std::string raw_json;  // moed's body as received
+};
+
+struct profile_list {
+    std::vector<profile_summary> profiles;  // by name
+    // Files in moed's profile directory it could not use (corrupt, another model's), one
+    // message each naming the file.
+    std::vector<std::string> problems;
+};
+
+struct profile_create_request {
+    std::string name;
+    std::vector<std::string> prompts;  // example prompts of the task (1 to 1024, none empty)
+    bool replace = false;              // overwrite a profile of that name
+    std::string source;                // optional description ("prompts from c.jsonl")
 };
 
 struct client_options {
@@ -329,9 +389,22 @@ public:
     // moed drains for shutdown it answers 503: an http error.
     client_result<std::string> health() const;
 
+    // Task profiles. create_profile runs every prompt through moed's engine (it may take a
+    // while: read_timeout applies to the whole creation); an existing name is an http error
+    // 409 unless request.replace. A name that breaks the rules is invalid_argument without
+    // contacting moed; an unknown name is an http error 404.
+    client_result<profile_list> list_profiles() const;
+    client_result<profile_details> show_profile(std::string_view name) const;
+    client_result<profile_summary> create_profile(const profile_create_request& request) const;
+    client_result<profile_summary> delete_profile(std::string_view name) const;  // only the name is set
+
     // Raw JSON, for callers with their own JSON library (and the C ABI):
     // GET `target` (e.g. "/v1/status"); the body of a 2xx answer.
     client_result<std::string> get_json(std::string_view target) const;
+    // Any method ("GET", "POST", "DELETE") on `target` with a JSON body (may be empty);
+    // the body of a 2xx answer.
+    client_result<std::string> request_json(std::string_view method, std::string_view target,
+                                            std::string_view body = {}) const;
     // An OpenAI-style request object; "messages" selects the chat endpoint. "stream" is
     // set to false; the answer body as received.
     client_result<std::string> complete_json(std::string_view request_json) const;

@@ -1,0 +1,251 @@
+// Runs the trace-replay binary as a user would, on small traces written here: a reference
+// JSON-lines file and a moed trace file (scheduler/trace.h) with the same routing and a
+// truthful lookahead. Checks: replay JSON has a run per budget and scope with every policy's
+// figures, ratios against LRU, Belady's misses at most every demand-only policy's, and the
+// scheduler's policy missing less than LRU when the lookahead tells the truth; --recall
+// reports every predictor per distance, with the lookahead perfect at distance 1; the same
+// routing read from both formats gives the same LRU figures; a task profile file is used by
+// --profile and one made for another model is refused; bad arguments exit 2 with a message
+// naming the problem.
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <fstream>
+#include <random>
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include "scheduler/profile.h"
+#include "scheduler/trace.h"
+#include "tests/support/test_paths.h"
+
+namespace {
+
+struct run_result {
+    int status = -1;
+    std::string out;
+};
+
+std::string shell_quote(const std::string& s) {
+    std::string q = "'";
+    for (char c : s) {
+        if (c == '\'') q.append("'\\''");
+        else q.push_back(c);
+    }
+    q.push_back('\'');
+    return q;
+}
+
+run_result run(const std::vector<std::string>& args, bool merge_stderr = false) {
+    std::string cmd = shell_quote(std::string(MOED_BINARY_DIR) + "/tools/trace-replay");
+    for (const auto& a : args) {
+        cmd += ' ';
+        cmd += shell_quote(a);
+    }
+    if (merge_stderr) cmd += " 2>&1";
+    run_result r;
+    FILE* p = popen(cmd.c_str(), "r");
+    if (!p) return r;
+    std::array<char, 4096> buf{};
+    std::size_t n;
+    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
+    const int st = pclose(p);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+}
+
+constexpr std::uint32_t n_layer = 3, n_expert = 8, k = 2, n_prompts = 4, n_tokens = 60;
+
+// Random routing per prompt x token x layer (each expert of a prompt's favourite half
+// three times as likely), the same in both files.
+constexpr const char* model_id = "qwen3moe:0123456789abcdef";
+
+struct fixture {
+    std::string jsonl;
+    std::string trace;
+    std::string profile;          // the "c" prompts' task profile, for this model
+    std::string foreign_profile;  // the same, made for another model
+    fixture() {
+        const auto dir = moed::test::temp_dir();
+        jsonl = (dir / "routing.jsonl").string();
+        trace = (dir / "routing.trace").string();
+        std::mt19937 rng(5);
+        std::vector<moed::scheduler::trace_record> records;
+        std::ofstream out(jsonl);
+        for (std::uint32_t p = 0; p < n_prompts; ++p) {
+            const std::string domain = p % 2 ? "shell" : "c";
+            for (std::uint32_t t = 0; t < n_tokens; ++t) {
+                for (std::uint32_t l = 0; l < n_layer; ++l) {
+                    std::vector<std::int32_t> chosen;
+                    while (chosen.size() < k) {
+                        std::int32_t e = static_cast<std::int32_t>(rng() % n_expert);
+                        if (rng() % 4 != 0) e = static_cast<std::int32_t>((e % 4) + 4 * (p % 2));
+                        if (std::find(chosen.begin(), chosen.end(), e) == chosen.end()) chosen.push_back(e);
+                    }
+                    nlohmann::json row = {{"d", domain}, {"p", domain + "-" + std::to_string(p)}, {"l", l}, {"t", t},
+                                          {"tok", 7}, {"e", chosen}, {"w", {0.75, 0.25}}};
+                    out << row.dump() << "\n";
+                    moed::scheduler::trace_record r;
+                    r.seq = p;
+                    r.tag = p;
+                    r.pos = t;
+                    r.token = 7;
+                    r.layer = l;
+                    r.prefill = true;
+                    r.chosen = chosen;
+                    r.probs.assign(n_expert, 0.0f);
+                    r.probs[static_cast<std::size_t>(chosen[0])] = 0.75f;
+                    r.probs[static_cast<std::size_t>(chosen[1])] = 0.25f;
+                    records.push_back(r);
+                }
+            }
+        }
+        // Lookahead depth 1: each record's row predicts its own layer, truthfully.
+        moed::scheduler::trace_info info;
+        info.model_name = "synthetic";
+        info.model_id = model_id;
+        info.n_layer = n_layer;
+        info.n_expert = n_expert;
+        info.n_expert_used = k;
+        info.lookahead_depth = 1;
+        auto w = moed::scheduler::trace_writer::create(trace, info);
+        EXPECT_TRUE(w.has_value()) << w.error().message;
+        for (std::uint32_t p = 0; p < n_prompts; ++p) {
+            auto tag = w->intern_tag(std::string(p % 2 ? "shell" : "c") + "/" + std::to_string(p));
+            EXPECT_TRUE(tag.has_value());
+        }
+        for (auto& r : records) {
+            r.lookahead = r.probs;
+            EXPECT_TRUE(w->write(r).has_value());
+        }
+        EXPECT_TRUE(w->close().has_value());
+
+        // Profiles from the "c" prompts (even ones), as moectl profile create would make them.
+        const moed::scheduler::routing_shape shape{n_layer, n_expert, k};
+        moed::scheduler::routing_accumulator acc(shape);
+        for (std::size_t i = 0; i < records.size(); i += n_layer) {
+            if (records[i].tag % 2 != 0) continue;
+            for (std::uint32_t l = 0; l < n_layer; ++l) acc.add_layer(l, 1, records[i + l].probs, records[i + l].chosen);
+        }
+        profile = (dir / "c.profile").string();
+        foreign_profile = (dir / "other.profile").string();
+        const auto p = moed::scheduler::make_profile("c", model_id, "synthetic", "test", 2, 0, acc);
+        EXPECT_TRUE(moed::scheduler::write_profile(profile, p).has_value());
+        const auto q = moed::scheduler::make_profile("c", "qwen3moe:fedcba9876543210", "other", "test", 2, 0, acc);
+        EXPECT_TRUE(moed::scheduler::write_profile(foreign_profile, q).has_value());
+    }
+};
+
+const fixture& files() {
+    static const fixture f;
+    return f;
+}
+
+TEST(trace_replay, replay_json_for_every_budget_scope_and_policy) {
+    auto r = run({"--budget", "50%,6", "--scope", "per-layer,global", files().trace});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["mode"], "replay");
+    EXPECT_EQ(j["tokens"], n_prompts * n_tokens);
+    EXPECT_EQ(j["sequences"], n_prompts);
+    EXPECT_EQ(j["lookahead_depth"], 1);
+    ASSERT_EQ(j["runs"].size(), 4u);
+    EXPECT_EQ(j["runs"][0]["slots"], 12);  // 50% of 24 experts
+    EXPECT_EQ(j["runs"][0]["slots_per_layer"], 4);
+    EXPECT_EQ(j["runs"][2]["slots"], 6);
+    for (const auto& run : j["runs"]) {
+        const auto& p = run["policies"];
+        for (const char* name : {"lru", "lfu", "policy", "belady"}) {
+            ASSERT_TRUE(p.contains(name)) << name;
+            for (const char* field : {"demand_misses", "bytes_read", "prefetch_loads", "wasted_prefetch_bytes",
+                                      "misses_vs_lru", "bytes_vs_lru", "misses_vs_belady"}) {
+                EXPECT_TRUE(p[name].contains(field)) << name << " " << field;
+            }
+        }
+        EXPECT_EQ(run["belady_misses"], p["belady"]["demand_misses"]);
+        EXPECT_LE(p["belady"]["demand_misses"].get<int>(), p["lru"]["demand_misses"].get<int>());
+        EXPECT_LE(p["belady"]["demand_misses"].get<int>(), p["lfu"]["demand_misses"].get<int>());
+        EXPECT_EQ(p["lru"]["prefetch_loads"], 0);
+        // A truthful lookahead: prefetching takes most misses away.
+        EXPECT_LT(p["policy"]["demand_misses"].get<double>(), 0.5 * p["lru"]["demand_misses"].get<double>())
+            << run.dump();
+        EXPECT_DOUBLE_EQ(p["lru"]["misses_vs_lru"].get<double>(), 1.0);
+    }
+}
+
+TEST(trace_replay, both_formats_give_the_same_routing) {
+    auto a = run({"--policies", "lru,belady", files().trace});
+    auto b = run({"--policies", "lru,belady", files().jsonl});
+    ASSERT_EQ(a.status, 0) << a.out;
+    ASSERT_EQ(b.status, 0) << b.out;
+    const auto ja = nlohmann::json::parse(a.out);
+    const auto jb = nlohmann::json::parse(b.out);
+    ASSERT_EQ(ja["runs"].size(), jb["runs"].size());
+    for (std::size_t i = 0; i < ja["runs"].size(); ++i) {
+        EXPECT_EQ(ja["runs"][i]["policies"]["lru"]["demand_misses"], jb["runs"][i]["policies"]["lru"]["demand_misses"]);
+        EXPECT_EQ(ja["runs"][i]["belady_misses"], jb["runs"][i]["belady_misses"]);
+    }
+}
+
+TEST(trace_replay, recall_reports_every_predictor_per_distance) {
+    auto r = run({"--recall", "--max-distance", "2", "--profile-holdout", files().trace});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    EXPECT_EQ(j["mode"], "recall");
+    EXPECT_EQ(j["k"], nlohmann::json::array({2, 4}));
+    ASSERT_EQ(j["distances"].size(), 3u);
+    const auto& d1 = j["distances"][1]["predictors"];
+    for (const char* name : {"lookahead", "previous_token", "reuse", "coactivation", "profile", "frequency", "naive_sum",
+                             "combined"}) {
+        ASSERT_TRUE(d1.contains(name)) << name;
+        EXPECT_EQ(d1[name]["per_layer@2"].size(), n_layer) << name;
+    }
+    EXPECT_DOUBLE_EQ(d1["lookahead"]["recall@2"].get<double>(), 1.0);
+    EXPECT_GT(d1["combined"]["recall@2"].get<double>(), 0.98);
+    EXPECT_FALSE(j["distances"][0]["predictors"].contains("lookahead"));  // nothing known at distance 0
+}
+
+TEST(trace_replay, task_profile_files_are_read_and_foreign_ones_refused) {
+    auto r = run({"--recall", "--max-distance", "1", "--profile", files().profile, files().trace});
+    ASSERT_EQ(r.status, 0) << r.out;
+    const auto j = nlohmann::json::parse(r.out);
+    const auto& d0 = j["distances"][0]["predictors"];
+    ASSERT_TRUE(d0.contains("profile"));
+    // The c prompts favour experts 0..3: their profile ranks those first.
+    EXPECT_GT(d0["profile"]["recall@4"].get<double>(), 0.4);
+    auto replay = run({"--budget", "50%", "--profile", files().profile, files().trace});
+    EXPECT_EQ(replay.status, 0) << replay.out;
+
+    auto foreign = run({"--recall", "--profile", files().foreign_profile, files().trace}, true);
+    EXPECT_EQ(foreign.status, 2) << foreign.out;
+    EXPECT_NE(foreign.out.find("qwen3moe:fedcba9876543210"), std::string::npos) << foreign.out;
+}
+
+TEST(trace_replay, bad_arguments_exit_2_with_a_message) {
+    struct bad_case {
+        std::vector<std::string> args;
+        std::string says;
+    };
+    const std::vector<bad_case> cases = {
+        {{"--frobnicate", files().trace}, "unknown option --frobnicate"},
+        {{"--budget", "0%", files().trace}, "bad value for --budget"},
+        {{"--budget", "150%", files().trace}, "more than every expert"},
+        {{"--budget", "1", files().trace}, "fewer than the 2 experts a layer uses"},
+        {{"--scope", "ring", files().trace}, "unknown scope 'ring'"},
+        {{"--policies", "fifo", files().trace}, "unknown policy 'fifo'"},
+        {{"routing.jsonl.gz"}, "decompress it first"},
+        {{"/nonexistent.trace"}, "/nonexistent.trace"},
+        {{"--prefetch-distance", "3:1", files().trace}, "--prefetch-distance"},
+        {{"--profile", "/nonexistent.json", files().trace}, "cannot open profile"},
+        {{files().trace, files().jsonl}, "more than one trace"},
+    };
+    for (const bad_case& c : cases) {
+        auto r = run(c.args, true);
+        EXPECT_EQ(r.status, 2) << c.says << ": " << r.out;
+        EXPECT_NE(r.out.find(c.says), std::string::npos) << r.out;
+    }
+}
+
+}  // namespace

@@ -1,0 +1,517 @@
+// trace-replay: measures expert prediction and caching policies on a routing trace and prints
+// JSON.
+//
+//   trace-replay [replay options] TRACE     cache replay: demand misses and bytes read of
+//                                           lru, lfu, policy (scheduler's, with prefetch)
+//                                           and belady (the offline optimum)
+//   trace-replay --recall [options] TRACE   recall@k of each predictor per layer and distance
+//
+// TRACE is a routing trace: a moed trace file (scheduler/trace.h; moe-run/moed --trace), or
+// the reference JSON lines of shared/models/traces, named *.jsonl or given on standard input
+// as "-" (decompressed: `zcat tinymoe-routing.jsonl.gz | trace-replay ... -`).
+// Replay options:
+//   --budget LIST     cache sizes, comma-separated: P% of all experts or N slots ("25%,50%")
+//   --scope LIST      per-layer,global (per-layer splits the slots evenly among layers)
+//   --policies LIST   lru,lfu,policy,belady
+//   --model GGUF      expert sizes per layer from the model (bytes read in bytes, and the
+//                     policy's reload cost); without it bytes count expert loads
+//   --no-prefetch, --prefetch-distance MIN:MAX, --prefetch-min-prob P, --prefetch-margin M,
+//   --prefetch-max N, --rate-floor R
+// Predictor options (both modes): --reuse-decay D, --max-distance D, --grid-steps N,
+//   --learn-every N
+// Profiles: --profile FILE for every sequence: a moed task profile (moectl profile create;
+//   scheduler/profile.h; refused if made for another model) or JSON
+//   {"scores": [[per expert] per layer]}; or
+//   --profile-holdout: each prompt gets its domain's TCESS profile made from the other half
+//   of that domain's prompts (halves by the prompt's index within its domain, even/odd).
+// --half even|odd|all: only the prompts of that half of each domain (tune on one half,
+//   check on the other).
+// --n-expert N: experts per layer of a reference trace (default: largest id + 1).
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "engine/model.h"
+#include "scheduler/profile.h"
+#include "scheduler/recall.h"
+#include "scheduler/reference_trace.h"
+#include "scheduler/replay.h"
+#include "scheduler/trace.h"
+#include "tools/cli_util.h"
+
+namespace {
+
+using namespace moed;
+using namespace moed::scheduler;
+using json = nlohmann::ordered_json;
+
+constexpr std::string_view program = "trace-replay";
+
+[[noreturn]] void fail(const std::string& message) { tools::fail(program, message); }
+
+[[noreturn]] void usage(int code) {
+    std::fprintf(code == 0 ? stdout : stderr,
+                 "usage: trace-replay [--budget 25%%,50%%|N] [--scope per-layer,global] [--policies lru,lfu,policy,belady]\n"
+                 "                    [--model GGUF] [--no-prefetch] [--prefetch-distance MIN:MAX] [--prefetch-min-prob P]\n"
+                 "                    [--prefetch-margin M] [--prefetch-max N] [--rate-floor R] TRACE|-\n"
+                 "       trace-replay --recall [--max-distance D] TRACE|-\n"
+                 "  common: [--reuse-decay D] [--grid-steps N] [--learn-every N] [--profile FILE | --profile-holdout]\n"
+                 "          [--half even|odd|all] [--n-expert N]\n");
+    std::exit(code);
+}
+
+std::vector<std::string> split(std::string_view text, char sep) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start <= text.size()) {
+        const std::size_t end = std::min(text.find(sep, start), text.size());
+        if (end > start) out.emplace_back(text.substr(start, end - start));
+        start = end + 1;
+    }
+    return out;
+}
+
+struct budget {
+    std::string label;
+    double fraction = 0.0;  // of all experts, when a percentage
+    std::uint32_t slots = 0;
+};
+
+struct options {
+    std::string trace_path;
+    bool recall = false;
+    std::vector<budget> budgets;
+    std::vector<cache_scope> scopes = {cache_scope::per_layer, cache_scope::global};
+    std::vector<replay_policy> policies = {replay_policy::lru, replay_policy::lfu, replay_policy::scored,
+                                           replay_policy::belady};
+    std::optional<std::string> model_path;
+    std::optional<std::string> profile_path;
+    bool profile_holdout = false;
+    std::string half = "all";
+    std::uint32_t n_expert = 0;
+    predictor_config predictor;
+    prefetch_params prefetch;
+    expert_value_params value;
+};
+
+budget parse_budget(const std::string& text) {
+    budget b;
+    b.label = text;
+    if (!text.empty() && text.back() == '%') {
+        const std::string number = text.substr(0, text.size() - 1);
+        b.fraction = tools::parse_number<double>(program, "--budget", number.c_str(), tools::sign::positive) / 100.0;
+        if (b.fraction > 1.0) fail("--budget " + text + " is more than every expert");
+        return b;
+    }
+    std::string number = text;
+    if (number.ends_with("-slots")) number.resize(number.size() - 6);
+    b.slots = tools::parse_number<std::uint32_t>(program, "--budget", number.c_str(), tools::sign::positive);
+    return b;
+}
+
+options parse(int argc, char** argv) {
+    options o;
+    o.prefetch.min_distance = 1;
+    o.prefetch.max_distance = 1;
+    std::vector<std::string> budgets = {"25%", "50%"};
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        auto next = [&]() -> const char* {
+            if (i + 1 >= argc) fail("missing value after " + std::string(a));
+            return argv[++i];
+        };
+        if (a == "-h" || a == "--help") usage(0);
+        else if (a == "--recall") o.recall = true;
+        else if (a == "--budget") budgets = split(next(), ',');
+        else if (a == "--scope") {
+            o.scopes.clear();
+            for (const std::string& s : split(next(), ',')) {
+                if (s == "per-layer") o.scopes.push_back(cache_scope::per_layer);
+                else if (s == "global") o.scopes.push_back(cache_scope::global);
+                else fail("unknown scope '" + s + "' (per-layer, global)");
+            }
+        } else if (a == "--policies") {
+            o.policies.clear();
+            for (const std::string& s : split(next(), ',')) {
+                if (s == "lru") o.policies.push_back(replay_policy::lru);
+                else if (s == "lfu") o.policies.push_back(replay_policy::lfu);
+                else if (s == "policy") o.policies.push_back(replay_policy::scored);
+                else if (s == "belady") o.policies.push_back(replay_policy::belady);
+                else fail("unknown policy '" + s + "' (lru, lfu, policy, belady)");
+            }
+        } else if (a == "--model") o.model_path = next();
+        else if (a == "--profile") o.profile_path = next();
+        else if (a == "--profile-holdout") o.profile_holdout = true;
+        else if (a == "--half") {
+            o.half = next();
+            if (o.half != "even" && o.half != "odd" && o.half != "all") fail("--half takes even, odd or all");
+        } else if (a == "--n-expert") o.n_expert = tools::parse_number<std::uint32_t>(program, a, next(), tools::sign::positive);
+        else if (a == "--reuse-decay") {
+            o.predictor.reuse_decay = tools::parse_number<float>(program, a, next());
+            if (!(o.predictor.reuse_decay >= 0.0f && o.predictor.reuse_decay < 1.0f)) fail("--reuse-decay must be in [0, 1)");
+        } else if (a == "--max-distance") {
+            o.predictor.max_distance = tools::parse_number<std::uint32_t>(program, a, next());
+            if (o.predictor.max_distance > predictor_distance_max) fail("--max-distance is at most 8");
+        } else if (a == "--grid-steps") {
+            o.predictor.grid_steps = tools::parse_number<std::uint32_t>(program, a, next());
+            if (o.predictor.grid_steps > 10) fail("--grid-steps is at most 10");
+        } else if (a == "--learn-every") o.predictor.learn_every = tools::parse_number<std::uint32_t>(program, a, next(), tools::sign::positive);
+        else if (a == "--no-prefetch") o.prefetch.enabled = false;
+        else if (a == "--prefetch-distance") {
+            const auto parts = split(next(), ':');
+            if (parts.size() != 2) fail("--prefetch-distance takes MIN:MAX");
+            o.prefetch.min_distance = tools::parse_number<std::uint32_t>(program, a, parts[0].c_str(), tools::sign::positive);
+            o.prefetch.max_distance = tools::parse_number<std::uint32_t>(program, a, parts[1].c_str(), tools::sign::positive);
+            if (o.prefetch.min_distance > o.prefetch.max_distance || o.prefetch.max_distance > predictor_distance_max) {
+                fail("--prefetch-distance needs 1 <= MIN <= MAX <= 8");
+            }
+        } else if (a == "--prefetch-min-prob") o.prefetch.min_probability = tools::parse_number<float>(program, a, next());
+        else if (a == "--prefetch-margin") o.prefetch.value_margin = tools::parse_number<float>(program, a, next(), tools::sign::positive);
+        else if (a == "--prefetch-max") o.prefetch.max_per_step = tools::parse_number<std::uint32_t>(program, a, next());
+        else if (a == "--rate-floor") o.value.rate_floor = tools::parse_number<float>(program, a, next(), tools::sign::positive);
+        else if (a.starts_with("--")) fail("unknown option " + std::string(a));
+        else if (o.trace_path.empty()) o.trace_path = a;
+        else fail("more than one trace given");
+    }
+    if (o.trace_path.empty()) usage(2);
+    if (o.profile_path && o.profile_holdout) fail("--profile and --profile-holdout exclude each other");
+    for (const std::string& b : budgets) o.budgets.push_back(parse_budget(b));
+    if (o.budgets.empty()) fail("--budget lists no size");
+    return o;
+}
+
+trace_data load_trace(const options& o) {
+    reference_trace_options ro;
+    ro.n_expert = o.n_expert;
+    if (o.trace_path == "-") {
+        auto t = read_reference_trace(std::cin, "<stdin>", ro);
+        if (!t) fail(t.error().message);
+        return std::move(t).value();
+    }
+    if (o.trace_path.ends_with(".gz")) fail(o.trace_path + ": decompress it first (zcat FILE | trace-replay ... -)");
+    if (!o.trace_path.ends_with(".jsonl")) {
+        // A moed trace file (scheduler/trace.h).
+        trace_data t;
+        auto records = read_trace(o.trace_path, t.info, &t.tag_names);
+        if (!records) fail(records.error().message);
+        t.records = std::move(records).value();
+        return t;
+    }
+    std::ifstream in(o.trace_path);
+    if (!in) fail("cannot open " + o.trace_path);
+    ro.model_name = o.trace_path;
+    auto t = read_reference_trace(in, o.trace_path, ro);
+    if (!t) fail(t.error().message);
+    return std::move(t).value();
+}
+
+// Index of each tag within its domain, in tag order (for the even/odd halves).
+std::vector<std::uint32_t> index_in_domain(const trace_data& trace) {
+    std::map<std::string, std::uint32_t, std::less<>> seen;
+    std::vector<std::uint32_t> out(trace.tag_names.size(), 0);
+    for (std::uint32_t t = 0; t < trace.tag_names.size(); ++t) out[t] = seen[std::string(tag_domain(trace, t))]++;
+    return out;
+}
+
+void keep_half(trace_data& trace, const std::string& half) {
+    if (half == "all") return;
+    if (trace.tag_names.empty()) fail("--half needs a trace whose prompts have names");
+    const auto index = index_in_domain(trace);
+    const std::uint32_t want = half == "even" ? 0 : 1;
+    std::erase_if(trace.records, [&](const trace_record& r) { return index[r.tag] % 2 != want; });
+}
+
+std::vector<float> read_profile_scores(const std::string& path, const trace_info& info) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) fail("cannot open profile " + path);
+    std::string magic(profile_magic.size(), '\0');
+    in.read(magic.data(), static_cast<std::streamsize>(magic.size()));
+    if (in && magic == profile_magic) {
+        // A moed task profile (scheduler/profile.h): its TCESS scores, if made for this model.
+        auto p = read_profile(path);
+        if (!p) fail(p.error().message);
+        const routing_shape shape{info.n_layer, info.n_expert, info.n_expert_used};
+        const std::string identity = info.model_id.empty() ? p->model_identity : info.model_id;
+        auto ok = check_profile_model(*p, path, identity, shape);
+        if (!ok) fail(ok.error().message);
+        return p->score;
+    }
+    in.clear();
+    in.seekg(0);
+    const json j = json::parse(in, nullptr, /*allow_exceptions=*/false);
+    if (j.is_discarded() || !j.is_object() || !j.contains("scores") || !j["scores"].is_array()) {
+        fail(path + ": expected a JSON object with \"scores\": [[score per expert] per layer]");
+    }
+    const json& rows = j["scores"];
+    if (rows.size() != info.n_layer) fail(path + ": " + std::to_string(rows.size()) + " layers, the trace has " + std::to_string(info.n_layer));
+    std::vector<float> out;
+    for (const json& row : rows) {
+        if (!row.is_array() || row.size() != info.n_expert) fail(path + ": a layer's scores do not have n_expert entries");
+        for (const json& v : row) {
+            if (!v.is_number() || !(v.get<double>() >= 0.0)) fail(path + ": scores must be non-negative numbers");
+            out.push_back(v.get<float>());
+        }
+    }
+    return out;
+}
+
+// The profile for each tag: one for all, or per domain from the other half (holdout).
+struct profiles {
+    std::vector<float> single;
+    std::vector<std::vector<float>> per_tag;
+    std::function<std::span<const float>(std::uint32_t)> lookup() const {
+        if (!single.empty()) return [this](std::uint32_t) { return std::span<const float>(single); };
+        if (!per_tag.empty()) {
+            return [this](std::uint32_t tag) {
+                return tag < per_tag.size() ? std::span<const float>(per_tag[tag]) : std::span<const float>{};
+            };
+        }
+        return {};
+    }
+};
+
+profiles make_profiles(const options& o, const trace_data& full, const trace_info& info) {
+    profiles p;
+    if (o.profile_path) p.single = read_profile_scores(*o.profile_path, info);
+    if (!o.profile_holdout) return p;
+    if (full.tag_names.empty()) fail("--profile-holdout needs a trace whose prompts have domains");
+    const auto index = index_in_domain(full);
+    std::map<std::string, std::array<std::vector<float>, 2>, std::less<>> by_domain;
+    for (std::uint32_t t = 0; t < full.tag_names.size(); ++t) {
+        const std::string domain(tag_domain(full, t));
+        auto& halves = by_domain[domain];
+        if (!halves[0].empty()) continue;
+        for (std::uint32_t h = 0; h < 2; ++h) {
+            halves[h] = tcess_scores(full, [&](std::uint32_t tag) {
+                return tag_domain(full, tag) == domain && index[tag] % 2 == h;
+            });
+        }
+    }
+    p.per_tag.resize(full.tag_names.size());
+    for (std::uint32_t t = 0; t < full.tag_names.size(); ++t) {
+        p.per_tag[t] = by_domain[std::string(tag_domain(full, t))][1 - index[t] % 2];
+    }
+    return p;
+}
+
+json counts_json(const recall_counts& c, std::uint32_t k) {
+    json j;
+    j["recall@" + std::to_string(k)] = std::round(c.recall_k() * 10000.0) / 10000.0;
+    j["recall@" + std::to_string(2 * k)] = std::round(c.recall_2k() * 10000.0) / 10000.0;
+    return j;
+}
+
+double round4(double x) { return std::round(x * 10000.0) / 10000.0; }
+
+json recall_json(const recall_report& r) {
+    const std::uint32_t k = r.n_expert_used;
+    json out = json::array();
+    for (std::uint32_t d = 0; d <= r.max_distance; ++d) {
+        json dj;
+        dj["distance"] = d;
+        dj["known"] = d == 0 ? "nothing of the token (next token)"
+                             : "token computed to layer L-" + std::to_string(d) +
+                                   (d <= r.lookahead_depth ? ", lookahead of layer L-" + std::to_string(d - 1) : "");
+        json preds;
+        for (std::size_t p = 0; p < n_recall_predictors; ++p) {
+            const auto rp = static_cast<recall_predictor>(p);
+            if (rp == recall_predictor::lookahead && (d == 0 || d > r.lookahead_depth)) continue;
+            if (rp == recall_predictor::profile && !r.has_profile) continue;
+            if (r.total(rp, d).samples == 0) continue;
+            json pj = counts_json(r.total(rp, d), k);
+            json lk = json::array(), l2k = json::array();
+            for (std::uint32_t l = 0; l < r.n_layer; ++l) {
+                const recall_counts& c = r.at(rp, d, l);
+                if (c.samples == 0) {
+                    lk.push_back(nullptr);
+                    l2k.push_back(nullptr);
+                } else {
+                    lk.push_back(round4(c.recall_k()));
+                    l2k.push_back(round4(c.recall_2k()));
+                }
+            }
+            pj["per_layer@" + std::to_string(k)] = lk;
+            pj["per_layer@" + std::to_string(2 * k)] = l2k;
+            preds[recall_predictor_name(rp)] = pj;
+        }
+        dj["predictors"] = preds;
+        // The combined predictor against the best single predictor at each layer.
+        double worst_k = 1.0, worst_2k = 1.0;
+        std::uint32_t worst_layer = 0;
+        for (std::uint32_t l = 0; l < r.n_layer; ++l) {
+            const recall_counts& comb = r.at(recall_predictor::combined, d, l);
+            if (comb.samples == 0) continue;
+            double best_k = 0.0, best_2k = 0.0;
+            for (std::size_t p = 0; p < n_recall_predictors; ++p) {
+                const auto rp = static_cast<recall_predictor>(p);
+                if (!is_single_source(rp) || r.at(rp, d, l).samples == 0) continue;
+                if (rp == recall_predictor::lookahead && (d == 0 || d > r.lookahead_depth)) continue;
+                best_k = std::max(best_k, r.at(rp, d, l).recall_k());
+                best_2k = std::max(best_2k, r.at(rp, d, l).recall_2k());
+            }
+            if (comb.recall_k() - best_k < worst_k) {
+                worst_k = comb.recall_k() - best_k;
+                worst_layer = l;
+            }
+            worst_2k = std::min(worst_2k, comb.recall_2k() - best_2k);
+        }
+        auto round6 = [](double x) { return std::round(x * 1e6) / 1e6; };
+        dj["combined_minus_best_single"] = {{"worst@" + std::to_string(k), round6(worst_k)},
+                                            {"worst_layer@" + std::to_string(k), worst_layer},
+                                            {"worst@" + std::to_string(2 * k), round6(worst_2k)}};
+        json weights = json::array();
+        for (std::uint32_t l = 0; l < r.n_layer; ++l) {
+            json w;
+            for (std::size_t s = 0; s < n_prediction_sources; ++s) {
+                const float v = r.final_weights[(static_cast<std::size_t>(d) * r.n_layer + l) * n_prediction_sources + s];
+                if (v > 0.0f) w[source_name(static_cast<prediction_source>(s))] = round4(v);
+            }
+            weights.push_back(w);
+        }
+        dj["combined_weights_per_layer"] = weights;
+        dj["combined_weights_note"] =
+            "the grid point each layer ended with; sources absent at this distance (lookahead past the trace's "
+            "depth or in a trace without it, coactivation for a layer below the distance) are dropped and the rest "
+            "renormalised";
+        out.push_back(dj);
+    }
+    return out;
+}
+
+json replay_json(const replay_result& r) {
+    json j;
+    j["demand_misses"] = r.demand_misses;
+    j["miss_rate"] = round4(static_cast<double>(r.demand_misses) / static_cast<double>(std::max<std::uint64_t>(r.accesses, 1)));
+    j["bytes_read"] = r.bytes_read();
+    j["demand_bytes"] = r.demand_bytes;
+    j["prefetch_loads"] = r.prefetch_loads;
+    j["prefetch_bytes"] = r.prefetch_bytes;
+    j["prefetch_used"] = r.prefetch_used;
+    j["wasted_prefetches"] = r.wasted_prefetches;
+    j["wasted_prefetch_bytes"] = r.wasted_prefetch_bytes;
+    return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    options o = parse(argc, argv);
+    trace_data trace = load_trace(o);
+
+    if (o.model_path) {
+        auto m = engine::model::load(*o.model_path);
+        if (!m) fail(m.error().message);
+        const auto& hp = (*m)->hparams();
+        if (hp.n_layer != trace.info.n_layer || hp.n_expert != trace.info.n_expert ||
+            hp.n_expert_used != trace.info.n_expert_used) {
+            fail(*o.model_path + ": model shape (" + std::to_string(hp.n_layer) + " layers, " +
+                 std::to_string(hp.n_expert) + " experts, top-" + std::to_string(hp.n_expert_used) +
+                 ") does not match the trace");
+        }
+        trace.info.expert_bytes.clear();
+        for (std::uint32_t l = 0; l < hp.n_layer; ++l) trace.info.expert_bytes.push_back((*m)->experts_layout().expert_bytes(l));
+        if (trace.info.model_name.empty() || trace.info.model_name == o.trace_path) trace.info.model_name = *o.model_path;
+    }
+    const profiles prof = make_profiles(o, trace, trace.info);
+    keep_half(trace, o.half);
+    auto order = decode_order(trace);
+    if (!order) fail(order.error().message);
+    if (order->empty()) fail("the trace has no records");
+
+    const trace_info& info = trace.info;
+    std::uint64_t sequences = 0;
+    for (const decode_token& t : *order) sequences += t.first_of_sequence ? 1 : 0;
+    json out;
+    out["trace"] = o.trace_path;
+    out["model"] = info.model_name;
+    out["n_layer"] = info.n_layer;
+    out["n_expert"] = info.n_expert;
+    out["n_expert_used"] = info.n_expert_used;
+    out["lookahead_depth"] = info.lookahead_depth;
+    out["sequences"] = sequences;
+    out["tokens"] = order->size();
+    out["half"] = o.half;
+    out["profile"] = o.profile_holdout ? "holdout (domain TCESS from the other half)" : o.profile_path.value_or("none");
+    out["predictor"] = {{"reuse_decay", o.predictor.reuse_decay},
+                        {"grid_steps", o.predictor.grid_steps},
+                        {"learn_every", o.predictor.learn_every}};
+
+    if (o.recall) {
+        recall_options ro;
+        ro.predictor = o.predictor;
+        ro.profile_of = prof.lookup();
+        auto report = measure_recall(trace, *order, ro);
+        if (!report) fail(report.error().message);
+        out["mode"] = "recall";
+        out["k"] = {info.n_expert_used, 2 * info.n_expert_used};
+        out["distances"] = recall_json(*report);
+        std::cout << out.dump(2) << "\n";
+        return 0;
+    }
+
+    std::uint64_t expert_bytes_total = 0;
+    for (std::uint32_t l = 0; l < info.n_layer; ++l) expert_bytes_total += expert_bytes_of(info, l) * info.n_expert;
+    out["mode"] = "replay";
+    out["expert_bytes_total"] = expert_bytes_total;
+    out["bytes_unit"] = info.expert_bytes.empty() ? "expert loads" : "bytes";
+    out["prefetch"] = {{"enabled", o.prefetch.enabled},
+                       {"distance", std::to_string(o.prefetch.min_distance) + ":" + std::to_string(o.prefetch.max_distance)},
+                       {"min_probability", o.prefetch.min_probability},
+                       {"value_margin", o.prefetch.value_margin},
+                       {"max_per_step", o.prefetch.max_per_step}};
+    json runs = json::array();
+    const std::uint64_t all_experts = static_cast<std::uint64_t>(info.n_layer) * info.n_expert;
+    for (const budget& b : o.budgets) {
+        std::uint32_t slots = b.slots;
+        if (slots == 0) slots = static_cast<std::uint32_t>(std::llround(b.fraction * static_cast<double>(all_experts)));
+        for (cache_scope scope : o.scopes) {
+            json run;
+            run["budget"] = b.label;
+            run["slots"] = slots;
+            run["scope"] = scope_name(scope);
+            if (scope == cache_scope::per_layer) run["slots_per_layer"] = slots / info.n_layer;
+            json per_policy;
+            std::optional<replay_result> lru;
+            std::optional<replay_result> belady;
+            for (replay_policy p : o.policies) {
+                replay_options opt;
+                opt.policy = p;
+                opt.scope = scope;
+                opt.slots = slots;
+                opt.predictor = o.predictor;
+                opt.value = o.value;
+                opt.prefetch = o.prefetch;
+                opt.profile_of = prof.lookup();
+                auto r = replay_trace(trace, *order, opt);
+                if (!r) fail(r.error().message);
+                if (p == replay_policy::lru) lru = *r;
+                if (p == replay_policy::belady) belady = *r;
+                per_policy[policy_name(p)] = replay_json(*r);
+            }
+            for (auto& [name, pj] : per_policy.items()) {
+                if (lru && lru->demand_misses > 0) {
+                    pj["misses_vs_lru"] = round4(pj["demand_misses"].get<double>() / static_cast<double>(lru->demand_misses));
+                    pj["bytes_vs_lru"] = round4(pj["bytes_read"].get<double>() / static_cast<double>(lru->bytes_read()));
+                }
+                if (belady && belady->demand_misses > 0) {
+                    pj["misses_vs_belady"] = round4(pj["demand_misses"].get<double>() / static_cast<double>(belady->demand_misses));
+                }
+            }
+            run["policies"] = per_policy;
+            if (belady) run["belady_misses"] = belady->demand_misses;
+            runs.push_back(run);
+        }
+    }
+    out["runs"] = runs;
+    std::cout << out.dump(2) << "\n";
+    return 0;
+}
