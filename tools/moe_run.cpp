@@ -13,9 +13,9 @@
 // --trace FILE records the routing of every evaluated token (prompt and generated) to a
 // routing trace (scheduler/trace.h), with a router lookahead of --trace-lookahead D layers
 // (default 2; --lookahead D sets it and the prefetch lookahead together). --prompts runs
-// each line's "text" as its own sequence (fresh KV cache, sequence id = line index, tag "<domain>/<id>" when the line has
-// both, else the line number): the prompt, then N greedy tokens each fed back (default 0:
-// the prompt only); it prints one JSON summary line.
+// each line's "text" as its own sequence (fresh KV cache, sequence id = line index, tag
+// "<domain>/<id>" when the line has both, else the line number): the prompt, then N greedy
+// tokens each fed back (default 0: the prompt only); it prints one JSON summary line.
 #include <dlfcn.h>
 #include <sys/resource.h>
 
