@@ -4,10 +4,6 @@
 // and --chat in the request), generate --json, models, health, an error answer (exit 1,
 // the message on stderr, the error JSON on stdout with --json), usage errors (exit 2) and
 // a daemon that is not running (exit 3 with a clear message).
-#include <fcntl.h>
-#include <poll.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <cstdlib>
 #include <string>
@@ -19,6 +15,7 @@
 
 #include "common/status.h"
 #include "tests/client/fake_server.h"
+#include "tests/client/moectl_runner.h"
 
 namespace {
 
@@ -27,74 +24,12 @@ using moed::test::fake_connection;
 using moed::test::fake_server;
 using moed::test::json_response;
 
-struct run_result {
-    int exit_code = -1;
-    std::string out;
-    std::string err;
-};
+using run_result = moed::test::moectl_result;
 
 // Runs moectl with `args`; `socket_env` non-empty sets MOED_SOCKET, empty removes it.
 run_result moectl(const std::vector<std::string>& args, const std::string& socket_env = {},
                   const std::string& stdin_text = {}) {
-    const std::string binary = std::string(MOED_BINARY_DIR) + "/client/moectl";
-    int out_pipe[2], err_pipe[2], in_pipe[2];
-    if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0 || ::pipe2(in_pipe, O_CLOEXEC) != 0) {
-        ADD_FAILURE() << "pipe failed";
-        return {};
-    }
-    std::vector<char*> argv;
-    argv.push_back(const_cast<char*>(binary.c_str()));
-    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    // The environment is built before fork: the fake server's thread may hold the malloc
-    // lock at that moment, so the child calls only async-signal-safe functions.
-    std::vector<std::string> env_strings;
-    for (char** e = environ; *e != nullptr; ++e) {
-        if (std::string_view(*e).rfind("MOED_SOCKET=", 0) != 0) env_strings.emplace_back(*e);
-    }
-    if (!socket_env.empty()) env_strings.push_back("MOED_SOCKET=" + socket_env);
-    std::vector<char*> envp;
-    for (std::string& e : env_strings) envp.push_back(e.data());
-    envp.push_back(nullptr);
-    const pid_t pid = ::fork();
-    if (pid == 0) {
-        ::dup2(in_pipe[0], 0);
-        ::dup2(out_pipe[1], 1);
-        ::dup2(err_pipe[1], 2);
-        ::execve(binary.c_str(), argv.data(), envp.data());
-        ::_exit(127);
-    }
-    ::close(in_pipe[0]);
-    ::close(out_pipe[1]);
-    ::close(err_pipe[1]);
-    if (!stdin_text.empty()) {
-        const ssize_t n = ::write(in_pipe[1], stdin_text.data(), stdin_text.size());
-        EXPECT_EQ(n, static_cast<ssize_t>(stdin_text.size()));
-    }
-    ::close(in_pipe[1]);
-    run_result r;
-    pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
-    std::string* sinks[2] = {&r.out, &r.err};
-    int open_fds = 2;
-    while (open_fds > 0) {
-        if (::poll(fds, 2, -1) < 0) break;
-        for (int i = 0; i < 2; ++i) {
-            if (fds[i].fd < 0 || fds[i].revents == 0) continue;
-            char buf[4096];
-            const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
-            if (n > 0) {
-                sinks[i]->append(buf, static_cast<std::size_t>(n));
-            } else {
-                ::close(fds[i].fd);
-                fds[i].fd = -1;
-                --open_fds;
-            }
-        }
-    }
-    int status = 0;
-    ::waitpid(pid, &status, 0);
-    r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    return r;
+    return moed::test::run_moectl(args, socket_env, stdin_text);
 }
 
 std::string status_body() {

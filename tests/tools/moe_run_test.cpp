@@ -12,41 +12,15 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/support/synth_fixture.h"
+#include "tests/support/run_tool.h"
 #include "tests/support/test_paths.h"
 
 namespace {
 
-struct run_result {
-    int status = -1;
-    std::string out;
-};
-
-std::string shell_quote(const std::string& s) {
-    std::string q = "'";
-    for (char c : s) {
-        if (c == '\'') q.append("'\\''");
-        else q.push_back(c);
-    }
-    q.push_back('\'');
-    return q;
-}
+using run_result = moed::test::tool_result;
 
 run_result run(const std::vector<std::string>& args, bool merge_stderr = false) {
-    std::string cmd = shell_quote(std::string(MOED_BINARY_DIR) + "/tools/moe-run");
-    for (const auto& a : args) {
-        cmd += ' ';
-        cmd += shell_quote(a);
-    }
-    if (merge_stderr) cmd += " 2>&1";
-    run_result r;
-    FILE* p = popen(cmd.c_str(), "r");
-    if (!p) return r;
-    std::array<char, 4096> buf{};
-    std::size_t n;
-    while ((n = fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-    const int st = pclose(p);
-    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-    return r;
+    return moed::test::run_tool("tools/moe-run", args, merge_stderr);
 }
 
 const std::string model = moed::test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf";
