@@ -28,6 +28,7 @@
 #include <gtest/gtest.h>
 
 #include "tests/daemon/http_test_client.h"
+#include "tests/support/spawn_daemon.h"
 #include "tests/support/test_paths.h"
 
 extern char** environ;
@@ -131,30 +132,9 @@ private:
     }
 
     void spawn(const std::vector<std::string>& argv) {
-        posix_spawn_file_actions_t actions;
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_addopen(&actions, 2, log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        posix_spawn_file_actions_adddup2(&actions, 2, 1);
-        std::vector<char*> cargv;
-        for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-        cargv.push_back(nullptr);
-        // Not under systemd here, whatever runs the tests: no readiness socket, no passed fds.
-        std::vector<std::string> env_store;
-        for (char** e = environ; *e; ++e) {
-            const std::string_view v(*e);
-            if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("LISTEN_FDS=") || v.starts_with("LISTEN_PID=") ||
-                v.starts_with("WATCHDOG_USEC=") || v.starts_with("WATCHDOG_PID="))
-                continue;
-            env_store.emplace_back(v);
-        }
-        std::vector<char*> cenv;
-        for (auto& e : env_store) cenv.push_back(e.data());
-        cenv.push_back(nullptr);
-        const int rc = ::posix_spawn(&pid_, argv[0].c_str(), &actions, nullptr, cargv.data(), cenv.data());
-        posix_spawn_file_actions_destroy(&actions);
+        const int rc = moed::test::spawn_daemon(argv, log_path_, pid_);
         if (rc != 0) {
             ADD_FAILURE() << "cannot start " << argv[0] << ": " << std::strerror(rc);
-            pid_ = -1;
         }
     }
 

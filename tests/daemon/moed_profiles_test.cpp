@@ -30,6 +30,7 @@
 
 #include "scheduler/profile.h"
 #include "tests/daemon/http_test_client.h"
+#include "tests/support/spawn_daemon.h"
 #include "tests/support/test_paths.h"
 
 extern char** environ;
@@ -54,24 +55,7 @@ public:
                                             "--model-path", models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf",
                                             "--socket-path", socket_, "--engine-threads", "2",
                                             "--daemon-state-dir", state_dir.string()};
-        posix_spawn_file_actions_t actions;
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_addopen(&actions, 2, log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        posix_spawn_file_actions_adddup2(&actions, 2, 1);
-        std::vector<char*> cargv;
-        for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-        cargv.push_back(nullptr);
-        std::vector<std::string> env;
-        for (char** e = environ; *e; ++e) {
-            const std::string_view v(*e);
-            if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("LISTEN_") || v.starts_with("WATCHDOG_")) continue;
-            env.emplace_back(v);
-        }
-        std::vector<char*> cenv;
-        for (auto& e : env) cenv.push_back(e.data());
-        cenv.push_back(nullptr);
-        if (::posix_spawn(&pid_, argv[0].c_str(), &actions, nullptr, cargv.data(), cenv.data()) != 0) pid_ = -1;
-        posix_spawn_file_actions_destroy(&actions);
+        (void)moed::test::spawn_daemon(argv, log_, pid_);  // pid stays -1 on failure; the wait below reports it
         const auto deadline = std::chrono::steady_clock::now() + give_up_after;
         while (pid_ > 0 && std::chrono::steady_clock::now() < deadline) {
             int status = 0;

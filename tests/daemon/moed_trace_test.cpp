@@ -23,6 +23,7 @@
 
 #include "scheduler/trace.h"
 #include "tests/daemon/http_test_client.h"
+#include "tests/support/spawn_daemon.h"
 #include "tests/support/test_paths.h"
 
 extern char** environ;
@@ -56,26 +57,7 @@ struct moed_child {
                                       "--model-path", models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf",
                                       "--socket-path", socket, "--engine-threads", "2", "--daemon-watchdog", "false"};
         argv.insert(argv.end(), extra.begin(), extra.end());
-        posix_spawn_file_actions_t actions;
-        posix_spawn_file_actions_init(&actions);
-        posix_spawn_file_actions_addopen(&actions, 2, log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        posix_spawn_file_actions_adddup2(&actions, 2, 1);
-        std::vector<char*> cargv;
-        for (const auto& a : argv) cargv.push_back(const_cast<char*>(a.c_str()));
-        cargv.push_back(nullptr);
-        std::vector<std::string> env_store;
-        for (char** e = environ; *e; ++e) {
-            const std::string_view v(*e);
-            if (v.starts_with("NOTIFY_SOCKET=") || v.starts_with("LISTEN_FDS=") || v.starts_with("LISTEN_PID=") ||
-                v.starts_with("WATCHDOG_USEC=") || v.starts_with("WATCHDOG_PID="))
-                continue;
-            env_store.emplace_back(v);
-        }
-        std::vector<char*> cenv;
-        for (auto& e : env_store) cenv.push_back(e.data());
-        cenv.push_back(nullptr);
-        if (::posix_spawn(&pid, argv[0].c_str(), &actions, nullptr, cargv.data(), cenv.data()) != 0) pid = -1;
-        posix_spawn_file_actions_destroy(&actions);
+        (void)moed::test::spawn_daemon(argv, log, pid);  // pid stays -1 on failure; the wait below reports it
     }
     ~moed_child() {
         if (pid > 0) {
