@@ -104,6 +104,10 @@ struct model_status {
     std::uint64_t file_bytes = 0;
     std::uint64_t dense_bytes = 0;
     std::uint64_t expert_bytes = 0;
+    // "ok", or "broken" while the model file changed under a tier and requests that need a
+    // read from it fail (error says why); the tier checks the file and recovers on its own.
+    std::string state = "ok";
+    std::string error;
 };
 
 // One request known to the batch loop.
@@ -161,7 +165,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_stats, enabled, slots_per_l
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(expert_cache_stats, io_mode, queue_depth, expert_bytes_total, host,
                                                 nvme, layer_residency, prefetch, ring)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(model_status, id, path, architecture, n_layer, n_expert,
-                                                n_expert_used, n_ctx, n_vocab, file_bytes, dense_bytes, expert_bytes)
+                                                n_expert_used, n_ctx, n_vocab, file_bytes, dense_bytes, expert_bytes, state,
+                                                error)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(request_status, id, state, prompt_tokens, generated_tokens,
                                                 max_tokens, peer, profile, profile_source, profile_similarity,
                                                 pruned_experts_per_layer)

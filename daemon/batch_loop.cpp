@@ -83,6 +83,7 @@ struct sequence {
     sequence(const engine::model_hparams& hp, std::int64_t n_ctx)
         : cache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim),
           stats(scheduler::routing_shape{hp.n_layer, hp.n_expert, hp.n_expert_used}),
+          stats_before(stats),
           allowed(static_cast<std::size_t>(hp.n_layer) * hp.n_expert, 0) {
         history.reserve(static_cast<std::size_t>(n_ctx));
         held.reserve(2 * max_stop_string_bytes);
@@ -109,6 +110,7 @@ struct sequence {
 
     // Task profile state.
     scheduler::routing_accumulator stats;  // the prompt's routing, during the prefill
+    scheduler::routing_accumulator stats_before;  // `stats` before this step (a failed step is undone)
     std::vector<std::uint8_t> allowed;     // [n_layer][n_expert] pruning mask
     bool pruned = false;                   // `allowed` applies to this sequence's tokens
     profile_report report;
@@ -198,6 +200,7 @@ struct batch_loop::impl {
     void emit(sequence& s, engine::token_id token);
     void finish(sequence& s, std::string_view reason) noexcept;
     void fail(sequence& s, const error& err) noexcept;
+    bool run_alone();
     void release(sequence& s) noexcept;
     void fail_all(const error& err) noexcept;
     void close_trace() noexcept;
@@ -357,11 +360,11 @@ bool batch_loop::impl::step() {
     if (active > 0) {
         build_batch();
         if (auto ran = eval.run(batch, logits.data()); !ran) {
-            // Every sequence of the batch may have a half-written KV cache now; fail them all
-            // and keep serving (the next step starts from clean caches).
-            MOED_LOG_WARN(k_component, "forward pass failed: {}", ran.error().message);
-            for (sequence& s : seqs) {
-                if (s.active() && s.take > 0) fail(s, ran.error());
+            MOED_LOG_WARN(k_component, "forward pass failed: {}; running its sequences one by one",
+                          ran.error().message);
+            if (run_alone()) {
+                ++counters.steps;
+                after_batch();
             }
         } else {
             ++counters.steps;
@@ -513,6 +516,7 @@ void batch_loop::impl::build_batch() {
     for (std::uint32_t i = 0; i < seqs.size(); ++i) {
         sequence& s = seqs[i];
         if (!s.active() || !s.in_prefill() || s.take == 0) continue;
+        s.stats_before = s.stats;  // same shape: a copy into the existing storage
         const bool completes = s.n_past + s.take == s.prompt_size();
         s.offset = static_cast<std::int64_t>(batch.size());
         for (std::int64_t k = 0; k < s.take; ++k) {
@@ -524,6 +528,40 @@ void batch_loop::impl::build_batch() {
             if (last) row_seq[rows++] = i;
         }
     }
+}
+
+// After a failed forward pass: runs each sequence of the batch alone on its own tokens (the
+// same positions, so the KV entries the failed pass wrote are written again), failing only
+// those whose own pass fails. A failed read of an expert thus fails the requests that route
+// to it, not the whole batch; and since every kernel is batch-invariant, a sequence that
+// succeeds alone gets exactly the logits the batch would have given it. Returns whether any
+// sequence is left to advance (after_batch() skips the failed ones).
+bool batch_loop::impl::run_alone() {
+    std::uint32_t row = 0;  // logits rows in batch order, as after_batch() reads them
+    bool any = false;
+    for (std::size_t at = 0; at < batch.size();) {
+        // The sequence whose tokens start at `at` (each sequence's tokens are contiguous).
+        sequence* owner = nullptr;
+        for (sequence& s : seqs) {
+            if (s.active() && s.take > 0 && s.offset == static_cast<std::int64_t>(at)) owner = &s;
+        }
+        MOED_ASSERT(owner != nullptr);
+        sequence& s = *owner;
+        const auto n = static_cast<std::size_t>(s.take);
+        const std::span<const engine::batch_token> own(batch.data() + at, n);
+        std::uint32_t own_rows = 0;
+        for (const engine::batch_token& bt : own) own_rows += bt.want_logits ? 1 : 0;
+        if (s.in_prefill()) s.stats = s.stats_before;  // the failed pass added part of this step
+        if (auto ran = eval.run(own, logits.data() + static_cast<std::size_t>(row) * n_vocab); !ran) {
+            MOED_LOG_WARN(k_component, "request {} failed: {}", s.id, ran.error().message);
+            fail(s, ran.error());
+        } else {
+            any = true;
+        }
+        row += own_rows;
+        at += n;
+    }
+    return any;
 }
 
 // Advances every sequence of the batch, then samples and reports the sequences that got

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -14,6 +15,9 @@
 #include <sstream>
 
 #include <toml++/toml.h>
+
+#include "common/assert.h"
+#include "storage/fault_reader.h"
 
 namespace moed::daemon {
 
@@ -182,7 +186,7 @@ constexpr std::uint32_t max_trace_lookahead = 4;  // engine::max_lookahead_depth
         return {};                                                \
     }
 
-const std::array<key_spec, 31> keys{{
+const std::array<key_spec, 32> keys{{
     {"model.path", "path", "the bundled tinymoe model", "GGUF model file to serve",
      MOED_SET(model_path, to_string(v, o))},
     {"model.id", "string", "from the file name", "the name clients give as \"model\"",
@@ -235,6 +239,17 @@ const std::array<key_spec, 31> keys{{
      MOED_SET(lookahead, to_integer<int>(v, o, 1, max_lookahead))},
     {"tiers.max_inflight", "size", "256MiB", "expert bytes being read at once (demand and prefetch)",
      MOED_SET(max_inflight_bytes, to_bytes(v, o, 1, max_inflight_limit))},
+    {"tiers.inject_faults", "faults", "unset (off)",
+     "for testing only: recurring faults in expert reads, e.g. \"eio_every=400,eio_burst=40,short=0.5,"
+     "spike_every=50,spike_us=20000,replace_every=2000\"",
+     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
+         auto s = to_string(v, o);
+         if (!s) return unexpected(std::move(s).error());
+         if (auto plan = storage::parse_fault_plan(*s); !plan)
+             return make_error(errc::invalid_argument, "{}: {}", o, plan.error().message);
+         c.inject_faults = *s;
+         return {};
+     }},
     {"socket.path", "path", "/run/moed/moed.sock", "Unix socket to listen on (unless socket-activated)",
      MOED_SET(socket_path, to_string(v, o))},
     {"socket.mode", "octal", "0660", "permissions of the socket file", MOED_SET(socket_mode, to_mode(v, o))},
@@ -270,6 +285,66 @@ const std::array<key_spec, 31> keys{{
 
 #undef MOED_SET
 
+// How a reload sees each key: whether a running daemon applies it, and how two values of it
+// compare. Every key of `keys` has an entry (changed_keys asserts it).
+struct key_reload {
+    std::string_view key;
+    bool reloadable;
+    bool (*same)(const daemon_config&, const daemon_config&);
+};
+
+#define MOED_SAME(field) [](const daemon_config& a, const daemon_config& b) { return a.field == b.field; }
+
+const std::array<key_reload, keys.size()> reload_rules{{
+    {"model.path", false, MOED_SAME(model_path)},
+    {"model.id", false, MOED_SAME(model_id)},
+    {"engine.threads", false, MOED_SAME(threads)},
+    {"engine.ctx", false, MOED_SAME(ctx)},
+    {"engine.max_sequences", false, MOED_SAME(max_sequences)},
+    {"engine.queue_length", false, MOED_SAME(queue_length)},
+    {"engine.max_batch_tokens", false, MOED_SAME(max_batch_tokens)},
+    {"limits.max_tokens", false, MOED_SAME(max_tokens)},
+    {"limits.default_max_tokens", false, MOED_SAME(default_max_tokens)},
+    {"limits.max_stop_strings", false, MOED_SAME(max_stop_strings)},
+    {"tiers.host_budget", false,
+     [](const daemon_config& a, const daemon_config& b) {
+         if (a.host_budget.has_value() != b.host_budget.has_value()) return false;
+         if (!a.host_budget) return true;
+         return a.host_budget->bytes == b.host_budget->bytes && a.host_budget->fraction == b.host_budget->fraction &&
+                a.host_budget->relative == b.host_budget->relative;
+     }},
+    {"tiers.io_depth", false, MOED_SAME(io_depth)},
+    {"tiers.mlock", false, MOED_SAME(mlock)},
+    {"tiers.io_uring", false, MOED_SAME(io_uring)},
+    {"tiers.direct_io", false, MOED_SAME(direct_io)},
+    {"tiers.prefetch", false, MOED_SAME(prefetch)},
+    {"tiers.lookahead", false, MOED_SAME(lookahead)},
+    {"tiers.max_inflight", false, MOED_SAME(max_inflight_bytes)},
+    {"tiers.inject_faults", false, MOED_SAME(inject_faults)},
+    {"socket.path", false, MOED_SAME(socket_path)},
+    {"socket.mode", false, MOED_SAME(socket_mode)},
+    {"socket.group", false, MOED_SAME(socket_group)},
+    {"http.max_body_bytes", true, MOED_SAME(max_body_bytes)},
+    {"http.max_connections", true, MOED_SAME(max_connections)},
+    {"http.read_timeout_s", true, MOED_SAME(read_timeout_s)},
+    {"http.write_timeout_s", true, MOED_SAME(write_timeout_s)},
+    {"daemon.drain_timeout_s", true, MOED_SAME(drain_timeout_s)},
+    {"daemon.log_level", true, MOED_SAME(level)},
+    {"daemon.state_dir", false, MOED_SAME(state_dir)},
+    {"daemon.watchdog", false, MOED_SAME(watchdog)},
+    {"trace.path", false, MOED_SAME(trace_path)},
+    {"trace.lookahead", false, MOED_SAME(trace_lookahead)},
+}};
+
+#undef MOED_SAME
+
+const key_reload& reload_rule(std::string_view key) {
+    for (const auto& r : reload_rules)
+        if (r.key == key) return r;
+    MOED_ASSERT(false && "a config key without a reload rule");
+    std::abort();
+}
+
 const key_spec* find_key(std::string_view key) {
     for (const auto& k : keys)
         if (k.key == key) return &k;
@@ -289,6 +364,21 @@ std::string where(std::string_view source, const toml::source_region& region) {
 }
 
 }  // namespace
+
+std::vector<std::string_view> config_keys() {
+    std::vector<std::string_view> out;
+    for (const auto& k : keys) out.push_back(k.key);
+    return out;
+}
+
+std::vector<std::string_view> changed_keys(const daemon_config& a, const daemon_config& b) {
+    std::vector<std::string_view> out;
+    for (const auto& k : keys)
+        if (!reload_rule(k.key).same(a, b)) out.push_back(k.key);
+    return out;
+}
+
+bool reloadable_key(std::string_view key) { return reload_rule(key).reloadable; }
 
 std::string flag_for_key(std::string_view key) {
     std::string flag = "--";

@@ -4,7 +4,8 @@
 // wrong type, values out of range and unparsable sizes are errors that name the key (and,
 // for the file, where it is); TOML syntax errors carry file:line:column. The daemon refuses
 // to start on any of them (exit code 2).
-// Threads: parsing runs once in main before any other thread exists.
+// Threads: parsing runs in main before any other thread exists, and again on the io thread
+// when SIGHUP reloads the file (load_config touches no shared state).
 #pragma once
 
 #include <cstdint>
@@ -50,6 +51,7 @@ struct daemon_config {
     bool prefetch = true;                           // router-lookahead prefetch (tiered experts only)
     int lookahead = 2;                              // layers the lookahead reaches (1..4)
     std::uint64_t max_inflight_bytes = 256u << 20;  // expert reads in flight at once
+    std::string inject_faults;  // testing: storage::fault_plan text for expert reads; empty: none
     // [socket]
     std::string socket_path{default_socket_path};
     std::uint32_t socket_mode = 0660;
@@ -107,5 +109,14 @@ std::string default_model_id(std::string_view path, std::string_view architectur
 
 // The flag for a key ("socket.path" -> "--socket-path").
 std::string flag_for_key(std::string_view key);
+
+// Every key, in the order --help lists them.
+std::vector<std::string_view> config_keys();
+// The keys whose values differ between `a` and `b` (for SIGHUP: what a reload changes).
+std::vector<std::string_view> changed_keys(const daemon_config& a, const daemon_config& b);
+// Whether a running daemon applies a new value of `key` on SIGHUP: the log level, the HTTP
+// limits and timeouts and the drain timeout. The others (model, engine, tiers, socket, state,
+// trace) take effect at the next start.
+bool reloadable_key(std::string_view key);
 
 }  // namespace moed::daemon

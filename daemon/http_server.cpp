@@ -297,7 +297,19 @@ private:
         else if (path == "/v1/status") co_await send(200, status_body(), std::string(json_type));
         else if (path == "/metrics") co_await send(200, metrics_body(), std::string("text/plain; version=0.0.4; charset=utf-8"));
         else if (st_->shutting_down) co_await send(503, R"({"status":"draining"})", std::string(json_type));
-        else co_await send(200, R"({"status":"ok"})", std::string(json_type));
+        else co_await send_health();
+    }
+
+    // /healthz while serving: ok, or broken with the reason (the model file changed under a tier).
+    asio::awaitable<void> send_health() {
+        const std::string problem = st_->ctx.model_problem ? st_->ctx.model_problem() : std::string();
+        if (problem.empty()) {
+            co_await send(200, R"({"status":"ok"})", std::string(json_type));
+            co_return;
+        }
+        std::string body = nlohmann::json{{"status", "broken"}, {"error", problem}}.dump(
+            -1, ' ', false, nlohmann::json::error_handler_t::replace);
+        co_await send(503, std::move(body), std::string(json_type));
     }
 
     std::string status_body() {
@@ -774,6 +786,8 @@ void http_server::engine_stopped() {
     for (session* s : state_->sessions)
         if (s->idle()) s->close();
 }
+
+void http_server::set_options(const http_options& options) { state_->options = options; }
 
 std::size_t http_server::open_connections() const noexcept { return state_->sessions.size(); }
 const http_counters& http_server::counters() const noexcept { return state_->counters; }

@@ -4,7 +4,8 @@
 //   POST /v1/completions, POST /v1/chat/completions  (OpenAI-compatible; "stream": true as
 //        server-sent events ending in "data: [DONE]")
 //   GET /v1/models, GET /v1/status (common/status.h as JSON), GET /metrics (Prometheus),
-//   GET /healthz
+//   GET /healthz (200 {"status":"ok"}; 503 "draining", or "broken" with an "error" while the
+//        model file changed under a tier)
 //   GET /v1/profiles (list), POST /v1/profiles (create: the prompts run as prefill-only jobs
 //        through the engine, one at a time between other requests' steps; 201 with the
 //        summary), GET /v1/profiles/NAME (with each layer's top experts), DELETE
@@ -80,6 +81,9 @@ struct server_context {
     std::int64_t started_unix = 0;                  // "created" of /v1/models
     // Fills the whole status (model, tiers, engine snapshot) for /v1/status and /metrics.
     std::function<void(server_status&)> fill_status;
+    // Why the model cannot serve every request now (its file changed under a tier), or
+    // empty when it can: /healthz answers 503 "broken" with it. Null: always healthy.
+    std::function<std::string()> model_problem;
     // The served model's task profiles; null: none can be stored (creating one answers 501).
     scheduler::profile_store* profiles = nullptr;
 };
@@ -100,6 +104,10 @@ public:
     // The engine has stopped (its jobs all finished): no more cancel() calls into it, and
     // connections still idle are closed.
     void engine_stopped();
+
+    // New limits and timeouts (a configuration reload); connections use them from their
+    // next request or write on.
+    void set_options(const http_options& options);
 
     std::size_t open_connections() const noexcept;
     const http_counters& counters() const noexcept;

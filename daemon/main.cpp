@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
+#include <functional>
 #include <thread>
 #include <utility>
 
@@ -19,6 +20,7 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <fmt/ranges.h>
 
 #include "common/log.h"
 #include "daemon/batch_loop.h"
@@ -34,6 +36,7 @@
 #include "scheduler/model_identity.h"
 #include "scheduler/profile.h"
 #include "scheduler/profile_store.h"
+#include "storage/fault_reader.h"
 
 #ifndef MOED_VERSION
 #define MOED_VERSION "0.0.0"
@@ -77,6 +80,10 @@ public:
         if (drainer_.joinable()) drainer_.join();
     }
     bool stopped_by_signal() const noexcept { return stopping_; }
+    // Called when only signal waits are left, so that their owners cancel them too.
+    void on_quiet(std::function<void()> f) { on_quiet_ = std::move(f); }
+    // A configuration reload's new drain timeout; a drain already running keeps its own.
+    void set_drain_timeout(std::chrono::milliseconds drain) noexcept { drain_ = drain; }
 
 private:
     void wait_signal() {
@@ -92,6 +99,7 @@ private:
             std::_Exit(exit_failure);
         }
         stopping_ = true;
+        drain_at_signal_ = drain_;
         MOED_LOG_INFO("moed", "{}: draining running requests (up to {} ms)", ::strsignal(signo), drain_.count());
         notify("STOPPING=1\nSTATUS=draining");
         try {
@@ -116,7 +124,7 @@ private:
 
     void drain_engine() noexcept {
         try {
-            loop_.shutdown(drain_);
+            loop_.shutdown(drain_at_signal_);
         } catch (const std::exception& e) {
             MOED_LOG_ERROR("moed", "drain failed: {}", e.what());
         }
@@ -131,7 +139,9 @@ private:
 
     void poll_connections() noexcept {
         if (server_.open_connections() == 0) {
-            signals_.cancel();  // the last pending work: io.run() returns
+            // The last pending work: io.run() returns.
+            signals_.cancel();
+            if (on_quiet_) on_quiet_();
             return;
         }
         if (std::chrono::steady_clock::now() >= flush_deadline_) {
@@ -154,11 +164,129 @@ private:
     http_server& server_;
     batch_loop& loop_;
     watchdog& dog_;
-    const std::chrono::milliseconds drain_;
+    std::chrono::milliseconds drain_;
     asio::steady_timer flush_timer_;
     std::chrono::steady_clock::time_point flush_deadline_{};
+    std::chrono::milliseconds drain_at_signal_{0};  // written before the drain thread starts
+    std::function<void()> on_quiet_;
     std::thread drainer_;
     bool stopping_ = false;
+};
+
+http_options http_options_of(const daemon_config& config) {
+    http_options ho;
+    ho.max_body_bytes = config.max_body_bytes;
+    ho.max_connections = config.max_connections;
+    ho.read_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.read_timeout_s * 1000.0));
+    ho.write_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.write_timeout_s * 1000.0));
+    return ho;
+}
+
+std::chrono::milliseconds drain_timeout_of(const daemon_config& config) {
+    return std::chrono::milliseconds(static_cast<std::int64_t>(config.drain_timeout_s * 1000.0));
+}
+
+// Signals other than SIGTERM and SIGINT (the lifecycle's). SIGHUP reloads the configuration:
+// the file and flags are read again, the keys a running daemon can apply take effect (the log
+// level, the HTTP limits and timeouts, the drain timeout) and every other changed key is
+// logged as waiting for a restart; a configuration that no longer parses is logged and the
+// running one kept. SIGUSR1 logs one status line. Signals whose default action would end the
+// process though nothing is wrong with it (SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO,
+// SIGPWR, SIGSTKFLT, SIGXFSZ and the real-time signals) are logged and ignored. Fault signals
+// (SIGSEGV, SIGBUS, SIGILL, SIGFPE, SIGABRT, SIGSYS, SIGTRAP), SIGQUIT (a core dump asked for)
+// and SIGXCPU (the CPU limit; the kernel follows with SIGKILL) keep their default action.
+// Threads: every handler runs on the io_context thread.
+class control_signals {
+public:
+    // Registered at start-up, before the slow steps, so that these signals are held (not
+    // fatal) while the model loads; handled from start() on.
+    static void add_signals(asio::signal_set& set) {
+        for (int signo : {SIGHUP, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR, SIGSTKFLT, SIGXFSZ})
+            set.add(signo);
+        for (int signo = SIGRTMIN; signo <= SIGRTMAX; ++signo) set.add(signo);
+    }
+
+    control_signals(asio::signal_set& signals, command_line cmd, daemon_config& config, http_server& server,
+                    lifecycle& life, std::function<void(server_status&)> fill_status)
+        : signals_(signals), cmd_(std::move(cmd)), config_(config), server_(server), life_(life),
+          fill_status_(std::move(fill_status)) {}
+
+    void start() { wait(); }
+    void stop() {
+        boost::system::error_code ignored;
+        signals_.cancel(ignored);
+    }
+
+private:
+    void wait() {
+        signals_.async_wait([this](const boost::system::error_code& ec, int signo) {
+            if (ec) return;
+            try {
+                on_signal(signo);
+            } catch (const std::exception& e) {
+                MOED_LOG_ERROR("moed", "handling {}: {}", ::strsignal(signo), e.what());
+            }
+            wait();
+        });
+    }
+
+    void on_signal(int signo) {
+        if (signo == SIGHUP) return reload();
+        if (signo == SIGUSR1) return log_status();
+        MOED_LOG_INFO("moed", "{} (signal {}) ignored", ::strsignal(signo), signo);
+    }
+
+    void reload() {
+        auto loaded = load_config(cmd_);
+        if (!loaded) {
+            MOED_LOG_ERROR("moed", "SIGHUP: configuration not reloaded, the running one stays: {}",
+                           loaded.error().message);
+            return;
+        }
+        if (loaded->model_path.empty()) loaded->model_path = resolve_default_model();  // as at start
+        const std::vector<std::string_view> changed = changed_keys(config_, *loaded);
+        std::vector<std::string_view> applied, pending;
+        for (std::string_view key : changed) (reloadable_key(key) ? applied : pending).push_back(key);
+        // Keys waiting for a restart keep their running values, so the next reload compares
+        // against what runs and says again that they wait.
+        daemon_config next = config_;
+        for (std::string_view key : applied) {
+            if (key == "daemon.log_level") next.level = loaded->level;
+            else if (key == "http.max_body_bytes") next.max_body_bytes = loaded->max_body_bytes;
+            else if (key == "http.max_connections") next.max_connections = loaded->max_connections;
+            else if (key == "http.read_timeout_s") next.read_timeout_s = loaded->read_timeout_s;
+            else if (key == "http.write_timeout_s") next.write_timeout_s = loaded->write_timeout_s;
+            else if (key == "daemon.drain_timeout_s") next.drain_timeout_s = loaded->drain_timeout_s;
+            else MOED_ASSERT(false && "a reloadable key that reload() does not apply");
+        }
+        set_log_level(next.level);
+        server_.set_options(http_options_of(next));
+        life_.set_drain_timeout(drain_timeout_of(next));
+        config_ = std::move(next);
+        MOED_LOG_INFO("moed", "SIGHUP: configuration reloaded from {}: {}{}{}",
+                      config_.source.empty() ? std::string("defaults and flags") : config_.source,
+                      applied.empty() ? std::string("nothing to apply") : fmt::format("applied {}", fmt::join(applied, ", ")),
+                      pending.empty() ? "" : "; changed but applied only at the next start: ",
+                      fmt::join(pending, ", "));
+    }
+
+    void log_status() {
+        server_status s;
+        fill_status_(s);
+        MOED_LOG_INFO("moed",
+                      "status: model {} {}{}, {} running of {} sequences, {} queued, {} requests ({} failed, {} "
+                      "cancelled), {} tokens generated",
+                      s.model.id, s.model.state, s.model.error.empty() ? "" : " (" + s.model.error + ")",
+                      s.running_sequences, s.max_sequences, s.queue_waiting, s.requests_total, s.requests_failed,
+                      s.requests_cancelled, s.generated_tokens_total);
+    }
+
+    asio::signal_set& signals_;
+    const command_line cmd_;
+    daemon_config& config_;
+    http_server& server_;
+    lifecycle& life_;
+    std::function<void(server_status&)> fill_status_;
 };
 
 // What a task profile does to the expert tiers when a request starts using it (named, or
@@ -234,6 +362,8 @@ int run(int argc, char** argv) {
     // Installed before the slow steps so a SIGTERM while loading is held until the loop runs
     // (and then drains at once) instead of killing the process mid-load.
     asio::signal_set signals(io, SIGINT, SIGTERM);
+    asio::signal_set control_set(io);
+    control_signals::add_signals(control_set);
 
     // The socket comes before the model: a second daemon on the same path fails at once
     // instead of after loading gigabytes.
@@ -251,6 +381,19 @@ int run(int argc, char** argv) {
     load.tier.allow_direct = config.direct_io;
     load.tier.lock = config.mlock;
     load.tier.max_inflight_bytes = config.max_inflight_bytes;
+    if (!config.inject_faults.empty()) {
+        // Validated when the config was read.
+        const storage::fault_plan plan = storage::parse_fault_plan(config.inject_faults).value();
+        MOED_LOG_WARN("moed", "tiers.inject_faults = \"{}\": expert reads fail, shorten and stall on purpose",
+                      config.inject_faults);
+        load.tier.wrap_reader = [plan](std::unique_ptr<storage::block_reader> inner)
+            -> result<std::unique_ptr<storage::block_reader>> {
+            auto faulty = storage::fault_reader::create(std::move(inner));
+            if (!faulty) return unexpected(std::move(faulty).error());
+            (*faulty)->set_plan(plan);
+            return std::unique_ptr<storage::block_reader>(std::move(faulty).value());
+        };
+    }
     auto loaded_model = engine::model::load(config.model_path, load);
     if (!loaded_model) return start_error(loaded_model.error().message);
     engine::model& model = **loaded_model;
@@ -334,24 +477,30 @@ int run(int argc, char** argv) {
         if (const auto* tiers = model.tiers()) {
             s.tiers = tiers->stats();
             loop.add_prefetch_stats(s.tiers->prefetch);
+            if (const storage::tier_file_health health = tiers->file_health(); health.broken) {
+                s.model.state = "broken";
+                s.model.error = health.error;
+            }
         }
     };
+    ctx.model_problem = [&model] {
+        const auto* tiers = model.tiers();
+        return tiers != nullptr ? tiers->file_health().error : std::string();
+    };
 
-    http_options ho;
-    ho.max_body_bytes = config.max_body_bytes;
-    ho.max_connections = config.max_connections;
-    ho.read_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.read_timeout_s * 1000.0));
-    ho.write_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.write_timeout_s * 1000.0));
-    http_server server(io, std::move(lst->acceptor), std::move(ctx), ho);
+    std::function<void(server_status&)> fill_status = ctx.fill_status;
+    http_server server(io, std::move(lst->acceptor), std::move(ctx), http_options_of(config));
 
     loop.start();
     server.start();
     watchdog dog(io);
     if (config.watchdog) dog.start(watchdog_interval());
 
-    lifecycle life(io, signals, server, loop, dog,
-                   std::chrono::milliseconds(static_cast<std::int64_t>(config.drain_timeout_s * 1000.0)));
+    lifecycle life(io, signals, server, loop, dog, drain_timeout_of(config));
     life.start();
+    control_signals control(control_set, *cmd, config, server, life, std::move(fill_status));
+    control.start();
+    life.on_quiet([&control] { control.stop(); });
 
     MOED_LOG_INFO("moed", "serving '{}' on {}: {} sequences, ctx {}, {} threads ({}), experts {}", model_id,
                   lst->description, config.max_sequences, n_ctx, threads, isa,

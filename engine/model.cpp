@@ -5,6 +5,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
+#include <string_view>
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -46,61 +48,84 @@ bool is_routed_expert(const std::string& name) {
     return name.find("_exps.") != std::string::npos;
 }
 
-// Copies every tensor except the routed experts into `dst` (each at a 64-byte aligned
-// offset) with positional reads, then drops those pages from the page cache: the copy is
-// the only resident instance. Returns name -> offset in dst.
-result<std::unordered_map<std::string, std::size_t>> copy_dense(const storage::gguf_file& file,
-                                                                std::vector<std::byte>& dst) {
+// Reads file bytes [offset, offset + bytes) into dst with positional reads; `what` names
+// them in errors.
+result<void> read_exact(int fd, const std::string& path, std::byte* dst, std::uint64_t offset, std::uint64_t bytes,
+                        std::string_view what) {
+    std::uint64_t done = 0;
+    while (done < bytes) {
+        const ssize_t n = ::pread(fd, dst + done, bytes - done, static_cast<off_t>(offset + done));
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            const int err = n < 0 ? errno : 0;
+            return make_error(errc::io, "{}: reading {} ({} bytes at offset {}): {}", path, what, bytes,
+                              offset + done, err ? std::strerror(err) : "unexpected end of file");
+        }
+        done += static_cast<std::uint64_t>(n);
+    }
+    return {};
+}
+
+// Copies the weights the model serves into owned memory with positional reads, then drops
+// those pages from the page cache so the copy is the only resident instance. Nothing reads
+// the file's mapping after load, so a file truncated or rewritten underneath cannot fault
+// the process. With `all`, the whole data section is copied in one piece (file offsets map
+// to copy offsets by subtracting its start, as the resident expert source needs); otherwise
+// every tensor but the routed experts, each at a 64-byte aligned offset. Returns the copy's
+// offset of each tensor it holds.
+result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage::gguf_file& file, bool all,
+                                                                  std::unique_ptr<std::byte[]>& storage,
+                                                                  std::span<const std::byte>& image) {
     std::unordered_map<std::string, std::size_t> where;
     std::size_t total = 0;
-    for (const auto& t : file.tensors()) {
-        if (is_routed_expert(t.name)) continue;
-        where[t.name] = total;
-        total += (t.size_bytes + 63) / 64 * 64;
+    if (all) {
+        total = static_cast<std::size_t>(file.file_size() - file.data_offset());
+        for (const auto& t : file.tensors()) where[t.name] = t.offset - file.data_offset();
+    } else {
+        for (const auto& t : file.tensors()) {
+            if (is_routed_expert(t.name)) continue;
+            where[t.name] = total;
+            total += (t.size_bytes + 63) / 64 * 64;
+        }
     }
-    dst.assign(total + 64, std::byte{0});
-    const std::size_t shift = (64 - reinterpret_cast<std::uintptr_t>(dst.data()) % 64) % 64;
+    storage = std::make_unique_for_overwrite<std::byte[]>(total + 64);
+    const std::size_t shift = (64 - reinterpret_cast<std::uintptr_t>(storage.get()) % 64) % 64;
+    std::byte* base = storage.get() + shift;
+    image = {base, total};
     const int fd = ::open(file.path().c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
-        return make_error(errc::io, "{}: cannot open to copy dense weights: {}", file.path(), std::strerror(err));
+        return make_error(errc::io, "{}: cannot open to copy the weights: {}", file.path(), std::strerror(err));
     }
-    for (const auto& t : file.tensors()) {
-        if (is_routed_expert(t.name)) continue;
-        std::size_t& off = where[t.name];
-        off += shift;
-        std::size_t done = 0;
-        while (done < t.size_bytes) {
-            const ssize_t n = ::pread(fd, dst.data() + off + done, t.size_bytes - done,
-                                      static_cast<off_t>(t.offset + done));
-            if (n < 0 && errno == EINTR) continue;
-            if (n <= 0) {
-                const int err = n < 0 ? errno : 0;
-                ::close(fd);
-                return make_error(errc::io, "{}: reading tensor '{}' ({} bytes at offset {}): {}", file.path(),
-                                  t.name, t.size_bytes, t.offset + done,
-                                  err ? std::strerror(err) : "unexpected end of file");
-            }
-            done += static_cast<std::size_t>(n);
+    auto read_one = [&](std::uint64_t offset, std::uint64_t bytes, std::byte* dst, std::string_view what) {
+        auto done = read_exact(fd, file.path(), dst, offset, bytes, what);
+        ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(bytes), POSIX_FADV_DONTNEED);
+        return done;
+    };
+    result<void> done;
+    if (all) {
+        done = read_one(file.data_offset(), total, base, "the tensor data");
+    } else {
+        for (const auto& t : file.tensors()) {
+            if (is_routed_expert(t.name)) continue;
+            done = read_one(t.offset, t.size_bytes, base + where[t.name], fmt::format("tensor '{}'", t.name));
+            if (!done) break;
         }
-        ::posix_fadvise(fd, static_cast<off_t>(t.offset), static_cast<off_t>(t.size_bytes), POSIX_FADV_DONTNEED);
     }
     ::close(fd);
+    if (!done) return unexpected(std::move(done).error());
     return where;
 }
 
 class loader {
 public:
     explicit loader(const storage::gguf_file& file) : file_(file) {}
-    // Dense tensors are read from `copy` at the given offsets instead of the mapping.
+    // Tensors are read from `copy` at the given offsets.
     void use_copy(const std::byte* copy, std::unordered_map<std::string, std::size_t> offsets) {
         copy_ = copy;
         offsets_ = std::move(offsets);
     }
-    const std::byte* data_of(const storage::gguf_tensor_info& t) const {
-        if (copy_ != nullptr) return copy_ + offsets_.at(t.name);
-        return file_.tensor_data(t);
-    }
+    const std::byte* data_of(const storage::gguf_tensor_info& t) const { return copy_ + offsets_.at(t.name); }
 
     // A 2-D weight [rows x cols] (ggml ne = {cols, rows}) in a type the kernels compute.
     result<kernels::matrix_view> matrix(const std::string& name, std::int64_t rows, std::int64_t cols) {
@@ -241,11 +266,13 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     m->tokenizer_ = std::move(tok).value();
     hp.n_vocab = m->tokenizer_->n_vocab();
 
+    // Tiered: the dense weights are copied, experts come through the tiers. Resident: the
+    // whole data section is copied and experts are served from that copy.
     loader ld(file);
-    if (options.host_budget) {
-        auto offsets = copy_dense(file, m->dense_copy_);
+    {
+        auto offsets = copy_weights(file, !options.host_budget, m->weights_storage_, m->weights_);
         if (!offsets) return unexpected(std::move(offsets).error());
-        ld.use_copy(m->dense_copy_.data(), std::move(offsets).value());
+        ld.use_copy(m->weights_.data(), std::move(offsets).value());
     }
     const std::int64_t q_dim = static_cast<std::int64_t>(hp.n_head) * hp.head_dim;
     const std::int64_t kv_dim = static_cast<std::int64_t>(hp.n_head_kv) * hp.head_dim;
@@ -309,13 +336,17 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
         // The ring's sections are sized for a layer's predicted top-2k (room for the next
         // layer's prefetch while this one computes).
         if (tier.slots_per_layer == 0) tier.slots_per_layer = 2 * hp.n_expert_used;
+        // A changed file is the same model again only with the same header.
+        tier.header_bytes = file.data_offset();
         auto tiered = storage::tiered_expert_source::create(path, m->layout_, tier);
         if (!tiered) return unexpected(std::move(tiered).error());
         m->tiers_ = tiered->get();
         m->experts_ = std::move(tiered).value();
     } else {
-        m->experts_ = std::make_unique<storage::resident_expert_source>(file, m->layout_);
+        m->experts_ = std::make_unique<storage::resident_expert_source>(path, m->layout_, m->weights_,
+                                                                        file.data_offset());
     }
+    m->file_->release_mapping();  // everything served lives in owned memory now
     return m;
 }
 

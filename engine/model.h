@@ -1,12 +1,14 @@
-// A loaded qwen3moe model: hyper-parameters and dense weights read from GGUF metadata and
-// tensors (in place, from the file's read-only mapping), the tokenizer, and the expert
-// source that routed experts come through.
+// A loaded qwen3moe model: hyper-parameters and weights read from GGUF metadata and tensors
+// (copied into owned memory at load, so nothing the model serves faults when the file is
+// truncated or rewritten underneath), the tokenizer, and the expert source that routed
+// experts come through.
 // Threads: immutable after load(); the expert source is used by the engine thread.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -48,11 +50,10 @@ struct layer_weights {
 };
 
 struct load_options {
-    // Absent: every routed expert stays in the file's read-only mapping (resident). Set:
-    // routed experts come through the tiered source with this host budget ("25%" of the
-    // expert bytes or an absolute size), and dense weights are copied into owned memory so
-    // nothing touches the mapping after load (a file changed underneath cannot fault the
-    // process; expert reads report it instead).
+    // Absent: every routed expert is copied into owned memory with the dense weights
+    // (resident). Set: routed experts come through the tiered source with this host budget
+    // ("25%" of the expert bytes or an absolute size) and only dense weights are copied; a
+    // file changed underneath is reported by the tier's expert reads and file checks.
     std::optional<budget_spec> host_budget;
     storage::tiered_options tier;  // queue depth, I/O mode limits, memory locking
 };
@@ -65,7 +66,11 @@ public:
 
     const model_hparams& hparams() const noexcept { return hparams_; }
     const tokenizer& vocab() const noexcept { return *tokenizer_; }
+    // Metadata and tensor infos; the file is no longer mapped after load().
     const storage::gguf_file& file() const noexcept { return *file_; }
+    // The owned copy of the weights: [file().data_offset(), file_size()) of the file when
+    // experts are resident, the dense tensors only when they are tiered.
+    std::span<const std::byte> weights_image() const noexcept { return weights_; }
     const storage::expert_layout& experts_layout() const noexcept { return layout_; }
 
     const layer_weights& layer(std::uint32_t l) const noexcept { return layers_[l]; }
@@ -98,7 +103,9 @@ private:
     storage::expert_layout layout_;
     std::unique_ptr<storage::expert_source> experts_;
     storage::tiered_expert_source* tiers_ = nullptr;  // experts_ when it is the tiered source
-    std::vector<std::byte> dense_copy_;  // dense weights (64-byte aligned inside) when tiered
+    // The weights served: all tensors (resident) or the dense ones (tiered), 64-byte aligned.
+    std::unique_ptr<std::byte[]> weights_storage_;
+    std::span<const std::byte> weights_;
 };
 
 }  // namespace moed::engine

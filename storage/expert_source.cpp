@@ -1,10 +1,13 @@
 #include "storage/expert_source.h"
 
+#include <utility>
+
 #include <span>
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "common/assert.h"
 #include "storage/gguf.h"
 
 namespace moed::storage {
@@ -117,18 +120,32 @@ std::size_t expert_layout::expert_bytes(std::uint32_t layer) const noexcept {
 }
 
 resident_expert_source::resident_expert_source(const gguf_file& file, expert_layout layout)
-    : file_(file), layout_(std::move(layout)) {}
+    : resident_expert_source(file.path(), std::move(layout), file.mapping(), 0) {}
+
+resident_expert_source::resident_expert_source(std::string path, expert_layout layout,
+                                               std::span<const std::byte> image, std::uint64_t image_offset)
+    : path_(std::move(path)), layout_(std::move(layout)), image_(image), image_offset_(image_offset) {
+    // Every expert's bytes lie inside the image (a programmer error otherwise: the caller
+    // copied less than the layout it passes).
+    for (const auto& lt : layout_.layers) {
+        for (const auto& [offset, bytes] : {std::pair{lt.gate_offset, lt.gate_bytes}, std::pair{lt.up_offset, lt.up_bytes},
+                                            std::pair{lt.down_offset, lt.down_bytes}}) {
+            MOED_ASSERT(offset >= image_offset_ &&
+                        offset - image_offset_ + static_cast<std::uint64_t>(bytes) * layout_.n_expert <= image_.size());
+        }
+    }
+}
 
 result<expert_handle> resident_expert_source::acquire(ExpertId id) {
     if (id.layer >= layout_.n_layer || id.expert >= layout_.n_expert) {
         return make_error(errc::invalid_argument, "{}: expert {}/{} out of range ({} layers x {} experts)",
-                          file_.path(), id.layer, id.expert, layout_.n_layer, layout_.n_expert);
+                          path_, id.layer, id.expert, layout_.n_layer, layout_.n_expert);
     }
     const auto& lt = layout_.layers[id.layer];
-    const std::byte* base = file_.mapping().data();
+    const std::byte* base = image_.data();
     auto matrix = [&](std::uint64_t offset, std::size_t bytes, tensor_type type, std::int64_t rows,
                       std::int64_t cols) {
-        return expert_matrix{type, base + offset + bytes * id.expert, rows, cols, bytes / rows};
+        return expert_matrix{type, base + (offset - image_offset_) + bytes * id.expert, rows, cols, bytes / rows};
     };
     expert_weights w{matrix(lt.gate_offset, lt.gate_bytes, lt.gate_type, lt.n_ff, lt.n_embd),
                      matrix(lt.up_offset, lt.up_bytes, lt.up_type, lt.n_ff, lt.n_embd),

@@ -113,18 +113,27 @@ struct expert_layout {
     std::size_t expert_bytes(std::uint32_t layer) const noexcept;
 };
 
-// All experts resident: handles point into the file's read-only mapping.
+// All experts resident: handles point into an image of the file's bytes, either the file's
+// read-only mapping (tools and tests that own the file) or a copy the caller owns (the
+// daemon's model, so a file changed underneath cannot fault the process).
 class resident_expert_source final : public expert_source {
 public:
+    // Over the mapping of `file`, which must stay mapped while the source is used.
     resident_expert_source(const gguf_file& file, expert_layout layout);
+    // Over `image`, the file's bytes [image_offset, image_offset + image.size()), which must
+    // cover every expert of `layout` and outlive the source. `path` names the file in errors.
+    resident_expert_source(std::string path, expert_layout layout, std::span<const std::byte> image,
+                           std::uint64_t image_offset);
     result<expert_handle> acquire(ExpertId id) override;
 
 protected:
     void release(ExpertId id, std::uint64_t token) noexcept override;
 
 private:
-    const gguf_file& file_;
+    std::string path_;
     expert_layout layout_;
+    std::span<const std::byte> image_;
+    std::uint64_t image_offset_ = 0;
 };
 
 }  // namespace moed::storage

@@ -3,7 +3,10 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstdlib>
 #include <functional>
+#include <string>
 #include <system_error>
 
 #include "common/log.h"
@@ -79,12 +82,14 @@ result<std::size_t> fault_reader::submit(std::span<const read_op> ops) {
         const std::uint32_t index = free_slots_[free_slots_.size() - 1 - i];
         op_slots_.push_back(index);
         const bool fails = std::any_of(failures_.begin(), failures_.end(),
-                                       [number](const range_rule& r) { return r.covers(number); });
+                                       [number](const range_rule& r) { return r.covers(number); }) ||
+                           (plan_.eio_every > 0 && number % plan_.eio_every < plan_.eio_burst);
         if (fails) continue;
         read_op forwarded = ops[i];
         forwarded.user_data = index;
-        if (short_rule_.covers(number)) {
-            const auto wanted = static_cast<std::uint64_t>(static_cast<double>(ops[i].length) * short_fraction_);
+        if (short_rule_.covers(number) || plan_.short_fraction > 0.0) {
+            const double fraction = short_rule_.covers(number) ? short_fraction_ : plan_.short_fraction;
+            const auto wanted = static_cast<std::uint64_t>(static_cast<double>(ops[i].length) * fraction);
             const std::uint64_t shortened = std::max<std::uint64_t>(unit, wanted / unit * unit);
             if (shortened < ops[i].length) forwarded.length = static_cast<std::uint32_t>(shortened);
         }
@@ -111,6 +116,8 @@ result<std::size_t> fault_reader::submit(std::span<const read_op> ops) {
         slot& s = slots_[index];
         s.user_data = ops[i].user_data;
         s.due = now + latency_;
+        if (plan_.spike_every > 0 && number % plan_.spike_every == 0) s.due += std::chrono::microseconds(plan_.spike_us);
+        if (plan_.replace_every > 0 && number > 0 && number % plan_.replace_every == 0) replaced_ = !replaced_;
         if (forwarded) {
             const std::uint32_t bytes = forward_[forward_at].length;
             if (bytes < ops[i].length) ++reads_shortened_;
@@ -124,7 +131,7 @@ result<std::size_t> fault_reader::submit(std::span<const read_op> ops) {
         } else {
             const auto rule = std::find_if(failures_.begin(), failures_.end(),
                                            [number](const range_rule& r) { return r.covers(number); });
-            s.result = -static_cast<std::int64_t>(rule->error_number);
+            s.result = -static_cast<std::int64_t>(rule != failures_.end() ? rule->error_number : EIO);
             ++reads_failed_;
             push_due_locked(index);
             notify = true;
@@ -230,6 +237,11 @@ void fault_reader::set_bandwidth_cap(std::uint64_t bytes_per_s) {
     bandwidth_bytes_per_s_ = bytes_per_s;
 }
 
+void fault_reader::set_plan(const fault_plan& plan) {
+    std::lock_guard lock(mutex_);
+    plan_ = plan;
+}
+
 void fault_reader::set_file_replaced(bool replaced) {
     std::lock_guard lock(mutex_);
     replaced_ = replaced;
@@ -243,6 +255,7 @@ void fault_reader::clear_all() {
     latency_ = std::chrono::nanoseconds{0};
     bandwidth_bytes_per_s_ = 0;
     replaced_ = false;
+    plan_ = fault_plan{};
 }
 
 std::uint64_t fault_reader::reads_accepted() const {
@@ -258,6 +271,53 @@ std::uint64_t fault_reader::reads_failed() const {
 std::uint64_t fault_reader::reads_shortened() const {
     std::lock_guard lock(mutex_);
     return reads_shortened_;
+}
+
+result<fault_plan> parse_fault_plan(std::string_view text) {
+    fault_plan plan;
+    while (!text.empty()) {
+        const std::size_t comma = text.find(',');
+        const std::string_view item = text.substr(0, comma);
+        text = comma == std::string_view::npos ? std::string_view() : text.substr(comma + 1);
+        const std::size_t eq = item.find('=');
+        if (eq == std::string_view::npos) {
+            return make_error(errc::invalid_argument, "fault '{}': expected name=value", item);
+        }
+        const std::string_view name = item.substr(0, eq);
+        const std::string value(item.substr(eq + 1));
+        char* end = nullptr;
+        errno = 0;
+        if (name == "short") {
+            const double f = std::strtod(value.c_str(), &end);
+            if (value.empty() || *end != '\0' || errno != 0 || !(f > 0.0 && f < 1.0)) {
+                return make_error(errc::invalid_argument, "fault 'short': '{}' is not a fraction in (0, 1)", value);
+            }
+            plan.short_fraction = f;
+            continue;
+        }
+        const unsigned long long n = std::strtoull(value.c_str(), &end, 10);
+        if (value.empty() || *end != '\0' || errno != 0 || value[0] == '-') {
+            return make_error(errc::invalid_argument, "fault '{}': '{}' is not a count", name, value);
+        }
+        if (name == "eio_every") plan.eio_every = n;
+        else if (name == "eio_burst") plan.eio_burst = n;
+        else if (name == "spike_every") plan.spike_every = n;
+        else if (name == "spike_us") plan.spike_us = n;
+        else if (name == "replace_every") plan.replace_every = n;
+        else {
+            return make_error(errc::invalid_argument,
+                              "fault '{}' is unknown (eio_every, eio_burst, short, spike_every, spike_us, replace_every)",
+                              name);
+        }
+    }
+    if (plan.eio_every > 0 && (plan.eio_burst == 0 || plan.eio_burst > plan.eio_every)) {
+        return make_error(errc::invalid_argument, "fault 'eio_burst' = {} must be in [1, eio_every = {}]",
+                          plan.eio_burst, plan.eio_every);
+    }
+    if (plan.spike_us > 60'000'000) {
+        return make_error(errc::invalid_argument, "fault 'spike_us' = {} is above a minute", plan.spike_us);
+    }
+    return plan;
 }
 
 }  // namespace moed::storage

@@ -22,6 +22,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -29,6 +30,22 @@
 #include "storage/block_reader.h"
 
 namespace moed::storage {
+
+// Faults that recur by read number, for a whole daemon run under faults (the
+// tiers.inject_faults key) where no test can time single rules. Text form, for the config:
+// comma-separated `name=value` of the fields below ("eio_every=400,eio_burst=40,short=0.5").
+struct fault_plan {
+    std::uint64_t eio_every = 0;  // reads numbered n with n % eio_every < eio_burst fail with EIO (0: none)
+    std::uint64_t eio_burst = 1;
+    double short_fraction = 0.0;  // "short": every read asks for this fraction of its bytes (0: whole)
+    std::uint64_t spike_every = 0;     // every spike_every-th read completes spike_us late (0: none)
+    std::uint64_t spike_us = 0;
+    std::uint64_t replace_every = 0;   // every replace_every reads, identity() flips between the file's
+                                       // own and a replaced file's (0: never)
+    bool empty() const noexcept { return eio_every == 0 && short_fraction == 0.0 && spike_every == 0 && replace_every == 0; }
+};
+// Parses the text form; errors name the field and the value.
+result<fault_plan> parse_fault_plan(std::string_view text);
 
 class fault_reader final : public block_reader {
 public:
@@ -62,6 +79,8 @@ public:
     void set_bandwidth_cap(std::uint64_t bytes_per_s);
     // identity() reports another inode and mtime while set, as if the file had been replaced.
     void set_file_replaced(bool replaced);
+    // Adds the recurring faults of `plan` (on top of the rules above; clear_all() removes it).
+    void set_plan(const fault_plan& plan);
     // Removes every fault above.
     void clear_all();
 
@@ -120,6 +139,7 @@ private:
     std::uint64_t bandwidth_bytes_per_s_ = 0;
     clock::time_point bandwidth_free_at_{};  // when the modelled disk finishes its queue
     bool replaced_ = false;
+    fault_plan plan_;
     // Counters.
     std::uint64_t reads_accepted_ = 0;
     std::uint64_t reads_failed_ = 0;

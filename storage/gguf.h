@@ -6,9 +6,10 @@
 // type and offset is checked before use; a bad file yields an error naming the file, the
 // field and its byte offset.
 // Threads: a gguf_file is immutable after open(); any thread may read it.
-// The mapping assumes the file is not truncated while open (as llama.cpp assumes): a file
-// shortened by another process afterwards faults on access (SIGBUS), which no parser check
-// can prevent.
+// A file shortened by another process while mapped faults on access (SIGBUS), which no
+// parser check can prevent; so a long-lived owner (the daemon's model) copies what it needs
+// with positional reads and calls release_mapping() once it is done, after which nothing
+// reaches the file through this object (metadata and tensor infos stay).
 #pragma once
 
 #include <cstddef>
@@ -115,9 +116,12 @@ public:
     // A required tensor: missing is an error naming the file and the tensor.
     result<const gguf_tensor_info*> get_tensor(std::string_view name) const;
 
-    // The bytes of a tensor inside the read-only mapping.
+    // The bytes of a tensor inside the read-only mapping. Only while mapped().
     const std::byte* tensor_data(const gguf_tensor_info& info) const noexcept;
     std::span<const std::byte> mapping() const noexcept;
+    bool mapped() const noexcept { return map_ != nullptr; }
+    // Unmaps the file: tensor_data() and mapping() may no longer be called.
+    void release_mapping() noexcept;
 
 private:
     gguf_file() = default;

@@ -15,6 +15,7 @@
 
 #include <fmt/format.h>
 
+#include "common/assert.h"
 #include "common/log.h"
 #include "storage/gguf.h"
 
@@ -339,10 +340,14 @@ struct tensor_fields {
 // ---------------------------------------------------------------------------------------
 // gguf_file
 
-gguf_file::~gguf_file() {
+gguf_file::~gguf_file() { release_mapping(); }
+
+void gguf_file::release_mapping() noexcept {
     if (map_ != nullptr && ::munmap(map_, map_bytes_) != 0) {
         MOED_LOG_WARN("storage", "{}: munmap failed: {}", path_, std::strerror(errno));
     }
+    map_ = nullptr;
+    map_bytes_ = 0;
 }
 
 result<std::unique_ptr<gguf_file>> gguf_file::open(const std::string& path,
@@ -695,10 +700,12 @@ result<const gguf_tensor_info*> gguf_file::get_tensor(std::string_view name) con
 }
 
 const std::byte* gguf_file::tensor_data(const gguf_tensor_info& info) const noexcept {
+    MOED_ASSERT(map_ != nullptr);
     return static_cast<const std::byte*>(map_) + info.offset;
 }
 
 std::span<const std::byte> gguf_file::mapping() const noexcept {
+    MOED_ASSERT(map_ != nullptr);
     return {static_cast<const std::byte*>(map_), map_bytes_};
 }
 

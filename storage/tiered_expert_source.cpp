@@ -3,8 +3,13 @@
 // and the slot state machine are in tiered_state.h.
 #include "storage/tiered_expert_source.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
+#include <cstring>
 #include <system_error>
 
 #include "common/log.h"
@@ -43,6 +48,7 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     std::unique_ptr<host_slab> slab;
     // Declared after the slab so that on every return the reader, which may have registered
     // the slab with the kernel, goes first.
+    const bool reader_opened_here = supplied_reader == nullptr;
     std::unique_ptr<block_reader> reader = std::move(supplied_reader);
     std::uint32_t alignment = min_region_alignment;
     if (reader) alignment = std::max(alignment, reader->alignment());
@@ -114,6 +120,17 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     p->region_alignment = alignment;
     p->reader_alignment = reader->alignment();
     p->identity = *identity;
+    p->reader_opened_here = reader_opened_here;
+    {
+        // The fingerprint a changed file is compared with before the tier trusts it again.
+        const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (fd < 0) return make_error(errc::io, "{}: cannot open: {}", path, std::strerror(errno));
+        auto print = p->fingerprint(fd);
+        ::close(fd);
+        if (!print) return make_error(errc::io, "{}: reading its fingerprint: {}", path, print.error().message);
+        p->header_digest = print->first;
+        p->tensor_digests = std::move(print->second);
+    }
     for (std::uint32_t l = 0; l < layout.n_layer; ++l) {
         p->geometry.push_back(geometry_of(layout, l, alignment));
         p->expert_bytes_total += static_cast<std::uint64_t>(layout.expert_bytes(l)) * layout.n_expert;
@@ -149,8 +166,9 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     try {
         impl* raw = p.get();
         p->completion_thread = std::thread([raw] { raw->completion_main(); });
+        if (options.file_check_interval.count() > 0) p->check_thread = std::thread([raw] { raw->check_main(); });
     } catch (const std::system_error& ex) {
-        return make_error(errc::internal, "{}: cannot start the completion thread: {}", path, ex.what());
+        return make_error(errc::internal, "{}: cannot start the tier's threads: {}", path, ex.what());
     }
     MOED_LOG_INFO(component,
                   "{}: host tier of {} slots x {} ({}), {} reads, queue depth {}; ring of {} sections ({} slots per "
@@ -325,6 +343,15 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             pin(k, where);
             ++k;
             continue;
+        }
+        if (file_broken) {
+            // The file may hold other bytes now: fail what would need a read, keep the rest.
+            moed::error failure = error_noexcept(errc::io, "{}; expert {}/{} is not in host memory",
+                                                 file_error.message, id.layer, id.expert);
+            if (submitted_any) flush_pending_locked();
+            lock.unlock();
+            for (expert_handle& h : out) h.release();
+            return unexpected(std::move(failure));
         }
         const std::optional<std::uint32_t> slot = take_slot_locked(id, slot_load_kind::demand, 0.0f);
         if (!slot) {

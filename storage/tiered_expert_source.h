@@ -41,6 +41,7 @@
 // destruction waits for reads still in flight (prefetches) before freeing the slab.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -90,9 +91,30 @@ struct tiered_options {
     double hot_fraction_max = 0.25;
     // false: one section (plain least-recently-used placement, no hot set), to compare with.
     bool ring = true;
+    // The model file is checked this often by a thread of the source (0: no thread; a read
+    // that finds the file changed still marks it broken, and check_file() checks on demand).
+    std::chrono::milliseconds file_check_interval{1000};
+    // Bytes at the start of the file (the GGUF header: metadata and tensor infos) that must be
+    // unchanged for a changed file to count as the same model again; 0: not compared.
+    std::uint64_t header_bytes = 0;
     // When set, wraps the block reader create() opens (a fault_reader for a fake slow disk in
     // benchmarks); not used for a reader passed to create().
     std::function<result<std::unique_ptr<block_reader>>(std::unique_ptr<block_reader>)> wrap_reader;
+};
+
+// The model file as the tier sees it. A file changed under the tier (size, inode or mtime
+// differ from what was opened, or a read meets its end early) is broken: experts already in
+// host slots keep serving, every acquire that needs a read from the file fails at once with
+// `error`, and prefetches wait. The checker (check_file(), every file_check_interval) makes it
+// healthy again once the file at the path holds the same model: the same size, the same
+// header bytes, the same bytes at the start and end of every expert tensor as at open, and
+// the same bytes as every expert resident in a slot. A file replaced by another inode is
+// reopened (readers the source opened itself only).
+struct tier_file_health {
+    bool broken = false;
+    std::string error;            // why, while broken
+    std::uint64_t breaks = 0;     // times the file was found changed
+    std::uint64_t recoveries = 0; // times it was found to be the same model again
 };
 
 // Prefetch priority classes, served in this order (contract with the scheduler).
@@ -154,6 +176,12 @@ public:
     void set_expert_scores(std::span<const float> per_expert_score);
 
     expert_cache_stats stats() const;
+    tier_file_health file_health() const;
+    // Checks the model file now (what the checker thread does every file_check_interval):
+    // marks it broken when it changed; when broken and unchanged since the previous check
+    // (a copy in progress is not read), compares it with the model that was opened and, when
+    // it is the same, makes the tier healthy again. Reads the file without the tier's lock.
+    tier_file_health check_file();
     std::uint32_t slot_count() const noexcept;
     std::uint32_t max_held_experts() const noexcept override { return slot_count(); }
     // Bytes one host slot takes (the largest expert of any layer, each matrix aligned).

@@ -25,6 +25,14 @@ std::uint64_t tiered_slot_bytes(const expert_layout& layout, std::uint32_t align
 }
 
 void tiered_expert_source::impl::shutdown() noexcept {
+    if (check_thread.joinable()) {
+        {
+            std::lock_guard lock(mutex);
+            check_stop = true;
+        }
+        check_cv.notify_all();
+        check_thread.join();
+    }
     if (!completion_thread.joinable()) return;
     {
         std::lock_guard lock(mutex);
@@ -244,8 +252,11 @@ void tiered_expert_source::impl::on_completion_locked(const read_completion& c) 
         return;
     }
     if (c.result == 0) {
-        // End of file before the matrix ended: the file is shorter than its header says.
+        // End of file before the matrix ended: the file is shorter than its header says, so
+        // it was shortened after it was opened (create() checked every expert was inside it).
         ++read_errors;
+        mark_file_broken_locked(error_noexcept(errc::io, "{}: shortened since it was opened (end of file at offset {})",
+                                               path, r.file_offset + r.done));
         const moed::error failure = read_error(
             slot, m,
             error_noexcept(errc::io, "end of file at offset {}; the file is truncated", r.file_offset + r.done)
@@ -306,11 +317,10 @@ void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
             e.failure = error_noexcept(errc::io, "{}: checking the file after reading expert {}/{}: {}", path,
                                        e.id.layer, e.id.expert, current.error().message);
         } else if (!(*current == identity)) {
+            mark_file_broken_locked(error_noexcept(errc::io, "{}: changed since it was opened ({} then, {} now)", path,
+                                                   identity_text(identity), identity_text(*current)));
             e.load_failed = true;
-            e.failure = error_noexcept(errc::io,
-                                       "{}: changed since it was opened ({} then, {} now); expert {}/{} not "
-                                       "loaded, reload the model",
-                                       path, identity_text(identity), identity_text(*current), e.id.layer,
+            e.failure = error_noexcept(errc::io, "{}; expert {}/{} not loaded", file_error.message, e.id.layer,
                                        e.id.expert);
         }
     }

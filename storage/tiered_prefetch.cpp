@@ -133,7 +133,7 @@ void set_prediction(slot_entry& e, float score, std::uint32_t gen) noexcept {
 }  // namespace
 
 void tiered_expert_source::impl::dispatch_locked() noexcept {
-    if (queue.empty() || stopping) return;
+    if (queue.empty() || stopping || file_broken) return;  // broken: the queue waits for the file
     if (!queue_sorted) sort_queue_locked();
     std::size_t keep = 0;
     bool bound_reached = false;
@@ -243,7 +243,7 @@ void tiered_expert_source::prefetch(std::span<const ExpertId> ids) {
     // is skipped.
     impl& d = *impl_;
     std::lock_guard lock(d.mutex);
-    if (d.stopping) return;
+    if (d.stopping || d.file_broken) return;
     bool queued = false;
     for (const ExpertId& id : ids) {
         if (!d.in_range(id)) continue;  // a hint; an impossible id is simply not prefetched

@@ -217,6 +217,22 @@ struct tiered_expert_source::impl {
     std::vector<std::uint32_t> latency_us;  // a ring of tiered_detail::latency_samples_max
     std::uint64_t latency_count = 0;        // samples ever recorded
 
+    // The model file's health (tiered_file_check.cpp); under `mutex` unless noted.
+    bool file_broken = false;
+    moed::error file_error;
+    std::uint64_t file_breaks = 0, file_recoveries = 0;
+    std::optional<file_identity> file_last_seen;  // the path's identity at the previous check while broken
+    std::optional<file_identity> file_rejected;   // a version of the file found to be another model
+    std::uint64_t path_inode_logged = 0;           // a replacement at the path already logged
+    bool check_stop = false;                       // the checker thread ends
+    bool reader_opened_here = false;               // create() opened the reader (so a check may reopen it)
+    // The fingerprint taken at create(): immutable after it.
+    std::uint64_t header_digest = 0;
+    std::vector<std::uint64_t> tensor_digests;  // per layer and matrix: head and tail samples
+    std::condition_variable check_cv;  // the checker thread: stop
+    std::thread check_thread;
+    std::mutex check_mutex;  // one check at a time (the thread, or a caller of check_file())
+
     std::thread completion_thread;
 
     ~impl() { shutdown(); }
@@ -258,6 +274,15 @@ struct tiered_expert_source::impl {
 
     void shutdown() noexcept;
     void completion_main() noexcept;
+    void check_main() noexcept;
+    // Marks the file broken (once; later calls keep the first reason) and logs it.
+    void mark_file_broken_locked(moed::error why) noexcept;
+    tier_file_health health_locked() const;
+    // Whether the file at `path` (opened as `fd`, `now` its identity) holds the model opened
+    // at create(); a clear reason when not.
+    result<void> verify_same_model(int fd, const file_identity& now) const;
+    // The fingerprint of the file open as `fd`: header digest and tensor samples.
+    result<std::pair<std::uint64_t, std::vector<std::uint64_t>>> fingerprint(int fd) const;
     // acquire_many's work: fills out[i] for ids[i] (out has ids.size() empty handles); on
     // error every handle it made is released again.
     // With `wait` false it returns once every read is requested (handles of loading experts

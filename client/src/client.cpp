@@ -389,6 +389,8 @@ daemon_status to_public(server_status&& s) {
     p.model.file_bytes = s.model.file_bytes;
     p.model.dense_bytes = s.model.dense_bytes;
     p.model.expert_bytes = s.model.expert_bytes;
+    p.model.state = std::move(s.model.state);
+    p.model.error = std::move(s.model.error);
     p.threads = s.threads;
     p.isa = std::move(s.isa);
     p.queue_waiting = s.queue_waiting;

@@ -736,17 +736,20 @@ TEST_F(batch_loop_test, snapshot_counts_and_lists_requests) {
     EXPECT_EQ(st.threads, static_cast<std::uint32_t>(k_threads));
 }
 
-// Fails the next acquire once armed; otherwise serves experts from the file's mapping.
+// Fails the next `fail_next` acquires once armed; otherwise serves the model's experts.
 class failing_source final : public storage::expert_source {
 public:
-    explicit failing_source(const engine::model& m) : inner_(m.file(), m.experts_layout()) {}
+    explicit failing_source(const engine::model& m)
+        : inner_(m.file().path(), m.experts_layout(), m.weights_image(), m.file().data_offset()) {}
     result<storage::expert_handle> acquire(ExpertId id) override {
-        if (fail_next.exchange(false)) {
-            return make_error(errc::io, "injected read failure of expert {} of layer {}", id.expert, id.layer);
+        for (int left = fail_next.load(); left > 0; left = fail_next.load()) {
+            if (fail_next.compare_exchange_weak(left, left - 1)) {
+                return make_error(errc::io, "injected read failure of expert {} of layer {}", id.expert, id.layer);
+            }
         }
         return inner_.acquire(id);
     }
-    std::atomic<bool> fail_next{false};
+    std::atomic<int> fail_next{0};
 
 protected:
     // Handles carry the inner source, which releases them.
@@ -768,8 +771,9 @@ TEST_F(batch_loop_test, evaluator_error_fails_the_batch_and_the_loop_keeps_servi
     batch_loop loop(m, small_options(2));
     auto a = std::make_shared<recording_sink>();
     auto b = std::make_shared<recording_sink>();
+    // The batch's pass fails, then each sequence's own pass fails: both requests fail.
     a->hook = [&](std::size_t n) {
-        if (n == 3) faults->fail_next.store(true);
+        if (n == 3) faults->fail_next.store(3);
     };
     ASSERT_TRUE(loop.submit(make_job(texts[0], 50, false), a));
     ASSERT_TRUE(loop.submit(make_job(texts[1], 50, false), b));
@@ -795,6 +799,59 @@ TEST_F(batch_loop_test, evaluator_error_fails_the_batch_and_the_loop_keeps_servi
     server_status st;
     loop.snapshot(st);
     EXPECT_EQ(st.requests_failed, 2u);
+}
+
+// A read failure of one step fails only the requests whose own pass fails: after the
+// batch's pass failed, each sequence runs alone; the first one's pass fails again (it needs
+// what cannot be read), the second succeeds and goes on with exactly the tokens of its run
+// alone (kernels are batch-invariant, so its solo step is the batch's step).
+TEST_F(batch_loop_test, a_failed_read_fails_only_the_requests_that_need_it) {
+    auto loaded = engine::model::load(model_path());
+    ASSERT_TRUE(loaded) << loaded.error().message;
+    engine::model& m = **loaded;
+    auto source = std::make_unique<failing_source>(m);
+    failing_source* faults = source.get();
+    m.set_expert_source(std::move(source));
+
+    const auto texts = prompts();
+    const job_params ja = make_job(texts[0], 30, false);
+    const job_params jb = make_job(texts[1], 30, false);
+    batch_loop loop(m, small_options(2));
+    auto a = std::make_shared<recording_sink>();
+    auto b = std::make_shared<recording_sink>();
+    a->hook = [&](std::size_t n) {
+        if (n == 3) faults->fail_next.store(2);
+    };
+    ASSERT_TRUE(loop.submit(ja, a));
+    ASSERT_TRUE(loop.submit(jb, b));
+    loop.start();
+    a->wait_done();
+    b->wait_done();
+    EXPECT_EQ(a->reason(), "error");
+    ASSERT_TRUE(a->failure());
+    EXPECT_NE(a->failure()->message.find("injected"), std::string::npos) << a->failure()->message;
+    EXPECT_EQ(a->tokens().size(), 3u);
+    EXPECT_FALSE(b->failure());
+    expect_same_as_alone(*b, run_alone(jb), "the request whose own pass succeeded");
+
+    // One failure only (the batch's pass): both requests finish as if nothing happened.
+    auto c = std::make_shared<recording_sink>();
+    auto d = std::make_shared<recording_sink>();
+    const job_params jc = make_job(texts[2], 20, false);
+    const job_params jd = make_job(texts[3], 20, false);
+    c->hook = [&](std::size_t n) {
+        if (n == 2) faults->fail_next.store(1);
+    };
+    ASSERT_TRUE(loop.submit(jc, c));
+    ASSERT_TRUE(loop.submit(jd, d));
+    c->wait_done();
+    d->wait_done();
+    loop.shutdown(std::chrono::milliseconds(0));
+    expect_same_as_alone(*c, run_alone(jc), "first request after a transient failure");
+    expect_same_as_alone(*d, run_alone(jd), "second request after a transient failure");
+    server_status st;
+    loop.snapshot(st);
+    EXPECT_EQ(st.requests_failed, 1u);
 }
 
 }  // namespace

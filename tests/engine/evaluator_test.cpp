@@ -140,7 +140,8 @@ private:
 TEST(evaluator, each_expert_acquired_once_per_layer_and_released) {
     auto m = load("Q8_0");
     ASSERT_TRUE(m);
-    auto resident = std::make_unique<storage::resident_expert_source>(m->file(), m->experts_layout());
+    auto resident = std::make_unique<storage::resident_expert_source>(
+        m->file().path(), m->experts_layout(), m->weights_image(), m->file().data_offset());
     auto counting = std::make_unique<counting_source>(std::move(resident));
     counting_source* counter = counting.get();
     m->set_expert_source(std::move(counting));

@@ -18,6 +18,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <fstream>
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -48,6 +50,7 @@ result<std::unique_ptr<tiered_expert_source>> make_source(const model_fixture& m
     o.host_budget_bytes = tiered_slot_bytes(m.layout, page) * s.slots;
     o.lock = s.lock;
     o.eio_retries = s.eio_retries;
+    o.file_check_interval = std::chrono::milliseconds(0);  // the tests call check_file() themselves
     return tiered_expert_source::create(m.path, m.layout, o, nullptr, std::move(reader));
 }
 
@@ -490,7 +493,12 @@ TEST(tiered_expert_source_faults, identity_change_fails_the_load) {
     auto h = (*made)->acquire(ExpertId{0, 1});
     expect_error(h, {m.path, "changed since it was opened", "expert 0/1"});
     EXPECT_EQ((*made)->stats().host.resident_experts, 1u);
+    EXPECT_TRUE((*made)->file_health().broken);
     rs.control->change_identity.store(false);
+    // The file at the path never changed: the second check (the first one saw it settle)
+    // compares it with the model opened and the tier serves again.
+    EXPECT_TRUE((*made)->check_file().broken);
+    EXPECT_FALSE((*made)->check_file().broken);
     ASSERT_TRUE((*made)->acquire(ExpertId{0, 1}));
 }
 
@@ -612,9 +620,9 @@ TEST(tiered_expert_source_faults, truncated_file_is_an_error_naming_expert_and_f
     const std::uint32_t l = m.layout.n_layer - 1;
     auto h = (*made)->acquire(ExpertId{l, 6});
     expect_error(h, {copy.path, "reading expert 2/6", "truncated"});
-    // An expert wholly before the cut reads fine, yet the file is no longer the one opened.
+    // An expert wholly before the cut is not read either: the file is no longer the one opened.
     h = (*made)->acquire(ExpertId{0, 0});
-    expect_error(h, {copy.path, "changed since it was opened"});
+    expect_error(h, {copy.path, "shortened since it was opened", "expert 0/0 is not in host memory"});
     EXPECT_EQ((*made)->stats().host.resident_experts, 0u);
 }
 
@@ -643,6 +651,178 @@ TEST(tiered_expert_source_faults, layout_past_the_end_of_the_file_is_refused) {
     o.host_budget_bytes = tiered_slot_bytes(bad, page) * 2;
     auto r = tiered_expert_source::create(m.path, bad, o);
     expect_error(r, {m.path, "layer 1 up experts", "past the end of the file"});
+}
+
+// --- the model file changed while serving: broken, then the same model again ---
+
+// Writes `bytes` over the file in place (same inode, as cp does) and gives it a new mtime.
+void write_in_place(const std::string& path, const std::vector<char>& bytes, std::int64_t mtime_s) {
+    {
+        std::ofstream out(path, std::ios::binary | std::ios::trunc);
+        out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+        ASSERT_TRUE(out.good());
+    }
+    const timespec times[2] = {{0, UTIME_OMIT}, {mtime_s, 0}};
+    ASSERT_EQ(::utimensat(AT_FDCWD, path.c_str(), times, 0), 0);
+}
+
+std::vector<char> file_bytes(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::vector<char>(std::istreambuf_iterator<char>(in), {});
+}
+
+struct changed_file_case {
+    model_fixture original;
+    model_fixture copy;
+    std::vector<char> bytes;
+    std::unique_ptr<tiered_expert_source> source;
+};
+
+changed_file_case make_changed_file_case(const std::string& name) {
+    changed_file_case c;
+    c.original = load_model("Q8_0", skewed_shape());
+    c.copy.path = copy_of(c.original.path, name);
+    c.copy.layout = c.original.layout;
+    c.bytes = file_bytes(c.copy.path);
+    tiered_options o;
+    o.host_budget_bytes = tiered_slot_bytes(c.copy.layout, page) * 4;
+    o.lock = memory_lock::off;
+    o.file_check_interval = std::chrono::milliseconds(0);  // the tests call check_file() themselves
+    o.header_bytes = c.original.file->data_offset();       // as the engine sets it
+    auto made = tiered_expert_source::create(c.copy.path, c.copy.layout, o);
+    EXPECT_TRUE(made) << made.error().message;
+    if (made) c.source = std::move(made).value();
+    return c;
+}
+
+TEST(tiered_file_change, identical_bytes_copied_over_break_then_recover) {
+    changed_file_case c = make_changed_file_case("same-bytes.gguf");
+    ASSERT_TRUE(c.source && c.original.resident);
+    tiered_expert_source& source = *c.source;
+    ASSERT_TRUE(source.acquire(ExpertId{1, 1}));
+    EXPECT_FALSE(source.check_file().broken);
+
+    write_in_place(c.copy.path, c.bytes, 1000);
+    const tier_file_health broken = source.check_file();
+    ASSERT_TRUE(broken.broken);
+    EXPECT_NE(broken.error.find("changed since it was opened"), std::string::npos) << broken.error;
+    EXPECT_EQ(broken.breaks, 1u);
+    // What needs the file fails at once and says why; what is in memory still serves.
+    expect_error(source.acquire(ExpertId{1, 2}), {c.copy.path, "changed since it was opened", "expert 1/2"});
+    auto resident = source.acquire(ExpertId{1, 1});
+    ASSERT_TRUE(resident) << resident.error().message;
+    EXPECT_TRUE(same_as_resident(*resident, *c.original.resident));
+    resident->release();
+
+    // The first check sees the file settle, the second compares it and trusts it again.
+    EXPECT_TRUE(source.check_file().broken);
+    const tier_file_health healthy = source.check_file();
+    EXPECT_FALSE(healthy.broken) << healthy.error;
+    EXPECT_EQ(healthy.recoveries, 1u);
+    auto h = source.acquire(ExpertId{1, 2});
+    ASSERT_TRUE(h) << h.error().message;
+    EXPECT_TRUE(same_as_resident(*h, *c.original.resident));
+    h->release();
+    churn_and_compare(source, c.original, 3);
+    EXPECT_FALSE(source.file_health().broken);
+}
+
+TEST(tiered_file_change, truncated_file_breaks_until_restored) {
+    changed_file_case c = make_changed_file_case("cut-and-restored.gguf");
+    ASSERT_TRUE(c.source && c.original.resident);
+    tiered_expert_source& source = *c.source;
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));
+    ASSERT_EQ(::truncate(c.copy.path.c_str(), 4096), 0);
+    // Found by the read that meets the end of the file, without any check.
+    expect_error(source.acquire(ExpertId{2, 7}), {c.copy.path, "expert 2/7"});
+    EXPECT_TRUE(source.file_health().broken);
+    for (int k = 0; k < 3; ++k) EXPECT_TRUE(source.check_file().broken);  // a short file is never the model
+    expect_error(source.acquire(ExpertId{2, 6}), {c.copy.path, "not in host memory"});
+
+    write_in_place(c.copy.path, c.bytes, 2000);
+    EXPECT_TRUE(source.check_file().broken);
+    EXPECT_FALSE(source.check_file().broken);
+    churn_and_compare(source, c.original, 4);
+}
+
+TEST(tiered_file_change, another_model_of_the_same_shape_is_never_trusted) {
+    changed_file_case c = make_changed_file_case("other-model.gguf");
+    ASSERT_TRUE(c.source && c.original.resident);
+    tiered_expert_source& source = *c.source;
+    // Expert 1/4's gate lies in the middle of its stacked tensor, outside the head and tail
+    // samples: only the comparison with the resident copy can tell it changed.
+    auto held = source.acquire(ExpertId{1, 4});
+    ASSERT_TRUE(held) << held.error().message;
+    held->release();
+    std::vector<char> other = c.bytes;
+    const auto& lt = c.copy.layout.layers[1];
+    const std::uint64_t at = lt.gate_offset + lt.gate_bytes * 4 + lt.gate_bytes / 2;
+    ASSERT_GT(at, lt.gate_offset + (16u << 10));
+    ASSERT_LT(at + (16u << 10), lt.gate_offset + lt.gate_bytes * 8);
+    other[at] = static_cast<char>(other[at] ^ 0x5a);
+    write_in_place(c.copy.path, other, 3000);
+    for (int k = 0; k < 4; ++k) EXPECT_TRUE(source.check_file().broken);
+    expect_error(source.acquire(ExpertId{0, 3}), {c.copy.path, "changed since it was opened"});
+
+    // Another header (one metadata byte) is refused as well.
+    std::vector<char> header_changed = c.bytes;
+    header_changed[40] = static_cast<char>(header_changed[40] ^ 1);
+    write_in_place(c.copy.path, header_changed, 4000);
+    for (int k = 0; k < 3; ++k) EXPECT_TRUE(source.check_file().broken);
+
+    write_in_place(c.copy.path, c.bytes, 5000);
+    EXPECT_TRUE(source.check_file().broken);
+    EXPECT_FALSE(source.check_file().broken);
+    churn_and_compare(source, c.original, 2);
+}
+
+TEST(tiered_file_change, the_model_renamed_back_over_a_cut_file_is_reopened) {
+    changed_file_case c = make_changed_file_case("renamed-back.gguf");
+    ASSERT_TRUE(c.source && c.original.resident);
+    tiered_expert_source& source = *c.source;
+    ASSERT_TRUE(source.acquire(ExpertId{2, 2}));
+    ASSERT_EQ(::truncate(c.copy.path.c_str(), 100), 0);
+    EXPECT_TRUE(source.check_file().broken);
+    // The open file stays cut; a good copy renamed over the path is another inode.
+    const std::string fresh = copy_of(c.original.path, "renamed-back.gguf.new");
+    ASSERT_EQ(::rename(fresh.c_str(), c.copy.path.c_str()), 0);
+    EXPECT_TRUE(source.check_file().broken);
+    const tier_file_health healthy = source.check_file();
+    EXPECT_FALSE(healthy.broken) << healthy.error;
+    churn_and_compare(source, c.original, 4);
+}
+
+TEST(tiered_file_change, a_file_renamed_over_the_path_changes_nothing) {
+    changed_file_case c = make_changed_file_case("renamed-over.gguf");
+    ASSERT_TRUE(c.source && c.original.resident);
+    tiered_expert_source& source = *c.source;
+    // The open file keeps the model served; what now sits at the path is not read.
+    const std::string other = (test::temp_dir() / "renamed-over.gguf.other").string();
+    {
+        std::ofstream out(other, std::ios::binary);
+        out << "not a model";
+    }
+    ASSERT_EQ(::rename(other.c_str(), c.copy.path.c_str()), 0);
+    EXPECT_FALSE(source.check_file().broken);
+    churn_and_compare(source, c.original, 4);
+    EXPECT_FALSE(source.check_file().broken);
+}
+
+TEST(tiered_file_change, the_checker_thread_finds_a_change_without_any_read) {
+    changed_file_case c = make_changed_file_case("checker-thread.gguf");
+    ASSERT_TRUE(c.source);
+    c.source.reset();
+    tiered_options o;
+    o.host_budget_bytes = tiered_slot_bytes(c.copy.layout, page) * 4;
+    o.lock = memory_lock::off;
+    o.file_check_interval = std::chrono::milliseconds(5);
+    auto made = tiered_expert_source::create(c.copy.path, c.copy.layout, o);
+    ASSERT_TRUE(made) << made.error().message;
+    ASSERT_EQ(::truncate(c.copy.path.c_str(), 4096), 0);
+    EXPECT_TRUE(eventually([&] { return (*made)->file_health().broken; }));
+    write_in_place(c.copy.path, c.bytes, 6000);
+    EXPECT_TRUE(eventually([&] { return !(*made)->file_health().broken; }));
+    EXPECT_EQ((*made)->file_health().recoveries, 1u);
 }
 
 }  // namespace

@@ -276,6 +276,8 @@ struct daemon_model {
     std::uint64_t file_bytes = 0;
     std::uint64_t dense_bytes = 0;
     std::uint64_t expert_bytes = 0;
+    std::string state;  // "ok", or "broken" while the model file changed (error says why)
+    std::string error;
 };
 
 struct daemon_request {
