@@ -278,5 +278,42 @@ TEST(Config, DefaultModelId) {
     EXPECT_EQ(default_model_id("/m/model.gguf", ""), "model");
 }
 
+TEST(Config, ReloadComparesEveryKeyAndKnowsWhichApplyWhileRunning) {
+    const daemon_config a;
+    daemon_config b;
+    // Every key has a comparison (one missing would abort here).
+    EXPECT_TRUE(changed_keys(a, b).empty());
+    for (std::string_view key : config_keys()) (void)reloadable_key(key);
+    b.max_body_bytes = 5;
+    b.max_sequences = 3;
+    b.level = log_level::debug;
+    b.host_budget = budget_spec{0, 0.25, true};
+    const auto changed = changed_keys(a, b);
+    EXPECT_EQ(changed, (std::vector<std::string_view>{"engine.max_sequences", "tiers.host_budget",
+                                                      "http.max_body_bytes", "daemon.log_level"}));
+    EXPECT_TRUE(reloadable_key("http.max_body_bytes"));
+    EXPECT_TRUE(reloadable_key("daemon.log_level"));
+    EXPECT_TRUE(reloadable_key("daemon.drain_timeout_s"));
+    EXPECT_FALSE(reloadable_key("engine.max_sequences"));
+    EXPECT_FALSE(reloadable_key("tiers.host_budget"));
+    EXPECT_FALSE(reloadable_key("model.path"));
+}
+
+TEST(Config, InjectedFaultsAreValidatedAtParse) {
+    auto good = from_toml("[tiers]\ninject_faults = \"eio_every=400,eio_burst=40,short=0.5,spike_every=9,spike_us=10\"\n");
+    ASSERT_TRUE(good) << good.error().message;
+    EXPECT_EQ(good->inject_faults, "eio_every=400,eio_burst=40,short=0.5,spike_every=9,spike_us=10");
+    for (const auto& [text, needle] : std::vector<std::pair<std::string, std::string>>{
+             {"eio_every=10,eio_burst=20", "eio_burst"},
+             {"bogus=1", "fault 'bogus' is unknown"},
+             {"short=1.5", "fault 'short'"},
+             {"eio_every=x", "'x' is not a count"},
+             {"eio_every", "expected name=value"}}) {
+        const std::string e = error_of("[tiers]\ninject_faults = \"" + text + "\"\n");
+        EXPECT_NE(e.find("tiers.inject_faults"), std::string::npos) << e;
+        EXPECT_NE(e.find(needle), std::string::npos) << e;
+    }
+}
+
 }  // namespace
 }  // namespace moed::daemon
