@@ -6,7 +6,7 @@ packages=(
   liburing-dev libhwloc-dev libboost-dev libjemalloc-dev libfmt-dev nlohmann-json3-dev
   libsystemd-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev libtomlplusplus-dev
   fio
-  curl systemd
+  curl systemd procps
 )
 sudo=""
 if [ "$(id -u)" -ne 0 ]; then sudo="sudo"; fi

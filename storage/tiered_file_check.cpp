@@ -220,6 +220,11 @@ tier_file_health tiered_expert_source::check_file() {
         MOED_LOG_WARN(component, "{}: not the model opened: {}", d.path, same.error().message);
         return d.health_locked();
     }
+    if (d.submitted > 0 || !d.pending.empty() || d.loads_in_flight > 0) {
+        // Reads that began before the change may still land: they must finish (and fail
+        // against the old identity) before a new one is trusted. A later check takes it.
+        return d.health_locked();
+    }
     const bool same_file = now->inode == d.identity.inode && now->device == d.identity.device;
     if (!same_file) {
         // The path names another file now: read that one from here on.
@@ -229,9 +234,6 @@ tier_file_health tiered_expert_source::check_file() {
                                      "cannot be reopened",
                           d.path);
             return d.health_locked();
-        }
-        if (d.submitted > 0 || !d.pending.empty() || d.loads_in_flight > 0) {
-            return d.health_locked();  // reads of the old file still finishing: swap at a later check
         }
         auto opened = open_block_reader(block_reader_options{d.path, d.options.queue_depth, d.options.allow_uring,
                                                              d.options.allow_direct, d.slab->region()});
