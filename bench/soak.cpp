@@ -1,0 +1,1229 @@
+// bench/soak: a long mixed load against moed, watching the daemon's memory, threads and
+// descriptors and every request's outcome. N clients send, back to back until the time is
+// up, chat and plain completions, streamed or not, with and without stop strings, with
+// varying max_tokens, some naming a task profile (one stable, one deleted and recreated
+// every --churn-interval), and some streams closed by the client after a few chunks. The
+// request mix comes from a seeded RNG per client, so a run with the same --seed sends the
+// same requests from each client (their timing, and so the daemon's batching, differs).
+//
+//   bench-soak --socket PATH [--pid PID] [options]      attach to a running moed (the pid is
+//                                                       read from the socket when not given)
+//   bench-soak --moed PATH [--model PATH] [options] [-- DAEMON FLAGS...]
+//                                                       start moed on a temporary socket and
+//                                                       state folder; SIGTERM it at the end
+// Options: --clients 16, --duration 10m (90s, 1h, 1h30m), --seed 1, --sample-interval 10s,
+//          --prompts FILE.jsonl (lines with "text" and optionally "domain"), --max-tokens 64,
+//          --prompt-bytes 160, --churn-interval 30s, --request-timeout 300s,
+//          --max-growth-mib-per-hour 8.
+//
+// Every --sample-interval it reads the daemon's VmRSS, VmHWM and Threads from
+// /proc/PID/status, counts /proc/PID/fd, and reads GET /v1/status (requests and tokens done,
+// the host tier's capacity). At the end it prints one JSON object: config, totals, samples,
+// summary (peak RSS, RSS growth over the last half as a least-squares slope, threads and
+// descriptors in the last half, unexpected errors with examples) and the verdict. Exit 0
+// only when the verdict passes; 1 when it fails; 2 on bad arguments or a failed set-up.
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>  // Boost 1.74's asio/awaitable.hpp uses std::exchange without including it
+#include <vector>
+
+#include <boost/asio/buffer.hpp>
+#include <boost/beast/http.hpp>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+#include "bench/soak_stats.h"
+#include "moed/client.hpp"
+#include "tools/cli_util.h"
+
+namespace http = boost::beast::http;
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using clock_type = std::chrono::steady_clock;
+using namespace moed::bench::soak;
+
+namespace {
+
+constexpr const char* program = "bench-soak";
+// The unexpected errors quoted in the summary (all are counted).
+constexpr std::size_t max_examples = 10;
+// A streamed answer is small (max_tokens chunks of a few hundred bytes); anything near this
+// is a runaway answer.
+constexpr std::uint64_t max_body_bytes = 16u << 20;
+constexpr std::size_t read_chunk_bytes = 16 * 1024;
+// Example prompts per task profile.
+constexpr std::size_t profile_prompts = 8;
+// How long a started daemon gets to answer /healthz, and to exit after SIGTERM (its drain
+// timeout is 30 s by default).
+constexpr auto daemon_start_timeout = std::chrono::seconds(180);
+constexpr auto daemon_stop_timeout = std::chrono::seconds(120);
+// A profile creation the queue refused is retried after this.
+constexpr auto profile_retry_delay = std::chrono::seconds(1);
+
+const char* const stable_profile = "soak-stable";
+const char* const churn_profile = "soak-churn";
+
+struct options {
+    std::string socket_path;
+    pid_t pid = 0;
+    std::string moed_path;
+    std::string model_path;
+    std::vector<std::string> daemon_flags;
+    int clients = 16;
+    std::int64_t duration_s = 600;
+    std::uint64_t seed = 1;
+    std::int64_t sample_interval_s = 10;
+    std::string prompts_path;
+    int max_tokens = 64;
+    std::size_t prompt_bytes = 160;
+    std::int64_t churn_interval_s = 30;
+    std::int64_t request_timeout_s = 300;
+    double max_growth_mib_per_hour = 8.0;
+};
+
+std::int64_t duration_flag(const std::string& flag, const char* text) {
+    auto d = parse_duration_s(text);
+    if (!d) moed::tools::fail(program, flag + ": " + d.error().message);
+    return *d;
+}
+
+options parse_args(int argc, char** argv) {
+    options o;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a == "--") {
+            for (++i; i < argc; ++i) o.daemon_flags.emplace_back(argv[i]);
+            break;
+        }
+        auto next = [&]() -> const char* {
+            if (i + 1 >= argc) moed::tools::fail(program, "missing value after " + a);
+            return argv[++i];
+        };
+        using moed::tools::parse_number;
+        using moed::tools::sign;
+        if (a == "--socket") o.socket_path = next();
+        else if (a == "--pid") o.pid = parse_number<pid_t>(program, a, next(), sign::positive);
+        else if (a == "--moed") o.moed_path = next();
+        else if (a == "--model") o.model_path = next();
+        else if (a == "--clients") o.clients = parse_number<int>(program, a, next(), sign::positive);
+        else if (a == "--duration") o.duration_s = duration_flag(a, next());
+        else if (a == "--seed") o.seed = parse_number<std::uint64_t>(program, a, next());
+        else if (a == "--sample-interval") o.sample_interval_s = duration_flag(a, next());
+        else if (a == "--prompts") o.prompts_path = next();
+        else if (a == "--max-tokens") o.max_tokens = parse_number<int>(program, a, next(), sign::positive);
+        else if (a == "--prompt-bytes") o.prompt_bytes = parse_number<std::size_t>(program, a, next(), sign::positive);
+        else if (a == "--churn-interval") o.churn_interval_s = duration_flag(a, next());
+        else if (a == "--request-timeout") o.request_timeout_s = duration_flag(a, next());
+        else if (a == "--max-growth-mib-per-hour")
+            o.max_growth_mib_per_hour = parse_number<double>(program, a, next(), sign::positive);
+        else moed::tools::fail(program, "unknown argument '" + a + "' (daemon flags go after --)");
+    }
+    if (o.socket_path.empty() == o.moed_path.empty())
+        moed::tools::fail(program, "give exactly one of --socket PATH (a running moed) or --moed PATH (start one)");
+    if (!o.moed_path.empty() && o.pid != 0) moed::tools::fail(program, "--pid goes with --socket, not --moed");
+    if (!o.daemon_flags.empty() && o.moed_path.empty()) moed::tools::fail(program, "daemon flags after -- need --moed");
+    if (!o.model_path.empty() && o.moed_path.empty()) moed::tools::fail(program, "--model needs --moed");
+    if (o.clients > 1024) moed::tools::fail(program, "--clients: at most 1024");
+    if (o.max_tokens > 4096) moed::tools::fail(program, "--max-tokens: at most 4096");
+    return o;
+}
+
+// ---- prompts ----
+
+struct prompt_set {
+    std::vector<std::string> texts;
+    std::vector<std::string> stable_examples;  // the stable profile's prompts
+    std::vector<std::string> churn_examples;   // the churned profile's prompts
+    std::string stable_source;
+    std::string churn_source;
+};
+
+std::vector<std::pair<std::string, std::string>> builtin_prompts() {
+    return {{"code", "int main(int argc, char **argv) {"},
+            {"code", "static void free_buffer(struct buffer *b)"},
+            {"code", "struct list_head {"},
+            {"code", "    if (ret < 0)"},
+            {"code", "def parse_args(argv):"},
+            {"code", "class Config(object):"},
+            {"code", "import os\nimport sys\n"},
+            {"code", "    return self.value"},
+            {"text", "The river ran through the old town"},
+            {"text", "In the morning the market was"},
+            {"text", "She opened the letter and"},
+            {"text", "It was the first time that"},
+            {"text", "#!/bin/sh\nset -e\n"},
+            {"text", "for f in *.txt; do"},
+            {"text", "export PATH="},
+            {"text", "case \"$1\" in"}};
+}
+
+prompt_set load_prompts(const options& o) {
+    std::vector<std::pair<std::string, std::string>> rows;  // (domain, text)
+    if (o.prompts_path.empty()) {
+        rows = builtin_prompts();
+    } else {
+        std::ifstream in(o.prompts_path);
+        if (!in) moed::tools::fail(program, "--prompts: cannot open '" + o.prompts_path + "'");
+        std::string line;
+        for (std::size_t n = 1; std::getline(in, line); ++n) {
+            if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+            const json j = json::parse(line, nullptr, /*allow_exceptions=*/false);
+            const std::string where = fmt::format("{}:{}", o.prompts_path, n);
+            if (!j.is_object()) moed::tools::fail(program, where + ": not a JSON object");
+            auto text = j.find("text");
+            if (text == j.end() || !text->is_string() || text->get_ref<const std::string&>().empty())
+                moed::tools::fail(program, where + ": no \"text\" string");
+            std::string domain;
+            if (auto d = j.find("domain"); d != j.end() && d->is_string()) domain = d->get<std::string>();
+            rows.emplace_back(std::move(domain), text->get<std::string>());
+        }
+        if (rows.empty()) moed::tools::fail(program, "--prompts: '" + o.prompts_path + "' has no prompts");
+    }
+    prompt_set p;
+    // Prompts are cut so that prompt plus max_tokens fits a small model's context.
+    for (auto& [domain, text] : rows) text = std::string(utf8_prefix(text, o.prompt_bytes));
+    for (const auto& row : rows) p.texts.push_back(row.second);
+    // Two profiles from the first two domains (without domains: the first and second half).
+    std::vector<std::string> domains;
+    for (const auto& row : rows) {
+        if (std::find(domains.begin(), domains.end(), row.first) == domains.end()) domains.push_back(row.first);
+    }
+    auto pick = [&](auto&& keep, std::vector<std::string>& out) {
+        for (std::size_t i = 0; i < rows.size() && out.size() < profile_prompts; ++i) {
+            if (keep(i)) out.push_back(rows[i].second);
+        }
+    };
+    if (domains.size() >= 2) {
+        pick([&](std::size_t i) { return rows[i].first == domains[0]; }, p.stable_examples);
+        pick([&](std::size_t i) { return rows[i].first == domains[1]; }, p.churn_examples);
+        p.stable_source = "bench-soak: prompts of domain " + domains[0];
+        p.churn_source = "bench-soak: prompts of domain " + domains[1];
+    } else {
+        const std::size_t half = std::max<std::size_t>(1, rows.size() / 2);
+        pick([&](std::size_t i) { return i < half; }, p.stable_examples);
+        pick([&](std::size_t i) { return i >= half || rows.size() == 1; }, p.churn_examples);
+        p.stable_source = "bench-soak: first half of the prompts";
+        p.churn_source = "bench-soak: second half of the prompts";
+    }
+    return p;
+}
+
+// ---- one completion request over a raw connection ----
+
+class unique_fd {
+public:
+    explicit unique_fd(int fd = -1) noexcept : fd_(fd) {}
+    unique_fd(const unique_fd&) = delete;
+    unique_fd& operator=(const unique_fd&) = delete;
+    unique_fd(unique_fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+    unique_fd& operator=(unique_fd&&) = delete;
+    ~unique_fd() { reset(); }
+    int get() const noexcept { return fd_; }
+    void reset() noexcept {
+        if (fd_ >= 0) ::close(fd_);  // closing a socket we are done with cannot lose data we need
+        fd_ = -1;
+    }
+
+private:
+    int fd_;
+};
+
+struct request_plan {
+    bool chat = false;
+    bool stream = false;
+    std::optional<int> max_tokens;  // none: moed's default, capped by the context
+    std::vector<std::string> stop;
+    std::string profile;  // empty: moed matches the prompt to its profiles
+    std::optional<std::uint32_t> prune;
+    int cut_after_chunks = 0;  // streams: close after this many text chunks (0: read to the end)
+    double temperature = 0.0;
+    std::optional<std::uint64_t> seed;
+    std::string system;  // chat: an optional system message
+    std::string prompt;
+};
+
+struct request_result {
+    attempt facts;
+    std::int64_t tokens = 0;
+    std::string message;  // what went wrong (empty when ok)
+};
+
+json plan_body(const request_plan& p) {
+    json j = json::object();
+    if (p.chat) {
+        json messages = json::array();
+        if (!p.system.empty()) messages.push_back({{"role", "system"}, {"content", p.system}});
+        messages.push_back({{"role", "user"}, {"content", p.prompt}});
+        j["messages"] = std::move(messages);
+    } else {
+        j["prompt"] = p.prompt;
+    }
+    j["stream"] = p.stream;
+    if (p.max_tokens) j["max_tokens"] = *p.max_tokens;
+    if (!p.stop.empty()) j["stop"] = p.stop;
+    if (!p.profile.empty()) j["profile"] = p.profile;
+    if (p.prune) j["prune"] = {{"experts_per_layer", *p.prune}};
+    j["temperature"] = p.temperature;
+    if (p.seed) j["seed"] = *p.seed;
+    return j;
+}
+
+// Connects to the Unix socket; -1 with `error` set when it cannot.
+unique_fd connect_unix(const std::string& path, std::string& error) {
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    if (path.size() >= sizeof(addr.sun_path)) {
+        error = "socket path too long: " + path;
+        return unique_fd();
+    }
+    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
+    if (fd.get() < 0) {
+        error = fmt::format("socket(): {}", std::strerror(errno));
+        return unique_fd();
+    }
+    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
+        error = fmt::format("connect {}: {}", path, std::strerror(errno));
+        return unique_fd();
+    }
+    return fd;
+}
+
+enum class io_status : std::uint8_t { ok, eof, failed, timeout };
+
+// Waits up to `timeout` for `events` on fd.
+io_status wait_fd(int fd, short events, std::chrono::milliseconds timeout, std::string& error) {
+    pollfd p{fd, events, 0};
+    for (;;) {
+        const int n = ::poll(&p, 1, static_cast<int>(timeout.count()));
+        if (n > 0) return io_status::ok;
+        if (n == 0) {
+            error = fmt::format("nothing from moed for {} s", timeout.count() / 1000);
+            return io_status::timeout;
+        }
+        if (errno == EINTR) continue;
+        error = fmt::format("poll(): {}", std::strerror(errno));
+        return io_status::failed;
+    }
+}
+
+io_status send_all(int fd, std::string_view data, std::chrono::milliseconds timeout, std::string& error) {
+    while (!data.empty()) {
+        const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+        if (n > 0) {
+            data.remove_prefix(static_cast<std::size_t>(n));
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (auto s = wait_fd(fd, POLLOUT, timeout, error); s != io_status::ok) return s;
+            continue;
+        }
+        error = fmt::format("send: {}", n < 0 ? std::strerror(errno) : "wrote nothing");
+        return io_status::failed;
+    }
+    return io_status::ok;
+}
+
+// Appends what arrives next (at most read_chunk_bytes) to `out`.
+io_status recv_some(int fd, std::string& out, std::chrono::milliseconds timeout, std::string& error) {
+    char buf[read_chunk_bytes];
+    for (;;) {
+        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+        if (n > 0) {
+            out.append(buf, static_cast<std::size_t>(n));
+            return io_status::ok;
+        }
+        if (n == 0) return io_status::eof;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            if (auto s = wait_fd(fd, POLLIN, timeout, error); s != io_status::ok) return s;
+            continue;
+        }
+        error = fmt::format("recv: {}", std::strerror(errno));
+        return io_status::failed;
+    }
+}
+
+// The checks every finished answer must pass: a finish reason of "stop" or "length", no
+// more tokens than asked for, no stop string in the text, and the profile it named.
+std::string check_finished(const request_plan& p, const std::string& text, const std::string& finish_reason,
+                           std::int64_t completion_tokens, const std::string& profile_used) {
+    if (finish_reason != "stop" && finish_reason != "length")
+        return fmt::format("finish_reason '{}' (expected stop or length)", finish_reason);
+    if (p.max_tokens && completion_tokens > *p.max_tokens)
+        return fmt::format("{} completion tokens for max_tokens {}", completion_tokens, *p.max_tokens);
+    for (const std::string& s : p.stop) {
+        if (text.find(s) != std::string::npos) return fmt::format("the text contains stop string {}", json(s).dump());
+    }
+    if (!p.profile.empty() && profile_used != p.profile)
+        return fmt::format("named profile '{}' but moed used '{}'", p.profile, profile_used);
+    return {};
+}
+
+std::string choice_text(const json& choice) {
+    if (auto t = choice.find("text"); t != choice.end() && t->is_string()) return t->get<std::string>();
+    for (const char* key : {"message", "delta"}) {
+        auto m = choice.find(key);
+        if (m == choice.end() || !m->is_object()) continue;
+        if (auto c = m->find("content"); c != m->end() && c->is_string()) return c->get<std::string>();
+    }
+    return {};
+}
+
+std::string moed_profile(const json& j) {
+    auto m = j.find("moed");
+    if (m == j.end() || !m->is_object()) return {};
+    auto p = m->find("profile");
+    return p != m->end() && p->is_string() ? p->get<std::string>() : std::string();
+}
+
+std::int64_t completion_tokens(const json& j) {
+    auto u = j.find("usage");
+    if (u == j.end() || !u->is_object()) return -1;
+    auto c = u->find("completion_tokens");
+    return c != u->end() && c->is_number_integer() ? c->get<std::int64_t>() : -1;
+}
+
+// The SSE events of a streamed body as they arrive; stops at [DONE], an error event, a
+// malformed event, or our cut.
+class stream_reader {
+public:
+    stream_reader(const request_plan& plan, request_result& r) : plan_(plan), r_(r) {}
+
+    // Handles the body bytes from `offset` on; returns false once the stream is over for us.
+    bool feed(const std::string& body) {
+        for (;;) {
+            const std::size_t end = body.find("\n\n", offset_);
+            if (end == std::string::npos) return true;
+            const std::string_view event(body.data() + offset_, end - offset_);
+            offset_ = end + 2;
+            if (!event_done(event)) return false;
+        }
+    }
+    // After the body ended: the bytes after [DONE] must be nothing.
+    void finish(const std::string& body) {
+        if (r_.facts.saw_done && offset_ < body.size() && body.find_first_not_of("\r\n", offset_) != std::string::npos)
+            malformed(fmt::format("bytes after [DONE]: {}", json(body.substr(offset_, 80)).dump()));
+    }
+    bool cut() const noexcept { return cut_; }
+
+private:
+    void malformed(std::string why) {
+        r_.facts.malformed = true;
+        if (r_.message.empty()) r_.message = std::move(why);
+    }
+
+    bool event_done(std::string_view event) {
+        std::string data;
+        bool has_data = false;
+        std::size_t pos = 0;
+        while (pos <= event.size()) {
+            std::size_t eol = event.find('\n', pos);
+            if (eol == std::string_view::npos) eol = event.size();
+            const std::string_view line = event.substr(pos, eol - pos);
+            pos = eol + 1;
+            if (line.starts_with("data: ")) {
+                if (has_data) data += '\n';
+                data += line.substr(6);
+                has_data = true;
+            } else if (!line.empty() && !line.starts_with(":") && !line.starts_with("event:")) {
+                malformed(fmt::format("a stream line that is not an SSE field: {}", json(std::string(line)).dump()));
+                return false;
+            }
+        }
+        if (!has_data) return true;
+        if (r_.facts.saw_done) {
+            malformed("an event after [DONE]");
+            return false;
+        }
+        if (data == "[DONE]") {
+            r_.facts.saw_done = true;
+            if (r_.facts.stream_error_status == 0 && !r_.facts.malformed) {
+                if (std::string why = check_finished(plan_, text_, finish_reason_, r_.tokens, profile_); !why.empty())
+                    malformed(std::move(why));
+            }
+            return true;  // read on: the body must end now
+        }
+        const json j = json::parse(data, nullptr, /*allow_exceptions=*/false);
+        if (!j.is_object()) {
+            malformed(fmt::format("a stream event that is not a JSON object: {}", json(data.substr(0, 120)).dump()));
+            return false;
+        }
+        if (auto e = j.find("error"); e != j.end()) {
+            int code = 500;
+            if (e->is_object()) {
+                if (auto c = e->find("code"); c != e->end() && c->is_number_integer()) code = c->get<int>();
+            }
+            r_.facts.stream_error_status = code;
+            r_.message = "error event in the stream: " + data.substr(0, 300);
+            return true;  // [DONE] follows
+        }
+        if (profile_.empty()) profile_ = moed_profile(j);
+        if (const std::int64_t t = completion_tokens(j); t >= 0) usage_tokens_ = t;
+        auto choices = j.find("choices");
+        if (choices == j.end() || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
+            malformed("a stream event without choices");
+            return false;
+        }
+        const json& c = (*choices)[0];
+        if (auto f = c.find("finish_reason"); f != c.end() && f->is_string()) {
+            finish_reason_ = f->get<std::string>();
+            r_.tokens = usage_tokens_ >= 0 ? usage_tokens_ : chunks_;
+        }
+        const std::string piece = choice_text(c);
+        if (piece.empty()) return true;
+        text_ += piece;
+        ++chunks_;
+        r_.tokens = chunks_;
+        if (plan_.cut_after_chunks > 0 && chunks_ >= plan_.cut_after_chunks) {
+            cut_ = true;
+            return false;
+        }
+        return true;
+    }
+
+    const request_plan& plan_;
+    request_result& r_;
+    std::size_t offset_ = 0;
+    std::string text_;
+    std::string finish_reason_;
+    std::string profile_;
+    std::int64_t chunks_ = 0;
+    std::int64_t usage_tokens_ = -1;
+    bool cut_ = false;
+};
+
+void check_whole_answer(const request_plan& p, const std::string& body, request_result& r) {
+    const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+    auto bad = [&](std::string why) {
+        r.facts.malformed = true;
+        r.message = std::move(why);
+    };
+    if (!j.is_object()) return bad(fmt::format("an answer that is not a JSON object: {}", json(body.substr(0, 120)).dump()));
+    auto choices = j.find("choices");
+    if (choices == j.end() || !choices->is_array() || choices->size() != 1 || !(*choices)[0].is_object())
+        return bad("an answer without exactly one choice");
+    const json& c = (*choices)[0];
+    const bool has_text = p.chat ? (c.contains("message") && c["message"].is_object() &&
+                                    c["message"].contains("content") && c["message"]["content"].is_string())
+                                 : (c.contains("text") && c["text"].is_string());
+    if (!has_text) return bad(p.chat ? "a chat answer without message.content" : "a completion without text");
+    std::string finish;
+    if (auto f = c.find("finish_reason"); f != c.end() && f->is_string()) finish = f->get<std::string>();
+    r.tokens = completion_tokens(j);
+    if (r.tokens < 0) return bad("an answer without usage.completion_tokens");
+    if (std::string why = check_finished(p, choice_text(c), finish, r.tokens, moed_profile(j)); !why.empty())
+        return bad(std::move(why));
+}
+
+std::string error_message(int status, const std::string& body) {
+    const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+    if (j.is_object() && j.contains("error") && j["error"].is_object() && j["error"].contains("message") &&
+        j["error"]["message"].is_string())
+        return fmt::format("HTTP {}: {}", status, j["error"]["message"].get<std::string>());
+    return fmt::format("HTTP {}: {}", status, body.substr(0, 200));
+}
+
+request_result run_request(const std::string& socket_path, const request_plan& plan, std::chrono::milliseconds timeout) {
+    request_result r;
+    r.facts.stream = plan.stream;
+    std::string error;
+    unique_fd fd = connect_unix(socket_path, error);
+    if (fd.get() < 0) {
+        r.facts.io = transport::failed;
+        r.message = error;
+        return r;
+    }
+    const std::string body = plan_body(plan).dump();
+    const std::string target = plan.chat ? "/v1/chat/completions" : "/v1/completions";
+    const std::string head = fmt::format(
+        "POST {} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: {}\r\n"
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        target, plan.stream ? "text/event-stream" : "application/json", body.size());
+    if (auto s = send_all(fd.get(), head + body, timeout, error); s != io_status::ok) {
+        r.facts.io = s == io_status::timeout ? transport::timeout : transport::failed;
+        r.message = error;
+        return r;
+    }
+
+    http::response_parser<http::string_body> parser;
+    parser.eager(true);
+    parser.body_limit(max_body_bytes);
+    stream_reader sse(plan, r);
+    std::string pending;
+    bool header_seen = false;
+    bool ok_stream = false;
+    for (;;) {
+        const io_status s = recv_some(fd.get(), pending, timeout, error);
+        if (s == io_status::failed || s == io_status::timeout) {
+            r.facts.io = s == io_status::timeout ? transport::timeout : transport::failed;
+            r.message = error;
+            break;
+        }
+        boost::beast::error_code ec;
+        while (!pending.empty() && !parser.is_done()) {
+            const std::size_t used = parser.put(boost::asio::buffer(pending), ec);
+            pending.erase(0, used);
+            if (ec == http::error::need_more) {
+                ec = {};
+                break;
+            }
+            if (ec || used == 0) break;
+        }
+        // An answer without a length ends at the close; any other ends early.
+        if (!ec && s == io_status::eof && !parser.is_done()) parser.put_eof(ec);
+        if (ec) {
+            if (ec == http::error::partial_message) {
+                r.facts.io = transport::failed;
+                r.message = "moed closed the connection before the whole answer";
+            } else {
+                r.facts.malformed = true;
+                r.message = "malformed HTTP: " + ec.message();
+            }
+            break;
+        }
+        if (!header_seen && parser.is_header_done()) {
+            header_seen = true;
+            r.facts.http_status = static_cast<int>(parser.get().result_int());
+            const auto type = parser.get()[http::field::content_type];
+            ok_stream = plan.stream && r.facts.http_status == 200;
+            if (r.facts.http_status == 200 && !type.starts_with(plan.stream ? "text/event-stream" : "application/json")) {
+                r.facts.malformed = true;
+                r.message = fmt::format("Content-Type '{}' for a {} request", std::string(type),
+                                        plan.stream ? "streaming" : "whole");
+                break;
+            }
+        }
+        if (ok_stream && !sse.feed(parser.get().body())) break;  // malformed, or our cut
+        if (parser.is_done()) break;
+        if (s == io_status::eof) {
+            r.facts.io = transport::failed;
+            r.message = "moed closed the connection before the whole answer";
+            break;
+        }
+    }
+    if (sse.cut() && !r.facts.saw_done) {
+        r.facts.cut_by_us = true;
+        return r;  // fd closes here, mid-stream: moed must notice and cancel
+    }
+    if (!parser.is_done()) {
+        if (ok_stream && r.message.empty()) r.message = "the stream ended without [DONE]";
+        return r;
+    }
+    const int status = r.facts.http_status;
+    if (status != 200) {
+        r.message = error_message(status, parser.get().body());
+    } else if (plan.stream) {
+        sse.finish(parser.get().body());
+        if (!r.facts.saw_done && r.message.empty()) r.message = "the stream ended without [DONE]";
+    } else {
+        check_whole_answer(plan, parser.get().body(), r);
+    }
+    return r;
+}
+
+// ---- the workload ----
+
+struct workload {
+    const std::vector<std::string>* prompts = nullptr;
+    int max_tokens = 64;
+};
+
+const std::vector<std::string>& stop_choices() {
+    static const std::vector<std::string> stops{"\n\n", ";", "}", ".", " the", "\n", ")", ":"};
+    return stops;
+}
+
+const std::vector<std::string>& system_choices() {
+    static const std::vector<std::string> systems{"You are a helpful assistant.", "Answer briefly.",
+                                                  "Continue the text."};
+    return systems;
+}
+
+// The next request of one client: a function of its RNG only.
+request_plan next_plan(std::mt19937_64& rng, const workload& w) {
+    auto chance = [&](double p) { return std::uniform_real_distribution<double>(0.0, 1.0)(rng) < p; };
+    auto pick = [&](std::size_t n) { return std::uniform_int_distribution<std::size_t>(0, n - 1)(rng); };
+    request_plan p;
+    p.chat = chance(0.4);
+    p.stream = chance(0.6);
+    if (!chance(0.05)) p.max_tokens = std::uniform_int_distribution<int>(1, w.max_tokens)(rng);
+    if (chance(0.3)) {
+        const std::size_t n = 1 + pick(2);
+        for (std::size_t i = 0; i < n; ++i) p.stop.push_back(stop_choices()[pick(stop_choices().size())]);
+    }
+    const double r = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+    if (r < 0.2) p.profile = stable_profile;
+    else if (r < 0.3) p.profile = churn_profile;
+    if (!p.profile.empty() && chance(0.25)) p.prune = 8;
+    if (p.stream && chance(0.12)) p.cut_after_chunks = std::uniform_int_distribution<int>(1, 4)(rng);
+    if (chance(0.5)) {
+        p.temperature = 0.8;
+        p.seed = rng();
+    }
+    if (p.chat && chance(0.3)) p.system = system_choices()[pick(system_choices().size())];
+    p.prompt = (*w.prompts)[pick(w.prompts->size())];
+    return p;
+}
+
+// ---- counting outcomes ----
+
+class tally {
+public:
+    explicit tally(clock_type::time_point start) : start_(start) {}
+
+    void record(const std::string& endpoint, outcome o, std::int64_t tokens, const std::string& message) {
+        std::lock_guard lock(mu_);
+        ++by_endpoint_[endpoint][static_cast<std::size_t>(o)];
+        ++requests_;
+        if (tokens > 0) tokens_ += static_cast<std::uint64_t>(tokens);
+        if (!is_unexpected(o)) return;
+        ++unexpected_;
+        if (examples_.size() < max_examples) {
+            const double t_s = std::chrono::duration<double>(clock_type::now() - start_).count();
+            examples_.push_back({{"t_s", t_s}, {"endpoint", endpoint}, {"kind", outcome_name(o)}, {"message", message}});
+        }
+    }
+    void record_plan(const request_plan& p) {
+        std::lock_guard lock(mu_);
+        ++mix_[p.chat ? "chat" : "completions"];
+        ++mix_[p.stream ? "stream" : "whole"];
+        if (!p.stop.empty()) ++mix_["stop_strings"];
+        if (!p.max_tokens) ++mix_["default_max_tokens"];
+        if (p.profile == stable_profile) ++mix_["profile_stable"];
+        if (p.profile == churn_profile) ++mix_["profile_churned"];
+        if (p.prune) ++mix_["prune"];
+        if (p.cut_after_chunks > 0) ++mix_["cut_planned"];
+    }
+    std::uint64_t unexpected() const {
+        std::lock_guard lock(mu_);
+        return unexpected_;
+    }
+    std::uint64_t requests() const {
+        std::lock_guard lock(mu_);
+        return requests_;
+    }
+    std::uint64_t tokens() const {
+        std::lock_guard lock(mu_);
+        return tokens_;
+    }
+    json totals() const {
+        std::lock_guard lock(mu_);
+        json by_kind = json::object();
+        json by_endpoint = json::object();
+        for (outcome o : all_outcomes) by_kind[outcome_name(o)] = 0;
+        for (const auto& [endpoint, counts] : by_endpoint_) {
+            json e = json::object();
+            for (outcome o : all_outcomes) {
+                const std::uint64_t n = counts[static_cast<std::size_t>(o)];
+                if (n == 0) continue;
+                e[outcome_name(o)] = n;
+                by_kind[outcome_name(o)] = by_kind[outcome_name(o)].get<std::uint64_t>() + n;
+            }
+            by_endpoint[endpoint] = std::move(e);
+        }
+        return {{"requests", requests_}, {"by_kind", by_kind}, {"by_endpoint", by_endpoint},
+                {"completion_tokens", tokens_}, {"mix", mix_},   {"unexpected_errors", unexpected_}};
+    }
+    json examples() const {
+        std::lock_guard lock(mu_);
+        return examples_;
+    }
+
+private:
+    clock_type::time_point start_;
+    mutable std::mutex mu_;
+    std::map<std::string, std::array<std::uint64_t, std::size(all_outcomes)>> by_endpoint_;
+    std::map<std::string, std::uint64_t> mix_;
+    std::uint64_t requests_ = 0;
+    std::uint64_t tokens_ = 0;
+    std::uint64_t unexpected_ = 0;
+    json examples_ = json::array();
+};
+
+// The facts of a libmoeclient failure, for the classifier.
+attempt from_client_error(const moed::client_error& e) {
+    attempt a;
+    switch (e.code) {
+        case moed::client_errc::http: a.http_status = e.http_status; break;
+        case moed::client_errc::timeout: a.io = transport::timeout; break;
+        case moed::client_errc::protocol: a.malformed = true; break;
+        default: a.io = transport::failed; break;
+    }
+    return a;
+}
+
+// Lets sleeping threads wake as soon as the run stops.
+class stop_signal {
+public:
+    void raise() {
+        {
+            std::lock_guard lock(mu_);
+            raised_ = true;
+        }
+        cv_.notify_all();
+    }
+    bool raised() const {
+        std::lock_guard lock(mu_);
+        return raised_;
+    }
+    // Sleeps until `when` or the stop; true when stopped.
+    bool wait_until(clock_type::time_point when) {
+        std::unique_lock lock(mu_);
+        return cv_.wait_until(lock, when, [&] { return raised_; });
+    }
+
+private:
+    mutable std::mutex mu_;
+    std::condition_variable cv_;
+    bool raised_ = false;
+};
+
+// ---- profiles ----
+
+// Creates (or replaces) a profile; a full queue is retried. False when it could not be made.
+bool create_profile(const moed::client& c, tally& t, const char* name, const std::vector<std::string>& prompts,
+                    const std::string& source, bool replace, stop_signal& stop) {
+    for (;;) {
+        moed::profile_create_request req;
+        req.name = name;
+        req.prompts = prompts;
+        req.replace = replace;
+        req.source = source;
+        auto r = c.create_profile(req);
+        if (r) {
+            t.record("profiles", outcome::ok, 0, {});
+            return true;
+        }
+        const outcome o = classify(from_client_error(r.error()));
+        t.record("profiles", o, 0, fmt::format("create profile '{}': {}", name, r.error().message));
+        if (o != outcome::back_pressure || stop.wait_until(clock_type::now() + profile_retry_delay)) return false;
+    }
+}
+
+// Deletes and recreates the churned profile every `interval`. `generation` is odd while the
+// profile may be absent (from just before the DELETE to the recreation's answer).
+void churn_profiles(const moed::client& c, tally& t, const prompt_set& prompts, std::int64_t interval_s,
+                    std::atomic<std::uint64_t>& generation, std::mt19937_64 rng, stop_signal& stop) {
+    while (!stop.wait_until(clock_type::now() + std::chrono::seconds(interval_s))) {
+        generation.fetch_add(1);  // odd: may be absent from now on
+        auto d = c.delete_profile(churn_profile);
+        if (d) t.record("profiles", outcome::ok, 0, {});
+        else t.record("profiles", classify(from_client_error(d.error())), 0, "delete profile: " + d.error().message);
+        // Leave it absent a moment so that requests naming it meet the gap.
+        const auto gap = std::chrono::milliseconds(std::uniform_int_distribution<int>(0, 2000)(rng));
+        if (stop.wait_until(clock_type::now() + gap)) return;
+        if (create_profile(c, t, churn_profile, prompts.churn_examples, prompts.churn_source, /*replace=*/true, stop))
+            generation.fetch_add(1);  // even: present again
+        else
+            return;  // it stays absent: requests naming it count as churn from here on
+    }
+}
+
+// ---- the daemon process ----
+
+struct proc_sample {
+    bool alive = false;
+    std::int64_t rss_bytes = -1;
+    std::int64_t hwm_bytes = -1;
+    std::int64_t threads = -1;
+    std::int64_t fds = -1;
+};
+
+proc_sample read_proc(pid_t pid) {
+    proc_sample s;
+    std::ifstream in(fmt::format("/proc/{}/status", pid));
+    if (!in) return s;
+    s.alive = true;
+    std::string line;
+    auto number = [](const std::string& l) {
+        const auto at = l.find_first_of("0123456789");
+        return at == std::string::npos ? std::int64_t{-1} : std::stoll(l.substr(at));
+    };
+    while (std::getline(in, line)) {
+        if (line.starts_with("VmRSS:")) s.rss_bytes = number(line) * 1024;
+        else if (line.starts_with("VmHWM:")) s.hwm_bytes = number(line) * 1024;
+        else if (line.starts_with("Threads:")) s.threads = number(line);
+        else if (line.starts_with("State:") && line.find("Z (zombie)") != std::string::npos) s.alive = false;
+    }
+    std::error_code ec;
+    std::int64_t fds = 0;
+    for (fs::directory_iterator it(fmt::format("/proc/{}/fd", pid), ec), end; !ec && it != end; it.increment(ec)) ++fds;
+    if (!ec) s.fds = fds;
+    return s;
+}
+
+// The pid of the process listening on a Unix socket (SO_PEERCRED of a connection to it).
+pid_t socket_peer_pid(const std::string& path) {
+    std::string error;
+    unique_fd fd = connect_unix(path, error);
+    if (fd.get() < 0) moed::tools::fail(program, "--socket: " + error);
+    ucred cred{};
+    socklen_t len = sizeof(cred);
+    if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
+        moed::tools::fail(program, fmt::format("--socket: cannot read the daemon's pid ({}); give --pid", std::strerror(errno)));
+    return cred.pid;
+}
+
+std::string exit_text(int status) {
+    if (WIFEXITED(status)) return fmt::format("exit {}", WEXITSTATUS(status));
+    if (WIFSIGNALED(status)) return fmt::format("signal {} ({})", WTERMSIG(status), ::strsignal(WTERMSIG(status)));
+    return fmt::format("status {}", status);
+}
+
+std::string tail_of(const fs::path& file, std::size_t bytes) {
+    std::ifstream in(file, std::ios::binary);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    return text.size() > bytes ? text.substr(text.size() - bytes) : text;
+}
+
+// moed started by us: a temporary folder with its socket, state folder and log.
+class daemon_process {
+public:
+    daemon_process(const options& o) {
+        char dir_template[] = "/tmp/moed-soak-XXXXXX";
+        if (::mkdtemp(dir_template) == nullptr)
+            moed::tools::fail(program, fmt::format("mkdtemp: {}", std::strerror(errno)));
+        dir_ = dir_template;
+        socket_ = (dir_ / "moed.sock").string();
+        log_ = dir_ / "moed.log";
+        args_ = {o.moed_path, "--socket-path", socket_, "--daemon-state-dir", (dir_ / "state").string(),
+                 "--daemon-log-level", "warn"};
+        if (!o.model_path.empty()) {
+            args_.push_back("--model-path");
+            args_.push_back(o.model_path);
+        }
+        args_.insert(args_.end(), o.daemon_flags.begin(), o.daemon_flags.end());
+        fs::create_directories(dir_ / "state");
+        std::vector<char*> argv;
+        for (std::string& a : args_) argv.push_back(a.data());
+        argv.push_back(nullptr);
+        const int log_fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (log_fd < 0) moed::tools::fail(program, fmt::format("{}: {}", log_.string(), std::strerror(errno)));
+        pid_ = ::fork();
+        if (pid_ < 0) moed::tools::fail(program, fmt::format("fork: {}", std::strerror(errno)));
+        if (pid_ == 0) {
+            ::dup2(log_fd, STDOUT_FILENO);
+            ::dup2(log_fd, STDERR_FILENO);
+            ::execv(argv[0], argv.data());
+            std::fprintf(stderr, "exec %s: %s\n", argv[0], std::strerror(errno));
+            ::_exit(127);
+        }
+        ::close(log_fd);
+    }
+    daemon_process(const daemon_process&) = delete;
+    daemon_process& operator=(const daemon_process&) = delete;
+    ~daemon_process() {
+        if (pid_ > 0 && !status_) {
+            ::kill(pid_, SIGKILL);  // only after a failure: a clean run stops it with stop()
+            int status = 0;
+            ::waitpid(pid_, &status, 0);
+        }
+        std::error_code ec;
+        fs::remove_all(dir_, ec);  // a leftover temporary folder is not worth failing over
+    }
+
+    pid_t pid() const noexcept { return pid_; }
+    const std::string& socket() const noexcept { return socket_; }
+    std::vector<std::string> flags() const { return {args_.begin() + 1, args_.end()}; }
+
+    // Its wait status once it has exited (reaped here), else none.
+    std::optional<int> exited() {
+        if (status_) return status_;
+        int status = 0;
+        if (::waitpid(pid_, &status, WNOHANG) == pid_) status_ = status;
+        return status_;
+    }
+
+    void wait_ready() {
+        const moed::client c(socket_);
+        const auto deadline = clock_type::now() + daemon_start_timeout;
+        while (clock_type::now() < deadline) {
+            if (auto h = c.health(); h && *h == "ok") return;
+            if (auto s = exited()) {
+                moed::tools::fail(program, fmt::format("moed exited while starting ({}); its log:\n{}", exit_text(*s),
+                                                       tail_of(log_, 4000)));
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        }
+        moed::tools::fail(program, fmt::format("moed did not answer /healthz within {} s; its log:\n{}",
+                                               daemon_start_timeout.count(), tail_of(log_, 4000)));
+    }
+
+    // SIGTERM, then waits for the exit; the wait status (none when it did not exit in time,
+    // and then it is killed).
+    std::optional<int> stop() {
+        if (!exited()) ::kill(pid_, SIGTERM);
+        const auto deadline = clock_type::now() + daemon_stop_timeout;
+        while (!exited() && clock_type::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (status_) return status_;
+        ::kill(pid_, SIGKILL);
+        int status = 0;
+        ::waitpid(pid_, &status, 0);
+        status_ = status;
+        return std::nullopt;
+    }
+
+    std::string log_tail() const { return tail_of(log_, 2000); }
+
+private:
+    fs::path dir_;
+    fs::path log_;
+    std::string socket_;
+    std::vector<std::string> args_;
+    pid_t pid_ = -1;
+    std::optional<int> status_;
+};
+
+json sample_json(double t_s, const proc_sample& p, const moed::client_result<moed::daemon_status>& st,
+                 const tally& t) {
+    json j{{"t_s", t_s},
+           {"rss_bytes", p.rss_bytes},
+           {"hwm_bytes", p.hwm_bytes},
+           {"threads", p.threads},
+           {"fds", p.fds},
+           {"client_requests", t.requests()},
+           {"client_tokens", t.tokens()},
+           {"client_unexpected", t.unexpected()}};
+    if (st) {
+        j["requests_total"] = st->requests_total;
+        j["requests_failed"] = st->requests_failed;
+        j["requests_cancelled"] = st->requests_cancelled;
+        j["generated_tokens_total"] = st->generated_tokens_total;
+        j["queue_waiting"] = st->queue_waiting;
+        j["running_sequences"] = st->running_sequences;
+        if (st->tiers) {
+            j["host_resident_bytes"] = st->tiers->host.resident_bytes;
+            j["host_capacity_bytes"] = st->tiers->host.capacity_bytes;
+        }
+    }
+    return j;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const options o = parse_args(argc, argv);
+    ::signal(SIGPIPE, SIG_IGN);  // a closed connection is an error code, not a signal
+    const prompt_set prompts = load_prompts(o);
+
+    std::unique_ptr<daemon_process> daemon;
+    std::string socket_path = o.socket_path;
+    pid_t pid = o.pid;
+    if (!o.moed_path.empty()) {
+        daemon = std::make_unique<daemon_process>(o);
+        daemon->wait_ready();
+        socket_path = daemon->socket();
+        pid = daemon->pid();
+    } else if (pid == 0) {
+        pid = socket_peer_pid(socket_path);
+    }
+    if (!read_proc(pid).alive) moed::tools::fail(program, fmt::format("no process {} to sample", pid));
+
+    moed::client_options copt;
+    copt.socket_path = socket_path;
+    copt.read_timeout = std::chrono::seconds(o.request_timeout_s);
+    const moed::client control(copt);
+    auto first_status = control.status();
+    if (!first_status) moed::tools::fail(program, "GET /v1/status: " + first_status.error().message);
+
+    const auto start = clock_type::now();
+    const auto deadline = start + std::chrono::seconds(o.duration_s);
+    auto since_start = [&] { return std::chrono::duration<double>(clock_type::now() - start).count(); };
+    tally t(start);
+    stop_signal stop;
+    for (auto [name, examples, source] : {std::tuple{stable_profile, &prompts.stable_examples, &prompts.stable_source},
+                                          std::tuple{churn_profile, &prompts.churn_examples, &prompts.churn_source}}) {
+        if (!create_profile(control, t, name, *examples, *source, /*replace=*/true, stop)) {
+            moed::tools::fail(program, fmt::format("cannot create task profile '{}': {}", name,
+                                                   t.examples().empty() ? "" : t.examples().back()["message"].dump()));
+        }
+    }
+
+    std::atomic<std::uint64_t> churn_generation{0};
+    std::vector<std::thread> threads;
+    const workload w{&prompts.texts, o.max_tokens};
+    const auto timeout = std::chrono::milliseconds(o.request_timeout_s * 1000);
+    for (int c = 0; c < o.clients; ++c) {
+        threads.emplace_back([&, c] {
+            std::seed_seq seq{o.seed, static_cast<std::uint64_t>(c)};
+            std::mt19937_64 rng(seq);
+            while (clock_type::now() < deadline && !stop.raised()) {
+                const request_plan plan = next_plan(rng, w);
+                t.record_plan(plan);
+                const std::uint64_t gen_before = churn_generation.load();
+                request_result r = run_request(socket_path, plan, timeout);
+                const std::uint64_t gen_after = churn_generation.load();
+                r.facts.profile_may_be_missing =
+                    plan.profile == churn_profile && ((gen_before & 1) != 0 || gen_after != gen_before);
+                t.record(plan.chat ? "chat" : "completions", classify(r.facts), r.tokens, r.message);
+            }
+        });
+    }
+    std::seed_seq churn_seq{o.seed, std::uint64_t{0xc4u}};
+    std::thread churner(churn_profiles, std::cref(control), std::ref(t), std::cref(prompts), o.churn_interval_s,
+                        std::ref(churn_generation), std::mt19937_64(churn_seq), std::ref(stop));
+
+    json samples = json::array();
+    std::vector<point> rss_points;
+    auto take_sample = [&] {
+        const double t_s = since_start();
+        const proc_sample p = read_proc(pid);
+        auto st = control.status();
+        if (!st) t.record("status", classify(from_client_error(st.error())), 0, "GET /v1/status: " + st.error().message);
+        else t.record("status", outcome::ok, 0, {});
+        samples.push_back(sample_json(t_s, p, st, t));
+        if (p.alive && p.rss_bytes >= 0) rss_points.push_back({t_s, static_cast<double>(p.rss_bytes)});
+        return p.alive;
+    };
+    bool daemon_died = false;
+    for (std::int64_t k = 1;; ++k) {
+        if (!take_sample() || (daemon && daemon->exited())) {
+            daemon_died = true;
+            t.record("daemon", outcome::connection, 0,
+                     fmt::format("moed (pid {}) is gone{}", pid,
+                                 daemon && daemon->exited() ? " (" + exit_text(*daemon->exited()) + ")" : ""));
+            break;
+        }
+        const auto next = start + std::chrono::seconds(k * o.sample_interval_s);
+        if (next >= deadline) {
+            stop.wait_until(deadline);
+            break;
+        }
+        stop.wait_until(next);
+    }
+    stop.raise();
+    for (auto& th : threads) th.join();
+    churner.join();
+    const double run_s = since_start();
+    if (!daemon_died && !take_sample()) {
+        daemon_died = true;
+        t.record("daemon", outcome::connection, 0, fmt::format("moed (pid {}) is gone at the end", pid));
+    }
+    if (!daemon_died) {
+        // Leave a daemon we attached to as we found it.
+        for (const char* name : {stable_profile, churn_profile}) {
+            auto d = control.delete_profile(name);
+            if (d || d.error().http_status == 404) t.record("profiles", outcome::ok, 0, {});
+            else t.record("profiles", classify(from_client_error(d.error())), 0, "delete profile: " + d.error().message);
+        }
+    }
+
+    json daemon_exit = nullptr;
+    bool daemon_exit_ok = true;
+    if (daemon) {
+        const std::optional<int> status = daemon_died ? daemon->exited() : daemon->stop();
+        daemon_exit_ok = status && WIFEXITED(*status) && WEXITSTATUS(*status) == 0 && !daemon_died;
+        daemon_exit = {{"status", status ? exit_text(*status) : "did not exit within the stop timeout (killed)"},
+                       {"ok", daemon_exit_ok}};
+        if (!daemon_exit_ok) daemon_exit["log_tail"] = daemon->log_tail();
+    }
+
+    // Summary over the samples.
+    const rss_growth growth = last_half_growth(rss_points, run_s);
+    std::int64_t rss_peak = 0;
+    std::int64_t hwm_peak = 0;
+    std::int64_t threads_min = -1, threads_max = -1, fds_min = -1, fds_max = -1;
+    for (const json& s : samples) {
+        rss_peak = std::max(rss_peak, s["rss_bytes"].get<std::int64_t>());
+        hwm_peak = std::max(hwm_peak, s["hwm_bytes"].get<std::int64_t>());
+        if (s["t_s"].get<double>() < run_s / 2.0) continue;
+        const auto th = s["threads"].get<std::int64_t>();
+        const auto fd = s["fds"].get<std::int64_t>();
+        if (th >= 0) {
+            threads_min = threads_min < 0 ? th : std::min(threads_min, th);
+            threads_max = std::max(threads_max, th);
+        }
+        if (fd >= 0) {
+            fds_min = fds_min < 0 ? fd : std::min(fds_min, fd);
+            fds_max = std::max(fds_max, fd);
+        }
+    }
+    const std::uint64_t unexpected = t.unexpected();
+    const verdict v = judge(growth, o.max_growth_mib_per_hour, unexpected, daemon_exit_ok);
+
+    json budget = nullptr;
+    if (first_status->tiers) {
+        budget = {{"host_capacity_bytes", first_status->tiers->host.capacity_bytes},
+                  {"host_capacity_experts", first_status->tiers->host.capacity_experts},
+                  {"expert_bytes_total", first_status->tiers->expert_bytes_total},
+                  {"prefetch_inflight_bytes_limit", first_status->tiers->prefetch.inflight_bytes_limit}};
+    }
+    json config{{"clients", o.clients},
+                {"duration_s", o.duration_s},
+                {"seed", o.seed},
+                {"sample_interval_s", o.sample_interval_s},
+                {"max_tokens", o.max_tokens},
+                {"prompt_bytes", o.prompt_bytes},
+                {"churn_interval_s", o.churn_interval_s},
+                {"prompts", o.prompts_path.empty() ? std::string("built-in") : o.prompts_path},
+                {"prompt_count", prompts.texts.size()},
+                {"socket", socket_path},
+                {"pid", pid},
+                {"started_daemon", daemon != nullptr},
+                {"daemon_flags", daemon ? json(daemon->flags()) : json(nullptr)},
+                {"model", first_status->model.id},
+                {"model_file_bytes", first_status->model.file_bytes},
+                {"max_sequences", first_status->max_sequences},
+                {"queue_capacity", first_status->queue_capacity},
+                {"budget", budget},
+                {"max_growth_mib_per_hour", o.max_growth_mib_per_hour}};
+    json totals = t.totals();
+    totals["elapsed_s"] = run_s;
+    const auto mib_per_hour = [](double bytes_per_minute) { return bytes_per_minute * 60.0 / (1024.0 * 1024.0); };
+    json summary{{"rss_peak_bytes", rss_peak},
+                 {"hwm_peak_bytes", hwm_peak},
+                 {"rss_last_half_from_s", growth.from_s},
+                 {"rss_last_half_samples", growth.samples},
+                 {"rss_last_half_start_bytes", growth.start_bytes},
+                 {"rss_end_bytes", growth.end_bytes},
+                 {"rss_growth_last_half_bytes", growth.growth_bytes},
+                 {"rss_growth_last_half_bytes_per_minute",
+                  growth.slope_bytes_per_minute ? json(*growth.slope_bytes_per_minute) : json(nullptr)},
+                 {"rss_growth_last_half_mib_per_hour",
+                  growth.slope_bytes_per_minute ? json(mib_per_hour(*growth.slope_bytes_per_minute)) : json(nullptr)},
+                 {"threads_last_half", {{"min", threads_min}, {"max", threads_max}}},
+                 {"fds_last_half", {{"min", fds_min}, {"max", fds_max}}},
+                 {"unexpected_errors", unexpected},
+                 {"unexpected_examples", t.examples()}};
+    if (first_status->tiers) {
+        summary["hwm_peak_over_host_capacity_bytes"] =
+            hwm_peak - static_cast<std::int64_t>(first_status->tiers->host.capacity_bytes);
+    }
+    json out{{"bench", "soak"},
+             {"config", config},
+             {"totals", totals},
+             {"samples", samples},
+             {"summary", summary},
+             {"daemon_exit", daemon_exit},
+             {"verdict",
+              {{"rss_growth_last_half_ok", v.rss_growth_last_half_ok},
+               {"unexpected_errors_zero", v.no_unexpected_errors},
+               {"daemon_exit_ok", v.daemon_exit_ok},
+               {"pass", v.pass},
+               {"reason", v.reason}}}};
+    std::cout << out.dump() << "\n";
+    return v.pass ? 0 : 1;
+}
