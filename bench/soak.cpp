@@ -31,6 +31,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -66,8 +67,14 @@ using namespace moed::bench::soak;
 namespace {
 
 constexpr const char* program = "bench-soak";
-// The unexpected errors quoted in the summary (all are counted).
-constexpr std::size_t max_examples = 10;
+// The unexpected errors quoted in the summary, per kind (all are counted).
+constexpr std::size_t max_examples_per_kind = 3;
+// After a connection moed refused or broke, a client waits this long before its next
+// request, so that a daemon gone for good does not turn into a busy loop of refusals.
+constexpr auto connection_error_pause = std::chrono::milliseconds(100);
+// After a 429 a client waits this long before its next request, as a polite client would
+// (else a full queue turns every client into a busy loop of refused requests).
+constexpr auto back_pressure_pause = std::chrono::milliseconds(250);
 // A streamed answer is small (max_tokens chunks of a few hundred bytes); anything near this
 // is a runaway answer.
 constexpr std::uint64_t max_body_bytes = 16u << 20;
@@ -592,8 +599,12 @@ request_result run_request(const std::string& socket_path, const request_plan& p
             }
             if (ec || used == 0) break;
         }
-        // An answer without a length ends at the close; any other ends early.
-        if (!ec && s == io_status::eof && !parser.is_done()) parser.put_eof(ec);
+        // An answer without a length ends at the close; any other ends early. (Beast takes
+        // an end before the first byte for an empty complete message: not here.)
+        if (!ec && s == io_status::eof && !parser.is_done()) {
+            if (parser.is_header_done()) parser.put_eof(ec);
+            else ec = http::error::partial_message;
+        }
         if (ec) {
             if (ec == http::error::partial_message) {
                 r.facts.io = transport::failed;
@@ -701,7 +712,7 @@ public:
         if (tokens > 0) tokens_ += static_cast<std::uint64_t>(tokens);
         if (!is_unexpected(o)) return;
         ++unexpected_;
-        if (examples_.size() < max_examples) {
+        if (++quoted_[static_cast<std::size_t>(o)] <= max_examples_per_kind) {
             const double t_s = std::chrono::duration<double>(clock_type::now() - start_).count();
             examples_.push_back({{"t_s", t_s}, {"endpoint", endpoint}, {"kind", outcome_name(o)}, {"message", message}});
         }
@@ -760,6 +771,7 @@ private:
     std::uint64_t requests_ = 0;
     std::uint64_t tokens_ = 0;
     std::uint64_t unexpected_ = 0;
+    std::array<std::uint64_t, std::size(all_outcomes)> quoted_{};
     json examples_ = json::array();
 };
 
@@ -1078,7 +1090,10 @@ int main(int argc, char** argv) {
                 const std::uint64_t gen_after = churn_generation.load();
                 r.facts.profile_may_be_missing =
                     plan.profile == churn_profile && ((gen_before & 1) != 0 || gen_after != gen_before);
-                t.record(plan.chat ? "chat" : "completions", classify(r.facts), r.tokens, r.message);
+                const outcome kind = classify(r.facts);
+                t.record(plan.chat ? "chat" : "completions", kind, r.tokens, r.message);
+                if (kind == outcome::connection) stop.wait_until(clock_type::now() + connection_error_pause);
+                if (kind == outcome::back_pressure) stop.wait_until(clock_type::now() + back_pressure_pause);
             }
         });
     }
