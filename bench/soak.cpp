@@ -22,44 +22,40 @@
 // summary (peak RSS, RSS growth over the last half as a least-squares slope, threads and
 // descriptors in the last half, unexpected errors with examples) and the verdict. Exit 0
 // only when the verdict passes; 1 when it fails; 2 on bad arguments or a failed set-up.
-#include <fcntl.h>
-#include <poll.h>
+// The pieces: bench/soak_stats.h (durations, the outcome classifier, the RSS slope and the
+// verdict), bench/soak_request.h (one request read strictly), bench/soak_daemon.h (/proc
+// sampling and the daemon started for the run); here the workload, the clients, the profile
+// churn, the sampling loop and the report.
 #include <signal.h>
-#include <sys/socket.h>
-#include <sys/un.h>
 #include <sys/wait.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <atomic>
-#include <cerrno>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <string>
+#include <string_view>
 #include <thread>
-#include <utility>  // Boost 1.74's asio/awaitable.hpp uses std::exchange without including it
+#include <tuple>
 #include <vector>
 
-#include <boost/asio/buffer.hpp>
-#include <boost/beast/http.hpp>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "bench/soak_daemon.h"
+#include "bench/soak_request.h"
 #include "bench/soak_stats.h"
 #include "moed/client.hpp"
 #include "tools/cli_util.h"
 
-namespace http = boost::beast::http;
-namespace fs = std::filesystem;
 using json = nlohmann::json;
 using clock_type = std::chrono::steady_clock;
 using namespace moed::bench::soak;
@@ -75,16 +71,8 @@ constexpr auto connection_error_pause = std::chrono::milliseconds(100);
 // After a 429 a client waits this long before its next request, as a polite client would
 // (else a full queue turns every client into a busy loop of refused requests).
 constexpr auto back_pressure_pause = std::chrono::milliseconds(250);
-// A streamed answer is small (max_tokens chunks of a few hundred bytes); anything near this
-// is a runaway answer.
-constexpr std::uint64_t max_body_bytes = 16u << 20;
-constexpr std::size_t read_chunk_bytes = 16 * 1024;
 // Example prompts per task profile.
 constexpr std::size_t profile_prompts = 8;
-// How long a started daemon gets to answer /healthz, and to exit after SIGTERM (its drain
-// timeout is 30 s by default).
-constexpr auto daemon_start_timeout = std::chrono::seconds(180);
-constexpr auto daemon_stop_timeout = std::chrono::seconds(120);
 // A profile creation the queue refused is retried after this.
 constexpr auto profile_retry_delay = std::chrono::seconds(1);
 
@@ -236,425 +224,6 @@ prompt_set load_prompts(const options& o) {
     return p;
 }
 
-// ---- one completion request over a raw connection ----
-
-class unique_fd {
-public:
-    explicit unique_fd(int fd = -1) noexcept : fd_(fd) {}
-    unique_fd(const unique_fd&) = delete;
-    unique_fd& operator=(const unique_fd&) = delete;
-    unique_fd(unique_fd&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-    unique_fd& operator=(unique_fd&&) = delete;
-    ~unique_fd() { reset(); }
-    int get() const noexcept { return fd_; }
-    void reset() noexcept {
-        if (fd_ >= 0) ::close(fd_);  // closing a socket we are done with cannot lose data we need
-        fd_ = -1;
-    }
-
-private:
-    int fd_;
-};
-
-struct request_plan {
-    bool chat = false;
-    bool stream = false;
-    std::optional<int> max_tokens;  // none: moed's default, capped by the context
-    std::vector<std::string> stop;
-    std::string profile;  // empty: moed matches the prompt to its profiles
-    std::optional<std::uint32_t> prune;
-    int cut_after_chunks = 0;  // streams: close after this many text chunks (0: read to the end)
-    double temperature = 0.0;
-    std::optional<std::uint64_t> seed;
-    std::string system;  // chat: an optional system message
-    std::string prompt;
-};
-
-struct request_result {
-    attempt facts;
-    std::int64_t tokens = 0;
-    std::string message;  // what went wrong (empty when ok)
-};
-
-json plan_body(const request_plan& p) {
-    json j = json::object();
-    if (p.chat) {
-        json messages = json::array();
-        if (!p.system.empty()) messages.push_back({{"role", "system"}, {"content", p.system}});
-        messages.push_back({{"role", "user"}, {"content", p.prompt}});
-        j["messages"] = std::move(messages);
-    } else {
-        j["prompt"] = p.prompt;
-    }
-    j["stream"] = p.stream;
-    if (p.max_tokens) j["max_tokens"] = *p.max_tokens;
-    if (!p.stop.empty()) j["stop"] = p.stop;
-    if (!p.profile.empty()) j["profile"] = p.profile;
-    if (p.prune) j["prune"] = {{"experts_per_layer", *p.prune}};
-    j["temperature"] = p.temperature;
-    if (p.seed) j["seed"] = *p.seed;
-    return j;
-}
-
-// Connects to the Unix socket; -1 with `error` set when it cannot.
-unique_fd connect_unix(const std::string& path, std::string& error) {
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    if (path.size() >= sizeof(addr.sun_path)) {
-        error = "socket path too long: " + path;
-        return unique_fd();
-    }
-    std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-    unique_fd fd(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-    if (fd.get() < 0) {
-        error = fmt::format("socket(): {}", std::strerror(errno));
-        return unique_fd();
-    }
-    if (::connect(fd.get(), reinterpret_cast<const sockaddr*>(&addr), sizeof(addr)) != 0) {
-        error = fmt::format("connect {}: {}", path, std::strerror(errno));
-        return unique_fd();
-    }
-    return fd;
-}
-
-enum class io_status : std::uint8_t { ok, eof, failed, timeout };
-
-// Waits up to `timeout` for `events` on fd.
-io_status wait_fd(int fd, short events, std::chrono::milliseconds timeout, std::string& error) {
-    pollfd p{fd, events, 0};
-    for (;;) {
-        const int n = ::poll(&p, 1, static_cast<int>(timeout.count()));
-        if (n > 0) return io_status::ok;
-        if (n == 0) {
-            error = fmt::format("nothing from moed for {} s", timeout.count() / 1000);
-            return io_status::timeout;
-        }
-        if (errno == EINTR) continue;
-        error = fmt::format("poll(): {}", std::strerror(errno));
-        return io_status::failed;
-    }
-}
-
-io_status send_all(int fd, std::string_view data, std::chrono::milliseconds timeout, std::string& error) {
-    while (!data.empty()) {
-        const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-        if (n > 0) {
-            data.remove_prefix(static_cast<std::size_t>(n));
-            continue;
-        }
-        if (n < 0 && errno == EINTR) continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            if (auto s = wait_fd(fd, POLLOUT, timeout, error); s != io_status::ok) return s;
-            continue;
-        }
-        error = fmt::format("send: {}", n < 0 ? std::strerror(errno) : "wrote nothing");
-        return io_status::failed;
-    }
-    return io_status::ok;
-}
-
-// Appends what arrives next (at most read_chunk_bytes) to `out`.
-io_status recv_some(int fd, std::string& out, std::chrono::milliseconds timeout, std::string& error) {
-    char buf[read_chunk_bytes];
-    for (;;) {
-        const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
-        if (n > 0) {
-            out.append(buf, static_cast<std::size_t>(n));
-            return io_status::ok;
-        }
-        if (n == 0) return io_status::eof;
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            if (auto s = wait_fd(fd, POLLIN, timeout, error); s != io_status::ok) return s;
-            continue;
-        }
-        error = fmt::format("recv: {}", std::strerror(errno));
-        return io_status::failed;
-    }
-}
-
-// The checks every finished answer must pass: a finish reason of "stop" or "length", no
-// more tokens than asked for, no stop string in the text, and the profile it named.
-std::string check_finished(const request_plan& p, const std::string& text, const std::string& finish_reason,
-                           std::int64_t completion_tokens, const std::string& profile_used) {
-    if (finish_reason != "stop" && finish_reason != "length")
-        return fmt::format("finish_reason '{}' (expected stop or length)", finish_reason);
-    if (p.max_tokens && completion_tokens > *p.max_tokens)
-        return fmt::format("{} completion tokens for max_tokens {}", completion_tokens, *p.max_tokens);
-    for (const std::string& s : p.stop) {
-        if (text.find(s) != std::string::npos) return fmt::format("the text contains stop string {}", json(s).dump());
-    }
-    if (!p.profile.empty() && profile_used != p.profile)
-        return fmt::format("named profile '{}' but moed used '{}'", p.profile, profile_used);
-    return {};
-}
-
-std::string choice_text(const json& choice) {
-    if (auto t = choice.find("text"); t != choice.end() && t->is_string()) return t->get<std::string>();
-    for (const char* key : {"message", "delta"}) {
-        auto m = choice.find(key);
-        if (m == choice.end() || !m->is_object()) continue;
-        if (auto c = m->find("content"); c != m->end() && c->is_string()) return c->get<std::string>();
-    }
-    return {};
-}
-
-std::string moed_profile(const json& j) {
-    auto m = j.find("moed");
-    if (m == j.end() || !m->is_object()) return {};
-    auto p = m->find("profile");
-    return p != m->end() && p->is_string() ? p->get<std::string>() : std::string();
-}
-
-std::int64_t completion_tokens(const json& j) {
-    auto u = j.find("usage");
-    if (u == j.end() || !u->is_object()) return -1;
-    auto c = u->find("completion_tokens");
-    return c != u->end() && c->is_number_integer() ? c->get<std::int64_t>() : -1;
-}
-
-// The SSE events of a streamed body as they arrive; stops at [DONE], an error event, a
-// malformed event, or our cut.
-class stream_reader {
-public:
-    stream_reader(const request_plan& plan, request_result& r) : plan_(plan), r_(r) {}
-
-    // Handles the body bytes from `offset` on; returns false once the stream is over for us.
-    bool feed(const std::string& body) {
-        for (;;) {
-            const std::size_t end = body.find("\n\n", offset_);
-            if (end == std::string::npos) return true;
-            const std::string_view event(body.data() + offset_, end - offset_);
-            offset_ = end + 2;
-            if (!event_done(event)) return false;
-        }
-    }
-    // After the body ended: the bytes after [DONE] must be nothing.
-    void finish(const std::string& body) {
-        if (r_.facts.saw_done && offset_ < body.size() && body.find_first_not_of("\r\n", offset_) != std::string::npos)
-            malformed(fmt::format("bytes after [DONE]: {}", json(body.substr(offset_, 80)).dump()));
-    }
-    bool cut() const noexcept { return cut_; }
-
-private:
-    void malformed(std::string why) {
-        r_.facts.malformed = true;
-        if (r_.message.empty()) r_.message = std::move(why);
-    }
-
-    bool event_done(std::string_view event) {
-        std::string data;
-        bool has_data = false;
-        std::size_t pos = 0;
-        while (pos <= event.size()) {
-            std::size_t eol = event.find('\n', pos);
-            if (eol == std::string_view::npos) eol = event.size();
-            const std::string_view line = event.substr(pos, eol - pos);
-            pos = eol + 1;
-            if (line.starts_with("data: ")) {
-                if (has_data) data += '\n';
-                data += line.substr(6);
-                has_data = true;
-            } else if (!line.empty() && !line.starts_with(":") && !line.starts_with("event:")) {
-                malformed(fmt::format("a stream line that is not an SSE field: {}", json(std::string(line)).dump()));
-                return false;
-            }
-        }
-        if (!has_data) return true;
-        if (r_.facts.saw_done) {
-            malformed("an event after [DONE]");
-            return false;
-        }
-        if (data == "[DONE]") {
-            r_.facts.saw_done = true;
-            if (r_.facts.stream_error_status == 0 && !r_.facts.malformed) {
-                if (std::string why = check_finished(plan_, text_, finish_reason_, r_.tokens, profile_); !why.empty())
-                    malformed(std::move(why));
-            }
-            return true;  // read on: the body must end now
-        }
-        const json j = json::parse(data, nullptr, /*allow_exceptions=*/false);
-        if (!j.is_object()) {
-            malformed(fmt::format("a stream event that is not a JSON object: {}", json(data.substr(0, 120)).dump()));
-            return false;
-        }
-        if (auto e = j.find("error"); e != j.end()) {
-            int code = 500;
-            if (e->is_object()) {
-                if (auto c = e->find("code"); c != e->end() && c->is_number_integer()) code = c->get<int>();
-            }
-            r_.facts.stream_error_status = code;
-            r_.message = "error event in the stream: " + data.substr(0, 300);
-            return true;  // [DONE] follows
-        }
-        if (profile_.empty()) profile_ = moed_profile(j);
-        if (const std::int64_t t = completion_tokens(j); t >= 0) usage_tokens_ = t;
-        auto choices = j.find("choices");
-        if (choices == j.end() || !choices->is_array() || choices->empty() || !(*choices)[0].is_object()) {
-            malformed("a stream event without choices");
-            return false;
-        }
-        const json& c = (*choices)[0];
-        if (auto f = c.find("finish_reason"); f != c.end() && f->is_string()) {
-            finish_reason_ = f->get<std::string>();
-            r_.tokens = usage_tokens_ >= 0 ? usage_tokens_ : chunks_;
-        }
-        const std::string piece = choice_text(c);
-        if (piece.empty()) return true;
-        text_ += piece;
-        ++chunks_;
-        r_.tokens = chunks_;
-        if (plan_.cut_after_chunks > 0 && chunks_ >= plan_.cut_after_chunks) {
-            cut_ = true;
-            return false;
-        }
-        return true;
-    }
-
-    const request_plan& plan_;
-    request_result& r_;
-    std::size_t offset_ = 0;
-    std::string text_;
-    std::string finish_reason_;
-    std::string profile_;
-    std::int64_t chunks_ = 0;
-    std::int64_t usage_tokens_ = -1;
-    bool cut_ = false;
-};
-
-void check_whole_answer(const request_plan& p, const std::string& body, request_result& r) {
-    const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-    auto bad = [&](std::string why) {
-        r.facts.malformed = true;
-        r.message = std::move(why);
-    };
-    if (!j.is_object()) return bad(fmt::format("an answer that is not a JSON object: {}", json(body.substr(0, 120)).dump()));
-    auto choices = j.find("choices");
-    if (choices == j.end() || !choices->is_array() || choices->size() != 1 || !(*choices)[0].is_object())
-        return bad("an answer without exactly one choice");
-    const json& c = (*choices)[0];
-    const bool has_text = p.chat ? (c.contains("message") && c["message"].is_object() &&
-                                    c["message"].contains("content") && c["message"]["content"].is_string())
-                                 : (c.contains("text") && c["text"].is_string());
-    if (!has_text) return bad(p.chat ? "a chat answer without message.content" : "a completion without text");
-    std::string finish;
-    if (auto f = c.find("finish_reason"); f != c.end() && f->is_string()) finish = f->get<std::string>();
-    r.tokens = completion_tokens(j);
-    if (r.tokens < 0) return bad("an answer without usage.completion_tokens");
-    if (std::string why = check_finished(p, choice_text(c), finish, r.tokens, moed_profile(j)); !why.empty())
-        return bad(std::move(why));
-}
-
-std::string error_message(int status, const std::string& body) {
-    const json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("error") && j["error"].is_object() && j["error"].contains("message") &&
-        j["error"]["message"].is_string())
-        return fmt::format("HTTP {}: {}", status, j["error"]["message"].get<std::string>());
-    return fmt::format("HTTP {}: {}", status, body.substr(0, 200));
-}
-
-request_result run_request(const std::string& socket_path, const request_plan& plan, std::chrono::milliseconds timeout) {
-    request_result r;
-    r.facts.stream = plan.stream;
-    std::string error;
-    unique_fd fd = connect_unix(socket_path, error);
-    if (fd.get() < 0) {
-        r.facts.io = transport::failed;
-        r.message = error;
-        return r;
-    }
-    const std::string body = plan_body(plan).dump();
-    const std::string target = plan.chat ? "/v1/chat/completions" : "/v1/completions";
-    const std::string head = fmt::format(
-        "POST {} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nAccept: {}\r\n"
-        "Content-Length: {}\r\nConnection: close\r\n\r\n",
-        target, plan.stream ? "text/event-stream" : "application/json", body.size());
-    if (auto s = send_all(fd.get(), head + body, timeout, error); s != io_status::ok) {
-        r.facts.io = s == io_status::timeout ? transport::timeout : transport::failed;
-        r.message = error;
-        return r;
-    }
-
-    http::response_parser<http::string_body> parser;
-    parser.eager(true);
-    parser.body_limit(max_body_bytes);
-    stream_reader sse(plan, r);
-    std::string pending;
-    bool header_seen = false;
-    bool ok_stream = false;
-    for (;;) {
-        const io_status s = recv_some(fd.get(), pending, timeout, error);
-        if (s == io_status::failed || s == io_status::timeout) {
-            r.facts.io = s == io_status::timeout ? transport::timeout : transport::failed;
-            r.message = error;
-            break;
-        }
-        boost::beast::error_code ec;
-        while (!pending.empty() && !parser.is_done()) {
-            const std::size_t used = parser.put(boost::asio::buffer(pending), ec);
-            pending.erase(0, used);
-            if (ec == http::error::need_more) {
-                ec = {};
-                break;
-            }
-            if (ec || used == 0) break;
-        }
-        // An answer without a length ends at the close; any other ends early. (Beast takes
-        // an end before the first byte for an empty complete message: not here.)
-        if (!ec && s == io_status::eof && !parser.is_done()) {
-            if (parser.is_header_done()) parser.put_eof(ec);
-            else ec = http::error::partial_message;
-        }
-        if (ec) {
-            if (ec == http::error::partial_message) {
-                r.facts.io = transport::failed;
-                r.message = "moed closed the connection before the whole answer";
-            } else {
-                r.facts.malformed = true;
-                r.message = "malformed HTTP: " + ec.message();
-            }
-            break;
-        }
-        if (!header_seen && parser.is_header_done()) {
-            header_seen = true;
-            r.facts.http_status = static_cast<int>(parser.get().result_int());
-            const auto type = parser.get()[http::field::content_type];
-            ok_stream = plan.stream && r.facts.http_status == 200;
-            if (r.facts.http_status == 200 && !type.starts_with(plan.stream ? "text/event-stream" : "application/json")) {
-                r.facts.malformed = true;
-                r.message = fmt::format("Content-Type '{}' for a {} request", std::string(type),
-                                        plan.stream ? "streaming" : "whole");
-                break;
-            }
-        }
-        if (ok_stream && !sse.feed(parser.get().body())) break;  // malformed, or our cut
-        if (parser.is_done()) break;
-        if (s == io_status::eof) {
-            r.facts.io = transport::failed;
-            r.message = "moed closed the connection before the whole answer";
-            break;
-        }
-    }
-    if (sse.cut() && !r.facts.saw_done) {
-        r.facts.cut_by_us = true;
-        return r;  // fd closes here, mid-stream: moed must notice and cancel
-    }
-    if (!parser.is_done()) {
-        if (ok_stream && r.message.empty()) r.message = "the stream ended without [DONE]";
-        return r;
-    }
-    const int status = r.facts.http_status;
-    if (status != 200) {
-        r.message = error_message(status, parser.get().body());
-    } else if (plan.stream) {
-        sse.finish(parser.get().body());
-        if (!r.facts.saw_done && r.message.empty()) r.message = "the stream ended without [DONE]";
-    } else {
-        check_whole_answer(plan, parser.get().body(), r);
-    }
-    return r;
-}
-
 // ---- the workload ----
 
 struct workload {
@@ -714,7 +283,8 @@ public:
         ++unexpected_;
         if (++quoted_[static_cast<std::size_t>(o)] <= max_examples_per_kind) {
             const double t_s = std::chrono::duration<double>(clock_type::now() - start_).count();
-            examples_.push_back({{"t_s", t_s}, {"endpoint", endpoint}, {"kind", outcome_name(o)}, {"message", message}});
+            examples_.push_back(
+                {{"t_s", t_s}, {"endpoint", endpoint}, {"kind", outcome_name(o)}, {"message", message}});
         }
     }
     void record_plan(const request_plan& p) {
@@ -854,161 +424,6 @@ void churn_profiles(const moed::client& c, tally& t, const prompt_set& prompts, 
     }
 }
 
-// ---- the daemon process ----
-
-struct proc_sample {
-    bool alive = false;
-    std::int64_t rss_bytes = -1;
-    std::int64_t hwm_bytes = -1;
-    std::int64_t threads = -1;
-    std::int64_t fds = -1;
-};
-
-proc_sample read_proc(pid_t pid) {
-    proc_sample s;
-    std::ifstream in(fmt::format("/proc/{}/status", pid));
-    if (!in) return s;
-    s.alive = true;
-    std::string line;
-    auto number = [](const std::string& l) {
-        const auto at = l.find_first_of("0123456789");
-        return at == std::string::npos ? std::int64_t{-1} : std::stoll(l.substr(at));
-    };
-    while (std::getline(in, line)) {
-        if (line.starts_with("VmRSS:")) s.rss_bytes = number(line) * 1024;
-        else if (line.starts_with("VmHWM:")) s.hwm_bytes = number(line) * 1024;
-        else if (line.starts_with("Threads:")) s.threads = number(line);
-        else if (line.starts_with("State:") && line.find("Z (zombie)") != std::string::npos) s.alive = false;
-    }
-    std::error_code ec;
-    std::int64_t fds = 0;
-    for (fs::directory_iterator it(fmt::format("/proc/{}/fd", pid), ec), end; !ec && it != end; it.increment(ec)) ++fds;
-    if (!ec) s.fds = fds;
-    return s;
-}
-
-// The pid of the process listening on a Unix socket (SO_PEERCRED of a connection to it).
-pid_t socket_peer_pid(const std::string& path) {
-    std::string error;
-    unique_fd fd = connect_unix(path, error);
-    if (fd.get() < 0) moed::tools::fail(program, "--socket: " + error);
-    ucred cred{};
-    socklen_t len = sizeof(cred);
-    if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid <= 0)
-        moed::tools::fail(program, fmt::format("--socket: cannot read the daemon's pid ({}); give --pid", std::strerror(errno)));
-    return cred.pid;
-}
-
-std::string exit_text(int status) {
-    if (WIFEXITED(status)) return fmt::format("exit {}", WEXITSTATUS(status));
-    if (WIFSIGNALED(status)) return fmt::format("signal {} ({})", WTERMSIG(status), ::strsignal(WTERMSIG(status)));
-    return fmt::format("status {}", status);
-}
-
-std::string tail_of(const fs::path& file, std::size_t bytes) {
-    std::ifstream in(file, std::ios::binary);
-    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-    return text.size() > bytes ? text.substr(text.size() - bytes) : text;
-}
-
-// moed started by us: a temporary folder with its socket, state folder and log.
-class daemon_process {
-public:
-    daemon_process(const options& o) {
-        char dir_template[] = "/tmp/moed-soak-XXXXXX";
-        if (::mkdtemp(dir_template) == nullptr)
-            moed::tools::fail(program, fmt::format("mkdtemp: {}", std::strerror(errno)));
-        dir_ = dir_template;
-        socket_ = (dir_ / "moed.sock").string();
-        log_ = dir_ / "moed.log";
-        args_ = {o.moed_path, "--socket-path", socket_, "--daemon-state-dir", (dir_ / "state").string(),
-                 "--daemon-log-level", "warn"};
-        if (!o.model_path.empty()) {
-            args_.push_back("--model-path");
-            args_.push_back(o.model_path);
-        }
-        args_.insert(args_.end(), o.daemon_flags.begin(), o.daemon_flags.end());
-        fs::create_directories(dir_ / "state");
-        std::vector<char*> argv;
-        for (std::string& a : args_) argv.push_back(a.data());
-        argv.push_back(nullptr);
-        const int log_fd = ::open(log_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (log_fd < 0) moed::tools::fail(program, fmt::format("{}: {}", log_.string(), std::strerror(errno)));
-        pid_ = ::fork();
-        if (pid_ < 0) moed::tools::fail(program, fmt::format("fork: {}", std::strerror(errno)));
-        if (pid_ == 0) {
-            ::dup2(log_fd, STDOUT_FILENO);
-            ::dup2(log_fd, STDERR_FILENO);
-            ::execv(argv[0], argv.data());
-            std::fprintf(stderr, "exec %s: %s\n", argv[0], std::strerror(errno));
-            ::_exit(127);
-        }
-        ::close(log_fd);
-    }
-    daemon_process(const daemon_process&) = delete;
-    daemon_process& operator=(const daemon_process&) = delete;
-    ~daemon_process() {
-        if (pid_ > 0 && !status_) {
-            ::kill(pid_, SIGKILL);  // only after a failure: a clean run stops it with stop()
-            int status = 0;
-            ::waitpid(pid_, &status, 0);
-        }
-        std::error_code ec;
-        fs::remove_all(dir_, ec);  // a leftover temporary folder is not worth failing over
-    }
-
-    pid_t pid() const noexcept { return pid_; }
-    const std::string& socket() const noexcept { return socket_; }
-    std::vector<std::string> flags() const { return {args_.begin() + 1, args_.end()}; }
-
-    // Its wait status once it has exited (reaped here), else none.
-    std::optional<int> exited() {
-        if (status_) return status_;
-        int status = 0;
-        if (::waitpid(pid_, &status, WNOHANG) == pid_) status_ = status;
-        return status_;
-    }
-
-    void wait_ready() {
-        const moed::client c(socket_);
-        const auto deadline = clock_type::now() + daemon_start_timeout;
-        while (clock_type::now() < deadline) {
-            if (auto h = c.health(); h && *h == "ok") return;
-            if (auto s = exited()) {
-                moed::tools::fail(program, fmt::format("moed exited while starting ({}); its log:\n{}", exit_text(*s),
-                                                       tail_of(log_, 4000)));
-            }
-            std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        }
-        moed::tools::fail(program, fmt::format("moed did not answer /healthz within {} s; its log:\n{}",
-                                               daemon_start_timeout.count(), tail_of(log_, 4000)));
-    }
-
-    // SIGTERM, then waits for the exit; the wait status (none when it did not exit in time,
-    // and then it is killed).
-    std::optional<int> stop() {
-        if (!exited()) ::kill(pid_, SIGTERM);
-        const auto deadline = clock_type::now() + daemon_stop_timeout;
-        while (!exited() && clock_type::now() < deadline) std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        if (status_) return status_;
-        ::kill(pid_, SIGKILL);
-        int status = 0;
-        ::waitpid(pid_, &status, 0);
-        status_ = status;
-        return std::nullopt;
-    }
-
-    std::string log_tail() const { return tail_of(log_, 2000); }
-
-private:
-    fs::path dir_;
-    fs::path log_;
-    std::string socket_;
-    std::vector<std::string> args_;
-    pid_t pid_ = -1;
-    std::optional<int> status_;
-};
-
 json sample_json(double t_s, const proc_sample& p, const moed::client_result<moed::daemon_status>& st,
                  const tally& t) {
     json j{{"t_s", t_s},
@@ -1042,24 +457,33 @@ int main(int argc, char** argv) {
     const prompt_set prompts = load_prompts(o);
 
     std::unique_ptr<daemon_process> daemon;
+    // A failed set-up stops a daemon we started (its destructor) before exiting.
+    auto setup_failed = [&](const std::string& message) {
+        daemon.reset();
+        moed::tools::fail(program, message);
+    };
     std::string socket_path = o.socket_path;
     pid_t pid = o.pid;
     if (!o.moed_path.empty()) {
-        daemon = std::make_unique<daemon_process>(o);
-        daemon->wait_ready();
+        auto started = daemon_process::start(o.moed_path, o.model_path, o.daemon_flags);
+        if (!started) setup_failed("cannot start moed: " + started.error().message);
+        daemon = std::move(*started);
+        if (auto ready = daemon->wait_ready(); !ready) setup_failed(ready.error().message);
         socket_path = daemon->socket();
         pid = daemon->pid();
     } else if (pid == 0) {
-        pid = socket_peer_pid(socket_path);
+        auto peer = socket_peer_pid(socket_path);
+        if (!peer) setup_failed("--socket: " + peer.error().message);
+        pid = *peer;
     }
-    if (!read_proc(pid).alive) moed::tools::fail(program, fmt::format("no process {} to sample", pid));
+    if (!read_proc(pid).alive) setup_failed(fmt::format("no process {} to sample", pid));
 
     moed::client_options copt;
     copt.socket_path = socket_path;
     copt.read_timeout = std::chrono::seconds(o.request_timeout_s);
     const moed::client control(copt);
     auto first_status = control.status();
-    if (!first_status) moed::tools::fail(program, "GET /v1/status: " + first_status.error().message);
+    if (!first_status) setup_failed("GET /v1/status: " + first_status.error().message);
 
     const auto start = clock_type::now();
     const auto deadline = start + std::chrono::seconds(o.duration_s);
@@ -1069,7 +493,7 @@ int main(int argc, char** argv) {
     for (auto [name, examples, source] : {std::tuple{stable_profile, &prompts.stable_examples, &prompts.stable_source},
                                           std::tuple{churn_profile, &prompts.churn_examples, &prompts.churn_source}}) {
         if (!create_profile(control, t, name, *examples, *source, /*replace=*/true, stop)) {
-            moed::tools::fail(program, fmt::format("cannot create task profile '{}': {}", name,
+            setup_failed(fmt::format("cannot create task profile '{}': {}", name,
                                                    t.examples().empty() ? "" : t.examples().back()["message"].dump()));
         }
     }
@@ -1107,8 +531,8 @@ int main(int argc, char** argv) {
         const double t_s = since_start();
         const proc_sample p = read_proc(pid);
         auto st = control.status();
-        if (!st) t.record("status", classify(from_client_error(st.error())), 0, "GET /v1/status: " + st.error().message);
-        else t.record("status", outcome::ok, 0, {});
+        if (st) t.record("status", outcome::ok, 0, {});
+        else t.record("status", classify(from_client_error(st.error())), 0, "GET /v1/status: " + st.error().message);
         samples.push_back(sample_json(t_s, p, st, t));
         if (p.alive && p.rss_bytes >= 0) rss_points.push_back({t_s, static_cast<double>(p.rss_bytes)});
         return p.alive;
@@ -1138,11 +562,15 @@ int main(int argc, char** argv) {
         t.record("daemon", outcome::connection, 0, fmt::format("moed (pid {}) is gone at the end", pid));
     }
     if (!daemon_died) {
-        // Leave a daemon we attached to as we found it.
+        // Leave a daemon we attached to as we found it. The stable profile must still be
+        // there; the churned one may be absent when its last recreation was cut short.
         for (const char* name : {stable_profile, churn_profile}) {
             auto d = control.delete_profile(name);
-            if (d || d.error().http_status == 404) t.record("profiles", outcome::ok, 0, {});
-            else t.record("profiles", classify(from_client_error(d.error())), 0, "delete profile: " + d.error().message);
+            const bool may_be_absent = std::string_view(name) == churn_profile;
+            if (d || (may_be_absent && d.error().http_status == 404)) t.record("profiles", outcome::ok, 0, {});
+            else
+                t.record("profiles", classify(from_client_error(d.error())), 0,
+                         fmt::format("delete profile '{}': {}", name, d.error().message));
         }
     }
 
