@@ -1,5 +1,5 @@
 // The identity of a model file, recorded in routing traces and task profiles so that data
-// made for one model is never applied to another (shared contract 4 of issue 5).
+// made for one model is never applied to another (the model identity the scheduler and the tiers share).
 // "<architecture>:<16 hex digits>" (the architecture from general.architecture, at most 64
 // characters of [A-Za-z0-9_.-], others replaced by '_'; "unknown" when absent): the hex is a 64-bit FNV-1a over the file's metadata
 // (every key, value type and value, in file order; arrays element by element) and tensor

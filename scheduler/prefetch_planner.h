@@ -1,5 +1,5 @@
 // The prefetch planner: turns the router lookahead the engine computes at the start of each
-// layer into scored prefetch requests for the tiered expert source (contract 3 of issue 5).
+// layer into scored prefetch requests for the tiered expert source.
 //
 // At the start of layer l (before attention) the engine has applied the routers of layers
 // l .. l+depth-1 to the residual stream entering layer l: probs[j][t][e]. For each target
@@ -51,7 +51,7 @@ struct prefetch_planner_options {
     // A prefetch that is wasted costs a read (bandwidth, and on a page-cache read the CPU's
     // copy); one that is used saves a wait. At 0.5 an expert is read ahead only when it is
     // more likely used than not, which measured best on a bandwidth-bound disk and within
-    // noise of lower thresholds on a latency-bound one (see the closing figures of issue 5).
+    // noise of lower thresholds on a latency-bound one (measured with bench/compare-prefetch.sh).
     float min_score = 0.5f;
     std::uint32_t calibration_samples = 32;
     // Row 0 (the layer about to run) is left out: its reads would have only attention's time

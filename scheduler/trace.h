@@ -1,4 +1,4 @@
-// Routing traces (shared contract 2 of issue 5): a compact binary file of what every MoE
+// Routing traces: a compact binary file of what every MoE
 // layer's router did for every token, written by the engine's trace recorder (moed and
 // moe-run `--trace FILE`) and read by the replay and prediction tools.
 //

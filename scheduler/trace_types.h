@@ -1,4 +1,4 @@
-// The records of a routing trace (shared contract 2 of issue 5): what one MoE layer's router
+// The records of a routing trace: what one MoE layer's router
 // did for one token, and what the trace says about the model it came from. The binary trace
 // file format, its reader and its writer live in scheduler/trace.h; this header holds only
 // the plain structs, so code that consumes traces (the predictors, tools/trace-replay) and
