@@ -340,6 +340,7 @@ int run(int argc, char** argv) {
     http_options ho;
     ho.max_body_bytes = config.max_body_bytes;
     ho.max_connections = config.max_connections;
+    ho.max_connections_per_uid = config.max_connections_per_uid;
     ho.read_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.read_timeout_s * 1000.0));
     ho.write_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.write_timeout_s * 1000.0));
     http_server server(io, std::move(lst->acceptor), std::move(ctx), ho);

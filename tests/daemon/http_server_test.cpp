@@ -278,6 +278,7 @@ TEST_F(HttpServer, ConnectionLimit) {
     http_connection second(socket_path_);
     auto r = second.read_reply();
     expect_error(r, 503, "unavailable_error", "too many connections (http.max_connections is 1); retry later");
+    EXPECT_EQ(r.retry_after, fmt::format("{}", retry_after_busy.count()));
     first.close();
     second.close();
 }
