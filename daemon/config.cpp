@@ -186,7 +186,7 @@ constexpr std::uint32_t max_trace_lookahead = 4;  // engine::max_lookahead_depth
         return {};                                                \
     }
 
-const std::array<key_spec, 32> keys{{
+const std::array<key_spec, 33> keys{{
     {"model.path", "path", "the bundled tinymoe model", "GGUF model file to serve",
      MOED_SET(model_path, to_string(v, o))},
     {"model.id", "string", "from the file name", "the name clients give as \"model\"",
@@ -259,6 +259,9 @@ const std::array<key_spec, 32> keys{{
      MOED_SET(max_body_bytes, to_bytes(v, o, 1, max_body_bytes_limit))},
     {"http.max_connections", "integer", "256", "open client connections; more answer 503 and close",
      MOED_SET(max_connections, to_integer<std::uint32_t>(v, o, 1, max_connections_limit))},
+    {"http.max_connections_per_uid", "integer", "0 (a quarter of http.max_connections, at least 1)",
+     "open connections of one local user (peer uid); more answer 503 and close, so one user cannot lock out others",
+     MOED_SET(max_connections_per_uid, to_integer<std::uint32_t>(v, o, 0, max_connections_limit))},
     {"http.read_timeout_s", "seconds", "60", "time to receive a request (and keep-alive idle time)",
      MOED_SET(read_timeout_s, to_seconds(v, o, max_timeout_s))},
     {"http.write_timeout_s", "seconds", "60", "time for one write to a client",
@@ -326,6 +329,7 @@ const std::array<key_reload, keys.size()> reload_rules{{
     {"socket.group", false, MOED_SAME(socket_group)},
     {"http.max_body_bytes", true, MOED_SAME(max_body_bytes)},
     {"http.max_connections", true, MOED_SAME(max_connections)},
+    {"http.max_connections_per_uid", true, MOED_SAME(max_connections_per_uid)},
     {"http.read_timeout_s", true, MOED_SAME(read_timeout_s)},
     {"http.write_timeout_s", true, MOED_SAME(write_timeout_s)},
     {"daemon.drain_timeout_s", true, MOED_SAME(drain_timeout_s)},
@@ -482,6 +486,10 @@ result<void> validate(const daemon_config& config) {
         return make_error(errc::invalid_argument,
                           "limits.default_max_tokens: {} is larger than limits.max_tokens ({})",
                           config.default_max_tokens, config.max_tokens);
+    if (config.max_connections_per_uid > config.max_connections)
+        return make_error(errc::invalid_argument,
+                          "http.max_connections_per_uid: {} is larger than http.max_connections ({})",
+                          config.max_connections_per_uid, config.max_connections);
     if (config.ctx != 0 && config.ctx < 2)
         return make_error(errc::invalid_argument, "engine.ctx: {} leaves no room for a prompt and a token", config.ctx);
     if (config.model_id.find_first_of(" \t\r\n'\"") != std::string::npos)

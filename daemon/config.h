@@ -59,6 +59,7 @@ struct daemon_config {
     // [http]
     std::uint64_t max_body_bytes = 1u << 20;
     std::uint32_t max_connections = 256;
+    std::uint32_t max_connections_per_uid = 0;  // 0: a quarter of max_connections, at least 1
     double read_timeout_s = 60.0;   // to receive one whole request (also the keep-alive idle time)
     double write_timeout_s = 60.0;  // for one write to the client
     // [daemon]

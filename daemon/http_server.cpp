@@ -1,5 +1,6 @@
 #include "daemon/http_server.h"
 
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -18,6 +19,7 @@
 #include <nlohmann/json.hpp>
 
 #include "common/log.h"
+#include "daemon/connection_limits.h"
 #include "daemon/job_channel.h"
 #include "daemon/listener.h"
 
@@ -63,18 +65,66 @@ std::string_view route_of(std::string_view target) {
     return target;
 }
 
+// Why a request's Transfer-Encoding is refused, or nullopt when there is none or it is
+// "chunked" alone: the only coding this server decodes. Anything else (a compression coding,
+// "chunked" not last, or "chunked" twice) leaves the body's length or meaning unknown, so
+// reading it as plain bytes would serve something the client did not send. Several
+// Transfer-Encoding fields count as one comma-separated list; empty list elements are
+// ignored, as RFC 9110 asks.
+std::optional<std::string> unsupported_transfer_coding(const request::header_type& header) {
+    auto [begin, end] = header.equal_range(http::field::transfer_encoding);
+    if (begin == end) return std::nullopt;
+    std::string value;
+    std::size_t codings = 0;
+    bool chunked_alone = true;
+    for (auto it = begin; it != end; ++it) {
+        const std::string_view field = sv(it->value());
+        if (!value.empty()) value += ", ";
+        value += field;
+        std::size_t pos = 0;
+        while (pos <= field.size()) {
+            std::size_t comma = field.find(',', pos);
+            if (comma == std::string_view::npos) comma = field.size();
+            std::string_view coding = field.substr(pos, comma - pos);
+            while (!coding.empty() && (coding.front() == ' ' || coding.front() == '\t')) coding.remove_prefix(1);
+            while (!coding.empty() && (coding.back() == ' ' || coding.back() == '\t')) coding.remove_suffix(1);
+            if (!coding.empty()) {
+                ++codings;
+                if (!beast::iequals(beast::string_view(coding.data(), coding.size()), "chunked")) chunked_alone = false;
+            }
+            pos = comma + 1;
+        }
+    }
+    if (codings == 1 && chunked_alone) return std::nullopt;
+    return fmt::format("Transfer-Encoding '{}' is not supported", value);
+}
+
+constexpr std::string_view transfer_coding_hint =
+    "; a request body must come with Content-Length or with 'Transfer-Encoding: chunked' alone";
+
+// True when the peer has closed its end entirely (POLLHUP), not only its sending half: on a
+// Unix socket a shutdown(SHUT_WR) shows as end-of-stream with POLLRDHUP alone, and a close
+// or shutdown(SHUT_RDWR) as POLLHUP as well.
+bool peer_hung_up(int fd) noexcept {
+    pollfd p{fd, POLLIN | POLLRDHUP, 0};
+    const int n = ::poll(&p, 1, 0);
+    return n > 0 && (p.revents & (POLLHUP | POLLERR | POLLNVAL)) != 0;
+}
+
 }  // namespace
 
 struct http_server::state {
     state(asio::io_context& io_, stream_protocol::acceptor acceptor_, server_context ctx_, const http_options& options_)
         : io(io_), acceptor(std::move(acceptor_)), ctx(std::move(ctx_)), options(options_),
-          id_prefix(random_u64()), seeds(random_u64()) {}
+          limits(options_.max_connections, connections_per_uid(options_)), id_prefix(random_u64()),
+          seeds(random_u64()) {}
 
     asio::io_context& io;
     stream_protocol::acceptor acceptor;
     server_context ctx;
     http_options options;
     http_counters counters;
+    connection_limits limits;  // of the sessions being served (not those being refused)
     std::unordered_set<session*> sessions;
     bool shutting_down = false;
     bool engine_alive = true;
@@ -153,12 +203,14 @@ struct http_server::state {
 class http_server::session : public std::enable_shared_from_this<session> {
 public:
     session(std::shared_ptr<state> st, stream_protocol::socket socket)
-        : st_(std::move(st)), stream_(std::move(socket)), peer_(peer_credentials(stream_.socket().native_handle())) {
+        : st_(std::move(st)), stream_(std::move(socket)), identity_(peer_of(stream_.socket().native_handle())),
+          peer_(describe_peer(identity_)) {
         st_->sessions.insert(this);
         ++st_->counters.connections_open;
     }
 
     ~session() {
+        if (admitted_) st_->limits.release(peer_key());
         st_->sessions.erase(this);
         --st_->counters.connections_open;
         // Ended with a job still running (an exception, or the io_context stopped): the
@@ -170,6 +222,12 @@ public:
     }
 
     bool idle() const noexcept { return idle_; }
+
+    connection_limits::peer_key peer_key() const noexcept {
+        return connection_limits::key_of(identity_ ? std::optional<uid_t>(identity_->uid) : std::nullopt);
+    }
+    // The connection counts against the limits (admitted by accept_loop) until it ends.
+    void hold_slot() noexcept { admitted_ = true; }
 
     void close() noexcept {
         error_code ec;
@@ -187,10 +245,20 @@ public:
             error_code ec;
             stream_.expires_after(st_->options.read_timeout);
             co_await http::async_read_header(stream_, buffer_, parser, asio::redirect_error(asio::use_awaitable, ec));
+            if (!ec) {
+                if (auto refused = unsupported_transfer_coding(parser.get().base())) {
+                    stream_.expires_never();
+                    co_await refuse_request(parser, 501, *refused + std::string(transfer_coding_hint));
+                    co_return;
+                }
+            }
             // A client that asks first (curl does for bodies over 1 MiB) gets its go-ahead
             // now instead of waiting a second for it; an oversize Content-Length has
-            // already failed the header read (body_limit) and is answered 413 below.
-            if (!ec && !parser.is_done() && beast::iequals(parser.get()[http::field::expect], "100-continue")) {
+            // already failed the header read (body_limit) and is answered 413 below. The
+            // expectation is HTTP/1.1's: an HTTP/1.0 client would take the interim answer
+            // for the response, so it is ignored there (RFC 9110, 10.1.1).
+            if (!ec && !parser.is_done() && parser.get().version() >= 11 &&
+                beast::iequals(parser.get()[http::field::expect], "100-continue")) {
                 http::response<http::empty_body> go_on{http::status::continue_, parser.get().version()};
                 co_await http::async_write(stream_, go_on, asio::redirect_error(asio::use_awaitable, ec));
             }
@@ -206,23 +274,25 @@ public:
                     ec == asio::error::bad_descriptor || ec == asio::error::connection_reset ||
                     ec == beast::error::timeout)
                     break;  // the client closed, went quiet, or the server is closing idle connections
-                keep_alive_ = false;
-                version_ = parser.is_header_done() ? parser.get().version() : 11;
+                unsigned status = 400;
+                std::string message = fmt::format("malformed HTTP request: {}", ec.message());
                 if (ec == http::error::body_limit) {
-                    co_await send_error(413, fmt::format("request body is larger than the {} bytes allowed "
-                                                         "(http.max_body_bytes)",
-                                                         st_->options.max_body_bytes));
+                    status = 413;
+                    message = fmt::format("request body is larger than the {} bytes allowed (http.max_body_bytes)",
+                                          st_->options.max_body_bytes);
                 } else if (ec == http::error::header_limit) {
-                    co_await send_error(431, fmt::format("request headers are larger than the {} bytes allowed",
-                                                         max_header_bytes));
-                } else {
-                    co_await send_error(400, fmt::format("malformed HTTP request: {}", ec.message()));
+                    status = 431;
+                    message = fmt::format("request headers are larger than the {} bytes allowed", max_header_bytes);
+                } else if (ec == http::error::bad_transfer_encoding &&
+                           parser.get().count(http::field::content_length) == 0) {
+                    // The parser stops at a Transfer-Encoding field after one that ended in
+                    // "chunked" (with a Content-Length before it, the request is malformed:
+                    // two framings at once).
+                    status = 501;
+                    message = "Transfer-Encoding: a coding after 'chunked' is not supported" +
+                              std::string(transfer_coding_hint);
                 }
-                if (parser.is_header_done())
-                    access_log(sv(parser.get().method_string()), sv(parser.get().target()));
-                else
-                    access_log("-", "-");
-                co_await linger_close();
+                co_await refuse_request(parser, status, std::move(message));
                 co_return;
             }
             request req = parser.release();
@@ -235,17 +305,45 @@ public:
         close();
     }
 
-    // Over the connection limit: answer 503 without reading a request, then close.
-    asio::awaitable<void> reject() {
+    // Over a connection limit: answer 503 without reading a request, then close.
+    asio::awaitable<void> reject(connection_limits::verdict why) {
         keep_alive_ = false;
         start_ = std::chrono::steady_clock::now();
-        co_await send_error(503, fmt::format("too many connections (http.max_connections is {}); retry later",
-                                             st_->options.max_connections));
+        std::string message;
+        if (why == connection_limits::verdict::over_total)
+            message = fmt::format("too many connections (http.max_connections is {}); retry later",
+                                  st_->limits.max_total());
+        else if (identity_)
+            message = fmt::format("too many connections from uid {} (http.max_connections_per_uid is {}); retry later",
+                                  identity_->uid, st_->limits.max_per_peer());
+        else
+            message = fmt::format("too many connections from peers without credentials "
+                                  "(http.max_connections_per_uid is {}); retry later",
+                                  st_->limits.max_per_peer());
+        co_await send_error(503, std::move(message), retry_after_busy);
         access_log("-", "-");
         co_await linger_close();
     }
 
 private:
+    // A request refused before its body was read (the body may still be arriving): answer,
+    // log, and close after draining a little of what follows.
+    asio::awaitable<void> refuse_request(http::request_parser<http::string_body>& parser, unsigned status,
+                                         std::string message) {
+        keep_alive_ = false;
+        version_ = parser.is_header_done() ? parser.get().version() : 11;
+        start_ = std::chrono::steady_clock::now();
+        idle_ = false;
+        log_status_ = 0;
+        log_bytes_ = 0;
+        co_await send_error(status, std::move(message));
+        if (parser.is_header_done())
+            access_log(sv(parser.get().method_string()), sv(parser.get().target()));
+        else
+            access_log("-", "-");
+        co_await linger_close();
+    }
+
     asio::awaitable<void> handle(request& req) {
         std::string failure;
         try {
@@ -579,13 +677,17 @@ private:
         }
     }
 
+    // The events as the body of a 200: in chunks (HTTP/1.1), or for an HTTP/1.0 client, which
+    // knows no chunked coding, as plain bytes ended by closing the connection.
     asio::awaitable<void> stream_job(job_channel& channel, const response_meta& meta) {
+        const bool close_delimited = version_ < 11;
         http::response<http::empty_body> res{http::status::ok, version_};
         res.set(http::field::server, "moed");
         res.set(http::field::content_type, "text/event-stream");
         res.set(http::field::cache_control, "no-cache");
-        res.keep_alive(keep_alive_);
-        res.chunked(true);
+        if (close_delimited) keep_alive_ = false;
+        set_connection(res);
+        if (!close_delimited) res.chunked(true);
         http::response_serializer<http::empty_body> serializer{res};
         error_code ec;
         stream_.expires_after(st_->options.write_timeout);
@@ -619,8 +721,12 @@ private:
             }
             if (!payload.empty() && !client_gone_) {
                 stream_.expires_after(st_->options.write_timeout);
-                co_await asio::async_write(stream_, http::make_chunk(asio::buffer(payload)),
-                                           asio::redirect_error(asio::use_awaitable, ec));
+                if (close_delimited)
+                    co_await asio::async_write(stream_, asio::buffer(payload),
+                                               asio::redirect_error(asio::use_awaitable, ec));
+                else
+                    co_await asio::async_write(stream_, http::make_chunk(asio::buffer(payload)),
+                                               asio::redirect_error(asio::use_awaitable, ec));
                 stream_.expires_never();
                 if (ec) client_left(channel);
                 else count_bytes(payload.size());
@@ -628,7 +734,8 @@ private:
             if (ev.done) break;
             co_await channel.wait();
         }
-        if (!client_gone_) {
+        // A close-delimited body ends when run() closes the connection (keep_alive_ is false).
+        if (!client_gone_ && !close_delimited) {
             stream_.expires_after(st_->options.write_timeout);
             co_await asio::async_write(stream_, http::make_chunk_last(), asio::redirect_error(asio::use_awaitable, ec));
             stream_.expires_never();
@@ -649,15 +756,19 @@ private:
     }
 
     // Watches the socket while a job runs: readable with nothing to read is the client's
-    // close. Bytes to read (a pipelined request) end the watch, as the client is alive.
+    // close, unless it closed only its sending half (shutdown(SHUT_WR) after its request,
+    // as some clients do) and still reads: then the watch waits for the full close (a
+    // hang-up) instead. Bytes to read (a pipelined request) end the watch, as the client is
+    // alive.
     void watch(std::shared_ptr<job_channel> channel, job_id id) {
         watching_ = true;
         stream_.socket().async_wait(
             stream_protocol::socket::wait_read,
             [self = shared_from_this(), channel = std::move(channel), id](const error_code& ec) mutable {
                 if (ec || !self->watching_ || self->job_ != id || self->client_gone_) return;
+                const int fd = self->stream_.socket().native_handle();
                 char byte = 0;
-                const ssize_t n = ::recv(self->stream_.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+                const ssize_t n = ::recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
                 if (n > 0) {
                     self->watching_ = false;
                     return;
@@ -666,7 +777,24 @@ private:
                     self->watch(std::move(channel), id);
                     return;
                 }
+                if (n == 0 && !peer_hung_up(fd)) {
+                    MOED_LOG_DEBUG("http", "{}: client half-closed after its request; answering", self->peer_);
+                    self->watch_hang_up(std::move(channel), id);
+                    return;
+                }
                 self->client_left(*channel);
+            });
+    }
+
+    // After a half-close: Asio completes an error wait on a hang-up (EPOLLHUP), which a
+    // full close of the client's end raises; the half-close's end-of-stream does not.
+    void watch_hang_up(std::shared_ptr<job_channel> channel, job_id id) {
+        stream_.socket().async_wait(
+            stream_protocol::socket::wait_error,
+            [self = shared_from_this(), channel = std::move(channel), id](const error_code& ec) mutable {
+                if (ec || !self->watching_ || self->job_ != id || self->client_gone_) return;
+                if (peer_hung_up(self->stream_.socket().native_handle())) self->client_left(*channel);
+                else self->watch_hang_up(std::move(channel), id);
             });
     }
 
@@ -680,11 +808,14 @@ private:
 
     // Coroutine parameters are owned strings, not views: a view of a caller's temporary is
     // one compiler bug away from dangling across the suspension.
-    asio::awaitable<void> send_error(unsigned status, std::string message) {
-        co_await send(status, error_body(status, message), std::string(json_type));
+    // A 429 or 503 says when to try again: `retry_after` when given, else by its status (a
+    // full queue is busy, a 503 otherwise means the daemon is draining).
+    asio::awaitable<void> send_error(unsigned status, std::string message, std::chrono::seconds retry_after = {}) {
+        co_await send(status, error_body(status, message), std::string(json_type), retry_after);
     }
 
-    asio::awaitable<void> send(unsigned status, std::string body, std::string content_type) {
+    asio::awaitable<void> send(unsigned status, std::string body, std::string content_type,
+                               std::chrono::seconds retry_after = {}) {
         http::response<http::string_body> res{static_cast<http::status>(status), version_};
         res.set(http::field::server, "moed");
         res.set(http::field::content_type, content_type);
@@ -692,7 +823,11 @@ private:
             if (allow_text_.empty()) res.set(http::field::allow, http::to_string(allow_));
             else res.set(http::field::allow, allow_text_);
         }
-        res.keep_alive(keep_alive_);
+        if (status == 429 || status == 503) {
+            if (retry_after.count() <= 0) retry_after = status == 429 ? retry_after_busy : retry_after_draining;
+            res.set(http::field::retry_after, fmt::format("{}", retry_after.count()));
+        }
+        set_connection(res);
         const std::size_t bytes = body.size();
         res.body() = std::move(body);
         res.prepare_payload();
@@ -708,6 +843,14 @@ private:
         } else {
             count_bytes(bytes);
         }
+    }
+
+    // Connection: keep-alive or close. Beast writes nothing for an HTTP/1.0 close (it is that
+    // version's default); it is said anyway so no client has to know the default.
+    template <typename Response>
+    void set_connection(Response& res) {
+        res.keep_alive(keep_alive_);
+        if (!keep_alive_ && version_ < 11) res.set(http::field::connection, "close");
     }
 
     void count_bytes(std::size_t n) {
@@ -740,7 +883,9 @@ private:
     std::shared_ptr<state> st_;
     socket_stream stream_;
     beast::flat_buffer buffer_;
-    const std::string peer_;
+    const std::optional<peer_identity> identity_;
+    const std::string peer_;  // identity_ for logs
+    bool admitted_ = false;   // holds a slot of st_->limits
     bool idle_ = true;
     bool keep_alive_ = true;
     unsigned version_ = 11;
@@ -787,7 +932,16 @@ void http_server::engine_stopped() {
         if (s->idle()) s->close();
 }
 
-void http_server::set_options(const http_options& options) { state_->options = options; }
+void http_server::set_options(const http_options& options) {
+    state_->options = options;
+    state_->limits.set_limits(options.max_connections, connections_per_uid(options));
+}
+
+std::uint32_t connections_per_uid(const http_options& options) noexcept {
+    const std::uint32_t total = std::max<std::uint32_t>(options.max_connections, 1);
+    if (options.max_connections_per_uid != 0) return std::min(options.max_connections_per_uid, total);
+    return std::max<std::uint32_t>(total / 4, 1);
+}
 
 std::size_t http_server::open_connections() const noexcept { return state_->sessions.size(); }
 const http_counters& http_server::counters() const noexcept { return state_->counters; }
@@ -808,12 +962,19 @@ asio::awaitable<void> http_server::accept_loop(std::shared_ptr<state> st) {
         }
         ++st->counters.connections_total;
         auto s = std::make_shared<session>(st, std::move(socket));
-        const bool over = st->sessions.size() > st->options.max_connections;
+        // Only served connections count: one being refused holds no slot while its 503 is
+        // written and it lingers, so a flood of refused ones cannot lock others out.
+        const connection_limits::verdict verdict = st->limits.admit(s->peer_key());
+        const bool over = verdict != connection_limits::verdict::admitted;
         if (over) ++st->counters.connections_rejected;
+        else s->hold_slot();
         // Two spawns rather than `co_await (over ? a : b)`: g++ 12 destroys the awaitable
         // temporary of a conditional operator twice inside a coroutine.
-        if (over) asio::co_spawn(st->io, [s]() -> asio::awaitable<void> { co_await s->reject(); }, log_exception);
-        else asio::co_spawn(st->io, [s]() -> asio::awaitable<void> { co_await s->run(); }, log_exception);
+        if (over)
+            asio::co_spawn(st->io, [s, verdict]() -> asio::awaitable<void> { co_await s->reject(verdict); },
+                           log_exception);
+        else
+            asio::co_spawn(st->io, [s]() -> asio::awaitable<void> { co_await s->run(); }, log_exception);
     }
 }
 

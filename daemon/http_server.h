@@ -16,7 +16,21 @@
 // chosen (api.h, moed_object_json); a stream carries it on its first chunk.
 // Errors are JSON {"error":{"type","message","code"}} with the matching status: 400 bad
 // request body, 404 unknown path or model, 405 wrong method, 413 body over the limit, 429
-// queue full, 503 shutting down or over the connection limit, 500 engine failure.
+// queue full, 501 a Transfer-Encoding other than "chunked" alone, 503 shutting down or over
+// a connection limit, 500 engine failure. Every 429 and 503 carries Retry-After.
+//
+// HTTP/1.0 clients get HTTP/1.0 answers: a stream's body is delimited by the connection's
+// close (HTTP/1.0 has no chunked coding), other bodies carry Content-Length, and the
+// connection closes unless the client asked for keep-alive. A client that half-closes after
+// its request (shutdown(SHUT_WR)) still reads: it gets the whole answer, then the close.
+//
+// Connection limits: http_options::max_connections in all and max_connections_per_uid for
+// each peer uid (SO_PEERCRED), so one local user's idle or stalled connections cannot lock
+// out another (connection_limits.h). A connection that has sent nothing, or part of a
+// header, holds its slot for read_timeout like an idle keep-alive one, with no shorter
+// header timeout: any timeout only shortens each hold, and a client dropped by it
+// reconnects at once and holds the slot again; what bounds a user's share is the per-uid
+// limit.
 //
 // Generation goes through the engine_port; tokens come back through a job_channel (posted
 // to this io_context, never blocking the engine). While a job runs the connection watches
@@ -60,14 +74,27 @@ inline constexpr std::uint64_t linger_max_bytes = 4u << 20;
 inline constexpr std::chrono::milliseconds linger_timeout{2000};
 // A failed accept (EMFILE, ENFILE, ENOBUFS) is retried after this pause instead of spinning.
 inline constexpr std::chrono::milliseconds accept_retry_delay{100};
+// Retry-After of a 429 (the request queue is full) and of a 503 over a connection limit: a
+// slot frees as soon as any request ends, so trying again a second later is reasonable.
+inline constexpr std::chrono::seconds retry_after_busy{1};
+// Retry-After of a 503 while the daemon drains to stop: a supervisor (systemd) restarts it
+// within a few seconds, and asking sooner would only meet the closed socket.
+inline constexpr std::chrono::seconds retry_after_draining{5};
 
 struct http_options {
     std::uint64_t max_body_bytes = 1u << 20;
     std::uint32_t max_connections = 256;
+    // Connections one peer uid may hold; 0: a quarter of max_connections, at least 1
+    // (see connections_per_uid).
+    std::uint32_t max_connections_per_uid = 0;
     std::chrono::milliseconds read_timeout{60000};
     std::chrono::milliseconds write_timeout{60000};
     std::size_t max_pending_bytes = 4u << 20;  // per streaming job, see job_channel
 };
+
+// The per-uid connection limit `options` asks for: max_connections_per_uid, or when that is
+// 0 a quarter of max_connections (at least 1); never more than max_connections.
+std::uint32_t connections_per_uid(const http_options& options) noexcept;
 
 // What the handlers need to know about the served model and the engine.
 struct server_context {

@@ -185,11 +185,23 @@ result<std::unique_ptr<listener>> open_listener(boost::asio::io_context& io, con
     return out;
 }
 
-std::string peer_credentials(int fd) {
+std::optional<peer_identity> peer_of(int fd) {
+    // On other sockets (TCP) Linux answers SO_PEERCRED with the overflow uid (nobody) rather
+    // than an error, which would pass for a real user.
+    int domain = 0;
+    socklen_t domain_len = sizeof(domain);
+    if (::getsockopt(fd, SOL_SOCKET, SO_DOMAIN, &domain, &domain_len) != 0 || domain != AF_UNIX) return std::nullopt;
     ucred cred{};
     socklen_t len = sizeof(cred);
-    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred)) return "pid=? uid=? gid=?";
-    return fmt::format("pid={} uid={} gid={}", cred.pid, cred.uid, cred.gid);
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || len != sizeof(cred)) return std::nullopt;
+    return peer_identity{cred.pid, cred.uid, cred.gid};
 }
+
+std::string describe_peer(const std::optional<peer_identity>& peer) {
+    if (!peer) return "pid=? uid=? gid=?";
+    return fmt::format("pid={} uid={} gid={}", peer->pid, peer->uid, peer->gid);
+}
+
+std::string peer_credentials(int fd) { return describe_peer(peer_of(fd)); }
 
 }  // namespace moed::daemon

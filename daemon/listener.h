@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include <boost/asio/io_context.hpp>
@@ -67,8 +68,19 @@ result<std::unique_ptr<listener>> open_listener(boost::asio::io_context& io, con
 // The group id of `name`; errc::not_found when there is no such group.
 result<gid_t> lookup_group(const std::string& name);
 
-// The peer of a connected Unix socket as "pid=123 uid=1000 gid=1000" (SO_PEERCRED), or
-// "pid=? uid=? gid=?" when the kernel does not say.
+// The process on the other end of a connected Unix socket, as the kernel recorded it at
+// connect() (SO_PEERCRED).
+struct peer_identity {
+    pid_t pid = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+};
+
+// The peer of `fd`; nullopt when the kernel does not say or `fd` is not a Unix socket.
+std::optional<peer_identity> peer_of(int fd);
+// "pid=123 uid=1000 gid=1000", or "pid=? uid=? gid=?" for an unknown peer.
+std::string describe_peer(const std::optional<peer_identity>& peer);
+// describe_peer(peer_of(fd)).
 std::string peer_credentials(int fd);
 
 }  // namespace moed::daemon

@@ -177,6 +177,7 @@ http_options http_options_of(const daemon_config& config) {
     http_options ho;
     ho.max_body_bytes = config.max_body_bytes;
     ho.max_connections = config.max_connections;
+    ho.max_connections_per_uid = config.max_connections_per_uid;
     ho.read_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.read_timeout_s * 1000.0));
     ho.write_timeout = std::chrono::milliseconds(static_cast<std::int64_t>(config.write_timeout_s * 1000.0));
     return ho;
@@ -254,6 +255,7 @@ private:
             if (key == "daemon.log_level") next.level = loaded->level;
             else if (key == "http.max_body_bytes") next.max_body_bytes = loaded->max_body_bytes;
             else if (key == "http.max_connections") next.max_connections = loaded->max_connections;
+            else if (key == "http.max_connections_per_uid") next.max_connections_per_uid = loaded->max_connections_per_uid;
             else if (key == "http.read_timeout_s") next.read_timeout_s = loaded->read_timeout_s;
             else if (key == "http.write_timeout_s") next.write_timeout_s = loaded->write_timeout_s;
             else if (key == "daemon.drain_timeout_s") next.drain_timeout_s = loaded->drain_timeout_s;

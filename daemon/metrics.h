@@ -15,7 +15,7 @@ namespace moed::daemon {
 struct http_counters {
     std::uint64_t connections_total = 0;
     std::uint64_t connections_open = 0;
-    std::uint64_t connections_rejected = 0;  // over http.max_connections
+    std::uint64_t connections_rejected = 0;  // over http.max_connections or http.max_connections_per_uid
     std::uint64_t bytes_sent_total = 0;      // response bodies
     std::map<unsigned, std::uint64_t> responses;  // by status code (a handful of codes)
 };

@@ -68,6 +68,7 @@ group = "users"
 [http]
 max_body_bytes = "64KiB"
 max_connections = 10
+max_connections_per_uid = 3
 read_timeout_s = 5
 write_timeout_s = 2.5
 [daemon]
@@ -99,6 +100,7 @@ watchdog = false
     EXPECT_EQ(c->socket_group, "users");
     EXPECT_EQ(c->max_body_bytes, 64u * 1024);
     EXPECT_EQ(c->max_connections, 10u);
+    EXPECT_EQ(c->max_connections_per_uid, 3u);
     EXPECT_DOUBLE_EQ(c->read_timeout_s, 5.0);
     EXPECT_DOUBLE_EQ(c->write_timeout_s, 2.5);
     EXPECT_DOUBLE_EQ(c->drain_timeout_s, 7.0);
@@ -137,6 +139,8 @@ TEST(Config, OutOfRangeNamesKeyAndRange) {
     EXPECT_EQ(error_of("[engine]\nmax_sequences = 0\n"),
               "test.toml:2:1: key 'engine.max_sequences': 0 is out of range [1, 1024]");
     EXPECT_EQ(error_of("[engine]\nthreads = -1\n"), "test.toml:2:1: key 'engine.threads': -1 is out of range [0, 1024]");
+    EXPECT_EQ(error_of("[http]\nmax_connections_per_uid = -1\n"),
+              "test.toml:2:1: key 'http.max_connections_per_uid': -1 is out of range [0, 65536]");
     EXPECT_NE(error_of("[daemon]\ndrain_timeout_s = 0\n").find("key 'daemon.drain_timeout_s'"), std::string::npos);
     EXPECT_NE(error_of("[socket]\nmode = 0o1777\n").find("key 'socket.mode': mode 1777 is out of range"),
               std::string::npos);
@@ -158,6 +162,9 @@ TEST(Config, RelationsBetweenKeys) {
     EXPECT_EQ(error_of("[limits]\nmax_tokens = 10\ndefault_max_tokens = 20\n"),
               "limits.default_max_tokens: 20 is larger than limits.max_tokens (10)");
     EXPECT_NE(error_of("[model]\nid = \"a b\"\n").find("model.id"), std::string::npos);
+    EXPECT_EQ(error_of("[http]\nmax_connections = 10\nmax_connections_per_uid = 11\n"),
+              "http.max_connections_per_uid: 11 is larger than http.max_connections (10)");
+    EXPECT_TRUE(from_toml("[http]\nmax_connections = 10\nmax_connections_per_uid = 10\n").has_value());
 }
 
 TEST(Config, SyntaxErrorsCarryLineAndColumn) {
@@ -170,6 +177,10 @@ TEST(Config, SyntaxErrorsCarryLineAndColumn) {
 TEST(Config, FlagsMapToKeys) {
     EXPECT_EQ(flag_for_key("socket.path"), "--socket-path");
     EXPECT_EQ(flag_for_key("engine.max_sequences"), "--engine-max-sequences");
+    auto per_uid = args({"--http-max-connections-per-uid=4"});
+    ASSERT_TRUE(per_uid.has_value()) << per_uid.error().message;
+    ASSERT_EQ(per_uid->overrides.size(), 1u);
+    EXPECT_EQ(per_uid->overrides[0].first, "http.max_connections_per_uid");
     auto cmd = args({"--socket-path", "/tmp/a.sock", "--engine-max-sequences=3", "--daemon-watchdog", "off"});
     ASSERT_TRUE(cmd.has_value()) << cmd.error().message;
     ASSERT_EQ(cmd->overrides.size(), 3u);
@@ -194,6 +205,8 @@ TEST(Config, BadFlagsAreNamed) {
               "--daemon-watchdog: expected true or false, got 'maybe'");
     EXPECT_EQ(apply_text(c, "engine.max_sequences", "0", "--engine-max-sequences").error().message,
               "--engine-max-sequences: 0 is out of range [1, 1024]");
+    EXPECT_EQ(apply_text(c, "http.max_connections_per_uid", "many", "--http-max-connections-per-uid").error().message,
+              "--http-max-connections-per-uid: expected an integer, got 'many'");
 }
 
 TEST(Config, FlagsOverrideTheFile) {
@@ -232,6 +245,8 @@ TEST(Config, ShippedExampleParsesToTheDefaults) {
     EXPECT_EQ(c->max_sequences, d.max_sequences);
     EXPECT_EQ(c->queue_length, d.queue_length);
     EXPECT_EQ(c->max_body_bytes, d.max_body_bytes);
+    EXPECT_EQ(c->max_connections, d.max_connections);
+    EXPECT_EQ(c->max_connections_per_uid, d.max_connections_per_uid);
     EXPECT_EQ(c->io_depth, d.io_depth);
     EXPECT_EQ(c->mlock, d.mlock);
     EXPECT_DOUBLE_EQ(c->drain_timeout_s, d.drain_timeout_s);
@@ -243,7 +258,7 @@ TEST(Config, HelpListsEveryKeyAndFlag) {
     for (const char* key : {"model.path", "model.id", "engine.threads", "engine.ctx", "engine.max_sequences",
                             "engine.queue_length", "engine.max_batch_tokens", "limits.max_tokens",
                             "tiers.host_budget", "tiers.io_depth", "tiers.mlock", "socket.path", "socket.mode",
-                            "socket.group", "http.max_body_bytes", "daemon.drain_timeout_s", "daemon.log_level",
+                            "socket.group", "http.max_body_bytes", "http.max_connections_per_uid", "daemon.drain_timeout_s", "daemon.log_level",
                             "daemon.state_dir", "daemon.watchdog"}) {
         EXPECT_NE(help.find(key), std::string::npos) << key;
         EXPECT_NE(help.find(flag_for_key(key)), std::string::npos) << key;

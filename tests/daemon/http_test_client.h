@@ -37,6 +37,7 @@ struct http_reply {
     std::string content_type;
     std::string connection;  // the Connection header ("close", "keep-alive" or "")
     std::string allow;
+    std::string retry_after;  // the Retry-After header, "" when absent
     bool chunked = false;
     std::string error;  // a transport error, empty when the exchange worked
 
@@ -108,6 +109,7 @@ public:
         reply.content_type = std::string(res[http::field::content_type]);
         reply.connection = std::string(res[http::field::connection]);
         reply.allow = std::string(res[http::field::allow]);
+        reply.retry_after = std::string(res[http::field::retry_after]);
         reply.chunked = res.chunked();
         return reply;
     }
@@ -129,6 +131,23 @@ public:
             got.append(chunk, n);
         }
         return got;
+    }
+    // Reads raw bytes until the server closes the connection (or a read fails).
+    std::string read_all() {
+        std::string got;
+        char chunk[4096];
+        for (;;) {
+            boost::system::error_code ec;
+            const std::size_t n = socket_.read_some(boost::asio::buffer(chunk), ec);
+            got.append(chunk, n);
+            if (ec) break;
+        }
+        return got;
+    }
+    // Half-closes: the server sees the end of the request stream, the client still reads.
+    void shutdown_send() {
+        boost::system::error_code ec;
+        socket_.shutdown(unix_socket::shutdown_send, ec);
     }
     // True when the server closes the connection (reads, dropping any bytes still coming,
     // end in EOF).
