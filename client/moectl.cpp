@@ -1,6 +1,8 @@
 // moectl: the command-line client for moed. It shows what sits in each memory tier
 // (status), streams a generation (generate), manages task profiles (profile), lists the
-// models and checks health, through libmoeclient's public API only. Exit codes are part of its interface (see usage_text).
+// models and checks health, through libmoeclient's public API only. Exit codes are part of
+// its interface (see moectl_usage.h). Text from moed is printed through
+// terminal_safe (terminal_text.h), except the generated text, which is the product.
 #include <unistd.h>
 
 #include <algorithm>
@@ -25,8 +27,16 @@
 #include <nlohmann/json.hpp>
 
 #include "moed/client.hpp"
+#include "moectl_usage.h"
+#include "terminal_text.h"
 
 namespace {
+
+using moed::moectl::asks_for_help;
+using moed::moectl::command_usage;
+using moed::moectl::first_invalid_utf8;
+using moed::moectl::terminal_safe;
+using moed::moectl::usage_text;
 
 // Exit codes scripts can rely on.
 enum exit_code : int {
@@ -36,51 +46,6 @@ enum exit_code : int {
     exit_unreachable = 3,   // moed is not running or cannot be reached
 };
 
-constexpr const char* usage_text = R"(usage: moectl [--socket PATH] [--json] [--timeout SECONDS] COMMAND [ARGS]
-
-Talks to moed, the Mixture-of-Experts inference daemon, over its Unix socket.
-
-Commands:
-  status                 model, memory tiers (capacity, used, experts resident, hit rate,
-                         read GB/s, load latency p50/p99, I/O mode), per-layer residency
-                         map, running and queued requests
-  generate [OPTIONS] PROMPT...
-                         stream a completion to stdout as it is generated
-                         (PROMPT "-" reads the prompt from stdin)
-      --chat             send the prompt as a user message (/v1/chat/completions)
-      --system TEXT      a system message first (implies --chat)
-      --model NAME       the model to ask for (default: the one moed serves)
-      --max-tokens N     --temperature T   --top-p P   --top-k K   --min-p P
-      --seed S           --stop TEXT (repeatable)
-      --profile NAME     run with this task profile (default: moed matches one)
-      --prune K          route only to the profile's top K experts per layer
-  profile list           the task profiles moed keeps (and files it could not use)
-  profile show NAME      a profile: its prompts, tokens and each layer's top experts
-  profile create NAME --prompts FILE.jsonl [--replace] [--source TEXT]
-                         make a profile from example prompts of a task: one JSON
-                         object per line with a "text" (or "prompt") string; moed
-                         runs them through the model (this may take a while)
-  profile delete NAME    delete a profile
-  models                 list the models moed serves
-  health                 check that moed answers (GET /healthz)
-  help                   this text
-
-Options:
-  --socket PATH          moed's socket (default: $MOED_SOCKET, else /run/moed/moed.sock)
-  --json                 print moed's JSON answer as received (generate: one
-                         non-streamed completion response)
-  --timeout SECONDS      longest wait for moed's next bytes (default 600)
-  --version              print moectl's version
-
-Exit codes:
-  0  success
-  1  moed answered with an error (the message is printed; with --json, moed's error
-     JSON goes to stdout)
-  2  usage error (bad command line)
-  3  moed is not running or cannot be reached (no socket, connection refused,
-     permission denied, timeout, connection lost)
-)";
-
 struct command_line {
     std::string socket;
     bool json = false;
@@ -89,9 +54,20 @@ struct command_line {
     std::vector<std::string> args;  // the command's own arguments, in order
 };
 
+// Every message goes through terminal_safe: it may quote moed's answers or the user's
+// arguments.
 int fail_usage(const std::string& message) {
-    std::fprintf(stderr, "moectl: %s\n(run 'moectl --help' for usage)\n", message.c_str());
+    std::fprintf(stderr, "moectl: %s\n(run 'moectl --help' for usage)\n", terminal_safe(message).c_str());
     return exit_usage;
+}
+
+// A text argument or input that cannot go into a JSON request: a usage error naming it and
+// the offset of the first bad byte (nullopt when the text is valid UTF-8).
+std::optional<int> refuse_invalid_utf8(std::string_view what, std::string_view text) {
+    const auto at = first_invalid_utf8(text);
+    if (!at) return std::nullopt;
+    return fail_usage(fmt::format("{} is not valid UTF-8: byte 0x{:02x} at offset {} does not start a valid sequence",
+                                  what, static_cast<unsigned char>(text[*at]), *at));
 }
 
 // Splits "--name=value" into name and value.
@@ -184,7 +160,7 @@ int report(const moed::client_error& e, bool json) {
         if (e.body.back() != '\n') std::fputc('\n', stdout);
         std::fflush(stdout);
     }
-    std::fprintf(stderr, "moectl: %s\n", e.message.c_str());
+    std::fprintf(stderr, "moectl: %s\n", terminal_safe(e.message).c_str());
     if (e.code == moed::client_errc::not_running) {
         std::fprintf(stderr, "moectl: start it (systemctl start moed) or point moectl at its socket "
                              "(--socket PATH or MOED_SOCKET)\n");
@@ -240,7 +216,7 @@ void print_tier(const moed::daemon_tier& t) {
     const std::string experts = t.capacity_experts != 0 ? fmt::format("{}/{}", t.resident_experts, t.capacity_experts)
                                                         : fmt::format("{}", t.resident_experts);
     const std::string gbps = t.bytes_read == 0 ? "-" : fmt::format("{:.2f}", t.read_bytes_per_s / 1e9);
-    fmt::print("{:<6} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", t.name.empty() ? "?" : t.name,
+    fmt::print("{:<6} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", t.name.empty() ? "?" : terminal_safe(t.name),
                capacity, human_bytes(t.resident_bytes), experts, hit_rate(t), gbps,
                human_latency(t.load_latency.p50_us, t.load_latency.count),
                human_latency(t.load_latency.p99_us, t.load_latency.count), t.evictions, t.read_errors);
@@ -277,30 +253,32 @@ void print_prefetch(const moed::daemon_tiers& t) {
 
 // "c (matched 0.87, pruned 8)", "c (named)", "none (0.41)", "-" (not settled yet).
 std::string profile_cell(const moed::daemon_request& r) {
-    if (r.profile_source.empty()) return r.profile.empty() ? "-" : fmt::format("{} (named)", r.profile);
+    const std::string name = terminal_safe(r.profile);
+    if (r.profile_source.empty()) return r.profile.empty() ? "-" : fmt::format("{} (named)", name);
     std::string cell;
-    if (r.profile_source == "request") cell = fmt::format("{} (named", r.profile);
-    else if (r.profile_source == "matched") cell = fmt::format("{} (matched {:.2f}", r.profile, r.profile_similarity);
+    if (r.profile_source == "request") cell = fmt::format("{} (named", name);
+    else if (r.profile_source == "matched") cell = fmt::format("{} (matched {:.2f}", name, r.profile_similarity);
     else cell = fmt::format("none ({:.2f}", r.profile_similarity);
     if (r.pruned_experts_per_layer != 0) cell += fmt::format(", pruned {}", r.pruned_experts_per_layer);
     return cell + ")";
 }
 
 void print_status(const moed::daemon_status& s) {
-    fmt::print("moed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : s.version, human_duration(s.uptime_s),
-               s.isa.empty() ? "?" : s.isa, s.threads);
+    fmt::print("moed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : terminal_safe(s.version),
+               human_duration(s.uptime_s), s.isa.empty() ? "?" : terminal_safe(s.isa), s.threads);
     const moed::daemon_model& m = s.model;
     fmt::print("model  {} ({}): {} layers, {} experts ({} used per token), context {}, vocabulary {}\n",
-               m.id.empty() ? "?" : m.id, m.architecture.empty() ? "?" : m.architecture, m.n_layer, m.n_expert,
+               m.id.empty() ? "?" : terminal_safe(m.id), m.architecture.empty() ? "?" : terminal_safe(m.architecture),
+               m.n_layer, m.n_expert,
                m.n_expert_used, m.n_ctx, m.n_vocab);
     fmt::print("       file {} (dense {}, experts {}){}{}\n", human_bytes(m.file_bytes), human_bytes(m.dense_bytes),
-               human_bytes(m.expert_bytes), m.path.empty() ? "" : "  ", m.path);
+               human_bytes(m.expert_bytes), m.path.empty() ? "" : "  ", terminal_safe(m.path));
 
     if (!s.tiers) {
         fmt::print("\ntiers  every expert is resident (no expert cache)\n");
     } else {
         const moed::daemon_tiers& t = *s.tiers;
-        fmt::print("\nI/O mode {}  queue depth {}  routed experts {}\n", t.io_mode.empty() ? "?" : t.io_mode,
+        fmt::print("\nI/O mode {}  queue depth {}  routed experts {}\n", t.io_mode.empty() ? "?" : terminal_safe(t.io_mode),
                    t.queue_depth, human_bytes(t.expert_bytes_total));
         fmt::print("{:<6} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", "tier", "capacity", "used",
                    "experts", "hit rate", "read GB/s", "load p50", "load p99", "evictions", "errors");
@@ -314,7 +292,7 @@ void print_status(const moed::daemon_status& s) {
             for (std::size_t layer = 0; layer < t.layer_residency.size(); ++layer) {
                 const std::string& row = t.layer_residency[layer];
                 const auto resident = std::count_if(row.begin(), row.end(), [](char c) { return c == '#' || c == '+'; });
-                fmt::print("  L{:<3} {}  {}/{}\n", layer, row, resident, row.size());
+                fmt::print("  L{:<3} {}  {}/{}\n", layer, terminal_safe(row), resident, row.size());
             }
         }
     }
@@ -329,8 +307,8 @@ void print_status(const moed::daemon_status& s) {
         fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {:<28} {}\n", "id", "state", "prompt", "generated", "max",
                    "profile", "peer");
         for (const moed::daemon_request& r : s.requests) {
-            fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {:<28} {}\n", r.id, r.state, r.prompt_tokens,
-                       r.generated_tokens, r.max_tokens, profile_cell(r), r.peer);
+            fmt::print("  {:<24} {:<8} {:>7} {:>10} {:>6}  {:<28} {}\n", terminal_safe(r.id), terminal_safe(r.state),
+                       r.prompt_tokens, r.generated_tokens, r.max_tokens, profile_cell(r), terminal_safe(r.peer));
         }
     }
 }
@@ -365,7 +343,8 @@ int cmd_models(const moed::client& c, const command_line& cl) {
         fmt::print("no models\n");
         return exit_ok;
     }
-    for (const moed::model_info& m : *models) fmt::print("{}{}{}\n", m.id, m.owned_by.empty() ? "" : "  ", m.owned_by);
+    for (const moed::model_info& m : *models)
+        fmt::print("{}{}{}\n", terminal_safe(m.id), m.owned_by.empty() ? "" : "  ", terminal_safe(m.owned_by));
     return exit_ok;
 }
 
@@ -379,7 +358,7 @@ int cmd_health(const moed::client& c, const command_line& cl) {
     }
     auto h = c.health();
     if (!h) return report(h.error(), false);
-    fmt::print("{}\n", *h);
+    fmt::print("{}\n", terminal_safe(*h));
     return exit_ok;
 }
 
@@ -479,13 +458,22 @@ int cmd_generate(const moed::client& c, const command_line& cl) {
     }
     if (words.empty()) return fail_usage("generate needs a PROMPT");
     std::string prompt;
-    if (words.size() == 1 && words[0] == "-") {
+    const bool from_stdin = words.size() == 1 && words[0] == "-";
+    if (from_stdin) {
         prompt.assign(std::istreambuf_iterator<char>(std::cin), std::istreambuf_iterator<char>());
     } else {
         for (const std::string& w : words) {
             if (!prompt.empty()) prompt += ' ';
             prompt += w;
         }
+    }
+    // Text that is not UTF-8 cannot go into the JSON request: say which and where.
+    if (auto bad = refuse_invalid_utf8(from_stdin ? "the prompt read from stdin" : "the prompt", prompt)) return *bad;
+    if (auto bad = refuse_invalid_utf8("--system", system)) return *bad;
+    if (auto bad = refuse_invalid_utf8("--model", request.model)) return *bad;
+    if (auto bad = refuse_invalid_utf8("--profile", request.profile)) return *bad;
+    for (const std::string& stop : request.stop) {
+        if (auto bad = refuse_invalid_utf8("--stop", stop)) return *bad;
     }
     if (chat) {
         if (!system.empty()) request.messages.push_back({"system", system});
@@ -502,9 +490,11 @@ int cmd_generate(const moed::client& c, const command_line& cl) {
     }
 
     bool wrote_any = false;
+    bool stdout_gone = false;
     char last = '\n';
     auto r = c.stream(request, [&](std::string_view piece) {
         if (std::fwrite(piece.data(), 1, piece.size(), stdout) != piece.size() || std::fflush(stdout) != 0) {
+            stdout_gone = true;
             return false;  // stdout went away (a closed pipe): stop generating
         }
         wrote_any = true;
@@ -519,6 +509,20 @@ int cmd_generate(const moed::client& c, const command_line& cl) {
         return report(r.error(), false);
     }
     // A closed stdout is the reader's choice (moectl generate ... | head): not an error.
+    if (stdout_gone) return exit_ok;
+    // moed ended the stream properly but without finishing the text: it cancelled the
+    // request (its shutdown drain ran out) or gave a reason moectl does not know. A script
+    // must not take the partial text for the answer.
+    if (r->finish_reason != "stop" && r->finish_reason != "length" && !r->finish_reason.empty()) {
+        if (wrote_any && isatty(STDOUT_FILENO) != 1) std::fputc('\n', stderr);
+        const std::string why = r->finish_reason == "cancelled"
+                                    ? std::string("moed cancelled the generation before it finished (it may be shutting "
+                                                  "down)")
+                                    : fmt::format("moed ended the generation with finish reason '{}'",
+                                                  terminal_safe(r->finish_reason));
+        std::fprintf(stderr, "moectl: %s; the text written is incomplete\n", why.c_str());
+        return exit_daemon_error;
+    }
     return exit_ok;
 }
 
@@ -547,6 +551,11 @@ std::optional<std::vector<std::string>> read_prompts(const std::string& path, st
     while (std::getline(in, line)) {
         ++number;
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        if (const auto at = first_invalid_utf8(line)) {
+            error = fmt::format("{}:{}: not valid UTF-8: byte 0x{:02x} at offset {} does not start a valid sequence",
+                                path, number, static_cast<unsigned char>(line[*at]), *at);
+            return std::nullopt;
+        }
         const nlohmann::json j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
         std::optional<std::string> text;
         for (const char* key : {"text", "prompt"}) {
@@ -590,13 +599,13 @@ int cmd_profile(const moed::client& c, const command_line& cl) {
             fmt::print("{:<24} {:>7} {:>8}  {:<23}  {:<12} {}\n", "name", "prompts", "tokens", "created", "model",
                        "source");
             for (const moed::profile_summary& p : list->profiles) {
-                fmt::print("{:<24} {:>7} {:>8}  {:<23}  {:<12} {}\n", p.name, p.prompts, p.tokens, utc_time(p.created),
-                           p.model.empty() ? "?" : p.model, p.source);
+                fmt::print("{:<24} {:>7} {:>8}  {:<23}  {:<12} {}\n", terminal_safe(p.name), p.prompts, p.tokens,
+                           utc_time(p.created), p.model.empty() ? "?" : terminal_safe(p.model), terminal_safe(p.source));
             }
         }
         if (!list->problems.empty()) {
             fmt::print("\nfiles moed could not use:\n");
-            for (const std::string& m : list->problems) fmt::print("  {}\n", m);
+            for (const std::string& m : list->problems) fmt::print("  {}\n", terminal_safe(m));
         }
         return exit_ok;
     }
@@ -621,7 +630,7 @@ int cmd_profile(const moed::client& c, const command_line& cl) {
             auto r = c.delete_profile(name);
             if (!r) return r.error().code == moed::client_errc::invalid_argument ? fail_usage(r.error().message)
                                                                                   : report(r.error(), false);
-            fmt::print("deleted profile '{}'\n", name);
+            fmt::print("deleted profile '{}'\n", terminal_safe(name));
             return exit_ok;
         }
         auto d = c.show_profile(name);
@@ -634,9 +643,10 @@ int cmd_profile(const moed::client& c, const command_line& cl) {
             return exit_ok;
         }
         const moed::profile_summary& p = d->summary;
-        fmt::print("profile {}  model {} ({})\n", p.name, p.model.empty() ? "?" : p.model, p.model_identity);
+        fmt::print("profile {}  model {} ({})\n", terminal_safe(p.name), p.model.empty() ? "?" : terminal_safe(p.model),
+                   terminal_safe(p.model_identity));
         fmt::print("        {} prompts, {} tokens, created {}\n", p.prompts, p.tokens, utc_time(p.created));
-        if (!p.source.empty()) fmt::print("        source: {}\n", p.source);
+        if (!p.source.empty()) fmt::print("        source: {}\n", terminal_safe(p.source));
         fmt::print("\ntop experts per layer by score (TCESS; selection frequency in brackets)\n");
         for (std::size_t l = 0; l < d->layers.size(); ++l) {
             std::string row;
@@ -670,6 +680,7 @@ int cmd_profile(const moed::client& c, const command_line& cl) {
             else return fail_usage(fmt::format("profile create: unknown option '{}'", name));
         }
         if (req.name.empty()) return fail_usage("profile create needs a NAME");
+        if (auto bad = refuse_invalid_utf8("--source", req.source)) return *bad;
         if (prompts_path.empty()) return fail_usage("profile create needs --prompts FILE.jsonl");
         std::string error;
         auto prompts = read_prompts(prompts_path, error);
@@ -693,8 +704,8 @@ int cmd_profile(const moed::client& c, const command_line& cl) {
             if (r.error().code == moed::client_errc::invalid_argument) return fail_usage(r.error().message);
             return report(r.error(), false);
         }
-        fmt::print("stored profile '{}': {} prompts, {} tokens, model {}\n", r->name, r->prompts, r->tokens,
-                   r->model_identity);
+        fmt::print("stored profile '{}': {} prompts, {} tokens, model {}\n", terminal_safe(r->name), r->prompts,
+                   r->tokens, terminal_safe(r->model_identity));
         return exit_ok;
     }
     return fail_usage(fmt::format("unknown profile subcommand '{}' (list, show, create, delete)", sub));
@@ -710,11 +721,35 @@ int main(int argc, char** argv) {
         const auto cl = parse_command_line(argc, argv, error);
         if (!cl) return fail_usage(error);
         if (cl->command.empty()) {
-            std::fputs(usage_text, stderr);
+            std::fputs(usage_text().c_str(), stderr);
             return exit_usage;
         }
-        if (cl->command == "help" || cl->command == "-h" || cl->command == "--help") {
-            std::fputs(usage_text, stdout);
+        if (cl->command == "-h" || cl->command == "--help" || (cl->command == "help" && cl->args.empty())) {
+            std::fputs(usage_text().c_str(), stdout);
+            return exit_ok;
+        }
+        // "help COMMAND [SUB]" and "COMMAND [SUB] --help": that command's usage, before
+        // anything else is checked and without contacting moed.
+        if (cl->command == "help" || asks_for_help(cl->args)) {
+            std::vector<std::string> words;
+            if (cl->command != "help") words.push_back(cl->command);
+            for (const std::string& a : cl->args) {
+                if (a == "-h" || a == "--help" || a == "--") break;
+                words.push_back(a);
+            }
+            // The longest known command the words start with: "profile show -h" is
+            // "profile show", "generate --max-tokens 4 -h" is "generate".
+            std::string help;
+            for (std::size_t n = std::min<std::size_t>(words.size(), 2); n > 0 && help.empty(); --n) {
+                std::string command = words[0];
+                if (n == 2) command += " " + words[1];
+                help = command_usage(command);
+            }
+            if (help.empty()) {
+                return fail_usage(words.empty() ? std::string("help needs a COMMAND")
+                                                : fmt::format("unknown command '{}'", words[0]));
+            }
+            std::fputs(help.c_str(), stdout);
             return exit_ok;
         }
         if (cl->command == "--version") {
@@ -737,7 +772,9 @@ int main(int argc, char** argv) {
         if (cl->command == "health") return cmd_health(c, *cl);
         return fail_usage(fmt::format("unknown command '{}'", cl->command));
     } catch (const std::exception& e) {
-        std::fprintf(stderr, "moectl: %s\n", e.what());
+        // Only std::bad_alloc and the like get here: every parse of moed's answers and of
+        // the user's input reports its errors as values.
+        std::fprintf(stderr, "moectl: %s\n", terminal_safe(e.what()).c_str());
         return exit_daemon_error;
     }
 }

@@ -27,6 +27,7 @@ const char* errc_name(errc code) noexcept {
         case errc::out_of_memory: return "out_of_memory";
         case errc::cancelled: return "cancelled";
         case errc::internal: return "internal";
+        case errc::no_space: return "no_space";
     }
     return "unknown";
 }

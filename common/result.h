@@ -25,6 +25,7 @@ enum class errc : std::uint16_t {
     out_of_memory = 6,     // a budget or allocation limit was exceeded
     cancelled = 7,
     internal = 8,
+    no_space = 9,          // a store is at its limit: nothing new fits until something is removed
 };
 
 const char* errc_name(errc code) noexcept;

@@ -298,6 +298,7 @@ unsigned http_status_for(errc code) noexcept {
         case errc::out_of_memory: return 429;
         case errc::cancelled: return 503;
         case errc::unsupported: return 501;
+        case errc::no_space: return 507;
         default: return 500;
     }
 }
@@ -314,6 +315,7 @@ const char* error_type_for(unsigned status) noexcept {
         case 431: return "request_too_large_error";
         case 501: return "not_supported_error";
         case 503: return "unavailable_error";
+        case 507: return "insufficient_storage_error";
         default: return "server_error";
     }
 }

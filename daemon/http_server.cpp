@@ -547,6 +547,11 @@ private:
             co_await send_error(409, fmt::format("profile '{}' exists; send \"replace\": true to overwrite it", name));
             co_return;
         }
+        // A full store is told before any engine work; add() checks again at the end.
+        if (auto room = store->check_room(name); !room) {
+            co_await send_error(http_status_for(room.error().code), room.error().message);
+            co_return;
+        }
         // Every prompt is tokenized and checked before any engine work.
         std::vector<std::vector<engine::token_id>> prompts;
         prompts.reserve(parsed->prompts.size());
@@ -624,7 +629,8 @@ private:
                                                           static_cast<std::int64_t>(std::time(nullptr)), *stats);
         auto added = store->add(std::move(made), parsed->replace);
         if (!added) {
-            co_await send_error(500, added.error().message);
+            const unsigned status = added.error().code == errc::no_space ? 507 : 500;
+            co_await send_error(status, added.error().message);
             co_return;
         }
         if (*added == scheduler::add_outcome::exists) {

@@ -66,16 +66,21 @@ token_id sampler::sample(std::span<const float> logits, std::span<const token_id
     }
     candidates_.resize(keep);
 
-    auto softmax = [this]() {
+    // The candidates are sorted by logit, the largest first. The temperature scales the
+    // difference to the largest logit, never the logit itself: l / T overflows to infinity
+    // for a tiny T (and inf - inf is NaN), while (l - max) / T is <= 0 and at worst
+    // underflows, so exp gives 1 for the best candidates and 0 for the rest: the limit
+    // T -> 0, which is greedy. The best candidate's term is exp(0) = 1, so the sum is >= 1.
+    auto softmax = [this](float temperature) {
         const float max_logit = candidates_.front().logit;
         double sum = 0.0;
         for (auto& c : candidates_) {
-            c.p = std::exp(c.logit - max_logit);
+            c.p = std::exp((c.logit - max_logit) / temperature);
             sum += c.p;
         }
         for (auto& c : candidates_) c.p = static_cast<float>(c.p / sum);
     };
-    softmax();
+    softmax(1.0f);
     if (params_.top_p < 1.0f) {
         double cum = 0.0;
         std::size_t n = 0;
@@ -92,8 +97,7 @@ token_id sampler::sample(std::span<const float> logits, std::span<const token_id
         while (n < candidates_.size() && candidates_[n].p >= threshold) ++n;
         candidates_.resize(n);
     }
-    for (auto& c : candidates_) c.logit /= params_.temperature;
-    softmax();
+    softmax(params_.temperature);
     std::uniform_real_distribution<double> uniform(0.0, 1.0);
     double r = uniform(rng_);
     for (const auto& c : candidates_) {

@@ -24,6 +24,18 @@ namespace {
 // fraction over up to 65535 experts).
 constexpr double k_sum_tolerance = 1e-3;
 
+// Between the target's file name and the writer's pid in a temporary file's name.
+constexpr std::string_view temp_infix = ".tmp.";
+
+const char* file_kind(mode_t mode) noexcept {
+    if (S_ISDIR(mode)) return "a directory";
+    if (S_ISFIFO(mode)) return "a FIFO";
+    if (S_ISSOCK(mode)) return "a socket";
+    if (S_ISCHR(mode)) return "a character device";
+    if (S_ISBLK(mode)) return "a block device";
+    return "not a plain file";
+}
+
 std::uint64_t fnv1a(std::span<const std::byte> bytes) noexcept {
     std::uint64_t h = 0xcbf29ce484222325ull;
     for (std::byte b : bytes) {
@@ -349,9 +361,12 @@ result<profile> parse_profile(std::span<const std::byte> bytes, std::string_view
 }
 
 result<profile> read_profile(const std::string& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever.
+    // O_NOFOLLOW: a link could point anywhere (a device, another user's file).
+    const int fd = ::open(path.c_str(), O_RDONLY | O_NONBLOCK | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0) {
         const int err = errno;
+        if (err == ELOOP) return make_error(errc::bad_file, "profile file '{}': is a symbolic link, not read", path);
         return make_error(err == ENOENT ? errc::not_found : errc::io, "profile file '{}': cannot open: {}", path,
                           std::strerror(err));
     }
@@ -361,7 +376,9 @@ result<profile> read_profile(const std::string& path) {
     } guard{fd};
     struct stat st {};
     if (::fstat(fd, &st) != 0) return make_error(errc::io, "profile file '{}': cannot stat: {}", path, std::strerror(errno));
-    if (!S_ISREG(st.st_mode)) return make_error(errc::bad_file, "profile file '{}': not a regular file", path);
+    if (!S_ISREG(st.st_mode))
+        return make_error(errc::bad_file, "profile file '{}': not a regular file ({}), not read", path,
+                          file_kind(st.st_mode));
     if (static_cast<std::uint64_t>(st.st_size) > max_profile_file_bytes)
         return make_error(errc::bad_file, "profile file '{}': {} bytes is more than the {} allowed", path, st.st_size,
                           max_profile_file_bytes);
@@ -382,7 +399,7 @@ result<void> write_profile(const std::string& path, const profile& p) {
     const std::vector<std::byte> bytes = serialize_profile(p);
     const std::filesystem::path target(path);
     const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
-    const std::string tmp = (dir / fmt::format(".{}.tmp.{}", target.filename().string(), ::getpid())).string();
+    const std::string tmp = profile_temp_path(path);
     const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) return make_error(errc::io, "profile file '{}': cannot create '{}': {}", path, tmp, std::strerror(errno));
     auto fail = [&](std::string_view what) {
@@ -416,6 +433,24 @@ result<void> write_profile(const std::string& path, const profile& p) {
         ::close(dfd);
     }
     return {};
+}
+
+std::string profile_temp_path(const std::string& path) {
+    const std::filesystem::path target(path);
+    const std::filesystem::path dir = target.has_parent_path() ? target.parent_path() : std::filesystem::path(".");
+    return (dir / fmt::format(".{}{}{}", target.filename().string(), temp_infix, ::getpid())).string();
+}
+
+bool is_profile_temp_name(std::string_view file_name) {
+    if (!file_name.starts_with('.')) return false;
+    const std::size_t infix = file_name.rfind(temp_infix);
+    if (infix == std::string_view::npos) return false;
+    const std::string_view digits = file_name.substr(infix + temp_infix.size());
+    if (digits.empty() || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        return false;
+    const std::string_view target = file_name.substr(1, infix - 1);
+    if (!target.ends_with(profile_extension)) return false;
+    return check_profile_name(target.substr(0, target.size() - profile_extension.size())).has_value();
 }
 
 result<void> check_profile_model(const profile& p, std::string_view file, std::string_view identity,

@@ -90,11 +90,20 @@ std::vector<std::byte> serialize_profile(const profile& p);
 // Parses and validates a file image; `file` names it in errors ("profile file 'x': ...").
 result<profile> parse_profile(std::span<const std::byte> bytes, std::string_view file);
 
-// Reads `path` (at most max_profile_file_bytes) and parses it.
+// Reads `path` (at most max_profile_file_bytes) and parses it. Only a regular file is read:
+// a FIFO, device or directory is refused without waiting for a writer (the open does not
+// block), and a symbolic link is not followed; each is errc::bad_file naming the path.
 result<profile> read_profile(const std::string& path);
-// Writes atomically: a temporary file in the same directory, fsync, rename, fsync of the
-// directory; a crash leaves the old file or the new one, never a torn one.
+// Writes atomically: a temporary file in the same directory (profile_temp_path), fsync,
+// rename, fsync of the directory; a crash leaves the old file or the new one, never a torn
+// one, plus at most the temporary file, which profile_store::load() removes.
 result<void> write_profile(const std::string& path, const profile& p);
+// The temporary file write_profile() writes `path` through: ".<file name>.tmp.<pid>" in the
+// same directory.
+std::string profile_temp_path(const std::string& path);
+// Whether a file name (no directory) has the form profile_temp_path() gives a profile file:
+// "." + a valid profile name + profile_extension + ".tmp." + decimal digits.
+bool is_profile_temp_name(std::string_view file_name);
 
 // Refuses a profile made for another model (identity or routing shape differ); the error
 // names the file, the profile's model identity and ours.

@@ -17,17 +17,18 @@ namespace fs = std::filesystem;
 
 namespace {
 constexpr std::string_view k_component = "profiles";
-// A directory holding more files than this is not ours to read whole.
-constexpr std::size_t k_max_files = 4096;
 }  // namespace
 
 profile_store::profile_store(std::string state_dir, std::string model_identity, routing_shape shape,
-                             match_options options)
+                             match_options options, std::size_t limit)
     : dir_((fs::path(std::move(state_dir)) / "profiles").string()),
       identity_(std::move(model_identity)),
       shape_(shape),
       options_(options),
-      matcher_(std::make_shared<profile_matcher>(std::vector<std::shared_ptr<const profile>>{}, options)) {}
+      limit_(limit),
+      matcher_(std::make_shared<profile_matcher>(std::vector<std::shared_ptr<const profile>>{}, options)) {
+    MOED_ASSERT(limit_ >= 1);
+}
 
 std::string profile_store::path_of(std::string_view name) const {
     return (fs::path(dir_) / (std::string(name) + std::string(profile_extension))).string();
@@ -47,20 +48,20 @@ result<void> profile_store::load() {
     fs::directory_iterator it(dir_, ec);
     if (ec) return make_error(errc::io, "profile directory '{}': cannot list: {}", dir_, ec.message());
     std::vector<fs::path> files;
+    std::vector<fs::path> temporaries;
     for (; it != fs::directory_iterator(); it.increment(ec)) {
         if (ec) return make_error(errc::io, "profile directory '{}': cannot list: {}", dir_, ec.message());
         const fs::path& p = it->path();
         const std::string fname = p.filename().string();
-        if (p.extension() != profile_extension || fname.starts_with(".")) continue;  // temporaries start with '.'
+        if (is_profile_temp_name(fname)) temporaries.push_back(p);
+        if (p.extension() != profile_extension || fname.starts_with(".")) continue;
         files.push_back(p);
-        if (files.size() > k_max_files) {
-            problems.push_back(fmt::format("profile directory '{}': more than {} profile files; the rest are ignored",
-                                           dir_, k_max_files));
-            break;
-        }
     }
+    remove_temporaries(temporaries);
     std::sort(files.begin(), files.end());
-    for (const fs::path& path : files) {
+    std::size_t next = 0;
+    for (; next < files.size() && loaded.size() < limit_; ++next) {
+        const fs::path& path = files[next];
         const std::string file = path.string();
         const std::string stem = path.stem().string();
         auto p = read_profile(file);
@@ -79,6 +80,12 @@ result<void> profile_store::load() {
         }
         loaded.push_back(std::make_shared<const profile>(std::move(*p)));
     }
+    // Only files put there by hand (or by a version without the limit) get here: add()
+    // never stores more than the limit.
+    if (next < files.size())
+        problems.push_back(fmt::format("profile directory '{}': {} profile files were not loaded, from '{}' on in name "
+                                       "order: the store keeps at most the limit of {} profiles",
+                                       dir_, files.size() - next, files[next].string(), limit_));
     for (const std::string& m : problems) MOED_LOG_WARN(k_component, "skipped: {}", m);
     MOED_LOG_INFO(k_component, "{} profiles loaded from {}{}", loaded.size(), dir_,
                   problems.empty() ? std::string() : fmt::format(" ({} files skipped)", problems.size()));
@@ -87,6 +94,28 @@ result<void> profile_store::load() {
     problems_ = std::move(problems);
     publish_locked();
     return {};
+}
+
+void profile_store::remove_temporaries(const std::vector<fs::path>& temporaries) {
+    // Under the lock no add() of this store is between creating its temporary file and
+    // renaming it, so every one listed is left over from a write that never finished.
+    std::lock_guard lock(mu_);
+    for (const fs::path& path : temporaries) {
+        std::error_code ec;
+        const fs::file_status st = fs::symlink_status(path, ec);
+        if (ec) continue;  // gone already
+        if (st.type() != fs::file_type::regular) {
+            MOED_LOG_WARN(k_component, "'{}' is named like a temporary profile file but is not a regular file; left alone",
+                          path.string());
+            continue;
+        }
+        if (::unlink(path.c_str()) == 0)
+            MOED_LOG_WARN(k_component, "removed '{}': the temporary file of a profile write that did not finish",
+                          path.string());
+        else if (errno != ENOENT)
+            MOED_LOG_WARN(k_component, "cannot remove the leftover temporary profile file '{}': {}", path.string(),
+                          std::strerror(errno));
+    }
 }
 
 void profile_store::publish_locked() {
@@ -116,6 +145,22 @@ std::shared_ptr<const profile_matcher> profile_store::matcher() const {
     return matcher_;
 }
 
+result<void> profile_store::check_room(std::string_view name) const {
+    std::lock_guard lock(mu_);
+    return check_room_locked(name);
+}
+
+result<void> profile_store::check_room_locked(std::string_view name) const {
+    if (profiles_.size() < limit_) return {};
+    const bool stored =
+        std::any_of(profiles_.begin(), profiles_.end(), [&](const auto& p) { return p->name == name; });
+    if (stored) return {};
+    return make_error(errc::no_space,
+                      "cannot store profile '{}': the store holds {} profiles, the limit of {} profiles; delete one to "
+                      "make room",
+                      name, profiles_.size(), limit_);
+}
+
 result<add_outcome> profile_store::add(profile p, bool replace) {
     if (auto ok = check_profile_name(p.name); !ok) return unexpected(std::move(ok).error());
     MOED_TRY(check_profile_model(p, path_of(p.name), identity_, shape_));
@@ -124,6 +169,7 @@ result<add_outcome> profile_store::add(profile p, bool replace) {
                                [](const std::shared_ptr<const profile>& a, const std::string& n) { return a->name < n; });
     const bool existing = it != profiles_.end() && (*it)->name == p.name;
     if (existing && !replace) return add_outcome::exists;
+    if (!existing) MOED_TRY(check_room_locked(p.name));
     std::error_code ec;
     fs::create_directories(dir_, ec);
     if (ec) return make_error(errc::io, "profile directory '{}': cannot create: {}", dir_, ec.message());

@@ -84,12 +84,18 @@ client_result<std::string> exchange(const client_options& options, std::string_v
     return std::move(reply->body);
 }
 
-// Serialises a request; text that is not valid UTF-8 cannot go into JSON.
+// Serialises a request; text that is not valid UTF-8 cannot go into JSON. The message is
+// ours: the JSON library's own ("[json.exception.type_error.316] ...") means nothing to a
+// user, so only its detail (the byte and its index in that string) is kept.
 client_result<std::string> dump(const json& j) {
     try {
         return j.dump();
     } catch (const json::type_error& e) {
-        return make(client_errc::invalid_argument, fmt::format("the request cannot be sent as JSON: {}", e.what()));
+        std::string_view detail = e.what();
+        if (const auto close = detail.find("] "); detail.substr(0, 1) == "[" && close != std::string_view::npos)
+            detail.remove_prefix(close + 2);
+        return make(client_errc::invalid_argument,
+                    fmt::format("the request cannot be sent as JSON: a text in it is not valid UTF-8 ({})", detail));
     }
 }
 

@@ -613,6 +613,9 @@ TEST(client, raw_json_requests) {
     auto invalid = c.complete(req);
     ASSERT_FALSE(invalid);
     EXPECT_EQ(invalid.error().code, client_errc::invalid_argument);
+    EXPECT_NE(invalid.error().message.find("not valid UTF-8 (invalid UTF-8 byte at index 0: 0xFF)"), std::string::npos)
+        << invalid.error().message;
+    EXPECT_EQ(invalid.error().message.find("json.exception"), std::string::npos) << invalid.error().message;
     EXPECT_EQ(server.connections(), 1);
 }
 

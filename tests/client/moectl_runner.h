@@ -7,6 +7,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -23,9 +24,14 @@ struct moectl_result {
     std::string err;
 };
 
+// Called after each read of moectl's stdout with everything read so far. Returning false
+// closes the read end of the pipe, as a reader that went away (`moectl ... | head -c 5`);
+// the test may also act on the daemon at that moment (a signal once text has arrived).
+using stdout_watch = std::function<bool(const std::string& out_so_far)>;
+
 // `socket_env` non-empty sets MOED_SOCKET, empty removes it.
 inline moectl_result run_moectl(const std::vector<std::string>& args, const std::string& socket_env = {},
-                                const std::string& stdin_text = {}) {
+                                const std::string& stdin_text = {}, const stdout_watch& watch = {}) {
     const std::string binary = std::string(MOED_BINARY_DIR) + "/client/moectl";
     int out_pipe[2], err_pipe[2], in_pipe[2];
     if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0 || ::pipe2(in_pipe, O_CLOEXEC) != 0) {
@@ -74,6 +80,11 @@ inline moectl_result run_moectl(const std::vector<std::string>& args, const std:
             const ssize_t n = ::read(fds[i].fd, buf, sizeof buf);
             if (n > 0) {
                 sinks[i]->append(buf, static_cast<std::size_t>(n));
+                if (i == 0 && watch && !watch(r.out)) {
+                    ::close(fds[i].fd);
+                    fds[i].fd = -1;
+                    --open_fds;
+                }
             } else {
                 ::close(fds[i].fd);
                 fds[i].fd = -1;

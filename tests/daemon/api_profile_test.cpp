@@ -2,7 +2,8 @@
 // completion requests (names checked, prune an object with only experts_per_layer >= 1;
 // each error names the field), the profile-creation body (name, prompts, replace, source;
 // every missing, empty, wrong-typed or unknown field an error naming it), the "moed" object
-// of responses and stream chunks, and the JSON of profile summaries, lists and details.
+// of responses and stream chunks, the JSON of profile summaries, lists and details, and the
+// status of a full profile store (507 Insufficient Storage).
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
@@ -134,6 +135,15 @@ TEST(ApiProfiles, ProfileBodies) {
     EXPECT_EQ(list["data"][0]["name"], "c");
     EXPECT_EQ(list["problems"], json::array({"bad"}));
     EXPECT_EQ(json::parse(profile_deleted_body("c")), (json{{"object", "profile"}, {"name", "c"}, {"deleted", true}}));
+}
+
+TEST(ApiProfiles, FullStoreIsInsufficientStorage) {
+    // A profile store at its limit refuses with errc::no_space; the client sees 507.
+    EXPECT_EQ(http_status_for(errc::no_space), 507u);
+    const json e = json::parse(error_body(507, "the limit of 4096 profiles"));
+    EXPECT_EQ(e["error"]["type"], "insufficient_storage_error");
+    EXPECT_EQ(e["error"]["code"], 507);
+    EXPECT_EQ(e["error"]["message"], "the limit of 4096 profiles");
 }
 
 }  // namespace

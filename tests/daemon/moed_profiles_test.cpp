@@ -13,8 +13,13 @@
 //   is reported; a K out of range is 400;
 // - DELETE removes the profile and its file; profiles survive a restart, and a corrupt file
 //   or another model's profile in the directory is listed as a problem while the daemon
-//   serves the good ones.
+//   serves the good ones;
+// - a store holding max_profiles profiles answers a new name with 507 naming the limit (a
+//   replacement still works, a deletion makes room), and after a restart every profile it
+//   accepted loads; a FIFO named *.profile does not block start-up and a leftover temporary
+//   file of an interrupted write is removed with a log line.
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <signal.h>
 #include <spawn.h>
 #include <sys/wait.h>
@@ -29,6 +34,7 @@
 #include <gtest/gtest.h>
 
 #include "scheduler/profile.h"
+#include "scheduler/profile_store.h"
 #include "tests/daemon/http_test_client.h"
 #include "tests/support/spawn_daemon.h"
 #include "tests/support/test_paths.h"
@@ -287,6 +293,74 @@ TEST(MoedProfiles, SurviveRestartAndBadFilesDoNotStopServing) {
                  "no profile named 'foreign'");
     EXPECT_EQ(moed.request(http::verb::delete_, "/v1/profiles/foreign").status, 200u);
     EXPECT_FALSE(fs::exists(state / "profiles" / "foreign.profile"));
+}
+
+TEST(MoedProfiles, FullStoreRefusesWith507AndEveryAcceptedProfileLoadsAgain) {
+    const fs::path state = temp_dir() / "state-full";
+    const fs::path dir = state / "profiles";
+    {
+        moed_child moed(state);
+        ASSERT_TRUE(moed.ready());
+        ASSERT_EQ(moed.request(http::verb::post, "/v1/profiles", create_body("c", c_prompts)).status, 201u);
+    }
+    // Fill the store to its limit with copies of "c" under other names (written directly:
+    // creating thousands through the API would only be slower).
+    auto c = scheduler::read_profile((dir / "c.profile").string());
+    ASSERT_TRUE(c) << c.error().message;
+    for (std::size_t i = 1; i < scheduler::max_profiles; ++i) {
+        scheduler::profile copy = *c;
+        copy.name = fmt::format("p{:04}", i);
+        const std::vector<std::byte> bytes = scheduler::serialize_profile(copy);
+        std::ofstream(dir / (copy.name + ".profile"), std::ios::binary)
+            .write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+    }
+    const std::string limit_text = fmt::format("limit of {} profiles", scheduler::max_profiles);
+    {
+        moed_child moed(state);
+        ASSERT_TRUE(moed.ready());
+        const json j = moed.request(http::verb::get, "/v1/profiles").json();
+        ASSERT_EQ(j["data"].size(), scheduler::max_profiles);
+        EXPECT_TRUE(j["problems"].empty()) << j["problems"];
+        auto refused = moed.request(http::verb::post, "/v1/profiles", create_body("one-more", prose_prompts));
+        expect_error(refused, 507, limit_text);
+        EXPECT_EQ(refused.json()["error"]["type"], "insufficient_storage_error");
+        EXPECT_FALSE(fs::exists(dir / "one-more.profile"));
+        // Replacing at the limit needs no room; deleting one makes room for one.
+        EXPECT_EQ(moed.request(http::verb::post, "/v1/profiles", create_body("c", prose_prompts, true)).status, 201u);
+        EXPECT_EQ(moed.request(http::verb::delete_, "/v1/profiles/p0001").status, 200u);
+        EXPECT_EQ(moed.request(http::verb::post, "/v1/profiles", create_body("one-more", prose_prompts)).status, 201u);
+        expect_error(moed.request(http::verb::post, "/v1/profiles", create_body("two-more", prose_prompts)), 507,
+                     limit_text);
+    }
+    moed_child moed(state);
+    ASSERT_TRUE(moed.ready());
+    const json j = moed.request(http::verb::get, "/v1/profiles").json();
+    EXPECT_EQ(j["data"].size(), scheduler::max_profiles);
+    EXPECT_TRUE(j["problems"].empty()) << j["problems"];
+    EXPECT_EQ(moed.request(http::verb::get, "/v1/profiles/one-more").status, 200u);
+    EXPECT_EQ(moed.request(http::verb::get, "/v1/profiles/p4095").status, 200u);
+    EXPECT_EQ(moed.request(http::verb::get, "/v1/profiles/p0001").status, 404u);
+}
+
+TEST(MoedProfiles, FifoDoesNotBlockStartupAndLeftoverTemporariesAreRemoved) {
+    const fs::path state = temp_dir() / "state-odd-files";
+    const fs::path dir = state / "profiles";
+    {
+        moed_child moed(state);
+        ASSERT_TRUE(moed.ready());
+        ASSERT_EQ(moed.request(http::verb::post, "/v1/profiles", create_body("c", c_prompts)).status, 201u);
+    }
+    ASSERT_EQ(::mkfifo((dir / "x.profile").c_str(), 0600), 0);
+    const fs::path leftover = dir / ".c.profile.tmp.99999";
+    fs::copy_file(dir / "c.profile", leftover);
+    moed_child moed(state);
+    ASSERT_TRUE(moed.ready());
+    const json j = moed.request(http::verb::get, "/v1/profiles").json();
+    ASSERT_EQ(j["data"].size(), 1u) << j;
+    ASSERT_EQ(j["problems"].size(), 1u) << j;
+    EXPECT_NE(j["problems"][0].get<std::string>().find("x.profile': not a regular file"), std::string::npos) << j;
+    EXPECT_FALSE(fs::exists(leftover));
+    EXPECT_NE(moed.log().find(leftover.string()), std::string::npos) << moed.log();
 }
 
 }  // namespace

@@ -1,8 +1,11 @@
 // Checks the sampler against simple expectations: greedy is the argmax (lowest index on
-// ties); a seed makes draws repeatable; top-k 1 and a vanishing temperature are greedy;
+// ties); a seed makes draws repeatable; top-k 1 and a vanishing temperature (down to the
+// smallest denormal) are greedy, huge ones draw evenly, T = 0.5 squares the odds;
 // top-k/top-p/min-p never pick outside their sets; the repetition penalty follows llama.cpp's
 // sign rule; draws follow the softmax distribution; bad parameters name themselves.
+#include <cfloat>
 #include <cmath>
+#include <limits>
 #include <map>
 #include <set>
 
@@ -92,6 +95,94 @@ TEST(sampler, draws_follow_the_distribution) {
     EXPECT_NEAR(counts[0] / double(n), 0.6, 0.02);
     EXPECT_NEAR(counts[1] / double(n), 0.3, 0.02);
     EXPECT_NEAR(counts[2] / double(n), 0.1, 0.02);
+}
+
+// Temperatures so small that a logit divided by them overflows to infinity (below about
+// 1e-37 for logits of a few units), down to the smallest denormal, are the limit T -> 0:
+// the most likely candidate every time, whatever the seed, with positive, negative and
+// mixed logits and with or without top-k.
+TEST(sampler, tiny_temperatures_are_greedy) {
+    const std::vector<std::vector<float>> cases{
+        {0.1f, 2.0f, 1.5f, -1.0f, 1.95f, 0.7f, 1.9f, -3.0f},  // mixed signs, best 1, second 4
+        {3.0f, 7.5f, 7.25f, 1.0f},                          // all positive
+        {-4.0f, -0.5f, -0.75f, -9.0f},                      // all negative
+    };
+    const std::vector<float> temperatures{1e-30f, 1e-37f, 1e-38f, FLT_MIN, 1e-45f,
+                                          std::numeric_limits<float>::denorm_min()};
+    for (const float t : temperatures) {
+        for (const std::int32_t top_k : {2, 0}) {
+            for (const auto& logits : cases) {
+                const token_id greedy = argmax(logits);
+                for (std::uint64_t seed = 0; seed < 50; ++seed) {
+                    sampling_params p;
+                    p.temperature = t;
+                    p.top_k = top_k;
+                    p.top_p = 1.0f;
+                    p.min_p = 0.0f;
+                    p.seed = seed;
+                    ASSERT_TRUE(p.validate());
+                    sampler s(p);
+                    ASSERT_EQ(s.sample(logits, {}), greedy) << "temperature " << t << " top_k " << top_k << " seed " << seed;
+                }
+            }
+        }
+    }
+}
+
+// Equal best logits stay a fair choice between them as T -> 0 (the limit of the softmax).
+TEST(sampler, tiny_temperature_splits_ties_between_the_best) {
+    const std::vector<float> logits{1.0f, 5.0f, 5.0f, 4.0f};
+    sampling_params p;
+    p.temperature = 1e-40f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.min_p = 0.0f;
+    p.seed = 3;
+    sampler s(p);
+    std::map<token_id, int> counts;
+    const int n = 4000;
+    for (int i = 0; i < n; ++i) ++counts[s.sample(logits, {})];
+    EXPECT_EQ(counts[1] + counts[2], n);
+    EXPECT_NEAR(counts[1] / double(n), 0.5, 0.05);
+}
+
+// Huge temperatures flatten the kept candidates towards uniform without overflowing.
+TEST(sampler, huge_temperatures_draw_evenly_from_the_kept_candidates) {
+    const std::vector<float> logits{0.0f, 3.0f, 2.0f, -2.0f};
+    for (const float t : {100.0f, 1e30f, std::numeric_limits<float>::max()}) {
+        sampling_params p;
+        p.temperature = t;
+        p.top_k = 3;
+        p.top_p = 1.0f;
+        p.min_p = 0.0f;
+        p.seed = 11;
+        sampler s(p);
+        std::map<token_id, int> counts;
+        const int n = 6000;
+        for (int i = 0; i < n; ++i) ++counts[s.sample(logits, {})];
+        EXPECT_EQ(counts[3], 0) << t;  // outside top-k
+        for (const token_id id : {0, 1, 2}) EXPECT_NEAR(counts[id] / double(n), 1.0 / 3.0, 0.04) << t << " " << id;
+    }
+}
+
+// A normal temperature below 1 still samples: p_i^(1/T) renormalised, here T = 0.5.
+TEST(sampler, half_temperature_sharpens_the_distribution) {
+    const std::vector<float> logits{std::log(0.6f), std::log(0.3f), std::log(0.1f)};
+    sampling_params p;
+    p.temperature = 0.5f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.min_p = 0.0f;
+    p.seed = 5;
+    sampler s(p);
+    std::map<token_id, int> counts;
+    const int n = 20000;
+    for (int i = 0; i < n; ++i) ++counts[s.sample(logits, {})];
+    const double z = 0.36 + 0.09 + 0.01;
+    EXPECT_NEAR(counts[0] / double(n), 0.36 / z, 0.02);
+    EXPECT_NEAR(counts[1] / double(n), 0.09 / z, 0.02);
+    EXPECT_NEAR(counts[2] / double(n), 0.01 / z, 0.01);
+    EXPECT_GT(counts[2], 0);
 }
 
 TEST(sampler, repetition_penalty_moves_greedy_choice) {
