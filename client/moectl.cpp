@@ -273,6 +273,9 @@ void print_status(const moed::daemon_status& s) {
                m.n_expert_used, m.n_ctx, m.n_vocab);
     fmt::print("       file {} (dense {}, experts {}){}{}\n", human_bytes(m.file_bytes), human_bytes(m.dense_bytes),
                human_bytes(m.expert_bytes), m.path.empty() ? "" : "  ", terminal_safe(m.path));
+    if (m.state == "broken") {
+        fmt::print("       BROKEN: {}\n", terminal_safe(m.error));
+    }
 
     if (!s.tiers) {
         fmt::print("\ntiers  every expert is resident (no expert cache)\n");

@@ -52,7 +52,9 @@ client_error http_error(const http_head& head, std::string body, bool mid_stream
             e.http_status = it->get<int>();
         }
     } else if (j.is_object() && j.contains("status") && j["status"].is_string()) {
-        server_message = j["status"].get<std::string>();  // /healthz while draining: {"status":"draining"}
+        // /healthz while draining {"status":"draining"}, or broken with the reason.
+        server_message = j["status"].get<std::string>();
+        if (auto it = j.find("error"); it != j.end() && it->is_string()) server_message += ": " + it->get<std::string>();
     } else {
         server_message = body.substr(0, max_quoted_body);
         while (!server_message.empty() && (server_message.back() == '\n' || server_message.back() == '\r')) {

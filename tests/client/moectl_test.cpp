@@ -218,6 +218,28 @@ TEST(moectl, draining_daemon_is_unhealthy) {
     EXPECT_NE(h.err.find("moed answered 503 Service Unavailable: draining"), std::string::npos) << h.err;
 }
 
+TEST(moectl, broken_model_is_unhealthy_and_shown_in_status) {
+    const std::string reason = "/m.gguf: changed since it was opened (size 1 then, size 2 now)";
+    fake_server server([&](fake_connection& c) {
+        auto req = c.read_request();
+        ASSERT_TRUE(req);
+        if (req->target == "/healthz") {
+            c.write(json_response(nlohmann::json{{"status", "broken"}, {"error", reason}}.dump(), 503,
+                                  "Service Unavailable"));
+        } else {
+            c.write(json_response(nlohmann::json{{"version", "0.1.0"},
+                                                 {"model", {{"id", "m"}, {"state", "broken"}, {"error", reason}}}}
+                                      .dump()));
+        }
+    });
+    const run_result h = moectl({"health"}, server.path());
+    EXPECT_EQ(h.exit_code, 1);
+    EXPECT_NE(h.err.find("broken: " + reason), std::string::npos) << h.err;
+    const run_result s = moectl({"status"}, server.path());
+    EXPECT_EQ(s.exit_code, 0) << s.err;
+    EXPECT_NE(s.out.find("BROKEN: " + reason), std::string::npos) << s.out;
+}
+
 TEST(moectl, models_and_health) {
     const std::string models = R"({"object":"list","data":[{"id":"tinymoe","object":"model","owned_by":"moed"}]})";
     fake_server server([&](fake_connection& c) {
