@@ -6,6 +6,8 @@ packages=(
   liburing-dev libhwloc-dev libboost-dev libjemalloc-dev libfmt-dev nlohmann-json3-dev
   libsystemd-dev libpcre2-dev libgtest-dev libgmock-dev libbenchmark-dev libtomlplusplus-dev
   fio
+  # The fuzz flavour: clang with libFuzzer and the sanitizers' runtime.
+  clang libclang-rt-14-dev
   curl systemd procps
 )
 sudo=""

@@ -4,7 +4,9 @@
 #  2. builds the release flavour (CUDA kernels too when nvcc is present; GPU tests skip
 #     without a GPU) and runs every test;
 #  3. builds with ASan+UBSan and runs the unit tests under the sanitizers;
-#  4. builds the concurrency tests with ThreadSanitizer and runs them.
+#  4. builds the concurrency tests with ThreadSanitizer and runs them;
+#  5. builds the libFuzzer programs (clang) and runs each for 60 seconds from its seed corpus
+#     (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh
@@ -23,4 +25,6 @@ if [ ${#tsan_targets[@]} -gt 0 ]; then
   TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
     ctest --test-dir build-tsan --output-on-failure -j "$(nproc)" -R concurrency_test
 fi
+
+./scripts/fuzz.sh 60s
 echo "moed: all tests passed"

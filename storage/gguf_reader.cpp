@@ -118,7 +118,6 @@ result<const gguf_array*> gguf_value::as_array(std::string_view key) const {
 namespace {
 
 constexpr char gguf_magic[4] = {'G', 'G', 'U', 'F'};
-constexpr std::uint64_t default_alignment = 32;
 
 // Smallest number of bytes one element of a type can occupy in the file; used to reject a
 // count before allocating for it.

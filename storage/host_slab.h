@@ -55,7 +55,7 @@ private:
     std::uint64_t slot_bytes_ = 0;
     std::uint32_t n_slots_ = 0;
     bool locked_ = false;
-    bool cuda_registered_ = false;
+    [[maybe_unused]] bool cuda_registered_ = false;  // read only by CUDA builds
     int numa_node_ = -1;
     void* topology_ = nullptr;  // hwloc_topology_t, kept for the matching free
 };

@@ -570,12 +570,12 @@ void float_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 // ---------------------------------------------------------------------------------------
 // BF16 with AVX512-BF16: vdpbf16ps multiplies pairs of bf16 (exactly, in f32) and adds
 // them to f32 accumulators, 32 values per instruction. Compiled for that extension only
-// here and called only when CPUID reports it (use_avx512_bf16).
-#pragma GCC push_options
-#pragma GCC target("avx512bf16")
+// here (a target attribute, which GCC and clang both take) and called only when CPUID
+// reports it (use_avx512_bf16).
+#define MOED_TARGET_AVX512BF16 __attribute__((target("avx512bf16")))
 
 template <int R, int T>
-void bf16_dp_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
+MOED_TARGET_AVX512BF16 void bf16_dp_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     const std::byte* w[R];
     const std::byte* x[T];
 #pragma GCC unroll 8
@@ -611,13 +611,13 @@ void bf16_dp_tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 }
 
 template <int T>
-void bf16_dp_rows(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t0) {
+MOED_TARGET_AVX512BF16 void bf16_dp_rows(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t0) {
     std::int64_t r = r0;
     for (; r + 4 <= r1; r += 4) bf16_dp_tile<4, T>(a, r, t0);
     for (; r < r1; ++r) bf16_dp_tile<1, T>(a, r, t0);
 }
 
-void gemm_bf16_dp(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+MOED_TARGET_AVX512BF16 void gemm_bf16_dp(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     std::int64_t t0 = 0;
     for (; t0 + 4 <= a.n_tokens; t0 += 4) bf16_dp_rows<4>(a, r0, r1, t0);
     switch (a.n_tokens - t0) {
@@ -628,7 +628,7 @@ void gemm_bf16_dp(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     }
 }
 
-#pragma GCC pop_options
+#undef MOED_TARGET_AVX512BF16
 
 // ---------------------------------------------------------------------------------------
 // Drivers: token tiles of up to 4 (the activations of a tile stay in L1 while the rows of
