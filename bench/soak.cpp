@@ -13,7 +13,7 @@
 //                                                       state folder; SIGTERM it at the end
 // Options: --clients 16, --duration 10m (90s, 1h, 1h30m), --seed 1, --sample-interval 10s,
 //          --prompts FILE.jsonl (lines with "text" and optionally "domain"), --max-tokens 64,
-//          --prompt-bytes 160, --churn-interval 30s, --request-timeout 300s,
+//          --prompt-bytes 120, --churn-interval 30s, --request-timeout 300s,
 //          --max-growth-mib-per-hour 8.
 //
 // Every --sample-interval it reads the daemon's VmRSS, VmHWM and Threads from
@@ -91,7 +91,7 @@ struct options {
     std::int64_t sample_interval_s = 10;
     std::string prompts_path;
     int max_tokens = 64;
-    std::size_t prompt_bytes = 160;
+    std::size_t prompt_bytes = 120;
     std::int64_t churn_interval_s = 30;
     std::int64_t request_timeout_s = 300;
     double max_growth_mib_per_hour = 8.0;
