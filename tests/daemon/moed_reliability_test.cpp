@@ -75,13 +75,20 @@ std::vector<std::string> completions(const moed_process& moed, std::vector<unsig
     return texts;
 }
 
+// The completions of a daemon whose model file is intact: every one must succeed.
+std::vector<std::string> healthy_completions(const moed_process& moed) {
+    std::vector<unsigned> statuses;
+    auto texts = completions(moed, &statuses);
+    for (unsigned status : statuses) EXPECT_EQ(status, 200u);
+    return texts;
+}
+
 TEST(MoedReliability, ResidentModelKeepsServingWhenTheFileIsCutOrRewritten) {
     const std::string model = copy_of_model("resident-cut.gguf");
     moed_process moed({"--model-id", "tinymoe", "--model-path", model});
     ASSERT_TRUE(moed.ready());
-    std::vector<unsigned> first;
-    const auto before = completions(moed, &first);
-    for (unsigned status : first) ASSERT_EQ(status, 200u);
+    const auto before = healthy_completions(moed);
+    if (HasFailure()) return;
 
     fs::resize_file(model, fs::file_size(model) / 2);
     EXPECT_EQ(completions(moed), before);
@@ -100,9 +107,8 @@ TEST(MoedReliability, TieredModelCutFailsClearlyThenRecoversWhenRestored) {
     const std::vector<char> original = bytes_of(model);
     moed_process moed({"--model-id", "tinymoe", "--model-path", model, "--tiers-host-budget", "25%"});
     ASSERT_TRUE(moed.ready());
-    std::vector<unsigned> first;
-    const auto before = completions(moed, &first);
-    for (unsigned status : first) ASSERT_EQ(status, 200u);
+    const auto before = healthy_completions(moed);
+    if (HasFailure()) return;
 
     fs::resize_file(model, 4096);
     // The checker finds the change without any request; health and status say so.
@@ -142,9 +148,8 @@ TEST(MoedReliability, IdenticalBytesCopiedOverTheFileRecoverOnTheirOwn) {
     const std::vector<char> original = bytes_of(model);
     moed_process moed({"--model-id", "tinymoe", "--model-path", model, "--tiers-host-budget", "25%"});
     ASSERT_TRUE(moed.ready());
-    std::vector<unsigned> first;
-    const auto before = completions(moed, &first);
-    for (unsigned status : first) ASSERT_EQ(status, 200u);
+    const auto before = healthy_completions(moed);
+    if (HasFailure()) return;
 
     std::this_thread::sleep_for(std::chrono::milliseconds(20));  // a new mtime
     write_in_place(model, original);

@@ -678,18 +678,25 @@ struct changed_file_case {
     std::unique_ptr<tiered_expert_source> source;
 };
 
+// Four slots, the header compared as the engine sets it, and the given check interval.
+tiered_options file_change_options(const changed_file_case& c, std::chrono::milliseconds check_interval) {
+    tiered_options o;
+    o.host_budget_bytes = tiered_slot_bytes(c.copy.layout, page) * 4;
+    o.lock = memory_lock::off;
+    o.file_check_interval = check_interval;
+    o.header_bytes = c.original.file->data_offset();
+    return o;
+}
+
 changed_file_case make_changed_file_case(const std::string& name) {
     changed_file_case c;
     c.original = load_model("Q8_0", skewed_shape());
     c.copy.path = copy_of(c.original.path, name);
     c.copy.layout = c.original.layout;
     c.bytes = file_bytes(c.copy.path);
-    tiered_options o;
-    o.host_budget_bytes = tiered_slot_bytes(c.copy.layout, page) * 4;
-    o.lock = memory_lock::off;
-    o.file_check_interval = std::chrono::milliseconds(0);  // the tests call check_file() themselves
-    o.header_bytes = c.original.file->data_offset();       // as the engine sets it
-    auto made = tiered_expert_source::create(c.copy.path, c.copy.layout, o);
+    // No checker thread: the tests call check_file() themselves.
+    auto made = tiered_expert_source::create(c.copy.path, c.copy.layout,
+                                             file_change_options(c, std::chrono::milliseconds(0)));
     EXPECT_TRUE(made) << made.error().message;
     if (made) c.source = std::move(made).value();
     return c;
@@ -812,11 +819,8 @@ TEST(tiered_file_change, the_checker_thread_finds_a_change_without_any_read) {
     changed_file_case c = make_changed_file_case("checker-thread.gguf");
     ASSERT_TRUE(c.source);
     c.source.reset();
-    tiered_options o;
-    o.host_budget_bytes = tiered_slot_bytes(c.copy.layout, page) * 4;
-    o.lock = memory_lock::off;
-    o.file_check_interval = std::chrono::milliseconds(5);
-    auto made = tiered_expert_source::create(c.copy.path, c.copy.layout, o);
+    auto made = tiered_expert_source::create(c.copy.path, c.copy.layout,
+                                             file_change_options(c, std::chrono::milliseconds(5)));
     ASSERT_TRUE(made) << made.error().message;
     ASSERT_EQ(::truncate(c.copy.path.c_str(), 4096), 0);
     EXPECT_TRUE(eventually([&] { return (*made)->file_health().broken; }));
