@@ -56,6 +56,11 @@ struct prefetch_stats {
     std::uint64_t io_waits = 0;        // acquires that waited
     std::uint64_t tokens = 0;          // tokens the engine reported (begin_layer at layer 0)
     double io_wait_ns_per_token = 0.0; // io_wait_ns / tokens (0 without tokens)
+    // The layer clock (the evaluator's begin_layer/end_layer): layers computed, and the
+    // recent mean time one layer computes for, I/O waits left out (what a prefetch issued at
+    // the start of a layer has before the next one asks).
+    std::uint64_t layers_computed = 0;
+    double layer_compute_us = 0.0;
     // The prefetch planner's predictions (filled by whoever runs one; 0 without).
     std::uint64_t routed = 0;            // experts the routers chose (once per layer and batch)
     std::uint64_t predicted_routed = 0;  // of them, requested for their layer beforehand
@@ -158,7 +163,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(tier_stats, name, capacity_bytes
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(prefetch_stats, requested, issued, cancelled, hits, late, wasted,
                                                 wasted_bytes, demand_misses, hit_rate, queued, inflight_bytes,
                                                 inflight_bytes_max, inflight_bytes_limit, io_wait_ns, io_waits, tokens,
-                                                io_wait_ns_per_token, routed, predicted_routed, recall)
+                                                io_wait_ns_per_token, layers_computed, layer_compute_us, routed, predicted_routed, recall)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_section_stats, slots, layers, layer, resident)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_stats, enabled, slots_per_layer, hot_slots, hot_set,
                                                 hot_resident, sections)

@@ -295,7 +295,7 @@ private:
 // matched after its prefill): its most needed experts become the pinned hot set and its
 // scores bias eviction. Runs on the engine thread (batch_loop's on_profile_applied).
 void apply_profile_to_tiers(engine::model& model, const scheduler::profile& p) {
-    storage::tiered_expert_source* tiers = model.tiers();
+    storage::tier_control* tiers = model.tiers();
     if (tiers == nullptr) return;  // every expert is resident: nothing to warm
     // The hot set: each layer's n_expert_used best experts, a fraction of the slots so the
     // ring keeps room for what the router picks beyond them.

@@ -149,10 +149,16 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
         kernels::dequantize_row(embd_w.type, row, x_.data() + t * embd, embd);
     });
 
+    // The tiers follow the layer clock from here (none when every expert is resident): a
+    // layer's begin drops what was queued for layers passed and counts the tokens, its end
+    // times the compute a prefetch has to hide behind.
+    storage::tier_control* tiers = model_.experts().control();
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        if (tiers != nullptr) tiers->begin_layer(l, static_cast<std::uint64_t>(n));
         layer_start(l, batch);
         attention_block(l, batch);
         MOED_TRY(moe_block(l, batch));
+        if (tiers != nullptr) tiers->end_layer(l);
     }
     for (const batch_token& bt : batch) bt.cache->set_size(std::max(bt.cache->size(), bt.pos + 1));
 
@@ -387,17 +393,19 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     // thread (apply_group). Each expert writes only its own (token, slot) rows, so the order
     // changes no result.
     storage::expert_source& source = model_.experts();
+    // The CPU kernels compute on the host, so that is where the experts are wanted.
+    const device_id device = device_id::host();
     const std::size_t group = std::max<std::uint32_t>(1, source.max_held_experts());
     const std::size_t threads = static_cast<std::size_t>(pool_.size());
     for (std::size_t first = 0; first < needed_.size(); first += group) {
         const std::size_t count = std::min(group, needed_.size() - first);
         const std::span<const ExpertId> ids(needed_.data() + first, count);
         if (threads == 1 || count < k_experts_per_thread_min * threads) {
-            MOED_TRY(source.acquire_each(ids, handles_, [this, first](std::size_t i, const storage::expert_handle& h) {
+            MOED_TRY(source.acquire_each(ids, device, handles_, [this, first](std::size_t i, const storage::expert_handle& h) {
                 apply_expert(needed_[first + i].expert, h.weights(), pool_, *expert_scratch_[0]);
             }));
         } else {
-            MOED_TRY(source.acquire_many(ids, handles_));
+            MOED_TRY(source.acquire_many(ids, device, handles_));
             apply_group(first, count);
             for (auto& h : handles_) h.release();
         }

@@ -338,9 +338,8 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
         if (tier.slots_per_layer == 0) tier.slots_per_layer = 2 * hp.n_expert_used;
         // A changed file is the same model again only with the same header.
         tier.header_bytes = file.data_offset();
-        auto tiered = storage::tiered_expert_source::create(path, m->layout_, tier);
+        auto tiered = storage::create_tiered_source(path, m->layout_, tier);
         if (!tiered) return unexpected(std::move(tiered).error());
-        m->tiers_ = tiered->get();
         m->experts_ = std::move(tiered).value();
     } else {
         m->experts_ = std::make_unique<storage::resident_expert_source>(path, m->layout_, m->weights_,
@@ -351,7 +350,6 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
 }
 
 void model::set_expert_source(std::unique_ptr<storage::expert_source> source) {
-    tiers_ = dynamic_cast<storage::tiered_expert_source*>(source.get());
     experts_ = std::move(source);
 }
 

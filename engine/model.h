@@ -18,7 +18,7 @@
 #include "kernels/cpu/matmul.h"
 #include "storage/expert_source.h"
 #include "storage/gguf.h"
-#include "storage/tiered_expert_source.h"
+#include "storage/tiers.h"
 
 namespace moed::engine {
 
@@ -86,9 +86,10 @@ public:
     std::uint64_t expert_bytes() const noexcept;
     std::uint64_t dense_bytes() const noexcept;
 
-    // The tiered source when experts are tiered (load_options::host_budget), else null.
-    storage::tiered_expert_source* tiers() noexcept { return tiers_; }
-    const storage::tiered_expert_source* tiers() const noexcept { return tiers_; }
+    // The tiers' control interface when experts are tiered (load_options::host_budget), else
+    // null.
+    storage::tier_control* tiers() noexcept { return experts_->control(); }
+    const storage::tier_control* tiers() const noexcept { return experts_->control(); }
 
 private:
     model() = default;
@@ -102,7 +103,6 @@ private:
     std::vector<std::vector<float>> owned_vectors_;  // norm weights stored in non-f32 types
     storage::expert_layout layout_;
     std::unique_ptr<storage::expert_source> experts_;
-    storage::tiered_expert_source* tiers_ = nullptr;  // experts_ when it is the tiered source
     // The weights served: all tensors (resident) or the dense ones (tiered), 64-byte aligned.
     std::unique_ptr<std::byte[]> weights_storage_;
     std::span<const std::byte> weights_;

@@ -1,5 +1,5 @@
 // Prefetching for one evaluator: the router lookahead at the start of each layer drives a
-// scheduler::prefetch_planner, which asks the model's tiered expert source for the experts
+// scheduler::prefetch_planner, which asks the model's tiers (their control interface) for the experts
 // of the coming layers while attention runs (the engine side of the prefetch pipeline).
 // Threads: the planner runs on the evaluator's thread, inside run(); the caller keeps it
 // alive while the evaluator runs and may read its stats() from any thread.

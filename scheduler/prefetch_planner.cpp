@@ -14,7 +14,7 @@ constexpr int calibration_rows = 4;
 constexpr std::size_t history_sequences_max = 4096;
 }  // namespace
 
-prefetch_planner::prefetch_planner(storage::tiered_expert_source& source, std::uint32_t n_layer,
+prefetch_planner::prefetch_planner(storage::tier_control& source, std::uint32_t n_layer,
                                    std::uint32_t n_expert, std::uint32_t n_expert_used,
                                    const prefetch_planner_options& options)
     : source_(source), n_layer_(n_layer), n_expert_(n_expert), n_expert_used_(n_expert_used), options_(options) {
@@ -108,8 +108,7 @@ void prefetch_planner::on_layer_start(std::uint32_t layer, std::int64_t n_tokens
                                       int depth, std::span<const float> probs) {
     if (layer >= n_layer_) return;
     layer_events_.fetch_add(1, std::memory_order_relaxed);
-    // First the source learns where the engine is (stale requests go), then the new ones.
-    source_.begin_layer(layer, n_tokens > 0 ? static_cast<std::uint64_t>(n_tokens) : 0);
+    // The evaluator has told the tier that this layer begins (stale requests are gone).
     requests_.clear();
     plan(layer, n_tokens, seqs, depth, probs, requests_);
     if (requests_.empty()) return;

@@ -1,5 +1,5 @@
 // The prefetch planner: turns the router lookahead the engine computes at the start of each
-// layer into scored prefetch requests for the tiered expert source.
+// layer into scored prefetch requests for the tier (through its control interface).
 //
 // At the start of layer l (before attention) the engine has applied the routers of layers
 // l .. l+depth-1 to the residual stream entering layer l: probs[j][t][e]. For each target
@@ -14,8 +14,8 @@
 // near for layers l and l+1 and far beyond. Scores are what the tier weighs against the need
 // of the experts a prefetch would replace, so calibrated ones keep a poor predictor (a model
 // whose routing the lookahead does not foresee well) from flooding the disk.
-// It first tells the source that layer l begins, which drops whatever is still queued for
-// the layers passed and lets their predictions lapse. On each routing event it issues
+// The evaluator has already told the tier that layer l begins (which drops whatever is still
+// queued for the layers passed and lets their predictions lapse). On each routing event it issues
 // nothing (the layer's demand is the engine's acquire) but checks its prediction of that
 // layer against the experts the router chose, for the recall figures (routed experts that
 // were among those requested for their layer) and the calibration.
@@ -35,7 +35,7 @@
 #include <vector>
 
 #include "common/status.h"
-#include "storage/tiered_expert_source.h"
+#include "storage/tier_control.h"
 
 namespace moed::scheduler {
 
@@ -72,7 +72,7 @@ struct prefetch_planner_stats {
 
 class prefetch_planner {
 public:
-    prefetch_planner(storage::tiered_expert_source& source, std::uint32_t n_layer, std::uint32_t n_expert,
+    prefetch_planner(storage::tier_control& source, std::uint32_t n_layer, std::uint32_t n_expert,
                      std::uint32_t n_expert_used, const prefetch_planner_options& options = {});
 
     const prefetch_planner_options& options() const noexcept { return options_; }
@@ -97,7 +97,7 @@ public:
     void forget(std::uint64_t seq);
 
 private:
-    storage::tiered_expert_source& source_;
+    storage::tier_control& source_;
     const std::uint32_t n_layer_, n_expert_, n_expert_used_;
     prefetch_planner_options options_;
 

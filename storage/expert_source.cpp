@@ -13,7 +13,12 @@
 namespace moed::storage {
 
 expert_handle::expert_handle(expert_handle&& other) noexcept
-    : source_(other.source_), id_(other.id_), weights_(other.weights_), token_(other.token_) {
+    : source_(other.source_),
+      id_(other.id_),
+      weights_(other.weights_),
+      token_(other.token_),
+      device_(other.device_),
+      memory_(other.memory_) {
     other.source_ = nullptr;
 }
 
@@ -24,6 +29,8 @@ expert_handle& expert_handle::operator=(expert_handle&& other) noexcept {
         id_ = other.id_;
         weights_ = other.weights_;
         token_ = other.token_;
+        device_ = other.device_;
+        memory_ = other.memory_;
         other.source_ = nullptr;
     }
     return *this;
@@ -38,11 +45,11 @@ void expert_handle::release() noexcept {
     }
 }
 
-result<void> expert_source::acquire_many(std::span<const ExpertId> ids,
+result<void> expert_source::acquire_many(std::span<const ExpertId> ids, device_id device,
                                          std::vector<expert_handle>& handles) {
     handles.clear();
     for (const ExpertId& id : ids) {
-        auto handle = acquire(id);
+        auto handle = acquire(id, device);
         if (!handle) {
             handles.clear();
             return unexpected(std::move(handle).error());
@@ -52,9 +59,9 @@ result<void> expert_source::acquire_many(std::span<const ExpertId> ids,
     return {};
 }
 
-result<void> expert_source::acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
-                                         const apply_fn& apply) {
-    MOED_TRY(acquire_many(ids, handles));
+result<void> expert_source::acquire_each(std::span<const ExpertId> ids, device_id device,
+                                         std::vector<expert_handle>& handles, const apply_fn& apply) {
+    MOED_TRY(acquire_many(ids, device, handles));
     for (std::size_t i = 0; i < handles.size(); ++i) apply(i, handles[i]);
     return {};
 }
@@ -136,7 +143,11 @@ resident_expert_source::resident_expert_source(std::string path, expert_layout l
     }
 }
 
-result<expert_handle> resident_expert_source::acquire(ExpertId id) {
+result<expert_handle> resident_expert_source::acquire(ExpertId id, device_id device) {
+    if (!device.is_host()) {
+        return make_error(errc::unsupported, "{}: expert {}/{} wanted on {}, but every expert is resident in host memory",
+                          path_, id.layer, id.expert, device_name(device));
+    }
     if (id.layer >= layout_.n_layer || id.expert >= layout_.n_expert) {
         return make_error(errc::invalid_argument, "{}: expert {}/{} out of range ({} layers x {} experts)",
                           path_, id.layer, id.expert, layout_.n_layer, layout_.n_expert);
@@ -150,7 +161,7 @@ result<expert_handle> resident_expert_source::acquire(ExpertId id) {
     expert_weights w{matrix(lt.gate_offset, lt.gate_bytes, lt.gate_type, lt.n_ff, lt.n_embd),
                      matrix(lt.up_offset, lt.up_bytes, lt.up_type, lt.n_ff, lt.n_embd),
                      matrix(lt.down_offset, lt.down_bytes, lt.down_type, lt.n_embd, lt.n_ff)};
-    return expert_handle(this, id, w, 0);
+    return expert_handle(this, id, w, 0, device_id::host(), memory_kind::host_pageable);
 }
 
 void resident_expert_source::release(ExpertId, std::uint64_t) noexcept {}

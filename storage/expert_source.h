@@ -1,7 +1,8 @@
 // The seam between the engine and the expert tiers: the engine never reads routed-expert
-// weights directly. It acquires an expert by ExpertId and gets a handle whose weights stay
-// valid until the handle is released (destroyed). Everything about tiers, prediction and
-// prefetch lives behind this interface.
+// weights directly. It acquires an expert by ExpertId on the device it computes on and gets a
+// handle whose weights stay valid until the handle is released (destroyed); the handle says
+// which device and kind of memory the bytes are in. Everything about tiers, prediction and
+// prefetch lives behind this interface and its control half (storage/tier_control.h).
 #pragma once
 
 #include <cstddef>
@@ -11,9 +12,11 @@
 #include <span>
 #include <vector>
 
+#include "common/device.h"
 #include "common/ids.h"
 #include "common/result.h"
 #include "common/tensor_type.h"
+#include "storage/tier_control.h"
 
 namespace moed::storage {
 
@@ -42,8 +45,9 @@ class expert_source;
 class expert_handle {
 public:
     expert_handle() = default;
-    expert_handle(expert_source* source, ExpertId id, expert_weights weights, std::uint64_t token)
-        : source_(source), id_(id), weights_(weights), token_(token) {}
+    expert_handle(expert_source* source, ExpertId id, expert_weights weights, std::uint64_t token, device_id device,
+                  memory_kind memory)
+        : source_(source), id_(id), weights_(weights), token_(token), device_(device), memory_(memory) {}
     expert_handle(expert_handle&& other) noexcept;
     expert_handle& operator=(expert_handle&& other) noexcept;
     expert_handle(const expert_handle&) = delete;
@@ -53,6 +57,9 @@ public:
     bool valid() const noexcept { return source_ != nullptr; }
     ExpertId id() const noexcept { return id_; }
     const expert_weights& weights() const noexcept { return weights_; }
+    // Where the weights are: the device asked for, and the kind of memory on it.
+    device_id device() const noexcept { return device_; }
+    memory_kind memory() const noexcept { return memory_; }
     void release() noexcept;
 
 private:
@@ -60,20 +67,26 @@ private:
     ExpertId id_;
     expert_weights weights_;
     std::uint64_t token_ = 0;  // the source's own bookkeeping (a slot number)
+    device_id device_;
+    memory_kind memory_ = memory_kind::host_pageable;
 };
 
-// Where routed experts come from. Implementations: resident (all experts in the mapped
-// file), and the tiered cache (storage tiers issue).
+// Where routed experts come from. Implementations: resident (every expert in host memory,
+// no control), and the tiers (storage/tiers.h makes them; they implement tier_control).
+// Every acquire names the device the caller computes on; a source that cannot place an
+// expert there answers unsupported, naming both.
 // Threads: acquire/release may be called from the engine thread; implementations document
 // any further thread use.
 class expert_source {
 public:
     virtual ~expert_source() = default;
-    // Acquires one expert; waits until it is resident. Errors name the expert and the file.
-    virtual result<expert_handle> acquire(ExpertId id) = 0;
+    // Acquires one expert on `device`; waits until it is there. Errors name the expert and
+    // the file.
+    virtual result<expert_handle> acquire(ExpertId id, device_id device) = 0;
     // Acquires every expert in `ids` (one MoE layer's selection), requesting all missing
     // ones at once before waiting for any. handles[i] corresponds to ids[i].
-    virtual result<void> acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles);
+    virtual result<void> acquire_many(std::span<const ExpertId> ids, device_id device,
+                                      std::vector<expert_handle>& handles);
     // As acquire_many, but calls apply(i, handles[i]) for each expert as soon as it is
     // resident, those already resident first, so compute runs on them while the others are
     // still being read; returns after every expert was applied (or at the first error, with
@@ -81,12 +94,16 @@ public:
     // calling thread with no lock of the source held. The default acquires all, then applies
     // in order.
     using apply_fn = std::function<void(std::size_t, const expert_handle&)>;
-    virtual result<void> acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
-                                      const apply_fn& apply);
+    virtual result<void> acquire_each(std::span<const ExpertId> ids, device_id device,
+                                      std::vector<expert_handle>& handles, const apply_fn& apply);
     // How many experts one caller may hold at once (a tier's slot count). The engine
     // acquires a layer's experts in groups of at most this many, so a budget smaller than
     // one layer's selection still works, only slower.
     virtual std::uint32_t max_held_experts() const noexcept { return UINT32_MAX; }
+    // The tier's control interface; null for a source with nothing to steer (every expert
+    // resident).
+    virtual tier_control* control() noexcept { return nullptr; }
+    virtual const tier_control* control() const noexcept { return nullptr; }
 
 protected:
     friend class expert_handle;
@@ -124,7 +141,8 @@ public:
     // cover every expert of `layout` and outlive the source. `path` names the file in errors.
     resident_expert_source(std::string path, expert_layout layout, std::span<const std::byte> image,
                            std::uint64_t image_offset);
-    result<expert_handle> acquire(ExpertId id) override;
+    // Only on the host (where the image is).
+    result<expert_handle> acquire(ExpertId id, device_id device) override;
 
 protected:
     void release(ExpertId id, std::uint64_t token) noexcept override;

@@ -179,24 +179,46 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     return std::unique_ptr<tiered_expert_source>(new tiered_expert_source(std::move(p)));
 }
 
-result<expert_handle> tiered_expert_source::acquire(ExpertId id) {
+namespace {
+
+// Experts live in host slots; the tier places nothing on another device.
+result<void> check_device(const std::string& path, std::span<const ExpertId> ids, device_id device) {
+    if (device.is_host() || ids.empty()) return {};
+    return make_error(errc::unsupported, "{}: expert {}/{} wanted on {}, but this tier keeps experts in host memory",
+                      path, ids.front().layer, ids.front().expert, device_name(device));
+}
+
+}  // namespace
+
+result<std::unique_ptr<expert_source>> create_tiered_source(const std::string& path, const expert_layout& layout,
+                                                            const tiered_options& options) {
+    auto made = tiered_expert_source::create(path, layout, options);
+    if (!made) return unexpected(std::move(made).error());
+    return std::unique_ptr<expert_source>(std::move(made).value());
+}
+
+result<expert_handle> tiered_expert_source::acquire(ExpertId id, device_id device) {
+    MOED_TRY(check_device(impl_->path, std::span<const ExpertId>(&id, 1), device));
     expert_handle handle;
     MOED_TRY(impl_->acquire_into(std::span<const ExpertId>(&id, 1), std::span<expert_handle>(&handle, 1)));
     return handle;
 }
 
-result<void> tiered_expert_source::acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles) {
+result<void> tiered_expert_source::acquire_many(std::span<const ExpertId> ids, device_id device,
+                                                std::vector<expert_handle>& handles) {
     handles.clear();
+    MOED_TRY(check_device(impl_->path, ids, device));
     handles.resize(ids.size());  // a reused vector keeps its capacity: no allocation per layer
     auto r = impl_->acquire_into(ids, handles);
     if (!r) handles.clear();
     return r;
 }
 
-result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
-                                                const apply_fn& apply) {
+result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, device_id device,
+                                                std::vector<expert_handle>& handles, const apply_fn& apply) {
     impl& d = *impl_;
     handles.clear();
+    MOED_TRY(check_device(d.path, ids, device));
     handles.resize(ids.size());
     if (auto r = d.acquire_into(ids, handles, false); !r) {
         handles.clear();
@@ -325,7 +347,7 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         touch_locked(e);
         guard_locked(e);
         ++e.refs;
-        out[k] = expert_handle(owner, id, weights_of(where, id), where);
+        out[k] = expert_handle(owner, id, weights_of(where, id), where, device_id::host(), memory());
     };
     for (std::size_t k = 0; k < ids.size(); ++k) {
         const std::uint32_t where = residency[table_index(ids[k])];
@@ -376,7 +398,7 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         ++misses;
         ++demand_misses;
         guard_locked(slots[*slot]);
-        out[k] = expert_handle(owner, id, weights_of(*slot, id), *slot);
+        out[k] = expert_handle(owner, id, weights_of(*slot, id), *slot, device_id::host(), memory());
         submitted_any = true;
         ++k;
     }
@@ -482,6 +504,8 @@ expert_cache_stats tiered_expert_source::stats() const {
         pf.io_wait_ns = d.io_wait_ns;
         pf.io_waits = d.io_waits;
         pf.tokens = d.tokens;
+        pf.layers_computed = d.layers_computed;
+        pf.layer_compute_us = d.layer_compute_ns / 1e3;
         ring_stats& r = out.ring;
         r.enabled = !d.policy && d.options.ring;
         r.slots_per_layer = d.ring.slots_per_layer();

@@ -55,81 +55,11 @@
 #include "storage/expert_source.h"
 #include "storage/host_slab.h"
 #include "storage/tier_stats.h"
+#include "storage/tiers.h"
 
 namespace moed::storage {
 
-struct tiered_options {
-    std::uint64_t host_budget_bytes = 0;  // must hold at least max_experts_per_acquire slots
-    std::uint32_t queue_depth = 32;
-    bool allow_uring = true;
-    bool allow_direct = true;
-    memory_lock lock = memory_lock::best_effort;
-    int numa_node = -1;
-    std::uint32_t eio_retries = 3;
-    // The budget must hold at least this many slots. The engine acquires in groups of at
-    // most max_held_experts() (= slot_count()), so 1 is enough for correctness.
-    std::uint32_t min_slots = 1;
-    // Bytes of expert reads in flight at once, demand and prefetch together (0: no bound).
-    // It bounds how long a demand read can queue behind prefetches on the disk.
-    std::uint64_t max_inflight_bytes = std::uint64_t{256} << 20;
-    // A prefetch starts only while all reads in flight stay within this (0: max_inflight_bytes
-    // alone), so on a disk that is the bottleneck prefetches use the time it would idle while
-    // compute runs, and a demand read never queues behind more than this of them.
-    std::uint64_t max_prefetch_inflight_bytes = 0;
-    // Slots one layer's loads want at once, which sizes the ring's sections (0: a quarter of
-    // the layer's experts, at least 1). The engine passes 2 x the experts used per token.
-    std::uint32_t slots_per_layer = 0;
-    // Prefetches for layers after the one being computed wait until that layer's own reads
-    // were requested (its acquire), so on a disk that serves reads in order they queue behind
-    // the reads compute needs first, at the cost of a later start.
-    bool prefetch_after_demand = false;
-    // The chance that an expert with no prediction is used again when its layer next runs
-    // (the need it keeps, scaled down the further away that layer is); prefetches only
-    // replace experts whose need is below their score.
-    double reuse_prior = 0.3;
-    // The most of the slots the hot set may take (set_hot_set()).
-    double hot_fraction_max = 0.25;
-    // false: one section (plain least-recently-used placement, no hot set), to compare with.
-    bool ring = true;
-    // The model file is checked this often by a thread of the source (0: no thread; a read
-    // that finds the file changed still marks it broken, and check_file() checks on demand).
-    std::chrono::milliseconds file_check_interval{1000};
-    // Bytes at the start of the file (the GGUF header: metadata and tensor infos) that must be
-    // unchanged for a changed file to count as the same model again; 0: not compared.
-    std::uint64_t header_bytes = 0;
-    // When set, wraps the block reader create() opens (a fault_reader for a fake slow disk in
-    // benchmarks); not used for a reader passed to create().
-    std::function<result<std::unique_ptr<block_reader>>(std::unique_ptr<block_reader>)> wrap_reader;
-};
-
-// The model file as the tier sees it. A file changed under the tier (size, inode or mtime
-// differ from what was opened, or a read meets its end early) is broken: experts already in
-// host slots keep serving, every acquire that needs a read from the file fails at once with
-// `error`, and prefetches wait. The checker (check_file(), every file_check_interval) makes it
-// healthy again once the file at the path holds the same model: the same size, the same
-// header bytes, the same bytes at the start and end of every expert tensor as at open, and
-// the same bytes as every expert resident in a slot. A file replaced by another inode is
-// reopened (readers the source opened itself only).
-struct tier_file_health {
-    bool broken = false;
-    std::string error;            // why, while broken
-    std::uint64_t breaks = 0;     // times the file was found changed
-    std::uint64_t recoveries = 0; // times it was found to be the same model again
-};
-
-// Prefetch priority classes, served in this order (contract with the scheduler).
-enum class prefetch_class : std::uint8_t { demand = 0, near = 1, far = 2, warmup = 3 };
-const char* prefetch_class_name(prefetch_class c) noexcept;
-
-struct prefetch_request {
-    ExpertId id;
-    prefetch_class cls = prefetch_class::near;
-    // The predicted probability that the expert is needed, in [0, 1]: orders requests of a
-    // class and is the need the loaded expert keeps while its layer is still ahead.
-    float score = 1.0f;
-};
-
-class tiered_expert_source final : public expert_source {
+class tiered_expert_source final : public expert_source, public tier_control {
 public:
     // `path` is the model file `layout` was read from. `reader` may be supplied (tests
     // inject faults); otherwise open_block_reader() is used with `options`. A `policy`, when
@@ -141,48 +71,39 @@ public:
         std::unique_ptr<block_reader> reader = nullptr);
     ~tiered_expert_source() override;
 
-    result<expert_handle> acquire(ExpertId id) override;
-    result<void> acquire_many(std::span<const ExpertId> ids, std::vector<expert_handle>& handles) override;
+    // Experts are served from host slots: `device` must be the host.
+    result<expert_handle> acquire(ExpertId id, device_id device) override;
+    result<void> acquire_many(std::span<const ExpertId> ids, device_id device,
+                              std::vector<expert_handle>& handles) override;
     // Requests every missing expert at once, then applies the resident ones while the reads
     // of the others are in flight, waiting only when none is ready.
-    result<void> acquire_each(std::span<const ExpertId> ids, std::vector<expert_handle>& handles,
+    result<void> acquire_each(std::span<const ExpertId> ids, device_id device, std::vector<expert_handle>& handles,
                               const apply_fn& apply) override;
-    // Queues `requests` and starts as many loads as the in-flight bound and the ring allow;
-    // never waits. Requests for resident or loading experts only refresh their score. Every
-    // layer named by a demand/near/far request has its older queued requests dropped
-    // (superseded); warmup requests supersede nothing. Out-of-range ids are ignored (hints).
-    void prefetch(std::span<const prefetch_request> requests);
+    tier_control* control() noexcept override { return this; }
+    const tier_control* control() const noexcept override { return this; }
+    // The control interface (storage/tier_control.h says what each does); here the hot set
+    // takes at most hot_fraction_max of the slots, outside the ring: resident hot experts are
+    // adopted in place, the rest load at warmup priority.
+    void begin_layer(std::uint32_t layer, std::uint64_t n_tokens) override;
+    void end_layer(std::uint32_t layer) override;
+    void prefetch(std::span<const prefetch_request> requests) override;
+    void cancel_prefetches_before(std::uint32_t layer) override;
+    void cancel_prefetches() override;
+    std::uint32_t set_hot_set(std::span<const ExpertId> ids) override;
+    void set_expert_scores(std::span<const float> per_expert_score) override;
+    std::uint32_t slot_count() const noexcept override;
+    expert_cache_stats stats() const override;
+    tier_file_health file_health() const override;
+
     // The older, unscored form: each expert takes a slot now if one is free or holds an
     // expert that is neither held, guarded nor hot (demand's order), else it is skipped; no
     // queue, no prediction kept.
     void prefetch(std::span<const ExpertId> ids);
-    // The engine starts computing `layer` (of a batch of n_tokens tokens; counted per token
-    // at layer 0): requests queued for the layers passed since the previous call (cyclically:
-    // a new token wraps) are dropped, those layers' predictions lapse, and the experts
-    // guarded for the previous layer stop being guarded.
-    void begin_layer(std::uint32_t layer, std::uint64_t n_tokens = 0);
-    // Drops queued requests for layers below `layer` and lets their predictions lapse.
-    void cancel_prefetches_before(std::uint32_t layer);
-    // Drops every queued request.
-    void cancel_prefetches();
-    // The pinned hot set: up to hot_fraction_max of the slots hold these experts (in the
-    // order given, duplicates and out-of-range ids skipped) outside the ring; resident ones are
-    // adopted in place, the rest load at warmup priority. An empty span clears it. Returns
-    // how many experts the hot set took.
-    std::uint32_t set_hot_set(std::span<const ExpertId> ids);
-    // Profile/statistics bias for eviction: a need score per expert, [n_layer * n_expert]
-    // (layer-major), higher keeps an expert longer; empty clears. A wrong size is ignored
-    // with a warning.
-    void set_expert_scores(std::span<const float> per_expert_score);
-
-    expert_cache_stats stats() const;
-    tier_file_health file_health() const;
     // Checks the model file now (what the checker thread does every file_check_interval):
     // marks it broken when it changed; when broken and unchanged since the previous check
     // (a copy in progress is not read), compares it with the model that was opened and, when
     // it is the same, makes the tier healthy again. Reads the file without the tier's lock.
     tier_file_health check_file();
-    std::uint32_t slot_count() const noexcept;
     std::uint32_t max_held_experts() const noexcept override { return slot_count(); }
     // Bytes one host slot takes (the largest expert of any layer, each matrix aligned).
     std::uint64_t slot_bytes() const noexcept;
@@ -195,9 +116,5 @@ private:
     explicit tiered_expert_source(std::unique_ptr<impl> p);
     std::unique_ptr<impl> impl_;
 };
-
-// The slot size the tiered source will use for `layout` at a given alignment; lets callers
-// turn "25% of expert bytes" into a budget before creating it.
-std::uint64_t tiered_slot_bytes(const expert_layout& layout, std::uint32_t alignment);
 
 }  // namespace moed::storage

@@ -273,6 +273,9 @@ void tiered_expert_source::begin_layer(std::uint32_t layer, std::uint64_t n_toke
     std::lock_guard lock(d.mutex);
     if (layer >= d.layout.n_layer) return;
     if (layer == 0) d.tokens += n_tokens;
+    d.layer_began = clock_type::now();
+    d.layer_began_io_wait_ns = d.io_wait_ns;
+    d.layer_open = true;
     const std::uint32_t from = d.current_layer;
     if (layer != from) {
         // The layers passed since the last call, cyclically: [from, layer).
@@ -289,6 +292,20 @@ void tiered_expert_source::begin_layer(std::uint32_t layer, std::uint64_t n_toke
         d.queue_sorted = false;
     }
     d.dispatch_locked();
+}
+
+void tiered_expert_source::end_layer(std::uint32_t layer) {
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    if (!d.layer_open || layer != d.current_layer) return;  // no begin_layer for it: nothing to time
+    d.layer_open = false;
+    const auto elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - d.layer_began).count();
+    const std::uint64_t waited = d.io_wait_ns - d.layer_began_io_wait_ns;
+    const double compute = std::max(0.0, static_cast<double>(elapsed) - static_cast<double>(waited));
+    // A recent mean: the first layer sets it, then each layer moves it 1/16 of the way.
+    constexpr double weight = 1.0 / 16.0;
+    d.layer_compute_ns = d.layers_computed == 0 ? compute : d.layer_compute_ns + weight * (compute - d.layer_compute_ns);
+    ++d.layers_computed;
 }
 
 void tiered_expert_source::cancel_prefetches_before(std::uint32_t layer) {

@@ -214,6 +214,13 @@ struct tiered_expert_source::impl {
     std::uint64_t resident_bytes = 0, resident_experts = 0;
     tiered_detail::clock_type::time_point busy_since;
     double busy_seconds = 0.0;
+    // The layer clock (begin_layer/end_layer): when the open layer began and the I/O wait
+    // counted by then, and the recent mean compute time of a layer (waits left out).
+    tiered_detail::clock_type::time_point layer_began;
+    std::uint64_t layer_began_io_wait_ns = 0;
+    bool layer_open = false;
+    std::uint64_t layers_computed = 0;
+    double layer_compute_ns = 0.0;
     std::vector<std::uint32_t> latency_us;  // a ring of tiered_detail::latency_samples_max
     std::uint64_t latency_count = 0;        // samples ever recorded
 
@@ -242,6 +249,10 @@ struct tiered_expert_source::impl {
         return static_cast<std::size_t>(id.layer) * layout.n_expert + id.expert;
     }
     bool in_range(ExpertId id) const noexcept { return id.layer < layout.n_layer && id.expert < layout.n_expert; }
+
+    memory_kind memory() const noexcept {
+        return slab->locked() ? memory_kind::host_locked : memory_kind::host_pageable;
+    }
 
     expert_weights weights_of(std::uint32_t slot, ExpertId id) const noexcept {
         const auto& lt = layout.layers[id.layer];

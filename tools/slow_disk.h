@@ -11,7 +11,7 @@
 
 #include "common/result.h"
 #include "storage/fault_reader.h"
-#include "storage/tiered_expert_source.h"
+#include "storage/tiers.h"
 
 namespace moed::tools {
 

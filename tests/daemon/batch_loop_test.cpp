@@ -741,13 +741,13 @@ class failing_source final : public storage::expert_source {
 public:
     explicit failing_source(const engine::model& m)
         : inner_(m.file().path(), m.experts_layout(), m.weights_image(), m.file().data_offset()) {}
-    result<storage::expert_handle> acquire(ExpertId id) override {
+    result<storage::expert_handle> acquire(ExpertId id, device_id device) override {
         for (int left = fail_next.load(); left > 0; left = fail_next.load()) {
             if (fail_next.compare_exchange_weak(left, left - 1)) {
                 return make_error(errc::io, "injected read failure of expert {} of layer {}", id.expert, id.layer);
             }
         }
-        return inner_.acquire(id);
+        return inner_.acquire(id, device);
     }
     std::atomic<int> fail_next{0};
 

@@ -120,12 +120,12 @@ INSTANTIATE_TEST_SUITE_P(types, evaluator_types, ::testing::Values("F32", "F16",
 class counting_source final : public storage::expert_source {
 public:
     explicit counting_source(std::unique_ptr<storage::expert_source> inner) : inner_(std::move(inner)) {}
-    result<storage::expert_handle> acquire(ExpertId id) override {
-        auto h = inner_->acquire(id);
+    result<storage::expert_handle> acquire(ExpertId id, device_id device) override {
+        auto h = inner_->acquire(id, device);
         if (!h) return h;
         ++acquired[{id.layer, id.expert}];
         ++outstanding;
-        return storage::expert_handle(this, id, h->weights(), 0);
+        return storage::expert_handle(this, id, h->weights(), 0, h->device(), h->memory());
     }
     std::map<std::pair<std::uint32_t, std::uint32_t>, int> acquired;
     int outstanding = 0;

@@ -80,7 +80,7 @@ TEST(model_file_change, resident_weights_are_an_owned_copy_of_the_data_section) 
     const model& m = **loaded;
     EXPECT_EQ(m.weights_image().size(), m.file().file_size() - m.file().data_offset());
     // The expert a handle gives points into the copy, not into any mapping of the file.
-    auto h = const_cast<model&>(m).experts().acquire(ExpertId{0, 0});
+    auto h = const_cast<model&>(m).experts().acquire(ExpertId{0, 0}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     const auto* p = static_cast<const std::byte*>(h->weights().gate.data);
     EXPECT_GE(p, m.weights_image().data());

@@ -16,7 +16,7 @@
 #include <algorithm>
 
 #include "scheduler/prefetch_planner.h"
-#include "storage/tiered_expert_source.h"
+#include "storage/tiers.h"
 #include "tests/storage/tiered_test_util.h"
 
 namespace moed::scheduler {
@@ -30,12 +30,13 @@ constexpr std::uint32_t n_layer = 3, n_expert = 8, n_used = 2;
 
 struct fixture {
     model_fixture m = load_model("Q8_0", skewed_shape());
-    std::unique_ptr<storage::tiered_expert_source> source;
+    std::unique_ptr<storage::expert_source> source;
+    storage::tier_control& tiers() { return *source->control(); }
     fixture() {
         storage::tiered_options o;
         o.host_budget_bytes = storage::tiered_slot_bytes(m.layout, 4096) * 6;
         o.lock = storage::memory_lock::off;
-        auto made = storage::tiered_expert_source::create(m.path, m.layout, o);
+        auto made = storage::create_tiered_source(m.path, m.layout, o);
         EXPECT_TRUE(made) << made.error().message;
         if (made) source = std::move(made).value();
     }
@@ -64,7 +65,7 @@ TEST(prefetch_planner, ranks_thresholds_classes_and_rows) {
     o.min_score = 0.15f;
     o.max_per_layer = 3;
     o.max_current = 2;
-    prefetch_planner p(*f.source, n_layer, n_expert, n_used, o);
+    prefetch_planner p(f.tiers(), n_layer, n_expert, n_used, o);
     const auto probs = rows_of({{0.05f, 0.5f, 0.2f, 0.1f, 0.05f, 0.04f, 0.03f, 0.03f},
                                 {0.3f, 0.1f, 0.1f, 0.2f, 0.16f, 0.1f, 0.02f, 0.02f},
                                 {0.1f, 0.1f, 0.1f, 0.1f, 0.1f, 0.1f, 0.2f, 0.2f}});
@@ -94,7 +95,7 @@ TEST(prefetch_planner, ranks_thresholds_classes_and_rows) {
     prefetch_planner_options strict = o;
     strict.min_score = 0.9f;
     strict.min_per_layer = 1;
-    prefetch_planner q(*f.source, n_layer, n_expert, n_used, strict);
+    prefetch_planner q(f.tiers(), n_layer, n_expert, n_used, strict);
     reqs.clear();
     q.plan(0, 1, {}, 3, probs, reqs);
     EXPECT_EQ(experts_for(reqs, 0), (std::vector<std::uint32_t>{1}));
@@ -105,7 +106,7 @@ TEST(prefetch_planner, ranks_thresholds_classes_and_rows) {
     // skip_current leaves row 0 out.
     prefetch_planner_options skip = o;
     skip.skip_current = true;
-    prefetch_planner s(*f.source, n_layer, n_expert, n_used, skip);
+    prefetch_planner s(f.tiers(), n_layer, n_expert, n_used, skip);
     reqs.clear();
     s.plan(0, 1, {}, 3, probs, reqs);
     EXPECT_TRUE(experts_for(reqs, 0).empty());
@@ -119,7 +120,7 @@ TEST(prefetch_planner, a_batch_combines_its_tokens) {
     o.depth = 1;
     o.min_score = 0.3f;
     o.max_current = 1;  // per token: two tokens may ask for two
-    prefetch_planner p(*f.source, n_layer, n_expert, n_used, o);
+    prefetch_planner p(f.tiers(), n_layer, n_expert, n_used, o);
     // Two tokens: expert 3 at 0.2 in both (1 - 0.8^2 = 0.36), expert 5 at 0.25 in one only.
     std::vector<float> probs(2 * n_expert, 0.0f);
     probs[3] = 0.2f;
@@ -139,7 +140,7 @@ TEST(prefetch_planner, history_reaches_one_layer_past_the_lookahead) {
     o.depth = 1;
     o.history = true;
     o.history_score = 0.25f;
-    prefetch_planner p(*f.source, n_layer, n_expert, n_used, o);
+    prefetch_planner p(f.tiers(), n_layer, n_expert, n_used, o);
     const std::vector<std::uint64_t> seqs = {42};
     // Sequence 42 used experts 6 and 1 at layer 1 on its last token.
     const std::vector<std::int32_t> chosen = {6, 1};
@@ -176,7 +177,7 @@ TEST(prefetch_planner, calibration_learns_how_often_each_rank_is_chosen) {
     o.max_current = 4;
     o.min_per_layer = 1;
     o.calibration_samples = 8;
-    prefetch_planner p(*f.source, n_layer, n_expert, n_used, o);
+    prefetch_planner p(f.tiers(), n_layer, n_expert, n_used, o);
     // The router always ranks 0 > 1 > 2 > 3 (probabilities that stay below the threshold),
     // and then always chooses the experts it ranked first and third.
     std::vector<float> probs = {0.3f, 0.25f, 0.2f, 0.15f, 0.04f, 0.03f, 0.02f, 0.01f};
@@ -217,16 +218,17 @@ TEST(prefetch_planner, layer_starts_reach_the_source) {
     prefetch_planner_options o;
     o.depth = 2;
     o.min_score = 0.1f;
-    prefetch_planner p(*f.source, n_layer, n_expert, n_used, o);
+    prefetch_planner p(f.tiers(), n_layer, n_expert, n_used, o);
     std::vector<float> probs(2 * n_expert, 0.0f);
     probs[1] = 0.9f;             // layer 0, expert 1
     probs[n_expert + 4] = 0.8f;  // layer 1, expert 4
+    f.tiers().begin_layer(0, 1);  // the evaluator's layer clock comes first
     p.on_layer_start(0, 1, {}, 2, probs);
-    auto st = f.source->stats();
+    auto st = f.tiers().stats();
     EXPECT_EQ(st.prefetch.requested, 2u);
     EXPECT_EQ(st.prefetch.tokens, 1u);
-    ASSERT_TRUE(eventually([&] { return f.source->stats().host.resident_experts == 2; }));
-    st = f.source->stats();
+    ASSERT_TRUE(eventually([&] { return f.tiers().stats().host.resident_experts == 2; }));
+    st = f.tiers().stats();
     EXPECT_EQ(st.layer_residency[0][1], '#');
     EXPECT_EQ(st.layer_residency[1][4], '#');
     // The router of layer 0 chose 1 and 5: half of it predicted.

@@ -143,7 +143,7 @@ TEST(resident_expert_source, every_expert_has_its_own_bytes) {
     resident_expert_source source(*file, *layout);
     for (std::uint32_t l = 0; l < n_layer; ++l) {
         for (std::uint32_t e = 0; e < n_expert; ++e) {
-            auto h = source.acquire(ExpertId{l, e});
+            auto h = source.acquire(ExpertId{l, e}, device_id::host());
             ASSERT_TRUE(h) << h.error().message;
             EXPECT_TRUE(h->valid());
             EXPECT_EQ(h->id(), (ExpertId{l, e}));
@@ -167,7 +167,7 @@ TEST(resident_expert_source, acquire_many_keeps_order_and_handles_move) {
     resident_expert_source source(*file, *layout);
     const std::vector<ExpertId> ids = {{1, 3}, {0, 0}, {1, 1}, {1, 3}};
     std::vector<expert_handle> handles;
-    ASSERT_TRUE(source.acquire_many(ids, handles));
+    ASSERT_TRUE(source.acquire_many(ids, device_id::host(), handles));
     ASSERT_EQ(handles.size(), ids.size());
     for (std::size_t k = 0; k < ids.size(); ++k) {
         EXPECT_EQ(handles[k].id(), ids[k]);
@@ -181,7 +181,7 @@ TEST(resident_expert_source, acquire_many_keeps_order_and_handles_move) {
 
     // One bad id fails the whole call and leaves no handles behind.
     const std::vector<ExpertId> bad = {{0, 1}, {0, n_expert}};
-    auto r = source.acquire_many(bad, handles);
+    auto r = source.acquire_many(bad, device_id::host(), handles);
     expect_error(r, errc::invalid_argument, {"expert 0/4 out of range"});
     EXPECT_TRUE(handles.empty());
 }
@@ -192,11 +192,11 @@ TEST(resident_expert_source, rejects_out_of_range_ids) {
     auto layout = expert_layout::from_gguf(*file, n_layer, n_expert, n_embd, n_ff);
     ASSERT_TRUE(layout) << layout.error().message;
     resident_expert_source source(*file, *layout);
-    expect_error(source.acquire(ExpertId{n_layer, 0}), errc::invalid_argument,
+    expect_error(source.acquire(ExpertId{n_layer, 0}, device_id::host()), errc::invalid_argument,
                  {file->path(), "expert 2/0 out of range", "2 layers x 4 experts"});
-    expect_error(source.acquire(ExpertId{0, n_expert}), errc::invalid_argument,
+    expect_error(source.acquire(ExpertId{0, n_expert}, device_id::host()), errc::invalid_argument,
                  {file->path(), "expert 0/4 out of range"});
-    expect_error(source.acquire(ExpertId{~0u, ~0u}), errc::invalid_argument, {file->path()});
+    expect_error(source.acquire(ExpertId{~0u, ~0u}, device_id::host()), errc::invalid_argument, {file->path()});
 }
 
 TEST(expert_layout, rejects_wrong_shapes) {
@@ -268,7 +268,7 @@ TEST(resident_expert_source, mixed_storage_types) {
     EXPECT_EQ(layout->expert_bytes(0), gate_expert_bytes + up_expert_bytes + down_expert_bytes);
     resident_expert_source source(*file, *layout);
     for (std::uint32_t e = 0; e < experts; ++e) {
-        auto h = source.acquire(ExpertId{0, e});
+        auto h = source.acquire(ExpertId{0, e}, device_id::host());
         ASSERT_TRUE(h) << h.error().message;
         const expert_weights& wts = h->weights();
         EXPECT_EQ(wts.gate.type, tensor_type::f16);
@@ -301,7 +301,7 @@ TEST(expert_layout, bundled_model) {
     resident_expert_source source(f, *layout);
     const std::uint32_t last_layer = static_cast<std::uint32_t>(*layers) - 1;
     const std::uint32_t last_expert = static_cast<std::uint32_t>(*experts) - 1;
-    auto h = source.acquire(ExpertId{last_layer, last_expert});
+    auto h = source.acquire(ExpertId{last_layer, last_expert}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     const gguf_tensor_info* down =
         *f.get_tensor(fmt::format("blk.{}.ffn_down_exps.weight", last_layer));

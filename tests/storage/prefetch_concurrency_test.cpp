@@ -114,8 +114,8 @@ TEST(prefetch_concurrency, acquire_prefetch_cancel_and_hot_set_from_many_threads
                         if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
                     }
                     // One thread takes them all at once, the other as each arrives.
-                    auto r = t == 0 ? source.acquire_many(ids, handles)
-                                    : source.acquire_each(ids, handles, [&](std::size_t i, const expert_handle& h) {
+                    auto r = t == 0 ? source.acquire_many(ids, device_id::host(), handles)
+                                    : source.acquire_each(ids, device_id::host(), handles, [&](std::size_t i, const expert_handle& h) {
                                           if (h.id() != ids[i] || !same_as_resident(h, *m.resident)) bad.fetch_add(1);
                                       });
                     if (!r) {
@@ -148,7 +148,7 @@ TEST(prefetch_concurrency, acquire_prefetch_cancel_and_hot_set_from_many_threads
         std::vector<ExpertId> last;
         for (std::uint32_t e = 0; e < 4; ++e) last.push_back(ExpertId{1, e});
         std::vector<expert_handle> handles;
-        ASSERT_TRUE(source.acquire_many(last, handles));
+        ASSERT_TRUE(source.acquire_many(last, device_id::host(), handles));
         for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
     }
 }

@@ -92,7 +92,7 @@ TEST(prefetch_pipeline, classes_and_layers_are_served_in_priority_order) {
     auto made = make_source(m, {.slots = 12, .max_inflight_experts = 1}, rs.make(m.path));
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
-    source.begin_layer(0);
+    source.begin_layer(0, 0);
     const std::vector<prefetch_request> requests = {
         req(0, 1, prefetch_class::warmup, 1.0f), req(2, 3, prefetch_class::far, 0.9f),
         req(1, 2, prefetch_class::near, 0.2f),   req(1, 5, prefetch_class::near, 0.8f),
@@ -106,7 +106,7 @@ TEST(prefetch_pipeline, classes_and_layers_are_served_in_priority_order) {
     EXPECT_EQ(source.stats().prefetch.inflight_bytes_max, m.layout.expert_bytes(0));
 
     // Distances wrap: while layer 2 runs, layer 2 comes first, then 0 (next token), then 1.
-    source.begin_layer(2);
+    source.begin_layer(2, 0);
     const std::size_t before = rs.control->offsets_copy().size();
     source.prefetch(std::vector<prefetch_request>{req(1, 0, prefetch_class::near, 0.9f),
                                                   req(0, 0, prefetch_class::near, 0.9f),
@@ -127,7 +127,7 @@ TEST(prefetch_pipeline, stale_requests_are_cancelled_before_any_read) {
     const std::uint64_t expert_bytes = m.layout.expert_bytes(0);
 
     // Layer 0 runs; four experts of layer 1 are predicted: one read starts, three wait.
-    source.begin_layer(0);
+    source.begin_layer(0, 0);
     rs.control->hold.store(true);
     source.prefetch(std::vector<prefetch_request>{req(1, 0, prefetch_class::near, 0.9f), req(1, 1, prefetch_class::near, 0.8f),
                                                   req(1, 2, prefetch_class::near, 0.7f), req(1, 3, prefetch_class::near, 0.6f)});
@@ -136,7 +136,7 @@ TEST(prefetch_pipeline, stale_requests_are_cancelled_before_any_read) {
     EXPECT_EQ(st.prefetch.queued, 3u);
     EXPECT_EQ(rs.control->reads.load(), 3u);  // one expert, three matrices
     // The engine moves past layer 1: its waiting requests are stale.
-    source.begin_layer(2);
+    source.begin_layer(2, 0);
     st = source.stats();
     EXPECT_EQ(st.prefetch.cancelled, 3u);
     EXPECT_EQ(st.prefetch.queued, 0u);
@@ -169,7 +169,7 @@ TEST(prefetch_pipeline, stale_requests_are_cancelled_before_any_read) {
     std::vector<ExpertId> others;
     for (std::uint32_t e = 0; e < 6; ++e) others.push_back(ExpertId{2, e});
     std::vector<expert_handle> handles;
-    ASSERT_TRUE(source.acquire_many(others, handles));
+    ASSERT_TRUE(source.acquire_many(others, device_id::host(), handles));
     for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
     st = source.stats();
     EXPECT_EQ(st.prefetch.wasted, 2u);
@@ -187,7 +187,7 @@ TEST(prefetch_pipeline, hits_late_and_demand_misses_are_counted) {
     source.prefetch(std::vector<prefetch_request>{req(1, 1, prefetch_class::near, 0.5f)});
     ASSERT_TRUE(eventually([&] { return resident(source, {1, 1}); }));
     {
-        auto h = source.acquire(ExpertId{1, 1});  // ready before it was needed
+        auto h = source.acquire(ExpertId{1, 1}, device_id::host());  // ready before it was needed
         ASSERT_TRUE(h) << h.error().message;
         EXPECT_TRUE(same_as_resident(*h, *m.resident));
     }
@@ -197,11 +197,11 @@ TEST(prefetch_pipeline, hits_late_and_demand_misses_are_counted) {
         EXPECT_TRUE(eventually([&] { return source.stats().prefetch.late == 1; }));
         rs.release_held();
     });
-    auto late = source.acquire(ExpertId{1, 2});  // still loading when needed
+    auto late = source.acquire(ExpertId{1, 2}, device_id::host());  // still loading when needed
     releaser.join();
     ASSERT_TRUE(late) << late.error().message;
     EXPECT_TRUE(same_as_resident(*late, *m.resident));
-    auto demanded = source.acquire(ExpertId{2, 2});  // never predicted
+    auto demanded = source.acquire(ExpertId{2, 2}, device_id::host());  // never predicted
     ASSERT_TRUE(demanded) << demanded.error().message;
     const auto st = source.stats();
     EXPECT_EQ(st.prefetch.hits, 1u);
@@ -220,13 +220,13 @@ TEST(prefetch_pipeline, storms_never_evict_held_or_guarded_experts) {
     auto made = make_source(m, {.slots = 6}, nullptr);
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
-    source.begin_layer(0);
+    source.begin_layer(0, 0);
     // Held: two experts of layer 0. Guarded: two more acquired for layer 0, then released.
     std::vector<expert_handle> held;
-    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 0}, {0, 1}}, held));
+    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 0}, {0, 1}}, device_id::host(), held));
     {
         std::vector<expert_handle> used;
-        ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 2}, {0, 3}}, used));
+        ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 2}, {0, 3}}, device_id::host(), used));
     }
     const std::vector<ExpertId> all = all_experts(m.layout);
     std::mt19937 rng(7);
@@ -257,7 +257,7 @@ TEST(prefetch_pipeline, storms_never_evict_held_or_guarded_experts) {
     EXPECT_TRUE(resident(source, {0, 6}));
     EXPECT_TRUE(resident(source, {0, 2}));
     // Once the engine moves on, the guard lapses and the storm may take those slots.
-    source.begin_layer(1);
+    source.begin_layer(1, 0);
     storm(60);
     EXPECT_FALSE(resident(source, {0, 2}) && resident(source, {0, 3}) && resident(source, {0, 6}));
     for (const auto& h : held) EXPECT_TRUE(same_as_resident(h, *m.resident));
@@ -270,7 +270,7 @@ TEST(prefetch_pipeline, a_prefetch_replaces_only_lower_needs) {
     auto made = make_source(m, {.slots = 3, .ring = false}, nullptr);
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
-    source.begin_layer(0);
+    source.begin_layer(0, 0);
     source.prefetch(std::vector<prefetch_request>{req(1, 0, prefetch_class::near, 0.9f), req(1, 1, prefetch_class::near, 0.8f),
                                                   req(2, 0, prefetch_class::far, 0.7f)});
     ASSERT_TRUE(eventually([&] { return source.stats().host.resident_experts == 3; }));
@@ -340,7 +340,7 @@ std::pair<expert_cache_stats, std::uint64_t> run_bounded(const model_fixture& m,
         std::mt19937 rng(3);
         std::uint32_t layer = 0;
         while (!done.load()) {
-            source.begin_layer(layer);
+            source.begin_layer(layer, 0);
             std::vector<prefetch_request> reqs;
             for (std::uint32_t e = 0; e < m.layout.n_expert; ++e) {
                 reqs.push_back(req((layer + 1) % 3, e, prefetch_class::near, static_cast<float>(rng() % 100) / 100.0f));
@@ -360,7 +360,7 @@ std::pair<expert_cache_stats, std::uint64_t> run_bounded(const model_fixture& m,
                 const ExpertId a = all[rng() % all.size()];
                 ExpertId b = all[rng() % all.size()];
                 if (b == a) b = ExpertId{a.layer, (a.expert + 1) % m.layout.n_expert};
-                auto r = source.acquire_many(std::vector<ExpertId>{a, b}, handles);
+                auto r = source.acquire_many(std::vector<ExpertId>{a, b}, device_id::host(), handles);
                 if (!r) {
                     ADD_FAILURE() << r.error().message;
                     return;
@@ -404,7 +404,7 @@ TEST(prefetch_pipeline, demand_is_admitted_before_waiting_prefetches) {
     source.prefetch(std::vector<prefetch_request>{req(1, 0, prefetch_class::near, 0.9f), req(1, 1, prefetch_class::near, 0.8f)});
     EXPECT_EQ(rs.control->reads.load(), 3u);
     result<expert_handle> got = unexpected(errc::internal, "not run");
-    std::thread acquirer([&] { got = source.acquire(ExpertId{2, 0}); });
+    std::thread acquirer([&] { got = source.acquire(ExpertId{2, 0}, device_id::host()); });
     // The demand load waits for the bound: no read of it yet while the prefetch is held.
     EXPECT_TRUE(eventually([&] { return source.stats().prefetch.demand_misses == 1; }));
     EXPECT_EQ(rs.control->reads.load(), 3u);
@@ -423,7 +423,7 @@ TEST(prefetch_pipeline, hot_set_is_pinned_outside_the_ring) {
     auto made = make_source(m, {.slots = 8, .hot_fraction_max = 0.25}, rs.make(m.path));
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
-    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}, device_id::host()));
     const std::uint64_t reads_before = rs.control->reads.load();
     // Three asked, two slots allowed (25% of 8): {0,0} is adopted where it lies, {1,1} loads.
     EXPECT_EQ(source.set_hot_set(std::vector<ExpertId>{{0, 0}, {1, 1}, {2, 2}}), 2u);
@@ -446,7 +446,7 @@ TEST(prefetch_pipeline, hot_set_is_pinned_outside_the_ring) {
     for (int pass = 0; pass < 3; ++pass) {
         for (std::size_t k = 0; k < others.size(); k += 4) {
             const auto group = std::span(others).subspan(k, std::min<std::size_t>(4, others.size() - k));
-            ASSERT_TRUE(source.acquire_many(group, handles));
+            ASSERT_TRUE(source.acquire_many(group, device_id::host(), handles));
             for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
             handles.clear();
             std::vector<prefetch_request> reqs;
@@ -458,7 +458,7 @@ TEST(prefetch_pipeline, hot_set_is_pinned_outside_the_ring) {
     EXPECT_TRUE(resident(source, {1, 1}));
     st = source.stats();
     EXPECT_EQ(st.ring.hot_resident, 2u);
-    auto h = source.acquire(ExpertId{1, 1});
+    auto h = source.acquire(ExpertId{1, 1}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
     h->release();
@@ -467,7 +467,7 @@ TEST(prefetch_pipeline, hot_set_is_pinned_outside_the_ring) {
     EXPECT_EQ(source.set_hot_set({}), 0u);
     for (std::size_t k = 0; k < others.size(); k += 6) {
         const auto group = std::span(others).subspan(k, std::min<std::size_t>(6, others.size() - k));
-        ASSERT_TRUE(source.acquire_many(group, handles));
+        ASSERT_TRUE(source.acquire_many(group, device_id::host(), handles));
         handles.clear();
     }
     EXPECT_FALSE(resident(source, {0, 0}) && resident(source, {1, 1}));
@@ -487,8 +487,8 @@ TEST(prefetch_pipeline, expert_scores_bias_eviction) {
             scores[0] = 1.0f;  // expert 0/0 is used nearly always
             source.set_expert_scores(scores);
         }
-        for (std::uint32_t e = 0; e < 3; ++e) ASSERT_TRUE(source.acquire(ExpertId{0, e}));
-        ASSERT_TRUE(source.acquire(ExpertId{1, 0}));  // one of layer 0's three must go
+        for (std::uint32_t e = 0; e < 3; ++e) ASSERT_TRUE(source.acquire(ExpertId{0, e}, device_id::host()));
+        ASSERT_TRUE(source.acquire(ExpertId{1, 0}, device_id::host()));  // one of layer 0's three must go
         // Unscored, the oldest ({0,0}) goes; scored, it stays and the next oldest goes.
         EXPECT_EQ(resident(source, {0, 0}), scored);
         EXPECT_EQ(resident(source, {0, 1}), !scored);
@@ -515,7 +515,7 @@ TEST(prefetch_pipeline, layers_load_into_their_ring_sections) {
         EXPECT_EQ(st.ring.sections[s].layers, std::vector<std::uint32_t>{s});
         EXPECT_EQ(st.ring.sections[s].layer, -1);
     }
-    for (std::uint32_t e = 0; e < 4; ++e) ASSERT_TRUE(source.acquire(ExpertId{1, e}));
+    for (std::uint32_t e = 0; e < 4; ++e) ASSERT_TRUE(source.acquire(ExpertId{1, e}, device_id::host()));
     st = source.stats();
     EXPECT_EQ(st.ring.sections[1].resident, 4u);
     EXPECT_EQ(st.ring.sections[1].layer, 1);
@@ -524,10 +524,10 @@ TEST(prefetch_pipeline, layers_load_into_their_ring_sections) {
     // section, not the experts of layers 0 and 1 (whose need is lower: their layers come
     // round later). Within one layer's pass its acquired experts are guarded, so the next
     // token starts first.
-    for (std::uint32_t e = 0; e < 4; ++e) ASSERT_TRUE(source.acquire(ExpertId{0, e}));
-    for (std::uint32_t e = 0; e < 4; ++e) ASSERT_TRUE(source.acquire(ExpertId{2, e}));
-    source.begin_layer(0);
-    ASSERT_TRUE(source.acquire(ExpertId{2, 7}));
+    for (std::uint32_t e = 0; e < 4; ++e) ASSERT_TRUE(source.acquire(ExpertId{0, e}, device_id::host()));
+    for (std::uint32_t e = 0; e < 4; ++e) ASSERT_TRUE(source.acquire(ExpertId{2, e}, device_id::host()));
+    source.begin_layer(0, 0);
+    ASSERT_TRUE(source.acquire(ExpertId{2, 7}, device_id::host()));
     for (std::uint32_t e = 0; e < 4; ++e) {
         EXPECT_TRUE(resident(source, {1, e}));
         EXPECT_TRUE(resident(source, {0, e}));
@@ -544,12 +544,12 @@ TEST(prefetch_pipeline, acquire_each_applies_resident_experts_while_others_load)
     auto made = make_source(m, {.slots = 6}, rs.make(m.path));
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
-    ASSERT_TRUE(source.acquire(ExpertId{1, 1}));
+    ASSERT_TRUE(source.acquire(ExpertId{1, 1}, device_id::host()));
     rs.control->hold.store(true);
     const std::vector<ExpertId> ids = {{2, 0}, {1, 1}, {2, 3}};
     std::vector<std::size_t> order;
     std::vector<expert_handle> scratch;
-    auto r = source.acquire_each(ids, scratch, [&](std::size_t i, const expert_handle& h) {
+    auto r = source.acquire_each(ids, device_id::host(), scratch, [&](std::size_t i, const expert_handle& h) {
         order.push_back(i);
         EXPECT_EQ(h.id(), ids[i]);
         EXPECT_TRUE(same_as_resident(h, *m.resident));
@@ -581,12 +581,12 @@ TEST(prefetch_pipeline, acquire_each_fails_cleanly_when_a_read_fails) {
     auto made = tiered_expert_source::create(m.path, m.layout, o, nullptr, rs.make(m.path));
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
-    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}, device_id::host()));
     rs.control->fail_from.store(rs.control->reads.load());
     rs.control->fail_count.store(1000);
     std::vector<expert_handle> scratch;
     std::size_t applied = 0;
-    auto r = source.acquire_each(std::vector<ExpertId>{{0, 0}, {1, 2}}, scratch,
+    auto r = source.acquire_each(std::vector<ExpertId>{{0, 0}, {1, 2}}, device_id::host(), scratch,
                                  [&](std::size_t, const expert_handle&) { ++applied; });
     ASSERT_FALSE(r);
     EXPECT_NE(r.error().message.find("expert 1/2"), std::string::npos) << r.error().message;
@@ -595,7 +595,7 @@ TEST(prefetch_pipeline, acquire_each_fails_cleanly_when_a_read_fails) {
     rs.control->fail_count.store(0);
     // Nothing is left held: every slot can be taken at once.
     std::vector<expert_handle> handles;
-    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{1, 2}, {1, 3}, {2, 4}, {2, 5}}, handles));
+    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{1, 2}, {1, 3}, {2, 4}, {2, 5}}, device_id::host(), handles));
     for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
 }
 

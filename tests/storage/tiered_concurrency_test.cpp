@@ -54,7 +54,7 @@ TEST(tiered_concurrency, many_threads_share_one_load) {
     for (int t = 0; t < n_threads; ++t) {
         threads.emplace_back([&] {
             std::vector<expert_handle> handles;
-            auto r = source.acquire_many(ids, handles);
+            auto r = source.acquire_many(ids, device_id::host(), handles);
             if (!r) {
                 ADD_FAILURE() << r.error().message;
                 return;
@@ -91,7 +91,7 @@ TEST(tiered_concurrency, a_failed_load_fails_every_waiter_then_recovers) {
     std::vector<std::thread> threads;
     for (int t = 0; t < n_threads; ++t) {
         threads.emplace_back([&] {
-            auto h = source.acquire(ExpertId{0, 7});
+            auto h = source.acquire(ExpertId{0, 7}, device_id::host());
             if (!h && h.error().message.find("reading expert 0/7") != std::string::npos) failed.fetch_add(1);
         });
     }
@@ -102,7 +102,7 @@ TEST(tiered_concurrency, a_failed_load_fails_every_waiter_then_recovers) {
     // The failed slot went back to the free list once the last waiter let go: both slots
     // can be held again.
     std::vector<expert_handle> handles;
-    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 7}, {1, 7}}, handles));
+    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 7}, {1, 7}}, device_id::host(), handles));
     for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
 }
 
@@ -123,7 +123,7 @@ std::uint64_t run_acquirers(tiered_expert_source& source, const model_fixture& m
                     const ExpertId id = all[rng() % all.size()];
                     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
                 }
-                auto r = source.acquire_many(ids, handles);
+                auto r = source.acquire_many(ids, device_id::host(), handles);
                 if (!r) {
                     ADD_FAILURE() << r.error().message;
                     bad.fetch_add(1);

@@ -74,7 +74,7 @@ void churn_and_compare(tiered_expert_source& source, const model_fixture& m, std
         }
         for (std::size_t k = 0; k < ids.size(); k += group) {
             const std::size_t n = std::min<std::size_t>(group, ids.size() - k);
-            auto r = source.acquire_many(std::span(ids).subspan(k, n), handles);
+            auto r = source.acquire_many(std::span(ids).subspan(k, n), device_id::host(), handles);
             ASSERT_TRUE(r) << r.error().message;
             ASSERT_EQ(handles.size(), n);
             for (std::size_t j = 0; j < n; ++j) {
@@ -141,7 +141,7 @@ TEST(tiered_expert_source, acquire_many_submits_all_missing_reads_in_one_batch) 
     ASSERT_TRUE(source) << source.error().message;
     const std::vector<ExpertId> ids = {{1, 0}, {1, 5}, {1, 2}, {1, 7}};
     std::vector<expert_handle> handles;
-    ASSERT_TRUE((*source)->acquire_many(ids, handles));
+    ASSERT_TRUE((*source)->acquire_many(ids, device_id::host(), handles));
     EXPECT_EQ(rs.control->submits.load(), 1u);
     EXPECT_EQ(rs.control->first_batch.load(), 3u * ids.size());  // gate, up, down of each
     EXPECT_EQ(rs.control->reads.load(), 3u * ids.size());
@@ -155,7 +155,7 @@ TEST(tiered_expert_source, counts_hits_misses_evictions_and_bytes) {
     tiered_expert_source& source = **made;
     const ExpertId a{0, 1}, b{0, 2}, c{2, 3};
     auto get = [&](ExpertId id) {
-        auto h = source.acquire(id);
+        auto h = source.acquire(id, device_id::host());
         ASSERT_TRUE(h) << h.error().message;
         EXPECT_TRUE(same_as_resident(*h, *m.resident));
     };
@@ -191,11 +191,11 @@ TEST(tiered_expert_source, acquire_many_never_evicts_its_own_experts) {
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
     const ExpertId a{0, 4}, b{1, 4}, c{2, 4};
-    ASSERT_TRUE(source.acquire(b));  // b is now the least recently used
-    ASSERT_TRUE(source.acquire(c));
+    ASSERT_TRUE(source.acquire(b, device_id::host()));  // b is now the least recently used
+    ASSERT_TRUE(source.acquire(c, device_id::host()));
     std::vector<expert_handle> handles;
     // a is missing and b would be the victim; b must be pinned first, so c goes instead.
-    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{a, b}, handles));
+    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{a, b}, device_id::host(), handles));
     for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
     const auto st = source.stats();
     EXPECT_EQ(st.host.hits, 1u);
@@ -211,18 +211,18 @@ TEST(tiered_expert_source, held_slots_are_never_evicted) {
     tiered_expert_source& source = **made;
     const std::vector<ExpertId> held_ids = {{2, 7}, {0, 0}};
     std::vector<expert_handle> held;
-    ASSERT_TRUE(source.acquire_many(held_ids, held));
+    ASSERT_TRUE(source.acquire_many(held_ids, device_id::host(), held));
     // Everything else passes through the one remaining slot.
     for (const ExpertId id : all_experts(m.layout)) {
         if (id == held_ids[0] || id == held_ids[1]) continue;
-        auto h = source.acquire(id);
+        auto h = source.acquire(id, device_id::host());
         ASSERT_TRUE(h) << h.error().message;
         EXPECT_TRUE(same_as_resident(*h, *m.resident));
         for (const expert_handle& k : held) ASSERT_TRUE(same_as_resident(k, *m.resident));
     }
     const auto before = source.stats();
     std::vector<expert_handle> again;
-    ASSERT_TRUE(source.acquire_many(held_ids, again));  // the held ones are still resident
+    ASSERT_TRUE(source.acquire_many(held_ids, device_id::host(), again));  // the held ones are still resident
     EXPECT_EQ(source.stats().host.hits, before.host.hits + 2);
     EXPECT_EQ(again[0].weights().gate.data, held[0].weights().gate.data);
     EXPECT_EQ(before.host.evictions, all_experts(m.layout).size() - 3);
@@ -236,16 +236,16 @@ TEST(tiered_expert_source, duplicate_ids_and_out_of_range_ids) {
     std::vector<expert_handle> handles;
     // Duplicates share one slot, so four ids fit in two slots.
     const std::vector<ExpertId> dup = {{1, 1}, {1, 2}, {1, 1}, {1, 2}};
-    ASSERT_TRUE((*made)->acquire_many(dup, handles));
+    ASSERT_TRUE((*made)->acquire_many(dup, device_id::host(), handles));
     ASSERT_EQ(handles.size(), 4u);
     EXPECT_EQ(handles[0].weights().up.data, handles[2].weights().up.data);
     for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
     handles.clear();
-    expect_error((*made)->acquire(ExpertId{3, 0}), {m.path, "expert 3/0 out of range", "3 layers x 8 experts"});
-    expect_error((*made)->acquire(ExpertId{0, 8}), {m.path, "expert 0/8 out of range"});
+    expect_error((*made)->acquire(ExpertId{3, 0}, device_id::host()), {m.path, "expert 3/0 out of range", "3 layers x 8 experts"});
+    expect_error((*made)->acquire(ExpertId{0, 8}, device_id::host()), {m.path, "expert 0/8 out of range"});
     // More distinct experts than slots can never be held at once.
     const std::vector<ExpertId> three = {{0, 0}, {0, 1}, {0, 2}};
-    expect_error((*made)->acquire_many(three, handles), {"cannot hold 3 experts at once in 2 host slots"});
+    expect_error((*made)->acquire_many(three, device_id::host(), handles), {"cannot hold 3 experts at once in 2 host slots"});
     EXPECT_TRUE(handles.empty());
 }
 
@@ -281,7 +281,7 @@ TEST(tiered_expert_source, prefetch_then_acquire_is_a_hit) {
     source.prefetch(ids);
     ASSERT_TRUE(eventually([&] { return source.stats().host.resident_experts == 3; }));
     std::vector<expert_handle> handles;
-    ASSERT_TRUE(source.acquire_many(ids, handles));
+    ASSERT_TRUE(source.acquire_many(ids, device_id::host(), handles));
     for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
     auto st = source.stats();
     EXPECT_EQ(st.host.hits, 3u);
@@ -299,7 +299,7 @@ TEST(tiered_expert_source, prefetch_never_evicts_held_or_loading_slots) {
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
     std::vector<expert_handle> held;
-    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 0}, {0, 1}}, held));
+    ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 0}, {0, 1}}, device_id::host(), held));
     // One slot left: hold its load in flight, then prefetch more than fits.
     rs.control->hold.store(true);
     source.prefetch(std::vector<ExpertId>{{1, 0}, {1, 1}, {1, 2}});
@@ -310,7 +310,7 @@ TEST(tiered_expert_source, prefetch_never_evicts_held_or_loading_slots) {
     // With the third slot ready and unheld, a prefetch may replace it, never the held two.
     source.prefetch(std::vector<ExpertId>{{2, 0}});
     ASSERT_TRUE(eventually([&] { return source.stats().host.evictions == 1; }));
-    auto h = source.acquire(ExpertId{2, 0});
+    auto h = source.acquire(ExpertId{2, 0}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
     for (const auto& k : held) EXPECT_TRUE(same_as_resident(k, *m.resident));
@@ -330,7 +330,7 @@ TEST(tiered_expert_source, acquire_joins_a_load_in_flight) {
         EXPECT_TRUE(eventually([&] { return source.stats().host.misses == 1; }));
         rs.release_held();
     });
-    auto h = source.acquire(ExpertId{2, 2});
+    auto h = source.acquire(ExpertId{2, 2}, device_id::host());
     releaser.join();
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
@@ -389,14 +389,14 @@ TEST(tiered_expert_source_faults, eio_beyond_retries_fails_then_recovers) {
     // and down each fail once and twice more on retry.
     rs.control->fail_from.store(1);
     rs.control->fail_count.store(100);
-    auto h = source.acquire(ExpertId{1, 6});
+    auto h = source.acquire(ExpertId{1, 6}, device_id::host());
     expect_error(h, {m.path, "reading expert 1/6", "Input/output error after 2 retries"});
     EXPECT_EQ(h.error().code, errc::io);
     EXPECT_EQ(source.stats().host.read_errors, 6u);
     EXPECT_EQ(source.stats().host.resident_experts, 0u);
     // The fault goes away: the same expert loads, in the freed slot.
     rs.control->fail_count.store(0);
-    h = source.acquire(ExpertId{1, 6});
+    h = source.acquire(ExpertId{1, 6}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
     h->release();
@@ -414,11 +414,11 @@ TEST(tiered_expert_source_faults, one_failure_in_acquire_many_releases_the_rest)
     rs.control->fail_count.store(1);
     std::vector<expert_handle> handles;
     const std::vector<ExpertId> ids = {{0, 1}, {0, 2}, {0, 3}};
-    auto r = source.acquire_many(ids, handles);
+    auto r = source.acquire_many(ids, device_id::host(), handles);
     expect_error(r, {m.path, "reading expert 0/3", "up matrix", "after 0 retries"});
     EXPECT_TRUE(handles.empty());
     // No slot stays held: all three can be acquired (two are hits).
-    ASSERT_TRUE(source.acquire_many(ids, handles));
+    ASSERT_TRUE(source.acquire_many(ids, device_id::host(), handles));
     for (const auto& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
     EXPECT_EQ(source.stats().host.hits, 2u);
 }
@@ -431,7 +431,7 @@ TEST(tiered_expert_source_faults, single_eio_is_retried_transparently) {
     ASSERT_TRUE(made) << made.error().message;
     rs.control->fail_from.store(2);
     rs.control->fail_count.store(1);
-    auto h = (*made)->acquire(ExpertId{2, 1});
+    auto h = (*made)->acquire(ExpertId{2, 1}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
     EXPECT_EQ((*made)->stats().host.read_errors, 1u);
@@ -448,7 +448,7 @@ TEST(tiered_expert_source_faults, eintr_and_eagain_are_retried) {
         rs.control->fail_errno.store(err);
         rs.control->fail_from.store(0);
         rs.control->fail_count.store(5);
-        auto h = (*made)->acquire(ExpertId{0, 4});
+        auto h = (*made)->acquire(ExpertId{0, 4}, device_id::host());
         ASSERT_TRUE(h) << h.error().message;
         EXPECT_TRUE(same_as_resident(*h, *m.resident));
         EXPECT_EQ((*made)->stats().host.read_errors, 0u);
@@ -478,7 +478,7 @@ TEST(tiered_expert_source_faults, reads_that_make_no_progress_fail) {
     // Reads of 100 bytes with an alignment of 512 can never get past the first block.
     auto made = make_source(m, {.slots = 3}, rs.make(m.path, {.alignment = 512, .max_read_bytes = 100}));
     ASSERT_TRUE(made) << made.error().message;
-    auto h = (*made)->acquire(ExpertId{0, 0});
+    auto h = (*made)->acquire(ExpertId{0, 0}, device_id::host());
     expect_error(h, {m.path, "reading expert 0/0", "made no progress"});
 }
 
@@ -488,9 +488,9 @@ TEST(tiered_expert_source_faults, identity_change_fails_the_load) {
     reader_setup rs;
     auto made = make_source(m, {.slots = 3}, rs.make(m.path));
     ASSERT_TRUE(made) << made.error().message;
-    ASSERT_TRUE((*made)->acquire(ExpertId{0, 0}));
+    ASSERT_TRUE((*made)->acquire(ExpertId{0, 0}, device_id::host()));
     rs.control->change_identity.store(true);
-    auto h = (*made)->acquire(ExpertId{0, 1});
+    auto h = (*made)->acquire(ExpertId{0, 1}, device_id::host());
     expect_error(h, {m.path, "changed since it was opened", "expert 0/1"});
     EXPECT_EQ((*made)->stats().host.resident_experts, 1u);
     EXPECT_TRUE((*made)->file_health().broken);
@@ -499,7 +499,7 @@ TEST(tiered_expert_source_faults, identity_change_fails_the_load) {
     // compares it with the model opened and the tier serves again.
     EXPECT_TRUE((*made)->check_file().broken);
     EXPECT_FALSE((*made)->check_file().broken);
-    ASSERT_TRUE((*made)->acquire(ExpertId{0, 1}));
+    ASSERT_TRUE((*made)->acquire(ExpertId{0, 1}, device_id::host()));
 }
 
 // --- faults through fault_reader over the real block reader ---
@@ -526,13 +526,13 @@ TEST_P(tiered_fault_reader, eio_on_nth_read_fails_the_acquire_then_works_once_cl
     auto made = make_source(m, {.slots = 3, .eio_retries = 3}, make_fault_reader(m.path, faults, GetParam()));
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
-    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}, device_id::host()));
     faults->fail_all_reads(EIO);
-    auto h = source.acquire(ExpertId{2, 5});
+    auto h = source.acquire(ExpertId{2, 5}, device_id::host());
     expect_error(h, {m.path, "reading expert 2/5", "bytes at offset", "Input/output error after 3 retries"});
     EXPECT_GE(source.stats().host.read_errors, 4u);
     faults->clear_failures();
-    h = source.acquire(ExpertId{2, 5});
+    h = source.acquire(ExpertId{2, 5}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
     h->release();
@@ -546,7 +546,7 @@ TEST_P(tiered_fault_reader, single_eio_is_retried_transparently) {
     auto made = make_source(m, {.slots = 3}, make_fault_reader(m.path, faults, GetParam()));
     ASSERT_TRUE(made) << made.error().message;
     faults->fail_nth_read(faults->reads_accepted() + 1, EIO);
-    auto h = (*made)->acquire(ExpertId{1, 4});
+    auto h = (*made)->acquire(ExpertId{1, 4}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
     EXPECT_EQ(faults->reads_failed(), 1u);
@@ -571,11 +571,11 @@ TEST_P(tiered_fault_reader, replaced_file_fails_the_load) {
     fault_reader* faults = nullptr;
     auto made = make_source(m, {.slots = 3}, make_fault_reader(m.path, faults, GetParam()));
     ASSERT_TRUE(made) << made.error().message;
-    ASSERT_TRUE((*made)->acquire(ExpertId{0, 3}));
+    ASSERT_TRUE((*made)->acquire(ExpertId{0, 3}, device_id::host()));
     faults->set_file_replaced(true);
-    expect_error((*made)->acquire(ExpertId{0, 4}), {m.path, "changed since it was opened", "expert 0/4"});
+    expect_error((*made)->acquire(ExpertId{0, 4}, device_id::host()), {m.path, "changed since it was opened", "expert 0/4"});
     // Already resident experts stay usable: they were read before the change.
-    ASSERT_TRUE((*made)->acquire(ExpertId{0, 3}));
+    ASSERT_TRUE((*made)->acquire(ExpertId{0, 3}, device_id::host()));
 }
 
 TEST_P(tiered_fault_reader, slow_disk_fills_latency_and_throughput) {
@@ -618,10 +618,10 @@ TEST(tiered_expert_source_faults, truncated_file_is_an_error_naming_expert_and_f
     const std::uint64_t cut = last.down_offset + last.down_bytes * 3 + 100;
     ASSERT_EQ(::truncate(copy.path.c_str(), static_cast<off_t>(cut)), 0);
     const std::uint32_t l = m.layout.n_layer - 1;
-    auto h = (*made)->acquire(ExpertId{l, 6});
+    auto h = (*made)->acquire(ExpertId{l, 6}, device_id::host());
     expect_error(h, {copy.path, "reading expert 2/6", "truncated"});
     // An expert wholly before the cut is not read either: the file is no longer the one opened.
-    h = (*made)->acquire(ExpertId{0, 0});
+    h = (*made)->acquire(ExpertId{0, 0}, device_id::host());
     expect_error(h, {copy.path, "shortened since it was opened", "expert 0/0 is not in host memory"});
     EXPECT_EQ((*made)->stats().host.resident_experts, 0u);
 }
@@ -634,11 +634,11 @@ TEST(tiered_expert_source_faults, file_changed_in_place_is_detected) {
     copy.layout = m.layout;
     auto made = make_source(copy, {.slots = 3});
     ASSERT_TRUE(made) << made.error().message;
-    ASSERT_TRUE((*made)->acquire(ExpertId{1, 1}));
+    ASSERT_TRUE((*made)->acquire(ExpertId{1, 1}, device_id::host()));
     // A new modification time, as a rewrite would give.
     const timespec times[2] = {{0, UTIME_OMIT}, {12345, 0}};
     ASSERT_EQ(::utimensat(AT_FDCWD, copy.path.c_str(), times, 0), 0);
-    expect_error((*made)->acquire(ExpertId{1, 2}), {copy.path, "changed since it was opened"});
+    expect_error((*made)->acquire(ExpertId{1, 2}, device_id::host()), {copy.path, "changed since it was opened"});
 }
 
 TEST(tiered_expert_source_faults, layout_past_the_end_of_the_file_is_refused) {
@@ -706,7 +706,7 @@ TEST(tiered_file_change, identical_bytes_copied_over_break_then_recover) {
     changed_file_case c = make_changed_file_case("same-bytes.gguf");
     ASSERT_TRUE(c.source && c.original.resident);
     tiered_expert_source& source = *c.source;
-    ASSERT_TRUE(source.acquire(ExpertId{1, 1}));
+    ASSERT_TRUE(source.acquire(ExpertId{1, 1}, device_id::host()));
     EXPECT_FALSE(source.check_file().broken);
 
     write_in_place(c.copy.path, c.bytes, 1000);
@@ -715,8 +715,8 @@ TEST(tiered_file_change, identical_bytes_copied_over_break_then_recover) {
     EXPECT_NE(broken.error.find("changed since it was opened"), std::string::npos) << broken.error;
     EXPECT_EQ(broken.breaks, 1u);
     // What needs the file fails at once and says why; what is in memory still serves.
-    expect_error(source.acquire(ExpertId{1, 2}), {c.copy.path, "changed since it was opened", "expert 1/2"});
-    auto resident = source.acquire(ExpertId{1, 1});
+    expect_error(source.acquire(ExpertId{1, 2}, device_id::host()), {c.copy.path, "changed since it was opened", "expert 1/2"});
+    auto resident = source.acquire(ExpertId{1, 1}, device_id::host());
     ASSERT_TRUE(resident) << resident.error().message;
     EXPECT_TRUE(same_as_resident(*resident, *c.original.resident));
     resident->release();
@@ -726,7 +726,7 @@ TEST(tiered_file_change, identical_bytes_copied_over_break_then_recover) {
     const tier_file_health healthy = source.check_file();
     EXPECT_FALSE(healthy.broken) << healthy.error;
     EXPECT_EQ(healthy.recoveries, 1u);
-    auto h = source.acquire(ExpertId{1, 2});
+    auto h = source.acquire(ExpertId{1, 2}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *c.original.resident));
     h->release();
@@ -738,13 +738,13 @@ TEST(tiered_file_change, truncated_file_breaks_until_restored) {
     changed_file_case c = make_changed_file_case("cut-and-restored.gguf");
     ASSERT_TRUE(c.source && c.original.resident);
     tiered_expert_source& source = *c.source;
-    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}, device_id::host()));
     ASSERT_EQ(::truncate(c.copy.path.c_str(), 4096), 0);
     // Found by the read that meets the end of the file, without any check.
-    expect_error(source.acquire(ExpertId{2, 7}), {c.copy.path, "expert 2/7"});
+    expect_error(source.acquire(ExpertId{2, 7}, device_id::host()), {c.copy.path, "expert 2/7"});
     EXPECT_TRUE(source.file_health().broken);
     for (int k = 0; k < 3; ++k) EXPECT_TRUE(source.check_file().broken);  // a short file is never the model
-    expect_error(source.acquire(ExpertId{2, 6}), {c.copy.path, "not in host memory"});
+    expect_error(source.acquire(ExpertId{2, 6}, device_id::host()), {c.copy.path, "not in host memory"});
 
     write_in_place(c.copy.path, c.bytes, 2000);
     EXPECT_TRUE(source.check_file().broken);
@@ -758,7 +758,7 @@ TEST(tiered_file_change, another_model_of_the_same_shape_is_never_trusted) {
     tiered_expert_source& source = *c.source;
     // Expert 1/4's gate lies in the middle of its stacked tensor, outside the head and tail
     // samples: only the comparison with the resident copy can tell it changed.
-    auto held = source.acquire(ExpertId{1, 4});
+    auto held = source.acquire(ExpertId{1, 4}, device_id::host());
     ASSERT_TRUE(held) << held.error().message;
     held->release();
     std::vector<char> other = c.bytes;
@@ -769,7 +769,7 @@ TEST(tiered_file_change, another_model_of_the_same_shape_is_never_trusted) {
     other[at] = static_cast<char>(other[at] ^ 0x5a);
     write_in_place(c.copy.path, other, 3000);
     for (int k = 0; k < 4; ++k) EXPECT_TRUE(source.check_file().broken);
-    expect_error(source.acquire(ExpertId{0, 3}), {c.copy.path, "changed since it was opened"});
+    expect_error(source.acquire(ExpertId{0, 3}, device_id::host()), {c.copy.path, "changed since it was opened"});
 
     // Another header (one metadata byte) is refused as well.
     std::vector<char> header_changed = c.bytes;
@@ -787,7 +787,7 @@ TEST(tiered_file_change, the_model_renamed_back_over_a_cut_file_is_reopened) {
     changed_file_case c = make_changed_file_case("renamed-back.gguf");
     ASSERT_TRUE(c.source && c.original.resident);
     tiered_expert_source& source = *c.source;
-    ASSERT_TRUE(source.acquire(ExpertId{2, 2}));
+    ASSERT_TRUE(source.acquire(ExpertId{2, 2}, device_id::host()));
     ASSERT_EQ(::truncate(c.copy.path.c_str(), 100), 0);
     EXPECT_TRUE(source.check_file().broken);
     // The open file stays cut; a good copy renamed over the path is another inode.

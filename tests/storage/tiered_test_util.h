@@ -89,7 +89,7 @@ inline bool same_matrix(const expert_matrix& a, const expert_matrix& b) {
 // True when `h` holds exactly the resident source's bytes and shapes for its expert.
 inline ::testing::AssertionResult same_as_resident(const expert_handle& h, resident_expert_source& resident) {
     if (!h.valid()) return ::testing::AssertionFailure() << "invalid handle";
-    auto ref = resident.acquire(h.id());
+    auto ref = resident.acquire(h.id(), device_id::host());
     if (!ref) return ::testing::AssertionFailure() << ref.error().message;
     const ExpertId id = h.id();
     if (!same_matrix(h.weights().gate, ref->weights().gate))
