@@ -37,6 +37,12 @@
 // domain's expert distribution lies from all domains' (total variation 0.05, the bundled
 // model's 0.13): the synthetic text classes separate the domains less than a trained
 // model's semantics do.
+// At Qwen3-30B-A3B's shape with 12 layers (bench/make-bench-models.sh; 20 of the prompts)
+// the same knobs give lookahead 0.76 / 0.65 and reuse 0.37 (0.97, 0.95 and 0.90 of the
+// bundled model's), but routing is more concentrated: top-quarter share 0.62 and
+// LRU/Belady 2.1 / 2.3 / 2.5 (1.45x and 1.2-1.55x). The concentration comes with the
+// shape, not the knobs: a top-8 of 128 experts is more selective than a top-4 of 16, and
+// it grows with depth; context_carry 0.1 or 0.05 left it at 0.62 / 0.56.
 #include <charconv>
 #include <cstdio>
 #include <cstring>
