@@ -18,11 +18,11 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 synth=${MOED_SYNTH:-$here/build/tools/moe-synth}
 shape=(--type "${TYPE:-Q4_K_M}" --layers "${LAYERS:-12}" --embd 2048 --heads 32 --kv-heads 4 --head-dim 128
        --experts 128 --experts-used 8 --ff 768 --vocab 151936)
-mkdir -p "$dir"
 case "$which" in
   random|realistic|both) ;;
   *) echo "make-bench-models.sh: the mode must be random, realistic or both, not '$which'" >&2; exit 2 ;;
 esac
+mkdir -p "$dir"
 for mode in random realistic; do
   if [ "$which" = both ] || [ "$which" = "$mode" ]; then
     "$synth" -o "$dir/synth-30b-$mode.gguf" "${shape[@]}" --routing "$mode"
