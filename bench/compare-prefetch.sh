@@ -9,6 +9,16 @@
 # prefetch run. Extra arguments go to every bench-decode run (e.g. --lookahead 3).
 #
 #   bench/compare-prefetch.sh MODEL [BUDGET=25%] [SLOW_DISK=150,20000] [ROUNDS=3] [-- EXTRA...]
+#
+# Models: the bundled tinymoe model (trained, small), and at realistic size the two
+# synthetic Qwen3-30B-A3B-shaped files of bench/make-bench-models.sh: synth-30b-random.gguf
+# (routing unrelated to the text, so prefetch predictions have little to find) and
+# synth-30b-realistic.gguf (routing with a trained model's reuse, skew and lookahead recall,
+# bench/routing-stats.sh). Run each, e.g.
+#   bench/make-bench-models.sh /tmp/bench-models
+#   for m in random realistic; do bench/compare-prefetch.sh /tmp/bench-models/synth-30b-$m.gguf 25%; done
+# bench-decode's prompt is pseudo-random token ids; decoding then follows the model's own
+# greedy choices, so the realistic model's routing structure shows in the decoded tokens.
 set -euo pipefail
 model=${1:?usage: compare-prefetch.sh MODEL [BUDGET] [SLOW_DISK] [ROUNDS] [-- EXTRA...]}
 budget=${2:-25%}

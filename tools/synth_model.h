@@ -1,10 +1,22 @@
 // The model synthesizer behind moe-synth, as a library so tests can make models too:
-// random-weight qwen3moe GGUF files of any shape and storage type, with a byte-level BPE
-// vocabulary of lowercase words (llama.cpp loads these files as well).
+// qwen3moe GGUF files of any shape and storage type, with a byte-level BPE vocabulary of
+// lowercase words (llama.cpp loads these files as well).
+//
+// Two routing modes. `random`: every weight is random, so the routers pick experts with no
+// relation to the text (and the few regularities there are, such as some experts being
+// popular everywhere, are accidents of the draw). `realistic`: the weights are random too,
+// except for a small structure that makes routing behave the way a trained MoE's does on
+// real text (synth_model.cpp describes it; the knobs are realistic_routing's fields): tokens
+// of one kind share part of their embedding, so a kind of text favours its own experts;
+// attention carries the context into the residual stream, so consecutive tokens and a whole
+// prompt route alike; and the layers change the stream only a little, so a layer's router
+// applied one or two layers early predicts its choice well.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <string_view>
 
 #include "common/result.h"
 
@@ -23,8 +35,47 @@ struct synth_shape {
     std::int64_t ctx = 512;
 };
 
-// `type` is F32, F16, BF16, Q8_0, Q4_K, Q6_K or Q4_K_M (llama.cpp's mix: Q6_K for the
-// output head and for attn_v / ffn_down on some layers). Errors name the bad parameter.
+enum class synth_routing : std::uint8_t { random, realistic };
+const char* routing_name(synth_routing r) noexcept;
+std::optional<synth_routing> parse_routing(std::string_view name) noexcept;
+
+// The knobs of the realistic routing mode. The defaults are calibrated so that a model of the
+// bundled tinymoe model's shape routes the domain prompts with that model's statistics (how
+// is told in moe_synth.cpp's header comment); each is a plain scalar so a benchmark can
+// explore around them.
+struct realistic_routing {
+    // Share of a token's routing features given by the centroid of its token class
+    // (whitespace, brackets, digits, a cluster of words, ...) rather than drawn for the token
+    // alone, in [0, 1]: more makes a kind of text favour its own experts and makes
+    // consecutive tokens route alike.
+    float token_clustering = 0.3f;
+    // Gain of the attention path that adds the recency-weighted mean of the context's routing
+    // features into the residual stream at every layer, >= 0: more makes routing follow the
+    // context (more reuse between tokens, more per-domain skew).
+    float context_carry = 0.2f;
+    // Scale of the random writes of attention and experts into the routing features,
+    // relative to the random mode's weights, >= 0: more makes routing drift from layer to
+    // layer (lower lookahead recall at distance 1 and 2).
+    float stream_noise = 0.8f;
+    // Peak attention logit of the heads that carry the context (at distance 0, falling with
+    // distance), > 0: more narrows their recency window, less makes them closer to a plain
+    // mean over the context.
+    float attention_sharpness = 6.0f;
+};
+
+struct synth_options {
+    // F32, F16, BF16, Q8_0, Q4_K, Q6_K or Q4_K_M (llama.cpp's mix: Q6_K for the output head
+    // and for attn_v / ffn_down on some layers).
+    std::string type = "Q4_K_M";
+    std::uint64_t seed = 1;
+    synth_routing routing = synth_routing::random;
+    realistic_routing realistic;  // used when routing is realistic
+};
+
+// Writes the model; the same arguments give the same bytes. Errors name the bad parameter.
+result<void> synthesize_model(const std::string& path, const synth_shape& shape, const synth_options& options);
+
+// The random routing mode: synthesize_model(path, shape, {type, seed}).
 result<void> synthesize_model(const std::string& path, const synth_shape& shape,
                               const std::string& type, std::uint64_t seed);
 

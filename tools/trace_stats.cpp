@@ -13,9 +13,19 @@
 //   output), i.e. they average target layers d..n_layer-1.
 // - previous-token recall per layer: the experts the same sequence chose at pos - 1 against
 //   those chosen at pos (the history baseline, k = n_expert_used).
+// - per-domain expert skew, when the trace's tags name domains ("<domain>/<id>", as moe-run
+//   --prompts writes them): for each domain and layer, the share of the domain's routings
+//   (chosen experts) taken by the max(n_expert / 4, n_expert_used) experts it chose most
+//   ("top_quarter_share": 0.25 when a domain spreads its routings evenly, 1 when it uses
+//   only a quarter of the experts), and the total variation distance between the domain's
+//   expert distribution and that of all domains together ("divergence_from_all": 0 when
+//   domains route alike). Both are averaged over layers per domain, and over domains and
+//   layers in "domains"."top_quarter_share" / "divergence_from_all".
 //
 //   trace-stats TRACE [--prefill-only | --decode-only]
 #include <algorithm>
+#include <cmath>
+#include <functional>
 #include <cstdio>
 #include <iostream>
 #include <map>
@@ -51,6 +61,12 @@ double overlap(const std::vector<std::int32_t>& predicted, const std::vector<std
     return static_cast<double>(hit) / static_cast<double>(actual.size());
 }
 
+// The label before the first '/' of a tag name, or "" when it has none.
+std::string domain_of(const std::string& tag) {
+    const std::size_t slash = tag.find('/');
+    return slash == std::string::npos ? std::string() : tag.substr(0, slash);
+}
+
 struct mean {
     double sum = 0.0;
     std::uint64_t n = 0;
@@ -60,6 +76,54 @@ struct mean {
     }
     nlohmann::json json() const { return n ? nlohmann::json(sum / static_cast<double>(n)) : nlohmann::json(nullptr); }
 };
+
+// Per-domain skew (see the header comment) from each domain's routings per (layer, expert).
+nlohmann::json domain_skew(const std::map<std::string, std::vector<std::uint64_t>>& counts, std::size_t n_layer,
+                           std::size_t n_exp, std::size_t k) {
+    const std::size_t top = std::max(n_exp / 4, k);
+    std::vector<std::uint64_t> all(n_layer * n_exp, 0);
+    for (const auto& [name, c] : counts) {
+        for (std::size_t i = 0; i < all.size(); ++i) all[i] += c[i];
+    }
+    mean share_all, divergence_all;
+    nlohmann::json per_domain = nlohmann::json::object();
+    std::vector<std::uint64_t> sorted(n_exp);
+    for (const auto& [name, c] : counts) {
+        mean share, divergence;
+        std::uint64_t routings = 0;
+        for (std::size_t l = 0; l < n_layer; ++l) {
+            const std::uint64_t* row = c.data() + l * n_exp;
+            const std::uint64_t* all_row = all.data() + l * n_exp;
+            const std::uint64_t total = std::accumulate(row, row + n_exp, std::uint64_t{0});
+            const std::uint64_t all_total = std::accumulate(all_row, all_row + n_exp, std::uint64_t{0});
+            if (total == 0) continue;
+            routings += total;
+            std::copy(row, row + n_exp, sorted.begin());
+            std::partial_sort(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(top), sorted.end(),
+                              std::greater<>());
+            const std::uint64_t top_total = std::accumulate(sorted.begin(), sorted.begin() + static_cast<std::ptrdiff_t>(top),
+                                                            std::uint64_t{0});
+            share.add(static_cast<double>(top_total) / static_cast<double>(total));
+            double tv = 0.0;
+            for (std::size_t e = 0; e < n_exp; ++e) {
+                tv += std::abs(static_cast<double>(row[e]) / static_cast<double>(total) -
+                               static_cast<double>(all_row[e]) / static_cast<double>(all_total));
+            }
+            divergence.add(tv / 2.0);
+        }
+        share_all.sum += share.sum;
+        share_all.n += share.n;
+        divergence_all.sum += divergence.sum;
+        divergence_all.n += divergence.n;
+        per_domain[name] = {{"routings", routings},
+                            {"top_quarter_share", share.json()},
+                            {"divergence_from_all", divergence.json()}};
+    }
+    return {{"top_experts", top},
+            {"top_quarter_share", share_all.json()},
+            {"divergence_from_all", divergence_all.json()},
+            {"per_domain", per_domain}};
+}
 
 }  // namespace
 
@@ -112,6 +176,10 @@ int main(int argc, char** argv) {
     std::vector<std::vector<mean>> recall_2k(depth, std::vector<mean>(info.n_layer));
     std::vector<mean> prev_token(info.n_layer);
     std::vector<std::int32_t> pred;
+    std::vector<std::string> tag_domain;
+    for (const std::string& t : tags) tag_domain.push_back(domain_of(t));
+    // domain -> routings per (layer, expert)
+    std::map<std::string, std::vector<std::uint64_t>> domain_counts;
     for (const trace_record& r : *records) {
         if ((phase == 1 && !r.prefill) || (phase == 2 && r.prefill)) continue;
         for (std::uint32_t d = 1; d <= depth && d <= r.layer + 1; ++d) {
@@ -127,6 +195,11 @@ int main(int argc, char** argv) {
         }
         if (auto it = at.find(std::make_tuple(r.seq, r.pos - 1, r.layer)); it != at.end()) {
             prev_token[r.layer].add(overlap((*records)[it->second].chosen, r.chosen));
+        }
+        if (r.tag < tag_domain.size() && !tag_domain[r.tag].empty()) {
+            std::vector<std::uint64_t>& counts = domain_counts[tag_domain[r.tag]];
+            counts.resize(info.n_layer * n_exp, 0);
+            for (std::int32_t e : r.chosen) ++counts[r.layer * n_exp + static_cast<std::size_t>(e)];
         }
     }
 
@@ -180,6 +253,7 @@ int main(int argc, char** argv) {
         prev_all.n += prev_token[l].n;
     }
     out["previous_token"] = {{"recall_at_k", prev_all.json()}, {"per_layer", prev}};
+    out["domains"] = domain_skew(domain_counts, info.n_layer, n_exp, k);
     std::cout << out.dump(2) << "\n";
     return 0;
 }
