@@ -65,6 +65,11 @@ struct prefetch_stats {
     std::uint64_t routed = 0;            // experts the routers chose (once per layer and batch)
     std::uint64_t predicted_routed = 0;  // of them, requested for their layer beforehand
     double recall = 0.0;                 // predicted_routed / routed
+    // The planner's prefetch gate (0 before the link is measured): the probability a
+    // prefetch for the next layer needs, demand reads' share of the link, the back-off.
+    double gate_threshold = 0.0;
+    double link_busy = 0.0;
+    double waste_factor = 0.0;
 };
 
 // One section of the ring.
@@ -163,7 +168,8 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(tier_stats, name, capacity_bytes
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(prefetch_stats, requested, issued, cancelled, hits, late, wasted,
                                                 wasted_bytes, demand_misses, hit_rate, queued, inflight_bytes,
                                                 inflight_bytes_max, inflight_bytes_limit, io_wait_ns, io_waits, tokens,
-                                                io_wait_ns_per_token, layers_computed, layer_compute_us, routed, predicted_routed, recall)
+                                                io_wait_ns_per_token, layers_computed, layer_compute_us, routed, predicted_routed, recall,
+                                                gate_threshold, link_busy, waste_factor)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_section_stats, slots, layers, layer, resident)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_stats, enabled, slots_per_layer, hot_slots, hot_set,
                                                 hot_resident, sections)

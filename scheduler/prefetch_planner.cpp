@@ -17,7 +17,12 @@ constexpr std::size_t history_sequences_max = 4096;
 prefetch_planner::prefetch_planner(storage::tier_control& source, std::uint32_t n_layer,
                                    std::uint32_t n_expert, std::uint32_t n_expert_used,
                                    const prefetch_planner_options& options)
-    : source_(source), n_layer_(n_layer), n_expert_(n_expert), n_expert_used_(n_expert_used), options_(options) {
+    : source_(source),
+      n_layer_(n_layer),
+      n_expert_(n_expert),
+      n_expert_used_(n_expert_used),
+      options_(options),
+      gate_(options.gate_options) {
     MOED_ASSERT(n_layer > 0 && n_expert > 0 && n_expert_used > 0 && n_expert_used <= n_expert);
     score_.resize(n_expert);
     order_.resize(n_expert);
@@ -74,12 +79,19 @@ void prefetch_planner::plan(std::uint32_t layer, std::int64_t n_tokens, std::spa
             std::stable_sort(order_.begin(), order_.end(),
                              [&](std::uint32_t a, std::uint32_t b) { return score_[a] > score_[b]; });
         }
+        // Once the link is measured, the gate's threshold for this distance replaces the fixed
+        // one, and no expert is requested below it.
+        const bool gated = options_.gate && gate_.measured();
+        const float min_score =
+            gated ? gate_.threshold(static_cast<std::uint64_t>(gate_.expert_bytes()), static_cast<std::uint32_t>(j))
+                  : options_.min_score;
+        const std::uint32_t always = gated ? 0 : std::min(min_k, max_k);
         const storage::prefetch_class cls = j <= 1 ? storage::prefetch_class::near : storage::prefetch_class::far;
         std::uint8_t* asked = requested_.data() + static_cast<std::size_t>(target) * n_expert_;
         std::fill_n(asked, n_expert_, 0);  // the newest prediction of a layer replaces the older
         for (std::uint32_t i = 0; i < max_k; ++i) {
             const std::uint32_t e = order_[i];
-            if (i >= std::min(min_k, max_k) && score_[e] < options_.min_score) break;
+            if (i >= always && score_[e] < min_score) break;
             out.push_back(storage::prefetch_request{ExpertId{target, e}, cls, score_[e]});
             asked[e] = 1;
         }
@@ -109,9 +121,23 @@ void prefetch_planner::on_layer_start(std::uint32_t layer, std::int64_t n_tokens
     if (layer >= n_layer_) return;
     layer_events_.fetch_add(1, std::memory_order_relaxed);
     // The evaluator has told the tier that this layer begins (stale requests are gone).
+    if (layer == 0 && options_.gate) {
+        // Once per token: what the link did since, and the share of it prefetches may use.
+        gate_.update(source_.link());
+        if (gate_.measured()) {
+            source_.set_prefetch_inflight_limit(gate_.inflight_budget(static_cast<std::uint32_t>(std::max(depth, 1))));
+            gate_threshold_.store(gate_.threshold(static_cast<std::uint64_t>(gate_.expert_bytes()), 1),
+                                  std::memory_order_relaxed);
+            link_busy_.store(gate_.busy(), std::memory_order_relaxed);
+            waste_factor_.store(gate_.waste_factor(), std::memory_order_relaxed);
+        }
+    }
     requests_.clear();
     plan(layer, n_tokens, seqs, depth, probs, requests_);
     if (requests_.empty()) return;
+    double expected_used = 0.0;
+    for (const storage::prefetch_request& r : requests_) expected_used += r.score;
+    gate_.note_requested(expected_used, requests_.size());
     requests_sent_.fetch_add(requests_.size(), std::memory_order_relaxed);
     source_.prefetch(requests_);
 }
@@ -177,6 +203,9 @@ prefetch_planner_stats prefetch_planner::stats() const noexcept {
     s.routed = routed_.load(std::memory_order_relaxed);
     s.predicted_routed = predicted_routed_.load(std::memory_order_relaxed);
     s.recall = s.routed > 0 ? static_cast<double>(s.predicted_routed) / static_cast<double>(s.routed) : 0.0;
+    s.gate_threshold = gate_threshold_.load(std::memory_order_relaxed);
+    s.link_busy = link_busy_.load(std::memory_order_relaxed);
+    s.waste_factor = waste_factor_.load(std::memory_order_relaxed);
     return s;
 }
 
@@ -184,6 +213,9 @@ void add_planner_stats(const prefetch_planner_stats& s, prefetch_stats& out) {
     out.routed = s.routed;
     out.predicted_routed = s.predicted_routed;
     out.recall = s.recall;
+    out.gate_threshold = s.gate_threshold;
+    out.link_busy = s.link_busy;
+    out.waste_factor = s.waste_factor;
 }
 
 }  // namespace moed::scheduler

@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "common/status.h"
+#include "scheduler/prefetch_gate.h"
 #include "storage/tier_control.h"
 
 namespace moed::scheduler {
@@ -53,6 +54,12 @@ struct prefetch_planner_options {
     // more likely used than not, which measured best on a bandwidth-bound disk and within
     // noise of lower thresholds on a latency-bound one (measured with bench/compare-prefetch.sh).
     float min_score = 0.5f;
+    // Weigh each prefetch's expected benefit against its cost with the tier's measured link
+    // (scheduler/prefetch_gate.h) once the link is measured, and give prefetches only the
+    // bandwidth demand reads leave idle; min_score and min_per_layer then apply only until
+    // the first figures arrive. false: min_score and min_per_layer always (to compare).
+    bool gate = true;
+    prefetch_gate_options gate_options;
     std::uint32_t calibration_samples = 32;
     // Row 0 (the layer about to run) is left out: its reads would have only attention's time
     // to arrive, and the demand read follows right after with the exact experts.
@@ -68,6 +75,11 @@ struct prefetch_planner_stats {
     std::uint64_t routed = 0;         // (token-deduplicated) experts the routers chose, per layer event
     std::uint64_t predicted_routed = 0;  // of them, requested for their layer beforehand
     double recall = 0.0;              // predicted_routed / routed
+    // The gate as it stands (0 before the link is measured): the probability a prefetch for
+    // the next layer needs, demand's share of the link, the back-off factor.
+    double gate_threshold = 0.0;
+    double link_busy = 0.0;
+    double waste_factor = 0.0;
 };
 
 class prefetch_planner {
@@ -117,6 +129,8 @@ private:
     std::unordered_map<std::uint64_t, std::vector<std::int32_t>> history_;  // [n_layer][n_expert_used]
 
     std::atomic<std::uint64_t> layer_events_{0}, requests_sent_{0}, routed_{0}, predicted_routed_{0};
+    prefetch_gate gate_;  // engine thread
+    std::atomic<double> gate_threshold_{0.0}, link_busy_{0.0}, waste_factor_{0.0};
 };
 
 // Adds the planner's figures to a tier's prefetch statistics (prediction recall).

@@ -41,6 +41,20 @@ struct tier_file_health {
     std::uint64_t recoveries = 0; // times it was found to be the same model again
 };
 
+// What a tier has measured about its link (the mover that fills it), read by the scheduler
+// once per token to weigh a prefetch's benefit against its cost. Cheap: no residency map.
+struct link_figures {
+    double bytes_per_s = 0.0;       // read bandwidth while loads were in flight (0: none yet)
+    double load_latency_us = 0.0;   // recent mean time of one expert load, queueing included
+    double layer_compute_us = 0.0;  // recent mean compute time of one layer (I/O waits left out)
+    std::uint64_t inflight_bytes = 0;
+    std::uint64_t demand_loads = 0;     // loads an acquire had to start (ever)
+    std::uint64_t prefetch_loads = 0;   // loads prefetches started (ever)
+    std::uint64_t prefetch_wasted = 0;  // of them, evicted without use (ever)
+    std::uint64_t layers_computed = 0;  // the layer clock (ever)
+    double expert_bytes = 0.0;          // mean bytes of one expert
+};
+
 class tier_control {
 public:
     virtual ~tier_control() = default;
@@ -72,6 +86,11 @@ public:
     // (layer-major), higher keeps an expert longer; empty clears. A wrong size is ignored
     // with a warning.
     virtual void set_expert_scores(std::span<const float> per_expert_score) = 0;
+
+    // Bytes that prefetch loads may keep in flight (0: only the tier's own bound): the
+    // scheduler's share of the link that demand reads leave idle.
+    virtual void set_prefetch_inflight_limit(std::uint64_t bytes) = 0;
+    virtual link_figures link() const = 0;
 
     // How many experts the tier holds at once.
     virtual std::uint32_t slot_count() const noexcept = 0;

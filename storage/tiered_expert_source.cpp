@@ -448,6 +448,33 @@ std::uint32_t tiered_expert_source::slot_count() const noexcept { return impl_->
 
 std::uint64_t tiered_expert_source::slot_bytes() const noexcept { return impl_->slab->slot_bytes(); }
 
+void tiered_expert_source::set_prefetch_inflight_limit(std::uint64_t bytes) {
+    impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    const bool raised = d.prefetch_inflight_limit != 0 && (bytes == 0 || bytes > d.prefetch_inflight_limit);
+    d.prefetch_inflight_limit = bytes;
+    if (raised) d.dispatch_locked();  // queued prefetches may fit now
+}
+
+link_figures tiered_expert_source::link() const {
+    const impl& d = *impl_;
+    std::lock_guard lock(d.mutex);
+    link_figures f;
+    double busy = d.busy_seconds;
+    if (d.loads_in_flight > 0) busy += std::chrono::duration<double>(clock_type::now() - d.busy_since).count();
+    f.bytes_per_s = busy > 0.0 ? static_cast<double>(d.bytes_read) / busy : 0.0;
+    f.load_latency_us = d.latency_mean_us;
+    f.layer_compute_us = d.layer_compute_ns / 1e3;
+    f.inflight_bytes = d.inflight_bytes;
+    f.demand_loads = d.demand_misses;
+    f.prefetch_loads = d.pf_issued;
+    f.prefetch_wasted = d.pf_wasted;
+    f.layers_computed = d.layers_computed;
+    f.expert_bytes = static_cast<double>(d.expert_bytes_total) /
+                     (static_cast<double>(d.layout.n_layer) * static_cast<double>(d.layout.n_expert));
+    return f;
+}
+
 expert_cache_stats tiered_expert_source::stats() const {
     const impl& d = *impl_;
     expert_cache_stats out;

@@ -91,6 +91,8 @@ public:
     void cancel_prefetches() override;
     std::uint32_t set_hot_set(std::span<const ExpertId> ids) override;
     void set_expert_scores(std::span<const float> per_expert_score) override;
+    void set_prefetch_inflight_limit(std::uint64_t bytes) override;
+    link_figures link() const override;
     std::uint32_t slot_count() const noexcept override;
     expert_cache_stats stats() const override;
     tier_file_health file_health() const override;

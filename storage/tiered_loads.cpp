@@ -125,7 +125,8 @@ bool tiered_expert_source::impl::fits_inflight_locked(std::uint64_t bytes) const
 }
 
 bool tiered_expert_source::impl::fits_prefetch_locked(std::uint64_t bytes) const noexcept {
-    const std::uint64_t limit = options.max_prefetch_inflight_bytes;
+    std::uint64_t limit = options.max_prefetch_inflight_bytes;
+    if (prefetch_inflight_limit != 0) limit = limit == 0 ? prefetch_inflight_limit : std::min(limit, prefetch_inflight_limit);
     return fits_inflight_locked(bytes) && (limit == 0 || inflight_bytes == 0 || inflight_bytes + bytes <= limit);
 }
 
@@ -343,6 +344,8 @@ void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
     const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(now - e.load_start).count();
     latency_us[latency_count % latency_samples_max] =
         static_cast<std::uint32_t>(std::min<std::int64_t>(latency, std::numeric_limits<std::uint32_t>::max()));
+    latency_mean_us = latency_count == 0 ? static_cast<double>(latency)
+                                         : latency_mean_us + (static_cast<double>(latency) - latency_mean_us) / 16.0;
     ++latency_count;
     if (policy) policy->on_insert(slot, e.id);
     touch_locked(e);

@@ -221,6 +221,8 @@ struct tiered_expert_source::impl {
     bool layer_open = false;
     std::uint64_t layers_computed = 0;
     double layer_compute_ns = 0.0;
+    double latency_mean_us = 0.0;           // recent mean of load latencies (each moves it 1/16)
+    std::uint64_t prefetch_inflight_limit = 0;  // the scheduler's share (set_prefetch_inflight_limit)
     std::vector<std::uint32_t> latency_us;  // a ring of tiered_detail::latency_samples_max
     std::uint64_t latency_count = 0;        // samples ever recorded
 

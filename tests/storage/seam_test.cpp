@@ -114,5 +114,28 @@ TEST(seam, the_control_interface_steers_the_tier) {
     EXPECT_FALSE(tiers.file_health().broken);
 }
 
+TEST(seam, the_schedulers_share_of_the_link_bounds_prefetches_in_flight) {
+    model_fixture m = load_model("Q8_0", skewed_shape());
+    auto source = tiers_of(m, 8);
+    ASSERT_TRUE(source);
+    tier_control& tiers = *source->control();
+    // At most 1 byte: one prefetch at a time (one load always may start on an idle link).
+    tiers.set_prefetch_inflight_limit(1);
+    std::vector<prefetch_request> wanted;
+    for (std::uint32_t e = 0; e < 6; ++e) wanted.push_back({ExpertId{1, e}, prefetch_class::near, 0.9f});
+    tiers.begin_layer(0, 1);
+    tiers.prefetch(wanted);
+    ASSERT_TRUE(eventually([&] { return tiers.stats().host.resident_experts == 6; }));
+    const expert_cache_stats st = tiers.stats();
+    EXPECT_EQ(st.prefetch.inflight_bytes_max, m.layout.expert_bytes(1));
+    // The link's figures: what was read, how long a load took, the layer clock.
+    const link_figures f = tiers.link();
+    EXPECT_GT(f.bytes_per_s, 0.0);
+    EXPECT_GT(f.load_latency_us, 0.0);
+    EXPECT_EQ(f.prefetch_loads, 6u);
+    EXPECT_EQ(f.demand_loads, 0u);
+    EXPECT_DOUBLE_EQ(f.expert_bytes, static_cast<double>(m.layout.expert_bytes(0)));
+}
+
 }  // namespace
 }  // namespace moed::storage
