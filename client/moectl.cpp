@@ -263,6 +263,23 @@ std::string profile_cell(const moed::daemon_request& r) {
     return cell + ")";
 }
 
+// Zero when moed did not report its memory (an older moed): the block is left out.
+void print_memory(const moed::daemon_memory& m) {
+    if (m.rss_bytes == 0 && m.held_bytes == 0) return;
+    fmt::print("\nmemory  rss {} (peak {}), moed holds {} of {} physical\n", human_bytes(m.rss_bytes),
+               human_bytes(m.rss_peak_bytes), human_bytes(m.held_bytes),
+               m.physical_bytes == 0 ? std::string("?") : human_bytes(m.physical_bytes));
+    std::string weights = fmt::format("dense {}", human_bytes(m.dense_bytes));
+    if (m.experts_bytes != 0) weights += fmt::format(", experts {} (resident)", human_bytes(m.experts_bytes));
+    fmt::print("        {}; KV caches {} ({} used); scratch {}\n", weights, human_bytes(m.kv_cache_bytes),
+               human_bytes(m.kv_cache_used_bytes), human_bytes(m.scratch_bytes));
+    if (!m.host_budget.empty()) {
+        fmt::print("        host budget {} = {}{}; slab {} in {} slots, {}\n", terminal_safe(m.host_budget),
+                   human_bytes(m.host_budget_bytes), m.host_budget_capped ? " (capped: holds every expert)" : "",
+                   human_bytes(m.host_slab_bytes), m.host_slab_slots, m.host_slab_mlocked ? "mlocked" : "not locked");
+    }
+}
+
 void print_status(const moed::daemon_status& s) {
     fmt::print("moed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : terminal_safe(s.version),
                human_duration(s.uptime_s), s.isa.empty() ? "?" : terminal_safe(s.isa), s.threads);
@@ -276,6 +293,8 @@ void print_status(const moed::daemon_status& s) {
     if (m.state == "broken") {
         fmt::print("       BROKEN: {}\n", terminal_safe(m.error));
     }
+
+    print_memory(s.memory);
 
     if (!s.tiers) {
         fmt::print("\ntiers  every expert is resident (no expert cache)\n");

@@ -120,6 +120,31 @@ struct model_status {
     std::string error;
 };
 
+// The memory moed holds, by kind, as a user counts it (bytes). The kinds are moed's own
+// allocations; rss_bytes is what the kernel counts for the whole process, so the gap between
+// the two is everything else (the tokenizer, profiles, libraries, allocator slack).
+struct memory_stats {
+    // tiers.host_budget as configured ("25%", "4.00 GiB"; "" when every expert is resident)
+    // and the bytes it resolved to: a share of the expert bytes, capped at what holds every
+    // expert (host_budget_capped when the configured budget asked for more).
+    std::string host_budget;
+    std::uint64_t host_budget_bytes = 0;
+    bool host_budget_capped = false;
+    std::uint64_t dense_bytes = 0;          // the owned copy of the dense weights
+    std::uint64_t experts_bytes = 0;        // the owned copy of every expert (resident; 0 when tiered)
+    std::uint64_t host_slab_bytes = 0;      // the host tier's slab (tiered; 0 when resident)
+    std::uint64_t host_slab_slots = 0;
+    bool host_slab_mlocked = false;         // the kernel counts the whole slab as locked
+    std::uint64_t kv_cache_bytes = 0;       // allocated, every sequence's cache
+    std::uint64_t kv_cache_used_bytes = 0;  // of them, holding positions of running sequences
+    std::uint64_t scratch_bytes = 0;        // per-batch buffers: activations, attention, logits
+    std::uint64_t held_bytes = 0;           // the kinds above together (KV as allocated)
+    std::uint64_t locked_bytes = 0;         // VmLck: memory the process has locked
+    std::uint64_t rss_bytes = 0;            // VmRSS now
+    std::uint64_t rss_peak_bytes = 0;       // VmHWM: the most resident at once since start
+    std::uint64_t physical_bytes = 0;       // the machine's memory
+};
+
 // One request known to the batch loop.
 struct request_status {
     std::string id;
@@ -158,6 +183,7 @@ struct server_status {
     std::uint64_t generated_tokens_total = 0;
     double decode_tokens_per_s = 0.0;  // recent, all sequences together
     std::optional<expert_cache_stats> tiers;  // absent when every expert is resident
+    memory_stats memory;
     std::vector<request_status> requests;
 };
 
@@ -178,6 +204,10 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(expert_cache_stats, io_mode, que
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(model_status, id, path, architecture, n_layer, n_expert,
                                                 n_expert_used, n_ctx, n_vocab, file_bytes, dense_bytes, expert_bytes, state,
                                                 error)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(memory_stats, host_budget, host_budget_bytes, host_budget_capped,
+                                                dense_bytes, experts_bytes, host_slab_bytes, host_slab_slots,
+                                                host_slab_mlocked, kv_cache_bytes, kv_cache_used_bytes, scratch_bytes,
+                                                held_bytes, locked_bytes, rss_bytes, rss_peak_bytes, physical_bytes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(request_status, id, state, prompt_tokens, generated_tokens,
                                                 max_tokens, peer, profile, profile_source, profile_similarity,
                                                 pruned_experts_per_layer)

@@ -170,6 +170,8 @@ struct batch_loop::impl {
         ring.resize(opt.queue_capacity);
         slots.resize(opt.max_sequences);
         rates.resize(k_rate_samples);
+        kv_cache_bytes = seqs.front().cache.bytes() * seqs.size();
+        scratch_bytes = scratch_now();
         eval.add_routing_observer([this](const engine::routing_event& ev) { on_routing(ev); });
         MOED_LOG_INFO(k_component, "{} sequences of {} tokens (KV caches {}), batches of {} tokens, {} threads",
                       opt.max_sequences, opt.n_ctx, format_bytes(seqs.front().cache.bytes() * seqs.size()),
@@ -204,6 +206,11 @@ struct batch_loop::impl {
     void release(sequence& s) noexcept;
     void fail_all(const error& err) noexcept;
     void close_trace() noexcept;
+    // Bytes of the per-batch buffers: the evaluator's scratch, the logits and the batch.
+    std::uint64_t scratch_now() const noexcept {
+        return eval.scratch_bytes() + logits.capacity() * sizeof(float) +
+               batch.capacity() * sizeof(engine::batch_token) + row_seq.capacity() * sizeof(std::uint32_t);
+    }
     std::size_t ring_index(std::size_t i) const noexcept { return (head + i) % ring.size(); }
 
     engine::model& model;
@@ -245,6 +252,9 @@ struct batch_loop::impl {
     std::vector<rate_sample> rates;   // ring of the last k_rate_samples steps
     std::size_t rate_next = 0;
     std::size_t rate_count = 0;
+    std::uint64_t kv_cache_bytes = 0;       // allocated at start-up, never changes
+    std::uint64_t kv_cache_used_bytes = 0;  // positions the running sequences filled
+    std::uint64_t scratch_bytes = 0;
 
     std::mutex shutdown_mu;           // serialises shutdown() callers
     std::thread thread;
@@ -466,6 +476,11 @@ void batch_loop::impl::publish_locked() {
     }
     running = active;
     published = counters;
+    kv_cache_used_bytes = 0;
+    for (const sequence& s : seqs) {
+        if (s.active()) kv_cache_used_bytes += s.cache.used_bytes();
+    }
+    scratch_bytes = scratch_now();
     rates[rate_next] = rate_sample{std::chrono::steady_clock::now(), counters.generated_tokens};
     rate_next = (rate_next + 1) % rates.size();
     rate_count = std::min(rate_count + 1, rates.size());
@@ -839,6 +854,9 @@ void batch_loop::snapshot(server_status& status) const {
     status.requests_cancelled = im.published.cancelled;
     status.prompt_tokens_total = im.published.prompt_tokens;
     status.generated_tokens_total = im.published.generated_tokens;
+    status.memory.kv_cache_bytes = im.kv_cache_bytes;
+    status.memory.kv_cache_used_bytes = im.kv_cache_used_bytes;
+    status.memory.scratch_bytes = im.scratch_bytes;
 
     // Rate over the recorded window; nothing running means nothing is being decoded now.
     status.decode_tokens_per_s = 0.0;

@@ -160,7 +160,8 @@ public:
     // Cancels a queued or running job; unknown ids are ignored.
     void cancel(job_id id) noexcept;
 
-    // Fills the queue, batch and request fields of `status` (and counters).
+    // Fills the queue, batch and request fields of `status` (and counters), and the KV cache
+    // and scratch bytes of status.memory (as the engine thread published them last step).
     void snapshot(server_status& status) const;
     // Adds the prefetch planner's prediction figures to tier statistics (nothing without
     // one). Any thread.

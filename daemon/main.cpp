@@ -23,11 +23,14 @@
 #include <fmt/ranges.h>
 
 #include "common/log.h"
+#include "common/process_memory.h"
+#include "common/units.h"
 #include "daemon/batch_loop.h"
 #include "daemon/config.h"
 #include "daemon/engine_port.h"
 #include "daemon/http_server.h"
 #include "daemon/listener.h"
+#include "daemon/memory_status.h"
 #include "daemon/systemd_notify.h"
 #include "engine/chat_template.h"
 #include "engine/model.h"
@@ -277,10 +280,11 @@ private:
         fill_status_(s);
         MOED_LOG_INFO("moed",
                       "status: model {} {}{}, {} running of {} sequences, {} queued, {} requests ({} failed, {} "
-                      "cancelled), {} tokens generated",
+                      "cancelled), {} tokens generated, rss {} (peak {})",
                       s.model.id, s.model.state, s.model.error.empty() ? "" : " (" + s.model.error + ")",
                       s.running_sequences, s.max_sequences, s.queue_waiting, s.requests_total, s.requests_failed,
-                      s.requests_cancelled, s.generated_tokens_total);
+                      s.requests_cancelled, s.generated_tokens_total, format_bytes(s.memory.rss_bytes),
+                      format_bytes(s.memory.rss_peak_bytes));
     }
 
     asio::signal_set& signals_;
@@ -442,6 +446,9 @@ int run(int argc, char** argv) {
     lo.prefetch.enabled = config.prefetch;
     lo.prefetch.lookahead = config.lookahead;
     lo.on_profile_applied = [&model](const scheduler::profile& p) { apply_profile_to_tiers(model, p); };
+    const std::uint64_t physical_bytes = physical_memory_bytes();
+    if (auto fits = check_memory_fits(model, lo.max_sequences, n_ctx, physical_bytes); !fits)
+        return start_error(fits.error().message);
     batch_loop loop(model, lo);
     if (!config.trace_path.empty()) {
         auto writer = scheduler::trace_writer::create(config.trace_path,
@@ -467,7 +474,7 @@ int run(int argc, char** argv) {
     mstatus.dense_bytes = model.dense_bytes();
     mstatus.expert_bytes = model.expert_bytes();
     const std::string isa(kernels::isa_name(kernels::active_isa()));
-    ctx.fill_status = [&, mstatus, isa, started](server_status& s) {
+    ctx.fill_status = [&, mstatus, isa, started, physical_bytes](server_status& s) {
         s.version = MOED_VERSION;
         s.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
         s.model = mstatus;
@@ -484,6 +491,7 @@ int run(int argc, char** argv) {
                 s.model.error = health.error;
             }
         }
+        fill_memory_status(s, model, physical_bytes);
     };
     ctx.model_problem = [&model] {
         const auto* tiers = model.tiers();

@@ -1,5 +1,7 @@
 #include "daemon/metrics.h"
 
+#include <utility>
+
 #include <fmt/format.h>
 
 namespace moed::daemon {
@@ -75,6 +77,24 @@ std::string prometheus_text(const server_status& s, const http_counters& http) {
     w.single("moed_http_response_bytes_total", "counter", "Response body bytes sent.", http.bytes_sent_total);
     w.family("moed_http_responses_total", "counter", "HTTP responses by status code.");
     for (const auto& [code, count] : http.responses) w.sample("moed_http_responses_total", fmt::format("code=\"{}\"", code), count);
+
+    const memory_stats& m = s.memory;
+    w.family("moed_memory_bytes", "gauge", "Bytes moed holds, by kind (KV caches as allocated).");
+    const std::pair<const char*, std::uint64_t> kinds[] = {
+        {"dense", m.dense_bytes},      {"experts", m.experts_bytes},        {"host_slab", m.host_slab_bytes},
+        {"kv_cache", m.kv_cache_bytes}, {"kv_cache_used", m.kv_cache_used_bytes}, {"scratch", m.scratch_bytes},
+    };
+    for (const auto& [kind, bytes] : kinds) w.sample("moed_memory_bytes", fmt::format("kind=\"{}\"", kind), bytes);
+    w.single("moed_memory_held_bytes", "gauge", "Bytes of every kind moed holds together.", m.held_bytes);
+    w.single("moed_memory_host_budget_bytes", "gauge", "The host budget as resolved (0: experts resident).",
+             m.host_budget_bytes);
+    w.single("moed_memory_host_slab_locked", "gauge", "1 when the kernel counts the whole host slab as locked.",
+             m.host_slab_mlocked ? 1 : 0);
+    w.single("moed_memory_locked_bytes", "gauge", "Bytes the process has locked (VmLck).", m.locked_bytes);
+    w.single("moed_process_resident_memory_bytes", "gauge", "Resident set size (VmRSS).", m.rss_bytes);
+    w.single("moed_process_resident_memory_peak_bytes", "gauge", "Peak resident set size (VmHWM).",
+             m.rss_peak_bytes);
+    w.single("moed_machine_memory_bytes", "gauge", "The machine's physical memory.", m.physical_bytes);
 
     if (s.tiers) {
         const auto& t = *s.tiers;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "kernels/cpu/fp16.h"
 #include "kernels/cpu/ops.h"
@@ -56,6 +57,20 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
 
 evaluator::expert_scratch::expert_scratch(std::size_t max_batch, std::size_t embd, std::size_t ff)
     : gathered(max_batch * embd), gate(max_batch * ff), up(max_batch * ff), down(max_batch * embd) {}
+
+std::uint64_t evaluator::scratch_bytes() const noexcept {
+    auto of = [](const auto& v) {
+        return static_cast<std::uint64_t>(v.capacity()) * sizeof(typename std::decay_t<decltype(v)>::value_type);
+    };
+    std::uint64_t total = of(x_) + of(cur_) + of(q_) + of(k_) + of(v_) + of(attn_) + of(proj_) + of(router_probs_) +
+                          of(route_weights_) + of(masked_probs_) + of(lookahead_) + of(route_experts_) +
+                          of(expert_out_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
+                          of(handles_) + of(attn_scratch_) + of(out_rows_) + act_.capacity_bytes();
+    for (const auto& e : expert_scratch_) {
+        total += of(e->gathered) + of(e->gate) + of(e->up) + of(e->down) + e->act.capacity_bytes();
+    }
+    return total;
+}
 
 void evaluator::add_routing_observer(routing_observer observer) {
     if (observer) observers_.push_back(std::move(observer));

@@ -114,6 +114,10 @@ public:
     void set_lookahead_depth(int depth);
     int lookahead_depth() const noexcept { return lookahead_depth_; }
 
+    // Bytes of the scratch it holds (activations, router outputs, per-thread expert and
+    // attention buffers); grows when a batch needs a longer attention context. Owner thread.
+    std::uint64_t scratch_bytes() const noexcept;
+
 private:
     result<void> validate(std::span<const batch_token> batch) const;
     // Computes the router lookahead of `layer` from x_ into lookahead_ (uses cur_ and act_

@@ -17,7 +17,16 @@ public:
     std::int64_t size() const noexcept { return size_; }
     void set_size(std::int64_t n) noexcept { size_ = n; }
     void clear() noexcept { size_ = 0; }
+    // Bytes allocated, and of them the bytes holding the positions filled so far.
     std::uint64_t bytes() const noexcept { return (k_.size() + v_.size()) * sizeof(std::uint16_t); }
+    std::uint64_t used_bytes() const noexcept {
+        return n_ctx_ > 0 ? static_cast<std::uint64_t>(size_) * (bytes() / static_cast<std::uint64_t>(n_ctx_)) : 0;
+    }
+    // What a cache of these dimensions allocates, before making one.
+    static std::uint64_t bytes_for(std::uint32_t n_layer, std::int64_t n_ctx, int n_head_kv, int head_dim) noexcept {
+        return 2 * static_cast<std::uint64_t>(n_layer) * static_cast<std::uint64_t>(n_ctx) *
+               static_cast<std::uint64_t>(n_head_kv) * static_cast<std::uint64_t>(head_dim) * sizeof(std::uint16_t);
+    }
 
     // Layer l's [n_ctx][n_head_kv * head_dim] key / value rows.
     std::uint16_t* keys(std::uint32_t layer) noexcept { return k_.data() + layer * layer_elems_; }

@@ -11,6 +11,8 @@
 
 #include <fmt/format.h>
 
+#include "common/assert.h"
+#include "common/process_memory.h"
 #include "kernels/cpu/quantize.h"
 
 namespace moed::engine {
@@ -66,6 +68,17 @@ result<void> read_exact(int fd, const std::string& path, std::byte* dst, std::ui
     return {};
 }
 
+// The bytes copy_weights() copies: the whole tensor data with `all`, else every tensor but
+// the routed experts, each rounded up to 64 bytes.
+std::uint64_t copy_bytes(const storage::gguf_file& file, bool all) {
+    if (all) return file.file_size() - file.data_offset();
+    std::uint64_t total = 0;
+    for (const auto& t : file.tensors()) {
+        if (!is_routed_expert(t.name)) total += (t.size_bytes + 63) / 64 * 64;
+    }
+    return total;
+}
+
 // Copies the weights the model serves into owned memory with positional reads, then drops
 // those pages from the page cache so the copy is the only resident instance. Nothing reads
 // the file's mapping after load, so a file truncated or rewritten underneath cannot fault
@@ -88,6 +101,7 @@ result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage:
             total += (t.size_bytes + 63) / 64 * 64;
         }
     }
+    MOED_ASSERT(total == copy_bytes(file, all));
     storage = std::make_unique_for_overwrite<std::byte[]>(total + 64);
     const std::size_t shift = (64 - reinterpret_cast<std::uintptr_t>(storage.get()) % 64) % 64;
     std::byte* base = storage.get() + shift;
@@ -266,6 +280,18 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     m->tokenizer_ = std::move(tok).value();
     hp.n_vocab = m->tokenizer_->n_vocab();
 
+    // The experts' layout comes first: the memory check below needs their bytes, and a bad
+    // layout then fails before anything large is allocated.
+    auto layout = storage::expert_layout::from_gguf(file, hp.n_layer, hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    if (!layout) return unexpected(std::move(layout).error());
+    m->layout_ = std::move(layout).value();
+    const std::uint64_t every_expert_bytes = static_cast<std::uint64_t>(hp.n_layer) * hp.n_expert *
+                                             storage::tiered_slot_bytes(m->layout_, host_slot_alignment);
+    MOED_TRY(check_load_fits(options.host_budget, m->expert_bytes(), every_expert_bytes,
+                             copy_bytes(file, !options.host_budget),
+                             options.physical_memory_bytes != 0 ? options.physical_memory_bytes
+                                                                : physical_memory_bytes()));
+
     // Tiered: the dense weights are copied, experts come through the tiers. Resident: the
     // whole data section is copied and experts are served from that copy.
     loader ld(file);
@@ -318,9 +344,6 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
         MOED_TRY(take_matrix(lw.router, "ffn_gate_inp", hp.n_expert, hp.n_embd));
     }
 
-    auto layout = storage::expert_layout::from_gguf(file, hp.n_layer, hp.n_expert, hp.n_embd, hp.n_ff_exp);
-    if (!layout) return unexpected(std::move(layout).error());
-    m->layout_ = std::move(layout).value();
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
         const auto& lt = m->layout_.layers[l];
         for (tensor_type t : {lt.gate_type, lt.up_type, lt.down_type}) {
@@ -332,7 +355,8 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     }
     if (options.host_budget) {
         storage::tiered_options tier = options.tier;
-        tier.host_budget_bytes = options.host_budget->resolve(m->expert_bytes());
+        m->host_budget_ = cap_host_budget(*options.host_budget, m->expert_bytes(), every_expert_bytes);
+        tier.host_budget_bytes = m->host_budget_.bytes;
         // The ring's sections are sized for a layer's predicted top-2k (room for the next
         // layer's prefetch while this one computes).
         if (tier.slots_per_layer == 0) tier.slots_per_layer = 2 * hp.n_expert_used;

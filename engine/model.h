@@ -14,6 +14,7 @@
 
 #include "common/result.h"
 #include "common/units.h"
+#include "engine/memory_budget.h"
 #include "engine/tokenizer.h"
 #include "kernels/cpu/matmul.h"
 #include "storage/expert_source.h"
@@ -56,12 +57,16 @@ struct load_options {
     // file changed underneath is reported by the tier's expert reads and file checks.
     std::optional<budget_spec> host_budget;
     storage::tiered_options tier;  // queue depth, I/O mode limits, memory locking
+    // The machine's memory the budget and the weights are checked against before they are
+    // allocated (0: physical_memory_bytes(); tests inject a smaller one).
+    std::uint64_t physical_memory_bytes = 0;
 };
 
 class model {
 public:
     // Opens `path`, checks architecture, hyper-parameters, tensor shapes and types.
-    // Errors name the file and the key or tensor at fault.
+    // Errors name the file and the key or tensor at fault. Before copying any weights it
+    // checks the host budget and the copy against physical memory (memory_budget.h).
     static result<std::unique_ptr<model>> load(const std::string& path, const load_options& options = {});
 
     const model_hparams& hparams() const noexcept { return hparams_; }
@@ -86,6 +91,9 @@ public:
     std::uint64_t expert_bytes() const noexcept;
     std::uint64_t dense_bytes() const noexcept;
 
+    // The host budget as resolved and capped at load (default: no budget, experts resident).
+    const host_budget_plan& host_budget() const noexcept { return host_budget_; }
+
     // The tiers' control interface when experts are tiered (load_options::host_budget), else
     // null.
     storage::tier_control* tiers() noexcept { return experts_->control(); }
@@ -103,6 +111,7 @@ private:
     std::vector<std::vector<float>> owned_vectors_;  // norm weights stored in non-f32 types
     storage::expert_layout layout_;
     std::unique_ptr<storage::expert_source> experts_;
+    host_budget_plan host_budget_;
     // The weights served: all tensors (resident) or the dense ones (tiered), 64-byte aligned.
     std::unique_ptr<std::byte[]> weights_storage_;
     std::span<const std::byte> weights_;

@@ -382,6 +382,27 @@ daemon_ring to_public(ring_stats&& r) {
     return p;
 }
 
+daemon_memory to_public(memory_stats&& m) {
+    daemon_memory p;
+    p.host_budget = std::move(m.host_budget);
+    p.host_budget_bytes = m.host_budget_bytes;
+    p.host_budget_capped = m.host_budget_capped;
+    p.dense_bytes = m.dense_bytes;
+    p.experts_bytes = m.experts_bytes;
+    p.host_slab_bytes = m.host_slab_bytes;
+    p.host_slab_slots = m.host_slab_slots;
+    p.host_slab_mlocked = m.host_slab_mlocked;
+    p.kv_cache_bytes = m.kv_cache_bytes;
+    p.kv_cache_used_bytes = m.kv_cache_used_bytes;
+    p.scratch_bytes = m.scratch_bytes;
+    p.held_bytes = m.held_bytes;
+    p.locked_bytes = m.locked_bytes;
+    p.rss_bytes = m.rss_bytes;
+    p.rss_peak_bytes = m.rss_peak_bytes;
+    p.physical_bytes = m.physical_bytes;
+    return p;
+}
+
 daemon_status to_public(server_status&& s) {
     daemon_status p;
     p.version = std::move(s.version);
@@ -425,6 +446,7 @@ daemon_status to_public(server_status&& s) {
         t.ring = to_public(std::move(s.tiers->ring));
         p.tiers = std::move(t);
     }
+    p.memory = to_public(std::move(s.memory));
     p.requests.reserve(s.requests.size());
     for (request_status& r : s.requests) {
         p.requests.push_back({std::move(r.id), std::move(r.state), r.prompt_tokens, r.generated_tokens, r.max_tokens,

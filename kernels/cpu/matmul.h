@@ -43,6 +43,8 @@ public:
     const std::byte* row(std::int64_t t) const noexcept { return data_.data() + t * row_bytes_; }
     // Reserves space for `bytes` so later calls do not allocate.
     void reserve(std::size_t bytes) { data_.reserve(bytes); }
+    // The bytes it holds allocated (for memory reports).
+    std::size_t capacity_bytes() const noexcept { return data_.capacity(); }
 
 private:
     std::vector<std::byte> data_;

@@ -1,7 +1,7 @@
 // What moectl prints and how it exits when moed's answers or the user's input are hostile
 // or incomplete, against the scripted fake moed:
 // - every string moed sends that moectl prints (profile names, sources, models, problems in
-//   `profile list/show/create`; model, paths, tiers, residency rows and requests in
+//   `profile list/show/create`; model, paths, tiers, residency rows, the host budget and requests in
 //   `status`; model ids; health; error messages) reaches the terminal escaped: no ESC, NUL,
 //   CR, C1 control or raw newline inside a field, so no row can be forged; the generated
 //   text itself is the product and is written as sent;
@@ -79,9 +79,11 @@ TEST(moectl_output, server_strings_are_escaped_everywhere) {
     t.host.name = "EVIL_TIER";
     t.layer_residency = {"EVIL_ROW"};
     s.tiers = t;
+    s.memory.host_budget = "EVIL_BUDGET";
+    s.memory.rss_bytes = 1;
     std::string status = json(s).dump();
     for (const char* key : {"EVIL_VERSION", "EVIL_ISA", "EVIL_ID", "EVIL_PATH", "EVIL_ARCH", "EVIL_REQ", "EVIL_STATE",
-                            "EVIL_PEER", "EVIL_PROFILE", "EVIL_IO", "EVIL_TIER", "EVIL_ROW"}) {
+                            "EVIL_PEER", "EVIL_PROFILE", "EVIL_IO", "EVIL_TIER", "EVIL_ROW", "EVIL_BUDGET"}) {
         const std::string quoted = std::string("\"") + key + "\"";
         const std::size_t at = status.find(quoted);
         ASSERT_NE(at, std::string::npos) << key;

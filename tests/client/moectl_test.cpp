@@ -1,5 +1,5 @@
 // Runs the built moectl as a script would and checks its output and exit codes against the
-// scripted fake moed: status as a table per tier with the residency map and requests (and
+// scripted fake moed: status as a table per tier with the residency map, the memory block and requests (and
 // --json as received), generate streaming text to stdout exactly as sent (prompt options
 // and --chat in the request), generate --json, models, health, an error answer (exit 1,
 // the message on stderr, the error JSON on stdout with --json), usage errors (exit 2) and
@@ -51,6 +51,20 @@ std::string status_body() {
     t.nvme = {"nvme", 2u << 20, 8, 2u << 20, 8};
     t.layer_residency = {"#+~.", "..##"};
     s.tiers = t;
+    moed::memory_stats& m = s.memory;
+    m.host_budget = "25%";
+    m.host_budget_bytes = 9u << 20;
+    m.dense_bytes = 1u << 20;
+    m.host_slab_bytes = 8u << 20;
+    m.host_slab_slots = 4;
+    m.host_slab_mlocked = true;
+    m.kv_cache_bytes = 16u << 20;
+    m.kv_cache_used_bytes = 3u << 20;
+    m.scratch_bytes = 5u << 20;
+    m.held_bytes = 30u << 20;
+    m.rss_bytes = 40u << 20;
+    m.rss_peak_bytes = 41u << 20;
+    m.physical_bytes = 64ull << 30;
     return json(s).dump();
 }
 
@@ -114,7 +128,11 @@ TEST(moectl, status_table_and_json) {
                              "queue depth 16", "hit rate", "read GB/s", "load p50", "load p99", "90.0%", "2.50",
                              "812 us", "2.41 ms", "8.00 MiB (4)", "6.00 MiB", "3/4", "L0   #+~.  2/4",
                              "L1   ..##  2/4", "cmpl-77", "decode", "pid=42 uid=1000 gid=1000",
-                             "1 running (max 8)"}) {
+                             "1 running (max 8)",
+                             // The memory block.
+                             "rss 40.00 MiB (peak 41.00 MiB), moed holds 30.00 MiB of 64.00 GiB physical",
+                             "dense 1.00 MiB; KV caches 16.00 MiB (3.00 MiB used); scratch 5.00 MiB",
+                             "host budget 25% = 9.00 MiB; slab 8.00 MiB in 4 slots, mlocked"}) {
         EXPECT_NE(o.find(want), std::string::npos) << "missing '" << want << "' in:\n" << o;
     }
     const std::size_t host_line = o.find("\nhost ");

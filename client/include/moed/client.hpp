@@ -280,6 +280,26 @@ struct daemon_model {
     std::string error;
 };
 
+// The memory moed holds, by kind (bytes); rss_bytes is the whole process as the kernel counts it.
+struct daemon_memory {
+    std::string host_budget;           // as configured ("25%", "4.00 GiB"; "" when experts are resident)
+    std::uint64_t host_budget_bytes = 0;  // resolved, capped at what holds every expert
+    bool host_budget_capped = false;
+    std::uint64_t dense_bytes = 0;     // the owned copy of the dense weights
+    std::uint64_t experts_bytes = 0;   // every expert, when resident (0 when tiered)
+    std::uint64_t host_slab_bytes = 0;
+    std::uint64_t host_slab_slots = 0;
+    bool host_slab_mlocked = false;
+    std::uint64_t kv_cache_bytes = 0;  // allocated
+    std::uint64_t kv_cache_used_bytes = 0;
+    std::uint64_t scratch_bytes = 0;
+    std::uint64_t held_bytes = 0;      // the kinds above together
+    std::uint64_t locked_bytes = 0;
+    std::uint64_t rss_bytes = 0;
+    std::uint64_t rss_peak_bytes = 0;
+    std::uint64_t physical_bytes = 0;
+};
+
 struct daemon_request {
     std::string id;
     std::string state;  // queued, prefill, decode
@@ -313,6 +333,7 @@ struct daemon_status {
     std::uint64_t generated_tokens_total = 0;
     double decode_tokens_per_s = 0.0;
     std::optional<daemon_tiers> tiers;  // absent when every expert is resident
+    daemon_memory memory;
     std::vector<daemon_request> requests;
 };
 
