@@ -28,7 +28,7 @@ tiered_expert_source::~tiered_expert_source() = default;
 
 result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     const std::string& path, const expert_layout& layout, const tiered_options& options,
-    std::unique_ptr<eviction_policy> policy, std::unique_ptr<block_reader> supplied_reader) {
+    std::unique_ptr<block_reader> supplied_reader) {
     if (layout.n_layer == 0 || layout.n_expert == 0 || layout.layers.size() != layout.n_layer) {
         return make_error(errc::invalid_argument, "{}: expert layout has {} layers x {} experts ({} described)",
                           path, layout.n_layer, layout.n_expert, layout.layers.size());
@@ -138,19 +138,13 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     const std::uint32_t n_slots = slab->n_slots();
     p->slab = std::move(slab);
     p->reader = std::move(reader);
-    p->policy = std::move(policy);
-    if (p->policy) p->policy->reset(n_slots);
     p->slots.resize(n_slots);
     const std::size_t n_experts = static_cast<std::size_t>(layout.n_layer) * layout.n_expert;
     p->residency.assign(n_experts, no_slot);
-    if (p->policy) {
-        p->free_slots.reserve(n_slots);
-        for (std::uint32_t s = n_slots; s > 0; --s) p->free_slots.push_back(s - 1);  // slot 0 first
-    }
     p->pending.reserve(static_cast<std::size_t>(n_slots) * 3);
-    // Without the ring (or with a policy) every slot is one section; the ring's rules then
-    // reduce to least recently used among unpredicted experts.
-    const bool ring = options.ring && !p->policy;
+    // Without the ring every slot is one section; the ring's rules then reduce to least
+    // recently used among unpredicted experts.
+    const bool ring = options.ring;
     const std::uint32_t per_layer =
         options.slots_per_layer > 0 ? options.slots_per_layer : std::max<std::uint32_t>(1, layout.n_expert / 4);
     p->ring.reset(n_slots, ring ? layout.n_layer : 1, per_layer);
@@ -302,16 +296,11 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         slot_entry& e = slots[where];
         switch (e.state) {
             case slot_state::ready:
-                if (policy) {
-                    policy->on_access(where);
-                    policy->on_evictable(where, false);
-                }
                 e.state = slot_state::in_use;
                 ++hits;
                 if (e.prefetched_unused) ++pf_hits;
                 break;
             case slot_state::in_use:
-                if (policy) policy->on_access(where);
                 ++hits;
                 break;
             case slot_state::loading:
@@ -483,7 +472,7 @@ expert_cache_stats tiered_expert_source::stats() const {
         pf.io_waits = d.io_waits;
         pf.tokens = d.tokens;
         ring_stats& r = out.ring;
-        r.enabled = !d.policy && d.options.ring;
+        r.enabled = d.options.ring;
         r.slots_per_layer = d.ring.slots_per_layer();
         r.hot_slots = static_cast<std::uint32_t>(d.ring.hot_members().size());
         r.hot_set = d.hot_count;

@@ -51,7 +51,6 @@
 
 #include "common/result.h"
 #include "storage/block_reader.h"
-#include "storage/eviction_policy.h"
 #include "storage/expert_source.h"
 #include "storage/host_slab.h"
 #include "storage/tier_stats.h"
@@ -132,13 +131,10 @@ struct prefetch_request {
 class tiered_expert_source final : public expert_source {
 public:
     // `path` is the model file `layout` was read from. `reader` may be supplied (tests
-    // inject faults); otherwise open_block_reader() is used with `options`. A `policy`, when
-    // given, replaces the ring's placement: one pool of slots whose victims the policy picks
-    // (no sections, no hot set, prefetch scores ignored).
-    static result<std::unique_ptr<tiered_expert_source>> create(
-        const std::string& path, const expert_layout& layout, const tiered_options& options,
-        std::unique_ptr<eviction_policy> policy = nullptr,
-        std::unique_ptr<block_reader> reader = nullptr);
+    // inject faults); otherwise open_block_reader() is used with `options`.
+    static result<std::unique_ptr<tiered_expert_source>> create(const std::string& path, const expert_layout& layout,
+                                                                const tiered_options& options,
+                                                                std::unique_ptr<block_reader> reader = nullptr);
     ~tiered_expert_source() override;
 
     result<expert_handle> acquire(ExpertId id) override;
@@ -152,10 +148,6 @@ public:
     // layer named by a demand/near/far request has its older queued requests dropped
     // (superseded); warmup requests supersede nothing. Out-of-range ids are ignored (hints).
     void prefetch(std::span<const prefetch_request> requests);
-    // The older, unscored form: each expert takes a slot now if one is free or holds an
-    // expert that is neither held, guarded nor hot (demand's order), else it is skipped; no
-    // queue, no prediction kept.
-    void prefetch(std::span<const ExpertId> ids);
     // The engine starts computing `layer` (of a batch of n_tokens tokens; counted per token
     // at layer 0): requests queued for the layers passed since the previous call (cyclically:
     // a new token wraps) are dropped, those layers' predictions lapse, and the experts

@@ -52,21 +52,6 @@ void tiered_expert_source::impl::shutdown() noexcept {
 
 std::optional<std::uint32_t> tiered_expert_source::impl::take_slot_locked(ExpertId id, slot_load_kind kind,
                                                                          float score) {
-    if (policy) {
-        // Policy mode: one pool; a prefetch may take any evictable slot, as demand does.
-        if (!free_slots.empty()) {
-            const std::uint32_t s = free_slots.back();
-            free_slots.pop_back();
-            return s;
-        }
-        const std::optional<std::uint32_t> victim = policy->choose_victim();
-        if (!victim) return std::nullopt;
-        MOED_ASSERT(*victim < n_slots());
-        // The policy is told about every state change, so it only offers ready, unheld slots.
-        MOED_ASSERT(slots[*victim].state == slot_state::ready && slots[*victim].refs == 0);
-        evict_locked(*victim);
-        return victim;
-    }
     const std::optional<std::uint32_t> chosen =
         ring.choose_slot(id.layer, kind, score, [this](std::uint32_t s) { return facts_of(s); });
     if (!chosen) return std::nullopt;
@@ -77,7 +62,6 @@ std::optional<std::uint32_t> tiered_expert_source::impl::take_slot_locked(Expert
 void tiered_expert_source::impl::evict_locked(std::uint32_t v) {
     slot_entry& e = slots[v];
     MOED_ASSERT(e.state == slot_state::ready && e.refs == 0);
-    if (policy) policy->on_remove(v);
     const std::size_t idx = table_index(e.id);
     residency[idx] = no_slot;
     const std::uint64_t bytes = layout.expert_bytes(e.id.layer);
@@ -331,7 +315,6 @@ void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
         e.prefetched_unused = false;
         if (e.refs == 0) {
             e.state = slot_state::free;
-            if (policy) free_slots.push_back(slot);
         } else {
             e.state = slot_state::failed;  // freed when the last waiter has read the error
         }
@@ -344,13 +327,11 @@ void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
     latency_us[latency_count % latency_samples_max] =
         static_cast<std::uint32_t>(std::min<std::int64_t>(latency, std::numeric_limits<std::uint32_t>::max()));
     ++latency_count;
-    if (policy) policy->on_insert(slot, e.id);
     touch_locked(e);
     if (e.refs > 0) {
         e.state = slot_state::in_use;
     } else {
         e.state = slot_state::ready;
-        if (policy) policy->on_evictable(slot, true);
     }
 }
 
@@ -362,11 +343,9 @@ void tiered_expert_source::impl::release_locked(ExpertId id, std::uint32_t slot)
     if (e.state == slot_state::in_use) {
         e.state = slot_state::ready;
         touch_locked(e);
-        if (policy) policy->on_evictable(slot, true);
         slot_cv.notify_all();
     } else if (e.state == slot_state::failed) {
         e.state = slot_state::free;
-        if (policy) free_slots.push_back(slot);
         slot_cv.notify_all();
     }
     // loading: an acquirer gave up (another expert of its call failed); the load finishes

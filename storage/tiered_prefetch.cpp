@@ -122,7 +122,7 @@ void tiered_expert_source::impl::sort_queue_locked() noexcept {
 namespace {
 
 void set_prediction(slot_entry& e, float score, std::uint32_t gen) noexcept {
-    // Scores above 1 (hints that may replace anything) count as certain.
+    // Scores above 1 count as certain.
     score = std::clamp(score, 0.0f, 1.0f);
     if (e.predicted && e.pred_gen == gen) score = std::max(score, e.pred_score);
     e.predicted = true;
@@ -147,7 +147,7 @@ void tiered_expert_source::impl::dispatch_locked() noexcept {
             // Loaded meanwhile (by an acquire or another request). A hot expert found in a
             // ring slot joins the hot set where it lies: the slot trades roles with a hot slot
             // that holds no hot expert.
-            if (is_hot && !policy && ring.section_of_slot(where) != section_ring::hot) {
+            if (is_hot && ring.section_of_slot(where) != section_ring::hot) {
                 std::optional<std::uint32_t> spare;
                 for (std::uint32_t h : ring.hot_members()) {
                     const slot_entry& he = slots[h];
@@ -170,7 +170,7 @@ void tiered_expert_source::impl::dispatch_locked() noexcept {
                 const slot_load_kind kind = q.cls == prefetch_class::demand ? slot_load_kind::demand
                                                                             : slot_load_kind::prefetch;
                 std::optional<std::uint32_t> slot;
-                if (is_hot && !policy) slot = take_slot_locked(q.id, slot_load_kind::hot, q.score);
+                if (is_hot) slot = take_slot_locked(q.id, slot_load_kind::hot, q.score);
                 if (!slot && (!is_hot || q.cls != prefetch_class::warmup)) slot = take_slot_locked(q.id, kind, q.score);
                 if (slot) {
                     start_load_locked(*slot, q.id, 0);
@@ -223,10 +223,8 @@ void tiered_expert_source::prefetch(std::span<const prefetch_request> requests) 
             slot_entry& e = d.slots[where];
             set_prediction(e, r.score, d.layer_gen[r.id.layer]);
             if (r.cls == prefetch_class::demand) d.guard_locked(e);
-            if (d.policy && e.state == slot_state::ready) d.policy->on_access(where);
             // A hot expert still in a ring slot is adopted by the dispatch below.
-            if (d.hot_count > 0 && d.hot[idx] != 0 && !d.policy &&
-                d.ring.section_of_slot(where) != section_ring::hot) {
+            if (d.hot_count > 0 && d.hot[idx] != 0 && d.ring.section_of_slot(where) != section_ring::hot) {
                 d.enqueue_locked(r);
             }
             continue;
@@ -235,37 +233,6 @@ void tiered_expert_source::prefetch(std::span<const prefetch_request> requests) 
     }
     std::fill(d.layer_mark.begin(), d.layer_mark.end(), 0);
     d.dispatch_locked();
-}
-
-void tiered_expert_source::prefetch(std::span<const ExpertId> ids) {
-    // The older form: no queue, no scores. Each expert takes a slot now if one is free or
-    // holds an expert nobody holds (demand's order, never a guarded or hot expert), else it
-    // is skipped.
-    impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    if (d.stopping || d.file_broken) return;
-    bool queued = false;
-    for (const ExpertId& id : ids) {
-        if (!d.in_range(id)) continue;  // a hint; an impossible id is simply not prefetched
-        ++d.pf_requested;
-        const std::uint32_t where = d.residency[d.table_index(id)];
-        if (where != no_slot) {
-            // Soon needed: keep it away from the eviction end.
-            if (d.slots[where].state == slot_state::ready) {
-                d.touch_locked(d.slots[where]);
-                if (d.policy) d.policy->on_access(where);
-            }
-            continue;
-        }
-        if (!d.fits_prefetch_locked(d.layout.expert_bytes(id.layer))) break;
-        const std::optional<std::uint32_t> slot = d.take_slot_locked(id, slot_load_kind::hint, 0.0f);
-        if (!slot) break;  // every slot is held, guarded or loading; prefetch never waits
-        d.start_load_locked(*slot, id, 0);
-        d.slots[*slot].prefetched_unused = true;
-        ++d.pf_issued;
-        queued = true;
-    }
-    if (queued) d.flush_pending_locked();
 }
 
 void tiered_expert_source::begin_layer(std::uint32_t layer, std::uint64_t n_tokens) {
@@ -311,7 +278,6 @@ void tiered_expert_source::cancel_prefetches() {
 std::uint32_t tiered_expert_source::set_hot_set(std::span<const ExpertId> ids) {
     impl& d = *impl_;
     std::lock_guard lock(d.mutex);
-    if (d.policy) return 0;  // policy mode has no ring, hence no hot set
     const std::uint32_t n_slots = d.n_slots();
     // Leave at least one ring slot; the fraction caps the rest.
     const auto cap = static_cast<std::uint32_t>(std::min<double>(

@@ -171,7 +171,6 @@ struct tiered_expert_source::impl {
     // for its reads) goes before the slab.
     std::unique_ptr<host_slab> slab;
     std::unique_ptr<block_reader> reader;
-    std::unique_ptr<eviction_policy> policy;  // null: the ring places loads
 
     mutable std::mutex mutex;
     std::condition_variable load_cv;  // a load finished (ready or failed)
@@ -179,7 +178,6 @@ struct tiered_expert_source::impl {
     std::condition_variable work_cv;  // the completion thread: reads were submitted, or stop
     std::vector<tiered_detail::slot_entry> slots;
     std::vector<std::uint32_t> residency;   // layer * n_expert + expert -> slot or no_slot
-    std::vector<std::uint32_t> free_slots;  // a stack (policy mode only; the ring finds free slots itself)
 
     // Placement and the prefetch pipeline (tiered_prefetch.cpp); all under `mutex`.
     section_ring ring;
@@ -300,8 +298,8 @@ struct tiered_expert_source::impl {
     slot_facts facts_of(std::uint32_t slot) const noexcept;
 
     // All below: called with `mutex` held.
-    // A slot for a load of `id` (evicting what it held), by the ring's rules for `kind`, or
-    // by the policy when there is one; nullopt when none may be taken now.
+    // A slot for a load of `id` (evicting what it held), by the ring's rules for `kind`;
+    // nullopt when none may be taken now.
     std::optional<std::uint32_t> take_slot_locked(ExpertId id, slot_load_kind kind, float score);
     void evict_locked(std::uint32_t slot);
     // Marks `slot` loading `id` (refs: waiting acquirers) and admits its reads, or defers them

@@ -36,7 +36,7 @@ result<std::unique_ptr<tiered_expert_source>> make_source(const model_fixture& m
     o.host_budget_bytes = tiered_slot_bytes(m.layout, 4096) * slots;
     o.lock = memory_lock::off;
     o.eio_retries = eio_retries;
-    return tiered_expert_source::create(m.path, m.layout, o, nullptr, std::move(reader));
+    return tiered_expert_source::create(m.path, m.layout, o, std::move(reader));
 }
 
 TEST(tiered_concurrency, many_threads_share_one_load) {
@@ -198,10 +198,13 @@ TEST(tiered_concurrency, prefetch_races_acquire) {
     std::thread prefetcher([&] {
         const std::vector<ExpertId> all = all_experts(m.layout);
         std::mt19937 rng(99);
-        std::vector<ExpertId> ids(4);
+        std::vector<prefetch_request> reqs(4);
         while (!done.load()) {
-            for (auto& id : ids) id = all[rng() % all.size()];
-            source.prefetch(ids);
+            for (auto& r : reqs) {
+                r = prefetch_request{all[rng() % all.size()], static_cast<prefetch_class>(1 + rng() % 3),
+                                     static_cast<float>(rng() % 101) / 100.0f};
+            }
+            source.prefetch(reqs);
             std::this_thread::yield();
         }
     });
@@ -226,7 +229,7 @@ TEST(tiered_concurrency, destruction_drains_prefetches_in_flight) {
         (*faults)->set_latency(std::chrono::microseconds(500));
         auto made = make_source(m, 6, std::move(faults).value());
         ASSERT_TRUE(made) << made.error().message;
-        (*made)->prefetch(all_experts(m.layout));
+        (*made)->prefetch(as_requests(all_experts(m.layout)));
         made = unexpected(errc::cancelled, "destroyed");  // with reads in flight and pending
     }
 }

@@ -28,6 +28,7 @@
 #include "storage/block_reader.h"
 #include "storage/expert_source.h"
 #include "storage/gguf.h"
+#include "storage/tiered_expert_source.h"
 #include "tests/support/synth_fixture.h"
 
 namespace moed::storage::tiered_test {
@@ -78,6 +79,15 @@ inline std::vector<ExpertId> all_experts(const expert_layout& layout) {
         for (std::uint32_t e = 0; e < layout.n_expert; ++e) ids.push_back(ExpertId{l, e});
     }
     return ids;
+}
+
+// Scored prefetch requests for `ids`, all of one class and score.
+inline std::vector<prefetch_request> as_requests(const std::vector<ExpertId>& ids,
+                                                 prefetch_class cls = prefetch_class::near, float score = 1.0f) {
+    std::vector<prefetch_request> out;
+    out.reserve(ids.size());
+    for (const ExpertId& id : ids) out.push_back(prefetch_request{id, cls, score});
+    return out;
 }
 
 inline bool same_matrix(const expert_matrix& a, const expert_matrix& b) {
