@@ -53,6 +53,7 @@
 #include "storage/block_reader.h"
 #include "storage/expert_source.h"
 #include "storage/host_slab.h"
+#include "storage/prefetch_request.h"
 #include "storage/tier_stats.h"
 
 namespace moed::storage {
@@ -114,18 +115,6 @@ struct tier_file_health {
     std::string error;            // why, while broken
     std::uint64_t breaks = 0;     // times the file was found changed
     std::uint64_t recoveries = 0; // times it was found to be the same model again
-};
-
-// Prefetch priority classes, served in this order (contract with the scheduler).
-enum class prefetch_class : std::uint8_t { demand = 0, near = 1, far = 2, warmup = 3 };
-const char* prefetch_class_name(prefetch_class c) noexcept;
-
-struct prefetch_request {
-    ExpertId id;
-    prefetch_class cls = prefetch_class::near;
-    // The predicted probability that the expert is needed, in [0, 1]: orders requests of a
-    // class and is the need the loaded expert keeps while its layer is still ahead.
-    float score = 1.0f;
 };
 
 class tiered_expert_source final : public expert_source {

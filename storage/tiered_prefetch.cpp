@@ -13,16 +13,6 @@ namespace moed::storage {
 
 using namespace tiered_detail;
 
-const char* prefetch_class_name(prefetch_class c) noexcept {
-    switch (c) {
-        case prefetch_class::demand: return "demand";
-        case prefetch_class::near: return "near";
-        case prefetch_class::far: return "far";
-        case prefetch_class::warmup: return "warmup";
-    }
-    return "unknown";
-}
-
 // --- need, facts, guards (mutex held) ---
 
 float tiered_expert_source::impl::need_of(const slot_entry& e) const noexcept {
