@@ -2,8 +2,8 @@
 // complete) and a working set lives in the host slab (the host tier, a byte budget).
 // acquire_many() requests every missing expert of a layer at once (one batched submission),
 // then waits only for those; prefetch() requests experts without waiting (the scheduler's
-// hook). A residency table keeps each slot's state (free, loading, ready, in use,
-// evicting); handles are reference counted, so a slot in use is never evicted.
+// hook). A slot table (storage/slot_table.h) keeps each slot's state (free, loading, ready,
+// in use, failed); handles are reference counted, so a slot in use is never evicted.
 //
 // Placement: the slots form a ring of sections plus a pinned hot set (storage/section_ring.h
 // says how the budget is divided and which slot a load takes). Layer l loads into section
@@ -29,10 +29,12 @@
 // score. acquire_each() lets compute start on the resident experts of a layer while the
 // others are still read.
 //
-// I/O runs on the block reader; a completion thread reaps it, resumes short reads, retries
-// EINTR/EAGAIN and EIO (a bounded number of times), then marks the slot ready or failed and
-// wakes the waiters. A failed load fails the acquire with an error naming the expert and the
-// file; the slot returns to the free list and the next request tries again.
+// Loads run on the block mover (storage/block_mover.h: the block reader; it resumes short
+// reads and retries EINTR/EAGAIN and EIO a bounded number of times); a completion thread
+// reaps it, then marks the slot ready or failed and wakes the waiters. No read and no submit
+// happens under the tier's lock. A failed load fails the acquire with an error naming the
+// expert and the file; the slot is freed and the next request tries again. stats() reports
+// how contended the tier's lock is (tier_stats::lock).
 // Threads: every public method may be called from any thread; the completion thread is
 // private. Callers together must not hold more than slot_count() experts: an acquire that
 // finds every slot held waits for a release (and logs a warning every 10 s); one call asking

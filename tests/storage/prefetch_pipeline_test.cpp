@@ -210,8 +210,11 @@ TEST(prefetch_pipeline, hits_late_and_demand_misses_are_counted) {
     EXPECT_EQ(st.prefetch.issued, 2u);
     EXPECT_EQ(st.prefetch.wasted, 0u);
     EXPECT_DOUBLE_EQ(st.prefetch.hit_rate, 1.0 / 3.0);
-    EXPECT_GT(st.prefetch.io_wait_ns, 0u);  // the late and the demanded acquire waited
-    EXPECT_EQ(st.prefetch.io_waits, 2u);
+    EXPECT_GT(st.prefetch.io_wait_ns, 0u);  // the late acquire waited
+    // The demanded acquire waited too unless its read, submitted without the tier's lock,
+    // had already finished by the time it looked: io_waits counts acquires that waited.
+    EXPECT_GE(st.prefetch.io_waits, 1u);
+    EXPECT_LE(st.prefetch.io_waits, 2u);
 }
 
 TEST(prefetch_pipeline, storms_never_evict_held_or_guarded_experts) {

@@ -9,7 +9,8 @@
 // budget of exactly the slots they can hold together, so nearly every acquire evicts, over
 // the real block reader, a slow fault_reader and a short-reading test reader with a queue
 // depth of 1 (pending list). (4) Prefetch racing acquire: a thread prefetches random experts
-// while others acquire. (5) Destroying the source with prefetches in flight drains them.
+// while others acquire. (5) No lock across a submit: a stalled submit does not stop other
+// callers. (6) Destroying the source with prefetches in flight drains them.
 // Callers together never hold more than the slot count (the contract of
 // max_held_experts()). Counters are checked for consistency (hits + misses = acquires);
 // nothing asserts on elapsed time.
@@ -216,6 +217,46 @@ TEST(tiered_concurrency, prefetch_races_acquire) {
     const auto st = source.stats();
     EXPECT_EQ(st.host.hits + st.host.misses, n);
     EXPECT_EQ(st.host.read_errors, 0u);
+}
+
+// The tier's lock is not held across a submit: while one acquire's submit is stalled inside
+// the reader, other callers get through the tier (a hit and its release, stats, file
+// health, begin_layer). Were the lock held across the submit, they would wait for it.
+TEST(tiered_concurrency, no_lock_is_held_across_a_submit) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    reader_setup rs;
+    auto made = make_source(m, 4, rs.make(m.path));
+    ASSERT_TRUE(made) << made.error().message;
+    tiered_expert_source& source = **made;
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}));  // resident from here on
+    rs.control->stall_submit.store(true);
+    std::thread acquirer([&] {
+        auto h = source.acquire(ExpertId{1, 1});
+        ASSERT_TRUE(h) << h.error().message;
+        EXPECT_TRUE(same_as_resident(*h, *m.resident));
+    });
+    ASSERT_TRUE(eventually([&] { return rs.control->stalled.load() == 1; }));
+    std::atomic<bool> others_done{false};
+    std::thread other([&] {
+        {
+            auto hit = source.acquire(ExpertId{0, 0});
+            EXPECT_TRUE(hit);
+        }
+        (void)source.stats();
+        (void)source.file_health();
+        source.begin_layer(2);
+        others_done.store(true);
+    });
+    EXPECT_TRUE(eventually([&] { return others_done.load(); }));
+    EXPECT_EQ(rs.control->stalled.load(), 1u);  // the submit was still stalled meanwhile
+    rs.release_submits();
+    acquirer.join();
+    other.join();
+    const auto st = source.stats();
+    EXPECT_EQ(st.host.hits, 1u);
+    EXPECT_EQ(st.host.misses, 2u);
+    EXPECT_GT(st.host.lock.acquisitions, 0u);
 }
 
 TEST(tiered_concurrency, destruction_drains_prefetches_in_flight) {
