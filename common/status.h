@@ -21,6 +21,17 @@ struct latency_summary {
     double max_us = 0.0;
 };
 
+// The lock a tier takes for its bookkeeping (slot table, queue, counters): how often it was
+// taken, how often a taker found it held and waited, and for how long. Reads never happen
+// under it, so waits here are bookkeeping, not I/O.
+struct lock_stats {
+    std::uint64_t acquisitions = 0;
+    std::uint64_t contended = 0;     // acquisitions that found the lock held and waited
+    std::uint64_t wait_ns = 0;       // total time those waited
+    std::uint64_t wait_ns_max = 0;   // the longest single wait
+    std::uint64_t hold_ns = 0;       // total time the lock was held
+};
+
 struct tier_stats {
     std::string name;                   // "host", "nvme" (later "gpu")
     std::uint64_t capacity_bytes = 0;
@@ -35,6 +46,7 @@ struct tier_stats {
     double read_seconds = 0.0;          // wall time with at least one read in flight
     double read_bytes_per_s = 0.0;      // bytes_read / read_seconds
     latency_summary load_latency;       // request -> ready, per expert
+    lock_stats lock;                    // the tier's own lock
 };
 
 // The prefetch pipeline of a tier.
@@ -188,9 +200,10 @@ struct server_status {
 };
 
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(latency_summary, count, p50_us, p90_us, p99_us, max_us)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(lock_stats, acquisitions, contended, wait_ns, wait_ns_max, hold_ns)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(tier_stats, name, capacity_bytes, capacity_experts, resident_bytes,
                                                 resident_experts, hits, misses, evictions, bytes_read, read_errors,
-                                                read_seconds, read_bytes_per_s, load_latency)
+                                                read_seconds, read_bytes_per_s, load_latency, lock)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(prefetch_stats, requested, issued, cancelled, hits, late, wasted,
                                                 wasted_bytes, demand_misses, hit_rate, queued, inflight_bytes,
                                                 inflight_bytes_max, inflight_bytes_limit, io_wait_ns, io_waits, tokens,

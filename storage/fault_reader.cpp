@@ -69,6 +69,11 @@ void fault_reader::push_due_locked(std::uint32_t index) {
 result<std::size_t> fault_reader::submit(std::span<const read_op> ops) {
     if (ops.empty()) return std::size_t{0};
     std::lock_guard lock(mutex_);
+    if (submit_failures_ > 0) {
+        --submit_failures_;
+        return make_error(errc::io, "{}: injected submit failure", inner_->path());
+    }
+    if (refuse_submits_) return std::size_t{0};
     const std::size_t k = std::min<std::size_t>(ops.size(), depth_ - in_flight_);
     if (k == 0) return std::size_t{0};
 
@@ -247,9 +252,21 @@ void fault_reader::set_file_replaced(bool replaced) {
     replaced_ = replaced;
 }
 
+void fault_reader::fail_submits(std::uint64_t count) {
+    std::lock_guard lock(mutex_);
+    submit_failures_ = count;
+}
+
+void fault_reader::refuse_submits(bool refuse) {
+    std::lock_guard lock(mutex_);
+    refuse_submits_ = refuse;
+}
+
 void fault_reader::clear_all() {
     std::lock_guard lock(mutex_);
     failures_.clear();
+    submit_failures_ = 0;
+    refuse_submits_ = false;
     short_fraction_ = 1.0;
     short_rule_ = range_rule{};
     latency_ = std::chrono::nanoseconds{0};

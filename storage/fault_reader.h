@@ -1,6 +1,7 @@
 // A block reader that wraps another and injects faults: errors (EIO, EINTR, EAGAIN, any
-// errno) on chosen reads, short reads, per-read latency and a bandwidth cap (a fake slow
-// disk for scheduler tests), and a changed file identity (a file replaced underneath).
+// errno) on chosen reads, failed or refused submits, short reads, per-read latency and a
+// bandwidth cap (a fake slow disk for scheduler tests), and a changed file identity (a file
+// replaced underneath).
 // Reads still go to the wrapped reader, so the bytes that do arrive are the file's.
 //
 // Reads are numbered from 0 in the order submit() accepts them; rules name reads by that
@@ -79,6 +80,10 @@ public:
     void set_bandwidth_cap(std::uint64_t bytes_per_s);
     // identity() reports another inode and mtime while set, as if the file had been replaced.
     void set_file_replaced(bool replaced);
+    // The next `count` calls of submit() fail as a broken backend would (an error, nothing
+    // accepted); while `refuse` is set, submit() accepts nothing (as a full queue would).
+    void fail_submits(std::uint64_t count);
+    void refuse_submits(bool refuse);
     // Adds the recurring faults of `plan` (on top of the rules above; clear_all() removes it).
     void set_plan(const fault_plan& plan);
     // Removes every fault above.
@@ -139,6 +144,8 @@ private:
     std::uint64_t bandwidth_bytes_per_s_ = 0;
     clock::time_point bandwidth_free_at_{};  // when the modelled disk finishes its queue
     bool replaced_ = false;
+    std::uint64_t submit_failures_ = 0;
+    bool refuse_submits_ = false;
     fault_plan plan_;
     // Counters.
     std::uint64_t reads_accepted_ = 0;

@@ -107,7 +107,7 @@ std::uint8_t section_ring::rank(std::uint32_t slot, std::uint32_t own, slot_load
         case slot_availability::busy: return no_rank;
         case slot_availability::free:
             if (kind == slot_load_kind::hot) return in_hot ? 0 : no_rank;
-            if (in_hot) return kind == slot_load_kind::demand || kind == slot_load_kind::hint ? 4 : no_rank;
+            if (in_hot) return kind == slot_load_kind::demand ? 4 : no_rank;
             return mine ? 0 : 1;
         case slot_availability::reclaimable:
         case slot_availability::guarded: {
@@ -119,8 +119,7 @@ std::uint8_t section_ring::rank(std::uint32_t slot, std::uint32_t own, slot_load
                 if (!mine || guarded || f.hot_expert || !(f.need < score)) return no_rank;
                 return 2;
             }
-            if (kind == slot_load_kind::hint && (guarded || f.hot_expert)) return no_rank;
-            // demand (and hint)
+            // demand
             if (f.hot_expert) return 7;
             if (guarded) return 6;
             if (in_hot) return 5;

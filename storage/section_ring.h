@@ -25,8 +25,7 @@
 // for the layer being computed: a prediction never pushes out what other layers keep. A
 // demand load (the layer being computed needs it now) goes on to the rest of the ring, then
 // the hot set's spare slots, then guarded experts, and last hot experts, so it always finds
-// a slot while any is not busy. A hint (the older, unscored prefetch) follows demand's order
-// without the guarded and hot experts. A hot load (an expert of the hot set) only fills hot
+// a slot while any is not busy. A hot load (an expert of the hot set) only fills hot
 // slots that do not hold a hot expert. Busy slots (held by a handle, or loading) are never
 // chosen.
 //
@@ -45,7 +44,6 @@ enum class slot_load_kind : std::uint8_t {
     demand = 0,    // needed by the layer being computed
     prefetch = 1,  // predicted for a coming layer, with a score
     hot = 2,       // an expert of the pinned hot set
-    hint = 3,      // an unscored prefetch (the older form): demand's order, never guarded or hot
 };
 
 // What the tier says about a slot when a load looks for room.

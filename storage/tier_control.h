@@ -14,21 +14,10 @@
 #include <string>
 
 #include "common/ids.h"
+#include "storage/prefetch_request.h"
 #include "storage/tier_stats.h"
 
 namespace moed::storage {
-
-// Prefetch priority classes, served in this order (contract with the scheduler).
-enum class prefetch_class : std::uint8_t { demand = 0, near = 1, far = 2, warmup = 3 };
-const char* prefetch_class_name(prefetch_class c) noexcept;
-
-struct prefetch_request {
-    ExpertId id;
-    prefetch_class cls = prefetch_class::near;
-    // The predicted probability that the expert is needed, in [0, 1]: orders requests of a
-    // class and is the need the loaded expert keeps while its layer is still ahead.
-    float score = 1.0f;
-};
 
 // The model file as a tier sees it. A file changed under the tier (size, inode or mtime
 // differ from what was opened, or a read meets its end early) is broken: experts already in

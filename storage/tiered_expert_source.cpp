@@ -1,6 +1,6 @@
-// The tiered expert source's public side: create (sizing, slab, reader, checks), acquire,
-// prefetch, release and statistics. The load path is in tiered_loads.cpp; the shared state
-// and the slot state machine are in tiered_state.h.
+// The tiered expert source's public side: create (sizing, slab, reader, checks), acquire
+// and statistics. The load path is in tiered_loads.cpp, the prefetch pipeline in
+// tiered_prefetch.cpp; tiered_state.h says how the pieces compose.
 #include "storage/tiered_expert_source.h"
 
 #include <fcntl.h>
@@ -28,7 +28,7 @@ tiered_expert_source::~tiered_expert_source() = default;
 
 result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     const std::string& path, const expert_layout& layout, const tiered_options& options,
-    std::unique_ptr<eviction_policy> policy, std::unique_ptr<block_reader> supplied_reader) {
+    std::unique_ptr<block_reader> supplied_reader) {
     if (layout.n_layer == 0 || layout.n_expert == 0 || layout.layers.size() != layout.n_layer) {
         return make_error(errc::invalid_argument, "{}: expert layout has {} layers x {} experts ({} described)",
                           path, layout.n_layer, layout.n_expert, layout.layers.size());
@@ -118,7 +118,6 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     p->layout = layout;
     p->options = options;
     p->region_alignment = alignment;
-    p->reader_alignment = reader->alignment();
     p->identity = *identity;
     p->reader_opened_here = reader_opened_here;
     {
@@ -131,38 +130,31 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
         p->header_digest = print->first;
         p->tensor_digests = std::move(print->second);
     }
+    std::vector<std::uint64_t> layer_bytes;
     for (std::uint32_t l = 0; l < layout.n_layer; ++l) {
         p->geometry.push_back(geometry_of(layout, l, alignment));
+        layer_bytes.push_back(layout.expert_bytes(l));
         p->expert_bytes_total += static_cast<std::uint64_t>(layout.expert_bytes(l)) * layout.n_expert;
     }
     const std::uint32_t n_slots = slab->n_slots();
+    const io_mode mode = reader->mode();
+    const std::uint32_t depth = reader->queue_depth();
+    p->mover = std::make_unique<block_mover>(
+        std::move(reader), slot_memory{slab->slot(0), n_slots, slab->slot_bytes()}, layout, *identity,
+        block_mover_options{.path = path, .eio_retries = options.eio_retries, .region_alignment = alignment});
     p->slab = std::move(slab);
-    p->reader = std::move(reader);
-    p->policy = std::move(policy);
-    if (p->policy) p->policy->reset(n_slots);
-    p->slots.resize(n_slots);
+    p->slots.reset(n_slots, layout.n_expert, layer_bytes);
     const std::size_t n_experts = static_cast<std::size_t>(layout.n_layer) * layout.n_expert;
-    p->residency.assign(n_experts, no_slot);
-    if (p->policy) {
-        p->free_slots.reserve(n_slots);
-        for (std::uint32_t s = n_slots; s > 0; --s) p->free_slots.push_back(s - 1);  // slot 0 first
-    }
-    p->pending.reserve(static_cast<std::size_t>(n_slots) * 3);
-    // Without the ring (or with a policy) every slot is one section; the ring's rules then
-    // reduce to least recently used among unpredicted experts.
-    const bool ring = options.ring && !p->policy;
+    // Without the ring every slot is one section; the ring's rules then reduce to least
+    // recently used among unpredicted experts.
     const std::uint32_t per_layer =
         options.slots_per_layer > 0 ? options.slots_per_layer : std::max<std::uint32_t>(1, layout.n_expert / 4);
-    p->ring.reset(n_slots, ring ? layout.n_layer : 1, per_layer);
+    p->ring.reset(n_slots, options.ring ? layout.n_layer : 1, per_layer);
     p->section_last_layer.assign(p->ring.n_sections(), -1);
     p->layer_gen.assign(layout.n_layer, 0);
     p->hot.assign(n_experts, 0);
-    p->queued.assign(n_experts, 0);
-    p->mark.assign(n_experts, 0);
-    p->layer_mark.assign(layout.n_layer, 0);
-    p->queue.reserve(n_experts);
-    p->deferred.reserve(n_slots);
-    p->latency_us.assign(latency_samples_max, 0);
+    p->queue.reset(layout.n_layer, layout.n_expert, n_slots,
+                   load_queue::limits{options.max_inflight_bytes, options.max_prefetch_inflight_bytes});
     try {
         impl* raw = p.get();
         p->completion_thread = std::thread([raw] { raw->completion_main(); });
@@ -173,8 +165,8 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     MOED_LOG_INFO(component,
                   "{}: host tier of {} slots x {} ({}), {} reads, queue depth {}; ring of {} sections ({} slots per "
                   "layer wanted), at most {} in flight",
-                  path, n_slots, format_bytes(slot_bytes), format_bytes(slot_bytes * n_slots),
-                  io_mode_name(p->reader->mode()), p->reader->queue_depth(), p->ring.n_sections(), per_layer,
+                  path, n_slots, format_bytes(slot_bytes), format_bytes(slot_bytes * n_slots), io_mode_name(mode),
+                  depth, p->ring.n_sections(), per_layer,
                   options.max_inflight_bytes == 0 ? std::string("unbounded") : format_bytes(options.max_inflight_bytes));
     return std::unique_ptr<tiered_expert_source>(new tiered_expert_source(std::move(p)));
 }
@@ -256,10 +248,7 @@ result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, d
                 waited_ns += static_cast<std::uint64_t>(
                     std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - t0).count());
             }
-            if (waited_ns > 0) {
-                d.io_wait_ns += waited_ns;
-                ++d.io_waits;
-            }
+            d.counters.add_io_wait(waited_ns);
         }
         apply(pick, handles[pick]);
         handles[pick].release();
@@ -269,7 +258,7 @@ result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, d
     return {};
 }
 
-bool tiered_expert_source::impl::wait_loaded(std::unique_lock<std::mutex>& lock, std::uint32_t slot,
+bool tiered_expert_source::impl::wait_loaded(std::unique_lock<counted_mutex>& lock, std::uint32_t slot,
                                              std::uint64_t& waited_ns, moed::error& failure) {
     if (slots[slot].state == slot_state::loading) {
         const auto t0 = clock_type::now();
@@ -321,47 +310,36 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
     // experts as the victim for another; pass 2 finds slots for the rest.
     auto pin = [&](std::size_t k, std::uint32_t where) {
         const ExpertId id = ids[k];
-        slot_entry& e = slots[where];
-        switch (e.state) {
+        const bool prefetched = slots[where].prefetched_unused;
+        switch (slots.pin(where)) {
             case slot_state::ready:
-                if (policy) {
-                    policy->on_access(where);
-                    policy->on_evictable(where, false);
-                }
-                e.state = slot_state::in_use;
-                ++hits;
-                if (e.prefetched_unused) ++pf_hits;
+                ++counters.hits;
+                if (prefetched) ++counters.pf_hits;
                 break;
-            case slot_state::in_use:
-                if (policy) policy->on_access(where);
-                ++hits;
-                break;
+            case slot_state::in_use: ++counters.hits; break;
             case slot_state::loading:
-                ++misses;  // the wait is the cost a miss has
-                if (e.prefetched_unused) ++pf_late;
+                ++counters.misses;  // the wait is the cost a miss has
+                if (prefetched) ++counters.pf_late;
                 break;
-            default:
-                MOED_ASSERT(false && "the residency table points at a free or failed slot");
+            default: MOED_ASSERT(false && "the residency map points at a free or failed slot");
         }
-        e.prefetched_unused = false;
-        touch_locked(e);
-        guard_locked(e);
-        ++e.refs;
+        slots.set_prefetched_unused(where, false);
+        slots.touch(where);
+        guard_locked(where);
         out[k] = expert_handle(owner, id, weights_of(where, id), where, device_id::host(), memory());
     };
     for (std::size_t k = 0; k < ids.size(); ++k) {
-        const std::uint32_t where = residency[table_index(ids[k])];
-        if (where != no_slot) pin(k, where);
+        const std::uint32_t where = slots.find(ids[k]);
+        if (where != slot_table::no_slot) pin(k, where);
     }
-    bool submitted_any = false;
     for (std::size_t k = 0; k < ids.size();) {
         if (out[k].valid()) {
             ++k;
             continue;
         }
         const ExpertId id = ids[k];
-        const std::uint32_t where = residency[table_index(id)];
-        if (where != no_slot) {  // a duplicate id, or loaded by another caller meanwhile
+        const std::uint32_t where = slots.find(id);
+        if (where != slot_table::no_slot) {  // a duplicate id, or loaded by another caller meanwhile
             pin(k, where);
             ++k;
             continue;
@@ -370,19 +348,22 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             // The file may hold other bytes now: fail what would need a read, keep the rest.
             moed::error failure = error_noexcept(errc::io, "{}; expert {}/{} is not in host memory",
                                                  file_error.message, id.layer, id.expert);
-            if (submitted_any) flush_pending_locked();
+            const bool submit = take_submit_locked();
             lock.unlock();
+            if (submit) mover->submit();
             for (expert_handle& h : out) h.release();
             return unexpected(std::move(failure));
         }
         const std::optional<std::uint32_t> slot = take_slot_locked(id, slot_load_kind::demand, 0.0f);
         if (!slot) {
-            // Every slot is loading or held. Send what this call queued so those loads can
-            // finish, then wait for a release or a finished load and look at `id` again
-            // (another caller may have loaded it meanwhile).
-            if (submitted_any) {
-                flush_pending_locked();
-                submitted_any = false;
+            // Every slot is loading or held. Send what is queued so those loads can finish
+            // (without the lock, which lets releases in), then look at `id` again; else wait
+            // for a release or a finished load (another caller may load `id` meanwhile).
+            if (take_submit_locked()) {
+                lock.unlock();
+                mover->submit();
+                lock.lock();
+                continue;
             }
             std::cv_status waited = std::cv_status::no_timeout;
             timed_wait([&] { waited = slot_cv.wait_for(lock, slot_wait_warn); });
@@ -395,26 +376,26 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             continue;
         }
         start_load_locked(*slot, id, 1);
-        ++misses;
-        ++demand_misses;
-        guard_locked(slots[*slot]);
+        ++counters.misses;
+        ++counters.demand_misses;
+        guard_locked(*slot);
         out[k] = expert_handle(owner, id, weights_of(*slot, id), *slot, device_id::host(), memory());
-        submitted_any = true;
         ++k;
     }
-    // One batch for every read of the call; then wait only for this call's experts.
-    if (submitted_any) flush_pending_locked();
+    // One batch for every read of the call, sent without the lock; then wait only for this
+    // call's experts.
+    submit_unlocked_if_due(lock);
     // The current layer's reads are on their way: prefetches held behind them may go.
     if (!ids.empty() && ids.front().layer == current_layer && !demand_requested) {
         demand_requested = true;
-        if (options.prefetch_after_demand) dispatch_locked();
+        if (options.prefetch_after_demand) {
+            dispatch_locked();
+            submit_unlocked_if_due(lock);
+        }
     }
 
     if (!wait) {
-        if (waited_ns > 0) {
-            io_wait_ns += waited_ns;
-            ++io_waits;
-        }
+        counters.add_io_wait(waited_ns);
         return {};
     }
     moed::error failure;
@@ -425,10 +406,7 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             break;
         }
     }
-    if (waited_ns > 0) {
-        io_wait_ns += waited_ns;
-        ++io_waits;
-    }
+    counters.add_io_wait(waited_ns);
     if (failed) {
         // The failed slot stays failed (not reused) while this call holds its ref, so the
         // error was copied before the handles go; they are released without the lock.
@@ -439,37 +417,36 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
     return {};
 }
 
-void tiered_expert_source::release(ExpertId id, std::uint64_t token) noexcept {
-    std::lock_guard lock(impl_->mutex);
-    impl_->release_locked(id, static_cast<std::uint32_t>(token));
-}
-
 std::uint32_t tiered_expert_source::slot_count() const noexcept { return impl_->n_slots(); }
 
 std::uint64_t tiered_expert_source::slot_bytes() const noexcept { return impl_->slab->slot_bytes(); }
 
 void tiered_expert_source::set_prefetch_inflight_limit(std::uint64_t bytes) {
     impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    const bool raised = d.prefetch_inflight_limit != 0 && (bytes == 0 || bytes > d.prefetch_inflight_limit);
-    d.prefetch_inflight_limit = bytes;
-    if (raised) d.dispatch_locked();  // queued prefetches may fit now
+    bool submit = false;
+    {
+        std::lock_guard lock(d.mutex);
+        if (d.queue.set_scheduler_prefetch_limit(bytes)) {
+            d.dispatch_locked();  // queued prefetches may fit now
+            submit = d.take_submit_locked();
+        }
+    }
+    if (submit) d.mover->submit();
 }
 
 link_figures tiered_expert_source::link() const {
     const impl& d = *impl_;
     std::lock_guard lock(d.mutex);
     link_figures f;
-    double busy = d.busy_seconds;
-    if (d.loads_in_flight > 0) busy += std::chrono::duration<double>(clock_type::now() - d.busy_since).count();
-    f.bytes_per_s = busy > 0.0 ? static_cast<double>(d.bytes_read) / busy : 0.0;
-    f.load_latency_us = d.latency_mean_us;
-    f.layer_compute_us = d.layer_compute_ns / 1e3;
-    f.inflight_bytes = d.inflight_bytes;
-    f.demand_loads = d.demand_misses;
-    f.prefetch_loads = d.pf_issued;
-    f.prefetch_wasted = d.pf_wasted;
-    f.layers_computed = d.layers_computed;
+    const double busy = d.counters.read_seconds(clock_type::now());
+    f.bytes_per_s = busy > 0.0 ? static_cast<double>(d.counters.bytes_read) / busy : 0.0;
+    f.load_latency_us = d.counters.latency_mean_us();
+    f.layer_compute_us = d.counters.layer_compute_ns / 1e3;
+    f.inflight_bytes = d.queue.inflight_bytes();
+    f.demand_loads = d.counters.demand_misses;
+    f.prefetch_loads = d.counters.pf_issued;
+    f.prefetch_wasted = d.counters.pf_wasted;
+    f.layers_computed = d.counters.layers_computed;
     f.expert_bytes = static_cast<double>(d.expert_bytes_total) /
                      (static_cast<double>(d.layout.n_layer) * static_cast<double>(d.layout.n_expert));
     return f;
@@ -478,71 +455,48 @@ link_figures tiered_expert_source::link() const {
 expert_cache_stats tiered_expert_source::stats() const {
     const impl& d = *impl_;
     expert_cache_stats out;
-    out.io_mode = std::string(io_mode_name(d.reader->mode()));
-    out.queue_depth = d.reader->queue_depth();
+    out.io_mode = std::string(io_mode_name(d.mover->mode()));
+    out.queue_depth = d.mover->queue_depth();
     out.expert_bytes_total = d.expert_bytes_total;
 
     std::vector<std::uint32_t> samples;
+    tier_stats& h = out.host;
+    prefetch_stats& pf = out.prefetch;
     {
         std::lock_guard lock(d.mutex);
-        tier_stats& h = out.host;
         h.name = "host";
         h.capacity_experts = d.n_slots();
         h.capacity_bytes = static_cast<std::uint64_t>(d.n_slots()) * d.slab->slot_bytes();
-        h.resident_bytes = d.resident_bytes;
-        h.resident_experts = d.resident_experts;
-        h.hits = d.hits;
-        h.misses = d.misses;
-        h.evictions = d.evictions;
-        h.bytes_read = d.bytes_read;
-        h.read_errors = d.read_errors;
-        h.read_seconds = d.busy_seconds;
-        if (d.loads_in_flight > 0) {
-            h.read_seconds += std::chrono::duration<double>(clock_type::now() - d.busy_since).count();
-        }
+        h.resident_bytes = d.slots.resident_bytes();
+        h.resident_experts = d.slots.resident_experts();
+        d.counters.fill(h, pf, samples, clock_type::now());
+        h.lock = d.mutex.stats();
         // The residency map: one character per expert of each layer ('#' resident, '+' in
         // use, '~' loading, '.' only in the file).
         out.layer_residency.assign(d.layout.n_layer, std::string(d.layout.n_expert, '.'));
         for (std::uint32_t l = 0; l < d.layout.n_layer; ++l) {
             for (std::uint32_t e = 0; e < d.layout.n_expert; ++e) {
-                const std::uint32_t slot = d.residency[static_cast<std::size_t>(l) * d.layout.n_expert + e];
-                if (slot == tiered_detail::no_slot) continue;
+                const std::uint32_t slot = d.slots.find(ExpertId{l, e});
+                if (slot == slot_table::no_slot) continue;
                 switch (d.slots[slot].state) {
-                    case tiered_detail::slot_state::ready: out.layer_residency[l][e] = '#'; break;
-                    case tiered_detail::slot_state::in_use: out.layer_residency[l][e] = '+'; break;
-                    case tiered_detail::slot_state::loading: out.layer_residency[l][e] = '~'; break;
+                    case slot_state::ready: out.layer_residency[l][e] = '#'; break;
+                    case slot_state::in_use: out.layer_residency[l][e] = '+'; break;
+                    case slot_state::loading: out.layer_residency[l][e] = '~'; break;
                     default: break;
                 }
             }
         }
-        prefetch_stats& pf = out.prefetch;
-        pf.requested = d.pf_requested;
-        pf.issued = d.pf_issued;
-        pf.cancelled = d.pf_cancelled;
-        pf.hits = d.pf_hits;
-        pf.late = d.pf_late;
-        pf.wasted = d.pf_wasted;
-        pf.wasted_bytes = d.pf_wasted_bytes;
-        pf.demand_misses = d.demand_misses;
         pf.queued = d.queue.size();
-        pf.inflight_bytes = d.inflight_bytes;
-        pf.inflight_bytes_max = d.inflight_bytes_max;
+        pf.inflight_bytes = d.queue.inflight_bytes();
+        pf.inflight_bytes_max = d.queue.inflight_bytes_max();
         pf.inflight_bytes_limit = d.options.max_inflight_bytes;
-        pf.io_wait_ns = d.io_wait_ns;
-        pf.io_waits = d.io_waits;
-        pf.tokens = d.tokens;
-        pf.layers_computed = d.layers_computed;
-        pf.layer_compute_us = d.layer_compute_ns / 1e3;
         ring_stats& r = out.ring;
-        r.enabled = !d.policy && d.options.ring;
+        r.enabled = d.options.ring;
         r.slots_per_layer = d.ring.slots_per_layer();
         r.hot_slots = static_cast<std::uint32_t>(d.ring.hot_members().size());
         r.hot_set = d.hot_count;
         for (std::uint32_t s : d.ring.hot_members()) {
-            const slot_entry& e = d.slots[s];
-            if ((e.state == slot_state::ready || e.state == slot_state::in_use) && d.hot[d.table_index(e.id)] != 0) {
-                ++r.hot_resident;
-            }
+            if (d.slots.holds_bytes(s) && d.hot[d.table_index(d.slots[s].id)] != 0) ++r.hot_resident;
         }
         r.sections.resize(d.ring.n_sections());
         for (std::uint32_t sec = 0; sec < d.ring.n_sections(); ++sec) {
@@ -554,33 +508,11 @@ expert_cache_stats tiered_expert_source::stats() const {
             }
             rs.layer = sec < d.section_last_layer.size() ? d.section_last_layer[sec] : -1;
             for (std::uint32_t s : members) {
-                const slot_state st = d.slots[s].state;
-                if (st == slot_state::ready || st == slot_state::in_use) ++rs.resident;
+                if (d.slots.holds_bytes(s)) ++rs.resident;
             }
         }
-        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(d.latency_count, latency_samples_max));
-        samples.assign(d.latency_us.begin(), d.latency_us.begin() + static_cast<std::ptrdiff_t>(n));
-        h.load_latency.count = d.latency_count;
     }
-    prefetch_stats& pf = out.prefetch;
-    const std::uint64_t needed = pf.hits + pf.late + pf.demand_misses;
-    pf.hit_rate = needed > 0 ? static_cast<double>(pf.hits) / static_cast<double>(needed) : 0.0;
-    pf.io_wait_ns_per_token =
-        pf.tokens > 0 ? static_cast<double>(pf.io_wait_ns) / static_cast<double>(pf.tokens) : 0.0;
-    tier_stats& h = out.host;
-    h.read_bytes_per_s = h.read_seconds > 0.0 ? static_cast<double>(h.bytes_read) / h.read_seconds : 0.0;
-    if (!samples.empty()) {
-        std::sort(samples.begin(), samples.end());
-        // Nearest-rank percentiles over the recent samples.
-        auto pct = [&](double p) {
-            const auto rank = static_cast<std::size_t>(std::ceil(p * static_cast<double>(samples.size())));
-            return static_cast<double>(samples[std::clamp<std::size_t>(rank, 1, samples.size()) - 1]);
-        };
-        h.load_latency.p50_us = pct(0.50);
-        h.load_latency.p90_us = pct(0.90);
-        h.load_latency.p99_us = pct(0.99);
-        h.load_latency.max_us = static_cast<double>(samples.back());
-    }
+    tier_counters::summarize(h, pf, samples);
 
     tier_stats& n = out.nvme;
     n.name = "nvme";

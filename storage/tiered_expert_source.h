@@ -2,8 +2,8 @@
 // complete) and a working set lives in the host slab (the host tier, a byte budget).
 // acquire_many() requests every missing expert of a layer at once (one batched submission),
 // then waits only for those; prefetch() requests experts without waiting (the scheduler's
-// hook). A residency table keeps each slot's state (free, loading, ready, in use,
-// evicting); handles are reference counted, so a slot in use is never evicted.
+// hook). A slot table (storage/slot_table.h) keeps each slot's state (free, loading, ready,
+// in use, failed); handles are reference counted, so a slot in use is never evicted.
 //
 // Placement: the slots form a ring of sections plus a pinned hot set (storage/section_ring.h
 // says how the budget is divided and which slot a load takes). Layer l loads into section
@@ -29,10 +29,12 @@
 // score. acquire_each() lets compute start on the resident experts of a layer while the
 // others are still read.
 //
-// I/O runs on the block reader; a completion thread reaps it, resumes short reads, retries
-// EINTR/EAGAIN and EIO (a bounded number of times), then marks the slot ready or failed and
-// wakes the waiters. A failed load fails the acquire with an error naming the expert and the
-// file; the slot returns to the free list and the next request tries again.
+// Loads run on the block mover (storage/block_mover.h: the block reader; it resumes short
+// reads and retries EINTR/EAGAIN and EIO a bounded number of times); a completion thread
+// reaps it, then marks the slot ready or failed and wakes the waiters. No read and no submit
+// happens under the tier's lock. A failed load fails the acquire with an error naming the
+// expert and the file; the slot is freed and the next request tries again. stats() reports
+// how contended the tier's lock is (tier_stats::lock).
 // Threads: every public method may be called from any thread; the completion thread is
 // private. Callers together must not hold more than slot_count() experts: an acquire that
 // finds every slot held waits for a release (and logs a warning every 10 s); one call asking
@@ -51,9 +53,9 @@
 
 #include "common/result.h"
 #include "storage/block_reader.h"
-#include "storage/eviction_policy.h"
 #include "storage/expert_source.h"
 #include "storage/host_slab.h"
+#include "storage/prefetch_request.h"
 #include "storage/tier_stats.h"
 #include "storage/tiers.h"
 
@@ -62,13 +64,10 @@ namespace moed::storage {
 class tiered_expert_source final : public expert_source, public tier_control {
 public:
     // `path` is the model file `layout` was read from. `reader` may be supplied (tests
-    // inject faults); otherwise open_block_reader() is used with `options`. A `policy`, when
-    // given, replaces the ring's placement: one pool of slots whose victims the policy picks
-    // (no sections, no hot set, prefetch scores ignored).
-    static result<std::unique_ptr<tiered_expert_source>> create(
-        const std::string& path, const expert_layout& layout, const tiered_options& options,
-        std::unique_ptr<eviction_policy> policy = nullptr,
-        std::unique_ptr<block_reader> reader = nullptr);
+    // inject faults); otherwise open_block_reader() is used with `options`.
+    static result<std::unique_ptr<tiered_expert_source>> create(const std::string& path, const expert_layout& layout,
+                                                                const tiered_options& options,
+                                                                std::unique_ptr<block_reader> reader = nullptr);
     ~tiered_expert_source() override;
 
     // Experts are served from host slots: `device` must be the host.
@@ -97,10 +96,6 @@ public:
     expert_cache_stats stats() const override;
     tier_file_health file_health() const override;
 
-    // The older, unscored form: each expert takes a slot now if one is free or holds an
-    // expert that is neither held, guarded nor hot (demand's order), else it is skipped; no
-    // queue, no prediction kept.
-    void prefetch(std::span<const ExpertId> ids);
     // Checks the model file now (what the checker thread does every file_check_interval):
     // marks it broken when it changed; when broken and unchanged since the previous check
     // (a copy in progress is not read), compares it with the model that was opened and, when

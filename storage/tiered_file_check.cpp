@@ -132,9 +132,7 @@ result<void> tiered_expert_source::impl::verify_same_model(int fd, const file_id
     {
         std::lock_guard lock(mutex);
         for (std::uint32_t s = 0; s < n_slots(); ++s) {
-            if (slots[s].state == slot_state::ready || slots[s].state == slot_state::in_use) {
-                resident.emplace_back(s, slots[s].id);
-            }
+            if (slots.holds_bytes(s)) resident.emplace_back(s, slots[s].id);
         }
     }
     std::vector<std::byte> buffer;
@@ -182,17 +180,19 @@ tier_file_health tiered_expert_source::check_file() {
     impl& d = *impl_;
     std::lock_guard check(d.check_mutex);
     const std::optional<file_identity> at_path = identity_of_path(d.path);
+    // The open file's identity (an fstat), taken without the tier's lock. Only a check
+    // changes d.identity, and checks run one at a time.
+    const result<file_identity> open_now = d.mover->source_identity();
     {
         std::lock_guard lock(d.mutex);
         if (!d.file_broken) {
-            auto current = d.reader->identity();
-            if (!current) {
+            if (!open_now) {
                 d.mark_file_broken_locked(error_noexcept(errc::io, "{}: checking the model file: {}", d.path,
-                                                         current.error().message));
-            } else if (!(*current == d.identity)) {
+                                                         open_now.error().message));
+            } else if (!(*open_now == d.identity)) {
                 d.mark_file_broken_locked(error_noexcept(errc::io, "{}: changed since it was opened ({} then, {} now)",
                                                          d.path, identity_text(d.identity),
-                                                         identity_text(*current)));
+                                                         identity_text(*open_now)));
             } else if (at_path && (at_path->inode != d.identity.inode || at_path->device != d.identity.device) &&
                        d.path_inode_logged != at_path->inode) {
                 // Renamed over: the open file still holds the model served, which stays intact.
@@ -214,20 +214,27 @@ tier_file_health tiered_expert_source::check_file() {
                                            : result<file_identity>(make_error(errc::io, "cannot open: {}",
                                                                               std::strerror(errno)));
     result<void> same = now ? d.verify_same_model(fd.fd, *now) : result<void>(unexpected(now.error()));
-    std::lock_guard lock(d.mutex);
-    if (!same) {
-        d.file_rejected = at_path;
-        MOED_LOG_WARN(component, "{}: not the model opened: {}", d.path, same.error().message);
-        return d.health_locked();
-    }
-    if (d.submitted > 0 || !d.pending.empty() || d.loads_in_flight > 0) {
-        // Reads that began before the change may still land: they must finish (and fail
-        // against the old identity) before a new one is trusted. A later check takes it.
-        return d.health_locked();
-    }
-    const bool same_file = now->inode == d.identity.inode && now->device == d.identity.device;
-    if (!same_file) {
-        // The path names another file now: read that one from here on.
+    // Reads that began before the change may still land: they must finish (and fail against
+    // the old identity) before a new one is trusted. A later check takes it.
+    auto busy_locked = [&] { return d.counters.loads_in_flight() > 0 || d.mover->loads_in_flight() > 0; };
+    bool same_file = false;
+    {
+        std::unique_lock lock(d.mutex);
+        if (!same) {
+            d.file_rejected = at_path;
+            MOED_LOG_WARN(component, "{}: not the model opened: {}", d.path, same.error().message);
+            return d.health_locked();
+        }
+        if (busy_locked()) return d.health_locked();
+        same_file = now->inode == d.identity.inode && now->device == d.identity.device;
+        if (same_file) {
+            d.recover_locked(false);
+            const bool submit = d.take_submit_locked();
+            tier_file_health health = d.health_locked();
+            lock.unlock();
+            if (submit) d.mover->submit();
+            return health;
+        }
         if (!d.reader_opened_here) {
             d.file_rejected = at_path;
             MOED_LOG_WARN(component, "{}: holds the same model again, but in another file, and this tier's reader "
@@ -235,29 +242,45 @@ tier_file_health tiered_expert_source::check_file() {
                           d.path);
             return d.health_locked();
         }
-        auto opened = open_block_reader(block_reader_options{d.path, d.options.queue_depth, d.options.allow_uring,
-                                                             d.options.allow_direct, d.slab->region()});
-        if (opened && d.options.wrap_reader) opened = d.options.wrap_reader(std::move(opened).value());
-        if (!opened || !*opened || d.region_alignment % (*opened)->alignment() != 0) {
-            MOED_LOG_WARN(component, "{}: cannot reopen the model file: {}", d.path,
-                          opened ? std::string("unsuitable reader") : opened.error().message);
-            return d.health_locked();
-        }
-        // Nothing is submitted, so the completion thread is not inside the old reader's reap().
-        d.reader = std::move(opened).value();
-        d.reader_alignment = d.reader->alignment();
     }
-    auto current = d.reader->identity();
-    if (!current) return d.health_locked();
-    d.identity = *current;
-    d.file_broken = false;
-    d.file_error = moed::error{};
-    ++d.file_recoveries;
+    // The path names another file now: read that one from here on. Opened without the
+    // tier's lock (setting up a reader takes system calls and may register the slab).
+    auto opened = open_block_reader(block_reader_options{d.path, d.options.queue_depth, d.options.allow_uring,
+                                                         d.options.allow_direct, d.slab->region()});
+    if (opened && d.options.wrap_reader) opened = d.options.wrap_reader(std::move(opened).value());
+    std::unique_lock lock(d.mutex);
+    if (!opened || !*opened || d.region_alignment % (*opened)->alignment() != 0) {
+        MOED_LOG_WARN(component, "{}: cannot reopen the model file: {}", d.path,
+                      opened ? std::string("unsuitable reader") : opened.error().message);
+        return d.health_locked();
+    }
+    // While broken no load starts from a request; one admitted meanwhile (a deferred demand
+    // load) makes this check give up, and the next one tries again.
+    if (!d.file_broken || d.stopping || busy_locked()) return d.health_locked();
+    d.mover->replace_reader(std::move(opened).value());
+    d.recover_locked(true);
+    const bool submit = d.take_submit_locked();
+    tier_file_health health = d.health_locked();
+    lock.unlock();
+    if (submit) d.mover->submit();
+    return health;
+}
+
+void tiered_expert_source::impl::recover_locked(bool reopened) {
+    auto current = mover->source_identity();
+    if (!current) {
+        MOED_LOG_WARN(component, "{}: checking the model file: {}", path, current.error().message);
+        return;
+    }
+    identity = *current;
+    mover->set_identity(*current);
+    file_broken = false;
+    file_error = moed::error{};
+    ++file_recoveries;
     MOED_LOG_INFO(component, "{}: holds the model opened again (size, header, tensor samples and {} resident "
                              "experts compared){}; serving resumes",
-                  d.path, d.resident_experts, same_file ? "" : ", reopened");
-    d.dispatch_locked();
-    return d.health_locked();
+                  path, slots.resident_experts(), reopened ? ", reopened" : "");
+    dispatch_locked();
 }
 
 void tiered_expert_source::impl::check_main() noexcept {

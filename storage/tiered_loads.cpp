@@ -1,11 +1,11 @@
-// The load path of the tiered expert source: slot allocation and eviction, reads and their
-// resumption, the completion thread, and the end of a load (ready, or failed and freed).
-// See tiered_state.h for the slot state machine.
+// The load path of the tiered expert source: slot choice and eviction, the start of a load
+// (admitted against the in-flight bound, or deferred), the completion thread, the end of a
+// load (ready, or failed and freed) and releases. See storage/slot_table.h for the slot
+// state machine and storage/block_mover.h for the reads themselves.
 #include <pthread.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
+#include <array>
 
 #include "common/log.h"
 #include "storage/tiered_state.h"
@@ -41,32 +41,21 @@ void tiered_expert_source::impl::shutdown() noexcept {
             MOED_ASSERT(slots[s].refs == 0);
         }
         stopping = true;
-        // Reads never submitted need no draining; reads in flight do, so the completion
-        // thread keeps reaping until none remain.
-        pending.clear();
     }
-    work_cv.notify_all();
-    reader->wake();
+    // Loads not yet submitted are dropped; the completion thread drains the reads in flight.
+    mover->stop();
     completion_thread.join();
+}
+
+void tiered_expert_source::impl::submit_unlocked_if_due(std::unique_lock<counted_mutex>& lock) {
+    if (!take_submit_locked()) return;
+    lock.unlock();
+    mover->submit();
+    lock.lock();
 }
 
 std::optional<std::uint32_t> tiered_expert_source::impl::take_slot_locked(ExpertId id, slot_load_kind kind,
                                                                          float score) {
-    if (policy) {
-        // Policy mode: one pool; a prefetch may take any evictable slot, as demand does.
-        if (!free_slots.empty()) {
-            const std::uint32_t s = free_slots.back();
-            free_slots.pop_back();
-            return s;
-        }
-        const std::optional<std::uint32_t> victim = policy->choose_victim();
-        if (!victim) return std::nullopt;
-        MOED_ASSERT(*victim < n_slots());
-        // The policy is told about every state change, so it only offers ready, unheld slots.
-        MOED_ASSERT(slots[*victim].state == slot_state::ready && slots[*victim].refs == 0);
-        evict_locked(*victim);
-        return victim;
-    }
     const std::optional<std::uint32_t> chosen =
         ring.choose_slot(id.layer, kind, score, [this](std::uint32_t s) { return facts_of(s); });
     if (!chosen) return std::nullopt;
@@ -75,344 +64,144 @@ std::optional<std::uint32_t> tiered_expert_source::impl::take_slot_locked(Expert
 }
 
 void tiered_expert_source::impl::evict_locked(std::uint32_t v) {
-    slot_entry& e = slots[v];
-    MOED_ASSERT(e.state == slot_state::ready && e.refs == 0);
-    if (policy) policy->on_remove(v);
-    const std::size_t idx = table_index(e.id);
-    residency[idx] = no_slot;
-    const std::uint64_t bytes = layout.expert_bytes(e.id.layer);
-    resident_bytes -= bytes;
-    --resident_experts;
-    ++evictions;
+    const slot_entry& e = slots[v];
+    const ExpertId id = e.id;
+    const std::uint64_t bytes = expert_bytes(id);
+    ++counters.evictions;
     if (e.prefetched_unused) {
-        ++pf_wasted;
-        pf_wasted_bytes += bytes;
+        ++counters.pf_wasted;
+        counters.pf_wasted_bytes += bytes;
     }
-    e.prefetched_unused = false;
-    e.predicted = false;
-    e.state = slot_state::free;
+    slots.evict(v);
     // A hot expert pushed out (only a demand load does that, as its last resort) comes back
     // at warmup priority.
-    if (!hot.empty() && hot[idx] != 0) enqueue_locked(prefetch_request{e.id, prefetch_class::warmup, 1.0f});
+    if (!hot.empty() && hot[table_index(id)] != 0) queue.push(prefetch_request{id, prefetch_class::warmup, 1.0f});
 }
 
 void tiered_expert_source::impl::start_load_locked(std::uint32_t slot, ExpertId id, std::uint32_t refs) {
-    slot_entry& e = slots[slot];
-    MOED_ASSERT(e.state == slot_state::free && e.refs == 0);
-    e.state = slot_state::loading;
-    e.id = id;
-    e.refs = refs;
-    e.matrices_pending = 3;
-    e.load_failed = false;
-    e.failure = moed::error{};
-    e.admitted = false;
-    e.prefetched_unused = false;
-    e.predicted = false;
-    e.guard_epoch = 0;
-    residency[table_index(id)] = slot;
+    slots.begin_load(slot, id, refs);
     const std::uint32_t section = ring.section_of_slot(slot);
     if (section != section_ring::hot && section < section_last_layer.size()) section_last_layer[section] = id.layer;
-    if (fits_inflight_locked(layout.expert_bytes(id.layer))) {
+    if (queue.fits(expert_bytes(id))) {
         admit_locked(slot);
     } else {
-        deferred.push_back(slot);  // capacity n_slots: a slot is deferred at most once
+        queue.defer(slot);
     }
-}
-
-bool tiered_expert_source::impl::fits_inflight_locked(std::uint64_t bytes) const noexcept {
-    const std::uint64_t limit = options.max_inflight_bytes;
-    return limit == 0 || inflight_bytes == 0 || inflight_bytes + bytes <= limit;
-}
-
-bool tiered_expert_source::impl::fits_prefetch_locked(std::uint64_t bytes) const noexcept {
-    std::uint64_t limit = options.max_prefetch_inflight_bytes;
-    if (prefetch_inflight_limit != 0) limit = limit == 0 ? prefetch_inflight_limit : std::min(limit, prefetch_inflight_limit);
-    return fits_inflight_locked(bytes) && (limit == 0 || inflight_bytes == 0 || inflight_bytes + bytes <= limit);
 }
 
 void tiered_expert_source::impl::admit_locked(std::uint32_t slot) {
-    slot_entry& e = slots[slot];
-    MOED_ASSERT(e.state == slot_state::loading && !e.admitted);
-    e.admitted = true;
-    e.load_start = clock_type::now();
-    inflight_bytes += layout.expert_bytes(e.id.layer);
-    inflight_bytes_max = std::max(inflight_bytes_max, inflight_bytes);
-    if (loads_in_flight++ == 0) busy_since = e.load_start;
-    const auto ms = matrices_of(layout.layers[e.id.layer]);
-    for (std::size_t m = 0; m < 3; ++m) {
-        matrix_read& r = e.reads[m];
-        const std::uint64_t start = ms[m].offset + static_cast<std::uint64_t>(e.id.expert) * ms[m].bytes;
-        r.file_offset = align_down(start, region_alignment);
-        r.needed = start - r.file_offset + ms[m].bytes;
-        r.length = align_up(r.needed, region_alignment);
-        MOED_ASSERT(r.length <= geometry[e.id.layer].region_bytes[m]);
-        r.done = 0;
-        r.eio_retries = 0;
-        r.transient_retries = 0;
-        queue_read_locked(slot, m);
-    }
+    const auto now = clock_type::now();
+    slots.admit(slot, now);
+    const ExpertId id = slots[slot].id;
+    queue.add_inflight(expert_bytes(id));
+    counters.load_started(now);
+    mover->queue(slot, id);
+    submit_due = true;
 }
 
 void tiered_expert_source::impl::admit_deferred_locked() {
-    std::size_t k = 0;
-    for (; k < deferred.size(); ++k) {
-        const std::uint32_t slot = deferred[k];
-        if (!fits_inflight_locked(layout.expert_bytes(slots[slot].id.layer))) break;
+    while (queue.has_deferred()) {
+        const std::uint32_t slot = queue.next_deferred();
+        if (!queue.fits(expert_bytes(slots[slot].id))) break;
+        queue.pop_deferred();
         admit_locked(slot);
     }
-    deferred.erase(deferred.begin(), deferred.begin() + static_cast<std::ptrdiff_t>(k));
 }
 
-// Queues the read of what is still missing of matrix `m`, from the last reader-aligned
-// offset at or below what has arrived (O_DIRECT needs aligned offsets; bytes read twice are
-// the same bytes).
-void tiered_expert_source::impl::queue_read_locked(std::uint32_t slot, std::size_t m) {
-    slot_entry& e = slots[slot];
-    matrix_read& r = e.reads[m];
-    const std::uint64_t start = align_down(r.done, reader_alignment);
-    MOED_ASSERT(start < r.length);
-    r.op_start = start;
-    r.op_length = std::min(r.length - start, read_chunk_bytes_max);
-    MOED_ASSERT(pending.size() < pending.capacity());  // the 3 * n_slots bound
-    pending.push_back(read_op{r.file_offset + start, static_cast<std::uint32_t>(r.op_length),
-                              slab->slot(slot) + geometry[e.id.layer].region_offset[m] + start,
-                              (static_cast<std::uint64_t>(slot) << 2) | m});
-}
-
-void tiered_expert_source::impl::flush_pending_locked() {
-    if (pending.empty() || stopping) return;
-    auto accepted = reader->submit(pending);
-    if (accepted && *accepted == 0 && submitted == 0) {
-        // Nothing in flight, so the queue is empty, yet nothing was taken: waiting for
-        // completions that cannot come would hang the acquirers.
-        accepted = make_error(errc::internal, "the block reader accepted no read with its queue empty");
-    }
-    if (!accepted) {
-        MOED_LOG_ERROR(component, "{}: submitting {} reads failed: {}", path, pending.size(),
-                       accepted.error().message);
-        // Each pending read fails its load; the slots finish once their other reads do.
-        for (const read_op& op : pending) {
-            const auto slot = static_cast<std::uint32_t>(op.user_data >> 2);
-            const auto m = static_cast<std::size_t>(op.user_data & 3);
-            const moed::error failure = read_error(slot, m, accepted.error().message);
-            finish_matrix_locked(slot, &failure);
-        }
-        pending.clear();
-        load_cv.notify_all();
-        slot_cv.notify_all();
-        return;
-    }
-    const std::size_t n = std::min(*accepted, pending.size());
-    submitted += n;
-    pending.erase(pending.begin(), pending.begin() + static_cast<std::ptrdiff_t>(n));
-    if (n > 0) work_cv.notify_one();
-}
-
-moed::error tiered_expert_source::impl::read_error(std::uint32_t slot, std::size_t m,
-                                                   std::string_view what) const noexcept {
+void tiered_expert_source::impl::on_load_end_locked(move_result& r) {
+    const std::uint32_t slot = r.slot;
+    MOED_ASSERT(slot < n_slots());
     const slot_entry& e = slots[slot];
-    const auto ms = matrices_of(layout.layers[e.id.layer]);
-    const std::uint64_t start = ms[m].offset + static_cast<std::uint64_t>(e.id.expert) * ms[m].bytes;
-    return error_noexcept(errc::io, "{}: reading expert {}/{} ({} matrix, {} bytes at offset {}): {}", path,
-                          e.id.layer, e.id.expert, matrix_names[m], ms[m].bytes, start, what);
-}
-
-void tiered_expert_source::impl::on_completion_locked(const read_completion& c) {
-    MOED_ASSERT(submitted > 0);
-    --submitted;
-    const auto slot = static_cast<std::uint32_t>(c.user_data >> 2);
-    const auto m = static_cast<std::size_t>(c.user_data & 3);
-    MOED_ASSERT(slot < n_slots() && m < 3);
-    slot_entry& e = slots[slot];
-    MOED_ASSERT(e.state == slot_state::loading);
-    matrix_read& r = e.reads[m];
-    if (stopping) {
-        // Only draining: the slab is about to go, nobody waits for this load.
-        finish_matrix_locked(slot, nullptr);
-        return;
-    }
-    if (c.result < 0) {
-        const int err = static_cast<int>(-c.result);
-        if ((err == EINTR || err == EAGAIN) && r.transient_retries < transient_retries_max) {
-            ++r.transient_retries;
-            queue_read_locked(slot, m);
-            return;
-        }
-        ++read_errors;
-        if (err == EIO && r.eio_retries < options.eio_retries) {
-            ++r.eio_retries;
-            MOED_LOG_DEBUG(component, "{}: EIO reading expert {}/{}, retry {} of {}", path, e.id.layer,
-                           e.id.expert, r.eio_retries, options.eio_retries);
-            queue_read_locked(slot, m);
-            return;
-        }
-        const std::uint32_t retries = r.eio_retries + r.transient_retries;
-        const moed::error failure =
-            read_error(slot, m, error_noexcept(errc::io, "{} after {} retries", std::strerror(err), retries).message);
-        finish_matrix_locked(slot, &failure);
-        return;
-    }
-    if (c.result == 0) {
-        // End of file before the matrix ended: the file is shorter than its header says, so
-        // it was shortened after it was opened (create() checked every expert was inside it).
-        ++read_errors;
-        mark_file_broken_locked(error_noexcept(errc::io, "{}: shortened since it was opened (end of file at offset {})",
-                                               path, r.file_offset + r.done));
-        const moed::error failure = read_error(
-            slot, m,
-            error_noexcept(errc::io, "end of file at offset {}; the file is truncated", r.file_offset + r.done)
-                .message);
-        finish_matrix_locked(slot, &failure);
-        return;
-    }
-    const std::uint64_t got = std::min(static_cast<std::uint64_t>(c.result), r.op_length);
-    bytes_read += got;
-    r.done = std::max(r.done, r.op_start + got);
-    if (r.done >= r.needed) {
-        finish_matrix_locked(slot, nullptr);
-        return;
-    }
-    // A short read (or the end of one chunk): resume with the remainder. A reader that keeps
-    // returning less than one aligned block would have us reissue the same read forever.
-    if (align_down(r.done, reader_alignment) <= r.op_start) {
-        if (++r.transient_retries > transient_retries_max) {
-            ++read_errors;
-            const moed::error failure = read_error(
-                slot, m,
-                error_noexcept(errc::io, "short reads made no progress at offset {} after {} retries",
-                               r.file_offset + r.done, transient_retries_max)
-                    .message);
-            finish_matrix_locked(slot, &failure);
-            return;
-        }
-    }
-    queue_read_locked(slot, m);
-}
-
-void tiered_expert_source::impl::finish_matrix_locked(std::uint32_t slot, const moed::error* failure) {
-    slot_entry& e = slots[slot];
-    if (failure != nullptr && !e.load_failed) {
-        e.load_failed = true;
-        e.failure = *failure;
-    }
-    MOED_ASSERT(e.matrices_pending > 0);
-    if (--e.matrices_pending == 0) complete_load_locked(slot);
-}
-
-void tiered_expert_source::impl::complete_load_locked(std::uint32_t slot) {
-    slot_entry& e = slots[slot];
+    MOED_ASSERT(e.state == slot_state::loading && e.admitted);
     const auto now = clock_type::now();
-    MOED_ASSERT(loads_in_flight > 0);
-    if (--loads_in_flight == 0) busy_seconds += std::chrono::duration<double>(now - busy_since).count();
-    const std::uint64_t bytes = layout.expert_bytes(e.id.layer);
-    MOED_ASSERT(inflight_bytes >= bytes);
-    inflight_bytes -= bytes;
+    counters.bytes_read += r.bytes;
+    counters.read_errors += r.errors;
+    counters.load_ended(now);
+    queue.remove_inflight(expert_bytes(e.id));
     if (stopping) return;
 
-    if (!e.load_failed) {
-        // A file rewritten in place (same path, new contents) would hand out experts of
-        // another model; fstat after the load catches size, mtime and inode changes.
-        auto current = reader->identity();
-        if (!current) {
-            e.load_failed = true;
-            e.failure = error_noexcept(errc::io, "{}: checking the file after reading expert {}/{}: {}", path,
-                                       e.id.layer, e.id.expert, current.error().message);
-        } else if (!(*current == identity)) {
-            mark_file_broken_locked(error_noexcept(errc::io, "{}: changed since it was opened ({} then, {} now)", path,
-                                                   identity_text(identity), identity_text(*current)));
-            e.load_failed = true;
-            e.failure = error_noexcept(errc::io, "{}; expert {}/{} not loaded", file_error.message, e.id.layer,
-                                       e.id.expert);
-        }
+    moed::error failure;
+    switch (r.status) {
+        case move_status::ok:
+            counters.record_latency(now - e.load_start);
+            slots.end_load_ok(slot);
+            return;
+        case move_status::failed: failure = std::move(r.error); break;
+        case move_status::source_ended:
+            mark_file_broken_locked(std::move(r.source_error));
+            failure = std::move(r.error);
+            break;
+        case move_status::source_changed:
+            mark_file_broken_locked(std::move(r.source_error));
+            failure = error_noexcept(errc::io, "{}; expert {}/{} not loaded", file_error.message, e.id.layer,
+                                     e.id.expert);
+            break;
     }
-
-    if (e.load_failed) {
-        MOED_LOG_WARN(component, "{}", e.failure.message);
-        residency[table_index(e.id)] = no_slot;  // the next request reads it afresh
-        e.prefetched_unused = false;
-        if (e.refs == 0) {
-            e.state = slot_state::free;
-            if (policy) free_slots.push_back(slot);
-        } else {
-            e.state = slot_state::failed;  // freed when the last waiter has read the error
-        }
-        return;
-    }
-
-    resident_bytes += layout.expert_bytes(e.id.layer);
-    ++resident_experts;
-    const auto latency = std::chrono::duration_cast<std::chrono::microseconds>(now - e.load_start).count();
-    latency_us[latency_count % latency_samples_max] =
-        static_cast<std::uint32_t>(std::min<std::int64_t>(latency, std::numeric_limits<std::uint32_t>::max()));
-    latency_mean_us = latency_count == 0 ? static_cast<double>(latency)
-                                         : latency_mean_us + (static_cast<double>(latency) - latency_mean_us) / 16.0;
-    ++latency_count;
-    if (policy) policy->on_insert(slot, e.id);
-    touch_locked(e);
-    if (e.refs > 0) {
-        e.state = slot_state::in_use;
-    } else {
-        e.state = slot_state::ready;
-        if (policy) policy->on_evictable(slot, true);
-    }
+    MOED_LOG_WARN(component, "{}", failure.message);
+    // The next request reads it afresh; waiters still holding refs read the error first.
+    slots.end_load_failed(slot, std::move(failure));
 }
 
 void tiered_expert_source::impl::release_locked(ExpertId id, std::uint32_t slot) noexcept {
     MOED_ASSERT(slot < n_slots());
-    slot_entry& e = slots[slot];
-    MOED_ASSERT(e.refs > 0 && e.id == id);
-    if (--e.refs > 0) return;
-    if (e.state == slot_state::in_use) {
-        e.state = slot_state::ready;
-        touch_locked(e);
-        if (policy) policy->on_evictable(slot, true);
-        slot_cv.notify_all();
-    } else if (e.state == slot_state::failed) {
-        e.state = slot_state::free;
-        if (policy) free_slots.push_back(slot);
-        slot_cv.notify_all();
-    }
-    // loading: an acquirer gave up (another expert of its call failed); the load finishes
-    // into a ready, evictable slot.
-    // A slot became reclaimable: a queued prefetch may fit now.
-    if (!queue.empty() && e.state != slot_state::loading) dispatch_locked();
+    const slot_state before = slots[slot].state;
+    const slot_state after = slots.unpin(slot, id);
+    if (slots[slot].refs > 0) return;
+    // in_use -> ready or failed -> free: a slot became reclaimable or free. A loading slot
+    // (an acquirer gave up because another expert of its call failed) finishes into a
+    // ready, reclaimable slot.
+    if (after != before) slot_cv.notify_all();
+    // A queued prefetch may fit now.
+    if (!queue.empty() && after != slot_state::loading) dispatch_locked();
 }
 
 void tiered_expert_source::impl::completion_main() noexcept {
     pthread_setname_np(pthread_self(), "moed-tier-io");
-    std::array<read_completion, reap_batch_max> batch;
-    std::unique_lock lock(mutex);
+    std::array<move_result, results_per_reap> batch;
     for (;;) {
-        // Reap only while reads are in flight, so stopping never depends on wake().
-        work_cv.wait(lock, [&] { return submitted > 0 || stopping; });
-        if (submitted == 0) break;  // stopping, and nothing left to drain
-        lock.unlock();
         std::size_t n = 0;
         try {
-            n = reader->reap(batch, true);
+            n = mover->reap(batch, true);
         } catch (...) {
-            // Nothing may leave a thread entry; a reader that throws is retried next loop.
-            MOED_LOG_ERROR(component, "{}: the block reader's reap threw", path);
+            // Nothing may leave a thread entry; a mover that throws is asked again.
+            MOED_LOG_ERROR(component, "{}: the mover's reap threw", path);
         }
-        lock.lock();
-        try {
-            for (std::size_t k = 0; k < n; ++k) on_completion_locked(batch[k]);
-            // Bytes drained: demand loads waiting for the bound go first, then prefetches.
-            if (!stopping) {
-                admit_deferred_locked();
-                dispatch_locked();
+        if (n == 0) {
+            if (mover->drained()) return;  // stopped, and nothing left in flight
+            continue;
+        }
+        bool submit = false;
+        {
+            std::lock_guard lock(mutex);
+            try {
+                for (std::size_t k = 0; k < n; ++k) on_load_end_locked(batch[k]);
+                // Bytes drained: demand loads waiting for the bound go first, then prefetches.
+                if (!stopping) {
+                    admit_deferred_locked();
+                    dispatch_locked();
+                }
+            } catch (const std::exception& ex) {
+                MOED_LOG_ERROR(component, "{}: completion thread: {}", path, ex.what());
+            } catch (...) {
+                MOED_LOG_ERROR(component, "{}: completion thread: unknown exception", path);
             }
-            flush_pending_locked();
-        } catch (const std::exception& ex) {
-            MOED_LOG_ERROR(component, "{}: completion thread: {}", path, ex.what());
-        } catch (...) {
-            MOED_LOG_ERROR(component, "{}: completion thread: unknown exception", path);
+            submit = take_submit_locked();
         }
-        if (n > 0) {
-            load_cv.notify_all();
-            slot_cv.notify_all();
-        }
+        load_cv.notify_all();
+        slot_cv.notify_all();
+        if (submit) mover->submit();
     }
+}
+
+void tiered_expert_source::release(ExpertId id, std::uint64_t token) noexcept {
+    impl& d = *impl_;
+    bool submit = false;
+    {
+        std::lock_guard lock(d.mutex);
+        d.release_locked(id, static_cast<std::uint32_t>(token));
+        submit = d.take_submit_locked();
+    }
+    if (submit) d.mover->submit();
 }
 
 }  // namespace moed::storage

@@ -13,16 +13,6 @@ namespace moed::storage {
 
 using namespace tiered_detail;
 
-const char* prefetch_class_name(prefetch_class c) noexcept {
-    switch (c) {
-        case prefetch_class::demand: return "demand";
-        case prefetch_class::near: return "near";
-        case prefetch_class::far: return "far";
-        case prefetch_class::warmup: return "warmup";
-    }
-    return "unknown";
-}
-
 // --- need, facts, guards (mutex held) ---
 
 float tiered_expert_source::impl::need_of(const slot_entry& e) const noexcept {
@@ -55,8 +45,8 @@ slot_facts tiered_expert_source::impl::facts_of(std::uint32_t s) const noexcept 
     return f;
 }
 
-void tiered_expert_source::impl::guard_locked(slot_entry& e) noexcept {
-    if (e.id.layer == current_layer) e.guard_epoch = layer_epoch;
+void tiered_expert_source::impl::guard_locked(std::uint32_t slot) noexcept {
+    if (slots[slot].id.layer == current_layer) slots.guard(slot, layer_epoch);
 }
 
 void tiered_expert_source::impl::set_current_layer_locked(std::uint32_t layer) noexcept {
@@ -66,88 +56,21 @@ void tiered_expert_source::impl::set_current_layer_locked(std::uint32_t layer) n
     demand_requested = false;
 }
 
-void tiered_expert_source::impl::lapse_layer_locked(std::uint32_t layer) noexcept { ++layer_gen[layer]; }
-
-// --- the queue (mutex held) ---
-
-void tiered_expert_source::impl::enqueue_locked(const prefetch_request& r) noexcept {
-    const std::size_t idx = table_index(r.id);
-    if (queued[idx] != 0) {
-        for (queued_prefetch& q : queue) {
-            if (q.id == r.id) {
-                q.cls = std::min(q.cls, r.cls);
-                q.score = std::max(q.score, r.score);
-                break;
-            }
-        }
-    } else {
-        // One entry per expert at most, so the reserved n_layer * n_expert never grows.
-        MOED_ASSERT(queue.size() < queue.capacity());
-        queue.push_back(queued_prefetch{r.id, r.cls, r.score});
-        queued[idx] = 1;
-    }
-    queue_sorted = false;
+void tiered_expert_source::impl::lapse_touched_layers_locked() noexcept {
+    for (const std::uint32_t l : queue.touched_layers()) ++layer_gen[l];
 }
-
-template <typename Pred>
-void tiered_expert_source::impl::drop_queued_locked(Pred drop) noexcept {
-    std::size_t keep = 0;
-    for (std::size_t k = 0; k < queue.size(); ++k) {
-        if (drop(queue[k])) {
-            queued[table_index(queue[k].id)] = 0;
-            ++pf_cancelled;
-        } else {
-            queue[keep++] = queue[k];
-        }
-    }
-    queue.resize(keep);
-}
-
-void tiered_expert_source::impl::sort_queue_locked() noexcept {
-    const std::uint32_t n_layer = layout.n_layer;
-    const std::uint32_t now = current_layer;
-    // Class first; then layers in the order the engine reaches them from the one it computes
-    // (a request for a layer it has passed waits for the next token); then the higher score.
-    auto distance = [&](std::uint32_t layer) { return (layer + n_layer - now) % n_layer; };
-    std::sort(queue.begin(), queue.end(), [&](const queued_prefetch& a, const queued_prefetch& b) {
-        if (a.cls != b.cls) return a.cls < b.cls;
-        const std::uint32_t da = distance(a.id.layer), db = distance(b.id.layer);
-        if (da != db) return da < db;
-        if (a.score != b.score) return a.score > b.score;
-        return a.id.expert < b.id.expert;
-    });
-    queue_sorted = true;
-}
-
-namespace {
-
-void set_prediction(slot_entry& e, float score, std::uint32_t gen) noexcept {
-    // Scores above 1 (hints that may replace anything) count as certain.
-    score = std::clamp(score, 0.0f, 1.0f);
-    if (e.predicted && e.pred_gen == gen) score = std::max(score, e.pred_score);
-    e.predicted = true;
-    e.pred_score = score;
-    e.pred_gen = gen;
-}
-
-}  // namespace
 
 void tiered_expert_source::impl::dispatch_locked() noexcept {
     if (queue.empty() || stopping || file_broken) return;  // broken: the queue waits for the file
-    if (!queue_sorted) sort_queue_locked();
-    std::size_t keep = 0;
     bool bound_reached = false;
-    bool started = false;
-    for (std::size_t k = 0; k < queue.size(); ++k) {
-        const queued_prefetch q = queue[k];
+    queue.serve(current_layer, [&](const load_queue::queued_request& q) {
         const std::size_t idx = table_index(q.id);
         const bool is_hot = hot_count > 0 && hot[idx] != 0;
-        bool done = false;
-        if (const std::uint32_t where = residency[idx]; where != no_slot) {
+        if (const std::uint32_t where = slots.find(q.id); where != slot_table::no_slot) {
             // Loaded meanwhile (by an acquire or another request). A hot expert found in a
             // ring slot joins the hot set where it lies: the slot trades roles with a hot slot
             // that holds no hot expert.
-            if (is_hot && !policy && ring.section_of_slot(where) != section_ring::hot) {
+            if (is_hot && ring.section_of_slot(where) != section_ring::hot) {
                 std::optional<std::uint32_t> spare;
                 for (std::uint32_t h : ring.hot_members()) {
                     const slot_entry& he = slots[h];
@@ -159,139 +82,85 @@ void tiered_expert_source::impl::dispatch_locked() noexcept {
                 }
                 if (spare) ring.swap_roles(where, *spare);
             }
-            done = true;
-        } else if (options.prefetch_after_demand && !demand_requested && q.cls != prefetch_class::demand &&
-                   q.id.layer != current_layer) {
-            // Waits for the current layer's reads to go first.
-        } else if (!bound_reached) {
-            if (!fits_prefetch_locked(layout.expert_bytes(q.id.layer))) {
-                bound_reached = true;  // later requests wait too: the queue is in priority order
-            } else {
-                const slot_load_kind kind = q.cls == prefetch_class::demand ? slot_load_kind::demand
-                                                                            : slot_load_kind::prefetch;
-                std::optional<std::uint32_t> slot;
-                if (is_hot && !policy) slot = take_slot_locked(q.id, slot_load_kind::hot, q.score);
-                if (!slot && (!is_hot || q.cls != prefetch_class::warmup)) slot = take_slot_locked(q.id, kind, q.score);
-                if (slot) {
-                    start_load_locked(*slot, q.id, 0);
-                    slot_entry& e = slots[*slot];
-                    e.prefetched_unused = true;
-                    set_prediction(e, q.score, layer_gen[q.id.layer]);
-                    if (q.cls == prefetch_class::demand) guard_locked(e);
-                    ++pf_issued;
-                    started = true;
-                    done = true;
-                }
-            }
+            return true;
         }
-        if (done) {
-            queued[idx] = 0;
-        } else {
-            queue[keep++] = q;
+        if (options.prefetch_after_demand && !demand_requested && q.cls != prefetch_class::demand &&
+            q.id.layer != current_layer) {
+            return false;  // waits for the current layer's reads to go first
         }
-    }
-    queue.resize(keep);
-    if (started) flush_pending_locked();
+        if (bound_reached) return false;
+        if (!queue.fits_prefetch(expert_bytes(q.id))) {
+            bound_reached = true;  // later requests wait too: the queue is in priority order
+            return false;
+        }
+        const slot_load_kind kind = q.cls == prefetch_class::demand ? slot_load_kind::demand : slot_load_kind::prefetch;
+        std::optional<std::uint32_t> slot;
+        if (is_hot) slot = take_slot_locked(q.id, slot_load_kind::hot, q.score);
+        if (!slot && (!is_hot || q.cls != prefetch_class::warmup)) slot = take_slot_locked(q.id, kind, q.score);
+        if (!slot) return false;
+        start_load_locked(*slot, q.id, 0);
+        slots.set_prefetched_unused(*slot, true);
+        slots.predict(*slot, q.score, layer_gen[q.id.layer]);
+        if (q.cls == prefetch_class::demand) guard_locked(*slot);
+        ++counters.pf_issued;
+        return true;
+    });
 }
 
 // --- public side ---
 
 void tiered_expert_source::prefetch(std::span<const prefetch_request> requests) {
     impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    if (d.stopping) return;
-    // Mark this call's experts and the layers it predicts anew.
-    for (const prefetch_request& r : requests) {
-        if (!d.in_range(r.id)) continue;
-        d.mark[d.table_index(r.id)] = 1;
-        if (r.cls != prefetch_class::warmup) d.layer_mark[r.id.layer] = 1;
-    }
-    // Superseded: requests still queued for those layers that this call does not repeat.
-    d.drop_queued_locked([&](const queued_prefetch& q) {
-        return q.cls != prefetch_class::warmup && d.layer_mark[q.id.layer] != 0 && d.mark[d.table_index(q.id)] == 0;
-    });
-    // Earlier predictions of those layers lapse; this call's requests renew theirs below.
-    for (std::uint32_t l = 0; l < d.layout.n_layer; ++l) {
-        if (d.layer_mark[l] != 0) d.lapse_layer_locked(l);
-    }
-    for (const prefetch_request& r : requests) {
-        if (!d.in_range(r.id)) continue;
-        ++d.pf_requested;
-        const std::size_t idx = d.table_index(r.id);
-        d.mark[idx] = 0;
-        if (const std::uint32_t where = d.residency[idx]; where != no_slot) {
-            slot_entry& e = d.slots[where];
-            set_prediction(e, r.score, d.layer_gen[r.id.layer]);
-            if (r.cls == prefetch_class::demand) d.guard_locked(e);
-            if (d.policy && e.state == slot_state::ready) d.policy->on_access(where);
-            // A hot expert still in a ring slot is adopted by the dispatch below.
-            if (d.hot_count > 0 && d.hot[idx] != 0 && !d.policy &&
-                d.ring.section_of_slot(where) != section_ring::hot) {
-                d.enqueue_locked(r);
+    bool submit = false;
+    {
+        std::lock_guard lock(d.mutex);
+        if (d.stopping) return;
+        // Requests still queued for the layers this call predicts, and not repeated, are
+        // superseded; those layers' earlier predictions lapse, and this call renews its own.
+        d.counters.pf_cancelled += d.queue.supersede(requests);
+        d.lapse_touched_layers_locked();
+        for (const prefetch_request& r : requests) {
+            if (!d.in_range(r.id)) continue;
+            ++d.counters.pf_requested;
+            if (const std::uint32_t where = d.slots.find(r.id); where != slot_table::no_slot) {
+                d.slots.predict(where, r.score, d.layer_gen[r.id.layer]);
+                if (r.cls == prefetch_class::demand) d.guard_locked(where);
+                // A hot expert still in a ring slot is adopted by the dispatch below.
+                if (d.hot_count > 0 && d.hot[d.table_index(r.id)] != 0 &&
+                    d.ring.section_of_slot(where) != section_ring::hot) {
+                    d.queue.push(r);
+                }
+                continue;
             }
-            continue;
+            d.queue.push(r);
         }
-        d.enqueue_locked(r);
+        d.dispatch_locked();
+        submit = d.take_submit_locked();
     }
-    std::fill(d.layer_mark.begin(), d.layer_mark.end(), 0);
-    d.dispatch_locked();
-}
-
-void tiered_expert_source::prefetch(std::span<const ExpertId> ids) {
-    // The older form: no queue, no scores. Each expert takes a slot now if one is free or
-    // holds an expert nobody holds (demand's order, never a guarded or hot expert), else it
-    // is skipped.
-    impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    if (d.stopping || d.file_broken) return;
-    bool queued = false;
-    for (const ExpertId& id : ids) {
-        if (!d.in_range(id)) continue;  // a hint; an impossible id is simply not prefetched
-        ++d.pf_requested;
-        const std::uint32_t where = d.residency[d.table_index(id)];
-        if (where != no_slot) {
-            // Soon needed: keep it away from the eviction end.
-            if (d.slots[where].state == slot_state::ready) {
-                d.touch_locked(d.slots[where]);
-                if (d.policy) d.policy->on_access(where);
-            }
-            continue;
-        }
-        if (!d.fits_prefetch_locked(d.layout.expert_bytes(id.layer))) break;
-        const std::optional<std::uint32_t> slot = d.take_slot_locked(id, slot_load_kind::hint, 0.0f);
-        if (!slot) break;  // every slot is held, guarded or loading; prefetch never waits
-        d.start_load_locked(*slot, id, 0);
-        d.slots[*slot].prefetched_unused = true;
-        ++d.pf_issued;
-        queued = true;
-    }
-    if (queued) d.flush_pending_locked();
+    if (submit) d.mover->submit();
 }
 
 void tiered_expert_source::begin_layer(std::uint32_t layer, std::uint64_t n_tokens) {
     impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    if (layer >= d.layout.n_layer) return;
-    if (layer == 0) d.tokens += n_tokens;
-    d.layer_began = clock_type::now();
-    d.layer_began_io_wait_ns = d.io_wait_ns;
-    d.layer_open = true;
-    const std::uint32_t from = d.current_layer;
-    if (layer != from) {
-        // The layers passed since the last call, cyclically: [from, layer).
-        const std::uint32_t n = d.layout.n_layer;
-        for (std::uint32_t l = from; l != layer; l = (l + 1) % n) d.layer_mark[l] = 1;
-        d.drop_queued_locked([&](const queued_prefetch& q) {
-            return q.cls != prefetch_class::warmup && d.layer_mark[q.id.layer] != 0;
-        });
-        for (std::uint32_t l = 0; l < n; ++l) {
-            if (d.layer_mark[l] != 0) d.lapse_layer_locked(l);
+    bool submit = false;
+    {
+        std::lock_guard lock(d.mutex);
+        if (layer >= d.layout.n_layer) return;
+        if (layer == 0) d.counters.tokens += n_tokens;
+        d.layer_began = clock_type::now();
+        d.layer_began_io_wait_ns = d.counters.io_wait_ns;
+        d.layer_open = true;
+        if (layer != d.current_layer) {
+            // The layers passed since the last call, cyclically: [current, layer).
+            d.counters.pf_cancelled += d.queue.drop_passed(d.current_layer, layer);
+            d.lapse_touched_layers_locked();
+            d.set_current_layer_locked(layer);
+            d.queue.invalidate_order();
         }
-        std::fill(d.layer_mark.begin(), d.layer_mark.end(), 0);
-        d.set_current_layer_locked(layer);
-        d.queue_sorted = false;
+        d.dispatch_locked();
+        submit = d.take_submit_locked();
     }
-    d.dispatch_locked();
+    if (submit) d.mover->submit();
 }
 
 void tiered_expert_source::end_layer(std::uint32_t layer) {
@@ -300,35 +169,32 @@ void tiered_expert_source::end_layer(std::uint32_t layer) {
     if (!d.layer_open || layer != d.current_layer) return;  // no begin_layer for it: nothing to time
     d.layer_open = false;
     const auto elapsed = std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - d.layer_began).count();
-    const std::uint64_t waited = d.io_wait_ns - d.layer_began_io_wait_ns;
-    const double compute = std::max(0.0, static_cast<double>(elapsed) - static_cast<double>(waited));
-    // A recent mean: the first layer sets it, then each layer moves it 1/16 of the way.
-    constexpr double weight = 1.0 / 16.0;
-    d.layer_compute_ns = d.layers_computed == 0 ? compute : d.layer_compute_ns + weight * (compute - d.layer_compute_ns);
-    ++d.layers_computed;
+    const std::uint64_t waited = d.counters.io_wait_ns - d.layer_began_io_wait_ns;
+    d.counters.layer_computed(std::max(0.0, static_cast<double>(elapsed) - static_cast<double>(waited)));
 }
 
 void tiered_expert_source::cancel_prefetches_before(std::uint32_t layer) {
     impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    layer = std::min(layer, d.layout.n_layer);
-    d.drop_queued_locked([&](const queued_prefetch& q) {
-        return q.cls != prefetch_class::warmup && q.id.layer < layer;
-    });
-    for (std::uint32_t l = 0; l < layer; ++l) d.lapse_layer_locked(l);
-    d.dispatch_locked();
+    bool submit = false;
+    {
+        std::lock_guard lock(d.mutex);
+        d.counters.pf_cancelled += d.queue.drop_before(layer);
+        d.lapse_touched_layers_locked();
+        d.dispatch_locked();
+        submit = d.take_submit_locked();
+    }
+    if (submit) d.mover->submit();
 }
 
 void tiered_expert_source::cancel_prefetches() {
     impl& d = *impl_;
     std::lock_guard lock(d.mutex);
-    d.drop_queued_locked([](const queued_prefetch&) { return true; });
+    d.counters.pf_cancelled += d.queue.drop_all();
 }
 
 std::uint32_t tiered_expert_source::set_hot_set(std::span<const ExpertId> ids) {
     impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    if (d.policy) return 0;  // policy mode has no ring, hence no hot set
+    std::unique_lock lock(d.mutex);
     const std::uint32_t n_slots = d.n_slots();
     // Leave at least one ring slot; the fraction caps the rest.
     const auto cap = static_cast<std::uint32_t>(std::min<double>(
@@ -344,9 +210,7 @@ std::uint32_t tiered_expert_source::set_hot_set(std::span<const ExpertId> ids) {
     }
     d.hot_count = static_cast<std::uint32_t>(members.size());
     // Warmup requests for experts that left the hot set are stale.
-    d.drop_queued_locked([&](const queued_prefetch& q) {
-        return q.cls == prefetch_class::warmup && d.hot[d.table_index(q.id)] == 0;
-    });
+    d.counters.pf_cancelled += d.queue.drop_warmup_not_in(d.hot);
 
     // The hot slots: first those already holding hot experts (adopted in place), then slots
     // of the old hot set that hold no hot expert, then free slots, then the ring slots whose
@@ -360,7 +224,7 @@ std::uint32_t tiered_expert_source::set_hot_set(std::span<const ExpertId> ids) {
         chosen.push_back(s);
     };
     for (const ExpertId& id : members) {
-        if (const std::uint32_t where = d.residency[d.table_index(id)]; where != no_slot) take(where);
+        if (const std::uint32_t where = d.slots.find(id); where != slot_table::no_slot) take(where);
     }
     for (std::uint32_t s : d.ring.hot_members()) {
         if (d.slots[s].state == slot_state::free || d.hot[d.table_index(d.slots[s].id)] == 0) take(s);
@@ -384,12 +248,16 @@ std::uint32_t tiered_expert_source::set_hot_set(std::span<const ExpertId> ids) {
     d.ring.assign_hot(chosen);
     d.section_last_layer.assign(d.ring.n_sections(), -1);
     for (const ExpertId& id : members) {
-        if (d.residency[d.table_index(id)] == no_slot) d.enqueue_locked(prefetch_request{id, prefetch_class::warmup, 1.0f});
+        if (d.slots.find(id) == slot_table::no_slot) d.queue.push(prefetch_request{id, prefetch_class::warmup, 1.0f});
     }
     MOED_LOG_DEBUG(component, "{}: hot set of {} experts; ring of {} sections over {} slots", d.path, d.hot_count,
                    d.ring.n_sections(), n_slots - d.hot_count);
     d.dispatch_locked();
-    return d.hot_count;
+    const std::uint32_t taken_count = d.hot_count;
+    const bool submit = d.take_submit_locked();
+    lock.unlock();
+    if (submit) d.mover->submit();
+    return taken_count;
 }
 
 void tiered_expert_source::set_expert_scores(std::span<const float> per_expert_score) {

@@ -21,6 +21,7 @@ TEST(status, round_trip_with_tiers) {
     t.host.name = "host";
     t.host.hits = 7;
     t.host.load_latency.p99_us = 123.0;
+    t.host.lock = lock_stats{1000, 12, 34567, 8900, 123456};
     t.layer_residency = {"#..+", "~#.."};
     s.tiers = t;
     const nlohmann::json j = s;
@@ -33,6 +34,13 @@ TEST(status, round_trip_with_tiers) {
     EXPECT_EQ(back.tiers->host.hits, 7u);
     EXPECT_EQ(back.tiers->layer_residency[1], "~#..");
     EXPECT_DOUBLE_EQ(back.tiers->host.load_latency.p99_us, 123.0);
+    const lock_stats& lk = back.tiers->host.lock;
+    EXPECT_EQ(lk.acquisitions, 1000u);
+    EXPECT_EQ(lk.contended, 12u);
+    EXPECT_EQ(lk.wait_ns, 34567u);
+    EXPECT_EQ(lk.wait_ns_max, 8900u);
+    EXPECT_EQ(lk.hold_ns, 123456u);
+    EXPECT_EQ(j["tiers"]["host"]["lock"]["contended"], 12);
 }
 
 TEST(status, absent_tiers_are_omitted_and_missing_fields_default) {

@@ -6,7 +6,7 @@
 // layer order (one with acquire_many, one with acquire_each) and compare every handle's
 // bytes with the resident source (the file mapped);
 // a "planner" thread walks the layers calling begin_layer() and prefetch() with random
-// classes and scores, the older prefetch(ids) form, cancel_prefetches_before() and
+// classes and scores, cancel_prefetches_before() and
 // cancel_prefetches(); a "profile" thread keeps changing the hot set and the expert scores.
 // Afterwards the counters must agree (hits + misses = acquires, no read errors, in flight
 // never above the bound, nothing left in flight), and destroying a source with requests
@@ -41,7 +41,7 @@ result<std::unique_ptr<tiered_expert_source>> make_slow_source(const model_fixtu
     o.lock = memory_lock::off;
     o.max_inflight_bytes = bound_bytes;
     o.max_prefetch_inflight_bytes = bound_bytes / 2;
-    return tiered_expert_source::create(m.path, m.layout, o, nullptr, std::move(faults).value());
+    return tiered_expert_source::create(m.path, m.layout, o, std::move(faults).value());
 }
 
 TEST(prefetch_concurrency, acquire_prefetch_cancel_and_hot_set_from_many_threads) {
@@ -65,7 +65,6 @@ TEST(prefetch_concurrency, acquire_prefetch_cancel_and_hot_set_from_many_threads
             std::mt19937 rng(5);
             std::uint32_t layer = 0;
             std::vector<prefetch_request> reqs;
-            std::vector<ExpertId> ids;
             while (!done.load()) {
                 source.begin_layer(layer, layer == 0 ? 1 : 0);
                 reqs.clear();
@@ -76,10 +75,6 @@ TEST(prefetch_concurrency, acquire_prefetch_cancel_and_hot_set_from_many_threads
                                                     static_cast<float>(rng() % 101) / 100.0f});
                 }
                 source.prefetch(reqs);
-                if (rng() % 4 == 0) {
-                    ids.assign({all[rng() % all.size()], all[rng() % all.size()]});
-                    source.prefetch(ids);
-                }
                 if (rng() % 7 == 0) source.cancel_prefetches_before(static_cast<std::uint32_t>(rng() % (n_layer + 1)));
                 if (rng() % 11 == 0) source.cancel_prefetches();
                 layer = (layer + 1) % n_layer;

@@ -52,7 +52,7 @@ result<std::unique_ptr<tiered_expert_source>> make_source(const model_fixture& m
     o.ring = s.ring;
     o.slots_per_layer = s.slots_per_layer;
     o.hot_fraction_max = s.hot_fraction_max;
-    return tiered_expert_source::create(m.path, m.layout, o, nullptr, std::move(reader));
+    return tiered_expert_source::create(m.path, m.layout, o, std::move(reader));
 }
 
 // The experts whose gate matrix reads appear in `offsets`, in that order (a load reads gate,
@@ -210,8 +210,11 @@ TEST(prefetch_pipeline, hits_late_and_demand_misses_are_counted) {
     EXPECT_EQ(st.prefetch.issued, 2u);
     EXPECT_EQ(st.prefetch.wasted, 0u);
     EXPECT_DOUBLE_EQ(st.prefetch.hit_rate, 1.0 / 3.0);
-    EXPECT_GT(st.prefetch.io_wait_ns, 0u);  // the late and the demanded acquire waited
-    EXPECT_EQ(st.prefetch.io_waits, 2u);
+    EXPECT_GT(st.prefetch.io_wait_ns, 0u);  // the late acquire waited
+    // The demanded acquire waited too unless its read, submitted without the tier's lock,
+    // had already finished by the time it looked: io_waits counts acquires that waited.
+    EXPECT_GE(st.prefetch.io_waits, 1u);
+    EXPECT_LE(st.prefetch.io_waits, 2u);
 }
 
 TEST(prefetch_pipeline, storms_never_evict_held_or_guarded_experts) {
@@ -233,14 +236,11 @@ TEST(prefetch_pipeline, storms_never_evict_held_or_guarded_experts) {
     auto storm = [&](int rounds) {
         for (int r = 0; r < rounds; ++r) {
             std::vector<prefetch_request> reqs;
-            std::vector<ExpertId> ids;
-            for (int k = 0; k < 4; ++k) {
+            for (int k = 0; k < 8; ++k) {
                 const ExpertId id = all[rng() % all.size()];
                 reqs.push_back(prefetch_request{id, static_cast<prefetch_class>(1 + rng() % 3), 1.0f});
-                ids.push_back(all[rng() % all.size()]);
             }
             source.prefetch(reqs);
-            source.prefetch(ids);  // the older form, which may replace anything not held or guarded
             // Let some loads finish so that later ones find ready slots to replace.
             EXPECT_TRUE(eventually([&] { return source.stats().prefetch.inflight_bytes == 0; }));
         }
@@ -578,7 +578,7 @@ TEST(prefetch_pipeline, acquire_each_fails_cleanly_when_a_read_fails) {
     o.host_budget_bytes = tiered_slot_bytes(m.layout, page) * 4;
     o.lock = memory_lock::off;
     o.eio_retries = 0;
-    auto made = tiered_expert_source::create(m.path, m.layout, o, nullptr, rs.make(m.path));
+    auto made = tiered_expert_source::create(m.path, m.layout, o, rs.make(m.path));
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
     ASSERT_TRUE(source.acquire(ExpertId{0, 0}, device_id::host()));

@@ -7,7 +7,7 @@
 // consistent positions. choose_slot is driven with hand-made slot facts for each rule (free
 // before occupied, own section first, lowest need then oldest use, prefetches bounded by
 // their score and their own section and kept off guarded, hot and busy slots, demand's last resorts, hot loads
-// only into hot slots that hold no hot expert, the older hint form), then compared on many
+// only into hot slots that hold no hot expert), then compared on many
 // random slot tables with a reference written differently: every candidate gets an explicit
 // preference tuple (class, need, last use, index) and the smallest tuple wins.
 #include <gtest/gtest.h>
@@ -134,7 +134,7 @@ TEST(section_ring, choice_rules) {
     std::vector<slot_facts> f(8, slot_facts{busy, 0.0f, 0, false});
 
     // Nothing but busy slots: no choice for anyone.
-    for (auto kind : {slot_load_kind::demand, slot_load_kind::prefetch, slot_load_kind::hot, slot_load_kind::hint}) {
+    for (auto kind : {slot_load_kind::demand, slot_load_kind::prefetch, slot_load_kind::hot}) {
         EXPECT_FALSE(choose(r, 0, kind, 1.0f, f));
     }
     // A free slot in the other section is taken before replacing anything in the own one.
@@ -168,12 +168,10 @@ TEST(section_ring, choice_rules) {
     f[3] = {guarded, 0.0f, 0, false};
     f[5] = {guarded, 0.0f, 0, false};
     EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 1.0f, f));
-    EXPECT_FALSE(choose(r, 0, slot_load_kind::hint, 1.0f, f));
     EXPECT_EQ(choose(r, 0, slot_load_kind::demand, 0.0f, f), 2u);
     // Hot slots: a free one or one holding a non-hot expert goes to demand before guarded ones.
     f[1] = {reclaimable, 0.9f, 0, false};
     EXPECT_EQ(choose(r, 0, slot_load_kind::demand, 0.0f, f), 1u);
-    EXPECT_EQ(choose(r, 0, slot_load_kind::hint, 0.0f, f), 1u);
     EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 1.0f, f));
     f[0] = {free_slot, 0.0f, 0, false};
     EXPECT_EQ(choose(r, 0, slot_load_kind::demand, 0.0f, f), 0u);  // a free hot slot before a reclaimable one
@@ -183,10 +181,10 @@ TEST(section_ring, choice_rules) {
     EXPECT_EQ(choose(r, 3, slot_load_kind::hot, 1.0f, f), 1u);
     f[1] = {reclaimable, 0.0f, 0, true};
     EXPECT_FALSE(choose(r, 3, slot_load_kind::hot, 1.0f, f));
-    // Demand's very last resort is a hot expert; prefetch and hint never touch one.
+    // Demand's very last resort is a hot expert; a prefetch never touches one.
     f[2] = f[3] = f[5] = {busy, 0.0f, 0, false};
     EXPECT_EQ(choose(r, 0, slot_load_kind::demand, 0.0f, f), 0u);
-    EXPECT_FALSE(choose(r, 0, slot_load_kind::hint, 1.0f, f));
+    EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 1.0f, f));
     f[7] = {reclaimable, 0.0f, 0, true};  // a hot expert still in a ring slot
     EXPECT_FALSE(choose(r, 1, slot_load_kind::prefetch, 1.0f, f));
 }
@@ -216,11 +214,10 @@ std::optional<std::uint32_t> reference(const section_ring& r, std::uint32_t laye
                 if (is_free) pref = mine ? 0 : 1;
                 else if (mine && !is_guarded && !x.hot_expert && x.need < score) pref = 2;
                 break;
-            case slot_load_kind::hint:
             case slot_load_kind::demand:
                 if (is_free) pref = hot_slot ? 4 : (mine ? 0 : 1);
-                else if (x.hot_expert) pref = kind == slot_load_kind::demand ? 7 : -1;
-                else if (is_guarded) pref = kind == slot_load_kind::demand ? 6 : -1;
+                else if (x.hot_expert) pref = 7;
+                else if (is_guarded) pref = 6;
                 else if (hot_slot) pref = 5;
                 else pref = mine ? 2 : 3;
                 break;
@@ -258,7 +255,7 @@ TEST(section_ring, random_tables_match_the_reference) {
         }
         const std::uint32_t layer = rng() % n_layer;
         const float score = static_cast<float>(rng() % 5) / 4.0f;
-        for (auto kind : {slot_load_kind::demand, slot_load_kind::prefetch, slot_load_kind::hot, slot_load_kind::hint}) {
+        for (auto kind : {slot_load_kind::demand, slot_load_kind::prefetch, slot_load_kind::hot}) {
             const auto got = choose(r, layer, kind, score, f);
             const auto want = reference(r, layer, kind, score, f);
             // Both take the lowest slot index among equally good ones.

@@ -9,7 +9,8 @@
 // budget of exactly the slots they can hold together, so nearly every acquire evicts, over
 // the real block reader, a slow fault_reader and a short-reading test reader with a queue
 // depth of 1 (pending list). (4) Prefetch racing acquire: a thread prefetches random experts
-// while others acquire. (5) Destroying the source with prefetches in flight drains them.
+// while others acquire. (5) No lock across a submit: a stalled submit does not stop other
+// callers. (6) Destroying the source with prefetches in flight drains them.
 // Callers together never hold more than the slot count (the contract of
 // max_held_experts()). Counters are checked for consistency (hits + misses = acquires);
 // nothing asserts on elapsed time.
@@ -36,7 +37,7 @@ result<std::unique_ptr<tiered_expert_source>> make_source(const model_fixture& m
     o.host_budget_bytes = tiered_slot_bytes(m.layout, 4096) * slots;
     o.lock = memory_lock::off;
     o.eio_retries = eio_retries;
-    return tiered_expert_source::create(m.path, m.layout, o, nullptr, std::move(reader));
+    return tiered_expert_source::create(m.path, m.layout, o, std::move(reader));
 }
 
 TEST(tiered_concurrency, many_threads_share_one_load) {
@@ -198,10 +199,13 @@ TEST(tiered_concurrency, prefetch_races_acquire) {
     std::thread prefetcher([&] {
         const std::vector<ExpertId> all = all_experts(m.layout);
         std::mt19937 rng(99);
-        std::vector<ExpertId> ids(4);
+        std::vector<prefetch_request> reqs(4);
         while (!done.load()) {
-            for (auto& id : ids) id = all[rng() % all.size()];
-            source.prefetch(ids);
+            for (auto& r : reqs) {
+                r = prefetch_request{all[rng() % all.size()], static_cast<prefetch_class>(1 + rng() % 3),
+                                     static_cast<float>(rng() % 101) / 100.0f};
+            }
+            source.prefetch(reqs);
             std::this_thread::yield();
         }
     });
@@ -215,6 +219,46 @@ TEST(tiered_concurrency, prefetch_races_acquire) {
     EXPECT_EQ(st.host.read_errors, 0u);
 }
 
+// The tier's lock is not held across a submit: while one acquire's submit is stalled inside
+// the reader, other callers get through the tier (a hit and its release, stats, file
+// health, begin_layer). Were the lock held across the submit, they would wait for it.
+TEST(tiered_concurrency, no_lock_is_held_across_a_submit) {
+    const model_fixture m = load_model("Q8_0", skewed_shape());
+    ASSERT_TRUE(m.resident);
+    reader_setup rs;
+    auto made = make_source(m, 4, rs.make(m.path));
+    ASSERT_TRUE(made) << made.error().message;
+    tiered_expert_source& source = **made;
+    ASSERT_TRUE(source.acquire(ExpertId{0, 0}, device_id::host()));  // resident from here on
+    rs.control->stall_submit.store(true);
+    std::thread acquirer([&] {
+        auto h = source.acquire(ExpertId{1, 1}, device_id::host());
+        ASSERT_TRUE(h) << h.error().message;
+        EXPECT_TRUE(same_as_resident(*h, *m.resident));
+    });
+    ASSERT_TRUE(eventually([&] { return rs.control->stalled.load() == 1; }));
+    std::atomic<bool> others_done{false};
+    std::thread other([&] {
+        {
+            auto hit = source.acquire(ExpertId{0, 0}, device_id::host());
+            EXPECT_TRUE(hit);
+        }
+        (void)source.stats();
+        (void)source.file_health();
+        source.begin_layer(2, 0);
+        others_done.store(true);
+    });
+    EXPECT_TRUE(eventually([&] { return others_done.load(); }));
+    EXPECT_EQ(rs.control->stalled.load(), 1u);  // the submit was still stalled meanwhile
+    rs.release_submits();
+    acquirer.join();
+    other.join();
+    const auto st = source.stats();
+    EXPECT_EQ(st.host.hits, 1u);
+    EXPECT_EQ(st.host.misses, 2u);
+    EXPECT_GT(st.host.lock.acquisitions, 0u);
+}
+
 TEST(tiered_concurrency, destruction_drains_prefetches_in_flight) {
     const model_fixture m = load_model("Q8_0", skewed_shape());
     ASSERT_TRUE(m.resident);
@@ -226,7 +270,7 @@ TEST(tiered_concurrency, destruction_drains_prefetches_in_flight) {
         (*faults)->set_latency(std::chrono::microseconds(500));
         auto made = make_source(m, 6, std::move(faults).value());
         ASSERT_TRUE(made) << made.error().message;
-        (*made)->prefetch(all_experts(m.layout));
+        (*made)->prefetch(as_requests(all_experts(m.layout)));
         made = unexpected(errc::cancelled, "destroyed");  // with reads in flight and pending
     }
 }

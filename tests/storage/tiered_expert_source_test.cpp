@@ -51,7 +51,7 @@ result<std::unique_ptr<tiered_expert_source>> make_source(const model_fixture& m
     o.lock = s.lock;
     o.eio_retries = s.eio_retries;
     o.file_check_interval = std::chrono::milliseconds(0);  // the tests call check_file() themselves
-    return tiered_expert_source::create(m.path, m.layout, o, nullptr, std::move(reader));
+    return tiered_expert_source::create(m.path, m.layout, o, std::move(reader));
 }
 
 template <typename T>
@@ -278,7 +278,7 @@ TEST(tiered_expert_source, prefetch_then_acquire_is_a_hit) {
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
     const std::vector<ExpertId> ids = {{1, 3}, {2, 4}, {0, 5}};
-    source.prefetch(ids);
+    source.prefetch(as_requests(ids));
     ASSERT_TRUE(eventually([&] { return source.stats().host.resident_experts == 3; }));
     std::vector<expert_handle> handles;
     ASSERT_TRUE(source.acquire_many(ids, device_id::host(), handles));
@@ -287,7 +287,7 @@ TEST(tiered_expert_source, prefetch_then_acquire_is_a_hit) {
     EXPECT_EQ(st.host.hits, 3u);
     EXPECT_EQ(st.host.misses, 0u);
     // Prefetching resident experts does nothing.
-    source.prefetch(ids);
+    source.prefetch(as_requests(ids));
     EXPECT_EQ(source.stats().host.bytes_read, st.host.bytes_read);
 }
 
@@ -300,17 +300,18 @@ TEST(tiered_expert_source, prefetch_never_evicts_held_or_loading_slots) {
     tiered_expert_source& source = **made;
     std::vector<expert_handle> held;
     ASSERT_TRUE(source.acquire_many(std::vector<ExpertId>{{0, 0}, {0, 1}}, device_id::host(), held));
-    // One slot left: hold its load in flight, then prefetch more than fits.
+    // One slot left (layer 1's section): hold its load in flight, then prefetch more than fits.
     rs.control->hold.store(true);
-    source.prefetch(std::vector<ExpertId>{{1, 0}, {1, 1}, {1, 2}});
+    source.prefetch(as_requests({{1, 0}, {1, 1}, {1, 2}}));
     EXPECT_EQ(rs.control->reads.load(), 9u);  // 2 acquired + 1 prefetched expert, 3 reads each
     rs.release_held();
     ASSERT_TRUE(eventually([&] { return source.stats().host.resident_experts == 3; }));
     for (const auto& h : held) EXPECT_TRUE(same_as_resident(h, *m.resident));
-    // With the third slot ready and unheld, a prefetch may replace it, never the held two.
-    source.prefetch(std::vector<ExpertId>{{2, 0}});
+    // With the third slot ready and unheld, a new prediction for its layer may replace it,
+    // never the held two.
+    source.prefetch(as_requests({{1, 3}}));
     ASSERT_TRUE(eventually([&] { return source.stats().host.evictions == 1; }));
-    auto h = source.acquire(ExpertId{2, 0}, device_id::host());
+    auto h = source.acquire(ExpertId{1, 3}, device_id::host());
     ASSERT_TRUE(h) << h.error().message;
     EXPECT_TRUE(same_as_resident(*h, *m.resident));
     for (const auto& k : held) EXPECT_TRUE(same_as_resident(k, *m.resident));
@@ -324,7 +325,7 @@ TEST(tiered_expert_source, acquire_joins_a_load_in_flight) {
     ASSERT_TRUE(made) << made.error().message;
     tiered_expert_source& source = **made;
     rs.control->hold.store(true);
-    source.prefetch(std::vector<ExpertId>{{2, 2}});
+    source.prefetch(as_requests({{2, 2}}));
     std::thread releaser([&] {
         // The acquire below must find the load in flight (counted as a miss) and wait for it.
         EXPECT_TRUE(eventually([&] { return source.stats().host.misses == 1; }));

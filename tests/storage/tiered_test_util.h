@@ -1,9 +1,10 @@
 // Helpers for the tiered expert source tests: a synthetic model with its resident source
 // (the reference the tiered bytes are compared with), and test_reader, a block reader
 // double that reads with pread inside submit() and hands completions to reap(). It can hold
-// completions back (so a load stays "loading" as long as a test wants), cap every read
-// (short reads), fail chosen reads with an errno, and records how ops were submitted (and
-// the offset of each, so a test can tell which expert was read when).
+// completions back (so a load stays "loading" as long as a test wants), stall submit() itself
+// (so a test can see what the source's callers can do meanwhile), cap every read (short
+// reads), fail chosen reads with an errno, and records how ops were submitted (and the
+// offset of each, so a test can tell which expert was read when).
 #pragma once
 
 #include <fcntl.h>
@@ -28,6 +29,7 @@
 #include "storage/block_reader.h"
 #include "storage/expert_source.h"
 #include "storage/gguf.h"
+#include "storage/tiered_expert_source.h"
 #include "tests/support/synth_fixture.h"
 
 namespace moed::storage::tiered_test {
@@ -78,6 +80,15 @@ inline std::vector<ExpertId> all_experts(const expert_layout& layout) {
         for (std::uint32_t e = 0; e < layout.n_expert; ++e) ids.push_back(ExpertId{l, e});
     }
     return ids;
+}
+
+// Scored prefetch requests for `ids`, all of one class and score.
+inline std::vector<prefetch_request> as_requests(const std::vector<ExpertId>& ids,
+                                                 prefetch_class cls = prefetch_class::near, float score = 1.0f) {
+    std::vector<prefetch_request> out;
+    out.reserve(ids.size());
+    for (const ExpertId& id : ids) out.push_back(prefetch_request{id, cls, score});
+    return out;
 }
 
 inline bool same_matrix(const expert_matrix& a, const expert_matrix& b) {
@@ -131,6 +142,8 @@ public:
         std::atomic<std::uint64_t> fail_count{0};
         std::atomic<int> fail_errno{EIO};
         std::atomic<bool> hold{false};  // completions wait in the reader until released
+        std::atomic<bool> stall_submit{false};  // submit() waits until released
+        std::atomic<std::uint32_t> stalled{0};   // calls of submit() waiting now
         std::atomic<bool> change_identity{false};
         // The file offset of every op performed, in order (read under `offsets_mutex`).
         std::mutex offsets_mutex;
@@ -155,6 +168,12 @@ public:
     const std::string& path() const noexcept override { return path_; }
 
     result<std::size_t> submit(std::span<const read_op> ops) override {
+        if (control_->stall_submit.load()) {
+            std::unique_lock stall(stall_mutex_);
+            control_->stalled.fetch_add(1);
+            stall_cv_.wait(stall, [&] { return !control_->stall_submit.load(); });
+            control_->stalled.fetch_sub(1);
+        }
         std::lock_guard lock(mutex_);
         const std::size_t room = knobs_.queue_depth - in_flight_;
         const std::size_t n = std::min(room, ops.size());
@@ -220,6 +239,11 @@ public:
         std::lock_guard lock(mutex_);
         cv_.notify_all();
     }
+    // Lets stalled submits go.
+    void unstall() {
+        std::lock_guard lock(stall_mutex_);
+        stall_cv_.notify_all();
+    }
 
     result<file_identity> identity() const override {
         struct stat st{};
@@ -241,6 +265,8 @@ private:
     std::deque<read_completion> done_;
     std::size_t in_flight_ = 0;
     bool woken_ = false;
+    std::mutex stall_mutex_;
+    std::condition_variable stall_cv_;
 };
 
 // A test_reader plus the handles a test keeps on it.
@@ -256,6 +282,11 @@ struct reader_setup {
     void release_held() {
         control->hold.store(false);
         raw->poke();
+    }
+    // Releases stalled submits.
+    void release_submits() {
+        control->stall_submit.store(false);
+        raw->unstall();
     }
 };
 
