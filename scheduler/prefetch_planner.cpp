@@ -98,7 +98,11 @@ void prefetch_planner::plan(std::uint32_t layer, std::int64_t n_tokens, std::spa
     }
     // History reaches one layer past the lookahead: what each sequence used there last time.
     const std::uint32_t target = layer + static_cast<std::uint32_t>(rows);
-    if (options_.history && target < n_layer_ && !seqs.empty()) {
+    // The gate weighs history's fixed score like any other prediction.
+    const bool history_pays = !(options_.gate && gate_.measured()) ||
+                              gate_.worth(options_.history_score, static_cast<std::uint64_t>(gate_.expert_bytes()),
+                                          static_cast<std::uint32_t>(rows));
+    if (options_.history && history_pays && target < n_layer_ && !seqs.empty()) {
         std::uint8_t* asked = requested_.data() + static_cast<std::size_t>(target) * n_expert_;
         std::fill(seen_.begin(), seen_.end(), 0);
         for (std::uint64_t seq : seqs) {

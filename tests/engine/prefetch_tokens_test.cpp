@@ -6,8 +6,8 @@
 // and so does a batch of four sequences decoding together (several experts of a layer
 // wanted at once, prefetched for the whole batch). A small in-flight bound keeps demand
 // reads waiting behind prefetches. The pipeline must really have worked: prefetches issued,
-// some ready in time, a lookahead whose first pick is mostly used, more prefetches used than
-// wasted (the gate), nothing read in error, never more in flight than the bound. Nothing asserts on elapsed time.
+// some ready in time, a lookahead whose first pick is mostly used, a gate that measured the
+// link, nothing read in error, never more in flight than the bound. Nothing asserts on elapsed time.
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -163,9 +163,8 @@ TEST(prefetch_tokens, slow_disk_ring_and_prefetch_match_the_resident_run) {
         EXPECT_GE(r.stats.ring.sections.size(), 2u);
         EXPECT_GT(r.planner.routed, 0u);
         EXPECT_GT(r.top_pick_hit_rate, 0.5);    // the lookahead's first pick is mostly used
-        // The gate spends reads where they pay: more prefetched experts were used (in time or
-        // late) than evicted unused, and once the link was measured it had figures to show.
-        EXPECT_GT(p.hits + p.late, p.wasted);
+        // The link was measured and the gate decided from it (how much it prefetches depends
+        // on how busy the link is, so the amount is not asserted here: prefetch_gate_test is).
         EXPECT_GT(r.planner.gate_threshold, 0.0);
         EXPECT_GT(p.tokens, 0u);
     }
