@@ -25,6 +25,16 @@ run_result run(const std::vector<std::string>& args, bool merge_stderr = false) 
 
 const std::string model = moed::test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf";
 
+// What the process may hold beyond the weights it maps and its KV cache. A sanitizer's
+// runtime adds its own shadow memory and allocator quarantine on top (the ASan flavour sat
+// 1.4 MB over 64 MiB), so those builds get 96 MiB: still well under a second copy of the
+// ~110 MB model, which is what the bounds below guard against.
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr double rss_margin = 96.0 * 1024 * 1024;
+#else
+constexpr double rss_margin = 64.0 * 1024 * 1024;
+#endif
+
 TEST(moe_run, json_output_matches_golden_case) {
     std::ifstream in(moed::test::models_dir() + "/golden/tinymoe-qwen3moe-Q4_K_M.json");
     const auto golden = nlohmann::json::parse(in);
@@ -63,8 +73,8 @@ TEST(moe_run, peak_rss_within_model_plus_kv_plus_64mib) {
     const double kv = j["kv_cache_bytes"].get<double>();
     const double rss = j["peak_rss_bytes"].get<double>();
     EXPECT_GT(model_bytes, 100e6);
-    EXPECT_LE(rss, model_bytes + kv + 64.0 * 1024 * 1024)
-        << "peak RSS " << rss << " exceeds model " << model_bytes << " + KV " << kv << " + 64 MiB";
+    EXPECT_LE(rss, model_bytes + kv + rss_margin)
+        << "peak RSS " << rss << " exceeds model " << model_bytes << " + KV " << kv << " + margin " << rss_margin;
 }
 
 // With a host budget the experts are read into the slab and never mapped: the process stays
@@ -91,8 +101,9 @@ TEST(moe_run, peak_rss_within_dense_plus_budget_when_tiered) {
     const double rss = j["peak_rss_bytes"].get<double>();
     EXPECT_LE(budget, 0.25 * j["expert_bytes"].get<double>());
     EXPECT_GT(j["tiers"]["host"]["bytes_read"].get<double>(), 0.0);
-    EXPECT_LE(rss, dense + budget + kv + 64.0 * 1024 * 1024)
-        << "peak RSS " << rss << " exceeds dense " << dense << " + budget " << budget << " + KV " << kv << " + 64 MiB";
+    EXPECT_LE(rss, dense + budget + kv + rss_margin)
+        << "peak RSS " << rss << " exceeds dense " << dense << " + budget " << budget << " + KV " << kv
+        << " + margin " << rss_margin;
     EXPECT_LT(rss, j["model_bytes"].get<double>());
 }
 
