@@ -1,6 +1,6 @@
 // The tiered expert source's public side: create (sizing, slab, reader, checks), acquire
-// and statistics. The load path is in tiered_loads.cpp, the prefetch pipeline in
-// tiered_prefetch.cpp; tiered_state.h says how the pieces compose.
+// and statistics. The completion thread is in tiered_loads.cpp, the control interface in
+// tiered_control.cpp; tiered_state.h says how the shell and the tier core compose.
 #include "storage/tiered_expert_source.h"
 
 #include <fcntl.h>
@@ -130,12 +130,7 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
         p->header_digest = print->first;
         p->tensor_digests = std::move(print->second);
     }
-    std::vector<std::uint64_t> layer_bytes;
-    for (std::uint32_t l = 0; l < layout.n_layer; ++l) {
-        p->geometry.push_back(geometry_of(layout, l, alignment));
-        layer_bytes.push_back(layout.expert_bytes(l));
-        p->expert_bytes_total += static_cast<std::uint64_t>(layout.expert_bytes(l)) * layout.n_expert;
-    }
+    for (std::uint32_t l = 0; l < layout.n_layer; ++l) p->geometry.push_back(geometry_of(layout, l, alignment));
     const std::uint32_t n_slots = slab->n_slots();
     const io_mode mode = reader->mode();
     const std::uint32_t depth = reader->queue_depth();
@@ -143,18 +138,7 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
         std::move(reader), slot_memory{slab->slot(0), n_slots, slab->slot_bytes()}, layout, *identity,
         block_mover_options{.path = path, .eio_retries = options.eio_retries, .region_alignment = alignment});
     p->slab = std::move(slab);
-    p->slots.reset(n_slots, layout.n_expert, layer_bytes);
-    const std::size_t n_experts = static_cast<std::size_t>(layout.n_layer) * layout.n_expert;
-    // Without the ring every slot is one section; the ring's rules then reduce to least
-    // recently used among unpredicted experts.
-    const std::uint32_t per_layer =
-        options.slots_per_layer > 0 ? options.slots_per_layer : std::max<std::uint32_t>(1, layout.n_expert / 4);
-    p->ring.reset(n_slots, options.ring ? layout.n_layer : 1, per_layer);
-    p->section_last_layer.assign(p->ring.n_sections(), -1);
-    p->layer_gen.assign(layout.n_layer, 0);
-    p->hot.assign(n_experts, 0);
-    p->queue.reset(layout.n_layer, layout.n_expert, n_slots,
-                   load_queue::limits{options.max_inflight_bytes, options.max_prefetch_inflight_bytes});
+    p->core.reset(layout, options, n_slots, p->mover.get());
     try {
         impl* raw = p.get();
         p->completion_thread = std::thread([raw] { raw->completion_main(); });
@@ -166,7 +150,7 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
                   "{}: host tier of {} slots x {} ({}), {} reads, queue depth {}; ring of {} sections ({} slots per "
                   "layer wanted), at most {} in flight",
                   path, n_slots, format_bytes(slot_bytes), format_bytes(slot_bytes * n_slots), io_mode_name(mode),
-                  depth, p->ring.n_sections(), per_layer,
+                  depth, p->core.ring().n_sections(), p->core.ring().slots_per_layer(),
                   options.max_inflight_bytes == 0 ? std::string("unbounded") : format_bytes(options.max_inflight_bytes));
     return std::unique_ptr<tiered_expert_source>(new tiered_expert_source(std::move(p)));
 }
@@ -228,7 +212,7 @@ result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, d
                 bool found = false;
                 for (std::size_t i = 0; i < handles.size() && !found; ++i) {
                     if (!handles[i].valid()) continue;
-                    const slot_entry& e = d.slots[d.slot_of(handles[i])];
+                    const slot_entry& e = d.core.slots()[d.slot_of(handles[i])];
                     if (e.state == slot_state::failed) {
                         moed::error copy = e.failure;
                         lock.unlock();
@@ -248,7 +232,7 @@ result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, d
                 waited_ns += static_cast<std::uint64_t>(
                     std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - t0).count());
             }
-            d.counters.add_io_wait(waited_ns);
+            d.core.counters().add_io_wait(waited_ns);
         }
         apply(pick, handles[pick]);
         handles[pick].release();
@@ -260,6 +244,7 @@ result<void> tiered_expert_source::acquire_each(std::span<const ExpertId> ids, d
 
 bool tiered_expert_source::impl::wait_loaded(std::unique_lock<counted_mutex>& lock, std::uint32_t slot,
                                              std::uint64_t& waited_ns, moed::error& failure) {
+    const slot_table& slots = core.slots();
     if (slots[slot].state == slot_state::loading) {
         const auto t0 = clock_type::now();
         load_cv.wait(lock, [&] { return slots[slot].state != slot_state::loading; });
@@ -297,7 +282,7 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
 
     std::unique_lock lock(mutex);
     // The engine computes the layer it acquires for: its experts are guarded from prefetches.
-    if (!ids.empty()) set_current_layer_locked(ids.front().layer);
+    if (!ids.empty()) core.set_current_layer(ids.front().layer);
     // Time spent waiting for reads or slots: what compute lost to I/O.
     std::uint64_t waited_ns = 0;
     auto timed_wait = [&](auto&& block) {
@@ -306,31 +291,13 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
         waited_ns += static_cast<std::uint64_t>(
             std::chrono::duration_cast<std::chrono::nanoseconds>(clock_type::now() - t0).count());
     };
+    auto handle_for = [&](std::size_t k, std::uint32_t where) {
+        out[k] = expert_handle(owner, ids[k], weights_of(where, ids[k]), where, device_id::host(), memory());
+    };
     // Pass 1 pins what is resident or loading, so pass 2 cannot pick one of this call's own
     // experts as the victim for another; pass 2 finds slots for the rest.
-    auto pin = [&](std::size_t k, std::uint32_t where) {
-        const ExpertId id = ids[k];
-        const bool prefetched = slots[where].prefetched_unused;
-        switch (slots.pin(where)) {
-            case slot_state::ready:
-                ++counters.hits;
-                if (prefetched) ++counters.pf_hits;
-                break;
-            case slot_state::in_use: ++counters.hits; break;
-            case slot_state::loading:
-                ++counters.misses;  // the wait is the cost a miss has
-                if (prefetched) ++counters.pf_late;
-                break;
-            default: MOED_ASSERT(false && "the residency map points at a free or failed slot");
-        }
-        slots.set_prefetched_unused(where, false);
-        slots.touch(where);
-        guard_locked(where);
-        out[k] = expert_handle(owner, id, weights_of(where, id), where, device_id::host(), memory());
-    };
     for (std::size_t k = 0; k < ids.size(); ++k) {
-        const std::uint32_t where = slots.find(ids[k]);
-        if (where != slot_table::no_slot) pin(k, where);
+        if (const std::uint32_t where = core.pin_present(ids[k]); where != slot_table::no_slot) handle_for(k, where);
     }
     for (std::size_t k = 0; k < ids.size();) {
         if (out[k].valid()) {
@@ -338,9 +305,9 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             continue;
         }
         const ExpertId id = ids[k];
-        const std::uint32_t where = slots.find(id);
-        if (where != slot_table::no_slot) {  // a duplicate id, or loaded by another caller meanwhile
-            pin(k, where);
+        // A duplicate id, or loaded by another caller meanwhile.
+        if (const std::uint32_t where = core.pin_present(id); where != slot_table::no_slot) {
+            handle_for(k, where);
             ++k;
             continue;
         }
@@ -348,18 +315,18 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             // The file may hold other bytes now: fail what would need a read, keep the rest.
             moed::error failure = error_noexcept(errc::io, "{}; expert {}/{} is not in host memory",
                                                  file_error.message, id.layer, id.expert);
-            const bool submit = take_submit_locked();
+            const bool submit = core.take_submit();
             lock.unlock();
             if (submit) mover->submit();
             for (expert_handle& h : out) h.release();
             return unexpected(std::move(failure));
         }
-        const std::optional<std::uint32_t> slot = take_slot_locked(id, slot_load_kind::demand, 0.0f);
-        if (!slot) {
+        const std::uint32_t slot = core.start_demand(id);
+        if (slot == slot_table::no_slot) {
             // Every slot is loading or held. Send what is queued so those loads can finish
             // (without the lock, which lets releases in), then look at `id` again; else wait
             // for a release or a finished load (another caller may load `id` meanwhile).
-            if (take_submit_locked()) {
+            if (core.take_submit()) {
                 lock.unlock();
                 mover->submit();
                 lock.lock();
@@ -375,27 +342,20 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             }
             continue;
         }
-        start_load_locked(*slot, id, 1);
-        ++counters.misses;
-        ++counters.demand_misses;
-        guard_locked(*slot);
-        out[k] = expert_handle(owner, id, weights_of(*slot, id), *slot, device_id::host(), memory());
+        handle_for(k, slot);
         ++k;
     }
     // One batch for every read of the call, sent without the lock; then wait only for this
     // call's experts.
     submit_unlocked_if_due(lock);
     // The current layer's reads are on their way: prefetches held behind them may go.
-    if (!ids.empty() && ids.front().layer == current_layer && !demand_requested) {
-        demand_requested = true;
-        if (options.prefetch_after_demand) {
-            dispatch_locked();
-            submit_unlocked_if_due(lock);
-        }
+    if (!ids.empty()) {
+        core.demand_requested(ids.front().layer);
+        submit_unlocked_if_due(lock);
     }
 
     if (!wait) {
-        counters.add_io_wait(waited_ns);
+        core.counters().add_io_wait(waited_ns);
         return {};
     }
     moed::error failure;
@@ -406,7 +366,7 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
             break;
         }
     }
-    counters.add_io_wait(waited_ns);
+    core.counters().add_io_wait(waited_ns);
     if (failed) {
         // The failed slot stays failed (not reused) while this call holds its ref, so the
         // error was copied before the handles go; they are released without the lock.
@@ -421,102 +381,25 @@ std::uint32_t tiered_expert_source::slot_count() const noexcept { return impl_->
 
 std::uint64_t tiered_expert_source::slot_bytes() const noexcept { return impl_->slab->slot_bytes(); }
 
-void tiered_expert_source::set_prefetch_inflight_limit(std::uint64_t bytes) {
-    impl& d = *impl_;
-    bool submit = false;
-    {
-        std::lock_guard lock(d.mutex);
-        if (d.queue.set_scheduler_prefetch_limit(bytes)) {
-            d.dispatch_locked();  // queued prefetches may fit now
-            submit = d.take_submit_locked();
-        }
-    }
-    if (submit) d.mover->submit();
-}
-
-link_figures tiered_expert_source::link() const {
-    const impl& d = *impl_;
-    std::lock_guard lock(d.mutex);
-    link_figures f;
-    const double busy = d.counters.read_seconds(clock_type::now());
-    f.bytes_per_s = busy > 0.0 ? static_cast<double>(d.counters.bytes_read) / busy : 0.0;
-    f.load_latency_us = d.counters.latency_mean_us();
-    f.layer_compute_us = d.counters.layer_compute_ns / 1e3;
-    f.inflight_bytes = d.queue.inflight_bytes();
-    f.demand_loads = d.counters.demand_misses;
-    f.prefetch_loads = d.counters.pf_issued;
-    f.prefetch_wasted = d.counters.pf_wasted;
-    f.layers_computed = d.counters.layers_computed;
-    f.expert_bytes = static_cast<double>(d.expert_bytes_total) /
-                     (static_cast<double>(d.layout.n_layer) * static_cast<double>(d.layout.n_expert));
-    return f;
-}
-
 expert_cache_stats tiered_expert_source::stats() const {
     const impl& d = *impl_;
     expert_cache_stats out;
     out.io_mode = std::string(io_mode_name(d.mover->mode()));
     out.queue_depth = d.mover->queue_depth();
-    out.expert_bytes_total = d.expert_bytes_total;
-
     std::vector<std::uint32_t> samples;
-    tier_stats& h = out.host;
-    prefetch_stats& pf = out.prefetch;
     {
         std::lock_guard lock(d.mutex);
-        h.name = "host";
-        h.capacity_experts = d.n_slots();
-        h.capacity_bytes = static_cast<std::uint64_t>(d.n_slots()) * d.slab->slot_bytes();
-        h.resident_bytes = d.slots.resident_bytes();
-        h.resident_experts = d.slots.resident_experts();
-        d.counters.fill(h, pf, samples, clock_type::now());
-        h.lock = d.mutex.stats();
-        // The residency map: one character per expert of each layer ('#' resident, '+' in
-        // use, '~' loading, '.' only in the file).
-        out.layer_residency.assign(d.layout.n_layer, std::string(d.layout.n_expert, '.'));
-        for (std::uint32_t l = 0; l < d.layout.n_layer; ++l) {
-            for (std::uint32_t e = 0; e < d.layout.n_expert; ++e) {
-                const std::uint32_t slot = d.slots.find(ExpertId{l, e});
-                if (slot == slot_table::no_slot) continue;
-                switch (d.slots[slot].state) {
-                    case slot_state::ready: out.layer_residency[l][e] = '#'; break;
-                    case slot_state::in_use: out.layer_residency[l][e] = '+'; break;
-                    case slot_state::loading: out.layer_residency[l][e] = '~'; break;
-                    default: break;
-                }
-            }
-        }
-        pf.queued = d.queue.size();
-        pf.inflight_bytes = d.queue.inflight_bytes();
-        pf.inflight_bytes_max = d.queue.inflight_bytes_max();
-        pf.inflight_bytes_limit = d.options.max_inflight_bytes;
-        ring_stats& r = out.ring;
-        r.enabled = d.options.ring;
-        r.slots_per_layer = d.ring.slots_per_layer();
-        r.hot_slots = static_cast<std::uint32_t>(d.ring.hot_members().size());
-        r.hot_set = d.hot_count;
-        for (std::uint32_t s : d.ring.hot_members()) {
-            if (d.slots.holds_bytes(s) && d.hot[d.table_index(d.slots[s].id)] != 0) ++r.hot_resident;
-        }
-        r.sections.resize(d.ring.n_sections());
-        for (std::uint32_t sec = 0; sec < d.ring.n_sections(); ++sec) {
-            ring_section_stats& rs = r.sections[sec];
-            const auto members = d.ring.section_members(sec);
-            rs.slots = static_cast<std::uint32_t>(members.size());
-            for (std::uint32_t l = sec; l < (r.enabled ? d.layout.n_layer : 0); l += d.ring.n_sections()) {
-                rs.layers.push_back(l);
-            }
-            rs.layer = sec < d.section_last_layer.size() ? d.section_last_layer[sec] : -1;
-            for (std::uint32_t s : members) {
-                if (d.slots.holds_bytes(s)) ++rs.resident;
-            }
-        }
+        d.core.fill(out, samples);
+        out.host.capacity_bytes = static_cast<std::uint64_t>(d.n_slots()) * d.slab->slot_bytes();
+        out.host.lock = d.mutex.stats();
     }
+    tier_stats& h = out.host;
+    prefetch_stats& pf = out.prefetch;
     tier_counters::summarize(h, pf, samples);
 
     tier_stats& n = out.nvme;
     n.name = "nvme";
-    n.capacity_bytes = d.expert_bytes_total;
+    n.capacity_bytes = out.expert_bytes_total;
     n.capacity_experts = static_cast<std::uint64_t>(d.layout.n_layer) * d.layout.n_expert;
     n.resident_bytes = n.capacity_bytes;  // the model file always holds every expert
     n.resident_experts = n.capacity_experts;

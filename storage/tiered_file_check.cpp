@@ -132,7 +132,7 @@ result<void> tiered_expert_source::impl::verify_same_model(int fd, const file_id
     {
         std::lock_guard lock(mutex);
         for (std::uint32_t s = 0; s < n_slots(); ++s) {
-            if (slots.holds_bytes(s)) resident.emplace_back(s, slots[s].id);
+            if (core.slots().holds_bytes(s)) resident.emplace_back(s, core.slots()[s].id);
         }
     }
     std::vector<std::byte> buffer;
@@ -158,6 +158,7 @@ result<void> tiered_expert_source::impl::verify_same_model(int fd, const file_id
 void tiered_expert_source::impl::mark_file_broken_locked(moed::error why) noexcept {
     if (file_broken) return;
     file_broken = true;
+    core.set_paused(true);
     ++file_breaks;
     file_error = std::move(why);
     file_last_seen.reset();
@@ -216,7 +217,7 @@ tier_file_health tiered_expert_source::check_file() {
     result<void> same = now ? d.verify_same_model(fd.fd, *now) : result<void>(unexpected(now.error()));
     // Reads that began before the change may still land: they must finish (and fail against
     // the old identity) before a new one is trusted. A later check takes it.
-    auto busy_locked = [&] { return d.counters.loads_in_flight() > 0 || d.mover->loads_in_flight() > 0; };
+    auto busy_locked = [&] { return d.core.counters().loads_in_flight() > 0 || d.mover->loads_in_flight() > 0; };
     bool same_file = false;
     {
         std::unique_lock lock(d.mutex);
@@ -229,7 +230,7 @@ tier_file_health tiered_expert_source::check_file() {
         same_file = now->inode == d.identity.inode && now->device == d.identity.device;
         if (same_file) {
             d.recover_locked(false);
-            const bool submit = d.take_submit_locked();
+            const bool submit = d.core.take_submit();
             tier_file_health health = d.health_locked();
             lock.unlock();
             if (submit) d.mover->submit();
@@ -256,10 +257,10 @@ tier_file_health tiered_expert_source::check_file() {
     }
     // While broken no load starts from a request; one admitted meanwhile (a deferred demand
     // load) makes this check give up, and the next one tries again.
-    if (!d.file_broken || d.stopping || busy_locked()) return d.health_locked();
+    if (!d.file_broken || d.core.stopping() || busy_locked()) return d.health_locked();
     d.mover->replace_reader(std::move(opened).value());
     d.recover_locked(true);
-    const bool submit = d.take_submit_locked();
+    const bool submit = d.core.take_submit();
     tier_file_health health = d.health_locked();
     lock.unlock();
     if (submit) d.mover->submit();
@@ -279,8 +280,8 @@ void tiered_expert_source::impl::recover_locked(bool reopened) {
     ++file_recoveries;
     MOED_LOG_INFO(component, "{}: holds the model opened again (size, header, tensor samples and {} resident "
                              "experts compared){}; serving resumes",
-                  path, slots.resident_experts(), reopened ? ", reopened" : "");
-    dispatch_locked();
+                  path, core.slots().resident_experts(), reopened ? ", reopened" : "");
+    core.set_paused(false);  // queued prefetches go
 }
 
 void tiered_expert_source::impl::check_main() noexcept {

@@ -1,16 +1,14 @@
-// The inside of tiered_expert_source: how the host tier composes the tier core's pieces.
-// Private to storage/; shared by tiered_expert_source.cpp (create, acquire, release, stats),
-// tiered_loads.cpp (slot choice, loads, the completion thread), tiered_prefetch.cpp (the
-// prefetch pipeline, the hot set, need scores) and tiered_file_check.cpp (file health).
+// The inside of tiered_expert_source: the threaded shell around the tier core. Private to
+// storage/; shared by tiered_expert_source.cpp (create, acquire, control, stats),
+// tiered_loads.cpp (the completion thread, releases, shutdown) and tiered_file_check.cpp
+// (file health).
 //
-// The pieces: slot_table (slot states, refs, residency), section_ring (which slot a load
-// takes: the only placement authority), load_queue (prefetch requests, deferred demand
-// loads, bytes in flight), block_mover (the reads from the model file into host slots),
-// tier_counters (statistics). The tier decides under its lock (a counted_mutex, so stats
-// report how contended it is) and moves no bytes under it: loads are queued to the mover
-// under the lock and submitted after it is released (take_submit_locked() says whether the
-// caller must); the completion thread reaps the mover without the lock and applies the
-// results under it.
+// Every decision (slot states, placement, the load queue, counters) is the tier core's
+// (storage/tier_core.h); the shell adds the lock (a counted_mutex, so stats report how
+// contended it is), the waits, the host slab, the block mover and the model file's health.
+// It moves no bytes under its lock: the core queues loads to the mover under the lock, and
+// whoever takes the core's submit duty (take_submit()) submits after releasing it; the
+// completion thread reaps the mover without the lock and reports the results under it.
 #pragma once
 
 #include <chrono>
@@ -25,11 +23,8 @@
 
 #include "storage/block_mover.h"
 #include "storage/counted_mutex.h"
-#include "storage/load_queue.h"
-#include "storage/section_ring.h"
 #include "storage/slot_geometry.h"
-#include "storage/slot_table.h"
-#include "storage/tier_counters.h"
+#include "storage/tier_core.h"
 #include "storage/tiered_expert_source.h"
 
 namespace moed::storage {
@@ -54,7 +49,6 @@ struct tiered_expert_source::impl {
     tiered_options options;
     std::vector<layer_geometry> geometry;
     std::uint32_t region_alignment = min_region_alignment;
-    std::uint64_t expert_bytes_total = 0;
     bool reader_opened_here = false;  // create() opened the reader (so a check may reopen it)
     // The fingerprint taken at create().
     std::uint64_t header_digest = 0;
@@ -68,28 +62,7 @@ struct tiered_expert_source::impl {
     mutable counted_mutex mutex;
     std::condition_variable_any load_cv;  // a load ended (ready or failed)
     std::condition_variable_any slot_cv;  // a slot became free or reclaimable
-    slot_table slots;
-    section_ring ring;
-    load_queue queue;
-    tier_counters counters;
-    bool submit_due = false;  // loads were queued to the mover and nobody has taken the submit yet
-    bool stopping = false;
-
-    // Placement state (tiered_prefetch.cpp).
-    std::vector<std::int64_t> section_last_layer;  // per section: layer of its latest load, -1 none
-    std::uint32_t current_layer = 0;        // the layer being computed (begin_layer or the last acquire)
-    std::uint64_t layer_epoch = 1;          // advances when current_layer changes
-    bool demand_requested = false;          // the current layer's acquire has requested its reads
-    std::vector<std::uint32_t> layer_gen;   // per layer: advances when its predictions lapse
-    std::vector<float> expert_scores;       // [n_layer * n_expert] or empty
-    std::vector<std::uint8_t> hot;          // per expert: in the hot set
-    std::uint32_t hot_count = 0;
-
-    // The layer clock (begin_layer/end_layer): when the open layer began and the I/O wait
-    // counted by then (tier_counters keeps the mean).
-    tiered_detail::clock_type::time_point layer_began;
-    std::uint64_t layer_began_io_wait_ns = 0;
-    bool layer_open = false;
+    tier_core core;
 
     // The model file's health (tiered_file_check.cpp).
     file_identity identity;  // what loads are checked against (the mover keeps a copy)
@@ -108,12 +81,8 @@ struct tiered_expert_source::impl {
 
     ~impl() { shutdown(); }
 
-    std::uint32_t n_slots() const noexcept { return slots.n_slots(); }
-    std::size_t table_index(ExpertId id) const noexcept {
-        return static_cast<std::size_t>(id.layer) * layout.n_expert + id.expert;
-    }
+    std::uint32_t n_slots() const noexcept { return core.n_slots(); }
     bool in_range(ExpertId id) const noexcept { return id.layer < layout.n_layer && id.expert < layout.n_expert; }
-    std::uint64_t expert_bytes(ExpertId id) const noexcept { return layout.expert_bytes(id.layer); }
 
     memory_kind memory() const noexcept {
         return slab->locked() ? memory_kind::host_locked : memory_kind::host_pageable;
@@ -154,40 +123,24 @@ struct tiered_expert_source::impl {
     // Adds the time waited to `waited_ns`. `lock` holds `mutex`.
     bool wait_loaded(std::unique_lock<counted_mutex>& lock, std::uint32_t slot, std::uint64_t& waited_ns,
                      moed::error& failure);
-    // Submits what the mover has queued, releasing `lock` meanwhile, when nobody else will.
+    // Submits what the core queued, when the caller took that duty; `lock` (holding `mutex`)
+    // is released meanwhile.
     void submit_unlocked_if_due(std::unique_lock<counted_mutex>& lock);
-
-    // The need of the expert a slot holds: its prefetch score while its prediction holds,
-    // else the profile score, whichever is higher.
-    float need_of(const slot_entry& e) const noexcept;
-    slot_facts facts_of(std::uint32_t slot) const noexcept;
-
-    // All below: called with `mutex` held.
-    // Whether the caller must call mover->submit() once it released the lock (loads were
-    // queued and no other caller has taken that duty); clears it.
-    bool take_submit_locked() noexcept {
-        const bool due = submit_due;
-        submit_due = false;
-        return due;
-    }
-    // A slot for a load of `id` (evicting what it held), by the ring's rules for `kind`;
-    // nullopt when none may be taken now.
-    std::optional<std::uint32_t> take_slot_locked(ExpertId id, slot_load_kind kind, float score);
-    void evict_locked(std::uint32_t slot);
-    // Marks `slot` loading `id` (refs: waiting acquirers) and admits its load, or defers it
-    // while the in-flight bound is full (demand only: prefetches are started only when they fit).
-    void start_load_locked(std::uint32_t slot, ExpertId id, std::uint32_t refs);
-    // Counts the load's bytes in flight and queues it to the mover.
-    void admit_locked(std::uint32_t slot);
-    void admit_deferred_locked();
-    // Starts queued prefetches in priority order while the bound and the ring allow.
-    void dispatch_locked() noexcept;
-    void lapse_touched_layers_locked() noexcept;
-    void guard_locked(std::uint32_t slot) noexcept;
-    void set_current_layer_locked(std::uint32_t layer) noexcept;
-    // Applies how a load ended: the slot becomes ready / in use, or failed / free.
+    // Reports how a load the mover ended went to the core (marking the file broken when the
+    // mover found it changed).
     void on_load_end_locked(move_result& r);
     void release_locked(ExpertId id, std::uint32_t slot) noexcept;
+    // Runs `step(core)` under the lock, then submits what it queued without the lock.
+    template <typename Step>
+    void with_core(Step&& step) {
+        bool submit = false;
+        {
+            std::lock_guard lock(mutex);
+            step(core);
+            submit = core.take_submit();
+        }
+        if (submit) mover->submit();
+    }
 };
 
 }  // namespace moed::storage
