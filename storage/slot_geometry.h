@@ -55,6 +55,20 @@ inline std::uint64_t region_bytes(const matrix_desc& m, std::uint32_t n_expert, 
     return most;
 }
 
+// Bytes one load of an expert of `layer` reads from the file, on average over the layer's
+// experts: each matrix is read from its aligned start to its aligned end. What a load costs
+// the disk (the expert's own bytes plus the alignment's fringe).
+inline std::uint64_t mean_read_bytes(const expert_layout& layout, std::uint32_t layer, std::uint64_t alignment) noexcept {
+    std::uint64_t total = 0;
+    for (const matrix_desc& m : matrices_of(layout.layers[layer])) {
+        for (std::uint32_t e = 0; e < layout.n_expert; ++e) {
+            const std::uint64_t start = m.offset + static_cast<std::uint64_t>(e) * m.bytes;
+            total += align_up(start + m.bytes, alignment) - align_down(start, alignment);
+        }
+    }
+    return layout.n_expert == 0 ? 0 : (total + layout.n_expert / 2) / layout.n_expert;
+}
+
 struct layer_geometry {
     std::array<std::uint64_t, 3> region_offset{};  // within the slot
     std::array<std::uint64_t, 3> region_bytes{};

@@ -71,7 +71,7 @@ struct options {
                  "               [--repeat-penalty R] [--seed S] [-t THREADS] [-c CTX] [-b BATCH]\n"
                  "               [--ignore-eos] [--parse-special] [--json]\n"
                  "               [--host-budget SIZE|PERCENT] [--io-depth N] [--no-uring] [--no-direct]\n"
-                 "               [--mlock required|best_effort|off] [--prefetch on|off] [--lookahead D]\n"
+                 "               [--mlock required|best_effort|off] [--prefetch on|off] [--pf-gate on|off] [--lookahead D]\n"
                  "               [--max-inflight SIZE] [--slow-disk LAT_US,MBPS]\n"
                  "               [--trace FILE [--trace-lookahead D] [--trace-tag NAME]]\n"
                  "       moe-run -m MODEL --prompts FILE.jsonl [--trace FILE] [-n N] [--lookahead D] [options]\n"
@@ -139,6 +139,11 @@ options parse_args(int argc, char** argv) {
             const std::string v = next();
             if (v != "on" && v != "off") fail("--prefetch must be on or off, not '" + v + "'");
             o.prefetch.enabled = v == "on";
+        } else if (a == "--pf-gate") {
+            // The planner's cost gate (scheduler/prefetch_gate.h), or its fixed score rule.
+            const std::string v = next();
+            if (v != "on" && v != "off") fail("--pf-gate must be on or off, not '" + v + "'");
+            o.prefetch.planner.gate = v == "on";
         } else if (a == "--max-inflight") {
             auto bytes = moed::parse_bytes(next());
             if (!bytes) fail("--max-inflight: " + bytes.error().message);
@@ -282,6 +287,17 @@ int run_prompts(const options& opt, moed::engine::model& m) {
                        {"prompts", prompts.size()},
                        {"prompt_tokens", prompt_tokens},
                        {"generated_tokens", generated_tokens}};
+    if (const auto* tiers = m.tiers()) {
+        auto st = tiers->stats();
+        if (*planner) moed::scheduler::add_planner_stats((*planner)->stats(), st.prefetch);
+        out["tiers"] = st;
+        // What the tier measured of its link and of compute: what a replay of the trace
+        // simulates the run with.
+        const moed::storage::link_figures f = tiers->link();
+        out["link"] = {{"bytes_per_s", f.bytes_per_s},
+                       {"load_latency_us", f.load_latency_us},
+                       {"layer_compute_us", f.layer_compute_us}};
+    }
     if (trace) {
         const std::uint64_t records = trace->recorder->records();
         finish_trace(trace);

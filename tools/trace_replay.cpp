@@ -41,10 +41,12 @@
 #include <nlohmann/json.hpp>
 
 #include "engine/model.h"
+#include "storage/slot_geometry.h"
 #include "scheduler/profile.h"
 #include "scheduler/recall.h"
 #include "scheduler/reference_trace.h"
 #include "scheduler/replay.h"
+#include "scheduler/tier_replay.h"
 #include "scheduler/trace.h"
 #include "tools/cli_util.h"
 
@@ -101,6 +103,8 @@ struct options {
     predictor_config predictor;
     prefetch_params prefetch;
     expert_value_params value;
+    bool tier = false;  // the production policy: the daemon's planner and tier core
+    tier_replay_options tier_options;
 };
 
 budget parse_budget(const std::string& text) {
@@ -146,7 +150,8 @@ options parse(int argc, char** argv) {
                 else if (s == "lfu") o.policies.push_back(replay_policy::lfu);
                 else if (s == "policy") o.policies.push_back(replay_policy::scored);
                 else if (s == "belady") o.policies.push_back(replay_policy::belady);
-                else fail("unknown policy '" + s + "' (lru, lfu, policy, belady)");
+                else if (s == "tier") o.tier = true;
+                else fail("unknown policy '" + s + "' (lru, lfu, policy, belady, tier)");
             }
         } else if (a == "--model") o.model_path = next();
         else if (a == "--profile") o.profile_path = next();
@@ -177,6 +182,14 @@ options parse(int argc, char** argv) {
         } else if (a == "--prefetch-min-prob") o.prefetch.min_probability = tools::parse_number<float>(program, a, next());
         else if (a == "--prefetch-margin") o.prefetch.value_margin = tools::parse_number<float>(program, a, next(), tools::sign::positive);
         else if (a == "--prefetch-max") o.prefetch.max_per_step = tools::parse_number<std::uint32_t>(program, a, next());
+        else if (a == "--link-gbps") o.tier_options.link.bytes_per_s = 1e9 * tools::parse_number<double>(program, a, next(), tools::sign::positive);
+        else if (a == "--link-latency-us") o.tier_options.link.latency_us = tools::parse_number<double>(program, a, next());
+        else if (a == "--layer-us") o.tier_options.layer_compute_us = tools::parse_number<double>(program, a, next());
+        else if (a == "--pf-gate") {
+            const std::string v = next();
+            if (v != "on" && v != "off") fail("--pf-gate takes on or off");
+            o.tier_options.planner.gate = v == "on";
+        } else if (a == "--engine-order") o.tier_options.order = tier_replay_order::engine;
         else if (a == "--rate-floor") o.value.rate_floor = tools::parse_number<float>(program, a, next(), tools::sign::positive);
         else if (a.starts_with("--")) fail("unknown option " + std::string(a));
         else if (o.trace_path.empty()) o.trace_path = a;
@@ -418,7 +431,12 @@ int main(int argc, char** argv) {
                  ") does not match the trace");
         }
         trace.info.expert_bytes.clear();
-        for (std::uint32_t l = 0; l < hp.n_layer; ++l) trace.info.expert_bytes.push_back((*m)->experts_layout().expert_bytes(l));
+        // What one load reads from the file, as the host tier reads it (each matrix from its
+        // page-aligned start to its page-aligned end), so bytes compare with moed's own.
+        for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+            trace.info.expert_bytes.push_back(
+                storage::mean_read_bytes((*m)->experts_layout(), l, storage::min_region_alignment));
+        }
         if (trace.info.model_name.empty() || trace.info.model_name == o.trace_path) trace.info.model_name = *o.model_path;
     }
     const profiles prof = make_profiles(o, trace, trace.info);
@@ -505,6 +523,38 @@ int main(int argc, char** argv) {
                 if (belady && belady->demand_misses > 0) {
                     pj["misses_vs_belady"] = round4(pj["demand_misses"].get<double>() / static_cast<double>(belady->demand_misses));
                 }
+            }
+            if (o.tier && scope == cache_scope::global) {
+                tier_replay_options t = o.tier_options;
+                t.slots = slots;
+                t.prefetch = o.prefetch.enabled;
+                auto r = replay_through_tier(trace, t);
+                if (!r) fail(r.error().message);
+                json tj;
+                // As the daemon counts them: a demand miss is a load an acquire had to start;
+                // a wait also counts a prefetch still loading when its expert was wanted.
+                tj["demand_misses"] = r->demand_misses;
+                tj["miss_rate"] = round4(static_cast<double>(r->demand_misses) / static_cast<double>(std::max<std::uint64_t>(r->accesses, 1)));
+                tj["waits"] = r->misses;
+                tj["bytes_read"] = r->bytes_read;
+                tj["prefetch_loads"] = r->prefetch_loads;
+                tj["prefetch_used"] = r->prefetch_hits + r->prefetch_late;
+                tj["prefetch_late"] = r->prefetch_late;
+                tj["wasted_prefetches"] = r->prefetch_wasted;
+                tj["wasted_prefetch_bytes"] = r->prefetch_wasted_bytes;
+                tj["recall"] = round4(r->recall);
+                tj["io_wait_s"] = round4(r->io_wait_s);
+                tj["simulated_s"] = round4(r->simulated_s);
+                if (lru && lru->demand_misses > 0) {
+                    const double lru_misses = static_cast<double>(lru->demand_misses);
+                    tj["misses_vs_lru"] = round4(static_cast<double>(r->demand_misses) / lru_misses);
+                    tj["waits_vs_lru"] = round4(static_cast<double>(r->misses) / lru_misses);
+                    tj["bytes_vs_lru"] = round4(static_cast<double>(r->bytes_read) / static_cast<double>(lru->bytes_read()));
+                }
+                if (belady && belady->demand_misses > 0) {
+                    tj["misses_vs_belady"] = round4(static_cast<double>(r->demand_misses) / static_cast<double>(belady->demand_misses));
+                }
+                per_policy["tier"] = tj;
             }
             run["policies"] = per_policy;
             if (belady) run["belady_misses"] = belady->demand_misses;
