@@ -34,23 +34,67 @@ void tier_core::reset(const expert_layout& layout, const tiered_options& options
     layer_gen_.assign(layout.n_layer, 0);
     hot_.assign(static_cast<std::size_t>(layout.n_layer) * layout.n_expert, 0);
     hot_count_ = 0;
+    pass_.assign(layout.n_layer, 0);
+    last_pass_.assign(static_cast<std::size_t>(layout.n_layer) * layout.n_expert, 0);
+    age_count_.assign(static_cast<std::size_t>(layout.n_layer) * reuse_ages, 0);
+    exposed_.fill(0);
+    reused_.fill(0);
     queue_.reset(layout.n_layer, layout.n_expert, n_slots,
                  load_queue::limits{options.max_inflight_bytes, options.max_prefetch_inflight_bytes});
 }
 
 // --- need, facts, guards ---
 
+// --- reuse by age ---
+
+void tier_core::begin_pass(std::uint32_t layer) {
+    const std::uint32_t p = ++pass_[layer];
+    std::uint32_t* counts = age_count_.data() + static_cast<std::size_t>(layer) * reuse_ages;
+    // The experts last used a passes ago (a < reuse_ages) are exposed to this pass at age a.
+    for (std::uint32_t a = 1; a < reuse_ages && a < p; ++a) exposed_[a] += counts[(p - a) % reuse_ages];
+    counts[p % reuse_ages] = 0;  // the ring entry now counts this pass's uses
+}
+
+void tier_core::note_use(ExpertId id) {
+    const std::uint32_t p = pass_[id.layer];
+    std::uint32_t& last = last_pass_[table_index(id)];
+    if (p == 0 || last == p) return;  // no pass begun (a caller without the layer clock), or counted
+    std::uint32_t* counts = age_count_.data() + static_cast<std::size_t>(id.layer) * reuse_ages;
+    if (last != 0 && p - last < reuse_ages) {
+        ++reused_[p - last];
+        --counts[last % reuse_ages];
+    }
+    last = p;
+    ++counts[p % reuse_ages];
+}
+
+float tier_core::reuse_need(ExpertId id) const noexcept {
+    const std::uint32_t last = last_pass_[table_index(id)];
+    // Its next chance is its layer's next pass (the current one, for the layer computed now).
+    const std::uint32_t next = pass_[id.layer] + (id.layer == current_layer_ ? 0 : 1);
+    const std::uint32_t age = last == 0 ? reuse_ages : next - last;
+    if (age == 0) return 1.0f;  // used in the pass under way
+    if (age < reuse_ages && exposed_[age] >= reuse_samples_min) {
+        return static_cast<float>(reused_[age]) / static_cast<float>(exposed_[age]);
+    }
+    if (age >= reuse_ages && exposed_[reuse_ages - 1] >= reuse_samples_min) {
+        return static_cast<float>(reused_[reuse_ages - 1]) / static_cast<float>(exposed_[reuse_ages - 1]);
+    }
+    return static_cast<float>(options_.reuse_prior);
+}
+
 float tier_core::need_of(const slot_entry& e) const noexcept {
     float base = expert_scores_.empty() ? 0.0f : expert_scores_[table_index(e.id)];
     if (e.predicted && e.pred_gen == layer_gen_[e.id.layer]) return std::max(base, e.pred_score);
     // Layers run in a cycle, so an expert with no prediction is next wanted when its layer
     // comes round again: soonest for the layer being computed and those just ahead, latest
-    // for the layer just passed. Its need is the chance of reuse scaled by that nearness
-    // (what Belady's rule would look at on a cyclic pattern, where LRU picks the worst).
+    // for the layer just passed. Its need is its measured chance of reuse at the age it will
+    // have then, scaled by that nearness (what Belady's rule would look at on a cyclic
+    // pattern, where LRU picks the worst).
     const std::uint32_t n = layout_.n_layer;
     const std::uint32_t distance = (e.id.layer + n - current_layer_) % n;
     const float nearness = static_cast<float>(n - distance) / static_cast<float>(n);
-    base = std::max(base, static_cast<float>(options_.reuse_prior) * nearness);
+    base = std::max(base, reuse_need(e.id) * nearness);
     return base;
 }
 
@@ -77,6 +121,7 @@ void tier_core::guard(std::uint32_t slot) noexcept {
 void tier_core::set_current_layer(std::uint32_t layer) noexcept {
     if (layer == current_layer_) return;
     current_layer_ = layer;
+    begin_pass(layer);
     ++layer_epoch_;  // the previous layer's guards lapse at once
     demand_requested_ = false;
 }
@@ -193,6 +238,7 @@ std::uint32_t tier_core::pin_present(ExpertId id) {
     slots_.set_prefetched_unused(where, false);
     slots_.touch(where);
     guard(where);
+    note_use(id);
     return where;
 }
 
@@ -203,6 +249,7 @@ std::uint32_t tier_core::start_demand(ExpertId id) {
     ++counters_.misses;
     ++counters_.demand_misses;
     guard(*slot);
+    note_use(id);
     return *slot;
 }
 
@@ -304,8 +351,10 @@ void tier_core::begin_layer(std::uint32_t layer, std::uint64_t n_tokens) {
         // The layers passed since the last call, cyclically: [current, layer).
         counters_.pf_cancelled += queue_.drop_passed(current_layer_, layer);
         lapse_touched_layers();
-        set_current_layer(layer);
+        set_current_layer(layer);  // begins the layer's pass
         queue_.invalidate_order();
+    } else {
+        begin_pass(layer);  // the same layer again (a one-layer model's next token)
     }
     dispatch();
 }

@@ -18,6 +18,7 @@
 // Threads: none; the owner serialises every call (the host tier under its lock).
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <functional>
@@ -162,6 +163,21 @@ private:
     std::vector<float> expert_scores_;      // [n_layer * n_expert] or empty
     std::vector<std::uint8_t> hot_;         // per expert: in the hot set
     std::uint32_t hot_count_ = 0;
+
+    // Reuse by age, measured: a layer's pass is one acquire round of it (a token, or a batch);
+    // an expert's age is how many passes of its layer ago it was last used. Per age 1..
+    // reuse_ages: how many experts were that old when a pass began (exposed) and how many
+    // of them that pass used. Their ratio is the chance an unpredicted expert is used when
+    // its layer next runs, the need it keeps (reuse_prior until reuse_samples_min exposures).
+    static constexpr std::uint32_t reuse_ages = 8;
+    static constexpr std::uint64_t reuse_samples_min = 64;
+    void begin_pass(std::uint32_t layer);
+    void note_use(ExpertId id);
+    float reuse_need(ExpertId id) const noexcept;
+    std::vector<std::uint32_t> pass_;       // per layer: passes begun
+    std::vector<std::uint32_t> last_pass_;  // per expert: the pass of its layer it was last used in (0 never)
+    std::vector<std::uint32_t> age_count_;  // [n_layer][reuse_ages]: experts last used a passes ago (ring by pass)
+    std::array<std::uint64_t, reuse_ages + 1> exposed_{}, reused_{};
 
     // The layer clock: when the open layer began and the I/O wait counted by then.
     time_point layer_began_{};
