@@ -116,7 +116,7 @@ std::uint8_t section_ring::rank(std::uint32_t slot, std::uint32_t own, slot_load
             if (kind == slot_load_kind::prefetch) {
                 // Only within its own section: a prediction never pushes out what another
                 // layer keeps (which it would need back later, at the price of a read).
-                if (!mine || guarded || f.hot_expert || !(f.need < score)) return no_rank;
+                if (!mine || guarded || f.hot_expert || !(std::max(f.need, f.chance) < score)) return no_rank;
                 return 2;
             }
             // demand

@@ -21,7 +21,8 @@
 // Slot choice (choose_slot): a load takes, in this order of preference, a free slot of its
 // layer's section, a free slot elsewhere in the ring, then replaces the resident expert of
 // lowest predicted need (oldest use breaking ties) in its own section. A prefetch stops
-// there, and only replaces an expert whose need is below its own score, never one guarded
+// there, and only replaces an expert whose need and chance of use are both below its own
+// score, never one guarded
 // for the layer being computed: a prediction never pushes out what other layers keep. A
 // demand load (the layer being computed needs it now) goes on to the rest of the ring, then
 // the hot set's spare slots, then guarded experts, and last hot experts, so it always finds
@@ -57,6 +58,9 @@ enum class slot_availability : std::uint8_t {
 struct slot_facts {
     slot_availability availability = slot_availability::busy;
     float need = 0.0f;          // predicted need of the resident expert (higher: keep longer)
+    // The chance it is used when its layer next runs, however far off that is (need may be
+    // scaled down by that distance to order victims): what a prefetch's score must beat.
+    float chance = 0.0f;
     std::uint64_t last_use = 0; // when it was last used, in the tier's ticks (lower: older)
     bool hot_expert = false;    // the resident expert belongs to the hot set
 };

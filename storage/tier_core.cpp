@@ -109,6 +109,7 @@ slot_facts tier_core::facts_of(std::uint32_t s) const noexcept {
         default: return f;  // busy
     }
     f.need = need_of(e);
+    f.chance = std::max(f.need, reuse_need(e.id));
     f.last_use = e.last_use;
     f.hot_expert = is_hot(e.id);
     return f;
