@@ -58,11 +58,11 @@ enum class slot_availability : std::uint8_t {
 struct slot_facts {
     slot_availability availability = slot_availability::busy;
     float need = 0.0f;          // predicted need of the resident expert (higher: keep longer)
-    // The chance it is used when its layer next runs, however far off that is (need may be
-    // scaled down by that distance to order victims): what a prefetch's score must beat.
-    float chance = 0.0f;
     std::uint64_t last_use = 0; // when it was last used, in the tier's ticks (lower: older)
     bool hot_expert = false;    // the resident expert belongs to the hot set
+    // The chance it is used when its layer next runs, however far off that is (need may be
+    // scaled down by that distance to order victims): what a prefetch's score must beat too.
+    float chance = 0.0f;
 };
 
 struct ring_plan {

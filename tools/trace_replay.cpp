@@ -192,6 +192,7 @@ options parse(int argc, char** argv) {
         } else if (a == "--pf-min-score") o.tier_options.planner.min_score = tools::parse_number<float>(program, a, next());
         else if (a == "--pf-max-per-layer") o.tier_options.planner.max_per_layer = tools::parse_number<std::uint32_t>(program, a, next());
         else if (a == "--pf-depth") o.tier_options.planner.depth = tools::parse_number<int>(program, a, next(), tools::sign::positive);
+        else if (a == "--pf-floor") o.tier_options.planner.gate_options.floor = tools::parse_number<float>(program, a, next());
         else if (a == "--no-ring") o.tier_options.tier.ring = false;
         else if (a == "--engine-order") o.tier_options.order = tier_replay_order::engine;
         else if (a == "--rate-floor") o.value.rate_floor = tools::parse_number<float>(program, a, next(), tools::sign::positive);

@@ -162,6 +162,12 @@ TEST(section_ring, choice_rules) {
     EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 0.1f, f));  // 5 is below, but another section's
     EXPECT_EQ(choose(r, 1, slot_load_kind::prefetch, 0.1f, f), 5u);
     EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 0.0f, f));
+    // Nor one whose chance of use (before its distance scaled its need down) beats the score.
+    f[2].chance = 0.3f;
+    EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 0.2f, f));
+    EXPECT_EQ(choose(r, 0, slot_load_kind::prefetch, 0.35f, f), 2u);
+    EXPECT_EQ(choose(r, 0, slot_load_kind::demand, 0.0f, f), 2u);  // demand loads go by need alone
+    f[2].chance = 0.0f;
 
     // Guarded experts: never for a prefetch, a demand load's late resort.
     f[2] = {guarded, 0.0f, 0, false};
@@ -212,7 +218,7 @@ std::optional<std::uint32_t> reference(const section_ring& r, std::uint32_t laye
             case slot_load_kind::prefetch:
                 if (hot_slot) break;
                 if (is_free) pref = mine ? 0 : 1;
-                else if (mine && !is_guarded && !x.hot_expert && x.need < score) pref = 2;
+                else if (mine && !is_guarded && !x.hot_expert && std::max(x.need, x.chance) < score) pref = 2;
                 break;
             case slot_load_kind::demand:
                 if (is_free) pref = hot_slot ? 4 : (mine ? 0 : 1);
