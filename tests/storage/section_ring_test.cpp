@@ -164,8 +164,11 @@ TEST(section_ring, choice_rules) {
     EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 0.0f, f));
     // Nor one whose chance of use (before its distance scaled its need down) beats the score.
     f[2].chance = 0.3f;
+    EXPECT_EQ(choose(r, 0, slot_load_kind::prefetch, 0.2f, f), 3u);  // not 2 (same need, older)
+    f[3].chance = 0.3f;
     EXPECT_FALSE(choose(r, 0, slot_load_kind::prefetch, 0.2f, f));
     EXPECT_EQ(choose(r, 0, slot_load_kind::prefetch, 0.35f, f), 2u);
+    f[3].chance = 0.0f;
     EXPECT_EQ(choose(r, 0, slot_load_kind::demand, 0.0f, f), 2u);  // demand loads go by need alone
     f[2].chance = 0.0f;
 
