@@ -6,7 +6,7 @@
 //   bench-decode -m MODEL [-t THREADS] [-p 512] [-n 128] [-b 512] [-r REPS]
 //                [--host-budget 25%|4GiB [--io-depth N] [--no-uring] [--no-direct]
 //                 [--prefetch on|off] [--lookahead D] [--max-inflight SIZE] [--no-ring]
-//                 [--history] [--pf-gate on|off] [--slow-disk LAT_US,MBPS]]
+//                 [--history] [--pf-gate on|off] [--pf-floor P] [--slow-disk LAT_US,MBPS]]
 // With --host-budget the experts come through the tiered source (read from the file into a
 // slab of that size) and the JSON adds the tier statistics and, for the decode runs, the time
 // compute waited for expert I/O per token. --prefetch on (the default) drives the prefetch
@@ -103,6 +103,7 @@ int main(int argc, char** argv) {
         else if (a == "--pf-current") prefetch.planner.max_current = parse_number<std::uint32_t>(a, next());
         else if (a == "--pf-min") prefetch.planner.min_per_layer = parse_number<std::uint32_t>(a, next());
         else if (a == "--pf-min-score") prefetch.planner.min_score = parse_number<float>(a, next());
+        else if (a == "--pf-floor") prefetch.planner.gate_options.floor = parse_number<float>(a, next());
         else if (a == "--pf-gate") {
             const std::string v = next();
             if (v != "on" && v != "off") fail("--pf-gate wants on or off, not '" + v + "'");

@@ -150,6 +150,7 @@ private:
     std::unique_ptr<prefetch_planner> planner_;
     std::uint64_t steps_ = 0, accesses_ = 0;
     std::uint64_t io_wait_ns_ = 0;
+    std::optional<std::uint64_t> profiled_seq_;  // the sequence whose profile the tier has
     // Scratch, reused per step.
     std::vector<float> probs_;
     std::vector<std::int32_t> chosen_;
@@ -279,6 +280,13 @@ result<void> replayer::step(std::uint32_t layer, std::span<const std::size_t> ba
     const std::size_t n = batch.size();
     const std::uint32_t ne = info_.n_expert;
     ++steps_;
+    if (options_.profile_of) {
+        const std::uint64_t seq = trace_.records[batch.front()].seq;
+        if (!profiled_seq_ || *profiled_seq_ != seq) {
+            profiled_seq_ = seq;
+            tier_.set_expert_scores(options_.profile_of(trace_.records[batch.front()].tag));
+        }
+    }
     tier_.begin_layer(layer, n);
     if (planner_) {
         const int depth = static_cast<int>(info_.lookahead_depth);

@@ -21,6 +21,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 
 #include "common/result.h"
@@ -56,6 +57,10 @@ struct tier_replay_options {
     double layer_compute_us = 500.0;  // one layer's compute for one token (a batch: times its tokens)
     double attention_share = 0.5;     // of it, before the router's choice
     tier_replay_order order = tier_replay_order::decode;
+    // The task profile of a sequence (by tag): [n_layer * n_expert] expert scores, or empty
+    // for none. Set on the tier (set_expert_scores) whenever the sequence played changes, as
+    // the daemon sets a request's profile.
+    std::function<std::span<const float>(std::uint32_t tag)> profile_of;
 };
 
 struct tier_replay_result {

@@ -90,4 +90,26 @@ result<std::vector<decode_token>> decode_order(const trace_data& trace) {
     return tokens;
 }
 
+std::vector<float> tcess_scores(const trace_data& trace, const std::function<bool(std::uint32_t tag)>& use) {
+    const trace_info& info = trace.info;
+    const std::size_t ne = info.n_expert;
+    std::vector<double> sum(static_cast<std::size_t>(info.n_layer) * ne, 0.0);
+    std::vector<std::uint64_t> tokens(info.n_layer, 0);
+    for (const trace_record& r : trace.records) {
+        if (r.layer >= info.n_layer || !use(r.tag)) continue;
+        ++tokens[r.layer];
+        for (std::int32_t e : r.chosen) {
+            if (e < 0 || static_cast<std::size_t>(e) >= ne) continue;
+            const float p = r.probs.size() == ne ? r.probs[static_cast<std::size_t>(e)] : 1.0f / static_cast<float>(r.chosen.size());
+            sum[r.layer * ne + static_cast<std::size_t>(e)] += p;
+        }
+    }
+    std::vector<float> out(sum.size(), 0.0f);
+    for (std::uint32_t l = 0; l < info.n_layer; ++l) {
+        if (tokens[l] == 0) continue;
+        for (std::size_t e = 0; e < ne; ++e) out[l * ne + e] = static_cast<float>(sum[l * ne + e] / static_cast<double>(tokens[l]));
+    }
+    return out;
+}
+
 }  // namespace moed::scheduler

@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -38,6 +39,12 @@ struct decode_token {
     bool first_of_sequence = false;
     std::vector<std::size_t> layers;
 };
+
+// Task-conditioned expected selection scores (DESIGN.md) of the tokens of the sequences
+// whose tag `use` accepts: TCESS(l, e) = mean over tokens x of p_l(e | x) * [e chosen],
+// [n_layer * n_expert]: a task profile's scores, made from a trace. The probabilities are
+// the records' probs (the reference traces' renormalised weights).
+std::vector<float> tcess_scores(const trace_data& trace, const std::function<bool(std::uint32_t tag)>& use);
 
 // The trace in decode order. Errors: a (seq, pos, layer) recorded twice, a record whose
 // layer, chosen or probs do not fit the trace_info (bad_file, naming the record).

@@ -1,5 +1,6 @@
-// Which resident expert leaves the host tier when a slot is needed. Pluggable: LRU is the
-// baseline here; the scheduler supplies policies that score predicted need.
+// Which resident expert leaves a cache when a slot is needed: the demand-only baselines the
+// replay measures moed's own placement against (LRU here; LFU and Belady's optimum in
+// scheduler/replay.cpp). moed's tiers place by storage/section_ring.h instead.
 // The residency table tells the policy about every slot's life (insert, access, removal)
 // and asks it for a victim among slots that are evictable (ready, no holder). A slot in use
 // or loading is never offered.
@@ -31,10 +32,6 @@ public:
     virtual void on_evictable(std::uint32_t slot, bool evictable) = 0;
     // The slot to evict among evictable ones; nullopt when none is.
     virtual std::optional<std::uint32_t> choose_victim() = 0;
-    // Optional: the scheduler's value of keeping each expert, [n_layer * n_expert] indexed
-    // layer * n_expert + expert, higher = keep (scheduler/eviction_scoring.h says how it is
-    // made). Policies that do not score (LRU) ignore it.
-    virtual void set_expert_scores(std::span<const float> per_expert_score) { (void)per_expert_score; }
 };
 
 // Least recently used, O(1) per event (an intrusive list over slots).

@@ -1,29 +1,30 @@
-// trace-replay: measures expert prediction and caching policies on a routing trace and prints
-// JSON.
+// trace-replay: measures expert caching policies on a routing trace and prints JSON.
 //
-//   trace-replay [replay options] TRACE     cache replay: demand misses and bytes read of
-//                                           lru, lfu, policy (scheduler's, with prefetch)
-//                                           and belady (the offline optimum)
-//   trace-replay --recall [options] TRACE   recall@k of each predictor per layer and distance
+//   trace-replay [options] TRACE   demand misses and bytes read of lru, lfu and belady (the
+//                                  offline optimum), demand-only caches; and of policy: what
+//                                  moed runs (its prefetch planner and tier core, through
+//                                  scheduler/tier_replay.h, on a simulated clock and link)
 //
 // TRACE is a routing trace: a moed trace file (scheduler/trace.h; moe-run/moed --trace), or
 // the reference JSON lines of shared/models/traces, named *.jsonl or given on standard input
 // as "-" (decompressed: `zcat tinymoe-routing.jsonl.gz | trace-replay ... -`).
-// Replay options:
+// Options:
 //   --budget LIST     cache sizes, comma-separated: P% of all experts or N slots ("25%,50%")
-//   --scope LIST      per-layer,global (per-layer splits the slots evenly among layers)
-//   --policies LIST   lru,lfu,policy,belady
-//   --model GGUF      expert sizes per layer from the model (bytes read in bytes, and the
-//                     policy's reload cost); without it bytes count expert loads
-//   --no-prefetch, --prefetch-distance MIN:MAX, --prefetch-min-prob P, --prefetch-margin M,
-//   --prefetch-max N, --rate-floor R
-// Predictor options (both modes): --reuse-decay D, --max-distance D, --grid-steps N,
-//   --learn-every N
+//   --scope LIST      per-layer,global (per-layer splits the slots evenly among layers); the
+//                     policy keeps moed's own placement (one pool) and is run in global only
+//   --policies LIST   lru,lfu,policy,belady (tier is another name for policy)
+//   --model GGUF      expert sizes per layer from the model, as the host tier reads them;
+//                     without it bytes count expert loads
+// The policy's machine: --link-gbps G, --link-latency-us U (the simulated disk), --layer-us T
+//   (one layer's compute per token), --engine-order (records as the engine ran them, batches
+//   and all, instead of one token at a time); its planner: --no-prefetch, --pf-gate on|off,
+//   --pf-floor P, --pf-min-score P, --pf-max-per-layer N, --pf-depth D; its tier: --no-ring.
 // Profiles: --profile FILE for every sequence: a moed task profile (moectl profile create;
 //   scheduler/profile.h; refused if made for another model) or JSON
 //   {"scores": [[per expert] per layer]}; or
 //   --profile-holdout: each prompt gets its domain's TCESS profile made from the other half
 //   of that domain's prompts (halves by the prompt's index within its domain, even/odd).
+//   The policy sets it on the tier as moed sets a request's profile.
 // --half even|odd|all: only the prompts of that half of each domain (tune on one half,
 //   check on the other).
 // --n-expert N: experts per layer of a reference trace (default: largest id + 1).
@@ -43,7 +44,6 @@
 #include "engine/model.h"
 #include "storage/slot_geometry.h"
 #include "scheduler/profile.h"
-#include "scheduler/recall.h"
 #include "scheduler/reference_trace.h"
 #include "scheduler/replay.h"
 #include "scheduler/tier_replay.h"
@@ -63,11 +63,10 @@ constexpr std::string_view program = "trace-replay";
 [[noreturn]] void usage(int code) {
     std::fprintf(code == 0 ? stdout : stderr,
                  "usage: trace-replay [--budget 25%%,50%%|N] [--scope per-layer,global] [--policies lru,lfu,policy,belady]\n"
-                 "                    [--model GGUF] [--no-prefetch] [--prefetch-distance MIN:MAX] [--prefetch-min-prob P]\n"
-                 "                    [--prefetch-margin M] [--prefetch-max N] [--rate-floor R] TRACE|-\n"
-                 "       trace-replay --recall [--max-distance D] TRACE|-\n"
-                 "  common: [--reuse-decay D] [--grid-steps N] [--learn-every N] [--profile FILE | --profile-holdout]\n"
-                 "          [--half even|odd|all] [--n-expert N]\n");
+                 "                    [--model GGUF] [--link-gbps G] [--link-latency-us U] [--layer-us T] [--engine-order]\n"
+                 "                    [--no-prefetch] [--pf-gate on|off] [--pf-floor P] [--pf-min-score P]\n"
+                 "                    [--pf-max-per-layer N] [--pf-depth D] [--no-ring]\n"
+                 "                    [--profile FILE | --profile-holdout] [--half even|odd|all] [--n-expert N] TRACE|-\n");
     std::exit(code);
 }
 
@@ -90,21 +89,16 @@ struct budget {
 
 struct options {
     std::string trace_path;
-    bool recall = false;
     std::vector<budget> budgets;
     std::vector<cache_scope> scopes = {cache_scope::per_layer, cache_scope::global};
-    std::vector<replay_policy> policies = {replay_policy::lru, replay_policy::lfu, replay_policy::scored,
-                                           replay_policy::belady};
+    std::vector<replay_policy> policies = {replay_policy::lru, replay_policy::lfu, replay_policy::belady};
+    bool policy = true;  // moed's own: the planner and tier core
+    tier_replay_options tier;
     std::optional<std::string> model_path;
     std::optional<std::string> profile_path;
     bool profile_holdout = false;
     std::string half = "all";
     std::uint32_t n_expert = 0;
-    predictor_config predictor;
-    prefetch_params prefetch;
-    expert_value_params value;
-    bool tier = false;  // the production policy: the daemon's planner and tier core
-    tier_replay_options tier_options;
 };
 
 budget parse_budget(const std::string& text) {
@@ -124,9 +118,11 @@ budget parse_budget(const std::string& text) {
 
 options parse(int argc, char** argv) {
     options o;
-    o.prefetch.min_distance = 1;
-    o.prefetch.max_distance = 1;
     std::vector<std::string> budgets = {"25%", "50%"};
+    auto on_off = [](std::string_view flag, const std::string& v) {
+        if (v != "on" && v != "off") fail(std::string(flag) + " takes on or off");
+        return v == "on";
+    };
     for (int i = 1; i < argc; ++i) {
         const std::string_view a = argv[i];
         auto next = [&]() -> const char* {
@@ -134,7 +130,6 @@ options parse(int argc, char** argv) {
             return argv[++i];
         };
         if (a == "-h" || a == "--help") usage(0);
-        else if (a == "--recall") o.recall = true;
         else if (a == "--budget") budgets = split(next(), ',');
         else if (a == "--scope") {
             o.scopes.clear();
@@ -145,13 +140,13 @@ options parse(int argc, char** argv) {
             }
         } else if (a == "--policies") {
             o.policies.clear();
+            o.policy = false;
             for (const std::string& s : split(next(), ',')) {
                 if (s == "lru") o.policies.push_back(replay_policy::lru);
                 else if (s == "lfu") o.policies.push_back(replay_policy::lfu);
-                else if (s == "policy") o.policies.push_back(replay_policy::scored);
                 else if (s == "belady") o.policies.push_back(replay_policy::belady);
-                else if (s == "tier") o.tier = true;
-                else fail("unknown policy '" + s + "' (lru, lfu, policy, belady, tier)");
+                else if (s == "policy" || s == "tier") o.policy = true;
+                else fail("unknown policy '" + s + "' (lru, lfu, policy, belady)");
             }
         } else if (a == "--model") o.model_path = next();
         else if (a == "--profile") o.profile_path = next();
@@ -160,42 +155,17 @@ options parse(int argc, char** argv) {
             o.half = next();
             if (o.half != "even" && o.half != "odd" && o.half != "all") fail("--half takes even, odd or all");
         } else if (a == "--n-expert") o.n_expert = tools::parse_number<std::uint32_t>(program, a, next(), tools::sign::positive);
-        else if (a == "--reuse-decay") {
-            o.predictor.reuse_decay = tools::parse_number<float>(program, a, next());
-            if (!(o.predictor.reuse_decay >= 0.0f && o.predictor.reuse_decay < 1.0f)) fail("--reuse-decay must be in [0, 1)");
-        } else if (a == "--max-distance") {
-            o.predictor.max_distance = tools::parse_number<std::uint32_t>(program, a, next());
-            if (o.predictor.max_distance > predictor_distance_max) fail("--max-distance is at most 8");
-        } else if (a == "--grid-steps") {
-            o.predictor.grid_steps = tools::parse_number<std::uint32_t>(program, a, next());
-            if (o.predictor.grid_steps > 10) fail("--grid-steps is at most 10");
-        } else if (a == "--learn-every") o.predictor.learn_every = tools::parse_number<std::uint32_t>(program, a, next(), tools::sign::positive);
-        else if (a == "--no-prefetch") o.prefetch.enabled = false;
-        else if (a == "--prefetch-distance") {
-            const auto parts = split(next(), ':');
-            if (parts.size() != 2) fail("--prefetch-distance takes MIN:MAX");
-            o.prefetch.min_distance = tools::parse_number<std::uint32_t>(program, a, parts[0].c_str(), tools::sign::positive);
-            o.prefetch.max_distance = tools::parse_number<std::uint32_t>(program, a, parts[1].c_str(), tools::sign::positive);
-            if (o.prefetch.min_distance > o.prefetch.max_distance || o.prefetch.max_distance > predictor_distance_max) {
-                fail("--prefetch-distance needs 1 <= MIN <= MAX <= 8");
-            }
-        } else if (a == "--prefetch-min-prob") o.prefetch.min_probability = tools::parse_number<float>(program, a, next());
-        else if (a == "--prefetch-margin") o.prefetch.value_margin = tools::parse_number<float>(program, a, next(), tools::sign::positive);
-        else if (a == "--prefetch-max") o.prefetch.max_per_step = tools::parse_number<std::uint32_t>(program, a, next());
-        else if (a == "--link-gbps") o.tier_options.link.bytes_per_s = 1e9 * tools::parse_number<double>(program, a, next(), tools::sign::positive);
-        else if (a == "--link-latency-us") o.tier_options.link.latency_us = tools::parse_number<double>(program, a, next());
-        else if (a == "--layer-us") o.tier_options.layer_compute_us = tools::parse_number<double>(program, a, next());
-        else if (a == "--pf-gate") {
-            const std::string v = next();
-            if (v != "on" && v != "off") fail("--pf-gate takes on or off");
-            o.tier_options.planner.gate = v == "on";
-        } else if (a == "--pf-min-score") o.tier_options.planner.min_score = tools::parse_number<float>(program, a, next());
-        else if (a == "--pf-max-per-layer") o.tier_options.planner.max_per_layer = tools::parse_number<std::uint32_t>(program, a, next());
-        else if (a == "--pf-depth") o.tier_options.planner.depth = tools::parse_number<int>(program, a, next(), tools::sign::positive);
-        else if (a == "--pf-floor") o.tier_options.planner.gate_options.floor = tools::parse_number<float>(program, a, next());
-        else if (a == "--no-ring") o.tier_options.tier.ring = false;
-        else if (a == "--engine-order") o.tier_options.order = tier_replay_order::engine;
-        else if (a == "--rate-floor") o.value.rate_floor = tools::parse_number<float>(program, a, next(), tools::sign::positive);
+        else if (a == "--no-prefetch") o.tier.prefetch = false;
+        else if (a == "--link-gbps") o.tier.link.bytes_per_s = 1e9 * tools::parse_number<double>(program, a, next(), tools::sign::positive);
+        else if (a == "--link-latency-us") o.tier.link.latency_us = tools::parse_number<double>(program, a, next());
+        else if (a == "--layer-us") o.tier.layer_compute_us = tools::parse_number<double>(program, a, next());
+        else if (a == "--engine-order") o.tier.order = tier_replay_order::engine;
+        else if (a == "--pf-gate") o.tier.planner.gate = on_off(a, next());
+        else if (a == "--pf-floor") o.tier.planner.gate_options.floor = tools::parse_number<float>(program, a, next());
+        else if (a == "--pf-min-score") o.tier.planner.min_score = tools::parse_number<float>(program, a, next());
+        else if (a == "--pf-max-per-layer") o.tier.planner.max_per_layer = tools::parse_number<std::uint32_t>(program, a, next());
+        else if (a == "--pf-depth") o.tier.planner.depth = tools::parse_number<int>(program, a, next(), tools::sign::positive);
+        else if (a == "--no-ring") o.tier.tier.ring = false;
         else if (a.starts_with("--")) fail("unknown option " + std::string(a));
         else if (o.trace_path.empty()) o.trace_path = a;
         else fail("more than one trace given");
@@ -321,101 +291,13 @@ profiles make_profiles(const options& o, const trace_data& full, const trace_inf
     return p;
 }
 
-json counts_json(const recall_counts& c, std::uint32_t k) {
-    json j;
-    j["recall@" + std::to_string(k)] = std::round(c.recall_k() * 10000.0) / 10000.0;
-    j["recall@" + std::to_string(2 * k)] = std::round(c.recall_2k() * 10000.0) / 10000.0;
-    return j;
-}
-
 double round4(double x) { return std::round(x * 10000.0) / 10000.0; }
-
-json recall_json(const recall_report& r) {
-    const std::uint32_t k = r.n_expert_used;
-    json out = json::array();
-    for (std::uint32_t d = 0; d <= r.max_distance; ++d) {
-        json dj;
-        dj["distance"] = d;
-        dj["known"] = d == 0 ? "nothing of the token (next token)"
-                             : "token computed to layer L-" + std::to_string(d) +
-                                   (d <= r.lookahead_depth ? ", lookahead of layer L-" + std::to_string(d - 1) : "");
-        json preds;
-        for (std::size_t p = 0; p < n_recall_predictors; ++p) {
-            const auto rp = static_cast<recall_predictor>(p);
-            if (rp == recall_predictor::lookahead && (d == 0 || d > r.lookahead_depth)) continue;
-            if (rp == recall_predictor::profile && !r.has_profile) continue;
-            if (r.total(rp, d).samples == 0) continue;
-            json pj = counts_json(r.total(rp, d), k);
-            json lk = json::array(), l2k = json::array();
-            for (std::uint32_t l = 0; l < r.n_layer; ++l) {
-                const recall_counts& c = r.at(rp, d, l);
-                if (c.samples == 0) {
-                    lk.push_back(nullptr);
-                    l2k.push_back(nullptr);
-                } else {
-                    lk.push_back(round4(c.recall_k()));
-                    l2k.push_back(round4(c.recall_2k()));
-                }
-            }
-            pj["per_layer@" + std::to_string(k)] = lk;
-            pj["per_layer@" + std::to_string(2 * k)] = l2k;
-            preds[recall_predictor_name(rp)] = pj;
-        }
-        dj["predictors"] = preds;
-        // The combined predictor against the best single predictor at each layer.
-        double worst_k = 1.0, worst_2k = 1.0;
-        std::uint32_t worst_layer = 0;
-        for (std::uint32_t l = 0; l < r.n_layer; ++l) {
-            const recall_counts& comb = r.at(recall_predictor::combined, d, l);
-            if (comb.samples == 0) continue;
-            double best_k = 0.0, best_2k = 0.0;
-            for (std::size_t p = 0; p < n_recall_predictors; ++p) {
-                const auto rp = static_cast<recall_predictor>(p);
-                if (!is_single_source(rp) || r.at(rp, d, l).samples == 0) continue;
-                if (rp == recall_predictor::lookahead && (d == 0 || d > r.lookahead_depth)) continue;
-                best_k = std::max(best_k, r.at(rp, d, l).recall_k());
-                best_2k = std::max(best_2k, r.at(rp, d, l).recall_2k());
-            }
-            if (comb.recall_k() - best_k < worst_k) {
-                worst_k = comb.recall_k() - best_k;
-                worst_layer = l;
-            }
-            worst_2k = std::min(worst_2k, comb.recall_2k() - best_2k);
-        }
-        auto round6 = [](double x) { return std::round(x * 1e6) / 1e6; };
-        dj["combined_minus_best_single"] = {{"worst@" + std::to_string(k), round6(worst_k)},
-                                            {"worst_layer@" + std::to_string(k), worst_layer},
-                                            {"worst@" + std::to_string(2 * k), round6(worst_2k)}};
-        json weights = json::array();
-        for (std::uint32_t l = 0; l < r.n_layer; ++l) {
-            json w;
-            for (std::size_t s = 0; s < n_prediction_sources; ++s) {
-                const float v = r.final_weights[(static_cast<std::size_t>(d) * r.n_layer + l) * n_prediction_sources + s];
-                if (v > 0.0f) w[source_name(static_cast<prediction_source>(s))] = round4(v);
-            }
-            weights.push_back(w);
-        }
-        dj["combined_weights_per_layer"] = weights;
-        dj["combined_weights_note"] =
-            "the grid point each layer ended with; sources absent at this distance (lookahead past the trace's "
-            "depth or in a trace without it, coactivation for a layer below the distance) are dropped and the rest "
-            "renormalised";
-        out.push_back(dj);
-    }
-    return out;
-}
 
 json replay_json(const replay_result& r) {
     json j;
     j["demand_misses"] = r.demand_misses;
     j["miss_rate"] = round4(static_cast<double>(r.demand_misses) / static_cast<double>(std::max<std::uint64_t>(r.accesses, 1)));
     j["bytes_read"] = r.bytes_read();
-    j["demand_bytes"] = r.demand_bytes;
-    j["prefetch_loads"] = r.prefetch_loads;
-    j["prefetch_bytes"] = r.prefetch_bytes;
-    j["prefetch_used"] = r.prefetch_used;
-    j["wasted_prefetches"] = r.wasted_prefetches;
-    j["wasted_prefetch_bytes"] = r.wasted_prefetch_bytes;
     return j;
 }
 
@@ -464,33 +346,19 @@ int main(int argc, char** argv) {
     out["tokens"] = order->size();
     out["half"] = o.half;
     out["profile"] = o.profile_holdout ? "holdout (domain TCESS from the other half)" : o.profile_path.value_or("none");
-    out["predictor"] = {{"reuse_decay", o.predictor.reuse_decay},
-                        {"grid_steps", o.predictor.grid_steps},
-                        {"learn_every", o.predictor.learn_every}};
-
-    if (o.recall) {
-        recall_options ro;
-        ro.predictor = o.predictor;
-        ro.profile_of = prof.lookup();
-        auto report = measure_recall(trace, *order, ro);
-        if (!report) fail(report.error().message);
-        out["mode"] = "recall";
-        out["k"] = {info.n_expert_used, 2 * info.n_expert_used};
-        out["distances"] = recall_json(*report);
-        std::cout << out.dump(2) << "\n";
-        return 0;
-    }
-
     std::uint64_t expert_bytes_total = 0;
     for (std::uint32_t l = 0; l < info.n_layer; ++l) expert_bytes_total += expert_bytes_of(info, l) * info.n_expert;
     out["mode"] = "replay";
     out["expert_bytes_total"] = expert_bytes_total;
     out["bytes_unit"] = info.expert_bytes.empty() ? "expert loads" : "bytes";
-    out["prefetch"] = {{"enabled", o.prefetch.enabled},
-                       {"distance", std::to_string(o.prefetch.min_distance) + ":" + std::to_string(o.prefetch.max_distance)},
-                       {"min_probability", o.prefetch.min_probability},
-                       {"value_margin", o.prefetch.value_margin},
-                       {"max_per_step", o.prefetch.max_per_step}};
+    const tier_replay_options& t = o.tier;
+    out["policy_machine"] = {{"link_bytes_per_s", t.link.bytes_per_s},
+                             {"link_latency_us", t.link.latency_us},
+                             {"layer_compute_us", t.layer_compute_us},
+                             {"order", t.order == tier_replay_order::engine ? "engine" : "decode"},
+                             {"prefetch", t.prefetch},
+                             {"gate", t.planner.gate},
+                             {"ring", t.tier.ring}};
     json runs = json::array();
     const std::uint64_t all_experts = static_cast<std::uint64_t>(info.n_layer) * info.n_expert;
     for (const budget& b : o.budgets) {
@@ -510,10 +378,6 @@ int main(int argc, char** argv) {
                 opt.policy = p;
                 opt.scope = scope;
                 opt.slots = slots;
-                opt.predictor = o.predictor;
-                opt.value = o.value;
-                opt.prefetch = o.prefetch;
-                opt.profile_of = prof.lookup();
                 auto r = replay_trace(trace, *order, opt);
                 if (!r) fail(r.error().message);
                 if (p == replay_policy::lru) lru = *r;
@@ -529,11 +393,11 @@ int main(int argc, char** argv) {
                     pj["misses_vs_belady"] = round4(pj["demand_misses"].get<double>() / static_cast<double>(belady->demand_misses));
                 }
             }
-            if (o.tier && scope == cache_scope::global) {
-                tier_replay_options t = o.tier_options;
-                t.slots = slots;
-                t.prefetch = o.prefetch.enabled;
-                auto r = replay_through_tier(trace, t);
+            if (o.policy && scope == cache_scope::global) {
+                tier_replay_options to = o.tier;
+                to.slots = slots;
+                to.profile_of = prof.lookup();
+                auto r = replay_through_tier(trace, to);
                 if (!r) fail(r.error().message);
                 json tj;
                 // As the daemon counts them: a demand miss is a load an acquire had to start;
@@ -559,7 +423,7 @@ int main(int argc, char** argv) {
                 if (belady && belady->demand_misses > 0) {
                     tj["misses_vs_belady"] = round4(static_cast<double>(r->demand_misses) / static_cast<double>(belady->demand_misses));
                 }
-                per_policy["tier"] = tj;
+                per_policy["policy"] = tj;
             }
             run["policies"] = per_policy;
             if (belady) run["belady_misses"] = belady->demand_misses;

@@ -28,10 +28,27 @@ link_figures figures(std::uint64_t layers, std::uint64_t demand, std::uint64_t i
     return f;
 }
 
+// The cost model alone: a low floor, so the thresholds it computes show.
 prefetch_gate_options small_window() {
     prefetch_gate_options o;
     o.window_layers = 10;
+    o.floor = 0.05f;
     return o;
+}
+
+TEST(prefetch_gate, by_default_an_expert_must_be_likelier_used_than_not) {
+    prefetch_gate g;
+    link_figures f;
+    f.bytes_per_s = 1e9;
+    f.load_latency_us = 200.0;
+    f.layer_compute_us = 500.0;
+    f.expert_bytes = 100000.0;
+    f.layers_computed = 1000;
+    g.update(f);
+    f.layers_computed = 2000;
+    g.update(f);
+    ASSERT_TRUE(g.measured());
+    EXPECT_FLOAT_EQ(g.threshold(100000, 1), 0.5f);  // an idle link alone would take far less
 }
 
 TEST(prefetch_gate, falls_back_until_the_link_is_measured) {

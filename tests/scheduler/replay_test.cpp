@@ -4,10 +4,8 @@
 // - Belady equals the true optimum: a brute-force search over every eviction choice (with
 //   memoisation on the cache contents) on a few hundred random small traces, per-layer and
 //   global, one and two experts per layer step.
-// - Accounting: bytes are expert sizes per layer; prefetch loads are either used or wasted;
-//   a cache smaller than one layer's selection is refused.
-// - The scored policy with prefetch on a trace whose lookahead tells the truth misses far
-//   less than LRU; with lookahead that lies it prefetches little and stays near LRU.
+// - Accounting: bytes are expert sizes per layer; a cache smaller than one layer's selection
+//   is refused.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -183,75 +181,6 @@ TEST(Replay, BytesFollowExpertSizesAndSmallCachesAreRefused) {
     ASSERT_FALSE(refused.has_value());
     EXPECT_EQ(refused.error().code, errc::invalid_argument);
     EXPECT_NE(refused.error().message.find("fewer than"), std::string::npos) << refused.error().message;
-}
-
-// A trace with lookahead: each token picks experts at random (so history says little), and
-// the lookahead rows put `truth_mass` on the experts the target layer will choose.
-trace_data lookahead_trace(std::uint32_t n_tokens, float truth_mass, std::uint32_t seed) {
-    const std::uint32_t n_layer = 4, n_expert = 16, k = 2, depth = 2;
-    std::mt19937 rng(seed);
-    std::vector<std::vector<std::vector<std::int32_t>>> steps(n_tokens);
-    for (auto& tok : steps) {
-        for (std::uint32_t l = 0; l < n_layer; ++l) {
-            std::vector<std::int32_t> all(n_expert);
-            std::iota(all.begin(), all.end(), 0);
-            std::shuffle(all.begin(), all.end(), rng);
-            tok.emplace_back(all.begin(), all.begin() + k);
-        }
-    }
-    trace_data t = make_trace(n_layer, n_expert, k, steps);
-    t.info.lookahead_depth = depth;
-    std::uniform_int_distribution<std::int32_t> any(0, n_expert - 1);
-    for (trace_record& r : t.records) {
-        r.lookahead.assign(depth * n_expert, 0.0f);
-        for (std::uint32_t d = 0; d < depth; ++d) {
-            const std::uint32_t target = r.layer + d;
-            if (target >= n_layer) continue;
-            float* row = r.lookahead.data() + d * n_expert;
-            for (std::uint32_t e = 0; e < n_expert; ++e) row[e] = (1.0f - truth_mass) / n_expert;
-            for (std::int32_t e : steps[static_cast<std::size_t>(r.pos)][target]) {
-                // truth_mass < 0.5: the mass goes to random experts instead (a lying router).
-                const std::int32_t where = truth_mass >= 0.5f ? e : any(rng);
-                row[where] += std::abs(truth_mass) / k;
-            }
-        }
-    }
-    return t;
-}
-
-TEST(Replay, PrefetchAccountingAndTruthfulLookahead) {
-    const trace_data t = lookahead_trace(400, 0.9f, 7);
-    auto order = decode_order(t);
-    ASSERT_TRUE(order.has_value());
-    replay_options o;
-    o.scope = cache_scope::per_layer;
-    o.slots = 4 * 8;
-    o.policy = replay_policy::lru;
-    const replay_result lru = *replay_trace(t, *order, o);
-    o.policy = replay_policy::scored;
-    o.prefetch.min_distance = 1;
-    o.prefetch.max_distance = 2;
-    const auto scored = replay_trace(t, *order, o);
-    ASSERT_TRUE(scored.has_value()) << scored.error().message;
-    const replay_result& s = *scored;
-    EXPECT_EQ(s.prefetch_used + s.wasted_prefetches, s.prefetch_loads);
-    EXPECT_EQ(s.bytes_read(), s.demand_bytes + s.prefetch_bytes);
-    EXPECT_EQ(s.accesses, lru.accesses);
-    // Random routing: LRU misses most of the time; truthful lookahead removes most misses.
-    EXPECT_GT(lru.demand_misses, lru.accesses / 3);
-    EXPECT_LT(s.demand_misses * 4, lru.demand_misses);
-    EXPECT_GT(s.prefetch_used, s.prefetch_loads / 2);
-
-    // A lying lookahead: the predictor learns it is worthless, so few prefetches are made
-    // and misses stay near LRU's.
-    const trace_data lie = lookahead_trace(400, 0.4f, 7);
-    auto lie_order = decode_order(lie);
-    ASSERT_TRUE(lie_order.has_value());
-    const replay_result lie_scored = *replay_trace(lie, *lie_order, o);
-    o.policy = replay_policy::lru;
-    const replay_result lie_lru = *replay_trace(lie, *lie_order, o);
-    EXPECT_LT(lie_scored.prefetch_loads, lie_lru.accesses / 10);
-    EXPECT_LT(lie_scored.bytes_read(), lie_lru.bytes_read() * 11 / 10);
 }
 
 TEST(Replay, DecodeOrderUndoesLayerMajorBatches) {

@@ -8,6 +8,7 @@
 // same loads; decode and engine order agree for one sequence decoded token by token; and a
 // cache too small for one layer's experts is an error naming the slots.
 #include <algorithm>
+#include <numeric>
 #include <random>
 #include <set>
 
@@ -59,6 +60,65 @@ tier_replay_options options(std::uint32_t slots, bool prefetch) {
     o.link = simulated_link{1e9, 50.0};  // 1 MiB in about 1 ms
     o.layer_compute_us = 2000.0;
     return o;
+}
+
+// A trace with lookahead: each token picks experts at random (so history says little), and
+// the lookahead rows put `truth_mass` on the experts the target layer will choose.
+trace_data lookahead_trace(std::uint32_t n_tokens, float truth_mass, std::uint32_t seed) {
+    const std::uint32_t depth = 2;  // the same shape as make()
+    std::mt19937 rng(seed);
+    std::vector<std::vector<std::vector<std::int32_t>>> steps(n_tokens);
+    for (auto& tok : steps) {
+        for (std::uint32_t l = 0; l < n_layer; ++l) {
+            std::vector<std::int32_t> all(n_expert);
+            std::iota(all.begin(), all.end(), 0);
+            std::shuffle(all.begin(), all.end(), rng);
+            tok.emplace_back(all.begin(), all.begin() + k);
+        }
+    }
+    trace_data t = test::make_trace(n_layer, n_expert, k, steps);
+    t.info.lookahead_depth = depth;
+    std::uniform_int_distribution<std::int32_t> any(0, n_expert - 1);
+    for (trace_record& r : t.records) {
+        r.lookahead.assign(depth * n_expert, 0.0f);
+        for (std::uint32_t d = 0; d < depth; ++d) {
+            const std::uint32_t target = r.layer + d;
+            if (target >= n_layer) continue;
+            float* row = r.lookahead.data() + d * n_expert;
+            for (std::uint32_t e = 0; e < n_expert; ++e) row[e] = (1.0f - truth_mass) / n_expert;
+            for (std::int32_t e : steps[static_cast<std::size_t>(r.pos)][target]) {
+                // truth_mass < 0.5: the mass goes to random experts instead (a lying router).
+                const std::int32_t where = truth_mass >= 0.5f ? e : any(rng);
+                row[where] += std::abs(truth_mass) / k;
+            }
+        }
+    }
+    return t;
+}
+
+TEST(tier_replay, a_lying_lookahead_is_learned_and_costs_little) {
+    // The planner calibrates each rank's probability by what the router then chose: a
+    // lookahead that lies earns low scores, so few prefetches go out and bytes stay near
+    // what demand alone reads.
+    const trace_data lie = lookahead_trace(400, 0.4f, 7);
+    tier_replay_options o = options(32, true);
+    o.link.bytes_per_s = 1e12;  // no expert sizes in this trace: bytes count loads
+    auto on = replay_through_tier(lie, o);
+    o.prefetch = false;
+    auto off = replay_through_tier(lie, o);
+    ASSERT_TRUE(on.has_value()) << on.error().message;
+    ASSERT_TRUE(off.has_value());
+    EXPECT_LT(on->prefetch_loads, on->accesses / 10) << on->prefetch_loads << " of " << on->accesses;
+    EXPECT_LT(on->bytes_read, off->bytes_read * 11 / 10);
+    // The truth: most misses go.
+    const trace_data truth = lookahead_trace(400, 0.9f, 7);
+    o.prefetch = true;
+    auto t_on = replay_through_tier(truth, o);
+    o.prefetch = false;
+    auto t_off = replay_through_tier(truth, o);
+    ASSERT_TRUE(t_on.has_value());
+    ASSERT_TRUE(t_off.has_value());
+    EXPECT_LT(t_on->demand_misses * 4, t_off->demand_misses);
 }
 
 TEST(tier_replay, is_deterministic) {

@@ -59,7 +59,7 @@ void check_agreement(const std::vector<std::string>& prefetch_args, bool prefetc
     const auto& link = daemon["link"];
 
     std::vector<std::string> replay_args = {
-        "--model", model, "--policies", "lru,tier", "--scope", "global", "--engine-order",
+        "--model", model, "--policies", "lru,policy", "--scope", "global", "--engine-order",
         "--budget", std::to_string(host["capacity_experts"].get<std::uint64_t>()),
         "--link-gbps", std::to_string(link["bytes_per_s"].get<double>() / 1e9),
         "--link-latency-us", std::to_string(link["load_latency_us"].get<double>()),
@@ -72,7 +72,7 @@ void check_agreement(const std::vector<std::string>& prefetch_args, bool prefetc
     replay_args.push_back(trace);
     const auto replayed = moed::test::run_tool("tools/trace-replay", replay_args);
     ASSERT_EQ(replayed.status, 0) << replayed.out;
-    const auto r = json::parse(replayed.out)["runs"][0]["policies"]["tier"];
+    const auto r = json::parse(replayed.out)["runs"][0]["policies"]["policy"];
 
     expect_within(r["demand_misses"].get<double>(), daemon["tiers"]["prefetch"]["demand_misses"].get<double>(),
                   "demand misses");
