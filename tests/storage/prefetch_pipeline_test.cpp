@@ -549,6 +549,7 @@ TEST(prefetch_pipeline, acquire_each_applies_resident_experts_while_others_load)
     const std::vector<ExpertId> ids = {{2, 0}, {1, 1}, {2, 3}};
     std::vector<std::size_t> order;
     std::vector<expert_handle> scratch;
+    std::thread releaser;
     auto r = source.acquire_each(ids, device_id::host(), scratch, [&](std::size_t i, const expert_handle& h) {
         order.push_back(i);
         EXPECT_EQ(h.id(), ids[i]);
@@ -557,9 +558,15 @@ TEST(prefetch_pipeline, acquire_each_applies_resident_experts_while_others_load)
             // The resident expert comes first, while the other two are still being read.
             EXPECT_EQ(residency_of(source, {2, 0}), '~');
             EXPECT_EQ(residency_of(source, {2, 3}), '~');
-            rs.release_held();
+            // The reads go on a little later, so acquire_each finds none ready and waits
+            // (released here at once, they could finish before it looks: no wait to count).
+            releaser = std::thread([&rs] {
+                std::this_thread::sleep_for(std::chrono::milliseconds(50));
+                rs.release_held();
+            });
         }
     });
+    releaser.join();
     ASSERT_TRUE(r) << r.error().message;
     ASSERT_EQ(order.size(), 3u);
     EXPECT_EQ(order[0], 1u);
