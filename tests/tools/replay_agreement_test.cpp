@@ -1,4 +1,4 @@
-// The replay measures what the daemon runs: moe-run decodes a few domain prompts on the
+// The replay measures what the daemon runs: moe-run decodes a dozen short prompts on the
 // bundled model with a host tier of 25% of the experts, recording a routing trace and
 // reporting its tier counters and what the tier measured of its link and compute; then
 // trace-replay plays that trace through the same planner and tier core (scheduler/
@@ -8,8 +8,8 @@
 // prefetch on under the planner's fixed score rule (the requests then depend on the routing
 // only, not on how fast the machine ran).
 #include <cmath>
+#include <cstdio>
 #include <fstream>
-#include <map>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
@@ -21,17 +21,26 @@ namespace {
 
 using json = nlohmann::json;
 
-// The first prompts of each of the four domains: prefill batches and decode steps both.
+// A dozen short prompts of four kinds (code, shell, prose, arithmetic): prefill batches and
+// decode steps both, with routing that differs between them.
 std::string write_prompts(const std::filesystem::path& dir) {
-    std::ifstream in(moed::test::shared_models_dir() + "/traces/domain-prompts.jsonl");
+    static const char* const texts[] = {
+        "int main(void) {\n    for (int i = 0; i < 10; ++i) printf(\"%d\\n\", i);",
+        "static int parse_header(const char *buf, size_t len, struct header *out)",
+        "#include <stdio.h>\n#include <stdlib.h>\n\nstruct node { int value; struct node *next; };",
+        "for f in *.log; do gzip -9 \"$f\"; done && ls -la | grep .gz",
+        "find . -name '*.tmp' -mtime +7 -exec rm {} \\; 2>/dev/null",
+        "tar -czf backup.tar.gz /etc && scp backup.tar.gz user@host:/srv/backups/",
+        "The river ran low that summer, and the village children walked its dry bed looking for",
+        "She closed the letter, folded it twice, and set it on the table beside the lamp.",
+        "In the morning the market opened early; traders laid out fish, bread and bright cloth.",
+        "12 + 35 = 47. 47 * 3 = 141. 141 - 19 =",
+        "The sum of the first ten odd numbers is 1 + 3 + 5 + 7 + 9 + 11 + 13 + 15 + 17 + 19 =",
+        "If x + 2y = 10 and x - y = 1, then 3y = 9, so y = 3 and x ="};
     const std::string path = (dir / "prompts.jsonl").string();
     std::ofstream out(path);
-    std::map<std::string, int> per_domain;
-    std::string line;
-    while (std::getline(in, line)) {
-        const auto j = json::parse(line);
-        if (per_domain[j["domain"].get<std::string>()]++ < 3) out << line << "\n";
-    }
+    int n = 0;
+    for (const char* t : texts) out << json{{"domain", "d" + std::to_string(n / 3)}, {"id", n++}, {"text", t}}.dump() << "\n";
     return path;
 }
 
@@ -41,6 +50,7 @@ struct figures {
 
 void expect_within(double replay, double daemon, const char* what) {
     ASSERT_GT(daemon, 0.0) << what;
+    std::printf("%s: replay %.0f, moe-run %.0f (%.4fx)\n", what, replay, daemon, replay / daemon);
     EXPECT_LE(std::abs(replay - daemon), 0.05 * daemon)
         << what << ": replay " << replay << ", moe-run " << daemon << " (" << (replay / daemon) << "x)";
 }
