@@ -8,7 +8,7 @@
 // same loads; decode and engine order agree for one sequence decoded token by token; and a
 // cache too small for one layer's experts is an error naming the slots.
 #include <algorithm>
-#include <numeric>
+#include <cmath>
 #include <random>
 #include <set>
 
@@ -62,32 +62,20 @@ tier_replay_options options(std::uint32_t slots, bool prefetch) {
     return o;
 }
 
-// A trace with lookahead: each token picks experts at random (so history says little), and
-// the lookahead rows put `truth_mass` on the experts the target layer will choose.
+// make()'s routing with no reuse (so history says little), and lookahead rows that put
+// `truth_mass` on the experts the target layer will choose (below 0.5: on random experts
+// instead, a lying router).
 trace_data lookahead_trace(std::uint32_t n_tokens, float truth_mass, std::uint32_t seed) {
-    const std::uint32_t depth = 2;  // the same shape as make()
-    std::mt19937 rng(seed);
-    std::vector<std::vector<std::vector<std::int32_t>>> steps(n_tokens);
-    for (auto& tok : steps) {
-        for (std::uint32_t l = 0; l < n_layer; ++l) {
-            std::vector<std::int32_t> all(n_expert);
-            std::iota(all.begin(), all.end(), 0);
-            std::shuffle(all.begin(), all.end(), rng);
-            tok.emplace_back(all.begin(), all.begin() + k);
-        }
-    }
-    trace_data t = test::make_trace(n_layer, n_expert, k, steps);
-    t.info.lookahead_depth = depth;
+    trace_data t = make(n_tokens, 0.0, seed);
+    std::mt19937 rng(seed + 1);
     std::uniform_int_distribution<std::int32_t> any(0, n_expert - 1);
-    for (trace_record& r : t.records) {
-        r.lookahead.assign(depth * n_expert, 0.0f);
-        for (std::uint32_t d = 0; d < depth; ++d) {
-            const std::uint32_t target = r.layer + d;
-            if (target >= n_layer) continue;
+    for (std::size_t i = 0; i < t.records.size(); ++i) {
+        trace_record& r = t.records[i];
+        for (std::uint32_t d = 0; d < t.info.lookahead_depth; ++d) {
+            if (r.layer + d >= n_layer) continue;
             float* row = r.lookahead.data() + d * n_expert;
             for (std::uint32_t e = 0; e < n_expert; ++e) row[e] = (1.0f - truth_mass) / n_expert;
-            for (std::int32_t e : steps[static_cast<std::size_t>(r.pos)][target]) {
-                // truth_mass < 0.5: the mass goes to random experts instead (a lying router).
+            for (std::int32_t e : t.records[i + d].chosen) {
                 const std::int32_t where = truth_mass >= 0.5f ? e : any(rng);
                 row[where] += std::abs(truth_mass) / k;
             }
@@ -102,7 +90,7 @@ TEST(tier_replay, a_lying_lookahead_is_learned_and_costs_little) {
     // what demand alone reads.
     const trace_data lie = lookahead_trace(400, 0.4f, 7);
     tier_replay_options o = options(32, true);
-    o.link.bytes_per_s = 1e12;  // no expert sizes in this trace: bytes count loads
+    o.link.bytes_per_s = 1e12;  // loads arrive in time: what counts is how many
     auto on = replay_through_tier(lie, o);
     o.prefetch = false;
     auto off = replay_through_tier(lie, o);
