@@ -159,7 +159,6 @@ private:
     std::vector<std::uint8_t> seen_;
     std::vector<std::uint32_t> slot_of_;
     std::vector<std::uint8_t> done_;
-    friend class sim_tier;
 };
 
 void sim_tier::begin_layer(std::uint32_t layer, std::uint64_t n_tokens) {

@@ -54,7 +54,6 @@ public:
                clock_fn now = {});
 
     std::uint32_t n_slots() const noexcept { return slots_.n_slots(); }
-    const expert_layout& layout() const noexcept { return layout_; }
     time_point now() const { return now_ ? now_() : clock_type::now(); }
 
     // --- demand (the engine's acquire) ---
@@ -107,10 +106,8 @@ public:
     // --- reading ---
     const slot_table& slots() const noexcept { return slots_; }
     const section_ring& ring() const noexcept { return ring_; }
-    const load_queue& queue() const noexcept { return queue_; }
     tier_counters& counters() noexcept { return counters_; }
     const tier_counters& counters() const noexcept { return counters_; }
-    std::uint64_t expert_bytes_total() const noexcept { return expert_bytes_total_; }
     // Fills the host tier's figures, the ring, the queue and the residency map of `out`
     // (everything but what the mover and the lock know); `samples` gets the latencies for
     // tier_counters::summarize().

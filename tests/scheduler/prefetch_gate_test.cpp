@@ -38,15 +38,8 @@ prefetch_gate_options small_window() {
 
 TEST(prefetch_gate, by_default_an_expert_must_be_likelier_used_than_not) {
     prefetch_gate g;
-    link_figures f;
-    f.bytes_per_s = 1e9;
-    f.load_latency_us = 200.0;
-    f.layer_compute_us = 500.0;
-    f.expert_bytes = 100000.0;
-    f.layers_computed = 1000;
-    g.update(f);
-    f.layers_computed = 2000;
-    g.update(f);
+    g.update(figures(1000, 0));
+    g.update(figures(2000, 0));  // an idle link: no demand loads
     ASSERT_TRUE(g.measured());
     EXPECT_FLOAT_EQ(g.threshold(100000, 1), 0.5f);  // an idle link alone would take far less
 }
