@@ -342,6 +342,8 @@ int run(int argc, char** argv) {
     if (!loaded_config) return config_error(loaded_config.error().message);
     daemon_config config = std::move(*loaded_config);
     set_log_level(config.level);
+    // A misspelt MOED_ISA would otherwise serve at the CPU's best level without anyone asking.
+    if (auto isa_ok = kernels::check_isa_env(); !isa_ok) return config_error(isa_ok.error().message);
 
     if (config.model_path.empty()) {
         config.model_path = resolve_default_model();

@@ -318,6 +318,7 @@ const char* allocator_name() { return dlsym(RTLD_DEFAULT, "mallctl") != nullptr 
 int main(int argc, char** argv) {
     const options opt = parse_args(argc, argv);
     moed::set_log_level(moed::log_level::warn);
+    if (auto isa_ok = moed::kernels::check_isa_env(); !isa_ok) fail(isa_ok.error().message);
 
     auto loaded = moed::engine::model::load(opt.model_path, opt.load);
     if (!loaded) fail(loaded.error().message);

@@ -3,7 +3,9 @@
 #include <cpuid.h>
 
 #include <atomic>
+#include <cstdlib>
 
+#include "common/log.h"
 #include "kernels/cpu/kernel_impl.h"
 
 namespace moed::kernels {
@@ -42,10 +44,55 @@ isa detect_isa() noexcept {
     return detected;
 }
 
+std::optional<isa> parse_isa(std::string_view name) noexcept {
+    if (name == "scalar") return isa::scalar;
+    if (name == "avx2") return isa::avx2;
+    if (name == "avx512") return isa::avx512;
+    return std::nullopt;
+}
+
+result<isa> isa_from_setting(std::string_view value, isa detected) {
+    if (value.empty()) return detected;
+    const std::optional<isa> named = parse_isa(value);
+    if (!named) {
+        return make_error(errc::invalid_argument, "{}='{}' is not a level: use scalar, avx2 or avx512", isa_env_var,
+                          value);
+    }
+    return static_cast<int>(*named) <= static_cast<int>(detected) ? *named : detected;
+}
+
+result<void> check_isa_env() {
+    const char* value = std::getenv(isa_env_var);
+    if (value == nullptr) return {};
+    auto chosen = isa_from_setting(value, detect_isa());
+    if (!chosen) return unexpected(chosen.error());
+    return {};
+}
+
+isa env_isa() noexcept {
+    // A function-local static: read and reported once, whichever thread asks first.
+    static const isa chosen = [] {
+        const isa detected = detect_isa();
+        const char* value = std::getenv(isa_env_var);
+        if (value == nullptr) return detected;
+        auto from_env = isa_from_setting(value, detected);
+        if (!from_env) {
+            MOED_LOG_WARN("kernels", "{}; using {}", from_env.error().message, isa_name(detected));
+            return detected;
+        }
+        if (*from_env != detected || parse_isa(value) != detected) {
+            MOED_LOG_INFO("kernels", "{}={}: kernels use {} (the CPU has {})", isa_env_var, value,
+                          isa_name(*from_env), isa_name(detected));
+        }
+        return *from_env;
+    }();
+    return chosen;
+}
+
 isa active_isa() noexcept {
     int v = g_active.load(std::memory_order_relaxed);
     if (v < 0) {
-        v = static_cast<int>(detect_isa());
+        v = static_cast<int>(env_isa());
         g_active.store(v, std::memory_order_relaxed);
     }
     return static_cast<isa>(v);

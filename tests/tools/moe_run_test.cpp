@@ -1,16 +1,19 @@
 // Runs the moe-run binary as a user would and checks its output: --json has every field
 // the issue names with sane values and the golden ids for a golden prompt; --tokenize
-// prints ids only; sampling flags are accepted and a seed repeats; bad arguments and bad
-// model files exit with status 2 and a message naming the problem.
+// prints ids only; sampling flags are accepted and a seed repeats; MOED_ISA sets the level
+// --json reports; bad arguments, a bad MOED_ISA and bad model files exit with status 2 and
+// a message naming the problem.
 #include <sys/wait.h>
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "kernels/cpu/cpu_features.h"
 #include "tests/support/synth_fixture.h"
 #include "tests/support/run_tool.h"
 #include "tests/support/test_paths.h"
@@ -36,7 +39,7 @@ constexpr double rss_margin = 64.0 * 1024 * 1024;
 #endif
 
 TEST(moe_run, json_output_matches_golden_case) {
-    std::ifstream in(moed::test::models_dir() + "/golden/tinymoe-qwen3moe-Q4_K_M.json");
+    std::ifstream in(moed::test::golden_file("tinymoe-qwen3moe-Q4_K_M"));
     const auto golden = nlohmann::json::parse(in);
     const auto& c = golden["cases"][2];
     auto r = run({"-m", model, "-p", c["prompt"], "-n", "32", "-t", "2", "--ignore-eos", "--json"});
@@ -114,6 +117,31 @@ TEST(moe_run, bad_host_budget_is_an_error) {
     r = run({"-m", model, "-p", "x", "--host-budget", "1KiB"}, true);
     EXPECT_EQ(r.status, 2);
     EXPECT_NE(r.out.find("budget"), std::string::npos) << r.out;
+}
+
+// MOED_ISA caps the kernels' level (clamped to the CPU's) and --json reports the level in
+// use; an unknown value stops moe-run with an error naming it.
+TEST(moe_run, isa_variable_caps_the_level_and_is_reported) {
+    struct env_guard {
+        ~env_guard() { ::unsetenv("MOED_ISA"); }
+    } guard;
+    const std::string best(moed::kernels::isa_name(moed::kernels::detect_isa()));
+    const std::pair<const char*, std::string> cases[] = {
+        {"scalar", "scalar"},
+        {"avx2", moed::kernels::detect_isa() == moed::kernels::isa::scalar ? "scalar" : "avx2"},
+        {"avx512", best},
+        {"", best},
+    };
+    for (const auto& [value, want] : cases) {
+        ::setenv("MOED_ISA", value, 1);
+        auto r = run({"-m", model, "-p", "x", "-n", "1", "--json"});
+        ASSERT_EQ(r.status, 0) << "MOED_ISA=" << value << ": " << r.out;
+        EXPECT_EQ(nlohmann::json::parse(r.out)["isa"], want) << "MOED_ISA=" << value;
+    }
+    ::setenv("MOED_ISA", "avx3", 1);
+    auto r = run({"-m", model, "-p", "x", "-n", "1", "--json"}, true);
+    EXPECT_EQ(r.status, 2);
+    EXPECT_NE(r.out.find("MOED_ISA='avx3'"), std::string::npos) << r.out;
 }
 
 TEST(moe_run, jemalloc_is_the_allocator) {
