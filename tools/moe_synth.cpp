@@ -3,10 +3,15 @@
 //
 //   moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N] [--embd N]
 //             [--heads N] [--kv-heads N] [--head-dim N] [--experts N] [--experts-used N]
-//             [--ff N] [--vocab N] [--ctx N] [--seed S]
+//             [--ff N] [--vocab N | --vocab-from FILE.gguf] [--ctx N] [--seed S]
 //             [--routing random|realistic [--token-clustering C] [--context-carry G]
 //              [--stream-noise N] [--attention-sharpness A]]
 //
+// --vocab-from takes the tokenizer (every tokenizer.* key) of another GGUF file, such as
+// the vocabulary-only models/tokenizer/qwen3-vocab.gguf, and sizes the embedding and the
+// output head to its vocabulary: a random-weight model that tokenizes like a real one (its
+// top-2 logit margins are those of a 151,936-way choice, which is what the golden tests
+// at each ISA level need). Random routing only.
 // --routing random (the default) writes what it always wrote: every weight random. Its
 // routing is not the routing of a trained model: a few experts win everywhere (on the domain
 // prompts the quarter of experts a layer uses most takes 0.56 of its routings; the bundled
@@ -59,9 +64,11 @@ void usage() {
     const moed::tools::realistic_routing d;
     std::printf("usage: moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N]\n"
                 "       [--embd N] [--heads N] [--kv-heads N] [--head-dim N] [--experts N]\n"
-                "       [--experts-used N] [--ff N] [--vocab N] [--ctx N] [--seed S]\n"
+                "       [--experts-used N] [--ff N] [--vocab N | --vocab-from FILE.gguf] [--ctx N] [--seed S]\n"
                 "       [--routing random|realistic [--token-clustering C] [--context-carry G]\n"
                 "        [--stream-noise N] [--attention-sharpness A]]\n"
+                "  --vocab-from FILE.gguf: the tokenizer of FILE (its tokenizer.* keys); the embedding and output\n"
+                "    head are sized to its vocabulary. Random routing only.\n"
                 "  --routing random (default): every weight random; routing has no relation to the text.\n"
                 "  --routing realistic: structured embeddings, attention and routers so that routing has a\n"
                 "    trained model's statistics (reuse between tokens, per-domain skew, lookahead recall):\n"
@@ -89,6 +96,7 @@ int main(int argc, char** argv) {
     moed::tools::synth_options o;
     std::string out_path;
     bool knob_given = false;
+    bool vocab_given = false;
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         auto next = [&]() -> const char* {
@@ -105,7 +113,10 @@ int main(int argc, char** argv) {
         else if (a == "--experts") s.experts = parse_number<std::int64_t>(a, next());
         else if (a == "--experts-used") s.experts_used = parse_number<std::int64_t>(a, next());
         else if (a == "--ff") s.ff = parse_number<std::int64_t>(a, next());
-        else if (a == "--vocab") s.vocab = parse_number<std::int64_t>(a, next());
+        else if (a == "--vocab") {
+            s.vocab = parse_number<std::int64_t>(a, next());
+            vocab_given = true;
+        } else if (a == "--vocab-from") o.vocab_from = next();
         else if (a == "--ctx") s.ctx = parse_number<std::int64_t>(a, next());
         else if (a == "--seed") o.seed = parse_number<std::uint64_t>(a, next());
         else if (a == "--routing") {
@@ -134,6 +145,10 @@ int main(int argc, char** argv) {
         }
     }
     if (out_path.empty()) fail("no output file given (-o FILE)");
+    if (vocab_given && !o.vocab_from.empty()) fail("--vocab and --vocab-from exclude each other");
+    if (!o.vocab_from.empty() && o.routing != moed::tools::synth_routing::random) {
+        fail("--vocab-from needs --routing random");
+    }
     if (knob_given && o.routing != moed::tools::synth_routing::realistic) {
         fail("--token-clustering, --context-carry, --stream-noise and --attention-sharpness need --routing realistic");
     }

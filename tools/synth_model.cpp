@@ -291,6 +291,22 @@ struct tensor_set {
     random_source& rng;
 };
 
+// The tokenizer of another GGUF file: its tokenizer.* keys, in its order. Returns the
+// number of tokens.
+result<std::int64_t> copy_vocab(storage::gguf_writer& w, const std::string& path) {
+    auto file = storage::gguf_file::open(path);
+    if (!file) return unexpected(std::move(file).error());
+    auto tokens = (*file)->get_array("tokenizer.ggml.tokens");
+    if (!tokens) return unexpected(std::move(tokens).error());
+    const auto n = static_cast<std::int64_t>((*tokens)->values.size());
+    if (n < 2) return make_error(errc::bad_file, "{}: tokenizer.ggml.tokens holds {} tokens", path, n);
+    for (const auto& [key, value] : (*file)->metadata()) {
+        if (key.starts_with("tokenizer.")) w.set(key, value);
+    }
+    return n;
+}
+
+// The vocabulary is already in the writer (the synthetic one or a copied one).
 void add_random_model(const tensor_set& t) {
     const synth_shape& s = t.s;
     random_source& rng = t.rng;
@@ -300,7 +316,6 @@ void add_random_model(const tensor_set& t) {
     auto scale_for = [](std::int64_t fan_in) { return 1.7f / std::sqrt(static_cast<float>(fan_in)); };
     const tensor_type base = t.mix.base;
     storage::gguf_writer& w = t.w;
-    add_vocab(w, s.vocab);
     w.add_tensor("token_embd.weight", base, {s.embd, s.vocab}, random_tensor(base, s.embd, s.vocab, 1.0f, rng));
     w.add_tensor("output_norm.weight", tensor_type::f32, {s.embd}, constant_f32(s.embd, 1.0f));
     w.add_tensor("output.weight", t.mix.output(), {s.embd, s.vocab},
@@ -457,7 +472,8 @@ std::optional<synth_routing> parse_routing(std::string_view name) noexcept {
     return std::nullopt;
 }
 
-result<void> synthesize_model(const std::string& path, const synth_shape& s, const synth_options& o) {
+result<void> synthesize_model(const std::string& path, const synth_shape& shape, const synth_options& o) {
+    synth_shape s = shape;
     const std::string& type = o.type;
     const auto mix = parse_type(type);
     if (!mix) return make_error(errc::invalid_argument, "unknown type '{}' (F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_K_M)", type);
@@ -465,7 +481,13 @@ result<void> synthesize_model(const std::string& path, const synth_shape& s, con
         s.experts_used <= 0 || s.ff <= 0 || s.ctx <= 0) {
         return make_error(errc::invalid_argument, "every dimension of the shape must be positive");
     }
-    if (s.vocab < 258) return make_error(errc::invalid_argument, "vocab {} is below the minimum of 258", s.vocab);
+    if (!o.vocab_from.empty() && o.routing != synth_routing::random) {
+        return make_error(errc::invalid_argument, "a vocabulary from another file ({}) needs the random routing mode",
+                          o.vocab_from);
+    }
+    if (o.vocab_from.empty() && s.vocab < 258) {
+        return make_error(errc::invalid_argument, "vocab {} is below the minimum of 258", s.vocab);
+    }
     if (s.heads % s.kv_heads != 0) return make_error(errc::invalid_argument, "heads {} is not a multiple of kv_heads {}", s.heads, s.kv_heads);
     if (s.experts_used > s.experts) return make_error(errc::invalid_argument, "experts_used {} exceeds experts {}", s.experts_used, s.experts);
     if (s.head_dim % 2 != 0) return make_error(errc::invalid_argument, "head_dim {} must be even", s.head_dim);
@@ -500,6 +522,15 @@ result<void> synthesize_model(const std::string& path, const synth_shape& s, con
     w.set_u32("qwen3moe.expert_used_count", static_cast<std::uint32_t>(s.experts_used));
     w.set_u32("qwen3moe.expert_feed_forward_length", static_cast<std::uint32_t>(s.ff));
 
+    if (o.routing == synth_routing::random) {
+        if (o.vocab_from.empty()) {
+            add_vocab(w, s.vocab);
+        } else {
+            auto n = copy_vocab(w, o.vocab_from);
+            if (!n) return unexpected(std::move(n).error());
+            s.vocab = *n;
+        }
+    }
     random_source rng(o.seed);
     const tensor_set tensors{w, s, *mix, rng};
     if (o.routing == synth_routing::realistic) add_realistic_model(tensors, o.realistic, o.seed);

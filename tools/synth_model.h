@@ -70,6 +70,11 @@ struct synth_options {
     std::uint64_t seed = 1;
     synth_routing routing = synth_routing::random;
     realistic_routing realistic;  // used when routing is realistic
+    // A GGUF file whose tokenizer (every tokenizer.* key) the model takes instead of the
+    // synthetic vocabulary, sizing the embedding and output head to its token count (the
+    // shape's vocab is then ignored); e.g. a vocabulary-only GGUF of a real tokenizer. Random
+    // routing only: the realistic mode builds token classes from its own vocabulary.
+    std::string vocab_from;
 };
 
 // Writes the model; the same arguments give the same bytes. Errors name the bad parameter.
