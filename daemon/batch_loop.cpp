@@ -538,8 +538,11 @@ void batch_loop::impl::build_batch() {
             const std::int64_t pos = s.n_past + k;
             // A prefill-only job samples nothing: its last prompt token needs no logits.
             const bool last = completes && k + 1 == s.take && !s.params.prefill_only;
-            batch.push_back(engine::batch_token{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last,
-                                                s.id, s.pruned ? s.allowed.data() : nullptr});
+            engine::batch_token bt{s.params.prompt[static_cast<std::size_t>(pos)], pos, &s.cache, last,
+                                   s.id, s.pruned ? s.allowed.data() : nullptr};
+            // However the prompt is chunked here, each token sums as in llama.cpp's prompt.
+            bt.order = kernels::prompt_token_order(pos, s.prompt_size());
+            batch.push_back(bt);
             if (last) row_seq[rows++] = i;
         }
     }

@@ -53,6 +53,7 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     needed_.reserve(hp.n_expert);
     handles_.reserve(hp.n_expert);
     out_rows_.resize(b * embd);
+    orders_.resize(b);
 }
 
 evaluator::expert_scratch::expert_scratch(std::size_t max_batch, std::size_t embd, std::size_t ff)
@@ -65,7 +66,7 @@ std::uint64_t evaluator::scratch_bytes() const noexcept {
     std::uint64_t total = of(x_) + of(cur_) + of(q_) + of(k_) + of(v_) + of(attn_) + of(proj_) + of(router_probs_) +
                           of(route_weights_) + of(masked_probs_) + of(lookahead_) + of(route_experts_) +
                           of(expert_out_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
-                          of(handles_) + of(attn_scratch_) + of(out_rows_) + act_.capacity_bytes();
+                          of(handles_) + of(attn_scratch_) + of(out_rows_) + of(orders_) + act_.capacity_bytes();
     for (const auto& e : expert_scratch_) {
         total += of(e->gathered) + of(e->gate) + of(e->up) + of(e->down) + e->act.capacity_bytes();
     }
@@ -157,6 +158,8 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
         attn_scratch_.assign(static_cast<std::size_t>(scratch_ctx_) * group * pool_.size(), 0.0f);
     }
 
+    for (std::int64_t t = 0; t < n; ++t) orders_[static_cast<std::size_t>(t)] = batch[t].order;
+
     const kernels::matrix_view& embd_w = model_.token_embedding();
     for_tokens(n, [&](std::int64_t t) {
         const auto* row = static_cast<const std::byte*>(embd_w.data) +
@@ -191,6 +194,13 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
     return {};
 }
 
+const kernels::sum_order* evaluator::router_orders(std::uint32_t l) const noexcept {
+    // llama.cpp's last layer keeps, after attention, only the rows that want logits (one
+    // per sequence), so its router multiplies a token alone; moed's other rows of that
+    // layer feed nothing.
+    return l + 1 == model_.hparams().n_layer ? nullptr : orders_.data();
+}
+
 void evaluator::layer_start(std::uint32_t l, std::span<const batch_token> batch) {
     const model_hparams& hp = model_.hparams();
     const std::int64_t n = static_cast<std::int64_t>(batch.size());
@@ -212,7 +222,7 @@ void evaluator::layer_start(std::uint32_t l, std::span<const batch_token> batch)
         for_tokens(n, [&](std::int64_t t) {
             kernels::rms_norm(x_.data() + t * embd, tw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
         });
-        kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_);
+        kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_, router_orders(target));
         for_tokens(n, [&](std::int64_t t) { kernels::softmax(out + t * n_exp, n_exp); });
     }
     if (layer_start_observers_.empty()) return;
@@ -235,12 +245,13 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     });
     // Q, K and V read the same activations, converted once when their activation types agree
     // (one Q8_K conversion serves Q4_K and Q6_K weights).
+    const kernels::sum_order* orders = orders_.data();
     act_.quantize(lw.wq.type, cur_.data(), n, embd, embd, &pool_);
-    kernels::matmul(lw.wq, act_, q_.data(), q_dim, pool_);
+    kernels::matmul(lw.wq, act_, q_.data(), q_dim, pool_, orders);
     if (kernels::activation_type_for(lw.wk.type) != act_.type()) act_.quantize(lw.wk.type, cur_.data(), n, embd, embd, &pool_);
-    kernels::matmul(lw.wk, act_, k_.data(), kv_dim, pool_);
+    kernels::matmul(lw.wk, act_, k_.data(), kv_dim, pool_, orders);
     if (kernels::activation_type_for(lw.wv.type) != act_.type()) act_.quantize(lw.wv.type, cur_.data(), n, embd, embd, &pool_);
-    kernels::matmul(lw.wv, act_, v_.data(), kv_dim, pool_);
+    kernels::matmul(lw.wv, act_, v_.data(), kv_dim, pool_, orders);
 
     for_tokens(n, [&](std::int64_t t) {
         float* q = q_.data() + t * q_dim;
@@ -279,12 +290,13 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
             args.head_dim = hd;
             args.scale = scale;
             args.out = attn_.data() + t * q_dim;
+            args.order = batch[t].order;
             kernels::attention_group(args, kv_head, scratch);
         }
     };
     pool_.parallel_for(items, 1, attend);
 
-    kernels::matmul(lw.wo, attn_.data(), n, proj_.data(), embd, pool_, act_);
+    kernels::matmul(lw.wo, attn_.data(), n, proj_.data(), embd, pool_, act_, orders);
     for_tokens(n, [&](std::int64_t t) {
         float* x = x_.data() + t * embd;
         const float* o = proj_.data() + t * embd;
@@ -316,7 +328,7 @@ void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w, 
     kernels::matmul(view(w.gate), act, gate, ff, pool);
     if (kernels::activation_type_for(w.up.type) != act.type()) act.quantize(w.up.type, gathered, m, embd, embd, &pool);
     kernels::matmul(view(w.up), act, up, ff, pool);
-    kernels::swiglu(gate, up, gate, m * ff);
+    for (std::int64_t r = 0; r < m; ++r) kernels::swiglu(gate + r * ff, up + r * ff, gate + r * ff, ff);
     kernels::matmul(view(w.down), gate, m, down, embd, pool, act);
     for (std::int64_t r = 0; r < m; ++r) {
         const std::int32_t ts = rows[r];
@@ -362,7 +374,7 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     for_tokens(n, [&](std::int64_t t) {
         kernels::rms_norm(x_.data() + t * embd, lw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
     });
-    kernels::matmul(lw.router, cur_.data(), n, router_probs_.data(), n_exp, pool_, act_);
+    kernels::matmul(lw.router, cur_.data(), n, router_probs_.data(), n_exp, pool_, act_, router_orders(l));
     for_tokens(n, [&](std::int64_t t) {
         float* probs = router_probs_.data() + t * n_exp;
         kernels::softmax(probs, n_exp);
@@ -456,8 +468,11 @@ result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache&
         batch.clear();
         const std::int64_t pos0 = cache.size();
         for (std::size_t i = 0; i < count; ++i) {
-            batch.push_back(batch_token{tokens[done + i], pos0 + static_cast<std::int64_t>(i), &cache,
-                                        done + i + 1 == tokens.size(), seq});
+            batch_token bt{tokens[done + i], pos0 + static_cast<std::int64_t>(i), &cache, done + i + 1 == tokens.size(), seq};
+            // A call with several tokens is a prompt (or a continuation of one): llama.cpp
+            // evaluates them together. A single token is a decode step.
+            bt.order = kernels::prompt_token_order(static_cast<std::int64_t>(done + i), static_cast<std::int64_t>(tokens.size()));
+            batch.push_back(bt);
         }
         MOED_TRY(run(batch, last_logits.data()));
         done += count;

@@ -36,6 +36,11 @@ struct batch_token {
     // taken among the allowed ones and their weights renormalised. Each layer must allow at
     // least n_expert_used experts. The memory belongs to the caller and must outlive run().
     const std::uint8_t* allowed_experts = nullptr;
+    // How the token's float dot products sum (kernels/cpu/sum_order.h): a prompt token
+    // takes kernels::prompt_token_order(its index in the prompt, the prompt's length), any
+    // other token `alone`. It decides last bits at the AVX2 level only, where moed matches
+    // llama.cpp's prompt and decode numerics; it never depends on how moed batches tokens.
+    kernels::sum_order order = kernels::sum_order::alone;
 };
 
 // The most layers a router lookahead reaches (set_lookahead_depth).
@@ -123,6 +128,8 @@ private:
     // Computes the router lookahead of `layer` from x_ into lookahead_ (uses cur_ and act_
     // as scratch, which attention_block overwrites next) and calls the layer-start observers.
     void layer_start(std::uint32_t layer, std::span<const batch_token> batch);
+    // The sum orders of layer `layer`'s router rows (this batch's, or all alone).
+    const kernels::sum_order* router_orders(std::uint32_t layer) const noexcept;
     void attention_block(std::uint32_t layer, std::span<const batch_token> batch);
     result<void> moe_block(std::uint32_t layer, std::span<const batch_token> batch);
     // Scratch for applying one expert: one per pool thread, so several experts can run at
@@ -165,6 +172,7 @@ private:
     std::vector<float> attn_scratch_;                // [pool size][scratch_ctx_]
     std::int64_t scratch_ctx_ = 0;
     std::vector<float> out_rows_;
+    std::vector<kernels::sum_order> orders_;  // [max_batch]: the batch's tokens' orders
     kernels::activation_buffer act_;
 };
 

@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "common/tensor_type.h"
+#include "kernels/cpu/sum_order.h"
 
 namespace moed::kernels::detail {
 
@@ -22,6 +23,9 @@ struct gemm_args {
     std::int64_t n_tokens = 0;
     float* y = nullptr;  // y[t * y_stride + r]
     std::int64_t y_stride = 0;
+    std::int64_t rows = 0;  // of the whole matrix (a job covers a part of them)
+    // Per activation row, how float dot products sum (sum_order.h); null: every row alone.
+    const sum_order* orders = nullptr;
 };
 using gemm_fn = void (*)(const gemm_args& args, std::int64_t r0, std::int64_t r1);
 

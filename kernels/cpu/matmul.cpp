@@ -182,7 +182,7 @@ void activation_buffer::quantize(tensor_type weight_type, const float* x, std::i
 }
 
 void matmul(const matrix_view& w, const activation_buffer& x, float* y, std::int64_t y_stride,
-            compute_pool& pool) {
+            compute_pool& pool, const sum_order* orders) {
     // Any weight type that consumes the same activation type will do (Q4_K and Q6_K both
     // take Q8_K), so callers may reuse one conversion across such matrices.
     MOED_ASSERT(activation_type_for(x.weight_type()) == activation_type_for(w.type) && x.cols() == w.cols);
@@ -198,6 +198,8 @@ void matmul(const matrix_view& w, const activation_buffer& x, float* y, std::int
     args.n_tokens = x.n_tokens();
     args.y = y;
     args.y_stride = y_stride;
+    args.rows = w.rows;
+    args.orders = orders;
     const detail::gemm_fn fn = pick_kernel(w.type);
 
     const std::int64_t macs_per_row = std::max<std::int64_t>(1, w.cols * x.n_tokens());
@@ -213,9 +215,9 @@ void matmul(const matrix_view& w, const activation_buffer& x, float* y, std::int
 }
 
 void matmul(const matrix_view& w, const float* x, std::int64_t n_tokens, float* y,
-            std::int64_t y_stride, compute_pool& pool, activation_buffer& scratch) {
+            std::int64_t y_stride, compute_pool& pool, activation_buffer& scratch, const sum_order* orders) {
     scratch.quantize(w.type, x, n_tokens, w.cols, w.cols, &pool);
-    matmul(w, scratch, y, y_stride, pool);
+    matmul(w, scratch, y, y_stride, pool, orders);
 }
 
 void matmul_reference(const matrix_view& w, const float* x, std::int64_t n_tokens, float* y,

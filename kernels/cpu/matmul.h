@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "common/tensor_type.h"
+#include "kernels/cpu/sum_order.h"
 #include "kernels/cpu/thread_pool.h"
 
 namespace moed::kernels {
@@ -58,12 +59,17 @@ private:
 // y = W x for pre-converted activations: x must have been converted for a weight type
 // with the same activation type as w.type (activation_type_for; e.g. Q4_K and Q6_K both
 // use Q8_K, so one conversion serves both), and x.cols() == w.cols.
+// `orders` (x.n_tokens() entries, or null for all `alone`) says per activation row how the
+// dot products of float weights sum (sum_order.h): the caller passes a token's own order
+// where llama.cpp would multiply it in a plain matrix product, and null where llama.cpp
+// always takes its vec_dot path (the experts' products, a single output row).
 void matmul(const matrix_view& w, const activation_buffer& x, float* y, std::int64_t y_stride,
-            compute_pool& pool);
+            compute_pool& pool, const sum_order* orders = nullptr);
 
 // Convenience: converts x into `scratch`, then multiplies.
 void matmul(const matrix_view& w, const float* x, std::int64_t n_tokens, float* y,
-            std::int64_t y_stride, compute_pool& pool, activation_buffer& scratch);
+            std::int64_t y_stride, compute_pool& pool, activation_buffer& scratch,
+            const sum_order* orders = nullptr);
 
 // The scalar reference: dequantizes W and multiplies in double with the same activation
 // conversion. Tests compare every path with it; it is slow and never used by the engine.

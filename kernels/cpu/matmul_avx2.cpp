@@ -41,9 +41,121 @@ inline void q4_k_unpack_scales(const std::uint8_t* packed, std::uint64_t* scales
 
 // ---------------------------------------------------------------------------------------
 // Q4_K x Q8_K
+//
+// llama.cpp's AVX2 build multiplies a Q4_K matrix in one of two ways, and the sums round
+// differently: a matrix whose row count is a multiple of 8 (every matrix of a real model)
+// is repacked at load and goes through its gemv/gemm kernels, anything else through
+// vec_dot_q4_K_q8_K. Both are followed here (q4_k_block_sums gives the integers both
+// start from):
+// - repacked: exact integer sums sum_j sc_j (q_j . x_j) and sum_j m_j bsum_j, each
+//   converted to float and multiplied-added into one running sum per row and token, per
+//   block of 256 values (its gemv kernel, tokens alone and the last n % 4 of a batch) or
+//   per 64 values (its gemm kernel, a batch's whole groups of four: sum_order.h); the
+//   result is the difference of the two sums.
+// - vec_dot: 8 lanes of partial sums per block into an 8-lane float accumulator, the
+//   minimums in 4 lanes (pairs of sub-blocks) with -dmin, both summed horizontally at the
+//   end and added.
+
+// The unpacked weights of one block: nibbles of the 8 sub-blocks, scale vectors, minimums.
+struct q4_k_unpacked {
+    __m256i q[8];
+    __m256i s[8];
+    __m256i mins16;    // each 32-value sub-block's minimum twice, for its two 16-value bsums
+    __m128i mins_u16;  // the 8 minimums
+    std::uint8_t mins[8];
+    float d, dmin;
+};
+
+inline void q4_k_unpack(const block_q4_k& w, q4_k_unpacked* u) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
+    std::uint64_t scales, mins;
+    q4_k_unpack_scales(w.scales, &scales, &mins);
+    // Both 128-bit lanes hold the 8 scales as int16; shuffles pick one per sub-block.
+    const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(scales))));
+    u->mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
+    u->mins_u16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(mins)));
+    std::memcpy(u->mins, &mins, sizeof u->mins);
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) u->s[j] = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(static_cast<short>(0x0100 + 0x0202 * j)));
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; ++j) {
+        const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * j));
+        u->q[2 * j] = _mm256_and_si256(raw, m4);
+        u->q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
+    }
+    u->d = half_to_float(w.d);
+    u->dmin = half_to_float(w.dmin);
+}
+
+// Lane i: sum over the 8 sub-blocks j of sc_j * (values 4i..4i+3 of sub-block j) . x; exact.
+inline __m256i q4_k_block_sums(const q4_k_unpacked& u, const block_q8_k& x) {
+    __m256i sum = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int j = 0; j < 8; ++j) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * j));
+        sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[j], xv), u.s[j]));
+    }
+    return sum;
+}
+
+inline int hsum_epi32(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
+    return _mm_cvtsi128_si32(s);
+}
 
 template <int T>
-void q4_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
+void q4_k_tile_repacked(const gemm_args& a, std::int64_t r, std::int64_t t0) {
+    const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+    const block_q8_k* xb[T];
+    bool in_four[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
+        in_four[t] = a.orders != nullptr && a.orders[t0 + t] == sum_order::batched_in_four;
+    }
+    const std::int64_t nb = a.cols / qk_k;
+    float acc[T] = {};
+    float acc_min[T] = {};
+    q4_k_unpacked u;
+    for (std::int64_t b = 0; b < nb; ++b) {
+        q4_k_unpack(wb[b], &u);
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) {
+            const block_q8_k& x = xb[t][b];
+            const float scale = u.d * x.d;
+            const float scale_min = u.dmin * x.d;
+            // Integer sums per 64 values (two sub-blocks): sc_j (q_j . x_j) and m_j bsum_j.
+            int isum[4], msum[4];
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; ++h) {
+                const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * h));
+                const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * h + 32));
+                isum[h] = hsum_epi32(_mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h], x0), u.s[2 * h]),
+                                                      _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h + 1], x1), u.s[2 * h + 1])));
+                msum[h] = u.mins[2 * h] * (x.bsums[4 * h] + x.bsums[4 * h + 1]) +
+                          u.mins[2 * h + 1] * (x.bsums[4 * h + 2] + x.bsums[4 * h + 3]);
+            }
+            if (in_four[t]) {
+#pragma GCC unroll 4
+                for (int h = 0; h < 4; ++h) {
+                    acc[t] = __builtin_fmaf(static_cast<float>(isum[h]), scale, acc[t]);
+                    acc_min[t] = __builtin_fmaf(static_cast<float>(msum[h]), scale_min, acc_min[t]);
+                }
+            } else {
+                acc[t] = __builtin_fmaf(static_cast<float>(isum[0] + isum[1] + isum[2] + isum[3]), scale, acc[t]);
+                acc_min[t] = __builtin_fmaf(static_cast<float>(msum[0] + msum[1] + msum[2] + msum[3]), scale_min, acc_min[t]);
+            }
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = acc[t] - acc_min[t];
+}
+
+template <int T>
+void q4_k_tile_vec_dot(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
     const block_q8_k* xb[T];
 #pragma GCC unroll 8
@@ -51,50 +163,34 @@ void q4_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
         xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     }
     const std::int64_t nb = a.cols / qk_k;
-    const __m256i m4 = _mm256_set1_epi8(0x0F);
-    const __m128i dup = _mm_setr_epi8(0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7);
     __m256 acc[T];
-    __m256 acc_min[T];
+    __m128 acc_min[T];
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
         acc[t] = _mm256_setzero_ps();
-        acc_min[t] = _mm256_setzero_ps();
+        acc_min[t] = _mm_setzero_ps();
     }
+    q4_k_unpacked u;
     for (std::int64_t b = 0; b < nb; ++b) {
-        const block_q4_k& w = wb[b];
-        std::uint64_t scales, mins;
-        q4_k_unpack_scales(w.scales, &scales, &mins);
-        // Both 128-bit lanes hold the 8 scales as int16; shuffles pick one per sub-block.
-        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(scales))));
-        const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
-        __m256i s[8];
-        __m256i q[8];
-#pragma GCC unroll 8
-        for (int j = 0; j < 8; ++j) s[j] = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(static_cast<short>(0x0100 + 0x0202 * j)));
-#pragma GCC unroll 4
-        for (int j = 0; j < 4; ++j) {
-            const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qs + 32 * j));
-            q[2 * j] = _mm256_and_si256(raw, m4);
-            q[2 * j + 1] = _mm256_and_si256(_mm256_srli_epi16(raw, 4), m4);
-        }
-        const float d = half_to_float(w.d);
-        const float dmin = half_to_float(w.dmin);
+        q4_k_unpack(wb[b], &u);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
             const block_q8_k& x = xb[t][b];
-            __m256i sum = _mm256_setzero_si256();
-#pragma GCC unroll 8
-            for (int j = 0; j < 8; ++j) {
-                const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 32 * j));
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(q[j], xv), s[j]));
-            }
-            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum), _mm256_set1_ps(d * x.d), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(x.d * u.d), _mm256_cvtepi32_ps(q4_k_block_sums(u, x)), acc[t]);
+            // The bsums of each 32-value sub-block (pairs of 16-value sums), times its minimum,
+            // two sub-blocks per lane.
             const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
-            acc_min[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins16)), _mm256_set1_ps(dmin * x.d), acc_min[t]);
+            const __m128i pair_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+            const __m128i prod = _mm_madd_epi16(u.mins_u16, pair_sums);
+            acc_min[t] = _mm_fmadd_ps(_mm_set1_ps(-x.d * u.dmin), _mm_cvtepi32_ps(prod), acc_min[t]);
         }
     }
 #pragma GCC unroll 8
-    for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]) - hsum_ps(acc_min[t]);
+    for (int t = 0; t < T; ++t) {
+        __m128 m = _mm_add_ps(acc_min[t], _mm_movehl_ps(acc_min[t], acc_min[t]));
+        m = _mm_add_ss(m, _mm_movehdup_ps(m));
+        a.y[(t0 + t) * a.y_stride + r] = hsum_ps(acc[t]) + _mm_cvtss_f32(m);
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -190,9 +286,18 @@ void q8_0_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
 
 // ---------------------------------------------------------------------------------------
 // F16 / BF16 / F32
+//
+// Two orders (sum_order.h). batched (llama.cpp's tinyBLAS, for a prompt's plain matrix
+// products): float_tile, one 8-lane FMA accumulator per row and token and its horizontal
+// sum. alone (its vec_dot_f32 / vec_dot_f16, for a token alone and for every expert
+// product): float_row_vec_dot, four accumulators over 32 values at a time, reduced lane by
+// lane and then with two horizontal adds, the values past the last 32 added one by one in
+// double. tinyBLAS takes only lengths that are multiples of 8; other lengths are summed the
+// vec_dot way in both orders. BF16 keeps the tile order for both (not matched to llama.cpp).
 
 struct load_f32 {
     static constexpr std::size_t elem_bytes = 4;
+    static constexpr bool vec_dot_order = true;
     static __m256 load(const std::byte* p) { return _mm256_loadu_ps(reinterpret_cast<const float*>(p)); }
     static float scalar(const std::byte* p) {
         float f;
@@ -202,6 +307,7 @@ struct load_f32 {
 };
 struct load_f16 {
     static constexpr std::size_t elem_bytes = 2;
+    static constexpr bool vec_dot_order = true;
     static __m256 load(const std::byte* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
     static float scalar(const std::byte* p) {
         std::uint16_t h;
@@ -211,6 +317,7 @@ struct load_f16 {
 };
 struct load_bf16 {
     static constexpr std::size_t elem_bytes = 2;
+    static constexpr bool vec_dot_order = false;
     static __m256 load(const std::byte* p) {
         return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))), 16));
     }
@@ -283,7 +390,8 @@ void gemm_quant(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     }
 }
 
-template <int T> struct q4_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_tile<T>(a, r, t0); } };
+template <int T> struct q4_k_repacked_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_tile_repacked<T>(a, r, t0); } };
+template <int T> struct q4_k_vec_dot_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_tile_vec_dot<T>(a, r, t0); } };
 template <int T> struct q6_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q6_k_tile<T>(a, r, t0); } };
 template <int T> struct q8_0_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q8_0_tile<T>(a, r, t0); } };
 
@@ -294,18 +402,84 @@ void float_rows(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64
     for (; r < r1; ++r) float_tile<L, 1, T>(a, r, t0);
 }
 
+// llama.cpp's vec_dot reduction of four 8-lane accumulators: (a0 + a2) + (a1 + a3) lane by
+// lane, the two halves added, then two horizontal adds.
+inline float reduce_vec_dot(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
+    const __m256 v = _mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3));
+    const __m128 t0 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    const __m128 t1 = _mm_hadd_ps(t0, t0);
+    return _mm_cvtss_f32(_mm_hadd_ps(t1, t1));
+}
+
+template <class L>
+void float_row_vec_dot(const gemm_args& a, std::int64_t r, std::int64_t t) {
+    const std::byte* w = a.w + static_cast<std::size_t>(r) * a.w_stride;
+    const std::byte* x = a.x + static_cast<std::size_t>(t) * a.x_stride;
+    __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    const std::int64_t whole = a.cols / 32 * 32;
+    for (std::int64_t c = 0; c < whole; c += 32) {
+#pragma GCC unroll 4
+        for (int j = 0; j < 4; ++j) {
+            const std::size_t off = static_cast<std::size_t>(c + 8 * j) * L::elem_bytes;
+            acc[j] = _mm256_fmadd_ps(L::load(w + off), L::load(x + off), acc[j]);
+        }
+    }
+    double sum = static_cast<double>(reduce_vec_dot(acc[0], acc[1], acc[2], acc[3]));
+    for (std::int64_t k = whole; k < a.cols; ++k) {
+        const std::size_t off = static_cast<std::size_t>(k) * L::elem_bytes;
+        sum += static_cast<double>(L::scalar(w + off) * L::scalar(x + off));
+    }
+    a.y[t * a.y_stride + r] = static_cast<float>(sum);
+}
+
+template <class L>
+void gemm_float_tiles(const gemm_args& a, std::int64_t r0, std::int64_t r1, std::int64_t t_begin, std::int64_t t_end) {
+    std::int64_t t0 = t_begin;
+    for (; t0 + 2 <= t_end; t0 += 2) float_rows<L, 2>(a, r0, r1, t0);
+    if (t0 < t_end) float_rows<L, 1>(a, r0, r1, t0);
+}
+
 template <class L>
 void gemm_float(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
-    std::int64_t t0 = 0;
-    for (; t0 + 2 <= a.n_tokens; t0 += 2) float_rows<L, 2>(a, r0, r1, t0);
-    if (t0 < a.n_tokens) float_rows<L, 1>(a, r0, r1, t0);
+    if (L::vec_dot_order) {
+        // Runs of tokens with the same order: tiles for the batched ones, rows for the others.
+        auto tiled = [&a](std::int64_t t) {
+            return a.cols % 8 == 0 && a.orders != nullptr && a.orders[t] != sum_order::alone;
+        };
+        std::int64_t t = 0;
+        while (t < a.n_tokens) {
+            const bool batched = tiled(t);
+            std::int64_t end = t + 1;
+            while (end < a.n_tokens && tiled(end) == batched) ++end;
+            if (batched) {
+                gemm_float_tiles<L>(a, r0, r1, t, end);
+            } else {
+                for (std::int64_t r = r0; r < r1; ++r) {
+                    for (std::int64_t k = t; k < end; ++k) float_row_vec_dot<L>(a, r, k);
+                }
+            }
+            t = end;
+        }
+        return;
+    }
+    gemm_float_tiles<L>(a, r0, r1, 0, a.n_tokens);
+}
+
+
+// The way llama.cpp multiplies the matrix (see the Q4_K section).
+void gemm_q4_k(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    if (a.rows % 8 == 0) {
+        gemm_quant<q4_k_repacked_kernel>(a, r0, r1);
+    } else {
+        gemm_quant<q4_k_vec_dot_kernel>(a, r0, r1);
+    }
 }
 
 }  // namespace
 
 gemm_fn gemm_avx2(tensor_type weight_type) noexcept {
     switch (weight_type) {
-        case tensor_type::q4_k: return &gemm_quant<q4_k_kernel>;
+        case tensor_type::q4_k: return &gemm_q4_k;
         case tensor_type::q6_k: return &gemm_quant<q6_k_kernel>;
         case tensor_type::q8_0: return &gemm_quant<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;

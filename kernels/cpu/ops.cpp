@@ -45,6 +45,23 @@ void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
     }
 }
 
+void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
+    MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
+    float cos_theta[detail::max_rope_dims / 2];
+    float sin_theta[detail::max_rope_dims / 2];
+    detail::rope_cache(n_rot, pos, freq_base, cos_theta, sin_theta);
+    const int half = n_rot / 2;
+    for (int h = 0; h < n_heads; ++h) {
+        float* v = x + static_cast<std::int64_t>(h) * head_dim;
+        for (int i = 0; i < half; ++i) {
+            const float x0 = v[i];
+            const float x1 = v[i + half];
+            v[i] = std::fma(x0, cos_theta[i], -(x1 * sin_theta[i]));
+            v[i + half] = std::fma(x0, sin_theta[i], x1 * cos_theta[i]);
+        }
+    }
+}
+
 void softmax(float* x, std::int64_t n) {
     MOED_ASSERT(n > 0);
     float max = -INFINITY;

@@ -2,13 +2,16 @@
 // RMSNorm, RoPE (NEOX layout), softmax with top-k routing, SwiGLU, and attention over an
 // f16 KV cache. Each has a scalar reference (namespace `reference`) that tests compare the
 // vectorised path with.
-// Element-wise results (SwiGLU, axpy, RMSNorm's scaling, RoPE) do not depend on the length
-// of the call or on an element's place in it: vector tails use the body's operations, so a
-// call over several tokens' rows gives each row's values alone (batch invariance). Softmax
-// of a row is unchanged by -inf padding.
+// Element-wise results (axpy, RMSNorm's scaling, RoPE) do not depend on the length of the
+// call or on an element's place in it: vector tails use the body's operations, so a call
+// over several tokens' rows gives each row's values alone (batch invariance). SwiGLU and
+// softmax at the AVX2 level end a call as llama.cpp ends a row (the last n % 8 values
+// through libm's expf), so callers apply them one row at a time.
 #pragma once
 
 #include <cstdint>
+
+#include "kernels/cpu/sum_order.h"
 
 namespace moed::kernels {
 
@@ -19,14 +22,17 @@ void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, flo
 // pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot).
 void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
 
-// In-place softmax over n values.
+// In-place softmax over n values. At the AVX2 level its sums follow llama.cpp's soft_max of
+// a row of exactly n values (the last n % 8 values through libm's expf), so padding a row
+// with -inf may change the last bits there; the other levels are unchanged by -inf padding.
 void softmax(float* x, std::int64_t n);
 
 // Picks the k largest of probs[0..n) (ties: lower index first), writes their indices in
 // decreasing order and their probabilities renormalised to sum to 1.
 void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, float* weights);
 
-// out[i] = silu(gate[i]) * up[i]. out may alias gate or up.
+// out[i] = silu(gate[i]) * up[i]. out may alias gate or up. Call it once per row (see
+// above).
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
 
 // The index of the largest of x[0..n) (n > 0); the first one on ties, NaNs skipped (0 when
@@ -40,7 +46,9 @@ void axpy(float a, const float* x, float* y, std::int64_t n);
 // q: [n_head][head_dim] f32; k_cache and v_cache: [n_ctx][n_head_kv][head_dim] f16 bits,
 // position-major; out: [n_head][head_dim]. Head h reads KV head h / (n_head / n_head_kv).
 // Numerics as llama.cpp without flash attention: q is rounded to f16 for q.k, scores are
-// scaled then soft-maxed in f32, probabilities are rounded to f16 for the sum over V.
+// scaled then soft-maxed in f32, probabilities are rounded to f16 for the sum over V. At the
+// AVX2 level both products sum in the order `order` names (sum_order.h), as llama.cpp's
+// AVX2 build does for a prompt token or a token alone.
 // `scratch` holds at least n_kv floats.
 struct attention_args {
     const float* q = nullptr;
@@ -52,6 +60,7 @@ struct attention_args {
     int head_dim = 0;
     float scale = 1.0f;
     float* out = nullptr;
+    sum_order order = sum_order::alone;
 };
 void attention_head(const attention_args& args, int head, float* scratch);
 
@@ -66,6 +75,9 @@ void attention_group(const attention_args& args, int kv_head, float* scratch);
 namespace reference {
 void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
 void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
+// RoPE as llama.cpp's AVX2 build rotates (its C compiled with FMA contraction): the AVX2
+// level's reference.
+void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
 void softmax(float* x, std::int64_t n);
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
 void attention_head(const attention_args& args, int head, float* scratch);
