@@ -22,7 +22,7 @@ namespace fs = std::filesystem;
 const std::string model_name = "tinymoe-qwen3moe-Q4_K_M";
 
 nlohmann::json golden() {
-    std::ifstream in(test::models_dir() + "/golden/" + model_name + ".json");
+    std::ifstream in(test::golden_file(model_name));
     return nlohmann::json::parse(in);
 }
 

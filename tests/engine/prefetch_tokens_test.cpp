@@ -27,7 +27,7 @@ namespace {
 const std::string model_path() { return test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf"; }
 
 nlohmann::json golden() {
-    std::ifstream in(test::models_dir() + "/golden/tinymoe-qwen3moe-Q4_K_M.json");
+    std::ifstream in(test::golden_file("tinymoe-qwen3moe-Q4_K_M"));
     return nlohmann::json::parse(in);
 }
 

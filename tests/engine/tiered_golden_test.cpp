@@ -45,7 +45,7 @@ std::size_t golden_layers(const std::string& model_path) {
 }
 
 void check_budgets(const std::string& model_path, const std::string& golden_name) {
-    std::ifstream in(test::models_dir() + "/golden/" + golden_name + ".json");
+    std::ifstream in(test::golden_file(golden_name));
     const auto golden = nlohmann::json::parse(in);
     const auto resident = run_all(model_path, golden, {}, nullptr);
     ASSERT_EQ(resident.size(), golden["cases"].size());

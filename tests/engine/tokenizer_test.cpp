@@ -203,7 +203,7 @@ TEST(TokenizerQwen3, LongRunsStayLinear) {
 
 void check_golden_prompts(const std::string& golden) {
     const tokenizer& tok = tinymoe();
-    const auto cases = load_json(test::models_dir() + "/golden/" + golden + ".json")["cases"];
+    const auto cases = load_json(test::golden_file(golden))["cases"];
     ASSERT_FALSE(cases.empty());
     int ok = 0;
     for (const auto& c : cases) {

@@ -4,6 +4,9 @@
 
 #include <cstdlib>
 #include <system_error>
+#include <vector>
+
+#include "kernels/cpu/cpu_features.h"
 
 namespace moed::test {
 
@@ -31,6 +34,21 @@ struct temp_dir_holder {
 std::filesystem::path temp_dir() {
     static temp_dir_holder holder;
     return holder.path;
+}
+
+std::string golden_file(const std::string& model) {
+    using kernels::isa;
+    const int active = static_cast<int>(kernels::active_isa());
+    // The active level first, then the levels below it, then the ones above.
+    std::vector<isa> order;
+    for (int l = active; l >= 0; --l) order.push_back(static_cast<isa>(l));
+    for (int l = active + 1; l <= static_cast<int>(isa::avx512); ++l) order.push_back(static_cast<isa>(l));
+    for (isa level : order) {
+        const std::string path = models_dir() + "/golden/" + std::string(kernels::isa_name(level)) + "/" + model + ".json";
+        std::error_code ec;
+        if (std::filesystem::is_regular_file(path, ec)) return path;
+    }
+    return {};
 }
 
 }  // namespace moed::test

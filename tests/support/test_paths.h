@@ -13,5 +13,10 @@ inline std::string models_dir() { return MOED_MODELS_DIR; }
 std::string shared_models_dir();
 // A scratch directory unique to this test process, removed at exit.
 std::filesystem::path temp_dir();
+// The golden file of `model` (models/golden/<isa>/<model>.json) for the kernels' active
+// level, or where that level has none the nearest level that has one: the trained tinymoe
+// model's ids agree across levels, so tests other than the golden test may read any level's
+// file. Empty when no level has one.
+std::string golden_file(const std::string& model);
 
 }  // namespace moed::test
