@@ -96,17 +96,20 @@ int main(int argc, char** argv) {
                     std::vector<float> x(static_cast<std::size_t>(n_tokens * s.cols));
                     for (auto& v : x) v = normal(rng);
                     std::vector<float> y(static_cast<std::size_t>(n_tokens * s.rows));
+                    // A prefill's tokens sum as the engine's prompt tokens do (sum_order.h).
+                    std::vector<sum_order> orders(static_cast<std::size_t>(n_tokens));
+                    for (int t = 0; t < n_tokens; ++t) orders[static_cast<std::size_t>(t)] = prompt_token_order(t, n_tokens);
                     activation_buffer act;
                     auto view_of = [&](std::size_t copy) {
                         const std::byte* base = streaming ? cold.data() + copy * matrix_bytes : one.data();
                         return matrix_view{type, base, s.rows, s.cols, rb};
                     };
                     // Warm up (and size the activation buffer).
-                    matmul(view_of(0), x.data(), n_tokens, y.data(), s.rows, pool, act);
+                    matmul(view_of(0), x.data(), n_tokens, y.data(), s.rows, pool, act, orders.data());
                     // The best batch of calls (a batch lasts about 100 us): the machine may
                     // be shared, and the minimum is the figure least disturbed by others.
                     const auto t_first = clock_type::now();
-                    matmul(view_of(0), x.data(), n_tokens, y.data(), s.rows, pool, act);
+                    matmul(view_of(0), x.data(), n_tokens, y.data(), s.rows, pool, act, orders.data());
                     const int batch = std::max(1, static_cast<int>(100e-6 / std::max(1e-9, seconds_since(t_first))));
                     std::size_t copy = 0;
                     double best_s = 1e30;
@@ -114,7 +117,7 @@ int main(int argc, char** argv) {
                     do {
                         const auto t0 = clock_type::now();
                         for (int k = 0; k < batch; ++k) {
-                            matmul(view_of(copy), x.data(), n_tokens, y.data(), s.rows, pool, act);
+                            matmul(view_of(copy), x.data(), n_tokens, y.data(), s.rows, pool, act, orders.data());
                             if (++copy == n_copies) copy = 0;
                         }
                         best_s = std::min(best_s, seconds_since(t0) / batch);

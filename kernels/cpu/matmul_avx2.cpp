@@ -62,7 +62,6 @@ struct q4_k_unpacked {
     __m256i s[8];
     __m256i mins16;    // each 32-value sub-block's minimum twice, for its two 16-value bsums
     __m128i mins_u16;  // the 8 minimums
-    std::uint8_t mins[8];
     float d, dmin;
 };
 
@@ -75,7 +74,6 @@ inline void q4_k_unpack(const block_q4_k& w, q4_k_unpacked* u) {
     const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(scales))));
     u->mins16 = _mm256_cvtepu8_epi16(_mm_shuffle_epi8(_mm_cvtsi64_si128(static_cast<long long>(mins)), dup));
     u->mins_u16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(mins)));
-    std::memcpy(u->mins, &mins, sizeof u->mins);
 #pragma GCC unroll 8
     for (int j = 0; j < 8; ++j) u->s[j] = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(static_cast<short>(0x0100 + 0x0202 * j)));
 #pragma GCC unroll 4
@@ -99,15 +97,16 @@ inline __m256i q4_k_block_sums(const q4_k_unpacked& u, const block_q8_k& x) {
     return sum;
 }
 
-inline int hsum_epi32(__m256i v) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-    return _mm_cvtsi128_si32(s);
+// The sums of four 8-lane int32 vectors, in the lanes of one 128-bit vector.
+inline __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
+    const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
+// One row x T tokens. A token of the gemv kind adds one integer sum per block; one of the
+// gemm kind (batched_in_four) one per 64 values.
 template <int T>
-void q4_k_tile_repacked(const gemm_args& a, std::int64_t r, std::int64_t t0) {
+void q4_k_repacked_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
     const block_q8_k* xb[T];
     bool in_four[T];
@@ -117,6 +116,7 @@ void q4_k_tile_repacked(const gemm_args& a, std::int64_t r, std::int64_t t0) {
         in_four[t] = a.orders != nullptr && a.orders[t0 + t] == sum_order::batched_in_four;
     }
     const std::int64_t nb = a.cols / qk_k;
+    const __m256i zero = _mm256_setzero_si256();
     float acc[T] = {};
     float acc_min[T] = {};
     q4_k_unpacked u;
@@ -127,31 +127,144 @@ void q4_k_tile_repacked(const gemm_args& a, std::int64_t r, std::int64_t t0) {
             const block_q8_k& x = xb[t][b];
             const float scale = u.d * x.d;
             const float scale_min = u.dmin * x.d;
-            // Integer sums per 64 values (two sub-blocks): sc_j (q_j . x_j) and m_j bsum_j.
-            int isum[4], msum[4];
+            // Lane j: m_j * (sub-block j's activation sum).
+            const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)), u.mins16);
+            if (!in_four[t]) {
+                alignas(16) float sums[4];
+                _mm_store_ps(sums, _mm_cvtepi32_ps(hsum4_epi32(q4_k_block_sums(u, x), mins, zero, zero)));
+                acc[t] = __builtin_fmaf(sums[0], scale, acc[t]);
+                acc_min[t] = __builtin_fmaf(sums[1], scale_min, acc_min[t]);
+                continue;
+            }
+            __m256i part[4];
 #pragma GCC unroll 4
             for (int h = 0; h < 4; ++h) {
                 const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * h));
                 const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * h + 32));
-                isum[h] = hsum_epi32(_mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h], x0), u.s[2 * h]),
-                                                      _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h + 1], x1), u.s[2 * h + 1])));
-                msum[h] = u.mins[2 * h] * (x.bsums[4 * h] + x.bsums[4 * h + 1]) +
-                          u.mins[2 * h + 1] * (x.bsums[4 * h + 2] + x.bsums[4 * h + 3]);
+                part[h] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h], x0), u.s[2 * h]),
+                                           _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h + 1], x1), u.s[2 * h + 1]));
             }
-            if (in_four[t]) {
+            // Pairs of lanes: [m0 + m1, m2 + m3, ., . | m4 + m5, m6 + m7, ., .].
+            const __m256i min_pairs = _mm256_hadd_epi32(mins, mins);
+            const __m128i min_four = _mm_unpacklo_epi64(_mm256_castsi256_si128(min_pairs), _mm256_extracti128_si256(min_pairs, 1));
+            alignas(16) float isums[4], msums[4];
+            _mm_store_ps(isums, _mm_cvtepi32_ps(hsum4_epi32(part[0], part[1], part[2], part[3])));
+            _mm_store_ps(msums, _mm_cvtepi32_ps(min_four));
 #pragma GCC unroll 4
-                for (int h = 0; h < 4; ++h) {
-                    acc[t] = __builtin_fmaf(static_cast<float>(isum[h]), scale, acc[t]);
-                    acc_min[t] = __builtin_fmaf(static_cast<float>(msum[h]), scale_min, acc_min[t]);
-                }
-            } else {
-                acc[t] = __builtin_fmaf(static_cast<float>(isum[0] + isum[1] + isum[2] + isum[3]), scale, acc[t]);
-                acc_min[t] = __builtin_fmaf(static_cast<float>(msum[0] + msum[1] + msum[2] + msum[3]), scale_min, acc_min[t]);
+            for (int h = 0; h < 4; ++h) {
+                acc[t] = __builtin_fmaf(isums[h], scale, acc[t]);
+                acc_min[t] = __builtin_fmaf(msums[h], scale_min, acc_min[t]);
             }
         }
     }
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) a.y[(t0 + t) * a.y_stride + r] = acc[t] - acc_min[t];
+}
+
+// Four rows x one token of the gemv kind (decode, and every expert product): the four rows'
+// block sums come out of one horizontal add tree and their running floats are the lanes of
+// one vector (lane-wise FMAs round as the scalar ones above).
+void q4_k_repacked_rows4_alone(const gemm_args& a, std::int64_t r0, std::int64_t t) {
+    const block_q8_k* xb = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t) * a.x_stride);
+    const std::int64_t nb = a.cols / qk_k;
+    __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
+    q4_k_unpacked u;
+    for (std::int64_t b = 0; b < nb; ++b) {
+        const block_q8_k& x = xb[b];
+        const __m256i bs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums));
+        __m256i isum[4], msum[4];
+        alignas(16) float d[4], dmin[4];
+#pragma GCC unroll 4
+        for (int i = 0; i < 4; ++i) {
+            const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r0 + i) * a.w_stride);
+            q4_k_unpack(wb[b], &u);
+            isum[i] = q4_k_block_sums(u, x);
+            msum[i] = _mm256_madd_epi16(bs, u.mins16);
+            d[i] = u.d;
+            dmin[i] = u.dmin;
+        }
+        const __m128 xd = _mm_set1_ps(x.d);
+        acc = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_epi32(isum[0], isum[1], isum[2], isum[3])), _mm_mul_ps(_mm_load_ps(d), xd), acc);
+        acc_min = _mm_fmadd_ps(_mm_cvtepi32_ps(hsum4_epi32(msum[0], msum[1], msum[2], msum[3])), _mm_mul_ps(_mm_load_ps(dmin), xd),
+                               acc_min);
+    }
+    alignas(16) float out[4];
+    _mm_store_ps(out, _mm_sub_ps(acc, acc_min));
+    for (int i = 0; i < 4; ++i) a.y[t * a.y_stride + r0 + i] = out[i];
+}
+
+// One row x four tokens of the gemm kind (a prompt's whole groups of four, the bulk of a
+// prefill): each token's four per-64-value sums are transposed so that lane t holds token
+// t, and each running float is a lane of one vector.
+void q4_k_repacked_four_tokens_in_four(const gemm_args& a, std::int64_t r, std::int64_t t0) {
+    const auto* wb = reinterpret_cast<const block_q4_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
+    const block_q8_k* xb[4];
+    for (int t = 0; t < 4; ++t) xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
+    const std::int64_t nb = a.cols / qk_k;
+    __m128 acc = _mm_setzero_ps(), acc_min = _mm_setzero_ps();
+    q4_k_unpacked u;
+    for (std::int64_t b = 0; b < nb; ++b) {
+        q4_k_unpack(wb[b], &u);
+        __m128 isum[4], msum[4];  // [token][64-value part]
+        alignas(16) float xd[4];
+#pragma GCC unroll 4
+        for (int t = 0; t < 4; ++t) {
+            const block_q8_k& x = xb[t][b];
+            xd[t] = x.d;
+            __m256i part[4];
+#pragma GCC unroll 4
+            for (int h = 0; h < 4; ++h) {
+                const __m256i x0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * h));
+                const __m256i x1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs + 64 * h + 32));
+                part[h] = _mm256_add_epi32(_mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h], x0), u.s[2 * h]),
+                                           _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[2 * h + 1], x1), u.s[2 * h + 1]));
+            }
+            isum[t] = _mm_cvtepi32_ps(hsum4_epi32(part[0], part[1], part[2], part[3]));
+            const __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.bsums)), u.mins16);
+            const __m256i min_pairs = _mm256_hadd_epi32(mins, mins);
+            msum[t] = _mm_cvtepi32_ps(_mm_unpacklo_epi64(_mm256_castsi256_si128(min_pairs), _mm256_extracti128_si256(min_pairs, 1)));
+        }
+        _MM_TRANSPOSE4_PS(isum[0], isum[1], isum[2], isum[3]);
+        _MM_TRANSPOSE4_PS(msum[0], msum[1], msum[2], msum[3]);
+        const __m128 x_scale = _mm_load_ps(xd);
+        const __m128 scale = _mm_mul_ps(_mm_set1_ps(u.d), x_scale);
+        const __m128 scale_min = _mm_mul_ps(_mm_set1_ps(u.dmin), x_scale);
+#pragma GCC unroll 4
+        for (int h = 0; h < 4; ++h) {
+            acc = _mm_fmadd_ps(isum[h], scale, acc);
+            acc_min = _mm_fmadd_ps(msum[h], scale_min, acc_min);
+        }
+    }
+    alignas(16) float out[4];
+    _mm_store_ps(out, _mm_sub_ps(acc, acc_min));
+    for (int t = 0; t < 4; ++t) a.y[(t0 + t) * a.y_stride + r] = out[t];
+}
+
+void gemm_q4_k_repacked(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
+    if (a.n_tokens == 1 && (a.orders == nullptr || a.orders[0] != sum_order::batched_in_four)) {
+        std::int64_t r = r0;
+        for (; r + 4 <= r1; r += 4) q4_k_repacked_rows4_alone(a, r, 0);
+        for (; r < r1; ++r) q4_k_repacked_tile<1>(a, r, 0);
+        return;
+    }
+    std::int64_t t0 = 0;
+    for (; t0 + 4 <= a.n_tokens; t0 += 4) {
+        const bool all_in_four = a.orders != nullptr && a.orders[t0] == sum_order::batched_in_four &&
+                                 a.orders[t0 + 1] == sum_order::batched_in_four &&
+                                 a.orders[t0 + 2] == sum_order::batched_in_four &&
+                                 a.orders[t0 + 3] == sum_order::batched_in_four;
+        if (all_in_four) {
+            for (std::int64_t r = r0; r < r1; ++r) q4_k_repacked_four_tokens_in_four(a, r, t0);
+        } else {
+            for (std::int64_t r = r0; r < r1; ++r) q4_k_repacked_tile<4>(a, r, t0);
+        }
+    }
+    switch (a.n_tokens - t0) {
+        case 3: for (std::int64_t r = r0; r < r1; ++r) q4_k_repacked_tile<3>(a, r, t0); break;
+        case 2: for (std::int64_t r = r0; r < r1; ++r) q4_k_repacked_tile<2>(a, r, t0); break;
+        case 1: for (std::int64_t r = r0; r < r1; ++r) q4_k_repacked_tile<1>(a, r, t0); break;
+        default: break;
+    }
 }
 
 template <int T>
@@ -390,7 +503,6 @@ void gemm_quant(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     }
 }
 
-template <int T> struct q4_k_repacked_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_tile_repacked<T>(a, r, t0); } };
 template <int T> struct q4_k_vec_dot_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q4_k_tile_vec_dot<T>(a, r, t0); } };
 template <int T> struct q6_k_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q6_k_tile<T>(a, r, t0); } };
 template <int T> struct q8_0_kernel { static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q8_0_tile<T>(a, r, t0); } };
@@ -469,7 +581,7 @@ void gemm_float(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
 // The way llama.cpp multiplies the matrix (see the Q4_K section).
 void gemm_q4_k(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     if (a.rows % 8 == 0) {
-        gemm_quant<q4_k_repacked_kernel>(a, r0, r1);
+        gemm_q4_k_repacked(a, r0, r1);
     } else {
         gemm_quant<q4_k_vec_dot_kernel>(a, r0, r1);
     }

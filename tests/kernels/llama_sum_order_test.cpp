@@ -8,7 +8,8 @@
 // - F32 and F16 matrix products in both sum orders (vec_dot for a token alone, tinyBLAS in
 //   a prompt), lengths that are and are not multiples of 8 and 32;
 // - Q4_K in its three ways: repacked gemv (rows a multiple of 8, alone and a prompt's last
-//   n % 4), repacked gemm (a prompt's whole groups of four), vec_dot (other row counts);
+//   n % 4), repacked gemm (a prompt's whole groups of four), vec_dot (other row counts),
+//   with orders mixed within token tiles, as a prompt has them, and one decode token;
 // - attention (KQ, softmax, KQV) for a token alone and in a prompt, head sizes 64 and 40.
 // The scalar references of every op (double sums) are checked elsewhere; these models
 // document what llama.cpp does and fail on any change of rounding order.
@@ -268,18 +269,25 @@ TEST(llama_sum_order, q4_k_sums_as_repacked_gemv_gemm_or_vec_dot) {
             const std::int64_t nb = cols / qk_k;
             std::vector<block_q8_k> xq(static_cast<std::size_t>(n * nb));
             for (std::int64_t t = 0; t < n; ++t) quantize_activation_row(tensor_type::q4_k, xf.data() + t * cols, xq.data() + t * nb, cols);
-            std::vector<sum_order> token_orders(static_cast<std::size_t>(n));
-            for (std::int64_t t = 0; t < n; ++t) token_orders[static_cast<std::size_t>(t)] = orders[t % 3];
-            std::vector<float> y(static_cast<std::size_t>(n * rows));
-            matmul(matrix_view{tensor_type::q4_k, w.data(), rows, cols, stride}, xf.data(), n, y.data(), rows, pool, act,
-                   token_orders.data());
-            for (std::int64_t t = 0; t < n; ++t) {
-                for (std::int64_t r = 0; r < rows; ++r) {
-                    const auto* wr = reinterpret_cast<const block_q4_k*>(w.data() + static_cast<std::size_t>(r) * stride);
-                    const float want = model_q4_k_dot(wr, xq.data() + t * nb, nb, rows % 8 == 0, orders[t % 3]);
-                    ASSERT_EQ(bits_of(y[static_cast<std::size_t>(t * rows + r)]), bits_of(want))
-                        << "rows " << rows << " cols " << cols << " token " << t << " row " << r << ": "
-                        << y[static_cast<std::size_t>(t * rows + r)] << " vs model " << want;
+            // Orders mixed within token tiles, and as a prompt of 7 has them (a whole group
+            // of four, then three), and a decode token alone.
+            for (int pattern = 0; pattern < 3; ++pattern) {
+                const std::int64_t m = pattern == 2 ? 1 : n;
+                std::vector<sum_order> token_orders(static_cast<std::size_t>(m));
+                for (std::int64_t t = 0; t < m; ++t) {
+                    token_orders[static_cast<std::size_t>(t)] = pattern == 0 ? orders[t % 3] : prompt_token_order(t, m);
+                }
+                std::vector<float> y(static_cast<std::size_t>(m * rows));
+                matmul(matrix_view{tensor_type::q4_k, w.data(), rows, cols, stride}, xf.data(), m, y.data(), rows, pool, act,
+                       token_orders.data());
+                for (std::int64_t t = 0; t < m; ++t) {
+                    for (std::int64_t r = 0; r < rows; ++r) {
+                        const auto* wr = reinterpret_cast<const block_q4_k*>(w.data() + static_cast<std::size_t>(r) * stride);
+                        const float want = model_q4_k_dot(wr, xq.data() + t * nb, nb, rows % 8 == 0, token_orders[static_cast<std::size_t>(t)]);
+                        ASSERT_EQ(bits_of(y[static_cast<std::size_t>(t * rows + r)]), bits_of(want))
+                            << "rows " << rows << " cols " << cols << " pattern " << pattern << " token " << t << " row " << r
+                            << ": " << y[static_cast<std::size_t>(t * rows + r)] << " vs model " << want;
+                    }
                 }
             }
         }
