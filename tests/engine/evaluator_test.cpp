@@ -82,12 +82,18 @@ TEST_P(evaluator_types, batched_sequences_equal_separate_runs) {
     ASSERT_TRUE(eval.run_sequence(a, ca, alone_a));
     ASSERT_TRUE(eval.run_sequence(b, cb, alone_b));
 
-    // Now both prompts in one batch, interleaved, logits for each last token.
+    // Now both prompts in one batch, interleaved, logits for each last token. Each token
+    // keeps the sum order of its place in its own prompt, as run_sequence gives it.
     auto ca2 = make_cache(*m), cb2 = make_cache(*m);
     std::vector<batch_token> batch;
+    auto prompt_token = [](const std::vector<token_id>& p, std::size_t i, kv_cache* cache) {
+        batch_token bt{p[i], static_cast<std::int64_t>(i), cache, i + 1 == p.size()};
+        bt.order = kernels::prompt_token_order(static_cast<std::int64_t>(i), static_cast<std::int64_t>(p.size()));
+        return bt;
+    };
     for (std::size_t i = 0; i < std::max(a.size(), b.size()); ++i) {
-        if (i < a.size()) batch.push_back({a[i], static_cast<std::int64_t>(i), &ca2, i + 1 == a.size()});
-        if (i < b.size()) batch.push_back({b[i], static_cast<std::int64_t>(i), &cb2, i + 1 == b.size()});
+        if (i < a.size()) batch.push_back(prompt_token(a, i, &ca2));
+        if (i < b.size()) batch.push_back(prompt_token(b, i, &cb2));
     }
     std::vector<float> logits(2 * n_vocab);
     ASSERT_TRUE(eval.run(batch, logits.data()));
