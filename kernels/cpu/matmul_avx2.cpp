@@ -5,8 +5,14 @@
 // Q4_K 2*15*127, Q6_K 2*63*127 (codes used unsigned, the -32 offset applied through the
 // bsums), Q8_0 2*128*127 (signs moved from the weights to the activations).
 // Each weight block is unpacked once per tile and reused across up to 4 tokens (quantized)
-// or tiled 4 rows x 2 tokens (float types). Internal linkage throughout; see kernel_impl.h
-// for why no shared inline code may be instantiated here.
+// or tiled 4 rows x 2 tokens (float types).
+// Numerics: every sum rounds as in llama.cpp's AVX2 build, bit for bit, so that greedy
+// output on an AVX2 machine is llama.cpp's there (models/golden/avx2/). Q8_0 and Q6_K
+// already sum as its vec_dot and tinyBLAS kernels do; Q4_K and the float types follow its
+// kernel choice per token (sum_order.h; the Q4_K and float sections say how), and
+// tests/kernels/llama_sum_order_test.cpp holds scalar models of each.
+// Internal linkage throughout; see kernel_impl.h for why no shared inline code may be
+// instantiated here.
 #include <immintrin.h>
 
 #include <cstring>

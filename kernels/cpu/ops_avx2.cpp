@@ -1,8 +1,10 @@
-// AVX2 (+FMA, F16C) versions of the layer ops; numerics as ops_avx512.cpp describes.
+// AVX2 (+FMA, F16C) versions of the layer ops. Numerics: llama.cpp's AVX2 build's, bit for
+// bit (its vector expf, the order of its sums, where its compiler fuses a multiply and an
+// add), so that greedy output on an AVX2 machine is llama.cpp's there; each function says
+// what it follows, and tests/kernels/llama_sum_order_test.cpp holds scalar models.
 // libm is reached through __builtin_* rather than <cmath>, whose inline wrappers would be
 // instantiated here with AVX2 encodings (see kernel_impl.h).
 #include <immintrin.h>
-
 
 #include "kernels/cpu/ops_impl.h"
 
@@ -15,12 +17,6 @@ inline float hsum_ps(__m256 v) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     s = _mm_add_ss(s, _mm_movehdup_ps(s));
     return _mm_cvtss_f32(s);
-}
-
-inline double hsum_pd(__m256d v) {
-    __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
-    s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
-    return _mm_cvtsd_f64(s);
 }
 
 inline float hmax_ps(__m256 v) {
