@@ -22,6 +22,11 @@ constexpr std::int64_t k_parallel_values_min = 16384;
 // of many sequences (many experts with a few rows each) pay; the results are the same bits
 // either way, because every kernel is batch- and thread-invariant.
 constexpr std::size_t k_experts_per_thread_min = 2;
+
+// x += b, as ggml_add.
+void add_bias(float* x, const float* b, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) x[i] = x[i] + b[i];
+}
 }  // namespace
 
 evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_batch)
@@ -46,6 +51,12 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     route_experts_.resize(b * hp.n_expert_used);
     lookahead_.resize(static_cast<std::size_t>(max_lookahead_depth) * b * hp.n_expert);
     expert_out_.resize(b * hp.n_expert_used * embd);
+    if (const auto sh = static_cast<std::size_t>(hp.shared_expert.n_ff); sh > 0) {
+        shared_gate_.resize(b * sh);
+        shared_up_.resize(b * sh);
+        shared_out_.resize(b * embd);
+        shared_scale_.resize(b);
+    }
     for (int i = 0; i < pool.size(); ++i) expert_scratch_.push_back(std::make_unique<expert_scratch>(b, embd, ff));
     group_order_.reserve(hp.n_expert);
     expert_count_.resize(hp.n_expert);
@@ -64,7 +75,8 @@ std::uint64_t evaluator::scratch_bytes() const noexcept {
     };
     std::uint64_t total = of(x_) + of(cur_) + of(q_) + of(k_) + of(v_) + of(attn_) + of(proj_) + of(router_probs_) +
                           of(route_weights_) + of(masked_probs_) + of(lookahead_) + of(route_experts_) +
-                          of(expert_out_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
+                          of(expert_out_) + of(shared_gate_) + of(shared_up_) + of(shared_out_) +
+                          of(shared_scale_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
                           of(handles_) + of(attn_scratch_) + of(out_rows_) + act_.capacity_bytes();
     for (const auto& e : expert_scratch_) {
         total += of(e->gathered) + of(e->gate) + of(e->up) + of(e->down) + e->act.capacity_bytes();
@@ -245,14 +257,31 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     for_tokens(n, [&](std::int64_t t) {
         float* q = q_.data() + t * q_dim;
         float* k = k_.data() + t * kv_dim;
-        for (int h = 0; h < hp.n_head; ++h) kernels::rms_norm(q + h * hd, lw.q_norm, q + h * hd, hd, hp.rms_eps);
-        for (int h = 0; h < hp.n_head_kv; ++h) kernels::rms_norm(k + h * hd, lw.k_norm, k + h * hd, hd, hp.rms_eps);
-        kernels::rope_neox(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
-        kernels::rope_neox(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+        float* v = v_.data() + t * kv_dim;
+        if (lw.bq != nullptr) add_bias(q, lw.bq, q_dim);
+        if (lw.bk != nullptr) add_bias(k, lw.bk, kv_dim);
+        if (lw.bv != nullptr) add_bias(v, lw.bv, kv_dim);
+        switch (hp.qk_norm) {
+            case qk_norm_kind::none: break;
+            case qk_norm_kind::per_head:
+                for (int h = 0; h < hp.n_head; ++h) kernels::rms_norm(q + h * hd, lw.q_norm, q + h * hd, hd, hp.rms_eps);
+                for (int h = 0; h < hp.n_head_kv; ++h) kernels::rms_norm(k + h * hd, lw.k_norm, k + h * hd, hd, hp.rms_eps);
+                break;
+            case qk_norm_kind::whole:
+                kernels::rms_norm(q, lw.q_norm, q, q_dim, hp.rms_eps);
+                kernels::rms_norm(k, lw.k_norm, k, kv_dim, hp.rms_eps);
+                break;
+        }
+        if (hp.rope == rope_kind::neox) {
+            kernels::rope_neox(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+            kernels::rope_neox(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+        } else {
+            kernels::rope_norm(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+            kernels::rope_norm(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+        }
         kv_cache& cache = *batch[t].cache;
         std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.row_elems();
         std::uint16_t* vrow = cache.values(l) + batch[t].pos * cache.row_elems();
-        const float* v = v_.data() + t * kv_dim;
         kernels::fp32_to_fp16_row(k, krow, kv_dim);
         kernels::fp32_to_fp16_row(v, vrow, kv_dim);
     });
@@ -376,6 +405,10 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         } else {
             kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
         }
+        if (!hp.routing.normalize) {
+            // The chosen experts keep their probabilities as the gating gave them.
+            for (int s = 0; s < k; ++s) route_weights_[t * k + s] = probs[route_experts_[t * k + s]];
+        }
     });
     if (!observers_.empty()) {
         const routing_event ev{l,
@@ -427,17 +460,47 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         handles_.clear();
     }
 
-    // Sum the weighted expert outputs in slot order, as llama.cpp adds them, then the residual.
+    const bool has_shared = hp.shared_expert.n_ff > 0;
+    if (has_shared) shared_expert(l, n);
+
+    // Sum the weighted expert outputs in slot order, as llama.cpp adds them, then the shared
+    // expert's output, then the residual.
     for_tokens(n, [&](std::int64_t t) {
         float* x = x_.data() + t * embd;
         const float* eo = expert_out_.data() + static_cast<std::size_t>(t) * k * embd;
+        const float* so = has_shared ? shared_out_.data() + t * embd : nullptr;
         for (std::int64_t j = 0; j < embd; ++j) {
             float sum = eo[j];
             for (int s = 1; s < k; ++s) sum += eo[s * embd + j];
+            if (so != nullptr) sum = sum + so[j];
             x[j] = sum + x[j];
         }
     });
     return {};
+}
+
+void evaluator::shared_expert(std::uint32_t l, std::int64_t n) {
+    const model_hparams& hp = model_.hparams();
+    const layer_weights& lw = model_.layer(l);
+    const std::int64_t embd = hp.n_embd;
+    const std::int64_t ff = hp.shared_expert.n_ff;
+    act_.quantize(lw.shared_gate.type, cur_.data(), n, embd, embd, &pool_);
+    kernels::matmul(lw.shared_gate, act_, shared_gate_.data(), ff, pool_);
+    if (kernels::activation_type_for(lw.shared_up.type) != act_.type()) {
+        act_.quantize(lw.shared_up.type, cur_.data(), n, embd, embd, &pool_);
+    }
+    kernels::matmul(lw.shared_up, act_, shared_up_.data(), ff, pool_);
+    kernels::swiglu(shared_gate_.data(), shared_up_.data(), shared_gate_.data(), n * ff);
+    kernels::matmul(lw.shared_down, shared_gate_.data(), n, shared_out_.data(), embd, pool_, act_);
+    if (!hp.shared_expert.gated) return;
+    kernels::matmul(lw.shared_gate_inp, cur_.data(), n, shared_scale_.data(), 1, pool_, act_);
+    for_tokens(n, [&](std::int64_t t) {
+        // sigmoid as llama.cpp writes it for this gate: silu(g) / g.
+        const float g = shared_scale_[static_cast<std::size_t>(t)];
+        const float scale = g / (1.0f + std::exp(-g)) / g;
+        float* out = shared_out_.data() + t * embd;
+        for (std::int64_t j = 0; j < embd; ++j) out[j] = out[j] * scale;
+    });
 }
 
 result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache& cache,

@@ -1,7 +1,8 @@
-// moe-synth: writes a qwen3moe GGUF of any shape and storage type with random weights, for
-// tests and benchmarks (llama.cpp loads these files too, so both engines run the same bytes).
+// moe-synth: writes a MoE GGUF (qwen3moe by default; --arch llama, qwen2moe or olmoe) of any
+// shape and storage type with random weights, for tests and benchmarks (llama.cpp loads these
+// files too, so both engines run the same bytes).
 //
-//   moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N] [--embd N]
+//   moe-synth -o FILE [--arch A] [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N] [--embd N]
 //             [--heads N] [--kv-heads N] [--head-dim N] [--experts N] [--experts-used N]
 //             [--ff N] [--vocab N] [--ctx N] [--seed S]
 //             [--routing random|realistic [--token-clustering C] [--context-carry G]
@@ -57,7 +58,8 @@ namespace {
 
 void usage() {
     const moed::tools::realistic_routing d;
-    std::printf("usage: moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N]\n"
+    std::printf("usage: moe-synth -o FILE [--arch qwen3moe|llama|qwen2moe|olmoe]\n"
+                "       [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N]\n"
                 "       [--embd N] [--heads N] [--kv-heads N] [--head-dim N] [--experts N]\n"
                 "       [--experts-used N] [--ff N] [--vocab N] [--ctx N] [--seed S]\n"
                 "       [--routing random|realistic [--token-clustering C] [--context-carry G]\n"
@@ -97,6 +99,7 @@ int main(int argc, char** argv) {
         };
         if (a == "-o") out_path = next();
         else if (a == "--type") o.type = next();
+        else if (a == "--arch") o.arch = next();
         else if (a == "--layers") s.layers = parse_number<std::uint32_t>(a, next());
         else if (a == "--embd") s.embd = parse_number<std::int64_t>(a, next());
         else if (a == "--heads") s.heads = parse_number<std::int64_t>(a, next());

@@ -284,11 +284,25 @@ routing_plan make_routing_plan(const synth_shape& s, random_source& rng) {
     return p;
 }
 
+enum class synth_arch : std::uint8_t { qwen3moe, llama, qwen2moe, olmoe };
+
+std::optional<synth_arch> parse_arch(std::string_view name) {
+    if (name == "qwen3moe") return synth_arch::qwen3moe;
+    if (name == "llama") return synth_arch::llama;
+    if (name == "qwen2moe") return synth_arch::qwen2moe;
+    if (name == "olmoe") return synth_arch::olmoe;
+    return std::nullopt;
+}
+
+// The shared expert's width (qwen2moe).
+std::int64_t shared_ff(const synth_shape& s) { return 2 * s.ff; }
+
 struct tensor_set {
     storage::gguf_writer& w;
     const synth_shape& s;
     type_mix mix;
     random_source& rng;
+    synth_arch arch = synth_arch::qwen3moe;
 };
 
 void add_random_model(const tensor_set& t) {
@@ -313,8 +327,26 @@ void add_random_model(const tensor_set& t) {
         w.add_tensor(name("attn_k"), base, {s.embd, kv_dim}, random_tensor(base, s.embd, kv_dim, scale_for(s.embd), rng));
         w.add_tensor(name("attn_v"), more, {s.embd, kv_dim}, random_tensor(more, s.embd, kv_dim, scale_for(s.embd), rng));
         w.add_tensor(name("attn_output"), base, {q_dim, s.embd}, random_tensor(base, q_dim, s.embd, scale_for(q_dim), rng));
-        w.add_tensor(name("attn_q_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
-        w.add_tensor(name("attn_k_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
+        auto bias = [&](const char* what, std::int64_t n) {
+            w.add_tensor("blk." + std::to_string(l) + "." + what + ".bias", tensor_type::f32, {n},
+                         random_tensor(tensor_type::f32, n, 1, 0.5f, rng));
+        };
+        switch (t.arch) {
+            case synth_arch::qwen3moe:
+                w.add_tensor(name("attn_q_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
+                w.add_tensor(name("attn_k_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
+                break;
+            case synth_arch::olmoe:
+                w.add_tensor(name("attn_q_norm"), tensor_type::f32, {q_dim}, random_tensor(tensor_type::f32, q_dim, 1, 1.0f, rng));
+                w.add_tensor(name("attn_k_norm"), tensor_type::f32, {kv_dim}, random_tensor(tensor_type::f32, kv_dim, 1, 1.0f, rng));
+                break;
+            case synth_arch::qwen2moe:
+                bias("attn_q", q_dim);
+                bias("attn_k", kv_dim);
+                bias("attn_v", kv_dim);
+                break;
+            case synth_arch::llama: break;
+        }
         w.add_tensor(name("ffn_norm"), tensor_type::f32, {s.embd}, constant_f32(s.embd, 1.0f));
         w.add_tensor(name("ffn_gate_inp"), tensor_type::f32, {s.embd, s.experts},
                      random_tensor(tensor_type::f32, s.embd, s.experts, scale_for(s.embd) * 4.0f, rng));
@@ -324,6 +356,14 @@ void add_random_model(const tensor_set& t) {
                      random_tensor(base, s.embd, s.ff * s.experts, scale_for(s.embd), rng));
         w.add_tensor(name("ffn_down_exps"), more, {s.ff, s.embd, s.experts},
                      random_tensor(more, s.ff, s.embd * s.experts, scale_for(s.ff), rng));
+        if (t.arch == synth_arch::qwen2moe) {
+            const std::int64_t sh = shared_ff(s);
+            w.add_tensor(name("ffn_gate_inp_shexp"), tensor_type::f32, {s.embd},
+                         random_tensor(tensor_type::f32, s.embd, 1, scale_for(s.embd) * 4.0f, rng));
+            w.add_tensor(name("ffn_gate_shexp"), base, {s.embd, sh}, random_tensor(base, s.embd, sh, scale_for(s.embd), rng));
+            w.add_tensor(name("ffn_up_shexp"), base, {s.embd, sh}, random_tensor(base, s.embd, sh, scale_for(s.embd), rng));
+            w.add_tensor(name("ffn_down_shexp"), more, {sh, s.embd}, random_tensor(more, sh, s.embd, scale_for(sh), rng));
+        }
     }
 }
 
@@ -481,27 +521,46 @@ result<void> synthesize_model(const std::string& path, const synth_shape& s, con
         }
     }
 
+    const auto arch = parse_arch(o.arch);
+    if (!arch) return make_error(errc::invalid_argument, "unknown architecture '{}' (qwen3moe, llama, qwen2moe, olmoe)", o.arch);
+    if (*arch != synth_arch::qwen3moe && o.routing != synth_routing::random) {
+        return make_error(errc::invalid_argument, "architecture {} takes random routing only", o.arch);
+    }
+    if (*arch == synth_arch::olmoe && (q_dim != s.embd || s.kv_heads != s.heads)) {
+        return make_error(errc::invalid_argument, "olmoe needs heads x head_dim = embd and kv_heads = heads");
+    }
+
     storage::gguf_writer w;
-    w.set_string("general.architecture", "qwen3moe");
-    w.set_string("general.name", "moe-synth " + std::string(routing_name(o.routing)) + " " + type);
+    const std::string& a = o.arch;
+    auto key = [&a](const char* name) { return a + "." + name; };
+    w.set_string("general.architecture", a);
+    // qwen3moe files keep the name they always had, so their bytes do not change.
+    w.set_string("general.name", "moe-synth " + (*arch == synth_arch::qwen3moe ? std::string() : a + " ") +
+                                     std::string(routing_name(o.routing)) + " " + type);
     w.set_u32("general.alignment", 32);
-    w.set_u32("qwen3moe.context_length", static_cast<std::uint32_t>(s.ctx));
-    w.set_u32("qwen3moe.embedding_length", static_cast<std::uint32_t>(s.embd));
-    w.set_u32("qwen3moe.block_count", s.layers);
-    w.set_u32("qwen3moe.feed_forward_length", static_cast<std::uint32_t>(s.ff * s.experts_used));
-    w.set_u32("qwen3moe.attention.head_count", static_cast<std::uint32_t>(s.heads));
-    w.set_u32("qwen3moe.attention.head_count_kv", static_cast<std::uint32_t>(s.kv_heads));
-    w.set_u32("qwen3moe.attention.key_length", static_cast<std::uint32_t>(s.head_dim));
-    w.set_u32("qwen3moe.attention.value_length", static_cast<std::uint32_t>(s.head_dim));
-    w.set_u32("qwen3moe.rope.dimension_count", static_cast<std::uint32_t>(s.head_dim));
-    w.set_f32("qwen3moe.rope.freq_base", rope_freq_base);
-    w.set_f32("qwen3moe.attention.layer_norm_rms_epsilon", 1e-6f);
-    w.set_u32("qwen3moe.expert_count", static_cast<std::uint32_t>(s.experts));
-    w.set_u32("qwen3moe.expert_used_count", static_cast<std::uint32_t>(s.experts_used));
-    w.set_u32("qwen3moe.expert_feed_forward_length", static_cast<std::uint32_t>(s.ff));
+    w.set_u32(key("context_length"), static_cast<std::uint32_t>(s.ctx));
+    w.set_u32(key("embedding_length"), static_cast<std::uint32_t>(s.embd));
+    w.set_u32(key("block_count"), s.layers);
+    // llama and olmoe take the experts' width from feed_forward_length; the qwen MoE files
+    // carry the dense equivalent there and the experts' own width under its own key.
+    const bool qwen = *arch == synth_arch::qwen3moe || *arch == synth_arch::qwen2moe;
+    w.set_u32(key("feed_forward_length"), static_cast<std::uint32_t>(qwen ? s.ff * s.experts_used : s.ff));
+    w.set_u32(key("attention.head_count"), static_cast<std::uint32_t>(s.heads));
+    w.set_u32(key("attention.head_count_kv"), static_cast<std::uint32_t>(s.kv_heads));
+    w.set_u32(key("attention.key_length"), static_cast<std::uint32_t>(s.head_dim));
+    w.set_u32(key("attention.value_length"), static_cast<std::uint32_t>(s.head_dim));
+    w.set_u32(key("rope.dimension_count"), static_cast<std::uint32_t>(s.head_dim));
+    w.set_f32(key("rope.freq_base"), rope_freq_base);
+    w.set_f32(key("attention.layer_norm_rms_epsilon"), 1e-6f);
+    w.set_u32(key("expert_count"), static_cast<std::uint32_t>(s.experts));
+    w.set_u32(key("expert_used_count"), static_cast<std::uint32_t>(s.experts_used));
+    if (qwen) w.set_u32(key("expert_feed_forward_length"), static_cast<std::uint32_t>(s.ff));
+    if (*arch == synth_arch::qwen2moe) {
+        w.set_u32(key("expert_shared_feed_forward_length"), static_cast<std::uint32_t>(shared_ff(s)));
+    }
 
     random_source rng(o.seed);
-    const tensor_set tensors{w, s, *mix, rng};
+    const tensor_set tensors{w, s, *mix, rng, *arch};
     if (o.routing == synth_routing::realistic) add_realistic_model(tensors, o.realistic, o.seed);
     else add_random_model(tensors);
     return w.write(path);

@@ -129,6 +129,23 @@ void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, flo
     reference::rms_norm(x, weight, y, n, eps);
 }
 
+void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
+    MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
+    float cos_theta[detail::max_rope_dims / 2];
+    float sin_theta[detail::max_rope_dims / 2];
+    detail::rope_cache(n_rot, pos, freq_base, cos_theta, sin_theta);
+    // Element-wise with no reduction: one scalar loop gives the same bits on every ISA.
+    for (int h = 0; h < n_heads; ++h) {
+        float* v = x + static_cast<std::int64_t>(h) * head_dim;
+        for (int i = 0; i < n_rot / 2; ++i) {
+            const float x0 = v[2 * i];
+            const float x1 = v[2 * i + 1];
+            v[2 * i] = x0 * cos_theta[i] - x1 * sin_theta[i];
+            v[2 * i + 1] = x0 * sin_theta[i] + x1 * cos_theta[i];
+        }
+    }
+}
+
 void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];

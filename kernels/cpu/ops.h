@@ -1,5 +1,5 @@
 // The element-wise and small ops of a transformer layer, each with llama.cpp's numerics:
-// RMSNorm, RoPE (NEOX layout), softmax with top-k routing, SwiGLU, and attention over an
+// RMSNorm, RoPE (NEOX and NORM layouts), softmax with top-k routing, SwiGLU, and attention over an
 // f16 KV cache. Each has a scalar reference (namespace `reference`) that tests compare the
 // vectorised path with.
 // Element-wise results (SwiGLU, axpy, RMSNorm's scaling, RoPE) do not depend on the length
@@ -18,6 +18,9 @@ void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, flo
 // Rotates `n_heads` heads of `head_dim` values in place at position `pos`: NEOX layout,
 // pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot).
 void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
+
+// The same in NORM layout: adjacent pairs (2i, 2i + 1) for 2i < n_rot turn by theta_i.
+void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
 
 // In-place softmax over n values.
 void softmax(float* x, std::int64_t n);
