@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "engine/arch_gptoss.h"
 #include "engine/arch_llama.h"
 #include "engine/arch_olmoe.h"
 #include "engine/arch_qwen2moe.h"
@@ -14,14 +15,70 @@ namespace moed::engine {
 
 namespace {
 
-const std::array<const architecture*, 4>& registry() {
-    static const std::array<const architecture*, 4> all = {&qwen3moe_architecture(), &llama_architecture(),
-                                                           &qwen2moe_architecture(), &olmoe_architecture()};
+const std::array<const architecture*, 5>& registry() {
+    static const std::array<const architecture*, 5> all = {&qwen3moe_architecture(), &llama_architecture(),
+                                                           &qwen2moe_architecture(), &olmoe_architecture(),
+                                                           &gptoss_architecture()};
     return all;
 }
 
 std::string key_of(const model_hparams& hp, std::string_view name) {
     return fmt::format("{}.{}", hp.architecture, name);
+}
+
+// A float key "<arch>.<name>", or `fallback` when absent.
+result<float> float_or(const storage::gguf_file& file, const model_hparams& hp, std::string_view name, float fallback) {
+    const std::string key = key_of(hp, name);
+    if (file.find(key) == nullptr) return fallback;
+    auto v = file.get_float(key);
+    if (!v) return unexpected(std::move(v).error());
+    return static_cast<float>(*v);
+}
+
+// rope.scaling.*, with llama.cpp's defaults (type linear, factor 1, original context the
+// training context, YaRN betas 32 and 1).
+result<void> read_rope_scaling(const storage::gguf_file& file, model_hparams& hp) {
+    std::string type = "linear";
+    if (const std::string key = key_of(hp, "rope.scaling.type"); file.find(key) != nullptr) {
+        auto v = file.get_string(key);
+        if (!v) return unexpected(std::move(v).error());
+        type = std::string(*v);
+    }
+    auto factor = float_or(file, hp, "rope.scaling.factor", 0.0f);
+    if (!factor) return unexpected(std::move(factor).error());
+    auto attn_factor = float_or(file, hp, "rope.scaling.attn_factor", 1.0f);
+    if (!attn_factor) return unexpected(std::move(attn_factor).error());
+    if (!(*factor >= 0.0f && *factor < 1e6f) || !(*attn_factor > 0.0f && *attn_factor < 1e6f)) {
+        return make_error(errc::bad_file, "{}: rope.scaling factor {} or attn_factor {} out of range", file.path(),
+                          *factor, *attn_factor);
+    }
+    const float scale = *factor == 0.0f ? 1.0f : *factor;
+    if (type == "none" || (type == "linear" && scale == 1.0f && *attn_factor == 1.0f)) return {};
+    if (type == "linear") {
+        kernels::rope_scaling sc;
+        sc.freq_scale = 1.0f / scale;
+        sc.attn_factor = *attn_factor;
+        hp.rope_scale = sc;
+        return {};
+    }
+    if (type != "yarn") {
+        return make_error(errc::unsupported, "{}: key '{}' = '{}'; moed supports none, linear and yarn", file.path(),
+                          key_of(hp, "rope.scaling.type"), type);
+    }
+    auto n_ctx_orig = read_positive_or(file, hp, "rope.scaling.original_context_length", 1u << 24,
+                                       static_cast<std::uint64_t>(hp.n_ctx_train));
+    if (!n_ctx_orig) return unexpected(std::move(n_ctx_orig).error());
+    auto beta_fast = float_or(file, hp, "rope.scaling.yarn_beta_fast", 32.0f);
+    if (!beta_fast) return unexpected(std::move(beta_fast).error());
+    auto beta_slow = float_or(file, hp, "rope.scaling.yarn_beta_slow", 1.0f);
+    if (!beta_slow) return unexpected(std::move(beta_slow).error());
+    if (!(*beta_fast > 0.0f) || !(*beta_slow > 0.0f)) {
+        return make_error(errc::bad_file, "{}: YaRN betas {} and {} must be positive", file.path(), *beta_fast,
+                          *beta_slow);
+    }
+    hp.rope_scale = kernels::make_yarn(hp.n_rot, hp.rope_freq_base, scale, static_cast<int>(*n_ctx_orig), *beta_fast,
+                                       *beta_slow, *attn_factor);
+    return {};
 }
 
 }  // namespace
@@ -102,6 +159,8 @@ result<void> read_common_hparams(const storage::gguf_file& file, model_hparams& 
     auto eps = file.get_float(key_of(hp, "attention.layer_norm_rms_epsilon"));
     if (!eps) return unexpected(std::move(eps).error());
     hp.rms_eps = static_cast<float>(*eps);
+
+    MOED_TRY(read_rope_scaling(file, hp));
 
     if (hp.n_head % hp.n_head_kv != 0) {
         return make_error(errc::bad_file, "{}: attention.head_count {} is not a multiple of head_count_kv {}", path,

@@ -7,12 +7,14 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/result.h"
+#include "kernels/cpu/ops.h"
 #include "storage/expert_source.h"
 
 namespace moed::storage {
@@ -31,7 +33,8 @@ enum class qk_norm_kind : std::uint8_t { none, per_head, whole };
 
 // How router logits become expert weights.
 enum class gating_kind : std::uint8_t {
-    softmax,  // softmax over every expert, then the top k of those probabilities
+    softmax,         // softmax over every expert, then the top k of those probabilities
+    softmax_chosen,  // the top k of the logits, then a softmax over the chosen (gpt-oss)
 };
 
 struct routing_config {
@@ -39,7 +42,13 @@ struct routing_config {
     // The chosen experts' weights are divided by their sum (Qwen3, Mixtral) or kept as the
     // gating gave them (Qwen2-MoE, OLMoE).
     bool normalize = true;
+    // The router's logits get a per-expert bias (ffn_gate_inp.bias; gpt-oss).
+    bool bias = false;
 };
+
+// The experts' activation: SwiGLU, silu(gate) x up; or gpt-oss's clamped form,
+// gate' = min(gate, 7), up' = clamp(up, -7, 7), gate' sigmoid(1.702 gate') (up' + 1).
+enum class expert_activation : std::uint8_t { swiglu, swiglu_oai };
 
 // An expert every token goes through besides the routed ones (width 0: none). Gated: its
 // output is scaled by sigmoid(w . x) with a per-layer vector w (Qwen2-MoE).
@@ -69,8 +78,25 @@ struct model_hparams {
     qk_norm_kind qk_norm = qk_norm_kind::none;
     // Q, K and V projections may carry biases (bound when the file has them).
     bool qkv_bias = false;
+    // The attention output projection has a bias; each head has a learned sink logit.
+    bool attn_out_bias = false;
+    bool attn_sinks = false;
+    // Sliding-window attention: layers with l % swa_period < swa_period - 1 attend to the
+    // last swa_window positions only (0: every layer attends to all).
+    std::uint32_t swa_window = 0;
+    std::uint32_t swa_period = 0;
+    // RoPE context scaling from rope.scaling.* (linear or YaRN); absent: none.
+    std::optional<kernels::rope_scaling> rope_scale;
     routing_config routing;
+    expert_activation activation = expert_activation::swiglu;
+    // Each routed expert's gate, up and down outputs get a bias of its own
+    // (ffn_{gate,up,down}_exps.bias; gpt-oss).
+    bool expert_bias = false;
     shared_expert_config shared_expert;
+
+    bool is_swa_layer(std::uint32_t l) const noexcept {
+        return swa_window > 0 && (swa_period == 0 || l % swa_period < swa_period - 1);
+    }
 };
 
 // One architecture: its general.architecture name and how it reads its keys.
@@ -79,6 +105,8 @@ struct architecture {
     // Reads the hyper-parameters (the common ones via read_common_hparams, then its own)
     // and sets the block variants. Errors name the file and the key.
     result<void> (*configure)(const storage::gguf_file& file, model_hparams& hp) = nullptr;
+    // The norm before the feed-forward block, as the file names it (blk.<l>.<name>.weight).
+    std::string_view ffn_norm = "ffn_norm";
 };
 
 // The architecture named `name`; an unsupported name is an error naming the file and
@@ -88,7 +116,9 @@ result<const architecture*> find_architecture(const storage::gguf_file& file, st
 // The keys every architecture has, read as "<arch>.<key>" with llama.cpp's defaults:
 // block_count, embedding_length, attention.head_count(_kv), expert_count,
 // expert_used_count, context_length, attention.key_length/value_length,
-// rope.dimension_count, rope.freq_base, attention.layer_norm_rms_epsilon. Checks the
+// rope.dimension_count, rope.freq_base, attention.layer_norm_rms_epsilon, and the
+// rope.scaling.* keys (type none/linear/yarn, factor, original_context_length,
+// attn_factor, yarn_beta_fast/slow). Checks the
 // relations between them (heads divide evenly, experts used <= experts, even rotary dims).
 result<void> read_common_hparams(const storage::gguf_file& file, model_hparams& hp);
 

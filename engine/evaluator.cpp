@@ -225,7 +225,10 @@ void evaluator::layer_start(std::uint32_t l, std::span<const batch_token> batch)
             kernels::rms_norm(x_.data() + t * embd, tw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
         });
         kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_);
-        for_tokens(n, [&](std::int64_t t) { kernels::softmax(out + t * n_exp, n_exp); });
+        for_tokens(n, [&](std::int64_t t) {
+            if (tw.router_bias != nullptr) add_bias(out + t * n_exp, tw.router_bias, n_exp);
+            kernels::softmax(out + t * n_exp, n_exp);
+        });
     }
     if (layer_start_observers_.empty()) return;
     const lookahead_event ev{l, n, batch, depth, std::span<const float>(lookahead_.data(), rows),
@@ -272,12 +275,13 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
                 kernels::rms_norm(k, lw.k_norm, k, kv_dim, hp.rms_eps);
                 break;
         }
+        const kernels::rope_scaling* scaling = hp.rope_scale ? &*hp.rope_scale : nullptr;
         if (hp.rope == rope_kind::neox) {
-            kernels::rope_neox(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
-            kernels::rope_neox(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+            kernels::rope_neox(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
+            kernels::rope_neox(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
         } else {
-            kernels::rope_norm(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
-            kernels::rope_norm(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+            kernels::rope_norm(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
+            kernels::rope_norm(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
         }
         kv_cache& cache = *batch[t].cache;
         std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.row_elems();
@@ -291,6 +295,7 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     // One work item = one token's query heads that share a KV head (grouped-query attention
     // converts each K/V row once per group).
     const std::int64_t items = n * hp.n_head_kv;
+    const bool swa = hp.is_swa_layer(l);
     const std::size_t group = static_cast<std::size_t>(hp.n_head / hp.n_head_kv);
     auto attend = [&](std::int64_t begin, std::int64_t end, int thread) {
         float* scratch = attn_scratch_.data() + static_cast<std::size_t>(thread) * scratch_ctx_ * group;
@@ -308,6 +313,8 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
             args.head_dim = hd;
             args.scale = scale;
             args.out = attn_.data() + t * q_dim;
+            args.sinks = lw.sinks;
+            if (swa) args.kv_start = std::max<std::int64_t>(0, batch[t].pos + 1 - hp.swa_window);
             kernels::attention_group(args, kv_head, scratch);
         }
     };
@@ -316,7 +323,8 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     kernels::matmul(lw.wo, attn_.data(), n, proj_.data(), embd, pool_, act_);
     for_tokens(n, [&](std::int64_t t) {
         float* x = x_.data() + t * embd;
-        const float* o = proj_.data() + t * embd;
+        float* o = proj_.data() + t * embd;
+        if (lw.bo != nullptr) add_bias(o, lw.bo, embd);
         for (std::int64_t i = 0; i < embd; ++i) x[i] = o[i] + x[i];
     });
 }
@@ -345,8 +353,25 @@ void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w, 
     kernels::matmul(view(w.gate), act, gate, ff, pool);
     if (kernels::activation_type_for(w.up.type) != act.type()) act.quantize(w.up.type, gathered, m, embd, embd, &pool);
     kernels::matmul(view(w.up), act, up, ff, pool);
-    kernels::swiglu(gate, up, gate, m * ff);
+    const layer_weights& lw = model_.layer(layer_of_experts_);
+    if (lw.expert_gate_bias != nullptr) {
+        const float* gb = lw.expert_gate_bias + static_cast<std::size_t>(e) * ff;
+        const float* ub = lw.expert_up_bias + static_cast<std::size_t>(e) * ff;
+        for (std::int64_t r = 0; r < m; ++r) {
+            add_bias(gate + r * ff, gb, ff);
+            add_bias(up + r * ff, ub, ff);
+        }
+    }
+    if (hp.activation == expert_activation::swiglu_oai) {
+        kernels::swiglu_oai(gate, up, gate, m * ff);
+    } else {
+        kernels::swiglu(gate, up, gate, m * ff);
+    }
     kernels::matmul(view(w.down), gate, m, down, embd, pool, act);
+    if (lw.expert_down_bias != nullptr) {
+        const float* db = lw.expert_down_bias + static_cast<std::size_t>(e) * embd;
+        for (std::int64_t r = 0; r < m; ++r) add_bias(down + r * embd, db, embd);
+    }
     for (std::int64_t r = 0; r < m; ++r) {
         const std::int32_t ts = rows[r];
         const float weight = route_weights_[ts];
@@ -392,22 +417,36 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         kernels::rms_norm(x_.data() + t * embd, lw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
     });
     kernels::matmul(lw.router, cur_.data(), n, router_probs_.data(), n_exp, pool_, act_);
+    const bool by_logits = hp.routing.gating == gating_kind::softmax_chosen;
     for_tokens(n, [&](std::int64_t t) {
-        float* probs = router_probs_.data() + t * n_exp;
+        float* probs = router_probs_.data() + t * n_exp;  // the logits until the softmax
+        if (lw.router_bias != nullptr) add_bias(probs, lw.router_bias, n_exp);
+        // What the top-k ranks: the probabilities, or (softmax_chosen) the logits, kept
+        // aside because observers always get the softmax over every expert.
+        float* key = probs;
+        float* masked = masked_probs_.data() + t * n_exp;
+        if (by_logits) {
+            std::copy_n(probs, n_exp, masked);
+            key = masked;
+        }
         kernels::softmax(probs, n_exp);
         if (const std::uint8_t* allowed = batch[t].allowed_experts) {
             // Pruned: the softmax over all experts stays (the observer sees it), the top-k
-            // is taken among the allowed ones. Probabilities are >= 0, so -1 never wins.
+            // is taken among the allowed ones.
             allowed += static_cast<std::size_t>(l) * n_exp;
-            float* masked = masked_probs_.data() + t * n_exp;
-            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? probs[e] : -1.0f;
-            kernels::top_k_routing(masked, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
-        } else {
-            kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? key[e] : -INFINITY;
+            key = masked;
         }
-        if (!hp.routing.normalize) {
+        std::int32_t* chosen = route_experts_.data() + t * k;
+        float* weights = route_weights_.data() + t * k;
+        kernels::top_k_routing(key, n_exp, k, chosen, weights);
+        if (by_logits) {
+            // A softmax over the chosen logits (k values: ggml's scalar loop, as the reference).
+            for (int s = 0; s < k; ++s) weights[s] = key[chosen[s]];
+            kernels::reference::softmax(weights, k);
+        } else if (!hp.routing.normalize) {
             // The chosen experts keep their probabilities as the gating gave them.
-            for (int s = 0; s < k; ++s) route_weights_[t * k + s] = probs[route_experts_[t * k + s]];
+            for (int s = 0; s < k; ++s) weights[s] = probs[chosen[s]];
         }
     });
     if (!observers_.empty()) {
@@ -423,6 +462,7 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         for (const routing_observer& obs : observers_) obs(ev);
     }
 
+    layer_of_experts_ = l;
     // Group the batch's (token, slot) pairs by expert so each expert is applied once.
     std::fill(expert_count_.begin(), expert_count_.end(), 0);
     needed_.clear();

@@ -160,6 +160,7 @@ private:
     std::vector<float> lookahead_;  // [max_lookahead_depth][max_batch][n_expert]
     std::vector<std::int32_t> route_experts_;
     std::vector<float> expert_out_;  // [n][n_expert_used][n_embd]
+    std::uint32_t layer_of_experts_ = 0;  // the layer whose experts apply_expert runs
     // The shared expert's gate and up [n][n_ff], output [n][n_embd] and gate scale [n].
     std::vector<float> shared_gate_, shared_up_, shared_out_, shared_scale_;
     std::vector<std::unique_ptr<expert_scratch>> expert_scratch_;  // [pool size]

@@ -26,8 +26,10 @@ bool computable(tensor_type type) {
     return traits && traits->supported && type != tensor_type::q8_k && type != tensor_type::q8_1;
 }
 
+// The routed experts' stacked weights (their biases are small and stay with the dense
+// weights).
 bool is_routed_expert(const std::string& name) {
-    return name.find("_exps.") != std::string::npos;
+    return name.find("_exps.weight") != std::string::npos;
 }
 
 // Reads file bytes [offset, offset + bytes) into dst with positional reads; `what` names
@@ -137,15 +139,19 @@ public:
         return kernels::matrix_view{t.type, data_of(t), rows, cols, row_bytes(t.type, cols)};
     }
 
-    // A 1-D weight of n values, converted to f32 into owned storage.
-    result<const float*> vector(const std::string& name, std::int64_t n, std::vector<std::vector<float>>& store) {
+    // A 1-D weight of n values (or, with rows > 1, a 2-D one of rows x n), converted to f32
+    // into owned storage.
+    result<const float*> vector(const std::string& name, std::int64_t n, std::vector<std::vector<float>>& store,
+                                std::int64_t rows = 1) {
         auto info = file_.get_tensor(name);
         if (!info) return unexpected(std::move(info).error());
         const storage::gguf_tensor_info& t = **info;
-        if (t.n_dims != 1 || t.ne[0] != n) {
-            return make_error(errc::bad_file, "{}: tensor '{}' has {} values in {} dims, expected {}",
-                              file_.path(), name, t.n_elements(), t.n_dims, n);
+        const bool shape_ok = rows == 1 ? t.n_dims == 1 && t.ne[0] == n : t.n_dims == 2 && t.ne[0] == n && t.ne[1] == rows;
+        if (!shape_ok) {
+            return make_error(errc::bad_file, "{}: tensor '{}' has {} values in {} dims, expected {} x {}",
+                              file_.path(), name, t.n_elements(), t.n_dims, rows, n);
         }
+        n *= rows;
         if (!computable(t.type) || n % traits_of(static_cast<std::uint32_t>(t.type))->block_elems != 0) {
             return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot read as a vector",
                               file_.path(), name, type_name(t.type));
@@ -263,8 +269,22 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
                 MOED_TRY(take_vector(lw.k_norm, "attn_k_norm.weight", kv_dim));
                 break;
         }
-        MOED_TRY(take_vector(lw.ffn_norm, "ffn_norm.weight", hp.n_embd));
+        if (hp.attn_out_bias) MOED_TRY(take_vector(lw.bo, "attn_output.bias", hp.n_embd));
+        if (hp.attn_sinks) MOED_TRY(take_vector(lw.sinks, "attn_sinks.weight", hp.n_head));
+        MOED_TRY(take_vector(lw.ffn_norm, fmt::format("{}.weight", (*arch)->ffn_norm).c_str(), hp.n_embd));
         MOED_TRY(take_matrix(lw.router, "ffn_gate_inp.weight", hp.n_expert, hp.n_embd));
+        if (hp.routing.bias) MOED_TRY(take_vector(lw.router_bias, "ffn_gate_inp.bias", hp.n_expert));
+        if (hp.expert_bias) {
+            auto take_rows = [&](const float*& dst, const char* what, std::int64_t n) -> result<void> {
+                auto v = ld.vector(name(what), n, m->owned_vectors_, hp.n_expert);
+                if (!v) return unexpected(std::move(v).error());
+                dst = *v;
+                return {};
+            };
+            MOED_TRY(take_rows(lw.expert_gate_bias, "ffn_gate_exps.bias", hp.n_ff_exp));
+            MOED_TRY(take_rows(lw.expert_up_bias, "ffn_up_exps.bias", hp.n_ff_exp));
+            MOED_TRY(take_rows(lw.expert_down_bias, "ffn_down_exps.bias", hp.n_embd));
+        }
         if (const std::int64_t ff = hp.shared_expert.n_ff; ff > 0) {
             MOED_TRY(take_matrix(lw.shared_gate, "ffn_gate_shexp.weight", ff, hp.n_embd));
             MOED_TRY(take_matrix(lw.shared_up, "ffn_up_shexp.weight", ff, hp.n_embd));

@@ -34,8 +34,15 @@ struct layer_weights {
     const float* bv = nullptr;         // [n_head_kv * head_dim]
     const float* q_norm = nullptr;     // [head_dim] per head, or [n_head * head_dim] whole
     const float* k_norm = nullptr;     // [head_dim] per head, or [n_head_kv * head_dim] whole
+    const float* bo = nullptr;         // [n_embd]
+    const float* sinks = nullptr;      // [n_head]
     const float* ffn_norm = nullptr;   // [n_embd]
     kernels::matrix_view router;       // [n_expert x n_embd]
+    const float* router_bias = nullptr;  // [n_expert]
+    // Per-expert biases, [n_expert][n_ff_exp] (gate, up) and [n_expert][n_embd] (down).
+    const float* expert_gate_bias = nullptr;
+    const float* expert_up_bias = nullptr;
+    const float* expert_down_bias = nullptr;
     // The shared expert (hparams().shared_expert.n_ff > 0): gate and up [n_ff x n_embd],
     // down [n_embd x n_ff], and its gate vector [1 x n_embd] when it is gated.
     kernels::matrix_view shared_gate, shared_up, shared_down, shared_gate_inp;

@@ -1,4 +1,4 @@
-// moe-synth: writes a MoE GGUF (qwen3moe by default; --arch llama, qwen2moe or olmoe) of any
+// moe-synth: writes a MoE GGUF (qwen3moe by default; --arch llama, qwen2moe, olmoe or gpt-oss) of any
 // shape and storage type with random weights, for tests and benchmarks (llama.cpp loads these
 // files too, so both engines run the same bytes).
 //
@@ -58,7 +58,7 @@ namespace {
 
 void usage() {
     const moed::tools::realistic_routing d;
-    std::printf("usage: moe-synth -o FILE [--arch qwen3moe|llama|qwen2moe|olmoe]\n"
+    std::printf("usage: moe-synth -o FILE [--arch qwen3moe|llama|qwen2moe|olmoe|gpt-oss]\n"
                 "       [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N]\n"
                 "       [--embd N] [--heads N] [--kv-heads N] [--head-dim N] [--experts N]\n"
                 "       [--experts-used N] [--ff N] [--vocab N] [--ctx N] [--seed S]\n"

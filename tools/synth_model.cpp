@@ -284,15 +284,20 @@ routing_plan make_routing_plan(const synth_shape& s, random_source& rng) {
     return p;
 }
 
-enum class synth_arch : std::uint8_t { qwen3moe, llama, qwen2moe, olmoe };
+enum class synth_arch : std::uint8_t { qwen3moe, llama, qwen2moe, olmoe, gptoss };
 
 std::optional<synth_arch> parse_arch(std::string_view name) {
     if (name == "qwen3moe") return synth_arch::qwen3moe;
     if (name == "llama") return synth_arch::llama;
     if (name == "qwen2moe") return synth_arch::qwen2moe;
     if (name == "olmoe") return synth_arch::olmoe;
+    if (name == "gpt-oss") return synth_arch::gptoss;
     return std::nullopt;
 }
+
+// gpt-oss's attention window in synthesized files: short, so that prompts of a few dozen
+// tokens already reach past it.
+constexpr std::uint32_t gptoss_window = 16;
 
 // The shared expert's width (qwen2moe).
 std::int64_t shared_ff(const synth_shape& s) { return 2 * s.ff; }
@@ -341,15 +346,32 @@ void add_random_model(const tensor_set& t) {
                 w.add_tensor(name("attn_k_norm"), tensor_type::f32, {kv_dim}, random_tensor(tensor_type::f32, kv_dim, 1, 1.0f, rng));
                 break;
             case synth_arch::qwen2moe:
+            case synth_arch::gptoss:
                 bias("attn_q", q_dim);
                 bias("attn_k", kv_dim);
                 bias("attn_v", kv_dim);
                 break;
             case synth_arch::llama: break;
         }
-        w.add_tensor(name("ffn_norm"), tensor_type::f32, {s.embd}, constant_f32(s.embd, 1.0f));
+        const bool gptoss = t.arch == synth_arch::gptoss;
+        if (gptoss) {
+            bias("attn_output", s.embd);
+            w.add_tensor(name("attn_sinks"), tensor_type::f32, {s.heads}, random_tensor(tensor_type::f32, s.heads, 1, 2.0f, rng));
+        }
+        w.add_tensor(name(gptoss ? "post_attention_norm" : "ffn_norm"), tensor_type::f32, {s.embd}, constant_f32(s.embd, 1.0f));
         w.add_tensor(name("ffn_gate_inp"), tensor_type::f32, {s.embd, s.experts},
                      random_tensor(tensor_type::f32, s.embd, s.experts, scale_for(s.embd) * 4.0f, rng));
+        if (gptoss) {
+            bias("ffn_gate_inp", s.experts);
+            // Per-expert biases, [n_expert][rows].
+            auto expert_bias = [&](const char* what, std::int64_t rows) {
+                w.add_tensor("blk." + std::to_string(l) + "." + what + ".bias", tensor_type::f32, {rows, s.experts},
+                             random_tensor(tensor_type::f32, rows, s.experts, 0.5f, rng));
+            };
+            expert_bias("ffn_gate_exps", s.ff);
+            expert_bias("ffn_up_exps", s.ff);
+            expert_bias("ffn_down_exps", s.embd);
+        }
         w.add_tensor(name("ffn_gate_exps"), base, {s.embd, s.ff, s.experts},
                      random_tensor(base, s.embd, s.ff * s.experts, scale_for(s.embd), rng));
         w.add_tensor(name("ffn_up_exps"), base, {s.embd, s.ff, s.experts},
@@ -522,7 +544,7 @@ result<void> synthesize_model(const std::string& path, const synth_shape& s, con
     }
 
     const auto arch = parse_arch(o.arch);
-    if (!arch) return make_error(errc::invalid_argument, "unknown architecture '{}' (qwen3moe, llama, qwen2moe, olmoe)", o.arch);
+    if (!arch) return make_error(errc::invalid_argument, "unknown architecture '{}' (qwen3moe, llama, qwen2moe, olmoe, gpt-oss)", o.arch);
     if (*arch != synth_arch::qwen3moe && o.routing != synth_routing::random) {
         return make_error(errc::invalid_argument, "architecture {} takes random routing only", o.arch);
     }
@@ -554,7 +576,14 @@ result<void> synthesize_model(const std::string& path, const synth_shape& s, con
     w.set_f32(key("attention.layer_norm_rms_epsilon"), 1e-6f);
     w.set_u32(key("expert_count"), static_cast<std::uint32_t>(s.experts));
     w.set_u32(key("expert_used_count"), static_cast<std::uint32_t>(s.experts_used));
-    if (qwen) w.set_u32(key("expert_feed_forward_length"), static_cast<std::uint32_t>(s.ff));
+    if (qwen || *arch == synth_arch::gptoss) w.set_u32(key("expert_feed_forward_length"), static_cast<std::uint32_t>(s.ff));
+    if (*arch == synth_arch::gptoss) {
+        // gpt-oss's own settings: a sliding window on every other layer, YaRN x32 from 4096.
+        w.set_u32(key("attention.sliding_window"), gptoss_window);
+        w.set_string(key("rope.scaling.type"), "yarn");
+        w.set_f32(key("rope.scaling.factor"), 32.0f);
+        w.set_u32(key("rope.scaling.original_context_length"), 4096);
+    }
     if (*arch == synth_arch::qwen2moe) {
         w.set_u32(key("expert_shared_feed_forward_length"), static_cast<std::uint32_t>(shared_ff(s)));
     }

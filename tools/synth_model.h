@@ -66,8 +66,9 @@ struct realistic_routing {
 struct synth_options {
     // llama.cpp's architecture name: qwen3moe, llama (Mixtral), qwen2moe (q/k/v biases and a
     // gated shared expert of width 2 x ff), olmoe (whole-projection q/k norms; needs
-    // heads x head_dim = embd and kv_heads = heads). Architectures other than qwen3moe take
-    // random routing only.
+    // heads x head_dim = embd and kv_heads = heads), gpt-oss (biases, sinks, a 16-token
+    // sliding window on even layers, YaRN, biased router and experts). Architectures other
+    // than qwen3moe take random routing only.
     std::string arch = "qwen3moe";
     // F32, F16, BF16, Q8_0, Q4_K, Q6_K or Q4_K_M (llama.cpp's mix: Q6_K for the output head
     // and for attn_v / ffn_down on some layers).

@@ -15,15 +15,36 @@ namespace moed::kernels {
 // y = x / sqrt(mean(x^2) + eps) * weight   (weight may be null: no scaling). y may alias x.
 void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
 
+// Context-length scaling of RoPE as ggml applies it (ggml_rope_ext): theta is interpolated
+// by freq_scale; with ext_factor != 0 (YaRN) the dims between corr_low and corr_high ramp
+// from interpolation to extrapolation and cos/sin are scaled by attn_factor x
+// (1 + 0.1 ln(1 / freq_scale)). make_yarn() computes corr_low/high as ggml does.
+struct rope_scaling {
+    float freq_scale = 1.0f;
+    float ext_factor = 0.0f;
+    float attn_factor = 1.0f;
+    float corr_low = 0.0f;
+    float corr_high = 0.0f;
+};
+// YaRN for a model trained at n_ctx_orig and scaled by `factor` (freq_scale = 1 / factor),
+// with llama.cpp's attention factor (its magnitude correction cancelled, times attn_factor)
+// and correction dims from beta_fast / beta_slow.
+rope_scaling make_yarn(int n_rot, float freq_base, float factor, int n_ctx_orig, float beta_fast, float beta_slow,
+                       float attn_factor);
+
 // Rotates `n_heads` heads of `head_dim` values in place at position `pos`: NEOX layout,
-// pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot).
-void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
+// pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot); `scaling` null:
+// none.
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling = nullptr);
 
 // The same in NORM layout: adjacent pairs (2i, 2i + 1) for 2i < n_rot turn by theta_i.
-void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
+void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling = nullptr);
 
-// In-place softmax over n values.
-void softmax(float* x, std::int64_t n);
+// In-place softmax over n values. `sink`: a logit that joins the max and the sum but has no
+// value of its own (an attention sink; -inf: none).
+void softmax(float* x, std::int64_t n, float sink = -__builtin_inff());
 
 // Picks the k largest of probs[0..n) (ties: lower index first), writes their indices in
 // decreasing order and their probabilities renormalised to sum to 1.
@@ -31,6 +52,11 @@ void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, floa
 
 // out[i] = silu(gate[i]) * up[i]. out may alias gate or up.
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
+
+// gpt-oss's clamped SwiGLU as ggml_swiglu_oai (alpha 1.702, limit 7): g = min(gate, 7),
+// u = clamp(up, -7, 7), out = g / (1 + exp(-1.702 g)) * (u + 1). Scalar with libm's expf on
+// every ISA, as ggml computes it. out may alias gate or up.
+void swiglu_oai(const float* gate, const float* up, float* out, std::int64_t n);
 
 // The index of the largest of x[0..n) (n > 0); the first one on ties, NaNs skipped (0 when
 // every value is NaN). Greedy sampling over a whole vocabulary, once per token and sequence.
@@ -44,7 +70,8 @@ void axpy(float a, const float* x, float* y, std::int64_t n);
 // position-major; out: [n_head][head_dim]. Head h reads KV head h / (n_head / n_head_kv).
 // Numerics as llama.cpp without flash attention: q is rounded to f16 for q.k, scores are
 // scaled then soft-maxed in f32, probabilities are rounded to f16 for the sum over V.
-// `scratch` holds at least n_kv floats.
+// Positions before kv_start are masked (a sliding window), and a head's sink logit (gpt-oss)
+// joins the softmax's max and sum with no value. `scratch` holds at least n_kv floats.
 struct attention_args {
     const float* q = nullptr;
     const std::uint16_t* k_cache = nullptr;
@@ -55,6 +82,8 @@ struct attention_args {
     int head_dim = 0;
     float scale = 1.0f;
     float* out = nullptr;
+    std::int64_t kv_start = 0;     // first position attended (sliding window), < n_kv
+    const float* sinks = nullptr;  // [n_head] sink logits, or null
 };
 void attention_head(const attention_args& args, int head, float* scratch);
 
@@ -68,8 +97,9 @@ void attention_group(const attention_args& args, int kv_head, float* scratch);
 
 namespace reference {
 void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
-void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
-void softmax(float* x, std::int64_t n);
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling = nullptr);
+void softmax(float* x, std::int64_t n, float sink = -__builtin_inff());
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
 void attention_head(const attention_args& args, int head, float* scratch);
 std::int64_t argmax(const float* x, std::int64_t n);

@@ -127,14 +127,16 @@ void rope_apply_avx2(float* x, int n_heads, int head_dim, int n_rot, const float
 
 // The tail is a masked vector whose unused lanes hold -inf for the maximum and 0 in the sum,
 // so padding a row with -inf (as causal masking does) changes none of its results.
-void softmax_avx2(float* x, std::int64_t n) {
+void softmax_avx2(float* x, std::int64_t n, float sink) {
     const __m256 minus_inf = _mm256_set1_ps(-__builtin_inff());
     __m256 vmax = minus_inf;
     std::int64_t i = 0;
     for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
     const __m256i tail = tail_mask(n - i);
     if (i < n) vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(x + i, tail), _mm256_castsi256_ps(tail)));
-    const __m256 mx = _mm256_set1_ps(hmax_ps(vmax));
+    const float row_max = hmax_ps(vmax);
+    const float max = sink > row_max ? sink : row_max;
+    const __m256 mx = _mm256_set1_ps(max);
     double sum = 0.0;
     for (i = 0; i + 8 <= n; i += 8) {
         const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx));
@@ -146,6 +148,7 @@ void softmax_avx2(float* x, std::int64_t n) {
         _mm256_maskstore_ps(x + i, tail, e);
         sum += static_cast<double>(hsum_ps(e));
     }
+    sum += static_cast<double>(__builtin_expf(sink - max));
     const __m256 vinv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
     for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
     if (i < n) _mm256_maskstore_ps(x + i, tail, _mm256_mul_ps(_mm256_maskload_ps(x + i, tail), vinv));
@@ -194,7 +197,9 @@ void attention_head_avx2(const attention_args& args, int head, float* scratch) {
         for (int d = 8 * n_vec; d < dim; ++d) s += q_tail[d - 8 * n_vec] * half_to_float(k[d]);
         scratch[p] = s * args.scale;
     }
-    softmax_avx2(scratch, args.n_kv);
+    // Positions before the window are masked (their exp is 0, as ggml's -inf mask gives).
+    for (std::int64_t p = 0; p < args.kv_start; ++p) scratch[p] = -__builtin_inff();
+    softmax_avx2(scratch, args.n_kv, args.sinks != nullptr ? args.sinks[head] : -__builtin_inff());
     __m256 out[max_head_dim / 8];
     for (int v = 0; v < n_vec; ++v) out[v] = _mm256_setzero_ps();
     float out_tail[8] = {};
