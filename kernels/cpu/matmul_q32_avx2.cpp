@@ -11,7 +11,8 @@
 // ids match llama.cpp at near ties), per row and token:
 // - Q4_0, Q5_0: acc = fma(d_w * d_x, lanes, acc) per block; result hsum(acc).
 // - Q4_1, Q5_1: the same, plus a scalar summs = fma(m_w, s_x, summs) per block (GCC
-//   contracts llama.cpp's `summs += m * s`); result hsum(acc) + summs.
+//   contracts llama.cpp's `summs += m * s`; the product of two halves is exact, so fused
+//   or not, the bits are the same); result hsum(acc) + summs.
 // - IQ4_NL, MXFP4: even blocks into acc1, odd blocks into acc2 (d_x * d_w, MXFP4's d_w the
 //   halved E8M0 scale); result hsum(acc1 + acc2), then a last odd block added as
 //   fma(d, its integer sum, result).
