@@ -12,7 +12,8 @@
 // - Q4_0, Q5_0: acc = fma(d_w * d_x, lanes, acc) per block; result hsum(acc).
 // - Q4_1, Q5_1: the same, plus a scalar summs = fma(m_w, s_x, summs) per block (GCC
 //   contracts llama.cpp's `summs += m * s`; the product of two halves is exact, so fused
-//   or not, the bits are the same); result hsum(acc) + summs.
+//   or not, the bits are the same); result hsum(acc) + summs. The scalar sums of a tile's
+//   (row, token) pairs share one 128-bit FMA per block, a lane each.
 // - IQ4_NL, MXFP4: even blocks into acc1, odd blocks into acc2 (d_x * d_w, MXFP4's d_w the
 //   halved E8M0 scale); result hsum(acc1 + acc2), then a last odd block added as
 //   fma(d, its integer sum, result).
@@ -163,19 +164,31 @@ inline __m256i lanes(const unpacked& u, __m256i x) {
     return _mm256_madd_epi16(_mm256_maddubs_epi16(u.w, xs), _mm256_set1_epi16(1));
 }
 
-// The float state of one (row, token).
+// The float state of one (row, token). Q4_1/Q5_1's minimum sums live apart, in the lanes
+// of one vector per tile (tiles are R x 1 or 1 x T with R, T <= 4: lane i + t), so a tile's
+// scalar fma(m, s, summs) per block are one vector FMA.
 struct acc_state {
     __m256 acc, acc2;
-    float summs;
 };
 
 // Block b of R rows times T tokens, into acc (Second: acc2).
 template <class K, int R, int T, bool Second>
 inline void block_step(const typename K::block* const* wb, const typename K::act* const* xb, std::int64_t b,
-                       acc_state (*st)[T]) {
+                       acc_state (*st)[T], __m128* summs) {
+    static_assert((R == 1 || T == 1) && R <= 4 && T <= 4);
     unpacked u[R];
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) u[i] = unpack<K>(wb[i][b]);
+    if constexpr (K::order == float_order::single_min) {
+        alignas(16) float m[4] = {}, s[4] = {};
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) m[i] = u[i].m;
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) s[t] = act_sum(xb[t][b]);
+        const __m128 mv = R == 1 ? _mm_set1_ps(m[0]) : _mm_load_ps(m);
+        const __m128 sv = T == 1 ? _mm_set1_ps(s[0]) : _mm_load_ps(s);
+        *summs = _mm_fmadd_ps(mv, sv, *summs);
+    }
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) {
         const typename K::act& x = xb[t][b];
@@ -190,7 +203,6 @@ inline void block_step(const typename K::block* const* wb, const typename K::act
             } else {
                 st[i][t].acc = _mm256_fmadd_ps(d, p, st[i][t].acc);
             }
-            if constexpr (K::order == float_order::single_min) st[i][t].summs = fma_ss(u[i].m, act_sum(x), st[i][t].summs);
         }
     }
 }
@@ -207,19 +219,22 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const xblock*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     const std::int64_t nb = a.cols / qk_q32;
     acc_state st[R][T];
+    __m128 summs = _mm_setzero_ps();
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8
-        for (int t = 0; t < T; ++t) st[i][t] = acc_state{_mm256_setzero_ps(), _mm256_setzero_ps(), 0.0f};
+        for (int t = 0; t < T; ++t) st[i][t] = acc_state{_mm256_setzero_ps(), _mm256_setzero_ps()};
     }
     if constexpr (K::order == float_order::paired) {
         for (std::int64_t b = 0; b + 1 < nb; b += 2) {
-            block_step<K, R, T, false>(wb, xb, b, st);
-            block_step<K, R, T, true>(wb, xb, b + 1, st);
+            block_step<K, R, T, false>(wb, xb, b, st, &summs);
+            block_step<K, R, T, true>(wb, xb, b + 1, st, &summs);
         }
     } else {
-        for (std::int64_t b = 0; b < nb; ++b) block_step<K, R, T, false>(wb, xb, b, st);
+        for (std::int64_t b = 0; b < nb; ++b) block_step<K, R, T, false>(wb, xb, b, st, &summs);
     }
+    alignas(16) float mins[4];
+    _mm_store_ps(mins, summs);
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
 #pragma GCC unroll 8
@@ -236,7 +251,7 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
                 }
             } else {
                 out = hsum_ps(st[i][t].acc);
-                if constexpr (K::order == float_order::single_min) out += st[i][t].summs;
+                if constexpr (K::order == float_order::single_min) out += mins[i + t];
             }
             a.y[(t0 + t) * a.y_stride + r0 + i] = out;
         }

@@ -16,7 +16,9 @@
 // - IQ4_NL, MXFP4: llama.cpp's two accumulators, even and odd blocks, are the two halves
 //   of one 512-bit accumulator: one FMA per block pair.
 // - Q4_0, Q5_0, Q4_1, Q5_1: one 256-bit accumulator takes the pair's halves in turn (two
-//   FMAs); Q4_1/Q5_1 add the scalar minimum terms per block.
+//   FMAs); Q4_1/Q5_1's scalar minimum sums of a tile's rows share one 128-bit FMA per
+//   token and block (a lane per row).
+// The f16 scales of a block pair are converted together ([d0, m0, d1, m1]).
 // An odd last block is done with 256-bit vectors. Tiles: 4 rows x 1 token (decode), 4 rows
 // x 4 tokens (prefill); each (row, token) runs the same operations in every tile shape, so
 // results are batch invariant (matmul.h). Internal linkage throughout (see kernel_impl.h).
@@ -37,8 +39,6 @@ namespace moed::kernels::detail {
 
 namespace {
 
-inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
-
 inline float hsum_ps256(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -57,8 +57,23 @@ inline float fma_ss(float a, float b, float c) {
     return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
 }
 
-inline __m512 lo_hi(float lo, float hi) {
-    return _mm512_insertf32x8(_mm512_set1_ps(lo), _mm256_set1_ps(hi), 1);
+// The scales of a block pair as [d0, m0, d1, m1] (m: Q4_1/Q5_1's minimum or Q8_1's sum s,
+// else 0), converted with one vcvtph2ps. `first` points at d, followed by m where the block
+// has one.
+inline __m128 halves_d(const std::uint16_t* d0, const std::uint16_t* d1) {
+    return _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(*d0), *d1, 2));
+}
+
+inline __m128 halves_dm(const std::uint16_t* dm0, const std::uint16_t* dm1) {
+    std::uint32_t a, b;
+    std::memcpy(&a, dm0, sizeof a);
+    std::memcpy(&b, dm1, sizeof b);
+    return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(a)), static_cast<int>(b), 1));
+}
+
+// [d0 x 8 | d1 x 8] from [d0, m0, d1, m1].
+inline __m512 pair_scale(__m128 v) {
+    return _mm512_permutexvar_ps(_mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2), _mm512_castps128_ps512(v));
 }
 
 // The nibble bytes of two blocks -> 64 bytes 0..15 in value order: [low nibbles of the
@@ -107,8 +122,7 @@ struct q4_0_t {
     static constexpr float_order order = float_order::single;
     static __m512i codes(const block& b0, const block& b1) { return unpack_nibbles_pair(b0.qs, b1.qs); }
     static __m256i codes(const block& b) { return unpack_nibbles(b.qs); }
-    static float scale(const block& b) { return half_to_float(b.d); }
-    static float min(const block&) { return 0.0f; }
+    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0.d, &b1.d); }
 };
 struct q5_0_t {
     using block = block_q5_0;
@@ -119,8 +133,7 @@ struct q5_0_t {
         return _mm512_or_si512(unpack_nibbles_pair(b0.qs, b1.qs), high_bits_pair(b0.qh, b1.qh));
     }
     static __m256i codes(const block& b) { return _mm256_or_si256(unpack_nibbles(b.qs), high_bits(b.qh)); }
-    static float scale(const block& b) { return half_to_float(b.d); }
-    static float min(const block&) { return 0.0f; }
+    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0.d, &b1.d); }
 };
 struct q4_1_t {
     using block = block_q4_1;
@@ -129,8 +142,7 @@ struct q4_1_t {
     static constexpr float_order order = float_order::single_min;
     static __m512i codes(const block& b0, const block& b1) { return unpack_nibbles_pair(b0.qs, b1.qs); }
     static __m256i codes(const block& b) { return unpack_nibbles(b.qs); }
-    static float scale(const block& b) { return half_to_float(b.d); }
-    static float min(const block& b) { return half_to_float(b.m); }
+    static __m128 scales(const block& b0, const block& b1) { return halves_dm(&b0.d, &b1.d); }
 };
 struct q5_1_t {
     using block = block_q5_1;
@@ -141,8 +153,7 @@ struct q5_1_t {
         return _mm512_or_si512(unpack_nibbles_pair(b0.qs, b1.qs), high_bits_pair(b0.qh, b1.qh));
     }
     static __m256i codes(const block& b) { return _mm256_or_si256(unpack_nibbles(b.qs), high_bits(b.qh)); }
-    static float scale(const block& b) { return half_to_float(b.d); }
-    static float min(const block& b) { return half_to_float(b.m); }
+    static __m128 scales(const block& b0, const block& b1) { return halves_dm(&b0.d, &b1.d); }
 };
 struct iq4_nl_t {
     using block = block_iq4_nl;
@@ -155,8 +166,7 @@ struct iq4_nl_t {
     static __m256i codes(const block& b) {
         return _mm256_shuffle_epi8(_mm512_castsi512_si256(offset_table(kvalues_iq4nl)), unpack_nibbles(b.qs));
     }
-    static float scale(const block& b) { return half_to_float(b.d); }
-    static float min(const block&) { return 0.0f; }
+    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0.d, &b1.d); }
 };
 struct mxfp4_t {
     using block = block_mxfp4;
@@ -169,12 +179,28 @@ struct mxfp4_t {
     static __m256i codes(const block& b) {
         return _mm256_shuffle_epi8(_mm512_castsi512_si256(offset_table(kvalues_mxfp4)), unpack_nibbles(b.qs));
     }
-    static float scale(const block& b) { return e8m0_to_fp32_half(b.e); }
-    static float min(const block&) { return 0.0f; }
+    static __m128 scales(const block& b0, const block& b1) {
+        return _mm_setr_ps(e8m0_to_fp32_half(b0.e), 0.0f, e8m0_to_fp32_half(b1.e), 0.0f);
+    }
 };
 
-inline float act_sum(const block_q8_1& x) { return half_to_float(x.s); }
-inline float act_sum(const block_q8_0&) { return 0.0f; }
+inline __m128 act_scales(const block_q8_0& x0, const block_q8_0& x1) { return halves_d(&x0.d, &x1.d); }
+inline __m128 act_scales(const block_q8_1& x0, const block_q8_1& x1) { return halves_dm(&x0.d, &x1.d); }
+
+// Lanes i < R of the results: the second entries (m0) and fourth entries (m1) of v[i].
+template <int R>
+inline void row_minimums(const __m128* v, __m128* m0, __m128* m1) {
+    if constexpr (R == 4) {
+        const __m128 lo01 = _mm_unpacklo_ps(v[0], v[1]), lo23 = _mm_unpacklo_ps(v[2], v[3]);
+        const __m128 hi01 = _mm_unpackhi_ps(v[0], v[1]), hi23 = _mm_unpackhi_ps(v[2], v[3]);
+        *m0 = _mm_movehl_ps(lo23, lo01);
+        *m1 = _mm_movehl_ps(hi23, hi01);
+    } else {
+        static_assert(R == 1);
+        *m0 = _mm_permute_ps(v[0], 0x55);
+        *m1 = _mm_permute_ps(v[0], 0xFF);
+    }
+}
 
 // The quants of two consecutive activation blocks as one vector.
 template <class X>
@@ -204,20 +230,18 @@ inline __m256i start_one(__m256i xq) {
     }
 }
 
-// The float state of one (row, token): `acc` is llama.cpp's [acc1 | acc2] for the paired
-// types, and only its low half is used by the others.
-struct acc_state {
-    __m512 acc;
-    float summs;
-};
-
 inline __m256 lo256(__m512 v) { return _mm512_castps512_ps256(v); }
 inline __m256 hi256(__m512 v) { return _mm512_extractf32x8_ps(v, 1); }
 
+// R rows x T tokens. The float state of (row i, token t) is acc[i][t] (llama.cpp's
+// [acc1 | acc2] for the paired types; the others use its low half) and, for Q4_1/Q5_1,
+// lane i of summs[t]: the minimums' sums of the tile's rows go through one vector FMA per
+// token and block, each lane the scalar fma(m, s, summs) of its row.
 template <class K, int R, int T>
 void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     using wblock = typename K::block;
     using xblock = typename K::act;
+    constexpr bool with_min = K::order == float_order::single_min;
     const wblock* wb[R];
     const xblock* xb[T];
 #pragma GCC unroll 8
@@ -225,45 +249,47 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const xblock*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     const std::int64_t nb = a.cols / qk_q32;
-    acc_state st[R][T];
+    __m512 acc[R][T];
+    __m128 summs[T];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) {
+    for (int t = 0; t < T; ++t) {
+        summs[t] = _mm_setzero_ps();
 #pragma GCC unroll 8
-        for (int t = 0; t < T; ++t) st[i][t] = acc_state{_mm512_setzero_ps(), 0.0f};
+        for (int i = 0; i < R; ++i) acc[i][t] = _mm512_setzero_ps();
     }
     std::int64_t b = 0;
     for (; b + 2 <= nb; b += 2) {
         __m512i w[R];
         __m512 dw[R];
-        float m0[R], m1[R];
+        __m128 sc[R];
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
             w[i] = K::codes(wb[i][b], wb[i][b + 1]);
-            dw[i] = lo_hi(K::scale(wb[i][b]), K::scale(wb[i][b + 1]));
-            m0[i] = K::min(wb[i][b]);
-            m1[i] = K::min(wb[i][b + 1]);
+            sc[i] = K::scales(wb[i][b], wb[i][b + 1]);
+            dw[i] = pair_scale(sc[i]);
         }
+        __m128 m0 = _mm_setzero_ps(), m1 = _mm_setzero_ps();
+        if constexpr (with_min) row_minimums<R>(sc, &m0, &m1);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
             const xblock* x = xb[t] + b;
             const __m512i xq = act_pair(x);
             const __m512i start = start_pair<K>(xq);
-            const __m512 dx = lo_hi(half_to_float(x[0].d), half_to_float(x[1].d));
-            const float s0 = act_sum(x[0]), s1 = act_sum(x[1]);
+            const __m128 xsc = act_scales(x[0], x[1]);
+            const __m512 dx = pair_scale(xsc);
+            if constexpr (with_min) {
+                summs[t] = _mm_fmadd_ps(m0, _mm_permute_ps(xsc, 0x55), summs[t]);
+                summs[t] = _mm_fmadd_ps(m1, _mm_permute_ps(xsc, 0xFF), summs[t]);
+            }
 #pragma GCC unroll 8
             for (int i = 0; i < R; ++i) {
                 const __m512 p = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start, w[i], xq));
                 const __m512 d = _mm512_mul_ps(dw[i], dx);
-                acc_state& s = st[i][t];
                 if constexpr (K::order == float_order::paired) {
-                    s.acc = _mm512_fmadd_ps(d, p, s.acc);
+                    acc[i][t] = _mm512_fmadd_ps(d, p, acc[i][t]);
                 } else {
-                    __m256 acc = _mm256_fmadd_ps(lo256(d), lo256(p), lo256(s.acc));
-                    acc = _mm256_fmadd_ps(hi256(d), hi256(p), acc);
-                    s.acc = _mm512_castps256_ps512(acc);
-                    if constexpr (K::order == float_order::single_min) {
-                        s.summs = fma_ss(m1[i], s1, fma_ss(m0[i], s0, s.summs));
-                    }
+                    const __m256 lo = _mm256_fmadd_ps(lo256(d), lo256(p), lo256(acc[i][t]));
+                    acc[i][t] = _mm512_castps256_ps512(_mm256_fmadd_ps(hi256(d), hi256(p), lo));
                 }
             }
         }
@@ -271,37 +297,46 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     // An odd last block: the single types go on accumulating; the paired ones add it after
     // the reduction, as llama.cpp's scalar tail does.
     const bool tail = b < nb;
+    __m256i w1[R];
+    __m128 sc1[R];
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i) {
-        __m256i w1 = _mm256_setzero_si256();
-        float d1 = 0.0f, m1 = 0.0f;
-        if (tail) {
-            w1 = K::codes(wb[i][b]);
-            d1 = K::scale(wb[i][b]);
-            m1 = K::min(wb[i][b]);
-        }
+        w1[i] = _mm256_setzero_si256();
+        sc1[i] = _mm_setzero_ps();
+    }
+    if (tail) {
 #pragma GCC unroll 8
-        for (int t = 0; t < T; ++t) {
-            acc_state& s = st[i][t];
-            __m256i p1 = _mm256_setzero_si256();
-            float dx1 = 0.0f;
-            if (tail) {
-                const __m256i xq = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[t][b].qs));
-                p1 = _mm256_dpbusd_epi32(start_one<K>(xq), w1, xq);
-                dx1 = half_to_float(xb[t][b].d);
-            }
+        for (int i = 0; i < R; ++i) {
+            w1[i] = K::codes(wb[i][b]);
+            sc1[i] = K::scales(wb[i][b], wb[i][b]);
+        }
+    }
+    __m128 m_tail = _mm_setzero_ps(), unused = _mm_setzero_ps();
+    if (with_min && tail) row_minimums<R>(sc1, &m_tail, &unused);
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        __m128 xsc1 = _mm_setzero_ps();
+        __m256i xq1 = _mm256_setzero_si256();
+        if (tail) {
+            xq1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xb[t][b].qs));
+            xsc1 = act_scales(xb[t][b], xb[t][b]);
+            if constexpr (with_min) summs[t] = _mm_fmadd_ps(m_tail, _mm_permute_ps(xsc1, 0x55), summs[t]);
+        }
+        alignas(16) float mins[4];
+        _mm_store_ps(mins, summs[t]);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) {
             float out;
+            const __m256i p1 = tail ? _mm256_dpbusd_epi32(start_one<K>(xq1), w1[i], xq1) : _mm256_setzero_si256();
+            const float d1 = tail ? _mm_cvtss_f32(sc1[i]) * _mm_cvtss_f32(xsc1) : 0.0f;
             if constexpr (K::order == float_order::paired) {
-                out = hsum_ps256(_mm256_add_ps(lo256(s.acc), hi256(s.acc)));
-                if (tail) out = fma_ss(d1 * dx1, static_cast<float>(hsum_epi32(p1)), out);
+                out = hsum_ps256(_mm256_add_ps(lo256(acc[i][t]), hi256(acc[i][t])));
+                if (tail) out = fma_ss(d1, static_cast<float>(hsum_epi32(p1)), out);
             } else {
-                __m256 acc = lo256(s.acc);
-                if (tail) {
-                    acc = _mm256_fmadd_ps(_mm256_set1_ps(d1 * dx1), _mm256_cvtepi32_ps(p1), acc);
-                    if constexpr (K::order == float_order::single_min) s.summs = fma_ss(m1, act_sum(xb[t][b]), s.summs);
-                }
-                out = hsum_ps256(acc);
-                if constexpr (K::order == float_order::single_min) out += s.summs;
+                __m256 acc1 = lo256(acc[i][t]);
+                if (tail) acc1 = _mm256_fmadd_ps(_mm256_set1_ps(d1), _mm256_cvtepi32_ps(p1), acc1);
+                out = hsum_ps256(acc1);
+                if constexpr (with_min) out += mins[i];
             }
             a.y[(t0 + t) * a.y_stride + r0 + i] = out;
         }
