@@ -27,6 +27,12 @@ bool computable(tensor_type type) {
         case tensor_type::q8_0:
         case tensor_type::q4_k:
         case tensor_type::q6_k:
+        case tensor_type::q4_0:
+        case tensor_type::q4_1:
+        case tensor_type::q5_0:
+        case tensor_type::q5_1:
+        case tensor_type::iq4_nl:
+        case tensor_type::mxfp4:
             return true;
         default:
             return false;

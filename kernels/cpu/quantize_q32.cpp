@@ -215,18 +215,34 @@ void quantize_q5_1_weights(const float* x, block_q5_1* y, std::int64_t n) {
     }
 }
 
-// The index of the table entry nearest to v (the first one on ties).
-int nearest_index(const std::int8_t* table, float v) {
-    int best = 0;
-    float best_err = std::fabs(v - static_cast<float>(table[0]));
-    for (int i = 1; i < 16; ++i) {
-        const float err = std::fabs(v - static_cast<float>(table[i]));
-        if (err < best_err) {
-            best = i;
-            best_err = err;
-        }
-    }
-    return best;
+// The index of the entry of an ascending 16-entry grid nearest to v, the lower one on ties:
+// the number of midpoints between neighbours that v exceeds (no branches: the quantizers
+// call this in their inner loops, with unpredictable outcomes).
+int nearest_in_grid(const float* midpoints, float v) {
+    int index = 0;
+    for (int k = 0; k < 15; ++k) index += v > midpoints[k] ? 1 : 0;
+    return index;
+}
+
+struct grid_midpoints {
+    float v[15];
+};
+
+grid_midpoints iq4_nl_midpoints() {
+    grid_midpoints m{};
+    for (int k = 0; k < 15; ++k) m.v[k] = 0.5f * static_cast<float>(kvalues_iq4nl[k] + kvalues_iq4nl[k + 1]);
+    return m;
+}
+
+// MXFP4: the nearest code to v (in units of the doubled table), ties to the smaller
+// magnitude; zero is code 0.
+int nearest_mxfp4_code(float v) {
+    // Midpoints between the doubled magnitudes 0, 1, 2, 3, 4, 6, 8, 12.
+    static constexpr float mid[7] = {0.5f, 1.5f, 2.5f, 3.5f, 5.0f, 7.0f, 10.0f};
+    const float mag = v < 0.0f ? -v : v;
+    int k = 0;
+    for (float m : mid) k += mag > m ? 1 : 0;
+    return v < 0.0f && k != 0 ? 8 + k : k;
 }
 
 // IQ4_NL: a few candidate scales that put the extreme value at or near an end of the
@@ -234,6 +250,7 @@ int nearest_index(const std::int8_t* table, float v) {
 // The candidate explaining the most of the block (largest sumqx^2 / sumq2) wins.
 void quantize_iq4_nl_weights(const float* x, block_iq4_nl* y, std::int64_t n) {
     constexpr int tries = 7;
+    const grid_midpoints mid = iq4_nl_midpoints();
     for (std::int64_t b = 0; b < n / qk_q32; ++b, x += qk_q32) {
         const float max = signed_amax(x);
         int q[qk_q32];
@@ -245,7 +262,7 @@ void quantize_iq4_nl_weights(const float* x, block_iq4_nl* y, std::int64_t n) {
                 const float id = t < -tries ? 127.0f / max : static_cast<float>(kvalues_iq4nl[0] + t) / max;
                 float sumqx = 0.0f, sumq2 = 0.0f;
                 for (int j = 0; j < qk_q32; ++j) {
-                    const float v = static_cast<float>(kvalues_iq4nl[nearest_index(kvalues_iq4nl, x[j] * id)]);
+                    const float v = static_cast<float>(kvalues_iq4nl[nearest_in_grid(mid.v, x[j] * id)]);
                     sumqx += v * x[j];
                     sumq2 += v * v;
                 }
@@ -259,7 +276,7 @@ void quantize_iq4_nl_weights(const float* x, block_iq4_nl* y, std::int64_t n) {
         const float d = fp16_to_fp32(y[b].d);
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         // With d = 0 every code is 8 (table value 1, times 0).
-        for (int j = 0; j < qk_q32; ++j) q[j] = d != 0.0f ? nearest_index(kvalues_iq4nl, x[j] * id) : 8;
+        for (int j = 0; j < qk_q32; ++j) q[j] = d != 0.0f ? nearest_in_grid(mid.v, x[j] * id) : 8;
         pack_nibbles(q, y[b].qs);
     }
 }
@@ -288,7 +305,7 @@ void quantize_mxfp4_weights(const float* x, block_mxfp4* y, std::int64_t n) {
             int codes[qk_q32];
             double err = 0.0;
             for (int j = 0; j < qk_q32; ++j) {
-                codes[j] = nearest_index(kvalues_mxfp4, x[j] / step);
+                codes[j] = nearest_mxfp4_code(x[j] / step);
                 const double diff = static_cast<double>(kvalues_mxfp4[codes[j]]) * step - x[j];
                 err += diff * diff;
             }
