@@ -30,6 +30,7 @@
 #include <immintrin.h>
 #pragma GCC diagnostic pop
 
+#include <cstddef>
 #include <cstring>
 
 #include "kernels/cpu/kernel_impl.h"
@@ -58,18 +59,25 @@ inline float fma_ss(float a, float b, float c) {
 }
 
 // The scales of a block pair as [d0, m0, d1, m1] (m: Q4_1/Q5_1's minimum or Q8_1's sum s,
-// else 0), converted with one vcvtph2ps. `first` points at d, followed by m where the block
-// has one.
-inline __m128 halves_d(const std::uint16_t* d0, const std::uint16_t* d1) {
-    return _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(*d0), *d1, 2));
+// else 0), converted with one vcvtph2ps. Every block with f16 scales starts with d, then m
+// or s where it has one (static_asserts below).
+inline __m128 halves_d(const void* block0, const void* block1) {
+    std::uint16_t a, b;
+    std::memcpy(&a, block0, sizeof a);
+    std::memcpy(&b, block1, sizeof b);
+    return _mm_cvtph_ps(_mm_insert_epi16(_mm_cvtsi32_si128(a), b, 2));
 }
 
-inline __m128 halves_dm(const std::uint16_t* dm0, const std::uint16_t* dm1) {
+inline __m128 halves_dm(const void* block0, const void* block1) {
     std::uint32_t a, b;
-    std::memcpy(&a, dm0, sizeof a);
-    std::memcpy(&b, dm1, sizeof b);
+    std::memcpy(&a, block0, sizeof a);
+    std::memcpy(&b, block1, sizeof b);
     return _mm_cvtph_ps(_mm_insert_epi32(_mm_cvtsi32_si128(static_cast<int>(a)), static_cast<int>(b), 1));
 }
+
+static_assert(offsetof(block_q4_0, d) == 0 && offsetof(block_q5_0, d) == 0 && offsetof(block_iq4_nl, d) == 0 &&
+              offsetof(block_q8_0, d) == 0);
+static_assert(offsetof(block_q4_1, m) == 2 && offsetof(block_q5_1, m) == 2 && offsetof(block_q8_1, s) == 2);
 
 // [d0 x 8 | d1 x 8] from [d0, m0, d1, m1].
 inline __m512 pair_scale(__m128 v) {
@@ -122,7 +130,7 @@ struct q4_0_t {
     static constexpr float_order order = float_order::single;
     static __m512i codes(const block& b0, const block& b1) { return unpack_nibbles_pair(b0.qs, b1.qs); }
     static __m256i codes(const block& b) { return unpack_nibbles(b.qs); }
-    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0.d, &b1.d); }
+    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0, &b1); }
 };
 struct q5_0_t {
     using block = block_q5_0;
@@ -133,7 +141,7 @@ struct q5_0_t {
         return _mm512_or_si512(unpack_nibbles_pair(b0.qs, b1.qs), high_bits_pair(b0.qh, b1.qh));
     }
     static __m256i codes(const block& b) { return _mm256_or_si256(unpack_nibbles(b.qs), high_bits(b.qh)); }
-    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0.d, &b1.d); }
+    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0, &b1); }
 };
 struct q4_1_t {
     using block = block_q4_1;
@@ -142,7 +150,7 @@ struct q4_1_t {
     static constexpr float_order order = float_order::single_min;
     static __m512i codes(const block& b0, const block& b1) { return unpack_nibbles_pair(b0.qs, b1.qs); }
     static __m256i codes(const block& b) { return unpack_nibbles(b.qs); }
-    static __m128 scales(const block& b0, const block& b1) { return halves_dm(&b0.d, &b1.d); }
+    static __m128 scales(const block& b0, const block& b1) { return halves_dm(&b0, &b1); }
 };
 struct q5_1_t {
     using block = block_q5_1;
@@ -153,7 +161,7 @@ struct q5_1_t {
         return _mm512_or_si512(unpack_nibbles_pair(b0.qs, b1.qs), high_bits_pair(b0.qh, b1.qh));
     }
     static __m256i codes(const block& b) { return _mm256_or_si256(unpack_nibbles(b.qs), high_bits(b.qh)); }
-    static __m128 scales(const block& b0, const block& b1) { return halves_dm(&b0.d, &b1.d); }
+    static __m128 scales(const block& b0, const block& b1) { return halves_dm(&b0, &b1); }
 };
 struct iq4_nl_t {
     using block = block_iq4_nl;
@@ -166,7 +174,7 @@ struct iq4_nl_t {
     static __m256i codes(const block& b) {
         return _mm256_shuffle_epi8(_mm512_castsi512_si256(offset_table(kvalues_iq4nl)), unpack_nibbles(b.qs));
     }
-    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0.d, &b1.d); }
+    static __m128 scales(const block& b0, const block& b1) { return halves_d(&b0, &b1); }
 };
 struct mxfp4_t {
     using block = block_mxfp4;
@@ -184,8 +192,8 @@ struct mxfp4_t {
     }
 };
 
-inline __m128 act_scales(const block_q8_0& x0, const block_q8_0& x1) { return halves_d(&x0.d, &x1.d); }
-inline __m128 act_scales(const block_q8_1& x0, const block_q8_1& x1) { return halves_dm(&x0.d, &x1.d); }
+inline __m128 act_scales(const block_q8_0& x0, const block_q8_0& x1) { return halves_d(&x0, &x1); }
+inline __m128 act_scales(const block_q8_1& x0, const block_q8_1& x1) { return halves_dm(&x0, &x1); }
 
 // Lanes i < R of the results: the second entries (m0) and fourth entries (m1) of v[i].
 template <int R>
