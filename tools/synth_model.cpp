@@ -52,6 +52,12 @@ std::optional<type_mix> parse_type(const std::string& name) {
     if (name == "Q4_K") return type_mix{tensor_type::q4_k};
     if (name == "Q6_K") return type_mix{tensor_type::q6_k};
     if (name == "Q4_K_M") return type_mix{tensor_type::q4_k, true};
+    if (name == "Q4_0") return type_mix{tensor_type::q4_0};
+    if (name == "Q4_1") return type_mix{tensor_type::q4_1};
+    if (name == "Q5_0") return type_mix{tensor_type::q5_0};
+    if (name == "Q5_1") return type_mix{tensor_type::q5_1};
+    if (name == "IQ4_NL") return type_mix{tensor_type::iq4_nl};
+    if (name == "MXFP4") return type_mix{tensor_type::mxfp4};
     return std::nullopt;
 }
 
@@ -522,7 +528,7 @@ std::optional<synth_routing> parse_routing(std::string_view name) noexcept {
 result<void> synthesize_model(const std::string& path, const synth_shape& s, const synth_options& o) {
     const std::string& type = o.type;
     const auto mix = parse_type(type);
-    if (!mix) return make_error(errc::invalid_argument, "unknown type '{}' (F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_K_M)", type);
+    if (!mix) return make_error(errc::invalid_argument, "unknown type '{}' (F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_K_M, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4)", type);
     if (s.layers == 0 || s.embd <= 0 || s.heads <= 0 || s.kv_heads <= 0 || s.head_dim <= 0 || s.experts <= 0 ||
         s.experts_used <= 0 || s.ff <= 0 || s.ctx <= 0) {
         return make_error(errc::invalid_argument, "every dimension of the shape must be positive");

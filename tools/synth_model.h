@@ -70,8 +70,8 @@ struct synth_options {
     // sliding window on even layers, YaRN, biased router and experts). Architectures other
     // than qwen3moe take random routing only.
     std::string arch = "qwen3moe";
-    // F32, F16, BF16, Q8_0, Q4_K, Q6_K or Q4_K_M (llama.cpp's mix: Q6_K for the output head
-    // and for attn_v / ffn_down on some layers).
+    // F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4 or Q4_K_M
+    // (llama.cpp's mix: Q6_K for the output head and for attn_v / ffn_down on some layers).
     std::string type = "Q4_K_M";
     std::uint64_t seed = 1;
     synth_routing routing = synth_routing::random;

@@ -35,19 +35,36 @@ gemm_fn gemm_scalar(tensor_type weight_type) noexcept;
 gemm_fn gemm_avx2(tensor_type weight_type) noexcept;
 gemm_fn gemm_avx512(tensor_type weight_type) noexcept;
 
+// The same for the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4; files
+// matmul_q32*.cpp); the per-level dispatchers above hand those types on to these.
+gemm_fn gemm_q32_scalar(tensor_type weight_type) noexcept;
+gemm_fn gemm_q32_avx2(tensor_type weight_type) noexcept;
+gemm_fn gemm_q32_avx512(tensor_type weight_type) noexcept;
+
+// Row conversions of the 32-value block types and Q8_1 (quantize_q32.cpp); quantize.cpp's
+// entry points hand those types, and only those, on to these.
+void dequantize_q32_row(tensor_type type, const void* src, float* dst, std::int64_t n);
+void quantize_q32_row(tensor_type type, const float* src, void* dst, std::int64_t n);
+// Q4_1/Q5_1 rows as their two parts: q * d per value, and each block's m (for the reference,
+// which applies m with the activation block's sum s, as the kernels and llama.cpp do).
+void dequantize_q32_split(tensor_type type, const void* src, float* scaled, float* mins, std::int64_t n);
+
 // Activation conversions (f32 -> the type a weight type consumes); all produce the same
 // bits as the scalar versions. n is a multiple of the block size.
 using convert_fn = void (*)(const float* x, void* dst, std::int64_t n);
 void quantize_q8_0_act_scalar(const float* x, void* dst, std::int64_t n);
 void quantize_q8_k_act_scalar(const float* x, void* dst, std::int64_t n);
+void quantize_q8_1_act_scalar(const float* x, void* dst, std::int64_t n);
 void convert_f16_scalar(const float* x, void* dst, std::int64_t n);
 void convert_bf16_scalar(const float* x, void* dst, std::int64_t n);
 void quantize_q8_0_act_avx2(const float* x, void* dst, std::int64_t n);
 void quantize_q8_k_act_avx2(const float* x, void* dst, std::int64_t n);
+void quantize_q8_1_act_avx2(const float* x, void* dst, std::int64_t n);
 void convert_f16_avx2(const float* x, void* dst, std::int64_t n);
 void convert_bf16_avx2(const float* x, void* dst, std::int64_t n);
 void quantize_q8_0_act_avx512(const float* x, void* dst, std::int64_t n);
 void quantize_q8_k_act_avx512(const float* x, void* dst, std::int64_t n);
+void quantize_q8_1_act_avx512(const float* x, void* dst, std::int64_t n);
 void convert_f16_avx512(const float* x, void* dst, std::int64_t n);
 void convert_bf16_avx512(const float* x, void* dst, std::int64_t n);
 
@@ -69,6 +86,16 @@ static inline int round_nearest_even(float v) noexcept {
     std::uint32_t u;
     __builtin_memcpy(&u, &t, sizeof u);
     return static_cast<int>(u & 0x007fffffu) - 0x00400000;
+}
+
+// The E8M0 scale of an MXFP4 block halved, 2^(e - 128), bit for bit as ggml's
+// ggml_e8m0_to_fp32_half: e = 0 and 1 give the subnormals 2^-128 and 2^-127, and e = 255
+// (NaN in the OCP format) gives 2^127 like any other exponent.
+static inline float e8m0_to_fp32_half(std::uint8_t e) noexcept {
+    const std::uint32_t bits = e < 2 ? 0x00200000u << e : static_cast<std::uint32_t>(e - 1) << 23;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
 }  // namespace moed::kernels::detail

@@ -311,6 +311,12 @@ gemm_fn gemm_avx2(tensor_type weight_type) noexcept {
         case tensor_type::f16: return &gemm_float<load_f16>;
         case tensor_type::bf16: return &gemm_float<load_bf16>;
         case tensor_type::f32: return &gemm_float<load_f32>;
+        case tensor_type::q4_0:
+        case tensor_type::q4_1:
+        case tensor_type::q5_0:
+        case tensor_type::q5_1:
+        case tensor_type::iq4_nl:
+        case tensor_type::mxfp4: return gemm_q32_avx2(weight_type);
         default: return nullptr;
     }
 }

@@ -44,4 +44,72 @@ struct block_q8_k {
 };
 static_assert(sizeof(block_q8_k) == 292);
 
+// ---------------------------------------------------------------------------------------
+// The 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4) and the Q8_1 activations
+// that Q4_1/Q5_1 dot products consume. In every one, byte j of the 16 nibble bytes holds
+// value j in its low nibble and value j + 16 in its high nibble.
+
+inline constexpr int qk_q32 = 32;
+
+// value = (q - 8) * d
+struct block_q4_0 {
+    std::uint16_t d;
+    std::uint8_t qs[qk_q32 / 2];
+};
+static_assert(sizeof(block_q4_0) == 18);
+
+// value = q * d + m
+struct block_q4_1 {
+    std::uint16_t d;
+    std::uint16_t m;
+    std::uint8_t qs[qk_q32 / 2];
+};
+static_assert(sizeof(block_q4_1) == 20);
+
+// 5-bit codes: the low 4 bits in nibbles, bit 4 of value j in bit j of the little-endian
+// 32-bit qh; value = (q - 16) * d.
+struct block_q5_0 {
+    std::uint16_t d;
+    std::uint8_t qh[4];
+    std::uint8_t qs[qk_q32 / 2];
+};
+static_assert(sizeof(block_q5_0) == 22);
+
+// value = q * d + m, codes as in block_q5_0.
+struct block_q5_1 {
+    std::uint16_t d;
+    std::uint16_t m;
+    std::uint8_t qh[4];
+    std::uint8_t qs[qk_q32 / 2];
+};
+static_assert(sizeof(block_q5_1) == 24);
+
+// Activations for Q4_1/Q5_1: d as in Q8_0, and s = d * (sum of qs) so the weights' m can be
+// applied once per block.
+struct block_q8_1 {
+    std::uint16_t d;
+    std::uint16_t s;
+    std::int8_t qs[qk_q32];
+};
+static_assert(sizeof(block_q8_1) == 36);
+
+// value = d * kvalues_iq4nl[q]
+struct block_iq4_nl {
+    std::uint16_t d;
+    std::uint8_t qs[qk_q32 / 2];
+};
+static_assert(sizeof(block_iq4_nl) == 18);
+
+// value = kvalues_mxfp4[q] * 2^(e - 128): the table holds the FP4 E2M1 values doubled, so
+// the E8M0 scale 2^(e - 127) is applied halved (e8m0_to_fp32_half in kernel_impl.h).
+struct block_mxfp4 {
+    std::uint8_t e;
+    std::uint8_t qs[qk_q32 / 2];
+};
+static_assert(sizeof(block_mxfp4) == 17);
+
+inline constexpr std::int8_t kvalues_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10,
+                                                  1,    13,   25,  38,  53,  69,  89,  113};
+inline constexpr std::int8_t kvalues_mxfp4[16] = {0, 1, 2, 3, 4, 6, 8, 12, 0, -1, -2, -3, -4, -6, -8, -12};
+
 }  // namespace moed::kernels
