@@ -27,6 +27,10 @@ bool computable(tensor_type type) {
         case tensor_type::q8_0:
         case tensor_type::q4_k:
         case tensor_type::q6_k:
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs:
             return true;
         default:
             return false;

@@ -1,7 +1,7 @@
 // moe-synth: writes a qwen3moe GGUF of any shape and storage type with random weights, for
 // tests and benchmarks (llama.cpp loads these files too, so both engines run the same bytes).
 //
-//   moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N] [--embd N]
+//   moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K|IQ4_XS|Q4_K_M] [--layers N] [--embd N]
 //             [--heads N] [--kv-heads N] [--head-dim N] [--experts N] [--experts-used N]
 //             [--ff N] [--vocab N] [--ctx N] [--seed S]
 //             [--routing random|realistic [--token-clustering C] [--context-carry G]
@@ -57,7 +57,7 @@ namespace {
 
 void usage() {
     const moed::tools::realistic_routing d;
-    std::printf("usage: moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N]\n"
+    std::printf("usage: moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q2_K|Q3_K|Q4_K|Q5_K|Q6_K|IQ4_XS|Q4_K_M] [--layers N]\n"
                 "       [--embd N] [--heads N] [--kv-heads N] [--head-dim N] [--experts N]\n"
                 "       [--experts-used N] [--ff N] [--vocab N] [--ctx N] [--seed S]\n"
                 "       [--routing random|realistic [--token-clustering C] [--context-carry G]\n"

@@ -51,6 +51,33 @@ void quantize_q8_k_act_avx512(const float* x, void* dst, std::int64_t n);
 void convert_f16_avx512(const float* x, void* dst, std::int64_t n);
 void convert_bf16_avx512(const float* x, void* dst, std::int64_t n);
 
+// Q2_K, Q3_K, Q5_K and IQ4_XS: kernels in matmul_kquant{,_avx2,_avx512}.cpp, row
+// conversions in quantize_kquant.cpp. The per-ISA dispatchers above forward these types here.
+gemm_fn gemm_kquant_scalar(tensor_type weight_type) noexcept;
+gemm_fn gemm_kquant_avx2(tensor_type weight_type) noexcept;
+gemm_fn gemm_kquant_avx512(tensor_type weight_type) noexcept;
+// n is a multiple of 256 and type one of the four.
+void dequantize_kquant(tensor_type type, const void* src, float* dst, std::int64_t n);
+void quantize_kquant(tensor_type type, const float* src, void* dst, std::int64_t n);
+
+// The 16 signed scales (stored value - 32, in -32..31) of a q3_K block from their 12-byte
+// packing: scale j has its low 4 bits in byte j (j < 8) or in the high nibble of byte j - 8,
+// and its high 2 bits at bits 2 * (j / 4) of byte 8 + j % 4.
+static inline void q3_k_unpack_scales(const std::uint8_t* packed, std::int8_t* scales) noexcept {
+    for (int j = 0; j < 16; ++j) {
+        const int low = j < 8 ? packed[j] & 0xF : packed[j - 8] >> 4;
+        const int high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
+        scales[j] = static_cast<std::int8_t>((low | (high << 4)) - 32);
+    }
+}
+
+// The scale of sub-block j (0..7) of an iq4_XS block, minus 32 (-32..31).
+static inline int iq4_xs_scale(std::uint16_t scales_h, const std::uint8_t* scales_l, int j) noexcept {
+    const int low = (scales_l[j / 2] >> (4 * (j % 2))) & 0xF;
+    const int high = (scales_h >> (2 * j)) & 3;
+    return (low | (high << 4)) - 32;
+}
+
 // Unpacks the 6-bit scale and min of sub-block j (0..7) of a q4_K block.
 static inline void q4_k_scale_min(int j, const std::uint8_t* q, std::uint8_t* sc, std::uint8_t* m) noexcept {
     if (j < 4) {

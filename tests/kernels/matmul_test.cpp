@@ -1,6 +1,6 @@
-// Matmul parity and determinism. For every weight type (F32, F16, BF16, Q8_0, Q4_K, Q6_K)
-// and every ISA level this CPU has (forced scalar / AVX2 / AVX-512), matmul on random data
-// is compared with matmul_reference (dequantize, then double sums with the same activation
+// Matmul parity and determinism. For every weight type (F32, F16, BF16, Q8_0, Q4_K, Q6_K,
+// Q2_K, Q3_K, Q5_K, IQ4_XS) and every ISA level this CPU has (forced scalar / AVX2 /
+// AVX-512), matmul on random data is compared with matmul_reference (dequantize, then double sums with the same activation
 // conversion) over awkward shapes: rows 1, 3, 17, 33 (not multiples of the row tiles),
 // 1..9 tokens (not multiples of the token tiles), columns 256 and 2304 (float types also
 // 1, 7, 33, 100 for the vector tails; Q8_0 also 32, 96, 288: odd block counts), and rows of
@@ -29,8 +29,9 @@ namespace {
 using test::available_isas;
 using test::isa_scope;
 
-const tensor_type all_types[] = {tensor_type::f32, tensor_type::f16, tensor_type::bf16,
-                                 tensor_type::q8_0, tensor_type::q4_k, tensor_type::q6_k};
+const tensor_type all_types[] = {tensor_type::f32,  tensor_type::f16,  tensor_type::bf16, tensor_type::q8_0,
+                                 tensor_type::q4_k, tensor_type::q6_k, tensor_type::q2_k, tensor_type::q3_k,
+                                 tensor_type::q5_k, tensor_type::iq4_xs};
 
 bool is_float_type(tensor_type t) {
     return t == tensor_type::f32 || t == tensor_type::f16 || t == tensor_type::bf16;
@@ -126,7 +127,8 @@ TEST(matmul, wide_rows_match_reference) {
     std::mt19937 rng(27);
     compute_pool pool(2);
     activation_buffer act;
-    for (tensor_type type : {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q8_0}) {
+    for (tensor_type type : {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q8_0, tensor_type::q2_k,
+                             tensor_type::q3_k, tensor_type::q5_k, tensor_type::iq4_xs}) {
         const std::int64_t rows = 5, cols = 33 * 256;
         const weights w = make_weights(rng, type, rows, cols);
         for (std::int64_t n_tokens : {1, 2, 6}) {
