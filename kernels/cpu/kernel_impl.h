@@ -60,15 +60,24 @@ gemm_fn gemm_kquant_avx512(tensor_type weight_type) noexcept;
 void dequantize_kquant(tensor_type type, const void* src, float* dst, std::int64_t n);
 void quantize_kquant(tensor_type type, const float* src, void* dst, std::int64_t n);
 
-// The 16 signed scales (stored value - 32, in -32..31) of a q3_K block from their 12-byte
-// packing: scale j has its low 4 bits in byte j (j < 8) or in the high nibble of byte j - 8,
-// and its high 2 bits at bits 2 * (j / 4) of byte 8 + j % 4.
+// The 16 scales of a q3_K block plus 32 (0..63) from their 12-byte packing, as ggml unpacks
+// them: byte b of words[w] is scale 4w + b. Scale j has its low 4 bits in byte j (j < 8) or
+// in the high nibble of byte j - 8, and its high 2 bits at bits 2 * (j / 4) of byte 8 + j % 4.
+static inline void q3_k_scale_words(const std::uint8_t* packed, std::uint32_t* words) noexcept {
+    std::uint32_t a[3];
+    __builtin_memcpy(a, packed, 12);
+    const std::uint32_t low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
+    words[0] = (a[0] & low4) | ((a[2] & low2) << 4);
+    words[1] = (a[1] & low4) | (((a[2] >> 2) & low2) << 4);
+    words[2] = ((a[0] >> 4) & low4) | (((a[2] >> 4) & low2) << 4);
+    words[3] = ((a[1] >> 4) & low4) | (((a[2] >> 6) & low2) << 4);
+}
+
+// The 16 signed scales (stored value - 32, in -32..31) of a q3_K block.
 static inline void q3_k_unpack_scales(const std::uint8_t* packed, std::int8_t* scales) noexcept {
-    for (int j = 0; j < 16; ++j) {
-        const int low = j < 8 ? packed[j] & 0xF : packed[j - 8] >> 4;
-        const int high = (packed[8 + j % 4] >> (2 * (j / 4))) & 3;
-        scales[j] = static_cast<std::int8_t>((low | (high << 4)) - 32);
-    }
+    std::uint32_t words[4];
+    q3_k_scale_words(packed, words);
+    for (int j = 0; j < 16; ++j) scales[j] = static_cast<std::int8_t>(((words[j / 4] >> (8 * (j % 4))) & 0xFF) - 32);
 }
 
 // The scale of sub-block j (0..7) of an iq4_XS block, minus 32 (-32..31).

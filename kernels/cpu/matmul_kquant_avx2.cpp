@@ -14,7 +14,7 @@
 //   the 32 activations of sub-block k), s) per block (the fused multiply-add that GCC
 //   contracts llama.cpp's `summs += dmin * x` into), added after the horizontal sum.
 // Integer sums are exact, so the lanes may be formed in any order; no pair sum of
-// `vpmaddubsw` can saturate (Q2_K 2*3*127, Q3_K 2*7*127, Q5_K 2*31*127, IQ4_XS 2*127*127).
+// `vpmaddubsw` can saturate (Q2_K 2*3*127, Q3_K 2*4*127, Q5_K 2*31*127, IQ4_XS 2*127*127).
 // Each weight block is unpacked once per tile and reused across up to 4 tokens.
 // Internal linkage throughout; see kernel_impl.h.
 #include <immintrin.h>
@@ -114,8 +114,8 @@ void q2_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
 }
 
 // ---------------------------------------------------------------------------------------
-// Q3_K x Q8_K: codes q in 0..7 (low bits plus 4 * high bit); the -4 offset is taken off the
-// int16 pair sums (maddubs(q, x) - maddubs(4, x)), which equals llama.cpp's
+// Q3_K x Q8_K: signed codes q in -4..3 (low bits plus 4 * high bit, minus 4); their signs
+// move to the activations (maddubs(|q|, sign(x, q))), which gives llama.cpp's
 // maddubs(low, x) - maddubs(4 * (1 - high), x) pair for pair.
 
 template <int T>
@@ -132,12 +132,15 @@ void q3_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (std::int64_t b = 0; b < nb; ++b) {
         const block_q3_k& w = wb[b];
-        std::int8_t scales8[16];
-        q3_k_unpack_scales(w.scales, scales8);
+        std::uint32_t words[4];
+        q3_k_scale_words(w.scales, words);
+        const __m128i scales8 = _mm_sub_epi8(_mm_setr_epi32(static_cast<int>(words[0]), static_cast<int>(words[1]),
+                                                            static_cast<int>(words[2]), static_cast<int>(words[3])),
+                                             _mm_set1_epi8(32));
         __m256i s[8];
-        scales_per_chunk_16(_mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales8))), s);
+        scales_per_chunk_16(_mm256_cvtepi8_epi16(scales8), s);
         const __m256i hbits = load256(w.hmask);
-        __m256i q[8];
+        __m256i q[8], qabs[8];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
             const __m256i bits = load256(w.qs + 32 * h);
@@ -145,10 +148,11 @@ void q3_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
             for (int k = 0; k < 4; ++k) {
                 const int c = 4 * h + k;
                 const __m256i low = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
-                // Bit c of hmask: 4 where it is set.
+                // Bit c of hmask: 4 where it is clear, subtracted.
                 const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << c));
-                const __m256i high = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), zero), four);
-                q[c] = _mm256_or_si256(low, high);
+                const __m256i off = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), zero), four);
+                q[c] = _mm256_sub_epi8(low, off);
+                qabs[c] = _mm256_sign_epi8(q[c], q[c]);
             }
         }
         const float d = half_to_float(w.d);
@@ -158,8 +162,7 @@ void q3_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
             __m256i sum = _mm256_setzero_si256();
 #pragma GCC unroll 8
             for (int c = 0; c < 8; ++c) {
-                const __m256i xv = load256(x.qs + 32 * c);
-                const __m256i p16 = _mm256_sub_epi16(_mm256_maddubs_epi16(q[c], xv), _mm256_maddubs_epi16(four, xv));
+                const __m256i p16 = _mm256_maddubs_epi16(qabs[c], _mm256_sign_epi8(load256(x.qs + 32 * c), q[c]));
                 sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[c], p16));
             }
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sum), acc[t]);
@@ -254,6 +257,20 @@ void q5_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
 // IQ4_XS x Q8_K: codes looked up in kvalues_iq4nl; the signs of the (signed) values move to
 // the activations, as llama.cpp's mul_add_epi8 does.
 
+// The 8 scales (-32..31) of an iq4_XS block, each as an int16 pair filling its int32 lane.
+inline __m256i iq4_xs_scale_pairs(const block_iq4_xs& w) {
+    std::uint32_t low_bits;
+    std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i l = _mm_cvtsi32_si128(static_cast<int>(low_bits));
+    // Byte j: the low 4 bits of scale j (nibble j % 2 of scales_l[j / 2]).
+    const __m128i low = _mm_unpacklo_epi8(_mm_and_si128(l, m4), _mm_and_si128(_mm_srli_epi16(l, 4), m4));
+    const __m256i high = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w.scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                          _mm256_set1_epi32(3));
+    const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(low), _mm256_slli_epi32(high, 4)), _mm256_set1_epi32(32));
+    return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+}
+
 template <int T>
 void iq4_xs_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     const auto* wb = reinterpret_cast<const block_iq4_xs*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
@@ -268,12 +285,13 @@ void iq4_xs_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     for (std::int64_t b = 0; b < nb; ++b) {
         const block_iq4_xs& w = wb[b];
         __m256i v[8], s[8];
+        const __m256i pairs = iq4_xs_scale_pairs(w);
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
             const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs + 16 * c));
             v[c] = _mm256_set_m128i(_mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(bits, 4), m4)),
                                     _mm_shuffle_epi8(values, _mm_and_si128(bits, m4)));
-            s[c] = _mm256_set1_epi16(static_cast<short>(iq4_xs_scale(w.scales_h, w.scales_l, c)));
+            s[c] = _mm256_permutevar8x32_epi32(pairs, _mm256_set1_epi32(c));
         }
         const float d = half_to_float(w.d);
 #pragma GCC unroll 8

@@ -207,9 +207,12 @@ void q3_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
             const block_q3_k& blk = wb[i][b];
-            std::int8_t scales8[16];
-            q3_k_unpack_scales(blk.scales, scales8);
-            const __m512i sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(scales8))), low16);
+            std::uint32_t words[4];
+            q3_k_scale_words(blk.scales, words);
+            const __m128i scales8 = _mm_sub_epi8(_mm_setr_epi32(static_cast<int>(words[0]), static_cast<int>(words[1]),
+                                                                static_cast<int>(words[2]), static_cast<int>(words[3])),
+                                                 _mm_set1_epi8(32));
+            const __m512i sc32 = _mm512_and_si512(_mm512_cvtepi8_epi32(scales8), low16);
             scales_per_lane_16(sc32, s[i]);
             two_bit_codes(blk.qs, w[i]);
             const __m512i hbits = _mm512_broadcast_i64x4(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk.hmask)));
@@ -336,6 +339,20 @@ void q5_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 // ---------------------------------------------------------------------------------------
 // IQ4_XS x Q8_K
 
+// The 8 scales (-32..31) of an iq4_XS block, each as an int16 pair filling its int32 lane.
+inline __m256i iq4_xs_scale_pairs(const block_iq4_xs& w) {
+    std::uint32_t low_bits;
+    std::memcpy(&low_bits, w.scales_l, sizeof low_bits);
+    const __m128i m4 = _mm_set1_epi8(0x0F);
+    const __m128i l = _mm_cvtsi32_si128(static_cast<int>(low_bits));
+    // Byte j: the low 4 bits of scale j (nibble j % 2 of scales_l[j / 2]).
+    const __m128i low = _mm_unpacklo_epi8(_mm_and_si128(l, m4), _mm_and_si128(_mm_srli_epi16(l, 4), m4));
+    const __m256i high = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w.scales_h), _mm256_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14)),
+                                          _mm256_set1_epi32(3));
+    const __m256i sc = _mm256_sub_epi32(_mm256_or_si256(_mm256_cvtepu8_epi32(low), _mm256_slli_epi32(high, 4)), _mm256_set1_epi32(32));
+    return _mm256_or_si256(_mm256_and_si256(sc, _mm256_set1_epi32(0xFFFF)), _mm256_slli_epi32(sc, 16));
+}
+
 template <int R, int T>
 void iq4_xs_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     const block_iq4_xs* wb[R];
@@ -362,9 +379,7 @@ void iq4_xs_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 #pragma GCC unroll 4
         for (int i = 0; i < R; ++i) {
             const block_iq4_xs& blk = wb[i][b];
-            std::int32_t sc[8];
-            for (int j = 0; j < 8; ++j) sc[j] = static_cast<std::int32_t>(static_cast<std::uint16_t>(iq4_xs_scale(blk.scales_h, blk.scales_l, j)) * 0x10001u);
-            scales_per_lane_32(_mm512_castsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(sc))), s[i]);
+            scales_per_lane_32(_mm512_castsi256_si512(iq4_xs_scale_pairs(blk)), s[i]);
 #pragma GCC unroll 2
             for (int h = 0; h < 2; ++h) {
                 const __m512i raw = _mm512_loadu_si512(blk.qs + 64 * h);
