@@ -114,7 +114,8 @@ TEST_P(evaluator_types, thread_count_does_not_change_logits) {
     EXPECT_EQ(results[0], results[2]);
 }
 
-INSTANTIATE_TEST_SUITE_P(types, evaluator_types, ::testing::Values("F32", "F16", "Q8_0", "Q4_K_M"));
+INSTANTIATE_TEST_SUITE_P(types, evaluator_types,
+                         ::testing::Values("F32", "F16", "Q8_0", "Q4_K_M", "Q2_K", "Q3_K", "Q5_K", "IQ4_XS"));
 
 // An expert source that counts what the engine asks for, over the resident one.
 class counting_source final : public storage::expert_source {
