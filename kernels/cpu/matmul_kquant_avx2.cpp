@@ -15,7 +15,7 @@
 //   contracts llama.cpp's `summs += dmin * x` into), added after the horizontal sum.
 // Integer sums are exact, so the lanes may be formed in any order; no pair sum of
 // `vpmaddubsw` can saturate (Q2_K 2*3*127, Q3_K 2*4*127, Q5_K 2*31*127, IQ4_XS 2*127*127).
-// Each weight block is unpacked once per tile and reused across up to 4 tokens.
+// Each chunk of a weight block is unpacked once per tile and used for up to 4 tokens.
 // Internal linkage throughout; see kernel_impl.h.
 #include <immintrin.h>
 
@@ -40,20 +40,15 @@ inline float hsum_ps(__m256 v) {
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 
-// For 16-value sub-blocks: the madd scale vectors of the eight 32-value chunks, chunk c
-// taking scale 2c in its low 8 int16 and 2c+1 in its high 8. `scales16` holds the 16
-// scales as int16.
-inline void scales_per_chunk_16(__m256i scales16, __m256i* s) {
-    const __m256i lo = _mm256_permute2x128_si256(scales16, scales16, 0x00);
-    const __m256i hi = _mm256_permute2x128_si256(scales16, scales16, 0x11);
-#pragma GCC unroll 4
-    for (int k = 0; k < 4; ++k) {
-        // int16 element e is the byte pair (2e, 2e+1): 0x0100 + 0x0202 * e as a shuffle.
-        const __m256i pick = _mm256_set_m128i(_mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * (2 * k + 1))),
-                                              _mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * (2 * k))));
-        s[k] = _mm256_shuffle_epi8(lo, pick);
-        s[4 + k] = _mm256_shuffle_epi8(hi, pick);
-    }
+// For 16-value sub-blocks: the madd scale vector of 32-value chunk c, scale 2c in its low 8
+// int16 and 2c+1 in its high 8. `lo` holds scales 0..7 as int16 in both 128-bit lanes, `hi`
+// scales 8..15.
+inline __m256i chunk_scales_16(__m256i lo, __m256i hi, int c) {
+    const int k = c % 4;
+    // int16 element e is the byte pair (2e, 2e+1): 0x0100 + 0x0202 * e as a shuffle.
+    const __m256i pick = _mm256_set_m128i(_mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * (2 * k + 1))),
+                                          _mm_set1_epi16(static_cast<short>(0x0100 + 0x0202 * (2 * k))));
+    return _mm256_shuffle_epi8(c < 4 ? lo : hi, pick);
 }
 
 template <int T>
@@ -63,6 +58,9 @@ void token_blocks(const gemm_args& a, std::int64_t t0, const block_q8_k** xb) {
         xb[t] = reinterpret_cast<const block_q8_k*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     }
 }
+
+// The tiles below walk each block chunk by chunk: a chunk's codes and scale are unpacked
+// and at once multiplied with the tile's tokens, so nothing unpacked outlives the chunk.
 
 // ---------------------------------------------------------------------------------------
 // Q2_K x Q8_K
@@ -82,17 +80,27 @@ void q2_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
         const block_q2_k& w = wb[b];
         const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales));
         const __m256i mins16 = _mm256_cvtepu8_epi16(_mm_and_si128(_mm_srli_epi16(packed, 4), m4));
-        __m256i s[8];
-        scales_per_chunk_16(_mm256_cvtepu8_epi16(_mm_and_si128(packed, m4)), s);
+        const __m256i sc16 = _mm256_cvtepu8_epi16(_mm_and_si128(packed, m4));
+        const __m256i sc_lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+        const __m256i sc_hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);
+        __m256i sum[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
         // Chunk 4h + k: bits 2k..2k+1 of qs[32h..32h+31].
-        __m256i q[8];
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
             const __m256i bits = load256(w.qs + 32 * h);
-            q[4 * h + 0] = _mm256_and_si256(bits, m3);
-            q[4 * h + 1] = _mm256_and_si256(_mm256_srli_epi16(bits, 2), m3);
-            q[4 * h + 2] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m3);
-            q[4 * h + 3] = _mm256_and_si256(_mm256_srli_epi16(bits, 6), m3);
+#pragma GCC unroll 4
+            for (int k = 0; k < 4; ++k) {
+                const int c = 4 * h + k;
+                const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * k), m3);
+                const __m256i sc = chunk_scales_16(sc_lo, sc_hi, c);
+#pragma GCC unroll 8
+                for (int t = 0; t < T; ++t) {
+                    const __m256i p16 = _mm256_maddubs_epi16(q, load256(xb[t][b].qs + 32 * c));
+                    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(sc, p16));
+                }
+            }
         }
         const float d = half_to_float(w.d);
         const float dmin = half_to_float(w.dmin);
@@ -101,12 +109,7 @@ void q2_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
             const block_q8_k& x = xb[t][b];
             const __m256i prod_min = _mm256_madd_epi16(mins16, load256(x.bsums));
             acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(-x.d * dmin), _mm256_cvtepi32_ps(prod_min), acc[t]);
-            __m256i sum = _mm256_setzero_si256();
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; ++c) {
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[c], _mm256_maddubs_epi16(q[c], load256(x.qs + 32 * c))));
-            }
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sum), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sum[t]), acc[t]);
         }
     }
 #pragma GCC unroll 8
@@ -137,10 +140,13 @@ void q3_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
         const __m128i scales8 = _mm_sub_epi8(_mm_setr_epi32(static_cast<int>(words[0]), static_cast<int>(words[1]),
                                                             static_cast<int>(words[2]), static_cast<int>(words[3])),
                                              _mm_set1_epi8(32));
-        __m256i s[8];
-        scales_per_chunk_16(_mm256_cvtepi8_epi16(scales8), s);
+        const __m256i sc16 = _mm256_cvtepi8_epi16(scales8);
+        const __m256i sc_lo = _mm256_permute2x128_si256(sc16, sc16, 0x00);
+        const __m256i sc_hi = _mm256_permute2x128_si256(sc16, sc16, 0x11);
         const __m256i hbits = load256(w.hmask);
-        __m256i q[8], qabs[8];
+        __m256i sum[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
 #pragma GCC unroll 2
         for (int h = 0; h < 2; ++h) {
             const __m256i bits = load256(w.qs + 32 * h);
@@ -151,21 +157,20 @@ void q3_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
                 // Bit c of hmask: 4 where it is clear, subtracted.
                 const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << c));
                 const __m256i off = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), zero), four);
-                q[c] = _mm256_sub_epi8(low, off);
-                qabs[c] = _mm256_sign_epi8(q[c], q[c]);
+                const __m256i q = _mm256_sub_epi8(low, off);
+                const __m256i qabs = _mm256_sign_epi8(q, q);
+                const __m256i sc = chunk_scales_16(sc_lo, sc_hi, c);
+#pragma GCC unroll 8
+                for (int t = 0; t < T; ++t) {
+                    const __m256i p16 = _mm256_maddubs_epi16(qabs, _mm256_sign_epi8(load256(xb[t][b].qs + 32 * c), q));
+                    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(sc, p16));
+                }
             }
         }
         const float d = half_to_float(w.d);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-            const block_q8_k& x = xb[t][b];
-            __m256i sum = _mm256_setzero_si256();
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; ++c) {
-                const __m256i p16 = _mm256_maddubs_epi16(qabs[c], _mm256_sign_epi8(load256(x.qs + 32 * c), q[c]));
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[c], p16));
-            }
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sum), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(xb[t][b].d * d), _mm256_cvtepi32_ps(sum[t]), acc[t]);
         }
     }
 #pragma GCC unroll 8
@@ -219,20 +224,28 @@ void q5_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
         q4_k_unpack_scales(w.scales, &scales, &mins);
         const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(scales))));
         const __m128i mins16 = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(static_cast<long long>(mins)));
-        __m256i s[8];
-#pragma GCC unroll 8
-        for (int c = 0; c < 8; ++c) s[c] = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(static_cast<short>(0x0100 + 0x0202 * c)));
         const __m256i hbits = load256(w.qh);
-        __m256i q[8];
+        __m256i sum[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
 #pragma GCC unroll 4
         for (int j = 0; j < 4; ++j) {
             const __m256i raw = load256(w.qs + 32 * j);
-            const __m256i bit_lo = _mm256_set1_epi8(static_cast<char>(1 << (2 * j)));
-            const __m256i bit_hi = _mm256_set1_epi8(static_cast<char>(1 << (2 * j + 1)));
-            const __m256i h_lo = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_lo), zero), sixteen);
-            const __m256i h_hi = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_hi), zero), sixteen);
-            q[2 * j] = _mm256_or_si256(_mm256_and_si256(raw, m4), h_lo);
-            q[2 * j + 1] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(raw, 4), m4), h_hi);
+#pragma GCC unroll 2
+            for (int half = 0; half < 2; ++half) {
+                // Chunk 2j + half: low (half 0) or high nibbles, fifth bit 2j + half of qh.
+                const int c = 2 * j + half;
+                const __m256i nibbles = _mm256_and_si256(half == 0 ? raw : _mm256_srli_epi16(raw, 4), m4);
+                const __m256i bit = _mm256_set1_epi8(static_cast<char>(1 << c));
+                const __m256i fifth = _mm256_andnot_si256(_mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), zero), sixteen);
+                const __m256i q = _mm256_or_si256(nibbles, fifth);
+                const __m256i sc = _mm256_shuffle_epi8(sc16, _mm256_set1_epi16(static_cast<short>(0x0100 + 0x0202 * c)));
+#pragma GCC unroll 8
+                for (int t = 0; t < T; ++t) {
+                    const __m256i p16 = _mm256_maddubs_epi16(q, load256(xb[t][b].qs + 32 * c));
+                    sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(sc, p16));
+                }
+            }
         }
         const float d = half_to_float(w.d);
         const float dmin = half_to_float(w.dmin);
@@ -241,12 +254,7 @@ void q5_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
             const block_q8_k& x = xb[t][b];
             const float min_sum = static_cast<float>(q5_k_min_sum(mins16, x.bsums));
             min_acc[t] = _mm_fmadd_ss(_mm_set_ss(-x.d * dmin), _mm_set_ss(min_sum), min_acc[t]);
-            __m256i sum = _mm256_setzero_si256();
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; ++c) {
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(s[c], _mm256_maddubs_epi16(q[c], load256(x.qs + 32 * c))));
-            }
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sum), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(x.d * d), _mm256_cvtepi32_ps(sum[t]), acc[t]);
         }
     }
 #pragma GCC unroll 8
@@ -284,27 +292,27 @@ void iq4_xs_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     for (int t = 0; t < T; ++t) acc[t] = _mm256_setzero_ps();
     for (std::int64_t b = 0; b < nb; ++b) {
         const block_iq4_xs& w = wb[b];
-        __m256i v[8], s[8];
         const __m256i pairs = iq4_xs_scale_pairs(w);
+        __m256i sum[T];
+#pragma GCC unroll 8
+        for (int t = 0; t < T; ++t) sum[t] = _mm256_setzero_si256();
 #pragma GCC unroll 8
         for (int c = 0; c < 8; ++c) {
             const __m128i bits = _mm_loadu_si128(reinterpret_cast<const __m128i*>(w.qs + 16 * c));
-            v[c] = _mm256_set_m128i(_mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(bits, 4), m4)),
-                                    _mm_shuffle_epi8(values, _mm_and_si128(bits, m4)));
-            s[c] = _mm256_permutevar8x32_epi32(pairs, _mm256_set1_epi32(c));
+            const __m256i v = _mm256_set_m128i(_mm_shuffle_epi8(values, _mm_and_si128(_mm_srli_epi16(bits, 4), m4)),
+                                               _mm_shuffle_epi8(values, _mm_and_si128(bits, m4)));
+            const __m256i vabs = _mm256_sign_epi8(v, v);
+            const __m256i sc = _mm256_permutevar8x32_epi32(pairs, _mm256_set1_epi32(c));
+#pragma GCC unroll 8
+            for (int t = 0; t < T; ++t) {
+                const __m256i p16 = _mm256_maddubs_epi16(vabs, _mm256_sign_epi8(load256(xb[t][b].qs + 32 * c), v));
+                sum[t] = _mm256_add_epi32(sum[t], _mm256_madd_epi16(p16, sc));
+            }
         }
         const float d = half_to_float(w.d);
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
-            const block_q8_k& x = xb[t][b];
-            __m256i sum = _mm256_setzero_si256();
-#pragma GCC unroll 8
-            for (int c = 0; c < 8; ++c) {
-                const __m256i xv = load256(x.qs + 32 * c);
-                const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(v[c], v[c]), _mm256_sign_epi8(xv, v[c]));
-                sum = _mm256_add_epi32(sum, _mm256_madd_epi16(p16, s[c]));
-            }
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * x.d), _mm256_cvtepi32_ps(sum), acc[t]);
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb[t][b].d), _mm256_cvtepi32_ps(sum[t]), acc[t]);
         }
     }
 #pragma GCC unroll 8

@@ -17,8 +17,10 @@
 //   column and token counts (for repacked Q2_K, each token multiplied alone: see
 //   per_token_reference).
 // With --golden it also prints the outputs of the fixed case that
-// tests/kernels/kquant_llama_parity_test.cpp holds, as C++ initialisers.
+// tests/kernels/kquant_llama_parity_test.cpp holds, as C++ initialisers. With --bench it
+// only times one-token products, llama.cpp's ggml_vec_dot_*_q8_K row by row against moed.
 // Exit status 0 when everything matched.
+#include <chrono>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -153,15 +155,56 @@ int check_matmul(const type_pair& t, std::int64_t rows, std::int64_t cols, std::
     return bad;
 }
 
+double seconds_since(std::chrono::steady_clock::time_point t0) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Best time of one call over ~0.2 s of calls.
+template <class F>
+double best_us(F&& call) {
+    call();
+    double best = 1e30;
+    const auto start = std::chrono::steady_clock::now();
+    do {
+        const auto t0 = std::chrono::steady_clock::now();
+        call();
+        best = std::fmin(best, seconds_since(t0));
+    } while (seconds_since(start) < 0.2);
+    return best * 1e6;
+}
+
+// One token times a [rows x cols] matrix, one thread: llama.cpp's dot product per row (with
+// its Q8_K conversion of the token) against moed's matmul.
+void bench_decode(const type_pair& t, std::int64_t rows, std::int64_t cols, compute_pool& pool) {
+    const std::vector<std::byte> w = test::parity_blocks(t.moed, rows * cols, 3);
+    const std::vector<float> x = test::parity_activations(cols, 5);
+    const ggml_type_traits_cpu* traits = ggml_get_type_traits_cpu(t.ggml);
+    std::vector<std::byte> xq(ggml_row_size(traits->vec_dot_type, cols));
+    std::vector<float> y(static_cast<std::size_t>(rows));
+    const std::size_t rb = row_bytes(t.moed, cols);
+    const double llama_us = best_us([&] {
+        ggml_get_type_traits_cpu(traits->vec_dot_type)->from_float(x.data(), xq.data(), cols);
+        for (std::int64_t r = 0; r < rows; ++r) {
+            traits->vec_dot(static_cast<int>(cols), &y[static_cast<std::size_t>(r)], 0, w.data() + r * rb, 0, xq.data(), 0, 1);
+        }
+    });
+    activation_buffer act;
+    const matrix_view view{t.moed, w.data(), rows, cols, rb};
+    const double moed_us = best_us([&] { matmul(view, x.data(), 1, y.data(), rows, pool, act); });
+    std::printf("%-7s decode %lldx%lld: llama.cpp vec_dot %.1f us, moed %.1f us\n", std::string(type_name(t.moed)).c_str(),
+                static_cast<long long>(rows), static_cast<long long>(cols), llama_us, moed_us);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     if (argc < 2 || (std::string(argv[1]) != "avx2" && std::string(argv[1]) != "avx512")) {
-        std::fprintf(stderr, "usage: kquant-parity avx2|avx512 [--golden]\n");
+        std::fprintf(stderr, "usage: kquant-parity avx2|avx512 [--golden | --bench]\n");
         return 2;
     }
     const bool avx512 = std::string(argv[1]) == "avx512";
     const bool golden = argc > 2 && std::string(argv[2]) == "--golden";
+    const bool bench = argc > 2 && std::string(argv[2]) == "--bench";
     if (avx512 != (ggml_cpu_has_avx512() != 0)) {
         std::fprintf(stderr, "this llama.cpp build %s AVX-512\n", ggml_cpu_has_avx512() ? "has" : "lacks");
         return 2;
@@ -169,6 +212,13 @@ int main(int argc, char** argv) {
     force_isa(avx512 ? isa::avx512 : isa::avx2);
     ggml_cpu_init();
     compute_pool pool(1);
+    if (bench) {
+        for (const type_pair& t : types) {
+            bench_decode(t, 2048, 768, pool);
+            bench_decode(t, 768, 2048, pool);
+        }
+        return 0;
+    }
     int bad = 0;
     for (const type_pair& t : types) {
         bad += check_dequantize(t);
