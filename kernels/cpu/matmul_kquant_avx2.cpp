@@ -28,6 +28,9 @@ namespace moed::kernels::detail {
 
 namespace {
 
+static_assert(sizeof(block_q2_k) == 84 && sizeof(block_q3_k) == 110 && sizeof(block_q5_k) == 176 &&
+              sizeof(block_iq4_xs) == 136 && sizeof(block_q8_k) == 292);
+
 inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
 
 // llama.cpp's hsum_float_8 (its high + low is this low + high: float addition commutes).

@@ -114,8 +114,10 @@ min_max_plan plan_min_max(const float* x, int groups, int group_size, int levels
     p.d = fp16_to_fp32(d16);
     p.dmin = fp16_to_fp32(dmin16);
     for (int g = 0; g < groups; ++g) {
-        p.scale[g] = p.d > 0.0f ? static_cast<std::uint8_t>(std::clamp(static_cast<int>(std::ceil(step[g] / p.d - 1e-4f)), 0, scale_max)) : 0;
-        p.min[g] = p.dmin > 0.0f ? static_cast<std::uint8_t>(std::clamp(static_cast<int>(std::lround(offset[g] / p.dmin)), 0, scale_max)) : 0;
+        const int scale = p.d > 0.0f ? static_cast<int>(std::ceil(step[g] / p.d - 1e-4f)) : 0;
+        const int min = p.dmin > 0.0f ? static_cast<int>(std::lround(offset[g] / p.dmin)) : 0;
+        p.scale[g] = static_cast<std::uint8_t>(std::clamp(scale, 0, scale_max));
+        p.min[g] = static_cast<std::uint8_t>(std::clamp(min, 0, scale_max));
     }
     return p;
 }

@@ -200,7 +200,9 @@ TEST(quantize_kquant, iq4_xs_known_values) {
 TEST(quantize_kquant, rows_of_several_blocks) {
     for (tensor_type type : {tensor_type::q2_k, tensor_type::q3_k, tensor_type::q5_k, tensor_type::iq4_xs}) {
         std::vector<float> x(768);
-        for (std::size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(static_cast<int>(i % 37) - 18) * (i < 256 ? 0.01f : i < 512 ? 1.0f : 100.0f);
+        for (std::size_t i = 0; i < x.size(); ++i) {
+            x[i] = static_cast<float>(static_cast<int>(i % 37) - 18) * (i < 256 ? 0.01f : i < 512 ? 1.0f : 100.0f);
+        }
         std::vector<std::byte> row(row_bytes(type, 768));
         quantize_row(type, x.data(), row.data(), 768);
         std::vector<float> whole(768), part(256);
