@@ -463,17 +463,17 @@ template <int R, int T> struct q2_k_kernel {
 };
 template <int R, int T> struct q3_k_kernel {
     static constexpr int decode_rows = 2;
-    static constexpr int prefill_rows = 1;
+    static constexpr int prefill_rows = 2;
     static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q3_k_run<R, T>(a, r, t0); }
 };
 template <int R, int T> struct q5_k_kernel {
     static constexpr int decode_rows = 2;
-    static constexpr int prefill_rows = 1;
+    static constexpr int prefill_rows = 2;
     static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { q5_k_run<R, T>(a, r, t0); }
 };
 template <int R, int T> struct iq4_xs_kernel {
     static constexpr int decode_rows = 2;
-    static constexpr int prefill_rows = 1;
+    static constexpr int prefill_rows = 2;
     static void run(const gemm_args& a, std::int64_t r, std::int64_t t0) { iq4_xs_run<R, T>(a, r, t0); }
 };
 
