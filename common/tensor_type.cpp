@@ -19,9 +19,9 @@ std::optional<type_traits> traits_of(std::uint32_t raw_type) noexcept {
         case tensor_type::q5_0: return type_traits{"Q5_0", 32, 22, true};
         case tensor_type::q5_1: return type_traits{"Q5_1", 32, 24, true};
         case tensor_type::q8_1: return type_traits{"Q8_1", 32, 36, true};
-        case tensor_type::q2_k: return type_traits{"Q2_K", 256, 84, false};
-        case tensor_type::q3_k: return type_traits{"Q3_K", 256, 110, false};
-        case tensor_type::q5_k: return type_traits{"Q5_K", 256, 176, false};
+        case tensor_type::q2_k: return type_traits{"Q2_K", 256, 84, true};
+        case tensor_type::q3_k: return type_traits{"Q3_K", 256, 110, true};
+        case tensor_type::q5_k: return type_traits{"Q5_K", 256, 176, true};
         case tensor_type::iq2_xxs: return type_traits{"IQ2_XXS", 256, 66, false};
         case tensor_type::iq2_xs: return type_traits{"IQ2_XS", 256, 74, false};
         case tensor_type::iq3_xxs: return type_traits{"IQ3_XXS", 256, 98, false};
@@ -29,7 +29,7 @@ std::optional<type_traits> traits_of(std::uint32_t raw_type) noexcept {
         case tensor_type::iq4_nl: return type_traits{"IQ4_NL", 32, 18, true};
         case tensor_type::iq3_s: return type_traits{"IQ3_S", 256, 110, false};
         case tensor_type::iq2_s: return type_traits{"IQ2_S", 256, 82, false};
-        case tensor_type::iq4_xs: return type_traits{"IQ4_XS", 256, 136, false};
+        case tensor_type::iq4_xs: return type_traits{"IQ4_XS", 256, 136, true};
         case tensor_type::i8: return type_traits{"I8", 1, 1, false};
         case tensor_type::i16: return type_traits{"I16", 1, 2, false};
         case tensor_type::i32: return type_traits{"I32", 1, 4, false};

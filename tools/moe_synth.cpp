@@ -5,7 +5,7 @@
 //   moe-synth -o FILE [--arch A] [--type T] [--layers N] [--embd N]
 //             [--heads N] [--kv-heads N] [--head-dim N] [--experts N] [--experts-used N]
 //             [--ff N] [--vocab N] [--ctx N] [--seed S]
-//   T: F32 F16 BF16 Q8_0 Q4_K Q6_K Q4_K_M Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL MXFP4
+//   T: F32 F16 BF16 Q8_0 Q4_K Q6_K Q4_K_M Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL MXFP4 Q2_K Q3_K Q5_K IQ4_XS
 //             [--routing random|realistic [--token-clustering C] [--context-carry G]
 //              [--stream-noise N] [--attention-sharpness A]]
 //
@@ -60,7 +60,8 @@ namespace {
 void usage() {
     const moed::tools::realistic_routing d;
     std::printf("usage: moe-synth -o FILE [--arch qwen3moe|llama|qwen2moe|olmoe|gpt-oss]\n"
-                "       [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M|Q4_0|Q4_1|Q5_0|Q5_1|IQ4_NL|MXFP4] [--layers N]\n"
+                "       [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M|Q4_0|Q4_1|Q5_0|Q5_1|IQ4_NL|MXFP4|Q2_K|Q3_K|Q5_K|IQ4_XS]\n"
+                "       [--layers N]\n"
                 "       [--embd N] [--heads N] [--kv-heads N] [--head-dim N] [--experts N]\n"
                 "       [--experts-used N] [--ff N] [--vocab N] [--ctx N] [--seed S]\n"
                 "       [--routing random|realistic [--token-clustering C] [--context-carry G]\n"

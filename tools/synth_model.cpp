@@ -51,6 +51,10 @@ std::optional<type_mix> parse_type(const std::string& name) {
     if (name == "Q8_0") return type_mix{tensor_type::q8_0};
     if (name == "Q4_K") return type_mix{tensor_type::q4_k};
     if (name == "Q6_K") return type_mix{tensor_type::q6_k};
+    if (name == "Q2_K") return type_mix{tensor_type::q2_k};
+    if (name == "Q3_K") return type_mix{tensor_type::q3_k};
+    if (name == "Q5_K") return type_mix{tensor_type::q5_k};
+    if (name == "IQ4_XS") return type_mix{tensor_type::iq4_xs};
     if (name == "Q4_K_M") return type_mix{tensor_type::q4_k, true};
     if (name == "Q4_0") return type_mix{tensor_type::q4_0};
     if (name == "Q4_1") return type_mix{tensor_type::q4_1};

@@ -68,6 +68,42 @@ void quantize_q8_1_act_avx512(const float* x, void* dst, std::int64_t n);
 void convert_f16_avx512(const float* x, void* dst, std::int64_t n);
 void convert_bf16_avx512(const float* x, void* dst, std::int64_t n);
 
+// Q2_K, Q3_K, Q5_K and IQ4_XS: kernels in matmul_kquant{,_avx2,_avx512}.cpp, row
+// conversions in quantize_kquant.cpp. The per-ISA dispatchers above forward these types here.
+gemm_fn gemm_kquant_scalar(tensor_type weight_type) noexcept;
+gemm_fn gemm_kquant_avx2(tensor_type weight_type) noexcept;
+gemm_fn gemm_kquant_avx512(tensor_type weight_type) noexcept;
+// n is a multiple of 256 and type one of the four.
+void dequantize_kquant(tensor_type type, const void* src, float* dst, std::int64_t n);
+void quantize_kquant(tensor_type type, const float* src, void* dst, std::int64_t n);
+
+// The 16 scales of a q3_K block plus 32 (0..63) from their 12-byte packing, as ggml unpacks
+// them: byte b of words[w] is scale 4w + b. Scale j has its low 4 bits in byte j (j < 8) or
+// in the high nibble of byte j - 8, and its high 2 bits at bits 2 * (j / 4) of byte 8 + j % 4.
+static inline void q3_k_scale_words(const std::uint8_t* packed, std::uint32_t* words) noexcept {
+    std::uint32_t a[3];
+    __builtin_memcpy(a, packed, 12);
+    const std::uint32_t low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
+    words[0] = (a[0] & low4) | ((a[2] & low2) << 4);
+    words[1] = (a[1] & low4) | (((a[2] >> 2) & low2) << 4);
+    words[2] = ((a[0] >> 4) & low4) | (((a[2] >> 4) & low2) << 4);
+    words[3] = ((a[1] >> 4) & low4) | (((a[2] >> 6) & low2) << 4);
+}
+
+// The 16 signed scales (stored value - 32, in -32..31) of a q3_K block.
+static inline void q3_k_unpack_scales(const std::uint8_t* packed, std::int8_t* scales) noexcept {
+    std::uint32_t words[4];
+    q3_k_scale_words(packed, words);
+    for (int j = 0; j < 16; ++j) scales[j] = static_cast<std::int8_t>(((words[j / 4] >> (8 * (j % 4))) & 0xFF) - 32);
+}
+
+// The scale of sub-block j (0..7) of an iq4_XS block, minus 32 (-32..31).
+static inline int iq4_xs_scale(std::uint16_t scales_h, const std::uint8_t* scales_l, int j) noexcept {
+    const int low = (scales_l[j / 2] >> (4 * (j % 2))) & 0xF;
+    const int high = (scales_h >> (2 * j)) & 3;
+    return (low | (high << 4)) - 32;
+}
+
 // Unpacks the 6-bit scale and min of sub-block j (0..7) of a q4_K block.
 static inline void q4_k_scale_min(int j, const std::uint8_t* q, std::uint8_t* sc, std::uint8_t* m) noexcept {
     if (j < 4) {

@@ -145,6 +145,10 @@ gemm_fn gemm_scalar(tensor_type weight_type) noexcept {
         case tensor_type::q8_0: return &gemm_rows_scalar<dot_q8_0>;
         case tensor_type::q4_k: return &gemm_rows_scalar<dot_q4_k>;
         case tensor_type::q6_k: return &gemm_rows_scalar<dot_q6_k>;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: return gemm_kquant_scalar(weight_type);
         case tensor_type::f16: return &gemm_rows_scalar<dot_f16>;
         case tensor_type::bf16: return &gemm_rows_scalar<dot_bf16>;
         case tensor_type::f32: return &gemm_rows_scalar<dot_f32>;

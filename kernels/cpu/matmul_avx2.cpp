@@ -307,6 +307,10 @@ gemm_fn gemm_avx2(tensor_type weight_type) noexcept {
     switch (weight_type) {
         case tensor_type::q4_k: return &gemm_quant<q4_k_kernel>;
         case tensor_type::q6_k: return &gemm_quant<q6_k_kernel>;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: return gemm_kquant_avx2(weight_type);
         case tensor_type::q8_0: return &gemm_quant<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;
         case tensor_type::bf16: return &gemm_float<load_bf16>;

@@ -288,6 +288,10 @@ void dequantize_row(tensor_type type, const void* src, float* dst, std::int64_t 
         case tensor_type::q8_1:
         case tensor_type::iq4_nl:
         case tensor_type::mxfp4: detail::dequantize_q32_row(type, src, dst, n); return;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: detail::dequantize_kquant(type, src, dst, n); return;
         default: break;
     }
     MOED_ASSERT(!"dequantize_row: unsupported type");
@@ -310,6 +314,10 @@ void quantize_row(tensor_type type, const float* src, void* dst, std::int64_t n)
         case tensor_type::q8_1:
         case tensor_type::iq4_nl:
         case tensor_type::mxfp4: detail::quantize_q32_row(type, src, dst, n); return;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: detail::quantize_kquant(type, src, dst, n); return;
         default: break;
     }
     MOED_ASSERT(!"quantize_row: unsupported type");
@@ -325,7 +333,11 @@ tensor_type activation_type_for(tensor_type weight_type) noexcept {
         case tensor_type::q4_1:
         case tensor_type::q5_1: return tensor_type::q8_1;
         case tensor_type::q4_k:
-        case tensor_type::q6_k: return tensor_type::q8_k;
+        case tensor_type::q6_k:
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: return tensor_type::q8_k;
         case tensor_type::f16: return tensor_type::f16;
         case tensor_type::bf16: return tensor_type::bf16;
         default: return tensor_type::f32;

@@ -117,7 +117,7 @@ TEST_P(evaluator_types, thread_count_does_not_change_logits) {
 
 INSTANTIATE_TEST_SUITE_P(types, evaluator_types,
                          ::testing::Values("F32", "F16", "Q8_0", "Q4_K_M", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
-                                           "MXFP4"));
+                                           "MXFP4", "Q2_K", "Q3_K", "Q5_K", "IQ4_XS"));
 
 // An expert source that counts what the engine asks for, over the resident one.
 class counting_source final : public storage::expert_source {

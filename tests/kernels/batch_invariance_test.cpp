@@ -2,7 +2,7 @@
 // request run alone, so a token's results must be bitwise the same whatever else is in the
 // batch. Checked here, for every ISA level this CPU has (and both AVX-512 BF16 kernels):
 // - matmul, every weight type (F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1,
-//   IQ4_NL, MXFP4), 1, 2 and 3 threads and
+//   IQ4_NL, MXFP4, Q2_K, Q3_K, Q5_K, IQ4_XS), 1, 2 and 3 threads and
 //   n in {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 64} tokens: every token's row of the batched
 //   result equals, bit for bit, the same token multiplied alone (n = 1, one thread). Tokens
 //   are picked at a rotating offset so each lands at different positions within the token
@@ -176,7 +176,8 @@ INSTANTIATE_TEST_SUITE_P(types, batch_invariance,
                          ::testing::Values(tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
                                            tensor_type::q4_k, tensor_type::q6_k, tensor_type::q4_0, tensor_type::q4_1,
                                            tensor_type::q5_0, tensor_type::q5_1, tensor_type::iq4_nl,
-                                           tensor_type::mxfp4),
+                                           tensor_type::mxfp4, tensor_type::q2_k, tensor_type::q3_k,
+                                           tensor_type::q5_k, tensor_type::iq4_xs),
                          [](const ::testing::TestParamInfo<tensor_type>& param) {
                              return std::string(type_name(param.param));
                          });

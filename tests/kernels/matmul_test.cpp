@@ -1,5 +1,5 @@
 // Matmul parity and determinism. For every weight type (F32, F16, BF16, Q8_0, Q4_K, Q6_K,
-// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4) and every ISA level this CPU has (forced scalar / AVX2 / AVX-512), matmul on random data
+// Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4, Q2_K, Q3_K, Q5_K, IQ4_XS) and every ISA level this CPU has (forced scalar / AVX2 / AVX-512), matmul on random data
 // is compared with matmul_reference (dequantize, then double sums with the same activation
 // conversion) over awkward shapes: rows 1, 3, 17, 33 (not multiples of the row tiles),
 // 1..9 tokens (not multiples of the token tiles), columns 256 and 2304 (float types also
@@ -33,7 +33,8 @@ using test::isa_scope;
 
 const tensor_type all_types[] = {tensor_type::f32,  tensor_type::f16,  tensor_type::bf16,   tensor_type::q8_0,
                                  tensor_type::q4_k, tensor_type::q6_k, tensor_type::q4_0,   tensor_type::q4_1,
-                                 tensor_type::q5_0, tensor_type::q5_1, tensor_type::iq4_nl, tensor_type::mxfp4};
+                                 tensor_type::q5_0, tensor_type::q5_1, tensor_type::iq4_nl, tensor_type::mxfp4,
+                                 tensor_type::q2_k, tensor_type::q3_k, tensor_type::q5_k,   tensor_type::iq4_xs};
 
 bool is_float_type(tensor_type t) {
     return t == tensor_type::f32 || t == tensor_type::f16 || t == tensor_type::bf16;
@@ -150,7 +151,8 @@ TEST(matmul, wide_rows_match_reference) {
     std::mt19937 rng(27);
     compute_pool pool(2);
     activation_buffer act;
-    for (tensor_type type : {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q8_0, tensor_type::q4_1, tensor_type::mxfp4}) {
+    for (tensor_type type : {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q8_0, tensor_type::q4_1, tensor_type::mxfp4,
+                             tensor_type::q2_k, tensor_type::q3_k, tensor_type::q5_k, tensor_type::iq4_xs}) {
         const std::int64_t rows = 5, cols = 33 * 256;
         const weights w = make_weights(rng, type, rows, cols);
         for (std::int64_t n_tokens : {1, 2, 6}) {

@@ -3,7 +3,7 @@
 //   Q8_K, Q4_0, Q4_1, Q5_0, Q5_1 (both halves of qh), Q8_1, IQ4_NL and MXFP4 blocks
 //   dequantize to the values their definitions give; MXFP4 is decoded from the OCP E2M1
 //   bit fields and E8M0 exponents (0 and 1: subnormal scales, 255 as ggml reads it), not
-//   from the kernel's table;
+//   from the kernel's table (Q2_K, Q3_K, Q5_K and IQ4_XS: quantize_kquant_test.cpp);
 // - round trips: quantize_row then dequantize_row stays within per-type error bounds (per
 //   value, relative to the block's range, and NMSE on Gaussian data), also on degenerate
 //   rows (zeros, constants, one spike, huge dynamic range);
@@ -316,6 +316,19 @@ const round_trip_case round_trip_cases[] = {
     // scale (< amax / 3), or the clip of the extreme values when the next smaller scale
     // fits the block better.
     {tensor_type::mxfp4, 32, 0.5f, 0.0f, 2e-2},
+    // Q2_K: half a step of the 16-value group's range / 3 (the 4-bit scale rounds up by at
+    // most d, and the minimum rounds by dmin / 2; d, dmin <= 2 * max|x| / 45, max|x| / 15).
+    {tensor_type::q2_k, 16, 1.0f / 6.0f * 1.01f, 1.0f / 16.0f, 0.2},
+    // Q3_K: the clip of the side opposite the largest magnitude from +4 to +3 steps (one
+    // step, range / 4), plus the error of the 6-bit scale (4 codes x d / 2, d = max|x| / 128).
+    {tensor_type::q3_k, 16, 1.0f / 4.0f * 1.01f, 1.0f / 50.0f, 0.04},
+    // Q5_K: as Q4_K, within one 31-level step of the widest sub-block range (the rounding
+    // and the 6-bit scale and minimum add up to about 0.75 of it).
+    {tensor_type::q5_k, 256, 1.0f / 31.0f, 0.0f, 3e-3},
+    // IQ4_XS: the widest gap of its levels is 24 of 254 (half: 12) and the side opposite the
+    // largest magnitude ends at 113 of 127 (14 levels short): 14 / 127 of the group's
+    // range, plus the 6-bit scale's error (127 x d / 2, d = max|x| / (127 * 32)).
+    {tensor_type::iq4_xs, 32, 14.0f / 127.0f * 1.01f, 1.0f / 60.0f, 1.2e-2},
     {tensor_type::f16, 1, 0.0f, 0.0f, 1e-7},
     {tensor_type::bf16, 1, 0.0f, 0.0f, 2e-5},
     {tensor_type::f32, 1, 0.0f, 0.0f, 0.0},
@@ -502,7 +515,8 @@ TEST(quantize, q8_k_activations_match_llama_formula) {
     for (const auto& x : activation_rows()) {
         if (x.size() % qk_k != 0) continue;
         const auto want = llama_q8_k(x);
-        for (tensor_type weight : {tensor_type::q4_k, tensor_type::q6_k}) {
+        for (tensor_type weight : {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q2_k, tensor_type::q3_k,
+                                   tensor_type::q5_k, tensor_type::iq4_xs}) {
             ASSERT_EQ(activation_type_for(weight), tensor_type::q8_k);
             for (isa level : available_isas()) {
                 isa_scope scope(level);
