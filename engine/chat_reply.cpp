@@ -137,17 +137,20 @@ void reply_parser::push_harmony(reply_text& out) {
     for (;;) {
         switch (state_) {
             case state::header: {
+                // A header opens with <|channel|> (the prompt wrote "<|start|>assistant") or
+                // <|start|>, and ends with <|message|> within the bound; anything else is
+                // text the model wrote outside the format. The bound is on the header's end,
+                // so a reply read whole or in pieces splits the same way.
                 const std::string_view h = held_;
-                if (const std::size_t at = h.find(k_message); at != std::string_view::npos) {
+                const bool header_like = opens_with(h, k_channel) || opens_with(h, k_start);
+                const std::size_t at = h.find(k_message);
+                if (header_like && at != std::string_view::npos && at + k_message.size() <= k_header_bytes_max) {
                     analysis_ = header_channel(h.substr(0, at)) == k_analysis;
                     held_.erase(0, at + k_message.size());
                     state_ = state::message;
                     continue;
                 }
-                // A header opens with <|channel|> (the prompt wrote "<|start|>assistant") or
-                // <|start|>; anything else is text the model wrote outside the format.
-                const bool header_like = opens_with(h, k_channel) || opens_with(h, k_start);
-                if (header_like && h.size() <= k_header_bytes_max) return;
+                if (header_like && at == std::string_view::npos && h.size() <= k_header_bytes_max) return;
                 state_ = state::content;
                 continue;
             }
