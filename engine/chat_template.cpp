@@ -354,4 +354,16 @@ std::span<const std::string_view> chat_template::reply_markers() const noexcept 
     return {};
 }
 
+std::vector<token_id> chat_template::reply_control_tokens(const tokenizer& vocab) const {
+    std::vector<token_id> ids;
+    for (const std::string_view marker : reply_markers()) {
+        const token_id id = vocab.find_token(marker);
+        // Text is written for every special token but control and unknown ones (those that
+        // token_bytes() leaves out without `special`).
+        if (id >= 0 && vocab.is_special(id) && vocab.token_bytes(id).empty() && !vocab.is_eog(id)) ids.push_back(id);
+    }
+    std::sort(ids.begin(), ids.end());
+    return ids;
+}
+
 }  // namespace moed::engine

@@ -116,6 +116,10 @@ public:
     // texts must be detokenized with their text even when they are control tokens (as
     // llama.cpp's preserved tokens are), or the reply cannot be split.
     std::span<const std::string_view> reply_markers() const noexcept;
+    // The ids of those markers that are control tokens of `vocab` (sorted; end-of-generation
+    // tokens left out, as they end the reply and write nothing): the tokens a generator must
+    // detokenize with their text. The others write their text anyway or are not tokens.
+    std::vector<token_id> reply_control_tokens(const tokenizer& vocab) const;
 
 private:
     explicit chat_template(chat_family f) : family_(f) {}

@@ -407,7 +407,9 @@ TEST(chat_template, without_a_date_harmony_prints_today) {
 // Every marker the fixture templates write, added to the bundled tokenizer: control tokens,
 // except those that real vocabularies (Qwen, DeepSeek) carry as user-defined.
 std::unique_ptr<tokenizer> every_marker_tokenizer(const std::string& name,
-                                                  const std::function<void(storage::gguf_writer&, std::size_t)>& edit = {}) {
+                                                  const std::function<void(storage::gguf_writer&, std::size_t)>& edit = {},
+                                                  std::int64_t think_type = k_user_defined,
+                                                  const std::vector<added_token>& extra = {}) {
     std::vector<added_token> added;
     for (const char* t : {"<s>", "</s>", "[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "<|im_start|>",
                           "<|im_end|>", "<|start|>", "<|message|>", "<|end|>", "<|channel|>", "<|return|>",
@@ -416,8 +418,9 @@ std::unique_ptr<tokenizer> every_marker_tokenizer(const std::string& name,
                           "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>", "<｜tool▁outputs▁begin｜>",
                           "<｜tool▁outputs▁end｜>", "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>"})
         added.push_back({t, k_control});
-    for (const char* t : {"<think>", "</think>", "<tool_response>", "</tool_response>"})
-        added.push_back({t, k_user_defined});
+    for (const char* t : {"<think>", "</think>"}) added.push_back({t, think_type});
+    for (const char* t : {"<tool_response>", "</tool_response>"}) added.push_back({t, k_user_defined});
+    added.insert(added.end(), extra.begin(), extra.end());
     return tokenizer_with(name, added, edit);
 }
 
@@ -602,6 +605,41 @@ TEST(chat_template, prompt_says_how_the_reply_reads) {
         EXPECT_EQ(t->reply_markers().empty(), e.syntax == reasoning_syntax::none);
     }
     EXPECT_FALSE(chat_template::chatml().prompt(*vocab, {}));
+}
+
+TEST(chat_template, every_reply_marker_reaches_the_reply_as_text) {
+    // Two vocabularies: <think> and </think> as control tokens (so they must be kept), and
+    // as user-defined ones (as Qwen's), with gpt-oss's <|call|>, which makes <|end|> a
+    // user-defined token rather than an end of generation (llama.cpp's rule).
+    auto control = every_marker_tokenizer("think-control-vocab.gguf", {}, k_control);
+    auto user_defined = every_marker_tokenizer("think-user-vocab.gguf", {}, k_user_defined, {{"<|call|>"}});
+    ASSERT_TRUE(control && user_defined);
+    for (const tokenizer* vocab : {control.get(), user_defined.get()}) {
+        for (const char* fixture : {"qwen3", "glm-4.6", "deepseek-r1", "gpt-oss", "chatml", "mistral-nemo-2407"}) {
+            SCOPED_TRACE(fixture);
+            auto t = fixture_template(fixture);
+            ASSERT_TRUE(t);
+            const std::vector<token_id> kept = t->reply_control_tokens(*vocab);
+            EXPECT_TRUE(std::is_sorted(kept.begin(), kept.end()));
+            for (std::string_view marker : t->reply_markers()) {
+                const token_id id = vocab->find_token(marker);
+                if (id < 0 || vocab->is_eog(id)) continue;
+                const bool keep = std::binary_search(kept.begin(), kept.end(), id);
+                // What a generator writes for the token: its text, with `special` for kept ones.
+                EXPECT_EQ(vocab->token_bytes(id, keep), marker);
+                EXPECT_EQ(keep, vocab->token_bytes(id).empty()) << "only the control tokens are listed";
+            }
+        }
+    }
+    auto qwen3 = fixture_template("qwen3");
+    ASSERT_TRUE(qwen3);
+    EXPECT_EQ(qwen3->reply_control_tokens(*control),
+              (std::vector<token_id>{control->find_token("<think>"), control->find_token("</think>")}));
+    EXPECT_TRUE(qwen3->reply_control_tokens(*user_defined).empty());
+    auto harmony = fixture_template("gpt-oss");
+    ASSERT_TRUE(harmony);
+    ASSERT_FALSE(user_defined->is_eog(user_defined->find_token("<|end|>")));
+    EXPECT_TRUE(harmony->reply_control_tokens(*user_defined).empty()) << "every harmony marker writes its text";
 }
 
 }  // namespace
