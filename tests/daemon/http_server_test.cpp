@@ -2,7 +2,8 @@
 // with a fake engine in place of the batch loop (tests/daemon/http_server_fixture.h).
 // Checked over a real Unix socket with a Beast client: every endpoint, status code and
 // error message; what the engine receives (templated and tokenized prompt, limits, seeds,
-// peer credentials); non-stream and SSE framing; keep-alive; a client that disconnects
+// peer credentials, the chat template's options); non-stream and SSE framing; a chat reply's
+// reasoning (Qwen3 <think>, gpt-oss channels) as reasoning_content in both; keep-alive; a client that disconnects
 // mid-stream or mid-request gets its job cancelled; engine failures; the connection
 // limit; shutdown closing idle connections; the listener's stale/live socket rules.
 // Waits are on condition variables; nothing asserts on wall time.

@@ -631,6 +631,12 @@ TEST(chat_template, every_reply_marker_reaches_the_reply_as_text) {
             }
         }
     }
+    // is_special: control and user-defined tokens, not ordinary ones or ids out of range.
+    EXPECT_TRUE(control->is_special(control->find_token("<think>")));
+    EXPECT_TRUE(user_defined->is_special(user_defined->find_token("<think>")));
+    EXPECT_FALSE(control->is_special(control->encode("a", false).at(0)));
+    EXPECT_FALSE(control->is_special(-1));
+    EXPECT_FALSE(control->is_special(control->n_vocab()));
     auto qwen3 = fixture_template("qwen3");
     ASSERT_TRUE(qwen3);
     EXPECT_EQ(qwen3->reply_control_tokens(*control),
