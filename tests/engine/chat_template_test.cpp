@@ -648,5 +648,30 @@ TEST(chat_template, every_reply_marker_reaches_the_reply_as_text) {
     EXPECT_TRUE(harmony->reply_control_tokens(*user_defined).empty()) << "every harmony marker writes its text";
 }
 
+TEST(chat_template, qwen_templates_on_the_real_qwen3_vocabulary) {
+    // Qwen3's own vocabulary: <|im_start|> and <|im_end|> are control tokens, <think> and
+    // <tool_response> user-defined ones, so the reply's markers write their text unaided.
+    auto file = storage::gguf_file::open(test::models_dir() + "/tokenizer/qwen3-vocab.gguf");
+    ASSERT_TRUE(file) << file.error().message;
+    auto vocab = tokenizer::from_gguf(**file);
+    ASSERT_TRUE(vocab) << vocab.error().message;
+    ASSERT_GE((*vocab)->find_token("<think>"), 0);
+    const std::vector<chat_case> cases = load_cases();
+    for (const char* fixture : {"qwen3", "qwen2.5", "chatml"}) {
+        SCOPED_TRACE(fixture);
+        auto t = fixture_template(fixture);
+        ASSERT_TRUE(t);
+        EXPECT_TRUE(t->reply_control_tokens(**vocab).empty());
+        for (const chat_case& c : cases) {
+            SCOPED_TRACE(c.name);
+            auto text = t->apply(c.messages, c.add_generation_prompt, c.options);
+            ASSERT_TRUE(text) << text.error().message;
+            auto ids = t->encode(**vocab, c.messages, c.add_generation_prompt, c.options);
+            ASSERT_TRUE(ids) << ids.error().message;
+            EXPECT_EQ(*ids, (*vocab)->encode(*text, true));
+        }
+    }
+}
+
 }  // namespace
 }  // namespace moed::engine
