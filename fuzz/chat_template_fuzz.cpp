@@ -42,8 +42,8 @@ const std::vector<moed::engine::chat_template>& templates() {
             "[INST] [AVAILABLE_TOOLS]",
             "\"[INST]\" [AVAILABLE_TOOLS]",
             "[SYSTEM_PROMPT] '[SYSTEM_PROMPT] ' '[INST] '",
-            "<|start|><|channel|><|message|>You are ChatGPT, a large language model trained by OpenAI. "
-            "Knowledge cutoff: 2024-06",
+            ("<|start|><|channel|><|message|>You are ChatGPT, a large language model trained by OpenAI. "
+             "Knowledge cutoff: 2024-06"),
             "[gMASK]<sop> /nothink <think></think>",
             "[gMASK]<sop> clear_thinking",
             "<｜User｜><｜Assistant｜> is_last_user <think></think>",
