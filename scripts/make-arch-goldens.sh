@@ -27,7 +27,7 @@ for arch in "${archs[@]}"; do
     build/tools/moe-synth -o "$work/$name.gguf" --arch "$arch" --type "$type" --layers 2 --embd 256 \
       --heads 4 --kv-heads "$kv" --head-dim 64 --experts 8 --experts-used 2 --ff 256 --vocab 512 \
       --ctx 512 --seed 11 > /dev/null
-    python3 scripts/make-golden.py --llama-build "$llama" --model "$work/$name.gguf" \
+    python3 "${MAKE_GOLDEN:-scripts/make-golden.py}" --llama-build "$llama" --model "$work/$name.gguf" \
       --prompts models/golden/arch-prompts.jsonl --name "$name" --out "models/golden/$isa/$name.json"
   done
 done
