@@ -61,8 +61,10 @@ int main(int argc, char** argv) {
         }
     }
     const double min_time_s = quick ? 0.05 : 0.3;
-    const tensor_type types[] = {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q8_0,
-                                 tensor_type::f16, tensor_type::bf16, tensor_type::f32};
+    const tensor_type types[] = {tensor_type::q4_k,  tensor_type::q6_k, tensor_type::q8_0,  tensor_type::q2_k,
+                                 tensor_type::q3_k,  tensor_type::q5_k, tensor_type::iq4_xs, tensor_type::f16,
+                                 tensor_type::bf16,  tensor_type::f32,  tensor_type::q4_0,  tensor_type::q4_1,
+                                 tensor_type::q5_0,  tensor_type::q5_1, tensor_type::iq4_nl, tensor_type::mxfp4};
     const shape shapes[] = {{2048, 768}, {768, 2048}};
     const int token_counts[] = {1, 64};
     const int thread_counts[] = {1, 2};

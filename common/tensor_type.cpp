@@ -14,22 +14,22 @@ std::optional<type_traits> traits_of(std::uint32_t raw_type) noexcept {
         case tensor_type::q4_k: return type_traits{"Q4_K", 256, 144, true};
         case tensor_type::q6_k: return type_traits{"Q6_K", 256, 210, true};
         case tensor_type::q8_k: return type_traits{"Q8_K", 256, 292, true};
-        case tensor_type::q4_0: return type_traits{"Q4_0", 32, 18, false};
-        case tensor_type::q4_1: return type_traits{"Q4_1", 32, 20, false};
-        case tensor_type::q5_0: return type_traits{"Q5_0", 32, 22, false};
-        case tensor_type::q5_1: return type_traits{"Q5_1", 32, 24, false};
-        case tensor_type::q8_1: return type_traits{"Q8_1", 32, 36, false};
-        case tensor_type::q2_k: return type_traits{"Q2_K", 256, 84, false};
-        case tensor_type::q3_k: return type_traits{"Q3_K", 256, 110, false};
-        case tensor_type::q5_k: return type_traits{"Q5_K", 256, 176, false};
+        case tensor_type::q4_0: return type_traits{"Q4_0", 32, 18, true};
+        case tensor_type::q4_1: return type_traits{"Q4_1", 32, 20, true};
+        case tensor_type::q5_0: return type_traits{"Q5_0", 32, 22, true};
+        case tensor_type::q5_1: return type_traits{"Q5_1", 32, 24, true};
+        case tensor_type::q8_1: return type_traits{"Q8_1", 32, 36, true};
+        case tensor_type::q2_k: return type_traits{"Q2_K", 256, 84, true};
+        case tensor_type::q3_k: return type_traits{"Q3_K", 256, 110, true};
+        case tensor_type::q5_k: return type_traits{"Q5_K", 256, 176, true};
         case tensor_type::iq2_xxs: return type_traits{"IQ2_XXS", 256, 66, false};
         case tensor_type::iq2_xs: return type_traits{"IQ2_XS", 256, 74, false};
         case tensor_type::iq3_xxs: return type_traits{"IQ3_XXS", 256, 98, false};
         case tensor_type::iq1_s: return type_traits{"IQ1_S", 256, 50, false};
-        case tensor_type::iq4_nl: return type_traits{"IQ4_NL", 32, 18, false};
+        case tensor_type::iq4_nl: return type_traits{"IQ4_NL", 32, 18, true};
         case tensor_type::iq3_s: return type_traits{"IQ3_S", 256, 110, false};
         case tensor_type::iq2_s: return type_traits{"IQ2_S", 256, 82, false};
-        case tensor_type::iq4_xs: return type_traits{"IQ4_XS", 256, 136, false};
+        case tensor_type::iq4_xs: return type_traits{"IQ4_XS", 256, 136, true};
         case tensor_type::i8: return type_traits{"I8", 1, 1, false};
         case tensor_type::i16: return type_traits{"I16", 1, 2, false};
         case tensor_type::i32: return type_traits{"I32", 1, 4, false};
@@ -38,7 +38,7 @@ std::optional<type_traits> traits_of(std::uint32_t raw_type) noexcept {
         case tensor_type::iq1_m: return type_traits{"IQ1_M", 256, 56, false};
         case tensor_type::tq1_0: return type_traits{"TQ1_0", 256, 54, false};
         case tensor_type::tq2_0: return type_traits{"TQ2_0", 256, 66, false};
-        case tensor_type::mxfp4: return type_traits{"MXFP4", 32, 17, false};
+        case tensor_type::mxfp4: return type_traits{"MXFP4", 32, 17, true};
     }
     return std::nullopt;
 }

@@ -173,6 +173,34 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
         }
     }
 
+    if (kind == api_kind::chat) {
+        if (const json* v = field(doc, "reasoning_effort")) {
+            if (!v->is_string()) return wrong_type("reasoning_effort", "a string", *v);
+            const std::string effort = v->get<std::string>();
+            if (effort != "low" && effort != "medium" && effort != "high")
+                return make_error(errc::invalid_argument, "reasoning_effort: {:?} is not one of low, medium, high",
+                                  effort);
+            req.chat.reasoning_effort = effort;
+        }
+        if (const json* v = field(doc, "chat_template_kwargs")) {
+            if (!v->is_object()) return wrong_type("chat_template_kwargs", "an object", *v);
+            // moed's templates read only enable_thinking; other keys have no effect.
+            if (const json* t = field(*v, "enable_thinking")) {
+                auto b = get_bool(*t, "chat_template_kwargs.enable_thinking");
+                if (!b) return unexpected(std::move(b).error());
+                req.chat.enable_thinking = *b;
+            }
+        }
+        if (const json* v = field(doc, "reasoning_format")) {
+            if (!v->is_string()) return wrong_type("reasoning_format", "a string", *v);
+            const std::string format = v->get<std::string>();
+            if (format != "none" && format != "auto" && format != "deepseek")
+                return make_error(errc::invalid_argument, "reasoning_format: {:?} is not one of none, auto, deepseek",
+                                  format);
+            req.split_reasoning = format != "none";
+        }
+    }
+
     if (const json* v = field(doc, "max_tokens")) {
         auto n = get_integer(*v, "max_tokens", 1, limits.max_tokens);
         if (!n) return unexpected(std::move(n).error());
@@ -358,11 +386,12 @@ json moed_json(const profile_report* r) {
 std::string moed_object_json(const profile_report* report) { return dump(moed_json(report)); }
 
 std::string completion_body(const response_meta& meta, std::string_view text, std::string_view finish_reason,
-                            const usage_counts& usage, const profile_report* report) {
+                            const usage_counts& usage, const profile_report* report, std::string_view reasoning) {
     json j = base_object(meta, false);
     json choice{{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
     if (meta.kind == api_kind::chat) {
         choice["message"] = {{"role", "assistant"}, {"content", text}};
+        if (!reasoning.empty()) choice["message"]["reasoning_content"] = reasoning;
     } else {
         choice["text"] = text;
         choice["logprobs"] = nullptr;
@@ -374,11 +403,11 @@ std::string completion_body(const response_meta& meta, std::string_view text, st
 }
 
 std::string stream_event(const response_meta& meta, std::string_view piece, bool first, const profile_report* moed,
-                         bool with_moed) {
+                         bool with_moed, reply_part part) {
     json j = base_object(meta, true);
     json choice{{"index", 0}, {"finish_reason", nullptr}};
     if (meta.kind == api_kind::chat) {
-        json delta{{"content", piece}};
+        json delta{{part == reply_part::reasoning ? "reasoning_content" : "content", piece}};
         if (first) delta["role"] = "assistant";
         choice["delta"] = std::move(delta);
     } else {

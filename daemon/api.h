@@ -42,6 +42,13 @@ struct generation_request {
     std::string model;                        // as the client named it; empty when absent
     std::string prompt;                       // completion
     std::vector<engine::chat_message> messages;  // chat
+    // Chat: what the template reads besides the messages: "reasoning_effort" (gpt-oss: low,
+    // medium, high) and "chat_template_kwargs": {"enable_thinking": bool} (as llama-server).
+    engine::chat_options chat;
+    // Chat: "reasoning_format": "none" leaves the model's reasoning in content, markup and
+    // all; "auto" (the default; "deepseek" is a synonym, as in llama-server) moves it to
+    // reasoning_content.
+    bool split_reasoning = true;
     std::optional<std::int32_t> max_tokens;   // absent: the default, capped by the context
     engine::sampling_params sampling;
     bool seed_given = false;
@@ -88,14 +95,22 @@ struct response_meta {
 // `report` null: no profile settled (the job ended before its prefill did).
 std::string moed_object_json(const profile_report* report);
 
-// The whole (non-stream) response body, with the top-level "moed" object.
+// The whole (non-stream) response body, with the top-level "moed" object. Chat: `reasoning`,
+// when not empty, is the message's "reasoning_content" beside its "content" (`text`).
 std::string completion_body(const response_meta& meta, std::string_view text, std::string_view finish_reason,
-                            const usage_counts& usage, const profile_report* report = nullptr);
-// One server-sent event "data: {chunk}\n\n" carrying `piece` (chat: delta.content; the
-// first chat chunk also carries role "assistant"). With `moed` set, the chunk carries the
-// "moed" object (the stream's first chunk does).
+                            const usage_counts& usage, const profile_report* report = nullptr,
+                            std::string_view reasoning = {});
+
+// Which part of a chat reply a stream chunk carries.
+enum class reply_part : std::uint8_t { content = 0, reasoning = 1 };
+
+// One server-sent event "data: {chunk}\n\n" carrying `piece` (chat: delta.content, or
+// delta.reasoning_content for reply_part::reasoning; the first chat chunk also carries role
+// "assistant"). With `moed` set, the chunk carries the "moed" object (the stream's first
+// chunk does).
 std::string stream_event(const response_meta& meta, std::string_view piece, bool first,
-                         const profile_report* moed = nullptr, bool with_moed = false);
+                         const profile_report* moed = nullptr, bool with_moed = false,
+                         reply_part part = reply_part::content);
 // The last chunk: empty text/delta, the finish reason and usage; then "data: [DONE]\n\n".
 // `with_moed`: the "moed" object too (when no earlier chunk carried it).
 std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage,

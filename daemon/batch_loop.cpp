@@ -296,6 +296,12 @@ result<void> batch_loop::impl::validate(const job_params& p) const {
         return make_error(errc::invalid_argument, "profile '{}' does not fit this model's routing", p.profile->name);
     if (p.routing_out && !(p.routing_out->shape() == shape))
         return make_error(errc::invalid_argument, "routing_out does not have this model's routing shape");
+    // A handful of markers; the bound keeps a bad caller from costing a search per token.
+    if (p.kept_control_tokens.size() > max_kept_control_tokens)
+        return make_error(errc::invalid_argument, "kept_control_tokens has {} ids; the limit is {}",
+                          p.kept_control_tokens.size(), max_kept_control_tokens);
+    if (!std::is_sorted(p.kept_control_tokens.begin(), p.kept_control_tokens.end()))
+        return make_error(errc::invalid_argument, "kept_control_tokens must be sorted");
     if (p.stop.size() > opt.max_stop_strings) {
         return make_error(errc::invalid_argument, "stop has {} strings; the limit is {}", p.stop.size(),
                           opt.max_stop_strings);
@@ -682,7 +688,8 @@ bool batch_loop::impl::prefill_done(sequence& s) {
 // stop string, and finishes the sequence on a stop string, end of generation or max_tokens.
 void batch_loop::impl::emit(sequence& s, engine::token_id token) {
     const engine::tokenizer& vocab = model.vocab();
-    s.held += s.text.push(vocab.token_bytes(token));
+    const std::vector<engine::token_id>& kept = s.params.kept_control_tokens;
+    s.held += s.text.push(vocab.token_bytes(token, std::binary_search(kept.begin(), kept.end(), token)));
     const std::vector<std::string>& stops = s.params.stop;
 
     if (const std::size_t at = find_stop(s.held, stops); at != npos) {

@@ -46,6 +46,8 @@ namespace moed::daemon {
 // A stop string is searched for after every token and up to its length is held back; this
 // bound keeps both cheap.
 inline constexpr std::size_t max_stop_string_bytes = 256;
+// job_params::kept_control_tokens holds at most this many ids (a chat format has a few markers).
+inline constexpr std::size_t max_kept_control_tokens = 16;
 
 struct job_params {
     std::vector<engine::token_id> prompt;  // already tokenized (and templated, for chat)
@@ -55,6 +57,11 @@ struct job_params {
     // most max_stop_string_bytes).
     std::vector<std::string> stop;
     bool stop_at_eog = true;
+    // Control tokens whose text the job's output keeps (sorted ids): a chat reply's markers
+    // (<think>, harmony's <|channel|>) where the vocabulary has them as control tokens, so
+    // the reply can be split into reasoning and content. Every other control token writes
+    // no text.
+    std::vector<engine::token_id> kept_control_tokens;
     std::string id;                        // request id for status and logs ("cmpl-...")
     std::string peer;                      // peer credentials for status
 

@@ -22,6 +22,7 @@
 #include "daemon/connection_limits.h"
 #include "daemon/job_channel.h"
 #include "daemon/listener.h"
+#include "engine/chat_reply.h"
 
 namespace moed::daemon {
 
@@ -138,19 +139,31 @@ struct http_server::state {
     }
 
     // A generation request turned into a job: validated, templated, tokenized and fitted to
-    // the context. Errors carry the code whose HTTP status they answer with.
-    result<job_params> prepare(const generation_request& req, const std::string& peer, const std::string& id) {
+    // the context, with how its reply reads (chat: reasoning split from content). Errors
+    // carry the code whose HTTP status they answer with.
+    struct prepared_job {
+        job_params params;
+        engine::reply_format reply;
+    };
+
+    result<prepared_job> prepare(const generation_request& req, const std::string& peer, const std::string& id) {
         if (!req.model.empty() && req.model != ctx.model_id)
             return make_error(errc::not_found, "model '{}' is not served; available: {}", req.model, ctx.model_id);
-        job_params p;
+        prepared_job prepared;
+        job_params& p = prepared.params;
         if (req.kind == api_kind::chat) {
             if (!ctx.chat) return make_error(errc::unsupported, "{}", ctx.chat_error);
             // The template's markers become control tokens while message contents stay plain
             // text, so a message cannot forge a turn (a "<|im_end|>\n<|im_start|>system" in
             // the content is just text).
-            auto ids = ctx.chat->encode(*ctx.vocab, req.messages);
-            if (!ids) return make_error(errc::invalid_argument, "{}", ids.error().message);
-            p.prompt = std::move(*ids);
+            auto chat = ctx.chat->prompt(*ctx.vocab, req.messages, req.chat);
+            if (!chat) return make_error(errc::invalid_argument, "{}", chat.error().message);
+            p.prompt = std::move(chat->tokens);
+            if (req.split_reasoning) {
+                prepared.reply = chat->reply;
+                // The reply's markers must reach the parser as text, control tokens or not.
+                p.kept_control_tokens = ctx.chat->reply_control_tokens(*ctx.vocab);
+            }
         } else {
             // Control-token texts in a raw prompt (<|im_start|> of a template the client wrote
             // itself) become their ids, as llama-server does.
@@ -196,7 +209,7 @@ struct http_server::state {
             return make_error(errc::invalid_argument,
                               "prune: needs a task profile: name one with \"profile\", or create profiles (POST "
                               "/v1/profiles) for the prompt to be matched to; none is stored");
-        return p;
+        return prepared;
     }
 };
 
@@ -433,13 +446,14 @@ private:
             co_return;
         }
         response_meta meta{kind, st_->next_id(kind), static_cast<std::int64_t>(std::time(nullptr)), st_->ctx.model_id};
-        auto params = st_->prepare(*parsed, peer_, meta.id);
-        if (!params) {
-            co_await send_error(http_status_for(params.error().code), params.error().message);
+        auto prepared = st_->prepare(*parsed, peer_, meta.id);
+        if (!prepared) {
+            co_await send_error(http_status_for(prepared.error().code), prepared.error().message);
             co_return;
         }
+        const engine::reply_format reply = prepared->reply;
         auto channel = std::make_shared<job_channel>(st_->io.get_executor(), st_->options.max_pending_bytes);
-        auto submitted = st_->ctx.engine->submit(std::move(*params), channel);
+        auto submitted = st_->ctx.engine->submit(std::move(prepared->params), channel);
         if (!submitted) {
             const error& err = submitted.error();
             const unsigned status = http_status_for(err.code);
@@ -457,8 +471,8 @@ private:
         channel_ = channel;
         job_ = *submitted;
         watch(channel, job_);
-        if (parsed->stream) co_await stream_job(*channel, meta);
-        else co_await plain_job(*channel, meta);
+        if (parsed->stream) co_await stream_job(*channel, meta, reply);
+        else co_await plain_job(*channel, meta, reply);
         stop_watching();
         channel_.reset();
     }
@@ -651,17 +665,19 @@ private:
         return s.queue_capacity;
     }
 
-    asio::awaitable<void> plain_job(job_channel& channel, const response_meta& meta) {
-        std::string text;
+    asio::awaitable<void> plain_job(job_channel& channel, const response_meta& meta, engine::reply_format reply) {
+        engine::reply_parser parser(reply);
+        engine::reply_text text;
         job_channel::events ev;
         std::optional<profile_report> report;
         for (;;) {
             channel.take(ev);
             if (ev.profile) report = std::move(ev.profile);
-            for (const auto& piece : ev.pieces) text += piece;
+            for (const auto& piece : ev.pieces) parser.push(piece, text);
             if (ev.done) break;
             co_await channel.wait();
         }
+        parser.finish(text);
         const job_channel::finish& f = *ev.done;
         if (client_gone_) {
             log_status_ = status_client_gone;
@@ -677,15 +693,16 @@ private:
                                                  f.usage.completion_tokens));
         } else {
             co_await send(200,
-                          completion_body(meta, text, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens},
-                                          report ? &*report : nullptr),
+                          completion_body(meta, text.content, f.reason,
+                                          {f.usage.prompt_tokens, f.usage.completion_tokens},
+                                          report ? &*report : nullptr, text.reasoning),
                           std::string(json_type));
         }
     }
 
     // The events as the body of a 200: in chunks (HTTP/1.1), or for an HTTP/1.0 client, which
     // knows no chunked coding, as plain bytes ended by closing the connection.
-    asio::awaitable<void> stream_job(job_channel& channel, const response_meta& meta) {
+    asio::awaitable<void> stream_job(job_channel& channel, const response_meta& meta, engine::reply_format reply) {
         const bool close_delimited = version_ < 11;
         http::response<http::empty_body> res{http::status::ok, version_};
         res.set(http::field::server, "moed");
@@ -706,16 +723,32 @@ private:
         job_channel::events ev;
         bool first = true;
         std::optional<profile_report> report;
+        engine::reply_parser parser(reply);
+        engine::reply_text delta;
+        std::string payload;
+        // One chunk per part of the reply a piece settled; the first chunk carries the "moed"
+        // object. A piece that settled nothing yet (a marker's start) makes no chunk.
+        const auto add_delta = [&] {
+            for (const reply_part part : {reply_part::reasoning, reply_part::content}) {
+                const std::string& text = part == reply_part::reasoning ? delta.reasoning : delta.content;
+                if (text.empty()) continue;
+                payload += stream_event(meta, text, first, report ? &*report : nullptr, first, part);
+                first = false;
+            }
+        };
         for (;;) {
             channel.take(ev);
             if (ev.profile) report = std::move(ev.profile);
-            std::string payload;
+            payload.clear();
             for (const auto& piece : ev.pieces) {
-                // The first chunk carries the "moed" object.
-                payload += stream_event(meta, piece, first, report ? &*report : nullptr, first);
-                first = false;
+                delta.clear();
+                parser.push(piece, delta);
+                add_delta();
             }
             if (ev.done) {
+                delta.clear();
+                parser.finish(delta);
+                add_delta();
                 const auto& f = *ev.done;
                 if (f.failed && f.code == errc::invalid_argument)
                     payload += stream_error_events(400, f.reason);

@@ -426,8 +426,10 @@ int run(int argc, char** argv) {
 
     server_context ctx;
     ctx.vocab = &model.vocab();
-    if (auto tmpl = engine::chat_template::from_gguf(model.file())) ctx.chat = *tmpl;
-    else {
+    if (auto tmpl = engine::chat_template::from_gguf(model.file())) {
+        ctx.chat = *tmpl;
+        MOED_LOG_INFO("moed", "chat template: {}", tmpl->name());
+    } else {
         ctx.chat_error = fmt::format("chat completions are not available for this model: {}", tmpl.error().message);
         MOED_LOG_WARN("moed", "{}", ctx.chat_error);
     }

@@ -22,6 +22,11 @@ constexpr std::int64_t k_parallel_values_min = 16384;
 // of many sequences (many experts with a few rows each) pay; the results are the same bits
 // either way, because every kernel is batch- and thread-invariant.
 constexpr std::size_t k_experts_per_thread_min = 2;
+
+// x += b, as ggml_add.
+void add_bias(float* x, const float* b, std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) x[i] = x[i] + b[i];
+}
 }  // namespace
 
 evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_batch)
@@ -46,6 +51,12 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     route_experts_.resize(b * hp.n_expert_used);
     lookahead_.resize(static_cast<std::size_t>(max_lookahead_depth) * b * hp.n_expert);
     expert_out_.resize(b * hp.n_expert_used * embd);
+    if (const auto sh = static_cast<std::size_t>(hp.shared_expert.n_ff); sh > 0) {
+        shared_gate_.resize(b * sh);
+        shared_up_.resize(b * sh);
+        shared_out_.resize(b * embd);
+        shared_scale_.resize(b);
+    }
     for (int i = 0; i < pool.size(); ++i) expert_scratch_.push_back(std::make_unique<expert_scratch>(b, embd, ff));
     group_order_.reserve(hp.n_expert);
     expert_count_.resize(hp.n_expert);
@@ -65,7 +76,8 @@ std::uint64_t evaluator::scratch_bytes() const noexcept {
     };
     std::uint64_t total = of(x_) + of(cur_) + of(q_) + of(k_) + of(v_) + of(attn_) + of(proj_) + of(router_probs_) +
                           of(route_weights_) + of(masked_probs_) + of(lookahead_) + of(route_experts_) +
-                          of(expert_out_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
+                          of(expert_out_) + of(shared_gate_) + of(shared_up_) + of(shared_out_) +
+                          of(shared_scale_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
                           of(handles_) + of(attn_scratch_) + of(out_rows_) + of(orders_) + act_.capacity_bytes();
     for (const auto& e : expert_scratch_) {
         total += of(e->gathered) + of(e->gate) + of(e->up) + of(e->down) + e->act.capacity_bytes();
@@ -196,8 +208,8 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
 
 const kernels::sum_order* evaluator::router_orders(std::uint32_t l) const noexcept {
     // llama.cpp's last layer keeps, after attention, only the rows that want logits (one
-    // per sequence), so its router multiplies a token alone; moed's other rows of that
-    // layer feed nothing.
+    // per sequence), so its router and shared expert multiply a token alone; moed's other
+    // rows of that layer feed nothing.
     return l + 1 == model_.hparams().n_layer ? nullptr : orders_.data();
 }
 
@@ -223,7 +235,10 @@ void evaluator::layer_start(std::uint32_t l, std::span<const batch_token> batch)
             kernels::rms_norm(x_.data() + t * embd, tw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
         });
         kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_, router_orders(target));
-        for_tokens(n, [&](std::int64_t t) { kernels::softmax(out + t * n_exp, n_exp); });
+        for_tokens(n, [&](std::int64_t t) {
+            if (tw.router_bias != nullptr) add_bias(out + t * n_exp, tw.router_bias, n_exp);
+            kernels::softmax(out + t * n_exp, n_exp);
+        });
     }
     if (layer_start_observers_.empty()) return;
     const lookahead_event ev{l, n, batch, depth, std::span<const float>(lookahead_.data(), rows),
@@ -256,14 +271,32 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     for_tokens(n, [&](std::int64_t t) {
         float* q = q_.data() + t * q_dim;
         float* k = k_.data() + t * kv_dim;
-        for (int h = 0; h < hp.n_head; ++h) kernels::rms_norm(q + h * hd, lw.q_norm, q + h * hd, hd, hp.rms_eps);
-        for (int h = 0; h < hp.n_head_kv; ++h) kernels::rms_norm(k + h * hd, lw.k_norm, k + h * hd, hd, hp.rms_eps);
-        kernels::rope_neox(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
-        kernels::rope_neox(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base);
+        float* v = v_.data() + t * kv_dim;
+        if (lw.bq != nullptr) add_bias(q, lw.bq, q_dim);
+        if (lw.bk != nullptr) add_bias(k, lw.bk, kv_dim);
+        if (lw.bv != nullptr) add_bias(v, lw.bv, kv_dim);
+        switch (hp.qk_norm) {
+            case qk_norm_kind::none: break;
+            case qk_norm_kind::per_head:
+                for (int h = 0; h < hp.n_head; ++h) kernels::rms_norm(q + h * hd, lw.q_norm, q + h * hd, hd, hp.rms_eps);
+                for (int h = 0; h < hp.n_head_kv; ++h) kernels::rms_norm(k + h * hd, lw.k_norm, k + h * hd, hd, hp.rms_eps);
+                break;
+            case qk_norm_kind::whole:
+                kernels::rms_norm(q, lw.q_norm, q, q_dim, hp.rms_eps);
+                kernels::rms_norm(k, lw.k_norm, k, kv_dim, hp.rms_eps);
+                break;
+        }
+        const kernels::rope_scaling* scaling = hp.rope_scale ? &*hp.rope_scale : nullptr;
+        if (hp.rope == rope_kind::neox) {
+            kernels::rope_neox(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
+            kernels::rope_neox(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
+        } else {
+            kernels::rope_norm(q, hp.n_head, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
+            kernels::rope_norm(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
+        }
         kv_cache& cache = *batch[t].cache;
         std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.row_elems();
         std::uint16_t* vrow = cache.values(l) + batch[t].pos * cache.row_elems();
-        const float* v = v_.data() + t * kv_dim;
         kernels::fp32_to_fp16_row(k, krow, kv_dim);
         kernels::fp32_to_fp16_row(v, vrow, kv_dim);
     });
@@ -273,6 +306,7 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     // One work item = one token's query heads that share a KV head (grouped-query attention
     // converts each K/V row once per group).
     const std::int64_t items = n * hp.n_head_kv;
+    const bool swa = hp.is_swa_layer(l);
     const std::size_t group = static_cast<std::size_t>(hp.n_head / hp.n_head_kv);
     auto attend = [&](std::int64_t begin, std::int64_t end, int thread) {
         float* scratch = attn_scratch_.data() + static_cast<std::size_t>(thread) * scratch_ctx_ * group;
@@ -291,6 +325,8 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
             args.scale = scale;
             args.out = attn_.data() + t * q_dim;
             args.order = batch[t].order;
+            args.sinks = lw.sinks;
+            if (swa) args.kv_start = std::max<std::int64_t>(0, batch[t].pos + 1 - hp.swa_window);
             kernels::attention_group(args, kv_head, scratch);
         }
     };
@@ -299,7 +335,8 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
     kernels::matmul(lw.wo, attn_.data(), n, proj_.data(), embd, pool_, act_, orders);
     for_tokens(n, [&](std::int64_t t) {
         float* x = x_.data() + t * embd;
-        const float* o = proj_.data() + t * embd;
+        float* o = proj_.data() + t * embd;
+        if (lw.bo != nullptr) add_bias(o, lw.bo, embd);
         for (std::int64_t i = 0; i < embd; ++i) x[i] = o[i] + x[i];
     });
 }
@@ -328,8 +365,26 @@ void evaluator::apply_expert(std::uint32_t e, const storage::expert_weights& w, 
     kernels::matmul(view(w.gate), act, gate, ff, pool);
     if (kernels::activation_type_for(w.up.type) != act.type()) act.quantize(w.up.type, gathered, m, embd, embd, &pool);
     kernels::matmul(view(w.up), act, up, ff, pool);
-    for (std::int64_t r = 0; r < m; ++r) kernels::swiglu(gate + r * ff, up + r * ff, gate + r * ff, ff);
+    const layer_weights& lw = model_.layer(layer_of_experts_);
+    if (lw.expert_gate_bias != nullptr) {
+        const float* gb = lw.expert_gate_bias + static_cast<std::size_t>(e) * ff;
+        const float* ub = lw.expert_up_bias + static_cast<std::size_t>(e) * ff;
+        for (std::int64_t r = 0; r < m; ++r) {
+            add_bias(gate + r * ff, gb, ff);
+            add_bias(up + r * ff, ub, ff);
+        }
+    }
+    if (hp.activation == expert_activation::swiglu_oai) {
+        kernels::swiglu_oai(gate, up, gate, m * ff);
+    } else {
+        // One row at a time: SwiGLU ends a call as llama.cpp ends a row (ops.h).
+        for (std::int64_t r = 0; r < m; ++r) kernels::swiglu(gate + r * ff, up + r * ff, gate + r * ff, ff);
+    }
     kernels::matmul(view(w.down), gate, m, down, embd, pool, act);
+    if (lw.expert_down_bias != nullptr) {
+        const float* db = lw.expert_down_bias + static_cast<std::size_t>(e) * embd;
+        for (std::int64_t r = 0; r < m; ++r) add_bias(down + r * embd, db, embd);
+    }
     for (std::int64_t r = 0; r < m; ++r) {
         const std::int32_t ts = rows[r];
         const float weight = route_weights_[ts];
@@ -375,18 +430,36 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         kernels::rms_norm(x_.data() + t * embd, lw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
     });
     kernels::matmul(lw.router, cur_.data(), n, router_probs_.data(), n_exp, pool_, act_, router_orders(l));
+    const bool by_logits = hp.routing.gating == gating_kind::softmax_chosen;
     for_tokens(n, [&](std::int64_t t) {
-        float* probs = router_probs_.data() + t * n_exp;
+        float* probs = router_probs_.data() + t * n_exp;  // the logits until the softmax
+        if (lw.router_bias != nullptr) add_bias(probs, lw.router_bias, n_exp);
+        // What the top-k ranks: the probabilities, or (softmax_chosen) the logits, kept
+        // aside because observers always get the softmax over every expert.
+        float* key = probs;
+        float* masked = masked_probs_.data() + t * n_exp;
+        if (by_logits) {
+            std::copy_n(probs, n_exp, masked);
+            key = masked;
+        }
         kernels::softmax(probs, n_exp);
         if (const std::uint8_t* allowed = batch[t].allowed_experts) {
             // Pruned: the softmax over all experts stays (the observer sees it), the top-k
-            // is taken among the allowed ones. Probabilities are >= 0, so -1 never wins.
+            // is taken among the allowed ones.
             allowed += static_cast<std::size_t>(l) * n_exp;
-            float* masked = masked_probs_.data() + t * n_exp;
-            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? probs[e] : -1.0f;
-            kernels::top_k_routing(masked, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
-        } else {
-            kernels::top_k_routing(probs, n_exp, k, route_experts_.data() + t * k, route_weights_.data() + t * k);
+            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? key[e] : -INFINITY;
+            key = masked;
+        }
+        std::int32_t* chosen = route_experts_.data() + t * k;
+        float* weights = route_weights_.data() + t * k;
+        kernels::top_k_routing(key, n_exp, k, chosen, weights);
+        if (by_logits) {
+            // A softmax over the chosen logits (k values: ggml's scalar loop, as the reference).
+            for (int s = 0; s < k; ++s) weights[s] = key[chosen[s]];
+            kernels::reference::softmax(weights, k);
+        } else if (!hp.routing.normalize) {
+            // The chosen experts keep their probabilities as the gating gave them.
+            for (int s = 0; s < k; ++s) weights[s] = probs[chosen[s]];
         }
     });
     if (!observers_.empty()) {
@@ -402,6 +475,7 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         for (const routing_observer& obs : observers_) obs(ev);
     }
 
+    layer_of_experts_ = l;
     // Group the batch's (token, slot) pairs by expert so each expert is applied once.
     std::fill(expert_count_.begin(), expert_count_.end(), 0);
     needed_.clear();
@@ -439,17 +513,51 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         handles_.clear();
     }
 
-    // Sum the weighted expert outputs in slot order, as llama.cpp adds them, then the residual.
+    const bool has_shared = hp.shared_expert.n_ff > 0;
+    if (has_shared) shared_expert(l, n);
+
+    // Sum the weighted expert outputs in slot order, as llama.cpp adds them, then the shared
+    // expert's output, then the residual.
     for_tokens(n, [&](std::int64_t t) {
         float* x = x_.data() + t * embd;
         const float* eo = expert_out_.data() + static_cast<std::size_t>(t) * k * embd;
+        const float* so = has_shared ? shared_out_.data() + t * embd : nullptr;
         for (std::int64_t j = 0; j < embd; ++j) {
             float sum = eo[j];
             for (int s = 1; s < k; ++s) sum += eo[s * embd + j];
+            if (so != nullptr) sum = sum + so[j];
             x[j] = sum + x[j];
         }
     });
     return {};
+}
+
+void evaluator::shared_expert(std::uint32_t l, std::int64_t n) {
+    const model_hparams& hp = model_.hparams();
+    const layer_weights& lw = model_.layer(l);
+    const std::int64_t embd = hp.n_embd;
+    const std::int64_t ff = hp.shared_expert.n_ff;
+    // Plain matrix products in llama.cpp, so they sum in the tokens' orders as the router.
+    const kernels::sum_order* orders = router_orders(l);
+    act_.quantize(lw.shared_gate.type, cur_.data(), n, embd, embd, &pool_);
+    kernels::matmul(lw.shared_gate, act_, shared_gate_.data(), ff, pool_, orders);
+    if (kernels::activation_type_for(lw.shared_up.type) != act_.type()) {
+        act_.quantize(lw.shared_up.type, cur_.data(), n, embd, embd, &pool_);
+    }
+    kernels::matmul(lw.shared_up, act_, shared_up_.data(), ff, pool_, orders);
+    for (std::int64_t t = 0; t < n; ++t) {
+        kernels::swiglu(shared_gate_.data() + t * ff, shared_up_.data() + t * ff, shared_gate_.data() + t * ff, ff);
+    }
+    kernels::matmul(lw.shared_down, shared_gate_.data(), n, shared_out_.data(), embd, pool_, act_, orders);
+    if (!hp.shared_expert.gated) return;
+    kernels::matmul(lw.shared_gate_inp, cur_.data(), n, shared_scale_.data(), 1, pool_, act_, orders);
+    for_tokens(n, [&](std::int64_t t) {
+        // sigmoid as llama.cpp writes it for this gate: silu(g) / g.
+        const float g = shared_scale_[static_cast<std::size_t>(t)];
+        const float scale = g / (1.0f + std::exp(-g)) / g;
+        float* out = shared_out_.data() + t * embd;
+        for (std::int64_t j = 0; j < embd; ++j) out[j] = out[j] * scale;
+    });
 }
 
 result<void> evaluator::run_sequence(std::span<const token_id> tokens, kv_cache& cache,

@@ -1,10 +1,12 @@
-// The forward pass of a qwen3moe model over a batch of tokens, possibly from several
-// sequences (each token names its own KV cache and position), on the CPU kernels.
-// Per layer: RMSNorm -> Q/K/V -> per-head q/k RMSNorm -> NEOX RoPE -> f16 KV cache ->
-// GQA attention -> output projection -> residual -> RMSNorm -> router softmax, top-k with
-// renormalised weights -> experts (SwiGLU), grouped so each routed expert is acquired from
-// the expert source and applied once per batch -> weighted sum in llama.cpp's order ->
-// residual. Numerics follow llama.cpp's CPU backend so greedy ids match its output.
+// The forward pass of a MoE model over a batch of tokens, possibly from several sequences
+// (each token names its own KV cache and position), on the CPU kernels. The shared blocks
+// carry the architectures' variants (engine/arch.h). Per layer: RMSNorm -> Q/K/V (+ biases)
+// -> q/k RMSNorm (per head, whole, or none) -> RoPE (NORM or NEOX, partial) -> f16 KV cache
+// -> GQA attention -> output projection -> residual -> RMSNorm -> router (softmax, top-k,
+// weights renormalised or not) -> experts (SwiGLU), grouped so each routed expert is
+// acquired from the expert source and applied once per batch -> weighted sum in llama.cpp's
+// order (+ the shared expert, gated or not) -> residual. Numerics follow llama.cpp's CPU
+// backend so greedy ids match its output.
 // Threads: one owner thread (the engine thread) calls run(); the compute pool does the rest.
 #pragma once
 
@@ -132,6 +134,8 @@ private:
     const kernels::sum_order* router_orders(std::uint32_t layer) const noexcept;
     void attention_block(std::uint32_t layer, std::span<const batch_token> batch);
     result<void> moe_block(std::uint32_t layer, std::span<const batch_token> batch);
+    // The shared expert of `layer` on cur_ (the ffn_norm output) into shared_out_.
+    void shared_expert(std::uint32_t layer, std::int64_t n);
     // Scratch for applying one expert: one per pool thread, so several experts can run at
     // once, each on one thread (its own single-thread pool keeps the kernels inline).
     struct expert_scratch {
@@ -163,6 +167,9 @@ private:
     std::vector<float> lookahead_;  // [max_lookahead_depth][max_batch][n_expert]
     std::vector<std::int32_t> route_experts_;
     std::vector<float> expert_out_;  // [n][n_expert_used][n_embd]
+    std::uint32_t layer_of_experts_ = 0;  // the layer whose experts apply_expert runs
+    // The shared expert's gate and up [n][n_ff], output [n][n_embd] and gate scale [n].
+    std::vector<float> shared_gate_, shared_up_, shared_out_, shared_scale_;
     std::vector<std::unique_ptr<expert_scratch>> expert_scratch_;  // [pool size]
     std::vector<std::uint32_t> group_order_;          // a group's experts, most rows first
     std::vector<std::int32_t> expert_count_;         // tokens per expert this layer

@@ -19,35 +19,17 @@ namespace moed::engine {
 
 namespace {
 
+// A weight type the kernels multiply with: every type with block geometry but the
+// activation-only ones.
 bool computable(tensor_type type) {
-    switch (type) {
-        case tensor_type::f32:
-        case tensor_type::f16:
-        case tensor_type::bf16:
-        case tensor_type::q8_0:
-        case tensor_type::q4_k:
-        case tensor_type::q6_k:
-            return true;
-        default:
-            return false;
-    }
+    const auto traits = traits_of(static_cast<std::uint32_t>(type));
+    return traits && traits->supported && type != tensor_type::q8_k && type != tensor_type::q8_1;
 }
 
-// Reads a u32-sized hyper-parameter "<arch>.<name>" that must be positive.
-result<std::uint64_t> positive_key(const storage::gguf_file& file, const std::string& arch,
-                                   const char* name, std::uint64_t max_value) {
-    const std::string key = fmt::format("{}.{}", arch, name);
-    auto value = file.get_uint(key);
-    if (!value) return value;
-    if (*value == 0 || *value > max_value) {
-        return make_error(errc::bad_file, "{}: key '{}' = {} is out of range (1..{})", file.path(),
-                          key, *value, max_value);
-    }
-    return value;
-}
-
+// The routed experts' stacked weights (their biases are small and stay with the dense
+// weights).
 bool is_routed_expert(const std::string& name) {
-    return name.find("_exps.") != std::string::npos;
+    return name.find("_exps.weight") != std::string::npos;
 }
 
 // Reads file bytes [offset, offset + bytes) into dst with positional reads; `what` names
@@ -157,15 +139,19 @@ public:
         return kernels::matrix_view{t.type, data_of(t), rows, cols, row_bytes(t.type, cols)};
     }
 
-    // A 1-D weight of n values, converted to f32 into owned storage.
-    result<const float*> vector(const std::string& name, std::int64_t n, std::vector<std::vector<float>>& store) {
+    // A 1-D weight of n values (or, with rows > 1, a 2-D one of rows x n), converted to f32
+    // into owned storage.
+    result<const float*> vector(const std::string& name, std::int64_t n, std::vector<std::vector<float>>& store,
+                                std::int64_t rows = 1) {
         auto info = file_.get_tensor(name);
         if (!info) return unexpected(std::move(info).error());
         const storage::gguf_tensor_info& t = **info;
-        if (t.n_dims != 1 || t.ne[0] != n) {
-            return make_error(errc::bad_file, "{}: tensor '{}' has {} values in {} dims, expected {}",
-                              file_.path(), name, t.n_elements(), t.n_dims, n);
+        const bool shape_ok = rows == 1 ? t.n_dims == 1 && t.ne[0] == n : t.n_dims == 2 && t.ne[0] == n && t.ne[1] == rows;
+        if (!shape_ok) {
+            return make_error(errc::bad_file, "{}: tensor '{}' has {} values in {} dims, expected {} x {}",
+                              file_.path(), name, t.n_elements(), t.n_dims, rows, n);
         }
+        n *= rows;
         if (!computable(t.type) || n % traits_of(static_cast<std::uint32_t>(t.type))->block_elems != 0) {
             return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot read as a vector",
                               file_.path(), name, type_name(t.type));
@@ -191,89 +177,13 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     m->file_ = std::move(opened).value();
     const storage::gguf_file& file = *m->file_;
 
-    auto arch = file.get_string("general.architecture");
+    auto arch_name = file.get_string("general.architecture");
+    if (!arch_name) return unexpected(std::move(arch_name).error());
+    auto arch = find_architecture(file, *arch_name);
     if (!arch) return unexpected(std::move(arch).error());
-    if (*arch != "qwen3moe") {
-        return make_error(errc::unsupported,
-                          "{}: general.architecture is '{}'; moed supports: qwen3moe", path, *arch);
-    }
     model_hparams& hp = m->hparams_;
-    hp.architecture = std::string(*arch);
-    const std::string& a = hp.architecture;
-
-    constexpr std::uint64_t max_dim = 1u << 20;
-    auto get = [&](const char* name, std::uint64_t max_value) { return positive_key(file, a, name, max_value); };
-    auto n_layer = get("block_count", 4096);
-    if (!n_layer) return unexpected(std::move(n_layer).error());
-    auto n_embd = get("embedding_length", max_dim);
-    if (!n_embd) return unexpected(std::move(n_embd).error());
-    auto n_head = get("attention.head_count", 4096);
-    if (!n_head) return unexpected(std::move(n_head).error());
-    auto n_head_kv = get("attention.head_count_kv", 4096);
-    if (!n_head_kv) return unexpected(std::move(n_head_kv).error());
-    auto n_expert = get("expert_count", 65536);
-    if (!n_expert) return unexpected(std::move(n_expert).error());
-    auto n_expert_used = get("expert_used_count", 65536);
-    if (!n_expert_used) return unexpected(std::move(n_expert_used).error());
-    auto n_ff_exp = get("expert_feed_forward_length", max_dim);
-    if (!n_ff_exp) return unexpected(std::move(n_ff_exp).error());
-    auto n_ctx_train = get("context_length", 1u << 24);
-    if (!n_ctx_train) return unexpected(std::move(n_ctx_train).error());
-    hp.n_layer = static_cast<std::uint32_t>(*n_layer);
-    hp.n_embd = static_cast<std::int64_t>(*n_embd);
-    hp.n_head = static_cast<int>(*n_head);
-    hp.n_head_kv = static_cast<int>(*n_head_kv);
-    hp.n_expert = static_cast<std::uint32_t>(*n_expert);
-    hp.n_expert_used = static_cast<std::uint32_t>(*n_expert_used);
-    hp.n_ff_exp = static_cast<std::int64_t>(*n_ff_exp);
-    hp.n_ctx_train = static_cast<std::int64_t>(*n_ctx_train);
-
-    // Optional keys with llama.cpp's defaults.
-    hp.head_dim = static_cast<int>(hp.n_embd / hp.n_head);
-    if (file.find(a + ".attention.key_length")) {
-        auto v = get("attention.key_length", 65536);
-        if (!v) return unexpected(std::move(v).error());
-        hp.head_dim = static_cast<int>(*v);
-    }
-    if (file.find(a + ".attention.value_length")) {
-        auto v = get("attention.value_length", 65536);
-        if (!v) return unexpected(std::move(v).error());
-        if (static_cast<int>(*v) != hp.head_dim) {
-            return make_error(errc::unsupported, "{}: key '{}.attention.value_length' = {} differs from key_length {}",
-                              path, a, *v, hp.head_dim);
-        }
-    }
-    hp.n_rot = hp.head_dim;
-    if (file.find(a + ".rope.dimension_count")) {
-        auto v = get("rope.dimension_count", 65536);
-        if (!v) return unexpected(std::move(v).error());
-        hp.n_rot = static_cast<int>(*v);
-    }
-    if (file.find(a + ".rope.freq_base")) {
-        auto v = file.get_float(a + ".rope.freq_base");
-        if (!v) return unexpected(std::move(v).error());
-        hp.rope_freq_base = static_cast<float>(*v);
-    }
-    auto eps = file.get_float(a + ".attention.layer_norm_rms_epsilon");
-    if (!eps) return unexpected(std::move(eps).error());
-    hp.rms_eps = static_cast<float>(*eps);
-
-    if (hp.n_head % hp.n_head_kv != 0) {
-        return make_error(errc::bad_file, "{}: attention.head_count {} is not a multiple of head_count_kv {}",
-                          path, hp.n_head, hp.n_head_kv);
-    }
-    if (hp.n_rot != hp.head_dim || hp.head_dim % 2 != 0) {
-        return make_error(errc::unsupported, "{}: rope.dimension_count {} must equal an even head dim {}",
-                          path, hp.n_rot, hp.head_dim);
-    }
-    if (hp.n_expert_used > hp.n_expert) {
-        return make_error(errc::bad_file, "{}: expert_used_count {} exceeds expert_count {}", path,
-                          hp.n_expert_used, hp.n_expert);
-    }
-    if (!(hp.rms_eps >= 0.0f) || !(hp.rope_freq_base > 0.0f)) {
-        return make_error(errc::bad_file, "{}: rms epsilon {} or rope base {} out of range", path,
-                          hp.rms_eps, hp.rope_freq_base);
-    }
+    hp.architecture = std::string(*arch_name);
+    MOED_TRY((*arch)->configure(file, hp));
 
     auto tok = tokenizer::from_gguf(file);
     if (!tok) return unexpected(std::move(tok).error());
@@ -282,7 +192,7 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
 
     // The experts' layout comes first: the memory check below needs their bytes, and a bad
     // layout then fails before anything large is allocated.
-    auto layout = storage::expert_layout::from_gguf(file, hp.n_layer, hp.n_expert, hp.n_embd, hp.n_ff_exp);
+    auto layout = storage::expert_layout::from_gguf(file, stacked_expert_names(hp), hp.n_expert, hp.n_embd, hp.n_ff_exp);
     if (!layout) return unexpected(std::move(layout).error());
     m->layout_ = std::move(layout).value();
     const std::uint64_t every_expert_bytes = static_cast<std::uint64_t>(hp.n_layer) * hp.n_expert *
@@ -319,29 +229,74 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     m->layers_.resize(hp.n_layer);
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
         layer_weights& lw = m->layers_[l];
-        auto name = [l](const char* suffix) { return fmt::format("blk.{}.{}.weight", l, suffix); };
-        auto take_matrix = [&](kernels::matrix_view& dst, const char* suffix, std::int64_t rows,
+        // `what` is the tensor's name within the block ("attn_q.weight").
+        auto name = [l](const char* what) { return fmt::format("blk.{}.{}", l, what); };
+        auto take_matrix = [&](kernels::matrix_view& dst, const char* what, std::int64_t rows,
                                std::int64_t cols) -> result<void> {
-            auto v = ld.matrix(name(suffix), rows, cols);
+            auto v = ld.matrix(name(what), rows, cols);
             if (!v) return unexpected(std::move(v).error());
             dst = *v;
             return {};
         };
-        auto take_vector = [&](const float*& dst, const char* suffix, std::int64_t n) -> result<void> {
-            auto v = ld.vector(name(suffix), n, m->owned_vectors_);
+        auto take_vector = [&](const float*& dst, const char* what, std::int64_t n) -> result<void> {
+            auto v = ld.vector(name(what), n, m->owned_vectors_);
             if (!v) return unexpected(std::move(v).error());
             dst = *v;
             return {};
         };
-        MOED_TRY(take_vector(lw.attn_norm, "attn_norm", hp.n_embd));
-        MOED_TRY(take_matrix(lw.wq, "attn_q", q_dim, hp.n_embd));
-        MOED_TRY(take_matrix(lw.wk, "attn_k", kv_dim, hp.n_embd));
-        MOED_TRY(take_matrix(lw.wv, "attn_v", kv_dim, hp.n_embd));
-        MOED_TRY(take_matrix(lw.wo, "attn_output", hp.n_embd, q_dim));
-        MOED_TRY(take_vector(lw.q_norm, "attn_q_norm", hp.head_dim));
-        MOED_TRY(take_vector(lw.k_norm, "attn_k_norm", hp.head_dim));
-        MOED_TRY(take_vector(lw.ffn_norm, "ffn_norm", hp.n_embd));
-        MOED_TRY(take_matrix(lw.router, "ffn_gate_inp", hp.n_expert, hp.n_embd));
+        auto take_optional_vector = [&](const float*& dst, const char* what, std::int64_t n) -> result<void> {
+            if (!file.find_tensor(name(what))) return {};
+            return take_vector(dst, what, n);
+        };
+        MOED_TRY(take_vector(lw.attn_norm, "attn_norm.weight", hp.n_embd));
+        MOED_TRY(take_matrix(lw.wq, "attn_q.weight", q_dim, hp.n_embd));
+        MOED_TRY(take_matrix(lw.wk, "attn_k.weight", kv_dim, hp.n_embd));
+        MOED_TRY(take_matrix(lw.wv, "attn_v.weight", kv_dim, hp.n_embd));
+        MOED_TRY(take_matrix(lw.wo, "attn_output.weight", hp.n_embd, q_dim));
+        if (hp.qkv_bias) {
+            MOED_TRY(take_optional_vector(lw.bq, "attn_q.bias", q_dim));
+            MOED_TRY(take_optional_vector(lw.bk, "attn_k.bias", kv_dim));
+            MOED_TRY(take_optional_vector(lw.bv, "attn_v.bias", kv_dim));
+        }
+        switch (hp.qk_norm) {
+            case qk_norm_kind::none: break;
+            case qk_norm_kind::per_head:
+                MOED_TRY(take_vector(lw.q_norm, "attn_q_norm.weight", hp.head_dim));
+                MOED_TRY(take_vector(lw.k_norm, "attn_k_norm.weight", hp.head_dim));
+                break;
+            case qk_norm_kind::whole:
+                MOED_TRY(take_vector(lw.q_norm, "attn_q_norm.weight", q_dim));
+                MOED_TRY(take_vector(lw.k_norm, "attn_k_norm.weight", kv_dim));
+                break;
+        }
+        if (hp.attn_out_bias) MOED_TRY(take_vector(lw.bo, "attn_output.bias", hp.n_embd));
+        if (hp.attn_sinks) MOED_TRY(take_vector(lw.sinks, "attn_sinks.weight", hp.n_head));
+        MOED_TRY(take_vector(lw.ffn_norm, fmt::format("{}.weight", (*arch)->ffn_norm).c_str(), hp.n_embd));
+        MOED_TRY(take_matrix(lw.router, "ffn_gate_inp.weight", hp.n_expert, hp.n_embd));
+        if (hp.routing.bias) MOED_TRY(take_vector(lw.router_bias, "ffn_gate_inp.bias", hp.n_expert));
+        if (hp.expert_bias) {
+            auto take_rows = [&](const float*& dst, const char* what, std::int64_t n) -> result<void> {
+                auto v = ld.vector(name(what), n, m->owned_vectors_, hp.n_expert);
+                if (!v) return unexpected(std::move(v).error());
+                dst = *v;
+                return {};
+            };
+            MOED_TRY(take_rows(lw.expert_gate_bias, "ffn_gate_exps.bias", hp.n_ff_exp));
+            MOED_TRY(take_rows(lw.expert_up_bias, "ffn_up_exps.bias", hp.n_ff_exp));
+            MOED_TRY(take_rows(lw.expert_down_bias, "ffn_down_exps.bias", hp.n_embd));
+        }
+        if (const std::int64_t ff = hp.shared_expert.n_ff; ff > 0) {
+            MOED_TRY(take_matrix(lw.shared_gate, "ffn_gate_shexp.weight", ff, hp.n_embd));
+            MOED_TRY(take_matrix(lw.shared_up, "ffn_up_shexp.weight", ff, hp.n_embd));
+            MOED_TRY(take_matrix(lw.shared_down, "ffn_down_shexp.weight", hp.n_embd, ff));
+            if (hp.shared_expert.gated) {
+                // A vector in the file; the evaluator multiplies it as a one-row f32 matrix.
+                const float* gate_inp = nullptr;
+                MOED_TRY(take_vector(gate_inp, "ffn_gate_inp_shexp.weight", hp.n_embd));
+                lw.shared_gate_inp = kernels::matrix_view{tensor_type::f32, gate_inp, 1, hp.n_embd,
+                                                          static_cast<std::size_t>(hp.n_embd) * sizeof(float)};
+            }
+        }
     }
 
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {

@@ -1,7 +1,7 @@
-// A loaded qwen3moe model: hyper-parameters and weights read from GGUF metadata and tensors
-// (copied into owned memory at load, so nothing the model serves faults when the file is
-// truncated or rewritten underneath), the tokenizer, and the expert source that routed
-// experts come through.
+// A loaded MoE model of one of the architectures engine/arch.h lists: hyper-parameters and
+// weights read from GGUF metadata and tensors (copied into owned memory at load, so nothing
+// the model serves faults when the file is truncated or rewritten underneath), the
+// tokenizer, and the expert source that routed experts come through.
 // Threads: immutable after load(); the expert source is used by the engine thread.
 #pragma once
 
@@ -14,6 +14,7 @@
 
 #include "common/result.h"
 #include "common/units.h"
+#include "engine/arch.h"
 #include "engine/memory_budget.h"
 #include "engine/tokenizer.h"
 #include "kernels/cpu/matmul.h"
@@ -23,31 +24,28 @@
 
 namespace moed::engine {
 
-struct model_hparams {
-    std::string architecture;
-    std::uint32_t n_layer = 0;
-    std::int64_t n_embd = 0;
-    int n_head = 0;
-    int n_head_kv = 0;
-    int head_dim = 0;   // attention.key_length (= value_length)
-    int n_rot = 0;      // rope.dimension_count
-    std::int64_t n_ff_exp = 0;
-    std::uint32_t n_expert = 0;
-    std::uint32_t n_expert_used = 0;
-    std::int64_t n_ctx_train = 0;
-    std::int64_t n_vocab = 0;
-    float rope_freq_base = 10000.0f;
-    float rms_eps = 1e-6f;
-};
-
-// Dense weights of one transformer block.
+// Dense weights of one transformer block. Optional parts are null (vectors) or have no
+// data (matrices) when the architecture or the file has none.
 struct layer_weights {
     const float* attn_norm = nullptr;  // [n_embd]
     kernels::matrix_view wq, wk, wv, wo;
-    const float* q_norm = nullptr;     // [head_dim]
-    const float* k_norm = nullptr;     // [head_dim]
+    const float* bq = nullptr;         // [n_head * head_dim]
+    const float* bk = nullptr;         // [n_head_kv * head_dim]
+    const float* bv = nullptr;         // [n_head_kv * head_dim]
+    const float* q_norm = nullptr;     // [head_dim] per head, or [n_head * head_dim] whole
+    const float* k_norm = nullptr;     // [head_dim] per head, or [n_head_kv * head_dim] whole
+    const float* bo = nullptr;         // [n_embd]
+    const float* sinks = nullptr;      // [n_head]
     const float* ffn_norm = nullptr;   // [n_embd]
     kernels::matrix_view router;       // [n_expert x n_embd]
+    const float* router_bias = nullptr;  // [n_expert]
+    // Per-expert biases, [n_expert][n_ff_exp] (gate, up) and [n_expert][n_embd] (down).
+    const float* expert_gate_bias = nullptr;
+    const float* expert_up_bias = nullptr;
+    const float* expert_down_bias = nullptr;
+    // The shared expert (hparams().shared_expert.n_ff > 0): gate and up [n_ff x n_embd],
+    // down [n_embd x n_ff], and its gate vector [1 x n_embd] when it is gated.
+    kernels::matrix_view shared_gate, shared_up, shared_down, shared_gate_inp;
 };
 
 struct load_options {

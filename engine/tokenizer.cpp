@@ -673,4 +673,8 @@ bool tokenizer::is_eog(token_id id) const noexcept {
 
 token_id tokenizer::find_token(std::string_view text) const noexcept { return impl_->lookup(text); }
 
+bool tokenizer::is_special(token_id id) const noexcept {
+    return id >= 0 && id < impl_->n_tokens() && (impl_->attrs[id] & (attr_control | attr_user_defined | attr_unknown)) != 0;
+}
+
 }  // namespace moed::engine

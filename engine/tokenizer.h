@@ -51,6 +51,9 @@ public:
     bool is_eog(token_id id) const noexcept;
     // The token's id for an exact token text (e.g. "<|im_start|>"), or -1.
     token_id find_token(std::string_view text) const noexcept;
+    // A control, user-defined or unknown token: one encode() splits out of the text before
+    // tokenizing the rest (control and unknown ones only with parse_special).
+    bool is_special(token_id id) const noexcept;
 
 private:
     tokenizer();

@@ -69,10 +69,8 @@ result<void> expert_source::acquire_each(std::span<const ExpertId> ids, device_i
 namespace {
 
 // Checks one stacked expert tensor: ne = {cols, rows, n_expert}.
-result<const gguf_tensor_info*> stacked_tensor(const gguf_file& file, std::uint32_t layer,
-                                               const char* kind, std::int64_t cols,
-                                               std::int64_t rows, std::uint32_t n_expert) {
-    const std::string name = fmt::format("blk.{}.ffn_{}_exps.weight", layer, kind);
+result<const gguf_tensor_info*> stacked_tensor(const gguf_file& file, const std::string& name,
+                                               std::int64_t cols, std::int64_t rows, std::uint32_t n_expert) {
     auto info = file.get_tensor(name);
     if (!info) return unexpected(std::move(info).error());
     const gguf_tensor_info& t = **info;
@@ -89,19 +87,19 @@ result<const gguf_tensor_info*> stacked_tensor(const gguf_file& file, std::uint3
 
 }  // namespace
 
-result<expert_layout> expert_layout::from_gguf(const gguf_file& file, std::uint32_t n_layer,
-                                               std::uint32_t n_expert, std::int64_t n_embd,
-                                               std::int64_t n_ff) {
+result<expert_layout> expert_layout::from_gguf(const gguf_file& file, std::span<const stacked_expert_names> names,
+                                               std::uint32_t n_expert, std::int64_t n_embd, std::int64_t n_ff) {
+    const auto n_layer = static_cast<std::uint32_t>(names.size());
     expert_layout layout;
     layout.n_layer = n_layer;
     layout.n_expert = n_expert;
     layout.layers.reserve(n_layer);
     for (std::uint32_t l = 0; l < n_layer; ++l) {
-        auto gate = stacked_tensor(file, l, "gate", n_embd, n_ff, n_expert);
+        auto gate = stacked_tensor(file, names[l].gate, n_embd, n_ff, n_expert);
         if (!gate) return unexpected(std::move(gate).error());
-        auto up = stacked_tensor(file, l, "up", n_embd, n_ff, n_expert);
+        auto up = stacked_tensor(file, names[l].up, n_embd, n_ff, n_expert);
         if (!up) return unexpected(std::move(up).error());
-        auto down = stacked_tensor(file, l, "down", n_ff, n_embd, n_expert);
+        auto down = stacked_tensor(file, names[l].down, n_ff, n_embd, n_expert);
         if (!down) return unexpected(std::move(down).error());
         layer_tensors lt;
         lt.n_embd = n_embd;

@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "common/device.h"
@@ -110,8 +111,14 @@ protected:
     virtual void release(ExpertId id, std::uint64_t token) noexcept = 0;
 };
 
-// The layout of routed experts in a GGUF file: per layer, the three stacked tensors
-// (ffn_gate_exps, ffn_up_exps, ffn_down_exps), each [n_expert][rows][cols].
+// The names of one layer's three stacked expert tensors. The architecture spells them
+// (engine/arch.h); storage only reads what it is told.
+struct stacked_expert_names {
+    std::string gate, up, down;
+};
+
+// The layout of routed experts in a GGUF file: per layer, the three stacked tensors (gate,
+// up, down), each [n_expert][rows][cols]. Types, and so byte sizes, may differ by layer.
 struct expert_layout {
     std::uint32_t n_layer = 0;
     std::uint32_t n_expert = 0;
@@ -123,10 +130,9 @@ struct expert_layout {
     };
     std::vector<layer_tensors> layers;
 
-    // Reads the layout from blk.<l>.ffn_{gate,up,down}_exps.weight; checks shapes.
-    static result<expert_layout> from_gguf(const gguf_file& file, std::uint32_t n_layer,
-                                           std::uint32_t n_expert, std::int64_t n_embd,
-                                           std::int64_t n_ff);
+    // Reads the layout of names.size() layers (layer l's tensors are names[l]); checks shapes.
+    static result<expert_layout> from_gguf(const gguf_file& file, std::span<const stacked_expert_names> names,
+                                           std::uint32_t n_expert, std::int64_t n_embd, std::int64_t n_ff);
     std::size_t expert_bytes(std::uint32_t layer) const noexcept;
 };
 

@@ -1,9 +1,11 @@
-// moe-synth: writes a qwen3moe GGUF of any shape and storage type with random weights, for
-// tests and benchmarks (llama.cpp loads these files too, so both engines run the same bytes).
+// moe-synth: writes a MoE GGUF (qwen3moe by default; --arch llama, qwen2moe, olmoe or gpt-oss) of any
+// shape and storage type with random weights, for tests and benchmarks (llama.cpp loads these
+// files too, so both engines run the same bytes).
 //
-//   moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N] [--embd N]
+//   moe-synth -o FILE [--arch A] [--type T] [--layers N] [--embd N]
 //             [--heads N] [--kv-heads N] [--head-dim N] [--experts N] [--experts-used N]
 //             [--ff N] [--vocab N | --vocab-from FILE.gguf] [--ctx N] [--seed S]
+//   T: F32 F16 BF16 Q8_0 Q4_K Q6_K Q4_K_M Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL MXFP4 Q2_K Q3_K Q5_K IQ4_XS
 //             [--routing random|realistic [--token-clustering C] [--context-carry G]
 //              [--stream-noise N] [--attention-sharpness A]]
 //
@@ -62,7 +64,9 @@ namespace {
 
 void usage() {
     const moed::tools::realistic_routing d;
-    std::printf("usage: moe-synth -o FILE [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M] [--layers N]\n"
+    std::printf("usage: moe-synth -o FILE [--arch qwen3moe|llama|qwen2moe|olmoe|gpt-oss]\n"
+                "       [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M|Q4_0|Q4_1|Q5_0|Q5_1|IQ4_NL|MXFP4|Q2_K|Q3_K|Q5_K|IQ4_XS]\n"
+                "       [--layers N]\n"
                 "       [--embd N] [--heads N] [--kv-heads N] [--head-dim N] [--experts N]\n"
                 "       [--experts-used N] [--ff N] [--vocab N | --vocab-from FILE.gguf] [--ctx N] [--seed S]\n"
                 "       [--routing random|realistic [--token-clustering C] [--context-carry G]\n"
@@ -105,6 +109,7 @@ int main(int argc, char** argv) {
         };
         if (a == "-o") out_path = next();
         else if (a == "--type") o.type = next();
+        else if (a == "--arch") o.arch = next();
         else if (a == "--layers") s.layers = parse_number<std::uint32_t>(a, next());
         else if (a == "--embd") s.embd = parse_number<std::int64_t>(a, next());
         else if (a == "--heads") s.heads = parse_number<std::int64_t>(a, next());

@@ -51,7 +51,17 @@ std::optional<type_mix> parse_type(const std::string& name) {
     if (name == "Q8_0") return type_mix{tensor_type::q8_0};
     if (name == "Q4_K") return type_mix{tensor_type::q4_k};
     if (name == "Q6_K") return type_mix{tensor_type::q6_k};
+    if (name == "Q2_K") return type_mix{tensor_type::q2_k};
+    if (name == "Q3_K") return type_mix{tensor_type::q3_k};
+    if (name == "Q5_K") return type_mix{tensor_type::q5_k};
+    if (name == "IQ4_XS") return type_mix{tensor_type::iq4_xs};
     if (name == "Q4_K_M") return type_mix{tensor_type::q4_k, true};
+    if (name == "Q4_0") return type_mix{tensor_type::q4_0};
+    if (name == "Q4_1") return type_mix{tensor_type::q4_1};
+    if (name == "Q5_0") return type_mix{tensor_type::q5_0};
+    if (name == "Q5_1") return type_mix{tensor_type::q5_1};
+    if (name == "IQ4_NL") return type_mix{tensor_type::iq4_nl};
+    if (name == "MXFP4") return type_mix{tensor_type::mxfp4};
     return std::nullopt;
 }
 
@@ -284,11 +294,30 @@ routing_plan make_routing_plan(const synth_shape& s, random_source& rng) {
     return p;
 }
 
+enum class synth_arch : std::uint8_t { qwen3moe, llama, qwen2moe, olmoe, gptoss };
+
+std::optional<synth_arch> parse_arch(std::string_view name) {
+    if (name == "qwen3moe") return synth_arch::qwen3moe;
+    if (name == "llama") return synth_arch::llama;
+    if (name == "qwen2moe") return synth_arch::qwen2moe;
+    if (name == "olmoe") return synth_arch::olmoe;
+    if (name == "gpt-oss") return synth_arch::gptoss;
+    return std::nullopt;
+}
+
+// gpt-oss's attention window in synthesized files: short, so that prompts of a few dozen
+// tokens already reach past it.
+constexpr std::uint32_t gptoss_window = 16;
+
+// The shared expert's width (qwen2moe).
+std::int64_t shared_ff(const synth_shape& s) { return 2 * s.ff; }
+
 struct tensor_set {
     storage::gguf_writer& w;
     const synth_shape& s;
     type_mix mix;
     random_source& rng;
+    synth_arch arch = synth_arch::qwen3moe;
 };
 
 // The tokenizer of another GGUF file: its tokenizer.* keys, in its order. Returns the
@@ -328,17 +357,60 @@ void add_random_model(const tensor_set& t) {
         w.add_tensor(name("attn_k"), base, {s.embd, kv_dim}, random_tensor(base, s.embd, kv_dim, scale_for(s.embd), rng));
         w.add_tensor(name("attn_v"), more, {s.embd, kv_dim}, random_tensor(more, s.embd, kv_dim, scale_for(s.embd), rng));
         w.add_tensor(name("attn_output"), base, {q_dim, s.embd}, random_tensor(base, q_dim, s.embd, scale_for(q_dim), rng));
-        w.add_tensor(name("attn_q_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
-        w.add_tensor(name("attn_k_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
-        w.add_tensor(name("ffn_norm"), tensor_type::f32, {s.embd}, constant_f32(s.embd, 1.0f));
+        auto bias = [&](const char* what, std::int64_t n) {
+            w.add_tensor("blk." + std::to_string(l) + "." + what + ".bias", tensor_type::f32, {n},
+                         random_tensor(tensor_type::f32, n, 1, 0.5f, rng));
+        };
+        switch (t.arch) {
+            case synth_arch::qwen3moe:
+                w.add_tensor(name("attn_q_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
+                w.add_tensor(name("attn_k_norm"), tensor_type::f32, {s.head_dim}, constant_f32(s.head_dim, 1.0f));
+                break;
+            case synth_arch::olmoe:
+                w.add_tensor(name("attn_q_norm"), tensor_type::f32, {q_dim}, random_tensor(tensor_type::f32, q_dim, 1, 1.0f, rng));
+                w.add_tensor(name("attn_k_norm"), tensor_type::f32, {kv_dim}, random_tensor(tensor_type::f32, kv_dim, 1, 1.0f, rng));
+                break;
+            case synth_arch::qwen2moe:
+            case synth_arch::gptoss:
+                bias("attn_q", q_dim);
+                bias("attn_k", kv_dim);
+                bias("attn_v", kv_dim);
+                break;
+            case synth_arch::llama: break;
+        }
+        const bool gptoss = t.arch == synth_arch::gptoss;
+        if (gptoss) {
+            bias("attn_output", s.embd);
+            w.add_tensor(name("attn_sinks"), tensor_type::f32, {s.heads}, random_tensor(tensor_type::f32, s.heads, 1, 2.0f, rng));
+        }
+        w.add_tensor(name(gptoss ? "post_attention_norm" : "ffn_norm"), tensor_type::f32, {s.embd}, constant_f32(s.embd, 1.0f));
         w.add_tensor(name("ffn_gate_inp"), tensor_type::f32, {s.embd, s.experts},
                      random_tensor(tensor_type::f32, s.embd, s.experts, scale_for(s.embd) * 4.0f, rng));
+        if (gptoss) {
+            bias("ffn_gate_inp", s.experts);
+            // Per-expert biases, [n_expert][rows].
+            auto expert_bias = [&](const char* what, std::int64_t rows) {
+                w.add_tensor("blk." + std::to_string(l) + "." + what + ".bias", tensor_type::f32, {rows, s.experts},
+                             random_tensor(tensor_type::f32, rows, s.experts, 0.5f, rng));
+            };
+            expert_bias("ffn_gate_exps", s.ff);
+            expert_bias("ffn_up_exps", s.ff);
+            expert_bias("ffn_down_exps", s.embd);
+        }
         w.add_tensor(name("ffn_gate_exps"), base, {s.embd, s.ff, s.experts},
                      random_tensor(base, s.embd, s.ff * s.experts, scale_for(s.embd), rng));
         w.add_tensor(name("ffn_up_exps"), base, {s.embd, s.ff, s.experts},
                      random_tensor(base, s.embd, s.ff * s.experts, scale_for(s.embd), rng));
         w.add_tensor(name("ffn_down_exps"), more, {s.ff, s.embd, s.experts},
                      random_tensor(more, s.ff, s.embd * s.experts, scale_for(s.ff), rng));
+        if (t.arch == synth_arch::qwen2moe) {
+            const std::int64_t sh = shared_ff(s);
+            w.add_tensor(name("ffn_gate_inp_shexp"), tensor_type::f32, {s.embd},
+                         random_tensor(tensor_type::f32, s.embd, 1, scale_for(s.embd) * 4.0f, rng));
+            w.add_tensor(name("ffn_gate_shexp"), base, {s.embd, sh}, random_tensor(base, s.embd, sh, scale_for(s.embd), rng));
+            w.add_tensor(name("ffn_up_shexp"), base, {s.embd, sh}, random_tensor(base, s.embd, sh, scale_for(s.embd), rng));
+            w.add_tensor(name("ffn_down_shexp"), more, {sh, s.embd}, random_tensor(more, sh, s.embd, scale_for(sh), rng));
+        }
     }
 }
 
@@ -476,7 +548,7 @@ result<void> synthesize_model(const std::string& path, const synth_shape& shape,
     synth_shape s = shape;
     const std::string& type = o.type;
     const auto mix = parse_type(type);
-    if (!mix) return make_error(errc::invalid_argument, "unknown type '{}' (F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_K_M)", type);
+    if (!mix) return make_error(errc::invalid_argument, "unknown type '{}' (F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_K_M, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4)", type);
     if (s.layers == 0 || s.embd <= 0 || s.heads <= 0 || s.kv_heads <= 0 || s.head_dim <= 0 || s.experts <= 0 ||
         s.experts_used <= 0 || s.ff <= 0 || s.ctx <= 0) {
         return make_error(errc::invalid_argument, "every dimension of the shape must be positive");
@@ -503,24 +575,50 @@ result<void> synthesize_model(const std::string& path, const synth_shape& shape,
         }
     }
 
+    const auto arch = parse_arch(o.arch);
+    if (!arch) return make_error(errc::invalid_argument, "unknown architecture '{}' (qwen3moe, llama, qwen2moe, olmoe, gpt-oss)", o.arch);
+    if (*arch != synth_arch::qwen3moe && o.routing != synth_routing::random) {
+        return make_error(errc::invalid_argument, "architecture {} takes random routing only", o.arch);
+    }
+    if (*arch == synth_arch::olmoe && (q_dim != s.embd || s.kv_heads != s.heads)) {
+        return make_error(errc::invalid_argument, "olmoe needs heads x head_dim = embd and kv_heads = heads");
+    }
+
     storage::gguf_writer w;
-    w.set_string("general.architecture", "qwen3moe");
-    w.set_string("general.name", "moe-synth " + std::string(routing_name(o.routing)) + " " + type);
+    const std::string& a = o.arch;
+    auto key = [&a](const char* name) { return a + "." + name; };
+    w.set_string("general.architecture", a);
+    // qwen3moe files keep the name they always had, so their bytes do not change.
+    w.set_string("general.name", "moe-synth " + (*arch == synth_arch::qwen3moe ? std::string() : a + " ") +
+                                     std::string(routing_name(o.routing)) + " " + type);
     w.set_u32("general.alignment", 32);
-    w.set_u32("qwen3moe.context_length", static_cast<std::uint32_t>(s.ctx));
-    w.set_u32("qwen3moe.embedding_length", static_cast<std::uint32_t>(s.embd));
-    w.set_u32("qwen3moe.block_count", s.layers);
-    w.set_u32("qwen3moe.feed_forward_length", static_cast<std::uint32_t>(s.ff * s.experts_used));
-    w.set_u32("qwen3moe.attention.head_count", static_cast<std::uint32_t>(s.heads));
-    w.set_u32("qwen3moe.attention.head_count_kv", static_cast<std::uint32_t>(s.kv_heads));
-    w.set_u32("qwen3moe.attention.key_length", static_cast<std::uint32_t>(s.head_dim));
-    w.set_u32("qwen3moe.attention.value_length", static_cast<std::uint32_t>(s.head_dim));
-    w.set_u32("qwen3moe.rope.dimension_count", static_cast<std::uint32_t>(s.head_dim));
-    w.set_f32("qwen3moe.rope.freq_base", rope_freq_base);
-    w.set_f32("qwen3moe.attention.layer_norm_rms_epsilon", 1e-6f);
-    w.set_u32("qwen3moe.expert_count", static_cast<std::uint32_t>(s.experts));
-    w.set_u32("qwen3moe.expert_used_count", static_cast<std::uint32_t>(s.experts_used));
-    w.set_u32("qwen3moe.expert_feed_forward_length", static_cast<std::uint32_t>(s.ff));
+    w.set_u32(key("context_length"), static_cast<std::uint32_t>(s.ctx));
+    w.set_u32(key("embedding_length"), static_cast<std::uint32_t>(s.embd));
+    w.set_u32(key("block_count"), s.layers);
+    // llama and olmoe take the experts' width from feed_forward_length; the qwen MoE files
+    // carry the dense equivalent there and the experts' own width under its own key.
+    const bool qwen = *arch == synth_arch::qwen3moe || *arch == synth_arch::qwen2moe;
+    w.set_u32(key("feed_forward_length"), static_cast<std::uint32_t>(qwen ? s.ff * s.experts_used : s.ff));
+    w.set_u32(key("attention.head_count"), static_cast<std::uint32_t>(s.heads));
+    w.set_u32(key("attention.head_count_kv"), static_cast<std::uint32_t>(s.kv_heads));
+    w.set_u32(key("attention.key_length"), static_cast<std::uint32_t>(s.head_dim));
+    w.set_u32(key("attention.value_length"), static_cast<std::uint32_t>(s.head_dim));
+    w.set_u32(key("rope.dimension_count"), static_cast<std::uint32_t>(s.head_dim));
+    w.set_f32(key("rope.freq_base"), rope_freq_base);
+    w.set_f32(key("attention.layer_norm_rms_epsilon"), 1e-6f);
+    w.set_u32(key("expert_count"), static_cast<std::uint32_t>(s.experts));
+    w.set_u32(key("expert_used_count"), static_cast<std::uint32_t>(s.experts_used));
+    if (qwen || *arch == synth_arch::gptoss) w.set_u32(key("expert_feed_forward_length"), static_cast<std::uint32_t>(s.ff));
+    if (*arch == synth_arch::gptoss) {
+        // gpt-oss's own settings: a sliding window on every other layer, YaRN x32 from 4096.
+        w.set_u32(key("attention.sliding_window"), gptoss_window);
+        w.set_string(key("rope.scaling.type"), "yarn");
+        w.set_f32(key("rope.scaling.factor"), 32.0f);
+        w.set_u32(key("rope.scaling.original_context_length"), 4096);
+    }
+    if (*arch == synth_arch::qwen2moe) {
+        w.set_u32(key("expert_shared_feed_forward_length"), static_cast<std::uint32_t>(shared_ff(s)));
+    }
 
     if (o.routing == synth_routing::random) {
         if (o.vocab_from.empty()) {
@@ -532,7 +630,7 @@ result<void> synthesize_model(const std::string& path, const synth_shape& shape,
         }
     }
     random_source rng(o.seed);
-    const tensor_set tensors{w, s, *mix, rng};
+    const tensor_set tensors{w, s, *mix, rng, *arch};
     if (o.routing == synth_routing::realistic) add_realistic_model(tensors, o.realistic, o.seed);
     else add_random_model(tensors);
     return w.write(path);

@@ -1,5 +1,5 @@
 // The model synthesizer behind moe-synth, as a library so tests can make models too:
-// qwen3moe GGUF files of any shape and storage type, with a byte-level BPE vocabulary of
+// MoE GGUF files of several architectures, any shape and storage type, with a byte-level BPE vocabulary of
 // lowercase words (llama.cpp loads these files as well).
 //
 // Two routing modes. `random`: every weight is random, so the routers pick experts with no
@@ -64,8 +64,14 @@ struct realistic_routing {
 };
 
 struct synth_options {
-    // F32, F16, BF16, Q8_0, Q4_K, Q6_K or Q4_K_M (llama.cpp's mix: Q6_K for the output head
-    // and for attn_v / ffn_down on some layers).
+    // llama.cpp's architecture name: qwen3moe, llama (Mixtral), qwen2moe (q/k/v biases and a
+    // gated shared expert of width 2 x ff), olmoe (whole-projection q/k norms; needs
+    // heads x head_dim = embd and kv_heads = heads), gpt-oss (biases, sinks, a 16-token
+    // sliding window on even layers, YaRN, biased router and experts). Architectures other
+    // than qwen3moe take random routing only.
+    std::string arch = "qwen3moe";
+    // F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4 or Q4_K_M
+    // (llama.cpp's mix: Q6_K for the output head and for attn_v / ffn_down on some layers).
     std::string type = "Q4_K_M";
     std::uint64_t seed = 1;
     synth_routing routing = synth_routing::random;

@@ -39,21 +39,74 @@ gemm_fn gemm_scalar(tensor_type weight_type) noexcept;
 gemm_fn gemm_avx2(tensor_type weight_type) noexcept;
 gemm_fn gemm_avx512(tensor_type weight_type) noexcept;
 
+// The same for the 32-value block types (Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4; files
+// matmul_q32*.cpp); the per-level dispatchers above hand those types on to these.
+gemm_fn gemm_q32_scalar(tensor_type weight_type) noexcept;
+gemm_fn gemm_q32_avx2(tensor_type weight_type) noexcept;
+gemm_fn gemm_q32_avx512(tensor_type weight_type) noexcept;
+
+// Row conversions of the 32-value block types and Q8_1 (quantize_q32.cpp); quantize.cpp's
+// entry points hand those types, and only those, on to these.
+void dequantize_q32_row(tensor_type type, const void* src, float* dst, std::int64_t n);
+void quantize_q32_row(tensor_type type, const float* src, void* dst, std::int64_t n);
+// Q4_1/Q5_1 rows as their two parts: q * d per value, and each block's m (for the reference,
+// which applies m with the activation block's sum s, as the kernels and llama.cpp do).
+void dequantize_q32_split(tensor_type type, const void* src, float* scaled, float* mins, std::int64_t n);
+
 // Activation conversions (f32 -> the type a weight type consumes); all produce the same
 // bits as the scalar versions. n is a multiple of the block size.
 using convert_fn = void (*)(const float* x, void* dst, std::int64_t n);
 void quantize_q8_0_act_scalar(const float* x, void* dst, std::int64_t n);
 void quantize_q8_k_act_scalar(const float* x, void* dst, std::int64_t n);
+void quantize_q8_1_act_scalar(const float* x, void* dst, std::int64_t n);
 void convert_f16_scalar(const float* x, void* dst, std::int64_t n);
 void convert_bf16_scalar(const float* x, void* dst, std::int64_t n);
 void quantize_q8_0_act_avx2(const float* x, void* dst, std::int64_t n);
 void quantize_q8_k_act_avx2(const float* x, void* dst, std::int64_t n);
+void quantize_q8_1_act_avx2(const float* x, void* dst, std::int64_t n);
 void convert_f16_avx2(const float* x, void* dst, std::int64_t n);
 void convert_bf16_avx2(const float* x, void* dst, std::int64_t n);
 void quantize_q8_0_act_avx512(const float* x, void* dst, std::int64_t n);
 void quantize_q8_k_act_avx512(const float* x, void* dst, std::int64_t n);
+void quantize_q8_1_act_avx512(const float* x, void* dst, std::int64_t n);
 void convert_f16_avx512(const float* x, void* dst, std::int64_t n);
 void convert_bf16_avx512(const float* x, void* dst, std::int64_t n);
+
+// Q2_K, Q3_K, Q5_K and IQ4_XS: kernels in matmul_kquant{,_avx2,_avx512}.cpp, row
+// conversions in quantize_kquant.cpp. The per-ISA dispatchers above forward these types here.
+gemm_fn gemm_kquant_scalar(tensor_type weight_type) noexcept;
+gemm_fn gemm_kquant_avx2(tensor_type weight_type) noexcept;
+gemm_fn gemm_kquant_avx512(tensor_type weight_type) noexcept;
+// n is a multiple of 256 and type one of the four.
+void dequantize_kquant(tensor_type type, const void* src, float* dst, std::int64_t n);
+void quantize_kquant(tensor_type type, const float* src, void* dst, std::int64_t n);
+
+// The 16 scales of a q3_K block plus 32 (0..63) from their 12-byte packing, as ggml unpacks
+// them: byte b of words[w] is scale 4w + b. Scale j has its low 4 bits in byte j (j < 8) or
+// in the high nibble of byte j - 8, and its high 2 bits at bits 2 * (j / 4) of byte 8 + j % 4.
+static inline void q3_k_scale_words(const std::uint8_t* packed, std::uint32_t* words) noexcept {
+    std::uint32_t a[3];
+    __builtin_memcpy(a, packed, 12);
+    const std::uint32_t low4 = 0x0f0f0f0fu, low2 = 0x03030303u;
+    words[0] = (a[0] & low4) | ((a[2] & low2) << 4);
+    words[1] = (a[1] & low4) | (((a[2] >> 2) & low2) << 4);
+    words[2] = ((a[0] >> 4) & low4) | (((a[2] >> 4) & low2) << 4);
+    words[3] = ((a[1] >> 4) & low4) | (((a[2] >> 6) & low2) << 4);
+}
+
+// The 16 signed scales (stored value - 32, in -32..31) of a q3_K block.
+static inline void q3_k_unpack_scales(const std::uint8_t* packed, std::int8_t* scales) noexcept {
+    std::uint32_t words[4];
+    q3_k_scale_words(packed, words);
+    for (int j = 0; j < 16; ++j) scales[j] = static_cast<std::int8_t>(((words[j / 4] >> (8 * (j % 4))) & 0xFF) - 32);
+}
+
+// The scale of sub-block j (0..7) of an iq4_XS block, minus 32 (-32..31).
+static inline int iq4_xs_scale(std::uint16_t scales_h, const std::uint8_t* scales_l, int j) noexcept {
+    const int low = (scales_l[j / 2] >> (4 * (j % 2))) & 0xF;
+    const int high = (scales_h >> (2 * j)) & 3;
+    return (low | (high << 4)) - 32;
+}
 
 // Unpacks the 6-bit scale and min of sub-block j (0..7) of a q4_K block.
 static inline void q4_k_scale_min(int j, const std::uint8_t* q, std::uint8_t* sc, std::uint8_t* m) noexcept {
@@ -73,6 +126,16 @@ static inline int round_nearest_even(float v) noexcept {
     std::uint32_t u;
     __builtin_memcpy(&u, &t, sizeof u);
     return static_cast<int>(u & 0x007fffffu) - 0x00400000;
+}
+
+// The E8M0 scale of an MXFP4 block halved, 2^(e - 128), bit for bit as ggml's
+// ggml_e8m0_to_fp32_half: e = 0 and 1 give the subnormals 2^-128 and 2^-127, and e = 255
+// (NaN in the OCP format) gives 2^127 like any other exponent.
+static inline float e8m0_to_fp32_half(std::uint8_t e) noexcept {
+    const std::uint32_t bits = e < 2 ? 0x00200000u << e : static_cast<std::uint32_t>(e - 1) << 23;
+    float f;
+    __builtin_memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
 }  // namespace moed::kernels::detail

@@ -145,9 +145,19 @@ gemm_fn gemm_scalar(tensor_type weight_type) noexcept {
         case tensor_type::q8_0: return &gemm_rows_scalar<dot_q8_0>;
         case tensor_type::q4_k: return &gemm_rows_scalar<dot_q4_k>;
         case tensor_type::q6_k: return &gemm_rows_scalar<dot_q6_k>;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: return gemm_kquant_scalar(weight_type);
         case tensor_type::f16: return &gemm_rows_scalar<dot_f16>;
         case tensor_type::bf16: return &gemm_rows_scalar<dot_bf16>;
         case tensor_type::f32: return &gemm_rows_scalar<dot_f32>;
+        case tensor_type::q4_0:
+        case tensor_type::q4_1:
+        case tensor_type::q5_0:
+        case tensor_type::q5_1:
+        case tensor_type::iq4_nl:
+        case tensor_type::mxfp4: return gemm_q32_scalar(weight_type);
         default: return nullptr;
     }
 }
@@ -227,10 +237,16 @@ void matmul_reference(const matrix_view& w, const float* x, std::int64_t n_token
     const std::int64_t cols = w.cols;
     std::vector<std::byte> converted(moed::row_bytes(act, cols));
     std::vector<float> xf(static_cast<std::size_t>(n_tokens * cols));
+    // Q8_1 activations (Q4_1/Q5_1 weights): each block's s, with which the kernels apply the
+    // weight block's minimum m (m * s rather than m * the sum of the dequantized values).
+    const bool with_block_sums = act == tensor_type::q8_1;
+    const std::int64_t n_blocks = cols / qk_q32;
+    std::vector<double> x_block_sums(with_block_sums ? static_cast<std::size_t>(n_tokens * n_blocks) : 0);
     for (std::int64_t t = 0; t < n_tokens; ++t) {
         detail::convert_fn conv = nullptr;
         switch (act) {
             case tensor_type::q8_0: conv = detail::quantize_q8_0_act_scalar; break;
+            case tensor_type::q8_1: conv = detail::quantize_q8_1_act_scalar; break;
             case tensor_type::q8_k: conv = detail::quantize_q8_k_act_scalar; break;
             case tensor_type::f16: conv = detail::convert_f16_scalar; break;
             case tensor_type::bf16: conv = detail::convert_bf16_scalar; break;
@@ -242,15 +258,27 @@ void matmul_reference(const matrix_view& w, const float* x, std::int64_t n_token
             conv(x + t * cols, converted.data(), cols);
             dequantize_row(act, converted.data(), xf.data() + t * cols, cols);
         }
+        if (with_block_sums) {
+            const auto* blocks = reinterpret_cast<const block_q8_1*>(converted.data());
+            for (std::int64_t b = 0; b < n_blocks; ++b) x_block_sums[t * n_blocks + b] = fp16_to_fp32(blocks[b].s);
+        }
     }
     std::vector<float> wf(static_cast<std::size_t>(cols));
+    std::vector<float> w_mins(with_block_sums ? static_cast<std::size_t>(n_blocks) : 0);
     for (std::int64_t r = 0; r < w.rows; ++r) {
-        dequantize_row(w.type, static_cast<const std::byte*>(w.data) + static_cast<std::size_t>(r) * w.row_stride_bytes,
-                       wf.data(), cols);
+        const std::byte* row = static_cast<const std::byte*>(w.data) + static_cast<std::size_t>(r) * w.row_stride_bytes;
+        if (with_block_sums) {
+            detail::dequantize_q32_split(w.type, row, wf.data(), w_mins.data(), cols);
+        } else {
+            dequantize_row(w.type, row, wf.data(), cols);
+        }
         for (std::int64_t t = 0; t < n_tokens; ++t) {
             double sum = 0.0;
             const float* xt = xf.data() + t * cols;
             for (std::int64_t c = 0; c < cols; ++c) sum += static_cast<double>(wf[c]) * static_cast<double>(xt[c]);
+            for (std::size_t b = 0; b < w_mins.size(); ++b) {
+                sum += static_cast<double>(w_mins[b]) * x_block_sums[static_cast<std::size_t>(t * n_blocks) + b];
+            }
             y[t * y_stride + r] = static_cast<float>(sum);
         }
     }

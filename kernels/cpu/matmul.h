@@ -1,7 +1,8 @@
 // Matrix products of a stored weight matrix with a batch of activation rows:
 //   y[t * y_stride + r] = sum_c W[r, c] * x[t, c]   for r < rows, t < n_tokens.
 // Activations are first converted with quantize_activation_row (llama.cpp's scheme), then
-// multiplied with integer (Q8_0, K-quants) or half/bf16/f32 dot products. Work is split over
+// multiplied with integer (Q8_0, K-quants, the 32-value block types) or half/bf16/f32 dot
+// products. Work is split over
 // the pool by row blocks; prefill batches reuse each weight block across several tokens.
 // Batch invariance: at a given ISA level, y[t, r] has the same bits whatever n_tokens, t's
 // place in the batch, the row split and the thread count, so a token batched with others
@@ -72,7 +73,9 @@ void matmul(const matrix_view& w, const float* x, std::int64_t n_tokens, float* 
             const sum_order* orders = nullptr);
 
 // The scalar reference: dequantizes W and multiplies in double with the same activation
-// conversion. Tests compare every path with it; it is slow and never used by the engine.
+// conversion (for Q4_1/Q5_1, whose kernels apply each block's minimum with the Q8_1
+// activation block's f16 sum s, it does the same). Tests compare every path with it; it is
+// slow and never used by the engine.
 void matmul_reference(const matrix_view& w, const float* x, std::int64_t n_tokens, float* y,
                       std::int64_t y_stride);
 

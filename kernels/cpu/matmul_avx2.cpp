@@ -599,10 +599,20 @@ gemm_fn gemm_avx2(tensor_type weight_type) noexcept {
     switch (weight_type) {
         case tensor_type::q4_k: return &gemm_q4_k;
         case tensor_type::q6_k: return &gemm_quant<q6_k_kernel>;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: return gemm_kquant_avx2(weight_type);
         case tensor_type::q8_0: return &gemm_quant<q8_0_kernel>;
         case tensor_type::f16: return &gemm_float<load_f16>;
         case tensor_type::bf16: return &gemm_float<load_bf16>;
         case tensor_type::f32: return &gemm_float<load_f32>;
+        case tensor_type::q4_0:
+        case tensor_type::q4_1:
+        case tensor_type::q5_0:
+        case tensor_type::q5_1:
+        case tensor_type::iq4_nl:
+        case tensor_type::mxfp4: return gemm_q32_avx2(weight_type);
         default: return nullptr;
     }
 }

@@ -28,11 +28,12 @@ void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, flo
     }
 }
 
-void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling) {
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    detail::rope_cache(n_rot, pos, freq_base, cos_theta, sin_theta);
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
     const int half = n_rot / 2;
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
@@ -45,11 +46,12 @@ void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
     }
 }
 
-void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
+void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+                          const rope_scaling* scaling) {
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    detail::rope_cache(n_rot, pos, freq_base, cos_theta, sin_theta);
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
     const int half = n_rot / 2;
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
@@ -62,16 +64,18 @@ void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::i
     }
 }
 
-void softmax(float* x, std::int64_t n) {
+void softmax(float* x, std::int64_t n, float sink) {
     MOED_ASSERT(n > 0);
     float max = -INFINITY;
     for (std::int64_t i = 0; i < n; ++i) max = std::max(max, x[i]);
+    max = std::max(max, sink);
     double sum = 0.0;
     for (std::int64_t i = 0; i < n; ++i) {
         const float e = std::exp(x[i] - max);
         x[i] = e;
         sum += static_cast<double>(e);
     }
+    sum += static_cast<double>(std::exp(sink - max));
     const auto inv = static_cast<float>(1.0 / sum);
     for (std::int64_t i = 0; i < n; ++i) x[i] *= inv;
 }
@@ -97,9 +101,9 @@ void attention_head(const attention_args& args, int head, float* scratch) {
         const std::uint16_t* k = args.k_cache + p * pos_stride + static_cast<std::int64_t>(kv_head) * dim;
         double s = 0.0;  // products of two halves are exact in f32
         for (int d = 0; d < dim; ++d) s += static_cast<double>(q[d] * fp16_to_fp32(k[d]));
-        scratch[p] = static_cast<float>(s) * args.scale;
+        scratch[p] = p < args.kv_start ? -INFINITY : static_cast<float>(s) * args.scale;
     }
-    softmax(scratch, args.n_kv);
+    softmax(scratch, args.n_kv, args.sinks != nullptr ? args.sinks[head] : -INFINITY);
     float* out = args.out + static_cast<std::int64_t>(head) * dim;
     double acc[detail::max_head_dim] = {};
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
@@ -123,14 +127,27 @@ std::int64_t argmax(const float* x, std::int64_t n) {
 
 namespace detail {
 
-void rope_cache(int n_rot, std::int64_t pos, float freq_base, float* cos_theta, float* sin_theta) {
+void rope_cache(int n_rot, std::int64_t pos, float freq_base, const rope_scaling* scaling, float* cos_theta,
+                float* sin_theta) {
     // As ggml_rope_cache_init: theta starts at pos and is multiplied by theta_scale per pair,
-    // in float; no YaRN (ext_factor 0, attn_factor 1).
+    // in float; rope_yarn() interpolates and scales it. Without scaling (freq_scale 1,
+    // ext_factor 0, attn_factor 1) this is plain cos/sin of theta.
+    const rope_scaling none;
+    const rope_scaling& sc = scaling != nullptr ? *scaling : none;
     const float theta_scale = std::pow(freq_base, -2.0f / static_cast<float>(n_rot));
     float theta = static_cast<float>(pos);
     for (int i = 0; i < n_rot / 2; ++i) {
-        cos_theta[i] = std::cos(theta);
-        sin_theta[i] = std::sin(theta);
+        const float interp = sc.freq_scale * theta;
+        float angle = interp;
+        float mscale = sc.attn_factor;
+        if (sc.ext_factor != 0.0f) {
+            const float y = (static_cast<float>(i) - sc.corr_low) / std::max(0.001f, sc.corr_high - sc.corr_low);
+            const float ramp = (1.0f - std::min(1.0f, std::max(0.0f, y))) * sc.ext_factor;
+            angle = interp * (1.0f - ramp) + theta * ramp;
+            mscale *= 1.0f + 0.1f * std::log(1.0f / sc.freq_scale);
+        }
+        cos_theta[i] = std::cos(angle) * mscale;
+        sin_theta[i] = std::sin(angle) * mscale;
         theta *= theta_scale;
     }
 }
@@ -146,26 +163,68 @@ void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, flo
     reference::rms_norm(x, weight, y, n, eps);
 }
 
-void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base) {
+rope_scaling make_yarn(int n_rot, float freq_base, float factor, int n_ctx_orig, float beta_fast, float beta_slow,
+                       float attn_factor) {
+    MOED_ASSERT(factor > 0.0f && n_rot > 0 && n_ctx_orig > 0);
+    rope_scaling sc;
+    sc.freq_scale = 1.0f / factor;
+    sc.ext_factor = 1.0f;
+    // llama.cpp's context: mscale(factor) = 0.1 ln(factor) + 1 (1 at factor <= 1), times the
+    // inverse of the correction rope_yarn applies again, times the file's attention factor.
+    const float scale = 1.0f / sc.freq_scale;
+    float attn = scale <= 1.0f ? 1.0f : 0.1f * std::log(scale) + 1.0f;
+    attn *= 1.0f / (1.0f + 0.1f * std::log(scale));
+    sc.attn_factor = attn * attn_factor;
+    // ggml_rope_yarn_corr_dims.
+    const auto corr_dim = [&](float n_rotations) {
+        return static_cast<float>(n_rot) *
+               std::log(static_cast<float>(n_ctx_orig) / (n_rotations * 2.0f * static_cast<float>(M_PI))) /
+               (2.0f * std::log(freq_base));
+    };
+    sc.corr_low = std::max(0.0f, std::floor(corr_dim(beta_fast)));
+    sc.corr_high = std::min(static_cast<float>(n_rot - 1), std::ceil(corr_dim(beta_slow)));
+    return sc;
+}
+
+void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling) {
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    detail::rope_cache(n_rot, pos, freq_base, cos_theta, sin_theta);
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
+    // Element-wise with no reduction: one scalar loop gives the same bits on every ISA.
+    for (int h = 0; h < n_heads; ++h) {
+        float* v = x + static_cast<std::int64_t>(h) * head_dim;
+        for (int i = 0; i < n_rot / 2; ++i) {
+            const float x0 = v[2 * i];
+            const float x1 = v[2 * i + 1];
+            v[2 * i] = x0 * cos_theta[i] - x1 * sin_theta[i];
+            v[2 * i + 1] = x0 * sin_theta[i] + x1 * cos_theta[i];
+        }
+    }
+}
+
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling) {
+    MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
+    float cos_theta[detail::max_rope_dims / 2];
+    float sin_theta[detail::max_rope_dims / 2];
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
     switch (active_isa()) {
         case isa::avx512: return detail::rope_apply_avx512(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);
         case isa::avx2: return detail::rope_apply_avx2(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);
         case isa::scalar: break;
     }
-    reference::rope_neox(x, n_heads, head_dim, n_rot, pos, freq_base);
+    reference::rope_neox(x, n_heads, head_dim, n_rot, pos, freq_base, scaling);
 }
 
-void softmax(float* x, std::int64_t n) {
+void softmax(float* x, std::int64_t n, float sink) {
     switch (active_isa()) {
-        case isa::avx512: return detail::softmax_avx512(x, n);
-        case isa::avx2: return detail::softmax_avx2(x, n);
+        case isa::avx512: return detail::softmax_avx512(x, n, sink);
+        case isa::avx2: return detail::softmax_avx2(x, n, sink);
         case isa::scalar: break;
     }
-    reference::softmax(x, n);
+    reference::softmax(x, n, sink);
 }
 
 void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, float* weights) {
@@ -195,6 +254,16 @@ void swiglu(const float* gate, const float* up, float* out, std::int64_t n) {
         case isa::scalar: break;
     }
     reference::swiglu(gate, up, out, n);
+}
+
+void swiglu_oai(const float* gate, const float* up, float* out, std::int64_t n) {
+    constexpr float alpha = 1.702f;
+    constexpr float limit = 7.0f;
+    for (std::int64_t i = 0; i < n; ++i) {
+        const float g = std::min(gate[i], limit);
+        const float u = std::clamp(up[i], -limit, limit);
+        out[i] = g / (1.0f + std::exp(alpha * (-g))) * (u + 1.0f);
+    }
 }
 
 std::int64_t argmax(const float* x, std::int64_t n) {
@@ -228,7 +297,9 @@ void attention_group(const attention_args& args, int kv_head, float* scratch) {
     MOED_ASSERT(args.n_head > 0 && args.n_head_kv > 0 && args.n_head % args.n_head_kv == 0);
     MOED_ASSERT(kv_head >= 0 && kv_head < args.n_head_kv && args.n_kv > 0 && args.head_dim > 0);
     MOED_ASSERT(args.head_dim <= detail::max_head_dim);
-    if (active_isa() == isa::avx512 && detail::attention_group_avx512(args, kv_head, scratch)) return;
+    // The grouped kernel has no window or sinks; heads one by one do.
+    const bool plain = args.kv_start == 0 && args.sinks == nullptr;
+    if (plain && active_isa() == isa::avx512 && detail::attention_group_avx512(args, kv_head, scratch)) return;
     const int group = args.n_head / args.n_head_kv;
     for (int h = 0; h < group; ++h) attention_head(args, kv_head * group + h, scratch + h * args.n_kv);
 }

@@ -1,5 +1,5 @@
 // The element-wise and small ops of a transformer layer, each with llama.cpp's numerics:
-// RMSNorm, RoPE (NEOX layout), softmax with top-k routing, SwiGLU, and attention over an
+// RMSNorm, RoPE (NEOX and NORM layouts), softmax with top-k routing, SwiGLU, and attention over an
 // f16 KV cache. Each has a scalar reference (namespace `reference`) that tests compare the
 // vectorised path with.
 // Element-wise results (axpy, RMSNorm's scaling, RoPE) do not depend on the length of the
@@ -18,14 +18,39 @@ namespace moed::kernels {
 // y = x / sqrt(mean(x^2) + eps) * weight   (weight may be null: no scaling). y may alias x.
 void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
 
-// Rotates `n_heads` heads of `head_dim` values in place at position `pos`: NEOX layout,
-// pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot).
-void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
+// Context-length scaling of RoPE as ggml applies it (ggml_rope_ext): theta is interpolated
+// by freq_scale; with ext_factor != 0 (YaRN) the dims between corr_low and corr_high ramp
+// from interpolation to extrapolation and cos/sin are scaled by attn_factor x
+// (1 + 0.1 ln(1 / freq_scale)). make_yarn() computes corr_low/high as ggml does.
+struct rope_scaling {
+    float freq_scale = 1.0f;
+    float ext_factor = 0.0f;
+    float attn_factor = 1.0f;
+    float corr_low = 0.0f;
+    float corr_high = 0.0f;
+};
+// YaRN for a model trained at n_ctx_orig and scaled by `factor` (freq_scale = 1 / factor),
+// with llama.cpp's attention factor (its magnitude correction cancelled, times attn_factor)
+// and correction dims from beta_fast / beta_slow.
+rope_scaling make_yarn(int n_rot, float freq_base, float factor, int n_ctx_orig, float beta_fast, float beta_slow,
+                       float attn_factor);
 
-// In-place softmax over n values. At the AVX2 level its sums follow llama.cpp's soft_max of
-// a row of exactly n values (the last n % 8 values through libm's expf), so padding a row
-// with -inf may change the last bits there; the other levels are unchanged by -inf padding.
-void softmax(float* x, std::int64_t n);
+// Rotates `n_heads` heads of `head_dim` values in place at position `pos`: NEOX layout,
+// pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot); `scaling` null:
+// none.
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling = nullptr);
+
+// The same in NORM layout: adjacent pairs (2i, 2i + 1) for 2i < n_rot turn by theta_i.
+void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling = nullptr);
+
+// In-place softmax over n values. `sink`: a logit that joins the max and the sum but has no
+// value of its own (an attention sink; -inf: none). At the AVX2 level its sums follow
+// llama.cpp's soft_max of a row of exactly n values (the last n % 8 values through libm's
+// expf), so padding a row with -inf may change the last bits there; the other levels are
+// unchanged by -inf padding.
+void softmax(float* x, std::int64_t n, float sink = -__builtin_inff());
 
 // Picks the k largest of probs[0..n) (ties: lower index first), writes their indices in
 // decreasing order and their probabilities renormalised to sum to 1.
@@ -34,6 +59,11 @@ void top_k_routing(const float* probs, int n, int k, std::int32_t* experts, floa
 // out[i] = silu(gate[i]) * up[i]. out may alias gate or up. Call it once per row (see
 // above).
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
+
+// gpt-oss's clamped SwiGLU as ggml_swiglu_oai (alpha 1.702, limit 7): g = min(gate, 7),
+// u = clamp(up, -7, 7), out = g / (1 + exp(-1.702 g)) * (u + 1). Scalar with libm's expf on
+// every ISA, as ggml computes it. out may alias gate or up.
+void swiglu_oai(const float* gate, const float* up, float* out, std::int64_t n);
 
 // The index of the largest of x[0..n) (n > 0); the first one on ties, NaNs skipped (0 when
 // every value is NaN). Greedy sampling over a whole vocabulary, once per token and sequence.
@@ -49,7 +79,8 @@ void axpy(float a, const float* x, float* y, std::int64_t n);
 // scaled then soft-maxed in f32, probabilities are rounded to f16 for the sum over V. At the
 // AVX2 level both products sum in the order `order` names (sum_order.h), as llama.cpp's
 // AVX2 build does for a prompt token or a token alone.
-// `scratch` holds at least n_kv floats.
+// Positions before kv_start are masked (a sliding window), and a head's sink logit (gpt-oss)
+// joins the softmax's max and sum with no value. `scratch` holds at least n_kv floats.
 struct attention_args {
     const float* q = nullptr;
     const std::uint16_t* k_cache = nullptr;
@@ -60,6 +91,8 @@ struct attention_args {
     int head_dim = 0;
     float scale = 1.0f;
     float* out = nullptr;
+    std::int64_t kv_start = 0;     // first position attended (sliding window), < n_kv
+    const float* sinks = nullptr;  // [n_head] sink logits, or null
     sum_order order = sum_order::alone;
 };
 void attention_head(const attention_args& args, int head, float* scratch);
@@ -74,11 +107,13 @@ void attention_group(const attention_args& args, int kv_head, float* scratch);
 
 namespace reference {
 void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, float eps);
-void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
-// RoPE as llama.cpp's AVX2 build rotates (its C compiled with FMA contraction): the AVX2
-// level's reference.
-void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base);
-void softmax(float* x, std::int64_t n);
+void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+               const rope_scaling* scaling = nullptr);
+// NEOX RoPE as llama.cpp's AVX2 build rotates (its C compiled with FMA contraction): the
+// AVX2 level's reference.
+void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
+                          const rope_scaling* scaling = nullptr);
+void softmax(float* x, std::int64_t n, float sink = -__builtin_inff());
 void swiglu(const float* gate, const float* up, float* out, std::int64_t n);
 void attention_head(const attention_args& args, int head, float* scratch);
 std::int64_t argmax(const float* x, std::int64_t n);

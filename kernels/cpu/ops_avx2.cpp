@@ -92,15 +92,18 @@ inline float reduce_vec_dot(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
 
 // The softmax of a row as llama.cpp's soft_max over a row padded with -inf to a multiple of
 // 8 (the attention rows: its KV length is padded to 256): the last partial vector's unused
-// lanes hold -inf for the maximum and 0 in the sum.
-void softmax_padded(float* x, std::int64_t n) {
+// lanes hold -inf for the maximum and 0 in the sum; a sink joins the maximum, and its exp
+// (libm's) the sum after the row's.
+void softmax_padded(float* x, std::int64_t n, float sink) {
     const __m256 minus_inf = _mm256_set1_ps(-__builtin_inff());
     __m256 vmax = minus_inf;
     std::int64_t i = 0;
     for (; i + 8 <= n; i += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(x + i));
     const __m256i tail = tail_mask(n - i);
     if (i < n) vmax = _mm256_max_ps(vmax, _mm256_blendv_ps(minus_inf, _mm256_maskload_ps(x + i, tail), _mm256_castsi256_ps(tail)));
-    const __m256 mx = _mm256_set1_ps(hmax_ps(vmax));
+    const float row_max = hmax_ps(vmax);
+    const float max = sink > row_max ? sink : row_max;
+    const __m256 mx = _mm256_set1_ps(max);
     double sum = 0.0;
     for (i = 0; i + 8 <= n; i += 8) {
         const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), mx));
@@ -112,6 +115,7 @@ void softmax_padded(float* x, std::int64_t n) {
         _mm256_maskstore_ps(x + i, tail, e);
         sum += static_cast<double>(hsum_ps(e));
     }
+    sum += static_cast<double>(__builtin_expf(sink - max));
     const __m256 vinv = _mm256_set1_ps(static_cast<float>(1.0 / sum));
     for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
     if (i < n) _mm256_maskstore_ps(x + i, tail, _mm256_mul_ps(_mm256_maskload_ps(x + i, tail), vinv));
@@ -183,10 +187,11 @@ void rope_apply_avx2(float* x, int n_heads, int head_dim, int n_rot, const float
 
 // As llama.cpp's soft_max of one row of n values: 8 at a time with the vector exp, each
 // vector's horizontal sum added to a double; the last n % 8 values with libm's expf, added
-// one by one.
-void softmax_avx2(float* x, std::int64_t n) {
+// one by one; a sink joins the maximum, and its exp the sum last.
+void softmax_avx2(float* x, std::int64_t n, float sink) {
     float max = -__builtin_inff();
     for (std::int64_t i = 0; i < n; ++i) max = x[i] > max ? x[i] : max;
+    max = sink > max ? sink : max;
     const __m256 mx = _mm256_set1_ps(max);
     double sum = 0.0;
     std::int64_t i = 0;
@@ -199,6 +204,7 @@ void softmax_avx2(float* x, std::int64_t n) {
         x[k] = __builtin_expf(x[k] - max);
         sum += static_cast<double>(x[k]);
     }
+    sum += static_cast<double>(__builtin_expf(sink - max));
     const float inv = static_cast<float>(1.0 / sum);
     const __m256 vinv = _mm256_set1_ps(inv);
     for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), vinv));
@@ -227,7 +233,7 @@ void axpy_avx2(float a, const float* x, float* y, std::int64_t n) {
 // operands (q and the probabilities rounded to f16), summed in the order args.order names
 // (dot_q_k; for KQV the dot product runs over positions, so a position's lane is its index
 // mod 8 (batched) or its place in a group of 32 (alone)), and the softmax scales and masks
-// a row that llama.cpp pads with -inf.
+// a row that llama.cpp pads with -inf (positions before kv_start masked, a sink joining it).
 void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     const int dim = args.head_dim;
     const int kv_head = head / (args.n_head / args.n_head_kv);
@@ -242,7 +248,9 @@ void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
         scratch[p] = dot_q_k(q, q_rest, k_base + p * pos_stride, dim, args.order) * args.scale;
     }
-    softmax_padded(scratch, args.n_kv);
+    // Positions before the window are masked (their exp is 0, as ggml's -inf mask gives).
+    for (std::int64_t p = 0; p < args.kv_start; ++p) scratch[p] = -__builtin_inff();
+    softmax_padded(scratch, args.n_kv, args.sinks != nullptr ? args.sinks[head] : -__builtin_inff());
     // One set of accumulators per lane: 8 (batched) or 32 (alone), each over the head's
     // values, filled position by position with FMAs as the lane's running sum.
     const bool batched = args.order != sum_order::alone;

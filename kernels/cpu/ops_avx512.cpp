@@ -118,13 +118,15 @@ void rope_apply_avx512(float* x, int n_heads, int head_dim, int n_rot, const flo
     }
 }
 
-void softmax_avx512(float* x, std::int64_t n) {
+void softmax_avx512(float* x, std::int64_t n, float sink) {
     __m512 vmax = _mm512_set1_ps(-__builtin_inff());
     for (std::int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
         vmax = _mm512_mask_max_ps(vmax, m, vmax, _mm512_maskz_loadu_ps(m, x + i));
     }
-    const __m512 mx = _mm512_set1_ps(hmax_ps(vmax));
+    const float row_max = hmax_ps(vmax);
+    const float max = sink > row_max ? sink : row_max;
+    const __m512 mx = _mm512_set1_ps(max);
     double sum = 0.0;
     for (std::int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
@@ -132,6 +134,7 @@ void softmax_avx512(float* x, std::int64_t n) {
         _mm512_mask_storeu_ps(x + i, m, e);
         sum += static_cast<double>(hsum_ps(e));
     }
+    sum += static_cast<double>(__builtin_expf(sink - max));
     const __m512 inv = _mm512_set1_ps(static_cast<float>(1.0 / sum));
     for (std::int64_t i = 0; i < n; i += 16) {
         const __mmask16 m = tail_mask(n - i);
@@ -193,8 +196,10 @@ void attention_head_avx512(const attention_args& args, int head, float* scratch)
         }
         scratch[p] = hsum_ps(acc) * args.scale;
     }
+    // Positions before the window are masked (their exp is 0, as ggml's -inf mask gives).
+    for (p = 0; p < args.kv_start; ++p) scratch[p] = -__builtin_inff();
     (void)scale;
-    softmax_avx512(scratch, args.n_kv);
+    softmax_avx512(scratch, args.n_kv, args.sinks != nullptr ? args.sinks[head] : -__builtin_inff());
     // Probabilities rounded to f16 (the f16 V matmul converts them), accumulated in f32.
     __m512 out[max_head_dim / 16];
     for (int v = 0; v < n_vec; ++v) out[v] = _mm512_setzero_ps();

@@ -12,19 +12,22 @@ namespace moed::kernels::detail {
 inline constexpr int max_rope_dims = 1024;
 inline constexpr int max_head_dim = 512;
 
-// cos/sin of theta_i = pos * base^(-2i/n_rot) for i < n_rot/2, computed as ggml does.
-void rope_cache(int n_rot, std::int64_t pos, float freq_base, float* cos_theta, float* sin_theta);
+// cos/sin of theta_i = pos * base^(-2i/n_rot) for i < n_rot/2, with YaRN's interpolation
+// and magnitude scaling when `scaling` is set, computed as ggml does.
+void rope_cache(int n_rot, std::int64_t pos, float freq_base, const rope_scaling* scaling, float* cos_theta,
+                float* sin_theta);
 
 void rms_norm_avx2(const float* x, const float* weight, float* y, std::int64_t n, float eps);
 void rope_apply_avx2(float* x, int n_heads, int head_dim, int n_rot, const float* cos_theta, const float* sin_theta);
-void softmax_avx2(float* x, std::int64_t n);
+// `sink`: a logit that joins the max and the sum but has no value (-inf: none).
+void softmax_avx2(float* x, std::int64_t n, float sink = -__builtin_inff());
 void swiglu_avx2(const float* gate, const float* up, float* out, std::int64_t n);
 void axpy_avx2(float a, const float* x, float* y, std::int64_t n);
 void attention_head_avx2(const attention_args& args, int head, float* scratch);
 
 void rms_norm_avx512(const float* x, const float* weight, float* y, std::int64_t n, float eps);
 void rope_apply_avx512(float* x, int n_heads, int head_dim, int n_rot, const float* cos_theta, const float* sin_theta);
-void softmax_avx512(float* x, std::int64_t n);
+void softmax_avx512(float* x, std::int64_t n, float sink = -__builtin_inff());
 void swiglu_avx512(const float* gate, const float* up, float* out, std::int64_t n);
 void axpy_avx512(float a, const float* x, float* y, std::int64_t n);
 void attention_head_avx512(const attention_args& args, int head, float* scratch);

@@ -281,6 +281,17 @@ void dequantize_row(tensor_type type, const void* src, float* dst, std::int64_t 
         case tensor_type::q8_k: dequantize_q8_k(static_cast<const block_q8_k*>(src), dst, n); return;
         case tensor_type::q4_k: dequantize_q4_k(static_cast<const block_q4_k*>(src), dst, n); return;
         case tensor_type::q6_k: dequantize_q6_k(static_cast<const block_q6_k*>(src), dst, n); return;
+        case tensor_type::q4_0:
+        case tensor_type::q4_1:
+        case tensor_type::q5_0:
+        case tensor_type::q5_1:
+        case tensor_type::q8_1:
+        case tensor_type::iq4_nl:
+        case tensor_type::mxfp4: detail::dequantize_q32_row(type, src, dst, n); return;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: detail::dequantize_kquant(type, src, dst, n); return;
         default: break;
     }
     MOED_ASSERT(!"dequantize_row: unsupported type");
@@ -296,6 +307,17 @@ void quantize_row(tensor_type type, const float* src, void* dst, std::int64_t n)
         case tensor_type::q4_k: quantize_q4_k_weights(src, static_cast<block_q4_k*>(dst), n); return;
         case tensor_type::q6_k: quantize_q6_k_weights(src, static_cast<block_q6_k*>(dst), n); return;
         case tensor_type::q8_k: detail::quantize_q8_k_act_scalar(src, dst, n); return;
+        case tensor_type::q4_0:
+        case tensor_type::q4_1:
+        case tensor_type::q5_0:
+        case tensor_type::q5_1:
+        case tensor_type::q8_1:
+        case tensor_type::iq4_nl:
+        case tensor_type::mxfp4: detail::quantize_q32_row(type, src, dst, n); return;
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: detail::quantize_kquant(type, src, dst, n); return;
         default: break;
     }
     MOED_ASSERT(!"quantize_row: unsupported type");
@@ -303,9 +325,19 @@ void quantize_row(tensor_type type, const float* src, void* dst, std::int64_t n)
 
 tensor_type activation_type_for(tensor_type weight_type) noexcept {
     switch (weight_type) {
-        case tensor_type::q8_0: return tensor_type::q8_0;
+        case tensor_type::q8_0:
+        case tensor_type::q4_0:
+        case tensor_type::q5_0:
+        case tensor_type::iq4_nl:
+        case tensor_type::mxfp4: return tensor_type::q8_0;
+        case tensor_type::q4_1:
+        case tensor_type::q5_1: return tensor_type::q8_1;
         case tensor_type::q4_k:
-        case tensor_type::q6_k: return tensor_type::q8_k;
+        case tensor_type::q6_k:
+        case tensor_type::q2_k:
+        case tensor_type::q3_k:
+        case tensor_type::q5_k:
+        case tensor_type::iq4_xs: return tensor_type::q8_k;
         case tensor_type::f16: return tensor_type::f16;
         case tensor_type::bf16: return tensor_type::bf16;
         default: return tensor_type::f32;
@@ -330,6 +362,10 @@ void quantize_activation_row(tensor_type weight_type, const float* src, void* ds
             if (level == isa::avx512) return detail::quantize_q8_0_act_avx512(src, dst, n);
             if (level == isa::avx2) return detail::quantize_q8_0_act_avx2(src, dst, n);
             return detail::quantize_q8_0_act_scalar(src, dst, n);
+        case tensor_type::q8_1:
+            if (level == isa::avx512) return detail::quantize_q8_1_act_avx512(src, dst, n);
+            if (level == isa::avx2) return detail::quantize_q8_1_act_avx2(src, dst, n);
+            return detail::quantize_q8_1_act_scalar(src, dst, n);
         case tensor_type::q8_k:
             if (level == isa::avx512) return detail::quantize_q8_k_act_avx512(src, dst, n);
             if (level == isa::avx2) return detail::quantize_q8_k_act_avx2(src, dst, n);

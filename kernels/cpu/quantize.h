@@ -1,11 +1,13 @@
 // Conversions between floats and storage types.
 // - dequantize_row: any supported type -> f32 (embedding lookups, tests, references).
-// - quantize_row: f32 -> a weight type (F32/F16/BF16/Q8_0/Q4_K/Q6_K), for the model
-//   synthesizer and tests. Q4_K/Q6_K use a simple but sound search for scales; they need not
-//   match llama.cpp's quantizer bit for bit, only produce valid blocks.
+// - quantize_row: f32 -> a weight type (F32/F16/BF16/Q8_0/Q4_K/Q6_K, Q4_0/Q4_1/Q5_0/Q5_1/
+//   IQ4_NL/MXFP4, Q2_K/Q3_K/Q5_K/IQ4_XS), for the model synthesizer and tests. The quantized
+//   types use a simple but sound search for scales; they need not match llama.cpp's
+//   quantizer bit for bit, only produce valid blocks.
 // - quantize_activation_row: f32 -> the type a weight type's dot product consumes, exactly
-//   as llama.cpp does it (Q8_0 for Q8_0, Q8_K for Q4_K/Q6_K, F16 for F16, BF16 for BF16,
-//   F32 for F32), so integer dot products give llama.cpp's results.
+//   as llama.cpp does it (its vec_dot_type: Q8_0 for Q8_0/Q4_0/Q5_0/IQ4_NL/MXFP4, Q8_1 for
+//   Q4_1/Q5_1, Q8_K for the K-quants and IQ4_XS, F16 for F16, BF16 for BF16, F32 for F32),
+//   so integer dot products give llama.cpp's results.
 // All `n` must be multiples of the type's block size; entry points assert it.
 #pragma once
 

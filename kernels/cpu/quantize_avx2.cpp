@@ -1,4 +1,4 @@
-// AVX2 (+F16C) activation conversions (f32 -> Q8_0 / Q8_K / f16 / bf16), bit-identical with
+// AVX2 (+F16C) activation conversions (f32 -> Q8_0 / Q8_1 / Q8_K / f16 / bf16), bit-identical with
 // the scalar versions in quantize.cpp: the same float operations, and conversions to
 // integers with the default rounding mode (to nearest, ties to even) as llama.cpp's x86
 // code uses.
@@ -67,6 +67,32 @@ void quantize_q8_0_act_avx2(const float* x, void* dst, std::int64_t n) {
         const __m256 mul = _mm256_set1_ps(id);
         __m256i q[4];
         for (int k = 0; k < 4; ++k) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], mul));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs), pack_i32x16_to_i8(q[0], q[1]));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16), pack_i32x16_to_i8(q[2], q[3]));
+    }
+}
+
+// Q8_0's quants and d, plus s = d * (sum of the quants) as llama.cpp's x86
+// quantize_row_q8_1 forms it (the int32 sum of the rounded values, times the unrounded d).
+void quantize_q8_1_act_avx2(const float* x, void* dst, std::int64_t n) {
+    auto* y = static_cast<block_q8_1*>(dst);
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    for (std::int64_t b = 0; b < n / qk_q32; ++b, x += qk_q32) {
+        __m256 v[4];
+        __m256 m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; ++k) {
+            v[k] = _mm256_loadu_ps(x + 8 * k);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+        }
+        const float amax = hmax_ps(m);
+        const float d = amax / 127.f;
+        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        const __m256 mul = _mm256_set1_ps(id);
+        __m256i q[4];
+        for (int k = 0; k < 4; ++k) q[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], mul));
+        const int sum = hsum_epi32(_mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3])));
+        y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        y[b].s = _cvtss_sh(d * static_cast<float>(sum), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs), pack_i32x16_to_i8(q[0], q[1]));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16), pack_i32x16_to_i8(q[2], q[3]));
     }

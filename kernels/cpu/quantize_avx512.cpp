@@ -1,4 +1,4 @@
-// AVX-512 activation conversions (f32 -> Q8_0 / Q8_K / f16 / bf16), bit-identical with the
+// AVX-512 activation conversions (f32 -> Q8_0 / Q8_1 / Q8_K / f16 / bf16), bit-identical with the
 // scalar versions in quantize.cpp: the same float operations, and conversions to integers
 // with the default rounding mode (to nearest, ties to even) as llama.cpp's x86 code uses.
 // GCC 12's AVX-512 headers trip -W(maybe-)uninitialized inside themselves; see
@@ -54,6 +54,27 @@ void quantize_q8_0_act_avx512(const float* x, void* dst, std::int64_t n) {
         const __m128i q1 = pack_i32_to_i8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, mul)));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs), q0);
         _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16), q1);
+    }
+}
+
+// Q8_0's quants and d, plus s = d * (sum of the quants) (see quantize_q8_1_act_avx2).
+void quantize_q8_1_act_avx512(const float* x, void* dst, std::int64_t n) {
+    auto* y = static_cast<block_q8_1*>(dst);
+    const __m512 sign = _mm512_set1_ps(-0.0f);
+    for (std::int64_t b = 0; b < n / qk_q32; ++b, x += qk_q32) {
+        const __m512 v0 = _mm512_loadu_ps(x);
+        const __m512 v1 = _mm512_loadu_ps(x + 16);
+        const float amax = hmax_ps(_mm512_max_ps(_mm512_andnot_ps(sign, v0), _mm512_andnot_ps(sign, v1)));
+        const float d = amax / 127.f;
+        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        const __m512 mul = _mm512_set1_ps(id);
+        const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, mul));
+        const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, mul));
+        const int sum = hsum_epi32(_mm512_add_epi32(q0, q1));
+        y[b].d = _cvtss_sh(d, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        y[b].s = _cvtss_sh(d * static_cast<float>(sum), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs), pack_i32_to_i8(q0));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(y[b].qs + 16), pack_i32_to_i8(q1));
     }
 }
 

@@ -181,6 +181,31 @@ TEST(Api, CompletionAndChatBodies) {
     EXPECT_EQ(h["object"], "chat.completion");
     EXPECT_EQ(h["choices"][0]["message"]["role"], "assistant");
     EXPECT_EQ(h["choices"][0]["message"]["content"], "hi");
+    EXPECT_FALSE(h["choices"][0]["message"].contains("reasoning_content")) << "only when there is reasoning";
+    const json r = json::parse(completion_body(meta, "4", "stop", {1, 1}, nullptr, "2+2"));
+    EXPECT_EQ(r["choices"][0]["message"]["content"], "4");
+    EXPECT_EQ(r["choices"][0]["message"]["reasoning_content"], "2+2");
+}
+
+TEST(Api, ChatTemplateOptions) {
+    auto defaults = chat(R"({"messages":[{"role":"user","content":"x"}]})");
+    ASSERT_TRUE(defaults);
+    EXPECT_TRUE(defaults->chat.enable_thinking);
+    EXPECT_EQ(defaults->chat.reasoning_effort, "medium");
+    EXPECT_TRUE(defaults->split_reasoning);
+    auto set = chat(R"({"messages":[{"role":"user","content":"x"}],"reasoning_effort":"low",
+                        "chat_template_kwargs":{"enable_thinking":false},"reasoning_format":"none"})");
+    ASSERT_TRUE(set) << set.error().message;
+    EXPECT_FALSE(set->chat.enable_thinking);
+    EXPECT_EQ(set->chat.reasoning_effort, "low");
+    EXPECT_FALSE(set->split_reasoning);
+    auto deepseek = chat(R"({"messages":[{"role":"user","content":"x"}],"reasoning_format":"deepseek"})");
+    ASSERT_TRUE(deepseek);
+    EXPECT_TRUE(deepseek->split_reasoning);
+    EXPECT_EQ(error_of(chat(R"({"messages":[{"role":"user","content":"x"}],"reasoning_effort":3})")),
+              "reasoning_effort: expected a string, got integer");
+    EXPECT_EQ(error_of(chat(R"({"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":[]})")),
+              "chat_template_kwargs: expected an object, got array");
 }
 
 TEST(Api, StreamEvents) {
@@ -195,6 +220,9 @@ TEST(Api, StreamEvents) {
     EXPECT_TRUE(f["choices"][0]["finish_reason"].is_null());
     const json second = json::parse(stream_event(meta, "llo", false).substr(6));
     EXPECT_FALSE(second["choices"][0]["delta"].contains("role"));
+    const json reasoning = json::parse(stream_event(meta, "hm", false, nullptr, false, reply_part::reasoning).substr(6));
+    EXPECT_EQ(reasoning["choices"][0]["delta"]["reasoning_content"], "hm");
+    EXPECT_FALSE(reasoning["choices"][0]["delta"].contains("content"));
 
     const std::string last = stream_final_events(meta, "stop", {2, 3});
     const auto split = last.find("\n\n");

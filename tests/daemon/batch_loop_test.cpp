@@ -6,7 +6,7 @@
 // - stop strings, inside one token or split across two or three, are held back (the
 //   stream never shows any of them) and finish "stop"; a partial match that fails is
 //   released; an end-of-generation token finishes "stop" (unless stop_at_eog is off);
-//   max_tokens finishes "length";
+//   max_tokens finishes "length"; a control token writes its text only when the job keeps it;
 // - cancel() and a sink that reports its client gone finish "cancelled" and free the slot
 //   at once (max_sequences new jobs then run side by side);
 // - a full queue is errc::out_of_memory, bad parameters are errors naming the field;
@@ -350,6 +350,61 @@ TEST_F(batch_loop_test, end_of_generation_finishes_with_stop) {
     EXPECT_EQ(stops->text(), alone->text);      // and has no text
     EXPECT_EQ(ignores->reason(), "length");
     EXPECT_EQ(ignores->tokens().size(), 40u);
+}
+
+TEST_F(batch_loop_test, kept_control_tokens_write_their_text) {
+    // A copy of the bundled model whose newline token (which "he said" produces within a few
+    // tokens) is a control token that does not end generation: it writes no text unless the
+    // job keeps it, as a chat reply keeps its markers.
+    const token_id newline = tokenize("x\ny")[1];
+    const std::string path = (test::temp_dir() / "tinymoe-newline-control.gguf").string();
+    test::rewrite_gguf(model_path(), path, [&](test::gguf_contents& c) {
+        for (auto& [key, value] : c.kv) {
+            if (key == "tokenizer.ggml.token_type") {
+                std::get<storage::gguf_array>(value.data).values[static_cast<std::size_t>(newline)].data =
+                    std::int64_t{3};  // control
+            }
+        }
+    });
+    auto loaded = engine::model::load(path);
+    ASSERT_TRUE(loaded) << loaded.error().message;
+    engine::model& m = **loaded;
+    ASSERT_FALSE(m.vocab().is_eog(newline));
+    ASSERT_TRUE(m.vocab().token_bytes(newline).empty());
+
+    job_params plain = make_job("he said", 12, true);
+    plain.prompt = m.vocab().encode("he said", false);
+    job_params kept = plain;
+    kept.kept_control_tokens = {newline};
+    batch_loop loop(m, small_options(2));
+    loop.start();
+    auto without = std::make_shared<recording_sink>();
+    auto with = std::make_shared<recording_sink>();
+    ASSERT_TRUE(loop.submit(plain, without));
+    ASSERT_TRUE(loop.submit(kept, with));
+    without->wait_done();
+    with->wait_done();
+    ASSERT_EQ(with->tokens(), without->tokens());
+    ASSERT_NE(std::find(with->tokens().begin(), with->tokens().end(), newline), with->tokens().end())
+        << "the reply has the token";
+    EXPECT_EQ(with->text(), m.vocab().decode(with->tokens(), true));
+    EXPECT_EQ(without->text(), m.vocab().decode(without->tokens(), false));
+    const std::string shown = m.vocab().token_bytes(newline, true);  // a control token's text is its name
+    ASSERT_FALSE(shown.empty());
+    EXPECT_EQ(without->text().find(shown), std::string::npos);
+    EXPECT_NE(with->text().find(shown), std::string::npos);
+
+    // The list is checked: sorted, and short.
+    job_params unsorted = plain;
+    unsorted.kept_control_tokens = {5, 3};
+    auto r = loop.submit(unsorted, std::make_shared<recording_sink>());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message, "kept_control_tokens must be sorted");
+    job_params many = plain;
+    for (token_id t = 0; t < 17; ++t) many.kept_control_tokens.push_back(t);
+    r = loop.submit(many, std::make_shared<recording_sink>());
+    ASSERT_FALSE(r);
+    EXPECT_EQ(r.error().message, "kept_control_tokens has 17 ids; the limit is 16");
 }
 
 // Stop strings are cut from the reference output of one prompt, so where they start and

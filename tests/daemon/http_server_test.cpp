@@ -2,7 +2,8 @@
 // with a fake engine in place of the batch loop (tests/daemon/http_server_fixture.h).
 // Checked over a real Unix socket with a Beast client: every endpoint, status code and
 // error message; what the engine receives (templated and tokenized prompt, limits, seeds,
-// peer credentials); non-stream and SSE framing; keep-alive; a client that disconnects
+// peer credentials, the chat template's options); non-stream and SSE framing; a chat reply's
+// reasoning (Qwen3 <think>, gpt-oss channels) as reasoning_content in both; keep-alive; a client that disconnects
 // mid-stream or mid-request gets its job cancelled; engine failures; the connection
 // limit; shutdown closing idle connections; the listener's stale/live socket rules.
 // Waits are on condition variables; nothing asserts on wall time.
@@ -10,6 +11,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include <gtest/gtest.h>
 
@@ -187,6 +189,135 @@ TEST_F(HttpServer, ChatIsTemplatedAndTokenizedWithSpecialTokens) {
     auto jobs = engine_.jobs();
     ASSERT_EQ(jobs.size(), 1u);
     EXPECT_EQ(jobs[0].params.prompt, *ids);
+}
+
+// A model's chat template from the engine's fixtures (the real Jinja text).
+engine::chat_template fixture_chat_template(const std::string& name) {
+    const auto path = std::filesystem::path(test::tests_dir()) / "engine" / "fixtures" / "chat" / (name + ".jinja");
+    std::ifstream in(path, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    auto t = engine::chat_template::detect(text.str(), path.string());
+    EXPECT_TRUE(t) << t.error().message;
+    return t ? *t : engine::chat_template::chatml();
+}
+
+TEST_F(HttpServer, ChatReasoningIsReasoningContentInBothModes) {
+    const engine::chat_template qwen3 = fixture_chat_template("qwen3");
+    start({}, [&](server_context& ctx) {
+        ctx.chat = qwen3;
+        ctx.n_ctx = 512;
+    });
+    // Markers cut across pieces, as tokens may cut them.
+    engine_.script({"<think>", "\nThe user", " greets.\n</th", "ink>\n\n", "Hello", "!"}, "stop");
+    const std::string body = R"({"messages":[{"role":"user","content":"Hi"}]})";
+    auto r = post("/v1/chat/completions", body);
+    ASSERT_EQ(r.status, 200u) << r.body;
+    const auto message = r.json()["choices"][0]["message"];
+    EXPECT_EQ(message["content"], "Hello!");
+    EXPECT_EQ(message["reasoning_content"], "The user greets.");
+
+    auto s = post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"Hi"}],"stream":true})");
+    ASSERT_EQ(s.status, 200u) << s.body;
+    const auto stream = test::read_stream(s.body);
+    EXPECT_TRUE(stream.framing_ok && stream.done_last) << s.body;
+    EXPECT_EQ(stream.text, "Hello!");
+    EXPECT_EQ(stream.reasoning, "The user greets.");
+    // No chunk carries markup, and only the first carries the role.
+    const auto events = test::parse_sse(s.body);
+    std::size_t with_role = 0;
+    for (const std::string& data : events.data) {
+        if (data == "[DONE]") continue;
+        EXPECT_EQ(data.find("think>"), std::string::npos) << data;
+        const auto chunk = nlohmann::json::parse(data);
+        if (chunk["choices"][0]["delta"].contains("role")) ++with_role;
+    }
+    EXPECT_EQ(with_role, 1u);
+    auto first = nlohmann::json::parse(events.data.front());
+    EXPECT_EQ(first["choices"][0]["delta"]["reasoning_content"], "The user");
+    EXPECT_TRUE(first.contains("moed"));
+
+    // The prompt is the template's, with the generation prompt.
+    auto expected = qwen3.prompt(model_->vocab(), {{"user", "Hi"}});
+    ASSERT_TRUE(expected);
+    auto jobs = engine_.jobs();
+    ASSERT_EQ(jobs.size(), 2u);
+    EXPECT_EQ(jobs[0].params.prompt, expected->tokens);
+    EXPECT_EQ(jobs[0].params.kept_control_tokens, qwen3.reply_control_tokens(model_->vocab()));
+}
+
+TEST_F(HttpServer, ChatTemplateOptionsAndReasoningFormatNone) {
+    const engine::chat_template qwen3 = fixture_chat_template("qwen3");
+    start({}, [&](server_context& ctx) {
+        ctx.chat = qwen3;
+        ctx.n_ctx = 512;
+    });
+    engine_.script({"<think>\nA.\n</think>\n\n", "B"}, "stop");
+    auto r = post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"Hi"}],"reasoning_format":"none",
+                                              "chat_template_kwargs":{"enable_thinking":false,"other":1}})");
+    ASSERT_EQ(r.status, 200u) << r.body;
+    const auto message = r.json()["choices"][0]["message"];
+    EXPECT_EQ(message["content"], "<think>\nA.\n</think>\n\nB");
+    EXPECT_FALSE(message.contains("reasoning_content"));
+    engine::chat_options off;
+    off.enable_thinking = false;
+    auto expected = qwen3.prompt(model_->vocab(), {{"user", "Hi"}}, off);
+    ASSERT_TRUE(expected);
+    auto jobs = engine_.jobs();
+    ASSERT_EQ(jobs.size(), 1u);
+    EXPECT_EQ(jobs[0].params.prompt, expected->tokens);
+    EXPECT_TRUE(jobs[0].params.kept_control_tokens.empty()) << "nothing is split, nothing kept";
+
+    expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"reasoning_format":"raw"})"),
+                 400, "invalid_request_error", "reasoning_format: \"raw\" is not one of none, auto, deepseek");
+    expect_error(post("/v1/chat/completions",
+                      R"({"messages":[{"role":"user","content":"x"}],"chat_template_kwargs":{"enable_thinking":1}})"),
+                 400, "invalid_request_error", "chat_template_kwargs.enable_thinking: expected a boolean, got integer");
+}
+
+TEST_F(HttpServer, HarmonyChannelsSplitAndReasoningEffortReachesThePrompt) {
+    const engine::chat_template harmony = fixture_chat_template("gpt-oss");
+    start({}, [&](server_context& ctx) {
+        ctx.chat = harmony;
+        ctx.n_ctx = 512;
+    });
+    engine_.script({"<|channel|>analysis<|message|>", "Two and", " two.<|e", "nd|><|start|>assistant<|channel|>final",
+                    "<|message|>", "4"},
+                   "stop");
+    auto r = post("/v1/chat/completions",
+                  R"({"messages":[{"role":"user","content":"2+2?"}],"reasoning_effort":"high","stream":true})");
+    ASSERT_EQ(r.status, 200u) << r.body;
+    const auto stream = test::read_stream(r.body);
+    EXPECT_EQ(stream.reasoning, "Two and two.");
+    EXPECT_EQ(stream.text, "4");
+    auto jobs = engine_.jobs();
+    ASSERT_EQ(jobs.size(), 1u);
+    engine::chat_options high;
+    high.reasoning_effort = "high";
+    auto expected = harmony.prompt(model_->vocab(), {{"user", "2+2?"}}, high);
+    ASSERT_TRUE(expected);
+    EXPECT_EQ(jobs[0].params.prompt, expected->tokens);
+    auto medium = harmony.prompt(model_->vocab(), {{"user", "2+2?"}});
+    ASSERT_TRUE(medium);
+    EXPECT_NE(medium->tokens, expected->tokens);
+    expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"reasoning_effort":"max"})"),
+                 400, "invalid_request_error", "reasoning_effort: \"max\" is not one of low, medium, high");
+    // A conversation the template refuses is the client's error.
+    expect_error(post("/v1/chat/completions", R"({"messages":[{"role":"tool","content":"x"}]})"), 400,
+                 "invalid_request_error",
+                 "messages[0]: the model's chat template does not allow this: a tool message needs an earlier assistant "
+                 "message with a tool call (gpt-oss template)");
+}
+
+TEST_F(HttpServer, ChatWithoutReasoningSyntaxStreamsEachPieceAsContent) {
+    start();  // ChatML: no reasoning markup
+    engine_.script({"<think>", "x</think>", "y"}, "stop");
+    auto r = post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stream":true})");
+    ASSERT_EQ(r.status, 200u);
+    const auto stream = test::read_stream(r.body);
+    EXPECT_EQ(stream.text, "<think>x</think>y");
+    EXPECT_EQ(stream.reasoning, "");
+    EXPECT_EQ(stream.chunks, 4u) << "one chunk per piece, then the final chunk";
 }
 
 TEST_F(HttpServer, StreamsAreServerSentEventsEndingInDone) {

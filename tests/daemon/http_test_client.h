@@ -205,9 +205,11 @@ inline sse_events parse_sse(const std::string& body) {
 }
 
 // The text a stream carried: choices[0].text (completions) or choices[0].delta.content
-// (chat) of every chunk, concatenated; finish_reason and usage from the last chunk.
+// (chat) of every chunk, concatenated, and delta.reasoning_content apart; finish_reason and
+// usage from the last chunk.
 struct stream_result {
     std::string text;
+    std::string reasoning;
     std::string finish_reason;
     nlohmann::json usage;
     std::size_t chunks = 0;       // JSON chunks before [DONE]
@@ -236,6 +238,8 @@ inline stream_result read_stream(const std::string& body) {
         const auto& c = j["choices"][0];
         if (c.contains("text")) r.text += c["text"].get<std::string>();
         if (c.contains("delta") && c["delta"].contains("content")) r.text += c["delta"]["content"].get<std::string>();
+        if (c.contains("delta") && c["delta"].contains("reasoning_content"))
+            r.reasoning += c["delta"]["reasoning_content"].get<std::string>();
         if (c.contains("finish_reason") && !c["finish_reason"].is_null()) r.finish_reason = c["finish_reason"];
         if (j.contains("usage")) r.usage = j["usage"];
     }

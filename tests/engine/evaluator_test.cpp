@@ -1,4 +1,5 @@
-// Checks the forward pass on small synthetic models (where every intermediate is cheap):
+// Checks the forward pass on small synthetic models (where every intermediate is cheap), of
+// every storage type moed computes with:
 // - a prompt fed as one batch, in odd-sized chunks, or token by token gives bitwise the same
 //   logits (the kernels are batch-invariant, tests/kernels/batch_invariance_test.cpp);
 // - sequences batched together give bitwise the same logits as each run alone (continuous
@@ -120,7 +121,9 @@ TEST_P(evaluator_types, thread_count_does_not_change_logits) {
     EXPECT_EQ(results[0], results[2]);
 }
 
-INSTANTIATE_TEST_SUITE_P(types, evaluator_types, ::testing::Values("F32", "F16", "Q8_0", "Q4_K_M"));
+INSTANTIATE_TEST_SUITE_P(types, evaluator_types,
+                         ::testing::Values("F32", "F16", "Q8_0", "Q4_K_M", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "IQ4_NL",
+                                           "MXFP4", "Q2_K", "Q3_K", "Q5_K", "IQ4_XS"));
 
 // An expert source that counts what the engine asks for, over the resident one.
 class counting_source final : public storage::expert_source {

@@ -77,8 +77,11 @@ storage::gguf_value u32_value(std::uint64_t x) {
 
 TEST(model_load, broken_files_are_clear_errors) {
     const std::vector<broken_case> cases = {
-        {"wrong-arch", [](auto& c) { set_kv(c, "general.architecture", string_value("llama")); },
-         errc::unsupported, {"general.architecture", "llama"}},
+        {"wrong-arch", [](auto& c) { set_kv(c, "general.architecture", string_value("gpt2")); },
+         errc::unsupported, {"general.architecture", "gpt2", "qwen3moe, llama, qwen2moe, olmoe"}},
+        // A llama file without experts is a dense model, said so (not a missing-key error).
+        {"dense-llama", [](auto& c) { set_kv(c, "general.architecture", string_value("llama")); },
+         errc::unsupported, {"llama.expert_count", "dense"}},
         {"missing-arch", [](auto& c) { erase_kv(c, "general.architecture"); }, errc::not_found, {"general.architecture"}},
         {"missing-expert-count", [](auto& c) { erase_kv(c, "qwen3moe.expert_count"); }, errc::not_found,
          {"qwen3moe.expert_count"}},

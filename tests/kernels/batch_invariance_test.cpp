@@ -1,7 +1,8 @@
 // Batch invariance: continuous batching promises that a user's greedy output equals the same
 // request run alone, so a token's results must be bitwise the same whatever else is in the
 // batch. Checked here, for every ISA level this CPU has (and both AVX-512 BF16 kernels):
-// - matmul, every weight type (F32, F16, BF16, Q8_0, Q4_K, Q6_K), 1, 2 and 3 threads and
+// - matmul, every weight type (F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1,
+//   IQ4_NL, MXFP4, Q2_K, Q3_K, Q5_K, IQ4_XS), 1, 2 and 3 threads and
 //   n in {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 33, 64} tokens: every token's row of the batched
 //   result equals, bit for bit, the same token multiplied alone (n = 1, one thread). Tokens
 //   are picked at a rotating offset so each lands at different positions within the token
@@ -81,7 +82,7 @@ struct shape {
 
 // Decode and prefill paths, several row chunks per thread, and (float types) vector tails;
 // for quantized types also rows wider than the Q4_K prefill buffer (32 super-blocks) and,
-// for Q8_0, an odd number of blocks (the AVX-512 kernel pairs blocks).
+// for the 32-value block types, an odd number of blocks (the AVX-512 kernels pair blocks).
 std::vector<shape> shapes_for(tensor_type type) {
     std::vector<shape> s{{512, 256}, {129, 2304}};
     if (is_float_type(type)) {
@@ -90,7 +91,11 @@ std::vector<shape> shapes_for(tensor_type type) {
     } else {
         s.push_back({40, 33 * 256});
     }
-    if (type == tensor_type::q8_0) s.push_back({96, 96});
+    if (type == tensor_type::q8_0 || type == tensor_type::q4_0 || type == tensor_type::q4_1 ||
+        type == tensor_type::q5_0 || type == tensor_type::q5_1 || type == tensor_type::iq4_nl ||
+        type == tensor_type::mxfp4) {
+        s.push_back({96, 96});
+    }
     return s;
 }
 
@@ -179,7 +184,10 @@ TEST_P(batch_invariance, batched_rows_equal_single_token_rows_bitwise) {
 
 INSTANTIATE_TEST_SUITE_P(types, batch_invariance,
                          ::testing::Values(tensor_type::f32, tensor_type::f16, tensor_type::bf16, tensor_type::q8_0,
-                                           tensor_type::q4_k, tensor_type::q6_k),
+                                           tensor_type::q4_k, tensor_type::q6_k, tensor_type::q4_0, tensor_type::q4_1,
+                                           tensor_type::q5_0, tensor_type::q5_1, tensor_type::iq4_nl,
+                                           tensor_type::mxfp4, tensor_type::q2_k, tensor_type::q3_k,
+                                           tensor_type::q5_k, tensor_type::iq4_xs),
                          [](const ::testing::TestParamInfo<tensor_type>& param) {
                              return std::string(type_name(param.param));
                          });

@@ -1,13 +1,17 @@
 // Block layouts and conversions:
-// - known values: hand-built Q8_0, Q4_K (both halves of the 6-bit scale packing), Q6_K and
-//   Q8_K blocks dequantize to the values their definitions give;
+// - known values: hand-built Q8_0, Q4_K (both halves of the 6-bit scale packing), Q6_K,
+//   Q8_K, Q4_0, Q4_1, Q5_0, Q5_1 (both halves of qh), Q8_1, IQ4_NL and MXFP4 blocks
+//   dequantize to the values their definitions give; MXFP4 is decoded from the OCP E2M1
+//   bit fields and E8M0 exponents (0 and 1: subnormal scales, 255 as ggml reads it), not
+//   from the kernel's table (Q2_K, Q3_K, Q5_K and IQ4_XS: quantize_kquant_test.cpp);
 // - round trips: quantize_row then dequantize_row stays within per-type error bounds (per
 //   value, relative to the block's range, and NMSE on Gaussian data), also on degenerate
 //   rows (zeros, constants, one spike, huge dynamic range);
 // - activation quantization: at every ISA level the bytes equal those of a plain scalar
-//   re-implementation of llama.cpp's x86 quantize_row_q8_0 and quantize_row_q8_K_ref
-//   (including exact .5 ties, which round to even), and f16/bf16 activations equal
-//   fp32_to_fp16/fp32_to_bf16 per element for every tail length.
+//   re-implementation of llama.cpp's x86 quantize_row_q8_0, quantize_row_q8_1 and
+//   quantize_row_q8_K_ref (including exact .5 ties, which round to even), f16/bf16
+//   activations equal fp32_to_fp16/fp32_to_bf16 per element for every tail length, and
+//   each weight type converts its activations to llama.cpp's vec_dot_type.
 #include "kernels/cpu/quantize.h"
 
 #include <algorithm>
@@ -118,6 +122,136 @@ TEST(quantize, f16_bf16_f32_rows) {
     for (int i = 0; i < 4; ++i) EXPECT_EQ(back[i], v[i]);
 }
 
+// --- known values of the 32-value block types ---
+
+TEST(quantize, block_geometry_of_the_32_value_types) {
+    struct geometry {
+        tensor_type type;
+        std::size_t bytes;
+    };
+    const geometry types[] = {{tensor_type::q4_0, sizeof(block_q4_0)},    {tensor_type::q4_1, sizeof(block_q4_1)},
+                              {tensor_type::q5_0, sizeof(block_q5_0)},    {tensor_type::q5_1, sizeof(block_q5_1)},
+                              {tensor_type::q8_1, sizeof(block_q8_1)},    {tensor_type::iq4_nl, sizeof(block_iq4_nl)},
+                              {tensor_type::mxfp4, sizeof(block_mxfp4)}};
+    for (const geometry& g : types) {
+        const auto traits = traits_of(static_cast<std::uint32_t>(g.type));
+        ASSERT_TRUE(traits.has_value());
+        EXPECT_TRUE(traits->supported) << traits->name;
+        EXPECT_EQ(traits->block_elems, 32u) << traits->name;
+        EXPECT_EQ(traits->block_bytes, g.bytes) << traits->name;
+        EXPECT_EQ(row_bytes(g.type, 96), 3 * g.bytes) << traits->name;
+    }
+}
+
+// Nibble bytes for 32 codes: byte j holds code j (low) and code j + 16 (high).
+void pack_codes(const int* codes, std::uint8_t* qs) {
+    for (int j = 0; j < 16; ++j) qs[j] = static_cast<std::uint8_t>(codes[j] | (codes[j + 16] << 4));
+}
+
+// Bit 4 of code j at bit j of the little-endian 32-bit qh.
+void pack_high_bits(const int* codes, std::uint8_t* qh) {
+    std::uint32_t bits = 0;
+    for (int j = 0; j < 32; ++j) bits |= static_cast<std::uint32_t>((codes[j] >> 4) & 1) << j;
+    for (int k = 0; k < 4; ++k) qh[k] = static_cast<std::uint8_t>(bits >> (8 * k));
+}
+
+std::vector<float> dequantized(tensor_type type, const void* block) {
+    std::vector<float> out(32);
+    dequantize_row(type, block, out.data(), 32);
+    return out;
+}
+
+TEST(quantize, q4_0_known_values) {
+    block_q4_0 b{};
+    b.d = fp32_to_fp16(-0.75f);
+    int codes[32];
+    for (int j = 0; j < 32; ++j) codes[j] = (j * 5 + 3) % 16;  // every code, both nibbles
+    pack_codes(codes, b.qs);
+    const auto out = dequantized(tensor_type::q4_0, &b);
+    for (int j = 0; j < 32; ++j) EXPECT_EQ(out[j], static_cast<float>(codes[j] - 8) * -0.75f) << j;
+}
+
+TEST(quantize, q4_1_known_values) {
+    block_q4_1 b{};
+    b.d = fp32_to_fp16(0.125f);
+    b.m = fp32_to_fp16(-1.5f);
+    int codes[32];
+    for (int j = 0; j < 32; ++j) codes[j] = (j * 7) % 16;
+    pack_codes(codes, b.qs);
+    const auto out = dequantized(tensor_type::q4_1, &b);
+    for (int j = 0; j < 32; ++j) EXPECT_EQ(out[j], static_cast<float>(codes[j]) * 0.125f - 1.5f) << j;
+}
+
+TEST(quantize, q5_0_known_values) {
+    block_q5_0 b{};
+    b.d = fp32_to_fp16(0.25f);
+    // Every code once, so bit 4 is set in both halves of qh in an irregular pattern.
+    int codes[32];
+    for (int j = 0; j < 32; ++j) codes[j] = (j * 13 + 7) % 32;
+    for (int j = 0; j < 16; ++j) b.qs[j] = static_cast<std::uint8_t>((codes[j] & 15) | ((codes[j + 16] & 15) << 4));
+    pack_high_bits(codes, b.qh);
+    const auto out = dequantized(tensor_type::q5_0, &b);
+    for (int j = 0; j < 32; ++j) EXPECT_EQ(out[j], static_cast<float>(codes[j] - 16) * 0.25f) << j;
+}
+
+TEST(quantize, q5_1_known_values) {
+    block_q5_1 b{};
+    b.d = fp32_to_fp16(0.0625f);
+    b.m = fp32_to_fp16(0.5f);
+    int codes[32];
+    for (int j = 0; j < 32; ++j) codes[j] = 31 - j;  // 31..0: every code once
+    for (int j = 0; j < 16; ++j) b.qs[j] = static_cast<std::uint8_t>((codes[j] & 15) | ((codes[j + 16] & 15) << 4));
+    pack_high_bits(codes, b.qh);
+    const auto out = dequantized(tensor_type::q5_1, &b);
+    for (int j = 0; j < 32; ++j) EXPECT_EQ(out[j], static_cast<float>(codes[j]) * 0.0625f + 0.5f) << j;
+}
+
+TEST(quantize, q8_1_known_values) {
+    block_q8_1 b{};
+    b.d = fp32_to_fp16(0.5f);
+    b.s = fp32_to_fp16(1234.0f);  // not part of the values
+    for (int j = 0; j < 32; ++j) b.qs[j] = static_cast<std::int8_t>(j * 8 - 127);
+    const auto out = dequantized(tensor_type::q8_1, &b);
+    for (int j = 0; j < 32; ++j) EXPECT_EQ(out[j], 0.5f * static_cast<float>(j * 8 - 127)) << j;
+}
+
+TEST(quantize, iq4_nl_known_values) {
+    // The IQ4_NL grid as ggml-common.h defines it.
+    const int grid[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+    block_iq4_nl b{};
+    b.d = fp32_to_fp16(-0.03125f);
+    int codes[32];
+    for (int j = 0; j < 32; ++j) codes[j] = (j * 9 + 4) % 16;
+    pack_codes(codes, b.qs);
+    const auto out = dequantized(tensor_type::iq4_nl, &b);
+    for (int j = 0; j < 32; ++j) EXPECT_EQ(out[j], -0.03125f * static_cast<float>(grid[codes[j]])) << j;
+}
+
+// An OCP FP4 E2M1 code: sign bit 3, exponent bits 2..1 (bias 1), mantissa bit 0; exponent 0
+// is subnormal (0 or 0.5).
+double e2m1(int code) {
+    const int sign = code >> 3, exp = (code >> 1) & 3, mant = code & 1;
+    const double mag = exp == 0 ? 0.5 * mant : std::ldexp(1.0 + 0.5 * mant, exp - 1);
+    return sign ? -mag : mag;
+}
+
+TEST(quantize, mxfp4_known_values_and_e8m0_edges) {
+    // 0 and 1: subnormal scales 2^-127 / 2^-126 halved; 2: the first normal one; 127: 1;
+    // 254: the largest; 255 (NaN in the OCP format) read as ggml reads it, 2^128 halved.
+    for (int e : {0, 1, 2, 3, 100, 126, 127, 128, 200, 254, 255}) {
+        block_mxfp4 b{};
+        b.e = static_cast<std::uint8_t>(e);
+        int codes[32];
+        for (int j = 0; j < 32; ++j) codes[j] = (j * 3 + e) % 16;  // every code, negatives too
+        pack_codes(codes, b.qs);
+        const auto out = dequantized(tensor_type::mxfp4, &b);
+        for (int j = 0; j < 32; ++j) {
+            const double want = e2m1(codes[j]) * std::ldexp(1.0, e - 127);
+            EXPECT_EQ(out[j], static_cast<float>(want)) << "e=" << e << " code " << codes[j];
+        }
+    }
+}
+
 // --- round trips -----------------------------------------------------------------------
 
 struct round_trip_case {
@@ -167,6 +301,34 @@ const round_trip_case round_trip_cases[] = {
     // Q6_K: one step of the 16-value sub-block (range / 32: rounding, or the clip of +32 to
     // 31), plus the error of the 8-bit sub-block scale (32 codes x d/2, d = amax / 4096).
     {tensor_type::q6_k, 16, 1.0f / 32.0f, 1.0f / 200.0f, 6e-4},
+    // Q4_0 / Q5_0: the extreme value is exact; the opposite one may clip by one step
+    // d = amax / 8 (/ 16), the others are within half a step (plus the f16 rounding of d).
+    {tensor_type::q4_0, 32, 1.0f / 8.0f * 1.01f, 0.0f, 1e-2},
+    {tensor_type::q5_0, 32, 1.0f / 16.0f * 1.01f, 0.0f, 3e-3},
+    // Q4_1 / Q5_1: half a step of the block's range / 15 (/ 31), plus the f16 roundings of d
+    // (over up to 31 steps) and of m.
+    {tensor_type::q4_1, 32, 0.5f / 15.0f * 1.03f, 1e-3f, 8e-3},
+    {tensor_type::q5_1, 32, 0.5f / 31.0f * 1.03f, 1e-3f, 2e-3},
+    // IQ4_NL: half the widest gap of the grid (24, between 89 and 113) times d, where d is
+    // near amax / 127 (the extreme value sits at or near an end of the grid).
+    {tensor_type::iq4_nl, 32, 0.11f, 0.0f, 8e-3},
+    // MXFP4: half the widest gap of the E2M1 grid (2, between 4 and 6) times the power-of-two
+    // scale (< amax / 3), or the clip of the extreme values when the next smaller scale
+    // fits the block better.
+    {tensor_type::mxfp4, 32, 0.5f, 0.0f, 2e-2},
+    // Q2_K: half a step of the 16-value group's range / 3 (the 4-bit scale rounds up by at
+    // most d, and the minimum rounds by dmin / 2; d, dmin <= 2 * max|x| / 45, max|x| / 15).
+    {tensor_type::q2_k, 16, 1.0f / 6.0f * 1.01f, 1.0f / 16.0f, 0.2},
+    // Q3_K: the clip of the side opposite the largest magnitude from +4 to +3 steps (one
+    // step, range / 4), plus the error of the 6-bit scale (4 codes x d / 2, d = max|x| / 128).
+    {tensor_type::q3_k, 16, 1.0f / 4.0f * 1.01f, 1.0f / 50.0f, 0.04},
+    // Q5_K: as Q4_K, within one 31-level step of the widest sub-block range (the rounding
+    // and the 6-bit scale and minimum add up to about 0.75 of it).
+    {tensor_type::q5_k, 256, 1.0f / 31.0f, 0.0f, 3e-3},
+    // IQ4_XS: the widest gap of its levels is 24 of 254 (half: 12) and the side opposite the
+    // largest magnitude ends at 113 of 127 (14 levels short): 14 / 127 of the group's
+    // range, plus the 6-bit scale's error (127 x d / 2, d = max|x| / (127 * 32)).
+    {tensor_type::iq4_xs, 32, 14.0f / 127.0f * 1.01f, 1.0f / 60.0f, 1.2e-2},
     {tensor_type::f16, 1, 0.0f, 0.0f, 1e-7},
     {tensor_type::bf16, 1, 0.0f, 0.0f, 2e-5},
     {tensor_type::f32, 1, 0.0f, 0.0f, 0.0},
@@ -224,6 +386,27 @@ std::vector<block_q8_0> llama_q8_0(const std::vector<float>& x) {
         const float id = amax != 0.0f ? 127.f / amax : 0.0f;
         out[b].d = fp32_to_fp16(d);
         for (int j = 0; j < qk8_0; ++j) out[b].qs[j] = static_cast<std::int8_t>(std::nearbyint(v[j] * id));
+    }
+    return out;
+}
+
+// llama.cpp's x86 quantize_row_q8_1, written out plainly: Q8_0's d and quants, and
+// s = fp16(d * sum of the quants) with the unrounded d.
+std::vector<block_q8_1> llama_q8_1(const std::vector<float>& x) {
+    std::vector<block_q8_1> out(x.size() / 32);
+    for (std::size_t b = 0; b < out.size(); ++b) {
+        const float* v = x.data() + b * 32;
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(v[j]));
+        const float d = amax / 127.f;
+        const float id = amax != 0.0f ? 127.f / amax : 0.0f;
+        int sum = 0;
+        for (int j = 0; j < 32; ++j) {
+            out[b].qs[j] = static_cast<std::int8_t>(std::nearbyint(v[j] * id));
+            sum += out[b].qs[j];
+        }
+        out[b].d = fp32_to_fp16(d);
+        out[b].s = fp32_to_fp16(d * static_cast<float>(sum));
     }
     return out;
 }
@@ -287,11 +470,53 @@ TEST(quantize, q8_0_activations_match_llama_formula) {
     }
 }
 
+TEST(quantize, q8_1_activations_match_llama_formula) {
+    for (const auto& x : activation_rows()) {
+        const auto want = llama_q8_1(x);
+        for (tensor_type weight : {tensor_type::q4_1, tensor_type::q5_1}) {
+            ASSERT_EQ(activation_type_for(weight), tensor_type::q8_1);
+            for (isa level : available_isas()) {
+                isa_scope scope(level);
+                std::vector<block_q8_1> got(want.size());
+                quantize_activation_row(weight, x.data(), got.data(), static_cast<std::int64_t>(x.size()));
+                for (std::size_t b = 0; b < want.size(); ++b) {
+                    ASSERT_EQ(got[b].d, want[b].d) << test::isa_label(level) << " block " << b;
+                    ASSERT_EQ(got[b].s, want[b].s) << test::isa_label(level) << " block " << b;
+                    ASSERT_EQ(0, std::memcmp(got[b].qs, want[b].qs, 32)) << test::isa_label(level) << " block " << b;
+                }
+            }
+        }
+    }
+}
+
+// The activation type of every weight type is llama.cpp's vec_dot_type for it, and the
+// Q8_0 conversion is the same whichever of its weight types asks for it.
+TEST(quantize, activation_types_are_llama_vec_dot_types) {
+    EXPECT_EQ(activation_type_for(tensor_type::q4_0), tensor_type::q8_0);
+    EXPECT_EQ(activation_type_for(tensor_type::q5_0), tensor_type::q8_0);
+    EXPECT_EQ(activation_type_for(tensor_type::iq4_nl), tensor_type::q8_0);
+    EXPECT_EQ(activation_type_for(tensor_type::mxfp4), tensor_type::q8_0);
+    EXPECT_EQ(activation_type_for(tensor_type::q4_1), tensor_type::q8_1);
+    EXPECT_EQ(activation_type_for(tensor_type::q5_1), tensor_type::q8_1);
+    const std::vector<float> x = activation_rows()[1];
+    const auto want = llama_q8_0(x);
+    for (tensor_type weight : {tensor_type::q4_0, tensor_type::q5_0, tensor_type::iq4_nl, tensor_type::mxfp4}) {
+        for (isa level : available_isas()) {
+            isa_scope scope(level);
+            std::vector<block_q8_0> got(want.size());
+            quantize_activation_row(weight, x.data(), got.data(), static_cast<std::int64_t>(x.size()));
+            ASSERT_EQ(0, std::memcmp(got.data(), want.data(), want.size() * sizeof(block_q8_0)))
+                << type_name(weight) << " " << test::isa_label(level);
+        }
+    }
+}
+
 TEST(quantize, q8_k_activations_match_llama_formula) {
     for (const auto& x : activation_rows()) {
         if (x.size() % qk_k != 0) continue;
         const auto want = llama_q8_k(x);
-        for (tensor_type weight : {tensor_type::q4_k, tensor_type::q6_k}) {
+        for (tensor_type weight : {tensor_type::q4_k, tensor_type::q6_k, tensor_type::q2_k, tensor_type::q3_k,
+                                   tensor_type::q5_k, tensor_type::iq4_xs}) {
             ASSERT_EQ(activation_type_for(weight), tensor_type::q8_k);
             for (isa level : available_isas()) {
                 isa_scope scope(level);

@@ -18,6 +18,7 @@
 
 #include "storage/expert_source.h"
 #include "storage/gguf.h"
+#include "tests/support/synth_fixture.h"
 #include "tests/support/test_paths.h"
 
 namespace moed::storage {
@@ -119,7 +120,7 @@ void expect_error(const result<T>& r, errc code, std::initializer_list<std::stri
 TEST(expert_layout, reads_stacked_tensors) {
     auto file = open_written(tiny_writer(), "layout.gguf");
     ASSERT_TRUE(file);
-    auto layout = expert_layout::from_gguf(*file, n_layer, n_expert, n_embd, n_ff);
+    auto layout = expert_layout::from_gguf(*file, test::stacked_names(n_layer), n_expert, n_embd, n_ff);
     ASSERT_TRUE(layout) << layout.error().message;
     EXPECT_EQ(layout->n_layer, n_layer);
     EXPECT_EQ(layout->n_expert, n_expert);
@@ -138,7 +139,7 @@ TEST(expert_layout, reads_stacked_tensors) {
 TEST(resident_expert_source, every_expert_has_its_own_bytes) {
     auto file = open_written(tiny_writer(), "resident.gguf");
     ASSERT_TRUE(file);
-    auto layout = expert_layout::from_gguf(*file, n_layer, n_expert, n_embd, n_ff);
+    auto layout = expert_layout::from_gguf(*file, test::stacked_names(n_layer), n_expert, n_embd, n_ff);
     ASSERT_TRUE(layout) << layout.error().message;
     resident_expert_source source(*file, *layout);
     for (std::uint32_t l = 0; l < n_layer; ++l) {
@@ -162,7 +163,7 @@ TEST(resident_expert_source, every_expert_has_its_own_bytes) {
 TEST(resident_expert_source, acquire_many_keeps_order_and_handles_move) {
     auto file = open_written(tiny_writer(), "many.gguf");
     ASSERT_TRUE(file);
-    auto layout = expert_layout::from_gguf(*file, n_layer, n_expert, n_embd, n_ff);
+    auto layout = expert_layout::from_gguf(*file, test::stacked_names(n_layer), n_expert, n_embd, n_ff);
     ASSERT_TRUE(layout) << layout.error().message;
     resident_expert_source source(*file, *layout);
     const std::vector<ExpertId> ids = {{1, 3}, {0, 0}, {1, 1}, {1, 3}};
@@ -189,7 +190,7 @@ TEST(resident_expert_source, acquire_many_keeps_order_and_handles_move) {
 TEST(resident_expert_source, rejects_out_of_range_ids) {
     auto file = open_written(tiny_writer(), "range.gguf");
     ASSERT_TRUE(file);
-    auto layout = expert_layout::from_gguf(*file, n_layer, n_expert, n_embd, n_ff);
+    auto layout = expert_layout::from_gguf(*file, test::stacked_names(n_layer), n_expert, n_embd, n_ff);
     ASSERT_TRUE(layout) << layout.error().message;
     resident_expert_source source(*file, *layout);
     expect_error(source.acquire(ExpertId{n_layer, 0}, device_id::host()), errc::invalid_argument,
@@ -203,18 +204,18 @@ TEST(expert_layout, rejects_wrong_shapes) {
     auto file = open_written(tiny_writer(), "shapes.gguf");
     ASSERT_TRUE(file);
     const std::string& path = file->path();
-    expect_error(expert_layout::from_gguf(*file, n_layer, n_expert, n_embd + 1, n_ff),
+    expect_error(expert_layout::from_gguf(*file, test::stacked_names(n_layer), n_expert, n_embd + 1, n_ff),
                  errc::bad_file,
                  {path, "'blk.0.ffn_gate_exps.weight'", "[8, 6, 4]", "expected [9, 6, 4]"});
-    expect_error(expert_layout::from_gguf(*file, n_layer, n_expert, n_embd, n_ff - 1),
+    expect_error(expert_layout::from_gguf(*file, test::stacked_names(n_layer), n_expert, n_embd, n_ff - 1),
                  errc::bad_file, {path, "'blk.0.ffn_gate_exps.weight'", "expected [8, 5, 4]"});
-    expect_error(expert_layout::from_gguf(*file, n_layer, n_expert + 1, n_embd, n_ff),
+    expect_error(expert_layout::from_gguf(*file, test::stacked_names(n_layer), n_expert + 1, n_embd, n_ff),
                  errc::bad_file, {path, "expected [8, 6, 5]"});
     // More layers than the file has: the first missing tensor is named.
-    expect_error(expert_layout::from_gguf(*file, n_layer + 1, n_expert, n_embd, n_ff),
+    expect_error(expert_layout::from_gguf(*file, test::stacked_names(n_layer + 1), n_expert, n_embd, n_ff),
                  errc::not_found, {path, "'blk.2.ffn_gate_exps.weight'"});
     // Zero experts is a shape error, never a division by zero.
-    expect_error(expert_layout::from_gguf(*file, n_layer, 0, n_embd, n_ff), errc::bad_file,
+    expect_error(expert_layout::from_gguf(*file, test::stacked_names(n_layer), 0, n_embd, n_ff), errc::bad_file,
                  {path, "expected [8, 6, 0]"});
 }
 
@@ -229,7 +230,7 @@ TEST(expert_layout, rejects_transposed_and_flat_tensors) {
                  stacked_f32(0, 2, n_ff, n_embd));
     auto file = open_written(w, "transposed.gguf");
     ASSERT_TRUE(file);
-    expect_error(expert_layout::from_gguf(*file, 1, n_expert, n_embd, n_ff), errc::bad_file,
+    expect_error(expert_layout::from_gguf(*file, test::stacked_names(1), n_expert, n_embd, n_ff), errc::bad_file,
                  {file->path(), "'blk.0.ffn_down_exps.weight'", "expected [6, 8, 4]"});
 
     gguf_writer flat;
@@ -242,7 +243,7 @@ TEST(expert_layout, rejects_transposed_and_flat_tensors) {
                     stacked_f32(0, 2, n_embd, n_ff));
     auto flat_file = open_written(flat, "flat.gguf");
     ASSERT_TRUE(flat_file);
-    expect_error(expert_layout::from_gguf(*flat_file, 1, n_expert, n_embd, n_ff), errc::bad_file,
+    expect_error(expert_layout::from_gguf(*flat_file, test::stacked_names(1), n_expert, n_embd, n_ff), errc::bad_file,
                  {flat_file->path(), "'blk.0.ffn_up_exps.weight'", "2 dims"});
 }
 
@@ -263,7 +264,7 @@ TEST(resident_expert_source, mixed_storage_types) {
     w.add_tensor("blk.0.ffn_down_exps.weight", tensor_type::q8_0, {ff, embd, experts}, down);
     auto file = open_written(w, "mixed.gguf");
     ASSERT_TRUE(file);
-    auto layout = expert_layout::from_gguf(*file, 1, experts, embd, ff);
+    auto layout = expert_layout::from_gguf(*file, test::stacked_names(1), experts, embd, ff);
     ASSERT_TRUE(layout) << layout.error().message;
     EXPECT_EQ(layout->expert_bytes(0), gate_expert_bytes + up_expert_bytes + down_expert_bytes);
     resident_expert_source source(*file, *layout);
@@ -293,7 +294,7 @@ TEST(expert_layout, bundled_model) {
     const auto embd = f.get_uint("qwen3moe.embedding_length");
     const auto ff = f.get_uint("qwen3moe.expert_feed_forward_length");
     ASSERT_TRUE(layers && experts && embd && ff);
-    auto layout = expert_layout::from_gguf(f, static_cast<std::uint32_t>(*layers),
+    auto layout = expert_layout::from_gguf(f, test::stacked_names(static_cast<std::uint32_t>(*layers)),
                                            static_cast<std::uint32_t>(*experts),
                                            static_cast<std::int64_t>(*embd),
                                            static_cast<std::int64_t>(*ff));

@@ -785,14 +785,14 @@ TEST(gguf_corpus, unknown_tensor_type) {
 
 TEST(gguf_corpus, known_unsupported_tensor_type_is_read) {
     gguf_writer w;
-    w.add_tensor("q5.weight", tensor_type::q5_k, {256, 2}, fill_bytes(2 * 176, 5));
-    const std::string path = temp_path("q5k.gguf");
+    w.add_tensor("iq2.weight", tensor_type::iq2_xxs, {256, 2}, fill_bytes(2 * 66, 5));
+    const std::string path = temp_path("iq2xxs.gguf");
     auto f = open_bytes(path, w.serialize());
     ASSERT_TRUE(f) << f.error().message;
     const gguf_tensor_info& t = (*f)->tensors()[0];
-    EXPECT_EQ(t.type, tensor_type::q5_k);
-    EXPECT_EQ(t.size_bytes, 2u * 176u);
-    EXPECT_EQ(type_name(t.type), "Q5_K");
+    EXPECT_EQ(t.type, tensor_type::iq2_xxs);
+    EXPECT_EQ(t.size_bytes, 2u * 66u);
+    EXPECT_EQ(type_name(t.type), "IQ2_XXS");
     EXPECT_FALSE(traits_of(static_cast<std::uint32_t>(t.type))->supported);
 }
 

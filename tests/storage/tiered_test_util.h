@@ -65,7 +65,7 @@ inline model_fixture load_model(const std::string& type, const tools::synth_shap
     EXPECT_TRUE(file) << file.error().message;
     if (!file) return m;
     m.file = std::move(file).value();
-    auto layout = expert_layout::from_gguf(*m.file, shape.layers, static_cast<std::uint32_t>(shape.experts),
+    auto layout = expert_layout::from_gguf(*m.file, test::stacked_names(shape.layers), static_cast<std::uint32_t>(shape.experts),
                                            shape.embd, shape.ff);
     EXPECT_TRUE(layout) << layout.error().message;
     if (!layout) return m;
