@@ -10,7 +10,8 @@
 // - Q4_K in its three ways: repacked gemv (rows a multiple of 8, alone and a prompt's last
 //   n % 4), repacked gemm (a prompt's whole groups of four), vec_dot (other row counts),
 //   with orders mixed within token tiles, as a prompt has them, and one decode token;
-// - attention (KQ, softmax, KQV) for a token alone and in a prompt, head sizes 64 and 40.
+// - attention (KQ, softmax, KQV) for a token alone and in a prompt, head sizes 64 and 40,
+//   plain and with a sliding window and attention sinks.
 // The scalar references of every op (double sums) are checked elsewhere; these models
 // document what llama.cpp does and fail on any change of rounding order.
 #include <cmath>
@@ -306,18 +307,21 @@ void model_attention_head(const attention_args& a, int head, float* out) {
     for (int d = 0; d < dim; ++d) q[static_cast<std::size_t>(d)] = fp16_to_fp32(fp32_to_fp16(a.q[head * dim + d]));
     const std::int64_t padded = (a.n_kv + 7) / 8 * 8;
     std::vector<float> p(static_cast<std::size_t>(padded), -INFINITY);
-    for (std::int64_t pos = 0; pos < a.n_kv; ++pos) {
+    for (std::int64_t pos = a.kv_start; pos < a.n_kv; ++pos) {
         for (int d = 0; d < dim; ++d) k[static_cast<std::size_t>(d)] = fp16_to_fp32(a.k_cache[pos * stride + kv_head * dim + d]);
         p[static_cast<std::size_t>(pos)] = model_float_dot(k.data(), q.data(), dim, a.order) * a.scale;
     }
-    // The padded row's softmax: every block of 8 through the vector expf.
-    float max = -INFINITY;
+    // The padded row's softmax: every block of 8 through the vector expf; a sink joins the
+    // maximum, and its exp (libm's) the sum last.
+    const float sink = a.sinks != nullptr ? a.sinks[head] : -INFINITY;
+    float max = sink;
     for (float v : p) max = v > max ? v : max;
     double sum = 0.0;
     for (std::int64_t i = 0; i < padded; i += 8) {
         for (int l = 0; l < 8; ++l) p[static_cast<std::size_t>(i + l)] = model_expf(p[static_cast<std::size_t>(i + l)] - max);
         sum += static_cast<double>(model_hsum8(&p[static_cast<std::size_t>(i)]));
     }
+    sum += static_cast<double>(std::exp(sink - max));
     const auto inv = static_cast<float>(1.0 / sum);
     for (float& v : p) v = fp16_to_fp32(fp32_to_fp16(v * inv));
     const bool batched = a.order != sum_order::alone;
@@ -347,24 +351,32 @@ TEST(llama_sum_order, attention_sums_as_llama_alone_and_in_a_prompt) {
             v[i] = fp32_to_fp16(vf[i]);
         }
         const std::vector<float> q = test::random_floats(rng, static_cast<std::size_t>(n_head * head_dim), 3.0f);
+        const std::vector<float> sinks = test::random_floats(rng, static_cast<std::size_t>(n_head), 2.0f);
         for (std::int64_t n_kv : {1, 7, 8, 33, 80}) {
-            for (sum_order order : {sum_order::alone, sum_order::batched, sum_order::batched_in_four}) {
-                attention_args a;
-                a.q = q.data();
-                a.k_cache = k.data();
-                a.v_cache = v.data();
-                a.n_kv = n_kv;
-                a.n_head = n_head;
-                a.n_head_kv = n_head_kv;
-                a.head_dim = head_dim;
-                a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-                a.order = order;
-                std::vector<float> got(q.size()), want(q.size()), scratch(static_cast<std::size_t>(n_kv * n_head));
-                a.out = got.data();
-                for (int g = 0; g < n_head_kv; ++g) attention_group(a, g, scratch.data());
-                for (int h = 0; h < n_head; ++h) model_attention_head(a, h, want.data() + h * head_dim);
-                ASSERT_TRUE(same_bits(got.data(), want.data(), got.size()))
-                    << "head_dim " << head_dim << " n_kv " << n_kv << " order " << static_cast<int>(order);
+            // Plain; a sliding window with attention sinks (gpt-oss).
+            for (int variant = 0; variant < 2; ++variant) {
+                for (sum_order order : {sum_order::alone, sum_order::batched, sum_order::batched_in_four}) {
+                    attention_args a;
+                    a.q = q.data();
+                    a.k_cache = k.data();
+                    a.v_cache = v.data();
+                    a.n_kv = n_kv;
+                    a.n_head = n_head;
+                    a.n_head_kv = n_head_kv;
+                    a.head_dim = head_dim;
+                    a.scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
+                    a.order = order;
+                    if (variant == 1) {
+                        a.kv_start = n_kv / 3;
+                        a.sinks = sinks.data();
+                    }
+                    std::vector<float> got(q.size()), want(q.size()), scratch(static_cast<std::size_t>(n_kv * n_head));
+                    a.out = got.data();
+                    for (int g = 0; g < n_head_kv; ++g) attention_group(a, g, scratch.data());
+                    for (int h = 0; h < n_head; ++h) model_attention_head(a, h, want.data() + h * head_dim);
+                    ASSERT_TRUE(same_bits(got.data(), want.data(), got.size()))
+                        << "head_dim " << head_dim << " n_kv " << n_kv << " order " << static_cast<int>(order) << " variant " << variant;
+                }
             }
         }
     }
