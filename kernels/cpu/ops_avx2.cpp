@@ -175,8 +175,10 @@ void axpy_avx2(float a, const float* x, float* y, std::int64_t n) {
 
 void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     const int dim = args.head_dim;
+    const int v_dim = args.value_dim();
     const int kv_head = head / (args.n_head / args.n_head_kv);
-    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const std::int64_t k_stride = args.key_stride();
+    const std::int64_t v_stride = args.value_stride();
     const int n_vec = dim / 8;  // full vectors; a tail of dim % 8 values is done in scalar
     const float* qsrc = args.q + static_cast<std::int64_t>(head) * dim;
     __m256 q[max_head_dim / 8];
@@ -185,7 +187,7 @@ void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     for (int d = 8 * n_vec; d < dim; ++d) q_tail[d - 8 * n_vec] = round_to_half(qsrc[d]);
     const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
-        const std::uint16_t* k = k_base + p * pos_stride;
+        const std::uint16_t* k = k_base + p * k_stride;
         __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
         int v = 0;
         for (; v + 2 <= n_vec; v += 2) {
@@ -200,20 +202,21 @@ void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     // Positions before the window are masked (their exp is 0, as ggml's -inf mask gives).
     for (std::int64_t p = 0; p < args.kv_start; ++p) scratch[p] = -__builtin_inff();
     softmax_avx2(scratch, args.n_kv, args.sinks != nullptr ? args.sinks[head] : -__builtin_inff());
+    const int n_vec_v = v_dim / 8;
     __m256 out[max_head_dim / 8];
-    for (int v = 0; v < n_vec; ++v) out[v] = _mm256_setzero_ps();
+    for (int v = 0; v < n_vec_v; ++v) out[v] = _mm256_setzero_ps();
     float out_tail[8] = {};
-    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * v_dim;
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
         const float prob = round_to_half(scratch[p]);
         const __m256 vp = _mm256_set1_ps(prob);
-        const std::uint16_t* vrow = v_base + p * pos_stride;
-        for (int v = 0; v < n_vec; ++v) out[v] = _mm256_fmadd_ps(vp, load_half8(vrow + 8 * v), out[v]);
-        for (int d = 8 * n_vec; d < dim; ++d) out_tail[d - 8 * n_vec] += prob * half_to_float(vrow[d]);
+        const std::uint16_t* vrow = v_base + p * v_stride;
+        for (int v = 0; v < n_vec_v; ++v) out[v] = _mm256_fmadd_ps(vp, load_half8(vrow + 8 * v), out[v]);
+        for (int d = 8 * n_vec_v; d < v_dim; ++d) out_tail[d - 8 * n_vec_v] += prob * half_to_float(vrow[d]);
     }
-    float* dst = args.out + static_cast<std::int64_t>(head) * dim;
-    for (int v = 0; v < n_vec; ++v) _mm256_storeu_ps(dst + 8 * v, out[v]);
-    for (int d = 8 * n_vec; d < dim; ++d) dst[d] = out_tail[d - 8 * n_vec];
+    float* dst = args.out + static_cast<std::int64_t>(head) * v_dim;
+    for (int v = 0; v < n_vec_v; ++v) _mm256_storeu_ps(dst + 8 * v, out[v]);
+    for (int d = 8 * n_vec_v; d < v_dim; ++d) dst[d] = out_tail[d - 8 * n_vec_v];
 }
 
 }  // namespace moed::kernels::detail
