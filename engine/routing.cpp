@@ -119,6 +119,8 @@ void routing_distribution(const routing_config& rc, float* scores, const float* 
 void route_token(const routing_config& rc, float* scores, const float* selection_bias, int n_expert, int k,
                  const std::uint8_t* allowed, std::int32_t* chosen, float* weights, float* scratch) {
     MOED_ASSERT(k > 0 && k <= n_expert);
+    // softmax_chosen ranks and weighs by the logits: no selection bias or groups with it.
+    MOED_ASSERT(rc.gating != gating_kind::softmax_chosen || plain_softmax(rc));
     const int n = n_expert;
     const scratch_view s = split(scratch, rc, n);
     distribution(rc, scores, selection_bias, n, s);
