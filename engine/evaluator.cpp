@@ -39,7 +39,6 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     const std::size_t q_dim = static_cast<std::size_t>(hp.n_head) * hp.head_dim;
     const std::size_t kv_dim = static_cast<std::size_t>(hp.n_head_kv) * hp.head_dim;
     const std::size_t ff = static_cast<std::size_t>(hp.n_ff_exp);
-    MOED_ASSERT(hp.mla.enabled() || hp.n_head_kv * hp.head_dim == static_cast<int>(kv_shape_of(hp).k_row_elems));
     x_.resize(b * embd);
     cur_.resize(b * embd);
     q_.resize(b * q_dim);
