@@ -80,12 +80,17 @@ struct shared_expert_config {
 // holds one "head" of kv_lora_rank + n_rot values per position (the normalised latent, then
 // the RoPE'd shared key part) and attention is multi-query over it. Per head, the query's
 // non-rotary part is multiplied into latent space by attn_k_b, and the attention output
-// (a latent) out of it by attn_v_b.
+// (a latent) out of it by attn_v_b. Files from older converters (no key_length_mla) have
+// one attn_kv_b per layer instead, and llama.cpp runs them decompressed (`absorbed` false):
+// attn_kv_b turns the latent into every head's non-rotary key and its value, the rotary key
+// part is shared by the heads, and attention is multi-head over per-head cache rows of
+// qk_nope_dim + n_rot keys and v_head_dim values.
 struct mla_config {
     int kv_lora_rank = 0;  // 0: not MLA
     int q_lora_rank = 0;   // 0: one query projection (attn_q); else attn_q_a -> norm -> attn_q_b
     int qk_nope_dim = 0;   // per head, the query/key part without RoPE (key_length_mla - n_rot)
     int v_head_dim = 0;    // per head, the value size before the output projection (value_length_mla)
+    bool absorbed = true;
     bool enabled() const noexcept { return kv_lora_rank > 0; }
 };
 
@@ -148,8 +153,12 @@ struct model_hparams {
     std::uint32_t n_moe_layer() const noexcept { return n_layer - n_layer_dense_lead; }
     bool is_moe_layer(std::uint32_t l) const noexcept { return l >= n_layer_dense_lead; }
     // Of the key and value rows attention reads per head: head_dim and the value size
-    // (kv_lora_rank for MLA, whose values are the first kv_lora_rank key values).
-    int value_dim() const noexcept { return mla.enabled() ? mla.kv_lora_rank : head_dim; }
+    // (kv_lora_rank for absorbed MLA, whose values are the first kv_lora_rank key values;
+    // v_head_dim for decompressed MLA).
+    int value_dim() const noexcept {
+        if (!mla.enabled()) return head_dim;
+        return mla.absorbed ? mla.kv_lora_rank : mla.v_head_dim;
+    }
 };
 
 // One architecture: its general.architecture name and how it reads its keys.

@@ -4,7 +4,8 @@
 // with YaRN and DeepSeek's mscale in the attention scale; leading dense layers; softmax
 // (V2) or sigmoid with a selection bias and group-limited top-k (V3) routing, weights
 // optionally renormalised and scaled; ungated shared experts. Files from older converters
-// (no key_length_mla, one attn_kv_b tensor) are refused with the reason.
+// (no key_length_mla, one attn_kv_b tensor per layer) run decompressed, as llama.cpp runs
+// them (mla_config::absorbed).
 #pragma once
 
 #include "engine/arch.h"

@@ -65,6 +65,7 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
         mla_q_.resize(b * static_cast<std::size_t>(hp.n_head) * (mla.qk_nope_dim + hp.n_rot));
         mla_q_a_.resize(b * static_cast<std::size_t>(mla.q_lora_rank));
         mla_out_.resize(b * static_cast<std::size_t>(hp.n_head) * mla.v_head_dim);
+        if (!mla.absorbed) mla_kv_.resize(b * static_cast<std::size_t>(hp.n_head) * (mla.qk_nope_dim + mla.v_head_dim));
     }
     for (int i = 0; i < pool.size(); ++i) expert_scratch_.push_back(std::make_unique<expert_scratch>(b, embd, ff));
     group_order_.reserve(hp.n_expert);
@@ -84,7 +85,7 @@ std::uint64_t evaluator::scratch_bytes() const noexcept {
     };
     std::uint64_t total = of(x_) + of(cur_) + of(q_) + of(k_) + of(v_) + of(attn_) + of(proj_) + of(router_probs_) +
                           of(route_weights_) + of(route_scratch_) + of(lookahead_) + of(route_experts_) +
-                          of(mla_q_) + of(mla_q_a_) + of(mla_out_) +
+                          of(mla_q_) + of(mla_q_a_) + of(mla_out_) + of(mla_kv_) +
                           of(expert_out_) + of(shared_gate_) + of(shared_up_) + of(shared_out_) +
                           of(shared_scale_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
                           of(handles_) + of(attn_scratch_) + of(out_rows_) + act_.capacity_bytes();

@@ -132,8 +132,11 @@ private:
     // as scratch, which attention_block overwrites next) and calls the layer-start observers.
     void layer_start(std::uint32_t layer, std::span<const batch_token> batch);
     void attention_block(std::uint32_t layer, std::span<const batch_token> batch);
-    // Multi-head latent attention (model_hparams::mla), evaluator_mla.cpp.
+    // Multi-head latent attention (model_hparams::mla), evaluator_mla.cpp: the projections,
+    // then the absorbed or the decompressed attention, then the output projection.
     void mla_attention_block(std::uint32_t layer, std::span<const batch_token> batch);
+    void mla_absorbed_attention(std::uint32_t layer, std::span<const batch_token> batch);
+    void mla_decompressed_attention(std::uint32_t layer, std::span<const batch_token> batch);
     result<void> moe_block(std::uint32_t layer, std::span<const batch_token> batch);
     // A leading dense layer's feed-forward block with its residual.
     void dense_block(std::uint32_t layer, std::int64_t n);
@@ -177,8 +180,9 @@ private:
     std::vector<float> expert_out_;  // [n][n_expert_used][n_embd]
     std::uint32_t layer_of_experts_ = 0;  // the layer whose experts apply_expert runs
     // MLA: the query [n][n_head * (qk_nope_dim + n_rot)], its low-rank form [n][q_lora_rank],
-    // the heads' outputs after attn_v_b [n][n_head * v_head_dim].
-    std::vector<float> mla_q_, mla_q_a_, mla_out_;
+    // the heads' outputs after attn_v_b [n][n_head * v_head_dim]; decompressed, every head's
+    // non-rotary key and value [n][n_head * (qk_nope_dim + v_head_dim)].
+    std::vector<float> mla_q_, mla_q_a_, mla_out_, mla_kv_;
     // The shared expert's (or a dense layer's) gate and up [n][n_ff], output [n][n_embd] and
     // the shared expert's gate scale [n].
     std::vector<float> shared_gate_, shared_up_, shared_out_, shared_scale_;

@@ -5,9 +5,9 @@
 namespace moed::engine {
 
 kv_cache_shape kv_shape_of(const model_hparams& hp) noexcept {
-    if (hp.mla.enabled()) return {hp.n_layer, static_cast<std::int64_t>(hp.mla.kv_lora_rank) + hp.n_rot, 0};
-    const std::int64_t row = static_cast<std::int64_t>(hp.n_head_kv) * hp.head_dim;
-    return {hp.n_layer, row, row};
+    if (hp.mla.enabled() && hp.mla.absorbed) return {hp.n_layer, static_cast<std::int64_t>(hp.mla.kv_lora_rank) + hp.n_rot, 0};
+    return {hp.n_layer, static_cast<std::int64_t>(hp.n_head_kv) * hp.head_dim,
+            static_cast<std::int64_t>(hp.n_head_kv) * hp.value_dim()};
 }
 
 kv_cache::kv_cache(const kv_cache_shape& shape, std::int64_t n_ctx)

@@ -21,8 +21,9 @@ struct kv_cache_shape {
     bool operator==(const kv_cache_shape&) const = default;
 };
 
-// The cache shape a model's attention needs: n_head_kv x head_dim keys and values per
-// layer, or MLA's single latent row of kv_lora_rank + n_rot values.
+// The cache shape a model's attention needs: n_head_kv x head_dim keys and n_head_kv x
+// value_dim() values per layer, or absorbed MLA's single latent row of kv_lora_rank + n_rot
+// values.
 kv_cache_shape kv_shape_of(const model_hparams& hp) noexcept;
 
 class kv_cache {

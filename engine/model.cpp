@@ -202,9 +202,9 @@ private:
     std::unordered_map<std::string, std::size_t> offsets_;
 };
 
-// Binds block l's multi-head latent attention (model_hparams::mla). Files from older
-// converters hold attn_kv_b (K and V decompression in one matrix, for the non-absorbed
-// form) instead of attn_k_b and attn_v_b; they are refused with the tensor named.
+// Binds block l's multi-head latent attention (model_hparams::mla): attn_k_b and attn_v_b
+// for the absorbed form, attn_kv_b (every head's non-rotary key and value from the latent)
+// for the decompressed form of older files.
 result<void> bind_mla(loader& ld, const storage::gguf_file& file, const model_hparams& hp, std::uint32_t l,
                       layer_weights& lw, std::vector<std::vector<float>>& store) {
     const mla_config& mla = hp.mla;
@@ -241,14 +241,19 @@ result<void> bind_mla(loader& ld, const storage::gguf_file& file, const model_hp
     MOED_TRY(take_matrix(lw.wkv_a, "attn_kv_a_mqa.weight", static_cast<std::int64_t>(mla.kv_lora_rank) + hp.n_rot,
                          hp.n_embd));
     MOED_TRY(take_vector(lw.kv_a_norm, "attn_kv_a_norm.weight", mla.kv_lora_rank));
-    if (file.find_tensor(name("attn_k_b.weight")) == nullptr && file.find_tensor(name("attn_kv_b.weight")) != nullptr) {
-        return make_error(errc::unsupported,
-                          "{}: tensor '{}' holds K and V decompression in one matrix (an older converter's form); "
-                          "moed runs the split attn_k_b / attn_v_b form: convert the model again with a current llama.cpp",
-                          file.path(), name("attn_kv_b.weight"));
+    if (mla.absorbed) {
+        if (file.find_tensor(name("attn_k_b.weight")) == nullptr && file.find_tensor(name("attn_kv_b.weight")) != nullptr) {
+            return make_error(errc::bad_file,
+                              "{}: tensor '{}' is the decompressed form's, but the keys (key_length_mla) are the "
+                              "absorbed form's, which needs attn_k_b and attn_v_b",
+                              file.path(), name("attn_kv_b.weight"));
+        }
+        MOED_TRY(take_stack(lw.wk_b, "attn_k_b.weight", mla.kv_lora_rank, mla.qk_nope_dim));
+        MOED_TRY(take_stack(lw.wv_b, "attn_v_b.weight", mla.v_head_dim, mla.kv_lora_rank));
+    } else {
+        MOED_TRY(take_matrix(lw.wkv_b, "attn_kv_b.weight",
+                             static_cast<std::int64_t>(hp.n_head) * (mla.qk_nope_dim + mla.v_head_dim), mla.kv_lora_rank));
     }
-    MOED_TRY(take_stack(lw.wk_b, "attn_k_b.weight", mla.kv_lora_rank, mla.qk_nope_dim));
-    MOED_TRY(take_stack(lw.wv_b, "attn_v_b.weight", mla.v_head_dim, mla.kv_lora_rank));
     MOED_TRY(take_matrix(lw.wo, "attn_output.weight", hp.n_embd, static_cast<std::int64_t>(mla.v_head_dim) * hp.n_head));
     return {};
 }

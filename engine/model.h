@@ -40,8 +40,9 @@ struct layer_weights {
     // n_embd], its norm, q_b [n_head * (qk_nope_dim + n_rot) x q_lora_rank]) or wq
     // directly; kv_a [kv_lora_rank + n_rot x n_embd] and the latent's norm [kv_lora_rank];
     // k_b and v_b are per head ([kv_lora_rank x qk_nope_dim] and [v_head_dim x
-    // kv_lora_rank]): the view of head 0 (head_matrix() gives head h).
-    kernels::matrix_view wq_a, wq_b, wkv_a, wk_b, wv_b;
+    // kv_lora_rank]): the view of head 0 (head_matrix() gives head h). The decompressed
+    // form has wkv_b [n_head * (qk_nope_dim + v_head_dim) x kv_lora_rank] instead.
+    kernels::matrix_view wq_a, wq_b, wkv_a, wk_b, wv_b, wkv_b;
     const float* q_a_norm = nullptr;
     const float* kv_a_norm = nullptr;
     const float* ffn_norm = nullptr;   // [n_embd]

@@ -10,7 +10,7 @@
 //             [--variant V] [--dense-layers N] [--dense-ff N] [--shared-experts N] [--rope-dim N]
 //             [--nextn-layers N] [--kv-lora-rank N] [--q-lora-rank N] [--v-head-dim N]
 //
-// The last line is for deepseek2 (--variant v2-lite, the default, or v3) and glm4moe
+// The last line is for deepseek2 (--variant v2-lite, the default, v3 or v2-lite-legacy) and glm4moe
 // (--variant air, the default, or qk-norm); synth_model.h says what each variant has.
 //
 // --routing random (the default) writes what it always wrote: every weight random. Its
@@ -76,7 +76,7 @@ void usage() {
                 "    --context-carry G       attention's gain carrying the context into routing, >= 0 (%g)\n"
                 "    --stream-noise N        random writes into the routing features, x random mode's, >= 0 (%g)\n"
                 "    --attention-sharpness A peak logit of the context heads; small = plain mean, > 0 (%g)\n"
-                "  deepseek2 and glm4moe: [--variant v2-lite|v3 (deepseek2), air|qk-norm (glm4moe)]\n"
+                "  deepseek2 and glm4moe: [--variant v2-lite|v3|v2-lite-legacy (deepseek2), air|qk-norm (glm4moe)]\n"
                 "    [--dense-layers N] [--dense-ff N] [--shared-experts N] [--rope-dim N] [--nextn-layers N]\n"
                 "    deepseek2's latent attention: [--kv-lora-rank N] [--q-lora-rank N (v3)] [--v-head-dim N]\n",
                 static_cast<double>(d.token_clustering), static_cast<double>(d.context_carry),

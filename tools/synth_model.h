@@ -84,8 +84,10 @@ struct synth_options {
     std::string arch = "qwen3moe";
     // deepseek2 (multi-head latent attention, leading dense layers, shared experts, YaRN
     // with DeepSeek's mscale): variant "v2-lite" (the default: no q-LoRA, softmax routing,
-    // weights not renormalised) or "v3" (q-LoRA, sigmoid routing with a selection bias in
-    // 4 groups of which 2 are used, weights renormalised and scaled by 2.5). glm4moe (q/k/v
+    // weights not renormalised), "v3" (q-LoRA, sigmoid routing with a selection bias in
+    // 4 groups of which 2 are used, weights renormalised and scaled by 2.5) or
+    // "v2-lite-legacy" (v2-lite as older converters wrote it: one attn_kv_b per layer and
+    // the decompressed form's keys). glm4moe (q/k/v
     // biases, partial NEOX RoPE, a leading dense layer, sigmoid routing with a selection
     // bias, one shared expert, weights scaled by 2.5): variant "air" (the default: no q/k
     // norm) or "qk-norm" (per-head q/k norms, as GLM-4.5). Tensors whose row length the

@@ -65,10 +65,12 @@ result<void> add_deepseek_style_model(storage::gguf_writer& w, const synth_shape
     const bool deepseek = o.arch == "deepseek2";
     const std::string variant = !o.variant.empty() ? o.variant : deepseek ? "v2-lite" : "air";
     const bool v3 = variant == "v3";
+    // An older converter's file: K and V decompressed through one attn_kv_b per layer.
+    const bool legacy = variant == "v2-lite-legacy";
     const bool qk_norm = variant == "qk-norm";
-    if (deepseek ? !(variant == "v2-lite" || v3) : !(variant == "air" || qk_norm)) {
+    if (deepseek ? !(variant == "v2-lite" || v3 || legacy) : !(variant == "air" || qk_norm)) {
         return make_error(errc::invalid_argument, "{} has no variant '{}' ({})", o.arch, variant,
-                          deepseek ? "v2-lite, v3" : "air, qk-norm");
+                          deepseek ? "v2-lite, v3, v2-lite-legacy" : "air, qk-norm");
     }
     const std::int64_t rope = s.rope_dim != 0 ? s.rope_dim : s.head_dim / 2;
     if (s.dense_layers >= s.layers) {
@@ -121,12 +123,19 @@ result<void> add_deepseek_style_model(storage::gguf_writer& w, const synth_shape
     if (s.nextn_layers > 0) w.set_u32(key("nextn_predict_layers"), s.nextn_layers);
     const std::int64_t rank = s.kv_lora_rank;
     if (deepseek) {
-        // The absorbed form's keys: one KV head of latent + rotary values.
-        w.set_u32(key("attention.head_count_kv"), 1);
-        w.set_u32(key("attention.key_length"), static_cast<std::uint32_t>(rank + rope));
-        w.set_u32(key("attention.value_length"), static_cast<std::uint32_t>(rank));
-        w.set_u32(key("attention.key_length_mla"), static_cast<std::uint32_t>(s.head_dim));
-        w.set_u32(key("attention.value_length_mla"), static_cast<std::uint32_t>(s.v_head_dim));
+        if (legacy) {
+            // The decompressed form's keys: every head its own key and value.
+            w.set_u32(key("attention.head_count_kv"), static_cast<std::uint32_t>(s.heads));
+            w.set_u32(key("attention.key_length"), static_cast<std::uint32_t>(s.head_dim));
+            w.set_u32(key("attention.value_length"), static_cast<std::uint32_t>(s.v_head_dim));
+        } else {
+            // The absorbed form's keys: one KV head of latent + rotary values.
+            w.set_u32(key("attention.head_count_kv"), 1);
+            w.set_u32(key("attention.key_length"), static_cast<std::uint32_t>(rank + rope));
+            w.set_u32(key("attention.value_length"), static_cast<std::uint32_t>(rank));
+            w.set_u32(key("attention.key_length_mla"), static_cast<std::uint32_t>(s.head_dim));
+            w.set_u32(key("attention.value_length_mla"), static_cast<std::uint32_t>(s.v_head_dim));
+        }
         w.set_u32(key("attention.kv_lora_rank"), static_cast<std::uint32_t>(rank));
         // 0 (no q-LoRA) is written for v2-lite: llama.cpp reads the key unless the layer
         // count is one of the Lite models'.
@@ -164,8 +173,12 @@ result<void> add_deepseek_style_model(storage::gguf_writer& w, const synth_shape
             }
             t.matrix(name("attn_kv_a_mqa.weight"), rank + rope, s.embd, base);
             t.norm(name("attn_kv_a_norm.weight"), rank);
-            t.matrix(name("attn_k_b.weight"), rank, nope, base, s.heads);
-            t.matrix(name("attn_v_b.weight"), s.v_head_dim, rank, more, s.heads);
+            if (legacy) {
+                t.matrix(name("attn_kv_b.weight"), s.heads * (nope + s.v_head_dim), rank, base);
+            } else {
+                t.matrix(name("attn_k_b.weight"), rank, nope, base, s.heads);
+                t.matrix(name("attn_v_b.weight"), s.v_head_dim, rank, more, s.heads);
+            }
             t.matrix(name("attn_output.weight"), s.embd, s.heads * s.v_head_dim, base);
             t.norm(name("ffn_norm.weight"), s.embd);
         } else {

@@ -1,6 +1,6 @@
 // Checks deepseek2 (multi-head latent attention; the v2-lite variant without q-LoRA and with
 // softmax routing, the v3 variant with q-LoRA, sigmoid routing with a selection bias in
-// groups) and glm4moe (partial NEOX RoPE with q/k/v biases; the air variant, and the
+// groups, and v2-lite as older converters wrote it, decompressed through attn_kv_b) and glm4moe (partial NEOX RoPE with q/k/v biases; the air variant, and the
 // qk-norm variant with a multi-token prediction block appended) on small synthetic models:
 // - the hyper-parameters as the files give them: the prediction block not counted, the
 //   leading dense layer, the MoE layers, MLA's sizes, the routing, the attention scale from
@@ -12,7 +12,8 @@
 //   distribution sums to one and ranks the chosen experts first;
 // - experts tiered at a 25% host budget give the resident logits bit for bit, and the tiers
 //   hold MoE layers only; the prediction block's tensors are not copied;
-// - MLA's cache holds one latent row per position, and a cache of another shape is an error;
+// - absorbed MLA's cache holds one latent row per position, the decompressed form's per-head
+//   rows, and a cache of another shape is an error;
 // - bad keys and tensors are errors naming them.
 // llama.cpp parity (greedy ids) is checked by the architecture goldens, not here.
 #include <algorithm>
@@ -88,6 +89,7 @@ const variant glm_air{"glm4moe", "air"};
 const variant glm_qk_norm{"glm4moe", "qk-norm"};
 const variant ds_v2_lite{"deepseek2", "v2-lite"};
 const variant ds_v3{"deepseek2", "v3"};
+const variant ds_legacy{"deepseek2", "v2-lite-legacy"};
 
 TEST(deepseek_glm, glm4moe_hparams) {
     for (const variant& v : {glm_air, glm_qk_norm}) {
@@ -121,21 +123,37 @@ TEST(deepseek_glm, glm4moe_hparams) {
 }
 
 TEST(deepseek_glm, deepseek2_hparams) {
-    for (const variant& v : {ds_v2_lite, ds_v3}) {
+    for (const variant& v : {ds_v2_lite, ds_v3, ds_legacy}) {
+        SCOPED_TRACE(v.name);
         auto m = load(v, "F32");
         ASSERT_TRUE(m);
         const model_hparams& hp = m->hparams();
         const bool v3 = std::string(v.name) == "v3";
+        const bool legacy = std::string(v.name) == "v2-lite-legacy";
         EXPECT_EQ(hp.n_layer, 3u);
         EXPECT_EQ(hp.n_moe_layer(), 2u);
         ASSERT_TRUE(hp.mla.enabled());
+        EXPECT_EQ(hp.mla.absorbed, !legacy);
         EXPECT_EQ(hp.mla.kv_lora_rank, 128);
         EXPECT_EQ(hp.mla.q_lora_rank, v3 ? 128 : 0);
         EXPECT_EQ(hp.mla.qk_nope_dim, 32);
         EXPECT_EQ(hp.mla.v_head_dim, 64);
-        EXPECT_EQ(hp.n_head_kv, 1);
-        EXPECT_EQ(hp.head_dim, 128 + 32);  // the absorbed head: latent + rotary
-        EXPECT_EQ(hp.value_dim(), 128);
+        if (legacy) {
+            // Decompressed: every head its own key (non-rotary + rotary) and value.
+            EXPECT_EQ(hp.n_head_kv, hp.n_head);
+            EXPECT_EQ(hp.head_dim, 32 + 32);
+            EXPECT_EQ(hp.value_dim(), 64);
+            EXPECT_EQ(kv_shape_of(hp), (kv_cache_shape{3, 4 * 64, 4 * 64}));
+            EXPECT_EQ(m->layer(1).wkv_b.rows, 4 * (32 + 64));
+            EXPECT_EQ(m->layer(1).wkv_b.cols, 128);
+        } else {
+            EXPECT_EQ(hp.n_head_kv, 1);
+            EXPECT_EQ(hp.head_dim, 128 + 32);  // the absorbed head: latent + rotary
+            EXPECT_EQ(hp.value_dim(), 128);
+            EXPECT_EQ(m->layer(1).wk_b.rows, 128);
+            EXPECT_EQ(m->layer(1).wk_b.cols, 32);
+            EXPECT_EQ(m->layer(1).wv_b.rows, 64);
+        }
         EXPECT_EQ(hp.rope, rope_kind::norm);
         EXPECT_EQ(hp.routing.gating, v3 ? gating_kind::sigmoid : gating_kind::softmax);
         EXPECT_EQ(hp.routing.normalize, v3);
@@ -151,9 +169,6 @@ TEST(deepseek_glm, deepseek2_hparams) {
         const double mscale_all = v3 ? 1.0 : 0.707;
         const double mscale = 1.0 + 0.1 * mscale_all * std::log(40.0);
         EXPECT_NEAR(hp.kq_scale, mscale * mscale / std::sqrt(64.0), 1e-5);
-        EXPECT_EQ(m->layer(1).wk_b.rows, 128);
-        EXPECT_EQ(m->layer(1).wk_b.cols, 32);
-        EXPECT_EQ(m->layer(1).wv_b.rows, 64);
     }
 }
 
@@ -244,7 +259,7 @@ TEST_P(deepseek_glm_types, tiered_experts_give_the_resident_logits) {
 }
 
 INSTANTIATE_TEST_SUITE_P(variants, deepseek_glm_types,
-                         ::testing::Combine(::testing::Values(glm_air, glm_qk_norm, ds_v2_lite, ds_v3),
+                         ::testing::Combine(::testing::Values(glm_air, glm_qk_norm, ds_v2_lite, ds_v3, ds_legacy),
                                             ::testing::Values(std::string("F32"), std::string("Q8_0"),
                                                               std::string("Q4_K_M"))),
                          [](const auto& test_info) {
@@ -276,7 +291,7 @@ private:
 };
 
 TEST(deepseek_glm, routing_and_acquisitions_count_moe_layers) {
-    for (const variant& v : {glm_qk_norm, ds_v2_lite, ds_v3}) {
+    for (const variant& v : {glm_qk_norm, ds_v2_lite, ds_v3, ds_legacy}) {
         SCOPED_TRACE(std::string(v.arch) + " " + v.name);
         auto m = load(v, "Q8_0");
         ASSERT_TRUE(m);
@@ -427,16 +442,20 @@ TEST(deepseek_glm, bad_keys_and_tensors_are_clear_errors) {
          errc::bad_file, {"glm4moe.nextn_predict_layers"}},
         {"gating-3", ds_v2_lite, [](auto& c) { set_kv(c, "deepseek2.expert_gating_func", u32_value(3)); },
          errc::unsupported, {"deepseek2.expert_gating_func", "sigmoid"}},
-        {"older-converter", ds_v2_lite,
+        // Without key_length_mla the keys are read as the decompressed form's, which a file
+        // with one KV head cannot be.
+        {"absorbed-keys-missing", ds_v2_lite,
          [](auto& c) { std::erase_if(c.kv, [](const auto& kv) { return kv.first == "deepseek2.attention.key_length_mla"; }); },
-         errc::unsupported, {"deepseek2.attention.key_length_mla", "attn_kv_b"}},
-        {"combined-kv-b", ds_v2_lite,
+         errc::bad_file, {"key_length_mla", "head_count_kv"}},
+        {"decompressed-tensor-absorbed-keys", ds_v2_lite,
          [](auto& c) {
              for (auto& t : c.tensors) {
                  if (t.name == "blk.1.attn_k_b.weight") t.name = "blk.1.attn_kv_b.weight";
              }
          },
-         errc::unsupported, {"blk.1.attn_kv_b.weight", "attn_v_b"}},
+         errc::bad_file, {"blk.1.attn_kv_b.weight", "attn_k_b"}},
+        {"decompressed-without-kv-b", ds_legacy, erase_tensor("blk.2.attn_kv_b.weight"), errc::not_found,
+         {"blk.2.attn_kv_b.weight"}},
         {"mla-key-length", ds_v3, [](auto& c) { set_kv(c, "deepseek2.attention.key_length", u32_value(100)); },
          errc::bad_file, {"kv_lora_rank"}},
         {"missing-selection-bias", ds_v3, erase_tensor("blk.2.exp_probs_b.bias"), errc::not_found,
