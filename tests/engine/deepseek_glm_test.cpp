@@ -1,7 +1,8 @@
 // Checks deepseek2 (multi-head latent attention; the v2-lite variant without q-LoRA and with
 // softmax routing, the v3 variant with q-LoRA, sigmoid routing with a selection bias in
-// groups, and v2-lite as older converters wrote it, decompressed through attn_kv_b) and glm4moe (partial NEOX RoPE with q/k/v biases; the air variant, and the
-// qk-norm variant with a multi-token prediction block appended) on small synthetic models:
+// groups, and v2-lite as older converters wrote it, decompressed through attn_kv_b) and
+// glm4moe (partial NEOX RoPE with q/k/v biases; the air variant, and the qk-norm variant
+// with a multi-token prediction block appended) on small synthetic models:
 // - the hyper-parameters as the files give them: the prediction block not counted, the
 //   leading dense layer, the MoE layers, MLA's sizes, the routing, the attention scale from
 //   YaRN and DeepSeek's mscale (as llama.cpp computes it);
