@@ -90,7 +90,7 @@ int main(int argc, char** argv) {
     engine::evaluator eval(m, pool, std::max(max_s, n_prompt));
     std::vector<std::unique_ptr<engine::kv_cache>> caches;
     for (std::int64_t s = 0; s < max_s; ++s) {
-        caches.push_back(std::make_unique<engine::kv_cache>(hp.n_layer, n_prompt + n_gen, hp.n_head_kv, hp.head_dim));
+        caches.push_back(std::make_unique<engine::kv_cache>(engine::kv_shape_of(hp), n_prompt + n_gen));
     }
     const std::size_t vocab = static_cast<std::size_t>(hp.n_vocab);
     std::vector<float> logits(static_cast<std::size_t>(max_s) * vocab);

@@ -126,7 +126,7 @@ int main(int argc, char** argv) {
     moed::engine::evaluator eval(m, pool, std::min(n_batch, n_prompt));
     auto planner = moed::engine::attach_prefetch(eval, m, prefetch);
     if (!planner) fail(planner.error().message);
-    moed::engine::kv_cache cache(hp.n_layer, n_prompt + n_gen, hp.n_head_kv, hp.head_dim);
+    moed::engine::kv_cache cache(moed::engine::kv_shape_of(hp), n_prompt + n_gen);
 
     std::vector<moed::engine::token_id> prompt(static_cast<std::size_t>(n_prompt));
     for (std::int64_t i = 0; i < n_prompt; ++i) prompt[i] = static_cast<moed::engine::token_id>((i * 7919 + 17) % hp.n_vocab);

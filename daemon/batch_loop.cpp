@@ -81,10 +81,10 @@ struct slot_public {
 // reused by every job admitted into it.
 struct sequence {
     sequence(const engine::model_hparams& hp, std::int64_t n_ctx)
-        : cache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim),
-          stats(scheduler::routing_shape{hp.n_layer, hp.n_expert, hp.n_expert_used}),
+        : cache(engine::kv_shape_of(hp), n_ctx),
+          stats(scheduler::routing_shape{hp.n_moe_layer(), hp.n_expert, hp.n_expert_used}),
           stats_before(stats),
-          allowed(static_cast<std::size_t>(hp.n_layer) * hp.n_expert, 0) {
+          allowed(static_cast<std::size_t>(hp.n_moe_layer()) * hp.n_expert, 0) {
         history.reserve(static_cast<std::size_t>(n_ctx));
         held.reserve(2 * max_stop_string_bytes);
     }
@@ -111,7 +111,7 @@ struct sequence {
     // Task profile state.
     scheduler::routing_accumulator stats;  // the prompt's routing, during the prefill
     scheduler::routing_accumulator stats_before;  // `stats` before this step (a failed step is undone)
-    std::vector<std::uint8_t> allowed;     // [n_layer][n_expert] pruning mask
+    std::vector<std::uint8_t> allowed;     // [n_moe_layer][n_expert] pruning mask
     bool pruned = false;                   // `allowed` applies to this sequence's tokens
     profile_report report;
     bool report_known = false;
@@ -290,7 +290,7 @@ result<void> batch_loop::impl::validate(const job_params& p) const {
         if (!p.profile && (!p.matcher || p.matcher->empty()))
             return make_error(errc::invalid_argument, "prune needs a task profile, and none is named or stored");
     }
-    const scheduler::routing_shape shape{model.hparams().n_layer, model.hparams().n_expert,
+    const scheduler::routing_shape shape{model.hparams().n_moe_layer(), model.hparams().n_expert,
                                          model.hparams().n_expert_used};
     if (p.profile && !(p.profile->shape == shape))
         return make_error(errc::invalid_argument, "profile '{}' does not fit this model's routing", p.profile->name);
@@ -635,7 +635,7 @@ void batch_loop::impl::use_profile(sequence& s, const std::shared_ptr<const sche
     if (s.params.prune_experts_per_layer != 0 && !s.pruned) {
         const auto& hp = model.hparams();
         std::fill(s.allowed.begin(), s.allowed.end(), std::uint8_t{0});
-        for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        for (std::uint32_t l = 0; l < hp.n_moe_layer(); ++l) {
             for (std::uint32_t e : p->top_experts(l, s.params.prune_experts_per_layer))
                 s.allowed[static_cast<std::size_t>(l) * hp.n_expert + e] = 1;
         }

@@ -413,7 +413,7 @@ int run(int argc, char** argv) {
     // Task profiles of this model under <state_dir>/profiles; a directory that cannot be
     // read leaves the daemon serving without them (each bad file is logged and skipped).
     scheduler::profile_store profiles(config.state_dir, scheduler::model_identity(model.file()),
-                                      scheduler::routing_shape{hp.n_layer, hp.n_expert, hp.n_expert_used});
+                                      scheduler::routing_shape{hp.n_moe_layer(), hp.n_expert, hp.n_expert_used});
     if (auto loaded = profiles.load(); !loaded)
         MOED_LOG_WARN("moed", "task profiles unavailable until the directory is readable: {}", loaded.error().message);
     std::int64_t n_ctx = config.ctx;

@@ -41,7 +41,7 @@ result<void> check_memory_fits(const engine::model& model, std::uint32_t max_seq
                                std::uint64_t physical_bytes) {
     const engine::model_hparams& hp = model.hparams();
     const std::uint64_t kv = static_cast<std::uint64_t>(max_sequences) *
-                             engine::kv_cache::bytes_for(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim);
+                             engine::kv_cache::bytes_for(engine::kv_shape_of(hp), n_ctx);
     const bool tiered = model.tiers() != nullptr;
     const std::string budget_what = fmt::format("host budget ({})", engine::host_budget_key);
     const engine::memory_claim claims[] = {

@@ -4,6 +4,8 @@
 
 #include <fmt/format.h>
 
+#include "engine/arch_deepseek2.h"
+#include "engine/arch_glm4moe.h"
 #include "engine/arch_gptoss.h"
 #include "engine/arch_llama.h"
 #include "engine/arch_olmoe.h"
@@ -15,10 +17,10 @@ namespace moed::engine {
 
 namespace {
 
-const std::array<const architecture*, 5>& registry() {
-    static const std::array<const architecture*, 5> all = {&qwen3moe_architecture(), &llama_architecture(),
-                                                           &qwen2moe_architecture(), &olmoe_architecture(),
-                                                           &gptoss_architecture()};
+const std::array<const architecture*, 7>& registry() {
+    static const std::array<const architecture*, 7> all = {
+        &qwen3moe_architecture(), &llama_architecture(),   &qwen2moe_architecture(), &olmoe_architecture(),
+        &gptoss_architecture(),   &deepseek2_architecture(), &glm4moe_architecture()};
     return all;
 }
 
@@ -77,8 +79,15 @@ result<void> read_rope_scaling(const storage::gguf_file& file, model_hparams& hp
                           *beta_slow);
     }
     hp.rope_scale = kernels::make_yarn(hp.n_rot, hp.rope_freq_base, scale, static_cast<int>(*n_ctx_orig), *beta_fast,
-                                       *beta_slow, *attn_factor);
+                                       *beta_slow, *attn_factor, hp.yarn_mscale, hp.yarn_mscale_all_dims);
     return {};
+}
+
+// A bool key "<arch>.<name>", or `fallback` when absent.
+result<bool> bool_or(const storage::gguf_file& file, const model_hparams& hp, std::string_view name, bool fallback) {
+    const std::string key = key_of(hp, name);
+    if (file.find(key) == nullptr) return fallback;
+    return file.get_bool(key);
 }
 
 }  // namespace
@@ -112,12 +121,25 @@ result<std::uint64_t> read_positive_or(const storage::gguf_file& file, const mod
     return read_positive(file, hp, name, max_value);
 }
 
-result<void> read_common_hparams(const storage::gguf_file& file, model_hparams& hp) {
+result<void> read_common_hparams(const storage::gguf_file& file, model_hparams& hp, bool mla) {
     constexpr std::uint64_t max_dim = 1u << 20;
     const std::string& path = file.path();
     auto get = [&](const char* name, std::uint64_t max_value) { return read_positive(file, hp, name, max_value); };
     auto n_layer = get("block_count", 4096);
     if (!n_layer) return unexpected(std::move(n_layer).error());
+    // Multi-token prediction blocks (GLM-4.5, some DeepSeek files) come last; the forward
+    // pass does not run them, as llama.cpp's does not.
+    std::uint64_t n_nextn = 0;
+    if (file.find(key_of(hp, "nextn_predict_layers")) != nullptr) {
+        auto v = file.get_uint(key_of(hp, "nextn_predict_layers"));
+        if (!v) return unexpected(std::move(v).error());
+        n_nextn = *v;
+    }
+    if (n_nextn >= *n_layer) {
+        return make_error(errc::bad_file, "{}: key '{}' = {} leaves no layer of the {} in block_count", path,
+                          key_of(hp, "nextn_predict_layers"), n_nextn, *n_layer);
+    }
+    *n_layer -= n_nextn;
     auto n_embd = get("embedding_length", max_dim);
     if (!n_embd) return unexpected(std::move(n_embd).error());
     auto n_head = get("attention.head_count", 4096);
@@ -144,7 +166,7 @@ result<void> read_common_hparams(const storage::gguf_file& file, model_hparams& 
     hp.head_dim = static_cast<int>(*head_dim);
     auto value_dim = read_positive_or(file, hp, "attention.value_length", 65536, *head_dim);
     if (!value_dim) return unexpected(std::move(value_dim).error());
-    if (*value_dim != *head_dim) {
+    if (*value_dim != *head_dim && !mla) {
         return make_error(errc::unsupported, "{}: key '{}' = {} differs from key_length {}", path,
                           key_of(hp, "attention.value_length"), *value_dim, hp.head_dim);
     }
@@ -181,10 +203,98 @@ result<void> read_common_hparams(const storage::gguf_file& file, model_hparams& 
     return {};
 }
 
+result<void> read_deepseek_moe(const storage::gguf_file& file, model_hparams& hp, gating_kind gating) {
+    const std::string& path = file.path();
+    auto n_ff_exp = read_positive(file, hp, "expert_feed_forward_length", 1u << 20);
+    if (!n_ff_exp) return unexpected(std::move(n_ff_exp).error());
+    hp.n_ff_exp = static_cast<std::int64_t>(*n_ff_exp);
+
+    if (const std::string key = key_of(hp, "leading_dense_block_count"); file.find(key) != nullptr) {
+        auto v = file.get_uint(key);
+        if (!v) return unexpected(std::move(v).error());
+        if (*v >= hp.n_layer) {
+            return make_error(errc::bad_file, "{}: key '{}' = {} leaves no MoE layer of the {}", path, key, *v,
+                              hp.n_layer);
+        }
+        hp.n_layer_dense_lead = static_cast<std::uint32_t>(*v);
+    }
+    if (hp.n_layer_dense_lead > 0) {
+        auto n_ff = read_positive(file, hp, "feed_forward_length", 1u << 24);
+        if (!n_ff) return unexpected(std::move(n_ff).error());
+        hp.n_ff = static_cast<std::int64_t>(*n_ff);
+    }
+
+    std::uint64_t n_shared = 0;
+    if (const std::string key = key_of(hp, "expert_shared_count"); file.find(key) != nullptr) {
+        auto v = file.get_uint(key);
+        if (!v) return unexpected(std::move(v).error());
+        if (*v > 256) return make_error(errc::bad_file, "{}: key '{}' = {} is out of range (0..256)", path, key, *v);
+        n_shared = *v;
+    }
+    hp.shared_expert = {static_cast<std::int64_t>(n_shared) * hp.n_ff_exp, false};
+
+    routing_config& r = hp.routing;
+    r.gating = gating;
+    if (const std::string key = key_of(hp, "expert_gating_func"); file.find(key) != nullptr) {
+        auto v = file.get_uint(key);
+        if (!v) return unexpected(std::move(v).error());
+        // llama.cpp's llama_expert_gating_func_type; 0 means unset.
+        switch (*v) {
+            case 0: break;
+            case 1: r.gating = gating_kind::softmax; break;
+            case 2: r.gating = gating_kind::sigmoid; break;
+            default:
+                return make_error(errc::unsupported, "{}: key '{}' = {}; moed supports 1 (softmax) and 2 (sigmoid)",
+                                  path, key, *v);
+        }
+    }
+    auto norm = bool_or(file, hp, "expert_weights_norm", false);
+    if (!norm) return unexpected(std::move(norm).error());
+    r.normalize = *norm;
+    auto scale = float_or(file, hp, "expert_weights_scale", 0.0f);
+    if (!scale) return unexpected(std::move(scale).error());
+    if (!(*scale >= 0.0f && *scale < 1e6f)) {
+        return make_error(errc::bad_file, "{}: key '{}' = {} is out of range", path,
+                          key_of(hp, "expert_weights_scale"), *scale);
+    }
+    r.scale = *scale == 0.0f ? 1.0f : *scale;  // 0 (unset) scales by 1, as llama.cpp
+
+    std::uint64_t n_group = 0, n_group_used = 0;
+    for (auto [name, dst] : {std::pair{"expert_group_count", &n_group}, std::pair{"expert_group_used_count", &n_group_used}}) {
+        const std::string key = key_of(hp, name);
+        if (file.find(key) == nullptr) continue;
+        auto v = file.get_uint(key);
+        if (!v) return unexpected(std::move(v).error());
+        *dst = *v;
+    }
+    if (n_group > 1) {
+        // As llama.cpp checks, and a group needs two experts for its score.
+        if (n_group >= hp.n_expert || hp.n_expert % n_group != 0 || hp.n_expert / n_group < 2) {
+            return make_error(errc::bad_file, "{}: expert_group_count {} does not split the {} experts into equal groups of two or more",
+                              path, n_group, hp.n_expert);
+        }
+        if (n_group_used == 0 || n_group_used >= n_group) {
+            return make_error(errc::bad_file, "{}: expert_group_used_count {} must be in 1..{} (expert_group_count - 1)",
+                              path, n_group_used, n_group - 1);
+        }
+        if (n_group_used * (hp.n_expert / n_group) < hp.n_expert_used) {
+            return make_error(errc::bad_file, "{}: {} groups of {} experts cannot hold the {} experts each token uses",
+                              path, n_group_used, hp.n_expert / n_group, hp.n_expert_used);
+        }
+        r.n_group = static_cast<std::uint32_t>(n_group);
+        r.n_group_used = static_cast<std::uint32_t>(n_group_used);
+    }
+    // The selection bias is a tensor; DeepSeek-V2 files have none, V3 and GLM-4.5 have one
+    // per MoE layer (model.cpp requires it in every MoE layer once the first has it).
+    r.selection_bias =
+        file.find_tensor(fmt::format("blk.{}.exp_probs_b.bias", hp.n_layer_dense_lead)) != nullptr;
+    return {};
+}
+
 std::vector<storage::stacked_expert_names> stacked_expert_names(const model_hparams& hp) {
     std::vector<storage::stacked_expert_names> names;
-    names.reserve(hp.n_layer);
-    for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+    names.reserve(hp.n_moe_layer());
+    for (std::uint32_t l = hp.n_layer_dense_lead; l < hp.n_layer; ++l) {
         names.push_back({fmt::format("blk.{}.ffn_gate_exps.weight", l), fmt::format("blk.{}.ffn_up_exps.weight", l),
                          fmt::format("blk.{}.ffn_down_exps.weight", l)});
     }

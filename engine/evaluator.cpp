@@ -4,6 +4,7 @@
 #include <cmath>
 #include <type_traits>
 
+#include "engine/routing.h"
 #include "kernels/cpu/fp16.h"
 #include "kernels/cpu/ops.h"
 #include "kernels/cpu/quantize.h"
@@ -46,16 +47,25 @@ evaluator::evaluator(model& m, kernels::compute_pool& pool, std::int64_t max_bat
     attn_.resize(b * q_dim);
     proj_.resize(b * embd);
     router_probs_.resize(b * hp.n_expert);
-    masked_probs_.resize(b * hp.n_expert);
+    route_scratch_stride_ = routing_scratch_floats(hp.routing, hp.n_expert);
+    route_scratch_.resize(b * route_scratch_stride_);
     route_weights_.resize(b * hp.n_expert_used);
     route_experts_.resize(b * hp.n_expert_used);
     lookahead_.resize(static_cast<std::size_t>(max_lookahead_depth) * b * hp.n_expert);
     expert_out_.resize(b * hp.n_expert_used * embd);
-    if (const auto sh = static_cast<std::size_t>(hp.shared_expert.n_ff); sh > 0) {
-        shared_gate_.resize(b * sh);
-        shared_up_.resize(b * sh);
+    // The shared expert and the leading dense layers' feed-forward block share scratch.
+    if (const auto ffn = static_cast<std::size_t>(std::max(hp.shared_expert.n_ff, hp.n_layer_dense_lead > 0 ? hp.n_ff : 0));
+        ffn > 0) {
+        shared_gate_.resize(b * ffn);
+        shared_up_.resize(b * ffn);
         shared_out_.resize(b * embd);
         shared_scale_.resize(b);
+    }
+    if (const mla_config& mla = hp.mla; mla.enabled()) {
+        mla_q_.resize(b * static_cast<std::size_t>(hp.n_head) * (mla.qk_nope_dim + hp.n_rot));
+        mla_q_a_.resize(b * static_cast<std::size_t>(mla.q_lora_rank));
+        mla_out_.resize(b * static_cast<std::size_t>(hp.n_head) * mla.v_head_dim);
+        if (!mla.absorbed) mla_kv_.resize(b * static_cast<std::size_t>(hp.n_head) * (mla.qk_nope_dim + mla.v_head_dim));
     }
     for (int i = 0; i < pool.size(); ++i) expert_scratch_.push_back(std::make_unique<expert_scratch>(b, embd, ff));
     group_order_.reserve(hp.n_expert);
@@ -75,7 +85,8 @@ std::uint64_t evaluator::scratch_bytes() const noexcept {
         return static_cast<std::uint64_t>(v.capacity()) * sizeof(typename std::decay_t<decltype(v)>::value_type);
     };
     std::uint64_t total = of(x_) + of(cur_) + of(q_) + of(k_) + of(v_) + of(attn_) + of(proj_) + of(router_probs_) +
-                          of(route_weights_) + of(masked_probs_) + of(lookahead_) + of(route_experts_) +
+                          of(route_weights_) + of(route_scratch_) + of(lookahead_) + of(route_experts_) +
+                          of(mla_q_) + of(mla_q_a_) + of(mla_out_) + of(mla_kv_) +
                           of(expert_out_) + of(shared_gate_) + of(shared_up_) + of(shared_out_) +
                           of(shared_scale_) + of(group_order_) + of(expert_count_) + of(expert_rows_) + of(needed_) +
                           of(handles_) + of(attn_scratch_) + of(out_rows_) + of(orders_) + act_.capacity_bytes();
@@ -132,6 +143,11 @@ result<void> evaluator::validate(std::span<const batch_token> batch) const {
             return make_error(errc::invalid_argument, "batch token {}: id {} is outside the vocabulary (0..{})",
                               i, bt.token, n_vocab - 1);
         }
+        if (!(bt.cache->shape() == kv_shape_of(model_.hparams()))) {
+            return make_error(errc::invalid_argument,
+                              "batch token {}: the KV cache ({} layers, rows of {} + {}) is not this model's shape", i,
+                              bt.cache->shape().n_layer, bt.cache->shape().k_row_elems, bt.cache->shape().v_row_elems);
+        }
         if (bt.pos < 0 || bt.pos >= bt.cache->n_ctx()) {
             return make_error(errc::invalid_argument,
                               "batch token {}: position {} is outside the context (0..{})", i, bt.pos,
@@ -139,7 +155,7 @@ result<void> evaluator::validate(std::span<const batch_token> batch) const {
         }
         if (bt.allowed_experts != nullptr) {
             const model_hparams& hp = model_.hparams();
-            for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+            for (std::uint32_t l = 0; l < hp.n_moe_layer(); ++l) {
                 const std::uint8_t* allow = bt.allowed_experts + static_cast<std::size_t>(l) * hp.n_expert;
                 const auto n_allowed = static_cast<std::uint32_t>(std::count_if(allow, allow + hp.n_expert,
                                                                                 [](std::uint8_t a) { return a != 0; }));
@@ -183,12 +199,24 @@ result<void> evaluator::run(std::span<const batch_token> batch, float* logits) {
     // layer's begin drops what was queued for layers passed and counts the tokens, its end
     // times the compute a prefetch has to hide behind.
     storage::tier_control* tiers = model_.experts().control();
+    // The leading dense layers have no experts: the layer clock, the lookahead and the
+    // routing events count MoE layers only.
     for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
-        if (tiers != nullptr) tiers->begin_layer(l, static_cast<std::uint64_t>(n));
-        layer_start(l, batch);
-        attention_block(l, batch);
-        MOED_TRY(moe_block(l, batch));
-        if (tiers != nullptr) tiers->end_layer(l);
+        const bool moe = hp.is_moe_layer(l);
+        const std::uint32_t m = l - hp.n_layer_dense_lead;
+        if (moe && tiers != nullptr) tiers->begin_layer(m, static_cast<std::uint64_t>(n));
+        if (moe) layer_start(m, batch);
+        if (hp.mla.enabled()) {
+            mla_attention_block(l, batch);
+        } else {
+            attention_block(l, batch);
+        }
+        if (moe) {
+            MOED_TRY(moe_block(l, batch));
+        } else {
+            dense_block(l, n);
+        }
+        if (moe && tiers != nullptr) tiers->end_layer(m);
     }
     for (const batch_token& bt : batch) bt.cache->set_size(std::max(bt.cache->size(), bt.pos + 1));
 
@@ -213,35 +241,36 @@ const kernels::sum_order* evaluator::router_orders(std::uint32_t l) const noexce
     return l + 1 == model_.hparams().n_layer ? nullptr : orders_.data();
 }
 
-void evaluator::layer_start(std::uint32_t l, std::span<const batch_token> batch) {
+void evaluator::layer_start(std::uint32_t m, std::span<const batch_token> batch) {
     const model_hparams& hp = model_.hparams();
     const std::int64_t n = static_cast<std::int64_t>(batch.size());
     const std::int64_t embd = hp.n_embd;
     const std::int64_t n_exp = hp.n_expert;
     const int depth = lookahead_depth_;
     const std::size_t rows = static_cast<std::size_t>(depth) * n * n_exp;
-    // Row j predicts layer l + j from the stream entering layer l, with the same kernels the
-    // real router uses (so at j = 0 it is exactly what layer l's router would say without
-    // attention in between). x_ is only read: the logits are unchanged.
+    // Row j predicts MoE layer m + j from the stream entering MoE layer m, with the same
+    // kernels the real router uses (so at j = 0 it is exactly what layer m's router would
+    // say without attention in between). x_ is only read: the logits are unchanged.
     for (int j = 0; j < depth; ++j) {
         float* out = lookahead_.data() + static_cast<std::size_t>(j) * n * n_exp;
-        const std::uint32_t target = l + static_cast<std::uint32_t>(j);
-        if (target >= hp.n_layer) {
+        const std::uint32_t target = m + static_cast<std::uint32_t>(j);
+        if (target >= hp.n_moe_layer()) {
             std::fill_n(out, n * n_exp, 0.0f);
             continue;
         }
-        const layer_weights& tw = model_.layer(target);
+        const layer_weights& tw = model_.layer(target + hp.n_layer_dense_lead);
         for_tokens(n, [&](std::int64_t t) {
             kernels::rms_norm(x_.data() + t * embd, tw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
         });
-        kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_, router_orders(target));
+        kernels::matmul(tw.router, cur_.data(), n, out, n_exp, pool_, act_, router_orders(target + hp.n_layer_dense_lead));
         for_tokens(n, [&](std::int64_t t) {
             if (tw.router_bias != nullptr) add_bias(out + t * n_exp, tw.router_bias, n_exp);
-            kernels::softmax(out + t * n_exp, n_exp);
+            routing_distribution(hp.routing, out + t * n_exp, tw.selection_bias, static_cast<int>(n_exp),
+                                 route_scratch_.data() + static_cast<std::size_t>(t) * route_scratch_stride_);
         });
     }
     if (layer_start_observers_.empty()) return;
-    const lookahead_event ev{l, n, batch, depth, std::span<const float>(lookahead_.data(), rows),
+    const lookahead_event ev{m, n, batch, depth, std::span<const float>(lookahead_.data(), rows),
                              std::span<const float>(x_.data(), static_cast<std::size_t>(n * embd))};
     for (const layer_start_observer& obs : layer_start_observers_) obs(ev);
 }
@@ -295,14 +324,14 @@ void evaluator::attention_block(std::uint32_t l, std::span<const batch_token> ba
             kernels::rope_norm(k, hp.n_head_kv, hd, hp.n_rot, batch[t].pos, hp.rope_freq_base, scaling);
         }
         kv_cache& cache = *batch[t].cache;
-        std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.row_elems();
-        std::uint16_t* vrow = cache.values(l) + batch[t].pos * cache.row_elems();
+        std::uint16_t* krow = cache.keys(l) + batch[t].pos * cache.key_row_elems();
+        std::uint16_t* vrow = cache.values(l) + batch[t].pos * cache.value_row_elems();
         kernels::fp32_to_fp16_row(k, krow, kv_dim);
         kernels::fp32_to_fp16_row(v, vrow, kv_dim);
     });
 
     // Every token's K/V is in its cache now; each attends causally up to its own position.
-    const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+    const float scale = hp.kq_scale != 0.0f ? hp.kq_scale : 1.0f / std::sqrt(static_cast<float>(hd));
     // One work item = one token's query heads that share a KV head (grouped-query attention
     // converts each K/V row once per group).
     const std::int64_t items = n * hp.n_head_kv;
@@ -430,40 +459,18 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
         kernels::rms_norm(x_.data() + t * embd, lw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
     });
     kernels::matmul(lw.router, cur_.data(), n, router_probs_.data(), n_exp, pool_, act_, router_orders(l));
-    const bool by_logits = hp.routing.gating == gating_kind::softmax_chosen;
+    const std::uint32_t m = l - hp.n_layer_dense_lead;  // the MoE layer
     for_tokens(n, [&](std::int64_t t) {
-        float* probs = router_probs_.data() + t * n_exp;  // the logits until the softmax
-        if (lw.router_bias != nullptr) add_bias(probs, lw.router_bias, n_exp);
-        // What the top-k ranks: the probabilities, or (softmax_chosen) the logits, kept
-        // aside because observers always get the softmax over every expert.
-        float* key = probs;
-        float* masked = masked_probs_.data() + t * n_exp;
-        if (by_logits) {
-            std::copy_n(probs, n_exp, masked);
-            key = masked;
-        }
-        kernels::softmax(probs, n_exp);
-        if (const std::uint8_t* allowed = batch[t].allowed_experts) {
-            // Pruned: the softmax over all experts stays (the observer sees it), the top-k
-            // is taken among the allowed ones.
-            allowed += static_cast<std::size_t>(l) * n_exp;
-            for (int e = 0; e < n_exp; ++e) masked[e] = allowed[e] != 0 ? key[e] : -INFINITY;
-            key = masked;
-        }
-        std::int32_t* chosen = route_experts_.data() + t * k;
-        float* weights = route_weights_.data() + t * k;
-        kernels::top_k_routing(key, n_exp, k, chosen, weights);
-        if (by_logits) {
-            // A softmax over the chosen logits (k values: ggml's scalar loop, as the reference).
-            for (int s = 0; s < k; ++s) weights[s] = key[chosen[s]];
-            kernels::reference::softmax(weights, k);
-        } else if (!hp.routing.normalize) {
-            // The chosen experts keep their probabilities as the gating gave them.
-            for (int s = 0; s < k; ++s) weights[s] = probs[chosen[s]];
-        }
+        float* scores = router_probs_.data() + t * n_exp;  // the logits until routed
+        if (lw.router_bias != nullptr) add_bias(scores, lw.router_bias, n_exp);
+        const std::uint8_t* allowed = batch[t].allowed_experts;
+        if (allowed != nullptr) allowed += static_cast<std::size_t>(m) * n_exp;
+        route_token(hp.routing, scores, lw.selection_bias, n_exp, k, allowed, route_experts_.data() + t * k,
+                    route_weights_.data() + t * k,
+                    route_scratch_.data() + static_cast<std::size_t>(t) * route_scratch_stride_);
     });
     if (!observers_.empty()) {
-        const routing_event ev{l,
+        const routing_event ev{m,
                                n,
                                std::span<const float>(router_probs_.data(), n * n_exp),
                                std::span<const std::int32_t>(route_experts_.data(), n * k),
@@ -482,7 +489,7 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     for (std::int64_t t = 0; t < n; ++t) {
         for (int s = 0; s < k; ++s) {
             const std::int32_t e = route_experts_[t * k + s];
-            if (expert_count_[e] == 0) needed_.push_back(ExpertId{l, static_cast<std::uint32_t>(e)});
+            if (expert_count_[e] == 0) needed_.push_back(ExpertId{m, static_cast<std::uint32_t>(e)});
             expert_rows_[static_cast<std::size_t>(e) * max_batch_ + expert_count_[e]++] =
                 static_cast<std::int32_t>(t * k + s);
         }
@@ -514,7 +521,10 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     }
 
     const bool has_shared = hp.shared_expert.n_ff > 0;
-    if (has_shared) shared_expert(l, n);
+    if (has_shared) {
+        feed_forward(l, lw.shared_gate, lw.shared_up, lw.shared_down, n);
+        if (hp.shared_expert.gated) gate_shared_expert(l, n);
+    }
 
     // Sum the weighted expert outputs in slot order, as llama.cpp adds them, then the shared
     // expert's output, then the residual.
@@ -532,31 +542,48 @@ result<void> evaluator::moe_block(std::uint32_t l, std::span<const batch_token> 
     return {};
 }
 
-void evaluator::shared_expert(std::uint32_t l, std::int64_t n) {
-    const model_hparams& hp = model_.hparams();
-    const layer_weights& lw = model_.layer(l);
-    const std::int64_t embd = hp.n_embd;
-    const std::int64_t ff = hp.shared_expert.n_ff;
+void evaluator::feed_forward(std::uint32_t l, const kernels::matrix_view& gate, const kernels::matrix_view& up,
+                             const kernels::matrix_view& down, std::int64_t n) {
+    const std::int64_t embd = model_.hparams().n_embd;
+    const std::int64_t ff = gate.rows;
     // Plain matrix products in llama.cpp, so they sum in the tokens' orders as the router.
     const kernels::sum_order* orders = router_orders(l);
-    act_.quantize(lw.shared_gate.type, cur_.data(), n, embd, embd, &pool_);
-    kernels::matmul(lw.shared_gate, act_, shared_gate_.data(), ff, pool_, orders);
-    if (kernels::activation_type_for(lw.shared_up.type) != act_.type()) {
-        act_.quantize(lw.shared_up.type, cur_.data(), n, embd, embd, &pool_);
-    }
-    kernels::matmul(lw.shared_up, act_, shared_up_.data(), ff, pool_, orders);
+    act_.quantize(gate.type, cur_.data(), n, embd, embd, &pool_);
+    kernels::matmul(gate, act_, shared_gate_.data(), ff, pool_, orders);
+    if (kernels::activation_type_for(up.type) != act_.type()) act_.quantize(up.type, cur_.data(), n, embd, embd, &pool_);
+    kernels::matmul(up, act_, shared_up_.data(), ff, pool_, orders);
+    // Row by row: llama.cpp's activation treats each row's last ff % 8 values apart.
     for (std::int64_t t = 0; t < n; ++t) {
         kernels::swiglu(shared_gate_.data() + t * ff, shared_up_.data() + t * ff, shared_gate_.data() + t * ff, ff);
     }
-    kernels::matmul(lw.shared_down, shared_gate_.data(), n, shared_out_.data(), embd, pool_, act_, orders);
-    if (!hp.shared_expert.gated) return;
-    kernels::matmul(lw.shared_gate_inp, cur_.data(), n, shared_scale_.data(), 1, pool_, act_, orders);
+    kernels::matmul(down, shared_gate_.data(), n, shared_out_.data(), embd, pool_, act_, orders);
+}
+
+void evaluator::gate_shared_expert(std::uint32_t l, std::int64_t n) {
+    const layer_weights& lw = model_.layer(l);
+    const std::int64_t embd = model_.hparams().n_embd;
+    kernels::matmul(lw.shared_gate_inp, cur_.data(), n, shared_scale_.data(), 1, pool_, act_, router_orders(l));
     for_tokens(n, [&](std::int64_t t) {
         // sigmoid as llama.cpp writes it for this gate: silu(g) / g.
         const float g = shared_scale_[static_cast<std::size_t>(t)];
         const float scale = g / (1.0f + std::exp(-g)) / g;
         float* out = shared_out_.data() + t * embd;
         for (std::int64_t j = 0; j < embd; ++j) out[j] = out[j] * scale;
+    });
+}
+
+void evaluator::dense_block(std::uint32_t l, std::int64_t n) {
+    const model_hparams& hp = model_.hparams();
+    const layer_weights& lw = model_.layer(l);
+    const std::int64_t embd = hp.n_embd;
+    for_tokens(n, [&](std::int64_t t) {
+        kernels::rms_norm(x_.data() + t * embd, lw.ffn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
+    });
+    feed_forward(l, lw.ffn_gate, lw.ffn_up, lw.ffn_down, n);
+    for_tokens(n, [&](std::int64_t t) {
+        float* x = x_.data() + t * embd;
+        const float* o = shared_out_.data() + t * embd;
+        for (std::int64_t j = 0; j < embd; ++j) x[j] = o[j] + x[j];
     });
 }
 

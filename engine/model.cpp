@@ -32,6 +32,21 @@ bool is_routed_expert(const std::string& name) {
     return name.find("_exps.weight") != std::string::npos;
 }
 
+// A tensor of block n_layer or later: a multi-token prediction block the forward pass
+// does not run (model_hparams::n_layer).
+bool is_skipped_block(const std::string& name, std::uint32_t n_layer) {
+    if (!name.starts_with("blk.")) return false;
+    std::uint64_t block = 0;
+    std::size_t i = 4;
+    for (; i < name.size() && name[i] >= '0' && name[i] <= '9' && block < (1u << 20); ++i) block = block * 10 + (name[i] - '0');
+    return i > 4 && i < name.size() && name[i] == '.' && block >= n_layer;
+}
+
+// The dense tensors a tiered model copies: all but the routed experts and skipped blocks.
+bool is_copied_dense(const std::string& name, std::uint32_t n_layer) {
+    return !is_routed_expert(name) && !is_skipped_block(name, n_layer);
+}
+
 // Reads file bytes [offset, offset + bytes) into dst with positional reads; `what` names
 // them in errors.
 result<void> read_exact(int fd, const std::string& path, std::byte* dst, std::uint64_t offset, std::uint64_t bytes,
@@ -51,12 +66,12 @@ result<void> read_exact(int fd, const std::string& path, std::byte* dst, std::ui
 }
 
 // The bytes copy_weights() copies: the whole tensor data with `all`, else every tensor but
-// the routed experts, each rounded up to 64 bytes.
-std::uint64_t copy_bytes(const storage::gguf_file& file, bool all) {
+// the routed experts and the skipped blocks, each rounded up to 64 bytes.
+std::uint64_t copy_bytes(const storage::gguf_file& file, bool all, std::uint32_t n_layer) {
     if (all) return file.file_size() - file.data_offset();
     std::uint64_t total = 0;
     for (const auto& t : file.tensors()) {
-        if (!is_routed_expert(t.name)) total += (t.size_bytes + 63) / 64 * 64;
+        if (is_copied_dense(t.name, n_layer)) total += (t.size_bytes + 63) / 64 * 64;
     }
     return total;
 }
@@ -65,10 +80,12 @@ std::uint64_t copy_bytes(const storage::gguf_file& file, bool all) {
 // those pages from the page cache so the copy is the only resident instance. Nothing reads
 // the file's mapping after load, so a file truncated or rewritten underneath cannot fault
 // the process. With `all`, the whole data section is copied in one piece (file offsets map
-// to copy offsets by subtracting its start, as the resident expert source needs); otherwise
-// every tensor but the routed experts, each at a 64-byte aligned offset. Returns the copy's
-// offset of each tensor it holds.
+// to copy offsets by subtracting its start, as the resident expert source needs; skipped
+// blocks come along, unused); otherwise every tensor but the routed experts and the blocks
+// of n_layer and later, each at a 64-byte aligned offset. Returns the copy's offset of each
+// tensor it holds.
 result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage::gguf_file& file, bool all,
+                                                                  std::uint32_t n_layer,
                                                                   std::unique_ptr<std::byte[]>& storage,
                                                                   std::span<const std::byte>& image) {
     std::unordered_map<std::string, std::size_t> where;
@@ -78,12 +95,12 @@ result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage:
         for (const auto& t : file.tensors()) where[t.name] = t.offset - file.data_offset();
     } else {
         for (const auto& t : file.tensors()) {
-            if (is_routed_expert(t.name)) continue;
+            if (!is_copied_dense(t.name, n_layer)) continue;
             where[t.name] = total;
             total += (t.size_bytes + 63) / 64 * 64;
         }
     }
-    MOED_ASSERT(total == copy_bytes(file, all));
+    MOED_ASSERT(total == copy_bytes(file, all, n_layer));
     storage = std::make_unique_for_overwrite<std::byte[]>(total + 64);
     const std::size_t shift = (64 - reinterpret_cast<std::uintptr_t>(storage.get()) % 64) % 64;
     std::byte* base = storage.get() + shift;
@@ -103,7 +120,7 @@ result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage:
         done = read_one(file.data_offset(), total, base, "the tensor data");
     } else {
         for (const auto& t : file.tensors()) {
-            if (is_routed_expert(t.name)) continue;
+            if (!is_copied_dense(t.name, n_layer)) continue;
             done = read_one(t.offset, t.size_bytes, base + where[t.name], fmt::format("tensor '{}'", t.name));
             if (!done) break;
         }
@@ -131,6 +148,23 @@ public:
         if (t.n_dims != 2 || t.ne[0] != cols || t.ne[1] != rows) {
             return make_error(errc::bad_file, "{}: tensor '{}' has shape [{}, {}], expected [{}, {}]",
                               file_.path(), name, t.ne[0], t.ne[1], cols, rows);
+        }
+        if (!computable(t.type)) {
+            return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot compute with",
+                              file_.path(), name, type_name(t.type));
+        }
+        return kernels::matrix_view{t.type, data_of(t), rows, cols, row_bytes(t.type, cols)};
+    }
+
+    // A stack of `n` weights [rows x cols] (ggml ne = {cols, rows, n}): the view of the
+    // first (head_matrix() steps to the others).
+    result<kernels::matrix_view> stack(const std::string& name, std::int64_t n, std::int64_t rows, std::int64_t cols) {
+        auto info = file_.get_tensor(name);
+        if (!info) return unexpected(std::move(info).error());
+        const storage::gguf_tensor_info& t = **info;
+        if (t.n_dims != 3 || t.ne[0] != cols || t.ne[1] != rows || t.ne[2] != n) {
+            return make_error(errc::bad_file, "{}: tensor '{}' has shape [{}, {}, {}], expected [{}, {}, {}]",
+                              file_.path(), name, t.ne[0], t.ne[1], t.n_dims > 2 ? t.ne[2] : 1, cols, rows, n);
         }
         if (!computable(t.type)) {
             return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot compute with",
@@ -168,6 +202,62 @@ private:
     std::unordered_map<std::string, std::size_t> offsets_;
 };
 
+// Binds block l's multi-head latent attention (model_hparams::mla): attn_k_b and attn_v_b
+// for the absorbed form, attn_kv_b (every head's non-rotary key and value from the latent)
+// for the decompressed form of older files.
+result<void> bind_mla(loader& ld, const storage::gguf_file& file, const model_hparams& hp, std::uint32_t l,
+                      layer_weights& lw, std::vector<std::vector<float>>& store) {
+    const mla_config& mla = hp.mla;
+    auto name = [l](const char* what) { return fmt::format("blk.{}.{}", l, what); };
+    auto take_matrix = [&](kernels::matrix_view& dst, const char* what, std::int64_t rows,
+                           std::int64_t cols) -> result<void> {
+        auto v = ld.matrix(name(what), rows, cols);
+        if (!v) return unexpected(std::move(v).error());
+        dst = *v;
+        return {};
+    };
+    auto take_vector = [&](const float*& dst, const char* what, std::int64_t n) -> result<void> {
+        auto v = ld.vector(name(what), n, store);
+        if (!v) return unexpected(std::move(v).error());
+        dst = *v;
+        return {};
+    };
+    auto take_stack = [&](kernels::matrix_view& dst, const char* what, std::int64_t rows,
+                          std::int64_t cols) -> result<void> {
+        auto v = ld.stack(name(what), hp.n_head, rows, cols);
+        if (!v) return unexpected(std::move(v).error());
+        dst = *v;
+        return {};
+    };
+    const std::int64_t q_head = static_cast<std::int64_t>(mla.qk_nope_dim) + hp.n_rot;
+    const std::int64_t q_dim = q_head * hp.n_head;
+    if (mla.q_lora_rank > 0) {
+        MOED_TRY(take_matrix(lw.wq_a, "attn_q_a.weight", mla.q_lora_rank, hp.n_embd));
+        MOED_TRY(take_vector(lw.q_a_norm, "attn_q_a_norm.weight", mla.q_lora_rank));
+        MOED_TRY(take_matrix(lw.wq_b, "attn_q_b.weight", q_dim, mla.q_lora_rank));
+    } else {
+        MOED_TRY(take_matrix(lw.wq, "attn_q.weight", q_dim, hp.n_embd));
+    }
+    MOED_TRY(take_matrix(lw.wkv_a, "attn_kv_a_mqa.weight", static_cast<std::int64_t>(mla.kv_lora_rank) + hp.n_rot,
+                         hp.n_embd));
+    MOED_TRY(take_vector(lw.kv_a_norm, "attn_kv_a_norm.weight", mla.kv_lora_rank));
+    if (mla.absorbed) {
+        if (file.find_tensor(name("attn_k_b.weight")) == nullptr && file.find_tensor(name("attn_kv_b.weight")) != nullptr) {
+            return make_error(errc::bad_file,
+                              "{}: tensor '{}' is the decompressed form's, but the keys (key_length_mla) are the "
+                              "absorbed form's, which needs attn_k_b and attn_v_b",
+                              file.path(), name("attn_kv_b.weight"));
+        }
+        MOED_TRY(take_stack(lw.wk_b, "attn_k_b.weight", mla.kv_lora_rank, mla.qk_nope_dim));
+        MOED_TRY(take_stack(lw.wv_b, "attn_v_b.weight", mla.v_head_dim, mla.kv_lora_rank));
+    } else {
+        MOED_TRY(take_matrix(lw.wkv_b, "attn_kv_b.weight",
+                             static_cast<std::int64_t>(hp.n_head) * (mla.qk_nope_dim + mla.v_head_dim), mla.kv_lora_rank));
+    }
+    MOED_TRY(take_matrix(lw.wo, "attn_output.weight", hp.n_embd, static_cast<std::int64_t>(mla.v_head_dim) * hp.n_head));
+    return {};
+}
+
 }  // namespace
 
 result<std::unique_ptr<model>> model::load(const std::string& path, const load_options& options) {
@@ -195,10 +285,10 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     auto layout = storage::expert_layout::from_gguf(file, stacked_expert_names(hp), hp.n_expert, hp.n_embd, hp.n_ff_exp);
     if (!layout) return unexpected(std::move(layout).error());
     m->layout_ = std::move(layout).value();
-    const std::uint64_t every_expert_bytes = static_cast<std::uint64_t>(hp.n_layer) * hp.n_expert *
+    const std::uint64_t every_expert_bytes = static_cast<std::uint64_t>(m->layout_.n_layer) * hp.n_expert *
                                              storage::tiered_slot_bytes(m->layout_, host_slot_alignment);
     MOED_TRY(check_load_fits(options.host_budget, m->expert_bytes(), every_expert_bytes,
-                             copy_bytes(file, !options.host_budget),
+                             copy_bytes(file, !options.host_budget, hp.n_layer),
                              options.physical_memory_bytes != 0 ? options.physical_memory_bytes
                                                                 : physical_memory_bytes()));
 
@@ -206,7 +296,7 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     // whole data section is copied and experts are served from that copy.
     loader ld(file);
     {
-        auto offsets = copy_weights(file, !options.host_budget, m->weights_storage_, m->weights_);
+        auto offsets = copy_weights(file, !options.host_budget, hp.n_layer, m->weights_storage_, m->weights_);
         if (!offsets) return unexpected(std::move(offsets).error());
         ld.use_copy(m->weights_.data(), std::move(offsets).value());
     }
@@ -249,10 +339,14 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
             return take_vector(dst, what, n);
         };
         MOED_TRY(take_vector(lw.attn_norm, "attn_norm.weight", hp.n_embd));
-        MOED_TRY(take_matrix(lw.wq, "attn_q.weight", q_dim, hp.n_embd));
-        MOED_TRY(take_matrix(lw.wk, "attn_k.weight", kv_dim, hp.n_embd));
-        MOED_TRY(take_matrix(lw.wv, "attn_v.weight", kv_dim, hp.n_embd));
-        MOED_TRY(take_matrix(lw.wo, "attn_output.weight", hp.n_embd, q_dim));
+        if (hp.mla.enabled()) {
+            MOED_TRY(bind_mla(ld, file, hp, l, lw, m->owned_vectors_));
+        } else {
+            MOED_TRY(take_matrix(lw.wq, "attn_q.weight", q_dim, hp.n_embd));
+            MOED_TRY(take_matrix(lw.wk, "attn_k.weight", kv_dim, hp.n_embd));
+            MOED_TRY(take_matrix(lw.wv, "attn_v.weight", kv_dim, hp.n_embd));
+            MOED_TRY(take_matrix(lw.wo, "attn_output.weight", hp.n_embd, q_dim));
+        }
         if (hp.qkv_bias) {
             MOED_TRY(take_optional_vector(lw.bq, "attn_q.bias", q_dim));
             MOED_TRY(take_optional_vector(lw.bk, "attn_k.bias", kv_dim));
@@ -272,8 +366,15 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
         if (hp.attn_out_bias) MOED_TRY(take_vector(lw.bo, "attn_output.bias", hp.n_embd));
         if (hp.attn_sinks) MOED_TRY(take_vector(lw.sinks, "attn_sinks.weight", hp.n_head));
         MOED_TRY(take_vector(lw.ffn_norm, fmt::format("{}.weight", (*arch)->ffn_norm).c_str(), hp.n_embd));
+        if (!hp.is_moe_layer(l)) {
+            MOED_TRY(take_matrix(lw.ffn_gate, "ffn_gate.weight", hp.n_ff, hp.n_embd));
+            MOED_TRY(take_matrix(lw.ffn_up, "ffn_up.weight", hp.n_ff, hp.n_embd));
+            MOED_TRY(take_matrix(lw.ffn_down, "ffn_down.weight", hp.n_embd, hp.n_ff));
+            continue;
+        }
         MOED_TRY(take_matrix(lw.router, "ffn_gate_inp.weight", hp.n_expert, hp.n_embd));
         if (hp.routing.bias) MOED_TRY(take_vector(lw.router_bias, "ffn_gate_inp.bias", hp.n_expert));
+        if (hp.routing.selection_bias) MOED_TRY(take_vector(lw.selection_bias, "exp_probs_b.bias", hp.n_expert));
         if (hp.expert_bias) {
             auto take_rows = [&](const float*& dst, const char* what, std::int64_t n) -> result<void> {
                 auto v = ld.vector(name(what), n, m->owned_vectors_, hp.n_expert);
@@ -299,12 +400,12 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
         }
     }
 
-    for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+    for (std::uint32_t l = 0; l < m->layout_.n_layer; ++l) {
         const auto& lt = m->layout_.layers[l];
         for (tensor_type t : {lt.gate_type, lt.up_type, lt.down_type}) {
             if (!computable(t)) {
                 return make_error(errc::unsupported, "{}: layer {} experts have type {}, which moed cannot compute with",
-                                  path, l, type_name(t));
+                                  path, l + hp.n_layer_dense_lead, type_name(t));
             }
         }
     }
@@ -340,8 +441,10 @@ std::uint64_t model::expert_bytes() const noexcept {
 
 std::uint64_t model::dense_bytes() const noexcept {
     std::uint64_t total = 0;
-    for (const auto& t : file_->tensors()) total += t.size_bytes;
-    return total - expert_bytes();
+    for (const auto& t : file_->tensors()) {
+        if (is_copied_dense(t.name, hparams_.n_layer)) total += t.size_bytes;
+    }
+    return total;
 }
 
 }  // namespace moed::engine

@@ -36,9 +36,22 @@ struct layer_weights {
     const float* k_norm = nullptr;     // [head_dim] per head, or [n_head_kv * head_dim] whole
     const float* bo = nullptr;         // [n_embd]
     const float* sinks = nullptr;      // [n_head]
+    // MLA (hparams().mla): the query through a low-rank bottleneck (q_a [q_lora_rank x
+    // n_embd], its norm, q_b [n_head * (qk_nope_dim + n_rot) x q_lora_rank]) or wq
+    // directly; kv_a [kv_lora_rank + n_rot x n_embd] and the latent's norm [kv_lora_rank];
+    // k_b and v_b are per head ([kv_lora_rank x qk_nope_dim] and [v_head_dim x
+    // kv_lora_rank]): the view of head 0 (head_matrix() gives head h). The decompressed
+    // form has wkv_b [n_head * (qk_nope_dim + v_head_dim) x kv_lora_rank] instead.
+    kernels::matrix_view wq_a, wq_b, wkv_a, wk_b, wv_b, wkv_b;
+    const float* q_a_norm = nullptr;
+    const float* kv_a_norm = nullptr;
     const float* ffn_norm = nullptr;   // [n_embd]
+    // A leading dense layer's feed-forward block: gate and up [n_ff x n_embd], down
+    // [n_embd x n_ff]. MoE layers have none, dense layers have no router or experts.
+    kernels::matrix_view ffn_gate, ffn_up, ffn_down;
     kernels::matrix_view router;       // [n_expert x n_embd]
     const float* router_bias = nullptr;  // [n_expert]
+    const float* selection_bias = nullptr;  // [n_expert] (exp_probs_b), added for selection only
     // Per-expert biases, [n_expert][n_ff_exp] (gate, up) and [n_expert][n_embd] (down).
     const float* expert_gate_bias = nullptr;
     const float* expert_up_bias = nullptr;
@@ -47,6 +60,14 @@ struct layer_weights {
     // down [n_embd x n_ff], and its gate vector [1 x n_embd] when it is gated.
     kernels::matrix_view shared_gate, shared_up, shared_down, shared_gate_inp;
 };
+
+// Head h's matrix of a per-head stack (layer_weights::wk_b, wv_b).
+inline kernels::matrix_view head_matrix(const kernels::matrix_view& head0, int h) noexcept {
+    kernels::matrix_view m = head0;
+    m.data = static_cast<const std::byte*>(head0.data) +
+             static_cast<std::size_t>(h) * static_cast<std::size_t>(head0.rows) * head0.row_stride_bytes;
+    return m;
+}
 
 struct load_options {
     // Absent: every routed expert is copied into owned memory with the dense weights

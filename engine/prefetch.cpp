@@ -16,7 +16,7 @@ result<std::unique_ptr<scheduler::prefetch_planner>> attach_prefetch(evaluator& 
     scheduler::prefetch_planner_options po = options.planner;
     po.depth = options.lookahead;
     auto planner =
-        std::make_unique<scheduler::prefetch_planner>(*m.tiers(), hp.n_layer, hp.n_expert, hp.n_expert_used, po);
+        std::make_unique<scheduler::prefetch_planner>(*m.tiers(), hp.n_moe_layer(), hp.n_expert, hp.n_expert_used, po);
     eval.set_lookahead_depth(std::max(eval.lookahead_depth(), options.lookahead));
     scheduler::prefetch_planner* p = planner.get();
     // Sequence ids only matter to the planner's history; the buffer grows to the largest

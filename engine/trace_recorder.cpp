@@ -21,11 +21,11 @@ scheduler::trace_info make_trace_info(const model& m, std::uint32_t lookahead_de
     if (info.model_name.empty()) info.model_name = std::filesystem::path(m.file().path()).filename().string();
     if (info.model_name.size() > scheduler::trace_max_name_bytes) info.model_name.resize(scheduler::trace_max_name_bytes);
     info.model_id = scheduler::model_identity(m.file());
-    info.n_layer = hp.n_layer;
+    info.n_layer = hp.n_moe_layer();
     info.n_expert = hp.n_expert;
     info.n_expert_used = hp.n_expert_used;
     info.lookahead_depth = lookahead_depth;
-    for (std::uint32_t l = 0; l < hp.n_layer; ++l) info.expert_bytes.push_back(m.experts_layout().expert_bytes(l));
+    for (std::uint32_t l = 0; l < hp.n_moe_layer(); ++l) info.expert_bytes.push_back(m.experts_layout().expert_bytes(l));
     return info;
 }
 

@@ -11,22 +11,25 @@ cd "$(dirname "$0")/.."
 llama=${1:?llama.cpp build dir}
 isa=${2:?isa (avx2 or avx512)}
 shift 2
+# Each model: ARCH[:VARIANT[:SEED]] (seed 11 unless said; deepseek2 takes 13, see the test).
 archs=("$@")
-[ ${#archs[@]} -gt 0 ] || archs=(qwen3moe llama qwen2moe olmoe gpt-oss)
-types=(F32 F16 Q8_0 Q4_K_M Q6_K Q5_K Q3_K Q2_K IQ4_XS Q5_0 Q5_1 Q4_0 Q4_1 IQ4_NL MXFP4)
+[ ${#archs[@]} -gt 0 ] || archs=(qwen3moe llama qwen2moe olmoe gpt-oss glm4moe:air deepseek2:v2-lite:13 deepseek2:v3:13)
+types=(${MOED_GOLDEN_TYPES:-F32 F16 Q8_0 Q4_K_M Q6_K Q5_K Q3_K Q2_K IQ4_XS Q5_0 Q5_1 Q4_0 Q4_1 IQ4_NL MXFP4})
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "models/golden/$isa"
-for arch in "${archs[@]}"; do
+for spec in "${archs[@]}"; do
+  IFS=: read -r arch variant seed <<< "$spec"
+  seed=${seed:-11}
   # olmoe normalises the whole q/k projections, which needs heads x head_dim = embd and
   # kv_heads = heads.
   kv=2
   [ "$arch" = olmoe ] && kv=4
   for type in "${types[@]}"; do
-    name="synth-$arch-$type"
-    build/tools/moe-synth -o "$work/$name.gguf" --arch "$arch" --type "$type" --layers 2 --embd 256 \
-      --heads 4 --kv-heads "$kv" --head-dim 64 --experts 8 --experts-used 2 --ff 256 --vocab 512 \
-      --ctx 512 --seed 11 > /dev/null
+    name="synth-$arch${variant:+-$variant}-$type"
+    build/tools/moe-synth -o "$work/$name.gguf" --arch "$arch" ${variant:+--variant "$variant"} --type "$type" \
+      --layers 2 --embd 256 --heads 4 --kv-heads "$kv" --head-dim 64 --experts 8 --experts-used 2 --ff 256 \
+      --vocab 512 --ctx 512 --seed "$seed" > /dev/null
     python3 "${MAKE_GOLDEN:-scripts/make-golden.py}" --llama-build "$llama" --model "$work/$name.gguf" \
       --prompts models/golden/arch-prompts.jsonl --name "$name" --out "models/golden/$isa/$name.json"
   done

@@ -254,7 +254,7 @@ int run_prompts(const options& opt, moed::engine::model& m) {
     // Prefetching changes no routing, so a trace recorded at a host budget is the same.
     auto planner = moed::engine::attach_prefetch(eval, m, opt.prefetch);
     if (!planner) fail(planner.error().message);
-    moed::engine::kv_cache cache(m.hparams().n_layer, n_ctx, m.hparams().n_head_kv, m.hparams().head_dim);
+    moed::engine::kv_cache cache(moed::engine::kv_shape_of(m.hparams()), n_ctx);
     auto trace = start_trace(opt, m, eval);
 
     std::vector<float> logits;
@@ -357,7 +357,7 @@ int main(int argc, char** argv) {
     moed::engine::evaluator eval(m, pool, opt.n_batch);
     auto planner = moed::engine::attach_prefetch(eval, m, opt.prefetch);
     if (!planner) fail(planner.error().message);
-    moed::engine::kv_cache cache(m.hparams().n_layer, n_ctx, m.hparams().n_head_kv, m.hparams().head_dim);
+    moed::engine::kv_cache cache(moed::engine::kv_shape_of(m.hparams()), n_ctx);
     auto trace = start_trace(opt, m, eval);
     if (trace) {
         std::uint32_t tag = 0;

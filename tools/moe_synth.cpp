@@ -1,6 +1,6 @@
-// moe-synth: writes a MoE GGUF (qwen3moe by default; --arch llama, qwen2moe, olmoe or gpt-oss) of any
-// shape and storage type with random weights, for tests and benchmarks (llama.cpp loads these
-// files too, so both engines run the same bytes).
+// moe-synth: writes a MoE GGUF (qwen3moe by default; --arch llama, qwen2moe, olmoe, gpt-oss,
+// deepseek2 or glm4moe) of any shape and storage type with random weights, for tests and
+// benchmarks (llama.cpp loads these files too, so both engines run the same bytes).
 //
 //   moe-synth -o FILE [--arch A] [--type T] [--layers N] [--embd N]
 //             [--heads N] [--kv-heads N] [--head-dim N] [--experts N] [--experts-used N]
@@ -8,6 +8,11 @@
 //   T: F32 F16 BF16 Q8_0 Q4_K Q6_K Q4_K_M Q4_0 Q4_1 Q5_0 Q5_1 IQ4_NL MXFP4 Q2_K Q3_K Q5_K IQ4_XS
 //             [--routing random|realistic [--token-clustering C] [--context-carry G]
 //              [--stream-noise N] [--attention-sharpness A]]
+//             [--variant V] [--dense-layers N] [--dense-ff N] [--shared-experts N] [--rope-dim N]
+//             [--nextn-layers N] [--kv-lora-rank N] [--q-lora-rank N] [--v-head-dim N]
+//
+// The last line is for deepseek2 (--variant v2-lite, the default, v3 or v2-lite-legacy) and glm4moe
+// (--variant air, the default, or qk-norm); synth_model.h says what each variant has.
 //
 // --vocab-from takes the tokenizer (every tokenizer.* key) of another GGUF file, such as
 // the vocabulary-only models/tokenizer/qwen3-vocab.gguf, and sizes the embedding and the
@@ -64,7 +69,7 @@ namespace {
 
 void usage() {
     const moed::tools::realistic_routing d;
-    std::printf("usage: moe-synth -o FILE [--arch qwen3moe|llama|qwen2moe|olmoe|gpt-oss]\n"
+    std::printf("usage: moe-synth -o FILE [--arch qwen3moe|llama|qwen2moe|olmoe|gpt-oss|deepseek2|glm4moe]\n"
                 "       [--type F32|F16|BF16|Q8_0|Q4_K|Q6_K|Q4_K_M|Q4_0|Q4_1|Q5_0|Q5_1|IQ4_NL|MXFP4|Q2_K|Q3_K|Q5_K|IQ4_XS]\n"
                 "       [--layers N]\n"
                 "       [--embd N] [--heads N] [--kv-heads N] [--head-dim N] [--experts N]\n"
@@ -79,7 +84,10 @@ void usage() {
                 "    --token-clustering C    share of a token's routing features from its class, 0..1 (%g)\n"
                 "    --context-carry G       attention's gain carrying the context into routing, >= 0 (%g)\n"
                 "    --stream-noise N        random writes into the routing features, x random mode's, >= 0 (%g)\n"
-                "    --attention-sharpness A peak logit of the context heads; small = plain mean, > 0 (%g)\n",
+                "    --attention-sharpness A peak logit of the context heads; small = plain mean, > 0 (%g)\n"
+                "  deepseek2 and glm4moe: [--variant v2-lite|v3|v2-lite-legacy (deepseek2), air|qk-norm (glm4moe)]\n"
+                "    [--dense-layers N] [--dense-ff N] [--shared-experts N] [--rope-dim N] [--nextn-layers N]\n"
+                "    deepseek2's latent attention: [--kv-lora-rank N] [--q-lora-rank N (v3)] [--v-head-dim N]\n",
                 static_cast<double>(d.token_clustering), static_cast<double>(d.context_carry),
                 static_cast<double>(d.stream_noise), static_cast<double>(d.attention_sharpness));
 }
@@ -124,6 +132,15 @@ int main(int argc, char** argv) {
         } else if (a == "--vocab-from") o.vocab_from = next();
         else if (a == "--ctx") s.ctx = parse_number<std::int64_t>(a, next());
         else if (a == "--seed") o.seed = parse_number<std::uint64_t>(a, next());
+        else if (a == "--variant") o.variant = next();
+        else if (a == "--dense-layers") s.dense_layers = moed::tools::parse_number<std::uint32_t>("moe-synth", a, next());
+        else if (a == "--dense-ff") s.dense_ff = parse_number<std::int64_t>(a, next());
+        else if (a == "--shared-experts") s.shared_experts = moed::tools::parse_number<std::int64_t>("moe-synth", a, next());
+        else if (a == "--rope-dim") s.rope_dim = parse_number<std::int64_t>(a, next());
+        else if (a == "--nextn-layers") s.nextn_layers = moed::tools::parse_number<std::uint32_t>("moe-synth", a, next());
+        else if (a == "--kv-lora-rank") s.kv_lora_rank = parse_number<std::int64_t>(a, next());
+        else if (a == "--q-lora-rank") s.q_lora_rank = parse_number<std::int64_t>(a, next());
+        else if (a == "--v-head-dim") s.v_head_dim = parse_number<std::int64_t>(a, next());
         else if (a == "--routing") {
             const std::string v = next();
             const auto r = moed::tools::parse_routing(v);

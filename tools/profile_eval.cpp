@@ -102,7 +102,7 @@ std::vector<prompt_stats> run_model(const options& o, std::string& identity) {
     moed::engine::model& m = **loaded;
     const auto& hp = m.hparams();
     identity = moed::scheduler::model_identity(m.file());
-    const routing_shape shape{hp.n_layer, hp.n_expert, hp.n_expert_used};
+    const routing_shape shape{hp.n_moe_layer(), hp.n_expert, hp.n_expert_used};
     const int threads = o.threads > 0 ? o.threads : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     moed::kernels::compute_pool pool(threads);
     moed::engine::evaluator eval(m, pool, 256);
@@ -134,7 +134,7 @@ std::vector<prompt_stats> run_model(const options& o, std::string& identity) {
         if (j.contains("n_tokens") && j["n_tokens"].is_number_integer() &&
             j["n_tokens"].get<std::int64_t>() != static_cast<std::int64_t>(tokens.size()))
             ++mismatched;
-        moed::engine::kv_cache cache(hp.n_layer, n_ctx, hp.n_head_kv, hp.head_dim);
+        moed::engine::kv_cache cache(moed::engine::kv_shape_of(hp), n_ctx);
         const std::size_t head = std::min<std::size_t>(tokens.size(), static_cast<std::size_t>(o.prefix));
         sink = &ps.whole;
         if (auto r = eval.run_sequence(std::span(tokens).first(head), cache, logits); !r) fail(r.error().message);

@@ -1,4 +1,5 @@
 #include "tools/synth_model.h"
+#include "tools/synth_model_impl.h"
 
 #include <algorithm>
 #include <cmath>
@@ -12,85 +13,9 @@
 
 namespace moed::tools {
 
+using namespace detail;
+
 namespace {
-
-// A fast deterministic generator (xorshift64*): synthesizing billions of weights with
-// std::normal_distribution would take minutes.
-class random_source {
-public:
-    explicit random_source(std::uint64_t seed) : state_(seed * 0x9E3779B97F4A7C15ull + 1) {}
-    float uniform(float scale) {  // in [-scale, scale)
-        state_ ^= state_ >> 12;
-        state_ ^= state_ << 25;
-        state_ ^= state_ >> 27;
-        const std::uint64_t r = state_ * 2685821657736338717ull;
-        return (static_cast<float>(r >> 40) / static_cast<float>(1ull << 24) * 2.0f - 1.0f) * scale;
-    }
-
-private:
-    std::uint64_t state_;
-};
-
-// The storage types of a "mix" as llama.cpp's Q4_K_M assigns them: Q6_K for the output
-// head, and for attn_v / ffn_down on the first and last eighth of layers and every third.
-struct type_mix {
-    tensor_type base;
-    bool q4_k_m = false;
-    tensor_type output() const { return q4_k_m ? tensor_type::q6_k : base; }
-    tensor_type more_bits(std::uint32_t layer, std::uint32_t n_layer) const {
-        if (!q4_k_m) return base;
-        const bool more = layer < n_layer / 8 || layer >= 7 * n_layer / 8 || (layer - n_layer / 8) % 3 == 2;
-        return more ? tensor_type::q6_k : tensor_type::q4_k;
-    }
-};
-
-std::optional<type_mix> parse_type(const std::string& name) {
-    if (name == "F32") return type_mix{tensor_type::f32};
-    if (name == "F16") return type_mix{tensor_type::f16};
-    if (name == "BF16") return type_mix{tensor_type::bf16};
-    if (name == "Q8_0") return type_mix{tensor_type::q8_0};
-    if (name == "Q4_K") return type_mix{tensor_type::q4_k};
-    if (name == "Q6_K") return type_mix{tensor_type::q6_k};
-    if (name == "Q2_K") return type_mix{tensor_type::q2_k};
-    if (name == "Q3_K") return type_mix{tensor_type::q3_k};
-    if (name == "Q5_K") return type_mix{tensor_type::q5_k};
-    if (name == "IQ4_XS") return type_mix{tensor_type::iq4_xs};
-    if (name == "Q4_K_M") return type_mix{tensor_type::q4_k, true};
-    if (name == "Q4_0") return type_mix{tensor_type::q4_0};
-    if (name == "Q4_1") return type_mix{tensor_type::q4_1};
-    if (name == "Q5_0") return type_mix{tensor_type::q5_0};
-    if (name == "Q5_1") return type_mix{tensor_type::q5_1};
-    if (name == "IQ4_NL") return type_mix{tensor_type::iq4_nl};
-    if (name == "MXFP4") return type_mix{tensor_type::mxfp4};
-    return std::nullopt;
-}
-
-// `rows` rows of `row_elems` values stored as `type`; fill(r, row) writes row r's values.
-template <typename Fill>
-std::vector<std::byte> make_tensor(tensor_type type, std::int64_t row_elems, std::int64_t rows, Fill&& fill) {
-    const std::size_t rb = row_bytes(type, row_elems);
-    std::vector<std::byte> data(rb * static_cast<std::size_t>(rows));
-    std::vector<float> row(static_cast<std::size_t>(row_elems));
-    for (std::int64_t r = 0; r < rows; ++r) {
-        fill(r, row);
-        kernels::quantize_row(type, row.data(), data.data() + rb * static_cast<std::size_t>(r), row_elems);
-    }
-    return data;
-}
-
-// `rows` rows of `row_elems` random values of magnitude `scale`, stored as `type`.
-std::vector<std::byte> random_tensor(tensor_type type, std::int64_t row_elems, std::int64_t rows,
-                                     float scale, random_source& rng) {
-    return make_tensor(type, row_elems, rows, [&](std::int64_t, std::vector<float>& row) {
-        for (auto& v : row) v = rng.uniform(scale);
-    });
-}
-
-std::vector<std::byte> constant_f32(std::int64_t n, float value) {
-    std::vector<std::byte> data(static_cast<std::size_t>(n) * sizeof(float));
-    for (std::int64_t i = 0; i < n; ++i) std::memcpy(data.data() + i * sizeof(float), &value, sizeof(float));
-    return data;
-}
 
 std::string utf8(std::uint32_t cp) {
     std::string s;
@@ -156,16 +81,6 @@ void write_vocab(storage::gguf_writer& w, vocab_parts& v) {
     w.set_bool("tokenizer.ggml.add_bos_token", false);
 }
 
-// A byte-level BPE vocabulary of `n` tokens: the byte symbols, lowercase words built one
-// merge at a time, and end-of-text.
-void add_vocab(storage::gguf_writer& w, std::int64_t n) {
-    vocab_parts v;
-    add_byte_symbols(v);
-    std::vector<std::string> letters;
-    for (char c = 'a'; c <= 'z'; ++c) letters.emplace_back(1, c);
-    add_words(v, letters, n - 1);
-    write_vocab(w, v);
-}
 
 // Realistic routing. The first `latent` coordinates of the residual stream carry the routing
 // features, and every router reads only them, so routing follows how those features evolve:
@@ -294,7 +209,7 @@ routing_plan make_routing_plan(const synth_shape& s, random_source& rng) {
     return p;
 }
 
-enum class synth_arch : std::uint8_t { qwen3moe, llama, qwen2moe, olmoe, gptoss };
+enum class synth_arch : std::uint8_t { qwen3moe, llama, qwen2moe, olmoe, gptoss, deepseek2, glm4moe };
 
 std::optional<synth_arch> parse_arch(std::string_view name) {
     if (name == "qwen3moe") return synth_arch::qwen3moe;
@@ -302,6 +217,8 @@ std::optional<synth_arch> parse_arch(std::string_view name) {
     if (name == "qwen2moe") return synth_arch::qwen2moe;
     if (name == "olmoe") return synth_arch::olmoe;
     if (name == "gpt-oss") return synth_arch::gptoss;
+    if (name == "deepseek2") return synth_arch::deepseek2;
+    if (name == "glm4moe") return synth_arch::glm4moe;
     return std::nullopt;
 }
 
@@ -376,7 +293,9 @@ void add_random_model(const tensor_set& t) {
                 bias("attn_k", kv_dim);
                 bias("attn_v", kv_dim);
                 break;
-            case synth_arch::llama: break;
+            case synth_arch::llama:
+            case synth_arch::deepseek2:  // written by synth_model_deepseek.cpp
+            case synth_arch::glm4moe: break;
         }
         const bool gptoss = t.arch == synth_arch::gptoss;
         if (gptoss) {
@@ -530,6 +449,15 @@ result<void> check_knobs(const realistic_routing& k) {
 
 }  // namespace
 
+void detail::add_vocab(storage::gguf_writer& w, std::int64_t n) {
+    vocab_parts v;
+    add_byte_symbols(v);
+    std::vector<std::string> letters;
+    for (char c = 'a'; c <= 'z'; ++c) letters.emplace_back(1, c);
+    add_words(v, letters, n - 1);
+    write_vocab(w, v);
+}
+
 const char* routing_name(synth_routing r) noexcept {
     switch (r) {
         case synth_routing::random: return "random";
@@ -566,6 +494,24 @@ result<void> synthesize_model(const std::string& path, const synth_shape& shape,
     if (o.routing == synth_routing::realistic) {
         if (auto ok = check_knobs(o.realistic); !ok) return ok;
     }
+    const auto arch = parse_arch(o.arch);
+    if (!arch) {
+        return make_error(errc::invalid_argument,
+                          "unknown architecture '{}' (qwen3moe, llama, qwen2moe, olmoe, gpt-oss, deepseek2, glm4moe)", o.arch);
+    }
+    if (*arch != synth_arch::qwen3moe && o.routing != synth_routing::random) {
+        return make_error(errc::invalid_argument, "architecture {} takes random routing only", o.arch);
+    }
+    if (*arch == synth_arch::deepseek2 || *arch == synth_arch::glm4moe) {
+        storage::gguf_writer w;
+        w.set_string("general.architecture", o.arch);
+        w.set_string("general.name", "moe-synth " + o.arch + " " + (o.variant.empty() ? std::string() : o.variant + " ") + type);
+        w.set_u32("general.alignment", 32);
+        random_source rng(o.seed);
+        if (auto done = add_deepseek_style_model(w, s, o, *mix, rng); !done) return done;
+        return w.write(path);
+    }
+    if (!o.variant.empty()) return make_error(errc::invalid_argument, "architecture {} has no variants", o.arch);
     const std::int64_t q_dim = s.heads * s.head_dim;
     const std::int64_t block = mix->q4_k_m ? 256 : traits_of(static_cast<std::uint32_t>(mix->base))->block_elems;
     for (std::int64_t dim : {s.embd, s.ff, q_dim}) {
@@ -575,11 +521,6 @@ result<void> synthesize_model(const std::string& path, const synth_shape& shape,
         }
     }
 
-    const auto arch = parse_arch(o.arch);
-    if (!arch) return make_error(errc::invalid_argument, "unknown architecture '{}' (qwen3moe, llama, qwen2moe, olmoe, gpt-oss)", o.arch);
-    if (*arch != synth_arch::qwen3moe && o.routing != synth_routing::random) {
-        return make_error(errc::invalid_argument, "architecture {} takes random routing only", o.arch);
-    }
     if (*arch == synth_arch::olmoe && (q_dim != s.embd || s.kv_heads != s.heads)) {
         return make_error(errc::invalid_argument, "olmoe needs heads x head_dim = embd and kv_heads = heads");
     }

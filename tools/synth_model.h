@@ -33,6 +33,18 @@ struct synth_shape {
     std::int64_t ff = 256;
     std::int64_t vocab = 512;
     std::int64_t ctx = 512;
+    // deepseek2 and glm4moe only. `layers` counts the dense ones; head_dim is the key size
+    // of an uncompressed head (deepseek2: key_length_mla), rope_dim its rotary part (0:
+    // half of it); a shared expert is ff wide.
+    std::uint32_t dense_layers = 1;
+    std::int64_t dense_ff = 512;
+    std::int64_t shared_experts = 1;
+    std::int64_t rope_dim = 0;
+    std::uint32_t nextn_layers = 0;  // multi-token prediction blocks appended (block_count includes them)
+    // deepseek2's multi-head latent attention (kv_heads is ignored: the latent is one KV head).
+    std::int64_t kv_lora_rank = 128;
+    std::int64_t q_lora_rank = 128;  // the v3 variant's; v2-lite has none
+    std::int64_t v_head_dim = 64;
 };
 
 enum class synth_routing : std::uint8_t { random, realistic };
@@ -67,11 +79,24 @@ struct synth_options {
     // llama.cpp's architecture name: qwen3moe, llama (Mixtral), qwen2moe (q/k/v biases and a
     // gated shared expert of width 2 x ff), olmoe (whole-projection q/k norms; needs
     // heads x head_dim = embd and kv_heads = heads), gpt-oss (biases, sinks, a 16-token
-    // sliding window on even layers, YaRN, biased router and experts). Architectures other
-    // than qwen3moe take random routing only.
+    // sliding window on even layers, YaRN, biased router and experts), deepseek2, glm4moe
+    // (see `variant`). Architectures other than qwen3moe take random routing only.
     std::string arch = "qwen3moe";
-    // F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4 or Q4_K_M
-    // (llama.cpp's mix: Q6_K for the output head and for attn_v / ffn_down on some layers).
+    // deepseek2 (multi-head latent attention, leading dense layers, shared experts, YaRN
+    // with DeepSeek's mscale): variant "v2-lite" (the default: no q-LoRA, softmax routing,
+    // weights not renormalised), "v3" (q-LoRA, sigmoid routing with a selection bias in
+    // 4 groups of which 2 are used, weights renormalised and scaled by 2.5) or
+    // "v2-lite-legacy" (v2-lite as older converters wrote it: one attn_kv_b per layer and
+    // the decompressed form's keys). glm4moe (q/k/v
+    // biases, partial NEOX RoPE, a leading dense layer, sigmoid routing with a selection
+    // bias, one shared expert, weights scaled by 2.5): variant "air" (the default: no q/k
+    // norm) or "qk-norm" (per-head q/k norms, as GLM-4.5). Tensors whose row length the
+    // storage type's block does not divide are written as Q8_0, else F16 (as
+    // llama-quantize falls back).
+    std::string variant;
+    // F32, F16, BF16, Q8_0, Q4_K, Q6_K, Q4_0, Q4_1, Q5_0, Q5_1, IQ4_NL, MXFP4, Q2_K, Q3_K,
+    // Q5_K, IQ4_XS or Q4_K_M (llama.cpp's mix: Q6_K for the output head and for attn_v /
+    // ffn_down on some layers).
     std::string type = "Q4_K_M";
     std::uint64_t seed = 1;
     synth_routing routing = synth_routing::random;

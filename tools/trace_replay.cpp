@@ -311,16 +311,16 @@ int main(int argc, char** argv) {
         auto m = engine::model::load(*o.model_path);
         if (!m) fail(m.error().message);
         const auto& hp = (*m)->hparams();
-        if (hp.n_layer != trace.info.n_layer || hp.n_expert != trace.info.n_expert ||
+        if (hp.n_moe_layer() != trace.info.n_layer || hp.n_expert != trace.info.n_expert ||
             hp.n_expert_used != trace.info.n_expert_used) {
-            fail(*o.model_path + ": model shape (" + std::to_string(hp.n_layer) + " layers, " +
+            fail(*o.model_path + ": model shape (" + std::to_string(hp.n_moe_layer()) + " MoE layers, " +
                  std::to_string(hp.n_expert) + " experts, top-" + std::to_string(hp.n_expert_used) +
                  ") does not match the trace");
         }
         trace.info.expert_bytes.clear();
         // What one load reads from the file, as the host tier reads it (each matrix from its
         // page-aligned start to its page-aligned end), so bytes compare with moed's own.
-        for (std::uint32_t l = 0; l < hp.n_layer; ++l) {
+        for (std::uint32_t l = 0; l < hp.n_moe_layer(); ++l) {
             trace.info.expert_bytes.push_back(
                 storage::mean_read_bytes((*m)->experts_layout(), l, storage::min_region_alignment));
         }

@@ -90,28 +90,30 @@ void swiglu(const float* gate, const float* up, float* out, std::int64_t n) {
 void attention_head(const attention_args& args, int head, float* scratch) {
     MOED_ASSERT(args.n_head > 0 && args.n_head_kv > 0 && args.n_head % args.n_head_kv == 0);
     MOED_ASSERT(head >= 0 && head < args.n_head && args.n_kv > 0 && args.head_dim > 0);
-    MOED_ASSERT(args.head_dim <= detail::max_head_dim);
+    MOED_ASSERT(args.head_dim <= detail::max_head_dim && args.value_dim() <= detail::max_head_dim);
     const int dim = args.head_dim;
+    const int v_dim = args.value_dim();
     const int kv_head = head / (args.n_head / args.n_head_kv);
-    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const std::int64_t k_stride = args.key_stride();
+    const std::int64_t v_stride = args.value_stride();
     // q rounded to f16 (the f16 K matmul converts its f32 operand to f16).
     float q[detail::max_head_dim];
     for (int d = 0; d < dim; ++d) q[d] = fp16_to_fp32(fp32_to_fp16(args.q[static_cast<std::int64_t>(head) * dim + d]));
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
-        const std::uint16_t* k = args.k_cache + p * pos_stride + static_cast<std::int64_t>(kv_head) * dim;
+        const std::uint16_t* k = args.k_cache + p * k_stride + static_cast<std::int64_t>(kv_head) * dim;
         double s = 0.0;  // products of two halves are exact in f32
         for (int d = 0; d < dim; ++d) s += static_cast<double>(q[d] * fp16_to_fp32(k[d]));
         scratch[p] = p < args.kv_start ? -INFINITY : static_cast<float>(s) * args.scale;
     }
     softmax(scratch, args.n_kv, args.sinks != nullptr ? args.sinks[head] : -INFINITY);
-    float* out = args.out + static_cast<std::int64_t>(head) * dim;
+    float* out = args.out + static_cast<std::int64_t>(head) * v_dim;
     double acc[detail::max_head_dim] = {};
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
         const float prob = fp16_to_fp32(fp32_to_fp16(scratch[p]));
-        const std::uint16_t* v = args.v_cache + p * pos_stride + static_cast<std::int64_t>(kv_head) * dim;
-        for (int d = 0; d < dim; ++d) acc[d] += static_cast<double>(prob * fp16_to_fp32(v[d]));
+        const std::uint16_t* v = args.v_cache + p * v_stride + static_cast<std::int64_t>(kv_head) * v_dim;
+        for (int d = 0; d < v_dim; ++d) acc[d] += static_cast<double>(prob * fp16_to_fp32(v[d]));
     }
-    for (int d = 0; d < dim; ++d) out[d] = static_cast<float>(acc[d]);
+    for (int d = 0; d < v_dim; ++d) out[d] = static_cast<float>(acc[d]);
 }
 
 std::int64_t argmax(const float* x, std::int64_t n) {
@@ -164,15 +166,17 @@ void rms_norm(const float* x, const float* weight, float* y, std::int64_t n, flo
 }
 
 rope_scaling make_yarn(int n_rot, float freq_base, float factor, int n_ctx_orig, float beta_fast, float beta_slow,
-                       float attn_factor) {
+                       float attn_factor, float mscale, float mscale_all_dims) {
     MOED_ASSERT(factor > 0.0f && n_rot > 0 && n_ctx_orig > 0);
     rope_scaling sc;
     sc.freq_scale = 1.0f / factor;
     sc.ext_factor = 1.0f;
-    // llama.cpp's context: mscale(factor) = 0.1 ln(factor) + 1 (1 at factor <= 1), times the
+    // llama.cpp's context: get_mscale(factor, 1) = 0.1 ln(factor) + 1 (1 at factor <= 1), or
+    // with a log multiplier get_mscale(mscale) / get_mscale(mscale_all_dims); times the
     // inverse of the correction rope_yarn applies again, times the file's attention factor.
     const float scale = 1.0f / sc.freq_scale;
-    float attn = scale <= 1.0f ? 1.0f : 0.1f * std::log(scale) + 1.0f;
+    const auto get_mscale = [scale](float m) { return scale <= 1.0f ? 1.0f : 0.1f * m * std::log(scale) + 1.0f; };
+    float attn = mscale_all_dims != 0.0f ? get_mscale(mscale) / get_mscale(mscale_all_dims) : get_mscale(1.0f);
     attn *= 1.0f / (1.0f + 0.1f * std::log(scale));
     sc.attn_factor = attn * attn_factor;
     // ggml_rope_yarn_corr_dims.
@@ -284,7 +288,7 @@ void axpy(float a, const float* x, float* y, std::int64_t n) {
 void attention_head(const attention_args& args, int head, float* scratch) {
     MOED_ASSERT(args.n_head > 0 && args.n_head_kv > 0 && args.n_head % args.n_head_kv == 0);
     MOED_ASSERT(head >= 0 && head < args.n_head && args.n_kv > 0 && args.head_dim > 0);
-    MOED_ASSERT(args.head_dim <= detail::max_head_dim);
+    MOED_ASSERT(args.head_dim <= detail::max_head_dim && args.value_dim() <= detail::max_head_dim);
     switch (active_isa()) {
         case isa::avx512: return detail::attention_head_avx512(args, head, scratch);
         case isa::avx2: return detail::attention_head_avx2(args, head, scratch);
@@ -296,7 +300,7 @@ void attention_head(const attention_args& args, int head, float* scratch) {
 void attention_group(const attention_args& args, int kv_head, float* scratch) {
     MOED_ASSERT(args.n_head > 0 && args.n_head_kv > 0 && args.n_head % args.n_head_kv == 0);
     MOED_ASSERT(kv_head >= 0 && kv_head < args.n_head_kv && args.n_kv > 0 && args.head_dim > 0);
-    MOED_ASSERT(args.head_dim <= detail::max_head_dim);
+    MOED_ASSERT(args.head_dim <= detail::max_head_dim && args.value_dim() <= detail::max_head_dim);
     // The grouped kernel has no window or sinks; heads one by one do.
     const bool plain = args.kv_start == 0 && args.sinks == nullptr;
     if (plain && active_isa() == isa::avx512 && detail::attention_group_avx512(args, kv_head, scratch)) return;

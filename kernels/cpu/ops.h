@@ -31,9 +31,11 @@ struct rope_scaling {
 };
 // YaRN for a model trained at n_ctx_orig and scaled by `factor` (freq_scale = 1 / factor),
 // with llama.cpp's attention factor (its magnitude correction cancelled, times attn_factor)
-// and correction dims from beta_fast / beta_slow.
+// and correction dims from beta_fast / beta_slow. With mscale_all_dims != 0 (DeepSeek's
+// rope.scaling.yarn_log_multiplier) the magnitude is get_mscale(mscale) /
+// get_mscale(mscale_all_dims) instead of get_mscale(1), get_mscale(m) = 0.1 m ln(factor) + 1.
 rope_scaling make_yarn(int n_rot, float freq_base, float factor, int n_ctx_orig, float beta_fast, float beta_slow,
-                       float attn_factor);
+                       float attn_factor, float mscale = 1.0f, float mscale_all_dims = 0.0f);
 
 // Rotates `n_heads` heads of `head_dim` values in place at position `pos`: NEOX layout,
 // pairs (i, i + n_rot/2) for i < n_rot/2, theta_i = pos * base^(-2i/n_rot); `scaling` null:
@@ -73,8 +75,11 @@ std::int64_t argmax(const float* x, std::int64_t n);
 void axpy(float a, const float* x, float* y, std::int64_t n);
 
 // Attention of one query token over an f16 KV cache, causal up to n_kv positions.
-// q: [n_head][head_dim] f32; k_cache and v_cache: [n_ctx][n_head_kv][head_dim] f16 bits,
-// position-major; out: [n_head][head_dim]. Head h reads KV head h / (n_head / n_head_kv).
+// q: [n_head][head_dim] f32; k_cache: [n_ctx][n_head_kv][head_dim] f16 bits and v_cache:
+// [n_ctx][n_head_kv][v_dim], position-major (a position's row `k_stride` / `v_stride`
+// values after the previous one; 0: packed); out: [n_head][v_dim]. Head h reads KV head
+// h / (n_head / n_head_kv). v_dim 0 is head_dim. V may lie inside the K rows (MLA: v_cache
+// = k_cache, v_dim < head_dim, the values are each key row's first v_dim).
 // Numerics as llama.cpp without flash attention: q is rounded to f16 for q.k, scores are
 // scaled then soft-maxed in f32, probabilities are rounded to f16 for the sum over V. At the
 // AVX2 level both products sum in the order `order` names (sum_order.h), as llama.cpp's
@@ -94,6 +99,13 @@ struct attention_args {
     std::int64_t kv_start = 0;     // first position attended (sliding window), < n_kv
     const float* sinks = nullptr;  // [n_head] sink logits, or null
     sum_order order = sum_order::alone;
+    int v_dim = 0;                 // values per head (0: head_dim)
+    std::int64_t k_stride = 0;     // f16 values from one position's key row to the next (0: n_head_kv * head_dim)
+    std::int64_t v_stride = 0;     // the same for values (0: n_head_kv * v_dim)
+
+    int value_dim() const noexcept { return v_dim > 0 ? v_dim : head_dim; }
+    std::int64_t key_stride() const noexcept { return k_stride > 0 ? k_stride : std::int64_t{n_head_kv} * head_dim; }
+    std::int64_t value_stride() const noexcept { return v_stride > 0 ? v_stride : std::int64_t{n_head_kv} * value_dim(); }
 };
 void attention_head(const attention_args& args, int head, float* scratch);
 

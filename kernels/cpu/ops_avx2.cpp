@@ -236,8 +236,10 @@ void axpy_avx2(float a, const float* x, float* y, std::int64_t n) {
 // a row that llama.cpp pads with -inf (positions before kv_start masked, a sink joining it).
 void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     const int dim = args.head_dim;
+    const int v_dim = args.value_dim();
     const int kv_head = head / (args.n_head / args.n_head_kv);
-    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const std::int64_t k_stride = args.key_stride();
+    const std::int64_t v_stride = args.value_stride();
     const int n_vec = dim / 8;  // full vectors; a tail of dim % 8 values is done in scalar
     const float* qsrc = args.q + static_cast<std::int64_t>(head) * dim;
     __m256 q[max_head_dim / 8];
@@ -246,7 +248,7 @@ void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     for (int d = 0; d < dim; ++d) q_rest[d] = round_to_half(qsrc[d]);
     const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
-        scratch[p] = dot_q_k(q, q_rest, k_base + p * pos_stride, dim, args.order) * args.scale;
+        scratch[p] = dot_q_k(q, q_rest, k_base + p * k_stride, dim, args.order) * args.scale;
     }
     // Positions before the window are masked (their exp is 0, as ggml's -inf mask gives).
     for (std::int64_t p = 0; p < args.kv_start; ++p) scratch[p] = -__builtin_inff();
@@ -254,24 +256,25 @@ void attention_head_avx2(const attention_args& args, int head, float* scratch) {
     // One set of accumulators per lane: 8 (batched) or 32 (alone), each over the head's
     // values, filled position by position with FMAs as the lane's running sum.
     const bool batched = args.order != sum_order::alone;
+    const int n_vec_v = v_dim / 8;
     const int lanes = batched ? 8 : 32;
     alignas(32) float acc[32][max_head_dim];
     for (int l = 0; l < lanes; ++l) {
-        for (int d = 0; d < dim; ++d) acc[l][d] = 0.0f;
+        for (int d = 0; d < v_dim; ++d) acc[l][d] = 0.0f;
     }
-    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * v_dim;
     for (std::int64_t p = 0; p < args.n_kv; ++p) {
         const float prob = round_to_half(scratch[p]);
         const __m256 vp = _mm256_set1_ps(prob);
-        const std::uint16_t* vrow = v_base + p * pos_stride;
+        const std::uint16_t* vrow = v_base + p * v_stride;
         float* a = acc[p % lanes];
-        for (int v = 0; v < n_vec; ++v) {
+        for (int v = 0; v < n_vec_v; ++v) {
             _mm256_store_ps(a + 8 * v, _mm256_fmadd_ps(load_half8(vrow + 8 * v), vp, _mm256_load_ps(a + 8 * v)));
         }
-        for (int d = 8 * n_vec; d < dim; ++d) a[d] = __builtin_fmaf(half_to_float(vrow[d]), prob, a[d]);
+        for (int d = 8 * n_vec_v; d < v_dim; ++d) a[d] = __builtin_fmaf(half_to_float(vrow[d]), prob, a[d]);
     }
-    float* dst = args.out + static_cast<std::int64_t>(head) * dim;
-    for (int d = 0; d < dim; ++d) {
+    float* dst = args.out + static_cast<std::int64_t>(head) * v_dim;
+    for (int d = 0; d < v_dim; ++d) {
         // Lane l's sum sits at acc[l][d] (batched) or acc[8 * j + l][d] (alone, accumulator j).
         alignas(32) float lane[32];
         for (int l = 0; l < lanes; ++l) lane[l] = acc[l][d];

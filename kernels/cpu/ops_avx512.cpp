@@ -164,8 +164,10 @@ void axpy_avx512(float a, const float* x, float* y, std::int64_t n) {
 
 void attention_head_avx512(const attention_args& args, int head, float* scratch) {
     const int dim = args.head_dim;
+    const int v_dim = args.value_dim();
     const int kv_head = head / (args.n_head / args.n_head_kv);
-    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const std::int64_t k_stride = args.key_stride();
+    const std::int64_t v_stride = args.value_stride();
     const int n_vec = (dim + 15) / 16;
     // q rounded to f16 as the f16 K matmul does; kept in registers-sized chunks on the stack.
     __m512 q[max_head_dim / 16];
@@ -174,7 +176,6 @@ void attention_head_avx512(const attention_args& args, int head, float* scratch)
         q[v] = round_to_half(_mm512_maskz_loadu_ps(m, args.q + static_cast<std::int64_t>(head) * dim + 16 * v));
     }
     const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
-    const __m512 scale = _mm512_set1_ps(args.scale);
     std::int64_t p = 0;
     // Four positions at a time: independent accumulators hide the FMA latency.
     for (; p + 4 <= args.n_kv; p += 4) {
@@ -182,7 +183,7 @@ void attention_head_avx512(const attention_args& args, int head, float* scratch)
         for (int v = 0; v < n_vec; ++v) {
             const __mmask16 m = tail_mask(dim - 16 * v);
             for (int j = 0; j < 4; ++j) {
-                const std::uint16_t* k = k_base + (p + j) * pos_stride + 16 * v;
+                const std::uint16_t* k = k_base + (p + j) * k_stride + 16 * v;
                 acc[j] = _mm512_fmadd_ps(q[v], load_half16_masked(k, m), acc[j]);
             }
         }
@@ -192,31 +193,31 @@ void attention_head_avx512(const attention_args& args, int head, float* scratch)
         __m512 acc = _mm512_setzero_ps();
         for (int v = 0; v < n_vec; ++v) {
             const __mmask16 m = tail_mask(dim - 16 * v);
-            acc = _mm512_fmadd_ps(q[v], load_half16_masked(k_base + p * pos_stride + 16 * v, m), acc);
+            acc = _mm512_fmadd_ps(q[v], load_half16_masked(k_base + p * k_stride + 16 * v, m), acc);
         }
         scratch[p] = hsum_ps(acc) * args.scale;
     }
     // Positions before the window are masked (their exp is 0, as ggml's -inf mask gives).
     for (p = 0; p < args.kv_start; ++p) scratch[p] = -__builtin_inff();
-    (void)scale;
     softmax_avx512(scratch, args.n_kv, args.sinks != nullptr ? args.sinks[head] : -__builtin_inff());
     // Probabilities rounded to f16 (the f16 V matmul converts them), accumulated in f32.
+    const int n_vec_v = (v_dim + 15) / 16;
     __m512 out[max_head_dim / 16];
-    for (int v = 0; v < n_vec; ++v) out[v] = _mm512_setzero_ps();
-    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    for (int v = 0; v < n_vec_v; ++v) out[v] = _mm512_setzero_ps();
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * v_dim;
     for (p = 0; p < args.n_kv; ++p) {
         const __m512 prob = round_to_half(_mm512_set1_ps(scratch[p]));
-        const std::uint16_t* vrow = v_base + p * pos_stride;
-        if (dim % 16 == 0) {
-            for (int v = 0; v < n_vec; ++v) out[v] = _mm512_fmadd_ps(prob, load_half16(vrow + 16 * v), out[v]);
+        const std::uint16_t* vrow = v_base + p * v_stride;
+        if (v_dim % 16 == 0) {
+            for (int v = 0; v < n_vec_v; ++v) out[v] = _mm512_fmadd_ps(prob, load_half16(vrow + 16 * v), out[v]);
         } else {
-            for (int v = 0; v < n_vec; ++v) {
-                out[v] = _mm512_fmadd_ps(prob, load_half16_masked(vrow + 16 * v, tail_mask(dim - 16 * v)), out[v]);
+            for (int v = 0; v < n_vec_v; ++v) {
+                out[v] = _mm512_fmadd_ps(prob, load_half16_masked(vrow + 16 * v, tail_mask(v_dim - 16 * v)), out[v]);
             }
         }
     }
-    float* dst = args.out + static_cast<std::int64_t>(head) * dim;
-    for (int v = 0; v < n_vec; ++v) _mm512_mask_storeu_ps(dst + 16 * v, tail_mask(dim - 16 * v), out[v]);
+    float* dst = args.out + static_cast<std::int64_t>(head) * v_dim;
+    for (int v = 0; v < n_vec_v; ++v) _mm512_mask_storeu_ps(dst + 16 * v, tail_mask(v_dim - 16 * v), out[v]);
 }
 
 namespace {
@@ -234,9 +235,12 @@ inline __m256 hsum8(const __m512* v) {
 void attention_eight_heads(const attention_args& args, int kv_head, int h0, float* scratch) {
     constexpr int heads = 8;
     const int dim = args.head_dim;
+    const int v_dim = args.value_dim();
     const int n_vec = (dim + 15) / 16;
+    const int n_vec_v = (v_dim + 15) / 16;
     const std::int64_t n_kv = args.n_kv;
-    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const std::int64_t k_stride = args.key_stride();
+    const std::int64_t v_stride = args.value_stride();
     // q rounded to f16 (as attention_head), zero-padded to whole vectors.
     alignas(64) float q[heads][max_head_dim];
     for (int h = 0; h < heads; ++h) {
@@ -246,11 +250,11 @@ void attention_eight_heads(const attention_args& args, int kv_head, int h0, floa
         }
     }
     const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
-    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * v_dim;
     for (std::int64_t p = 0; p < n_kv; ++p) {
         __m512 acc[heads];
         for (int h = 0; h < heads; ++h) acc[h] = _mm512_setzero_ps();
-        const std::uint16_t* k = k_base + p * pos_stride;
+        const std::uint16_t* k = k_base + p * k_stride;
         for (int v = 0; v < n_vec; ++v) {
             const __m512 kv = load_half16_masked(k + 16 * v, tail_mask(dim - 16 * v));
             for (int h = 0; h < heads; ++h) acc[h] = _mm512_fmadd_ps(_mm512_load_ps(&q[h][16 * v]), kv, acc[h]);
@@ -269,15 +273,15 @@ void attention_eight_heads(const attention_args& args, int kv_head, int h0, floa
         }
     }
     // One output vector of every head at a time: V converted once for the eight heads.
-    for (int v = 0; v < n_vec; ++v) {
-        const __mmask16 m = tail_mask(dim - 16 * v);
+    for (int v = 0; v < n_vec_v; ++v) {
+        const __mmask16 m = tail_mask(v_dim - 16 * v);
         __m512 acc[heads];
         for (int h = 0; h < heads; ++h) acc[h] = _mm512_setzero_ps();
         for (std::int64_t p = 0; p < n_kv; ++p) {
-            const __m512 vv = load_half16_masked(v_base + p * pos_stride + 16 * v, m);
+            const __m512 vv = load_half16_masked(v_base + p * v_stride + 16 * v, m);
             for (int h = 0; h < heads; ++h) acc[h] = _mm512_fmadd_ps(_mm512_set1_ps(scratch[h * n_kv + p]), vv, acc[h]);
         }
-        for (int h = 0; h < heads; ++h) _mm512_mask_storeu_ps(args.out + static_cast<std::int64_t>(h0 + h) * dim + 16 * v, m, acc[h]);
+        for (int h = 0; h < heads; ++h) _mm512_mask_storeu_ps(args.out + static_cast<std::int64_t>(h0 + h) * v_dim + 16 * v, m, acc[h]);
     }
 }
 
@@ -290,9 +294,12 @@ template <int G>
 void attention_small_group(const attention_args& args, int h0, int kv_head, float* scratch) {
     constexpr int tile = G <= 2 ? 4 : 2;  // positions per step: accumulators fit the registers
     const int dim = args.head_dim;
+    const int v_dim = args.value_dim();
     const int n_vec = (dim + 15) / 16;
+    const int n_vec_v = (v_dim + 15) / 16;
     const std::int64_t n_kv = args.n_kv;
-    const std::int64_t pos_stride = static_cast<std::int64_t>(args.n_head_kv) * dim;
+    const std::int64_t k_stride = args.key_stride();
+    const std::int64_t v_stride = args.value_stride();
     __m512 q[G][max_head_dim / 16];
     for (int h = 0; h < G; ++h) {
         for (int v = 0; v < n_vec; ++v) {
@@ -301,7 +308,7 @@ void attention_small_group(const attention_args& args, int h0, int kv_head, floa
         }
     }
     const std::uint16_t* k_base = args.k_cache + static_cast<std::int64_t>(kv_head) * dim;
-    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * dim;
+    const std::uint16_t* v_base = args.v_cache + static_cast<std::int64_t>(kv_head) * v_dim;
     std::int64_t p = 0;
     for (; p + tile <= n_kv; p += tile) {
         __m512 acc[G][tile];
@@ -311,7 +318,7 @@ void attention_small_group(const attention_args& args, int h0, int kv_head, floa
         for (int v = 0; v < n_vec; ++v) {
             const __mmask16 m = tail_mask(dim - 16 * v);
             for (int j = 0; j < tile; ++j) {
-                const __m512 k = load_half16_masked(k_base + (p + j) * pos_stride + 16 * v, m);
+                const __m512 k = load_half16_masked(k_base + (p + j) * k_stride + 16 * v, m);
                 for (int h = 0; h < G; ++h) acc[h][j] = _mm512_fmadd_ps(q[h][v], k, acc[h][j]);
             }
         }
@@ -323,7 +330,7 @@ void attention_small_group(const attention_args& args, int h0, int kv_head, floa
         __m512 acc[G];
         for (int h = 0; h < G; ++h) acc[h] = _mm512_setzero_ps();
         for (int v = 0; v < n_vec; ++v) {
-            const __m512 k = load_half16_masked(k_base + p * pos_stride + 16 * v, tail_mask(dim - 16 * v));
+            const __m512 k = load_half16_masked(k_base + p * k_stride + 16 * v, tail_mask(dim - 16 * v));
             for (int h = 0; h < G; ++h) acc[h] = _mm512_fmadd_ps(q[h][v], k, acc[h]);
         }
         for (int h = 0; h < G; ++h) scratch[h * n_kv + p] = hsum_ps(acc[h]) * args.scale;
@@ -331,20 +338,20 @@ void attention_small_group(const attention_args& args, int h0, int kv_head, floa
     for (int h = 0; h < G; ++h) softmax_avx512(scratch + h * n_kv, n_kv);
     __m512 out[G][max_head_dim / 16];
     for (int h = 0; h < G; ++h) {
-        for (int v = 0; v < n_vec; ++v) out[h][v] = _mm512_setzero_ps();
+        for (int v = 0; v < n_vec_v; ++v) out[h][v] = _mm512_setzero_ps();
     }
     for (p = 0; p < n_kv; ++p) {
         __m512 prob[G];
         for (int h = 0; h < G; ++h) prob[h] = round_to_half(_mm512_set1_ps(scratch[h * n_kv + p]));
-        const std::uint16_t* vrow = v_base + p * pos_stride;
-        for (int v = 0; v < n_vec; ++v) {
-            const __m512 vv = load_half16_masked(vrow + 16 * v, tail_mask(dim - 16 * v));
+        const std::uint16_t* vrow = v_base + p * v_stride;
+        for (int v = 0; v < n_vec_v; ++v) {
+            const __m512 vv = load_half16_masked(vrow + 16 * v, tail_mask(v_dim - 16 * v));
             for (int h = 0; h < G; ++h) out[h][v] = _mm512_fmadd_ps(prob[h], vv, out[h][v]);
         }
     }
     for (int h = 0; h < G; ++h) {
-        float* dst = args.out + static_cast<std::int64_t>(h0 + h) * dim;
-        for (int v = 0; v < n_vec; ++v) _mm512_mask_storeu_ps(dst + 16 * v, tail_mask(dim - 16 * v), out[h][v]);
+        float* dst = args.out + static_cast<std::int64_t>(h0 + h) * v_dim;
+        for (int v = 0; v < n_vec_v; ++v) _mm512_mask_storeu_ps(dst + 16 * v, tail_mask(v_dim - 16 * v), out[h][v]);
     }
 }
 

@@ -10,7 +10,8 @@ namespace moed::kernels::detail {
 
 // Bounds that let the ops keep their per-call tables on the stack (no allocation).
 inline constexpr int max_rope_dims = 1024;
-inline constexpr int max_head_dim = 512;
+// MLA's absorbed heads are kv_lora_rank + rope dims wide (576 for DeepSeek-V2/V3).
+inline constexpr int max_head_dim = 1024;
 
 // cos/sin of theta_i = pos * base^(-2i/n_rot) for i < n_rot/2, with YaRN's interpolation
 // and magnitude scaling when `scaling` is set, computed as ggml does.

@@ -69,7 +69,7 @@ nlohmann::json load_golden(const std::string& path) {
 void check_cases(model& m, const nlohmann::json& golden, const std::string& label, int threads) {
     kernels::compute_pool pool(threads);
     evaluator eval(m, pool, 64);
-    kv_cache cache(m.hparams().n_layer, m.hparams().n_ctx_train, m.hparams().n_head_kv, m.hparams().head_dim);
+    kv_cache cache(kv_shape_of(m.hparams()), m.hparams().n_ctx_train);
 
     int exact_cases = 0;
     std::string flips;  // "case:token" of the tolerated near-tie flips, for the log

@@ -1,7 +1,8 @@
-// The op variants the architectures need beyond qwen3moe's: NORM-layout RoPE, YaRN scaling,
-// attention with a sliding window and sink logits (gpt-oss), a softmax with a sink, and the
-// clamped SwiGLU. Each is checked against a formula written out in double here, and every
-// ISA level against the scalar reference.
+// The op variants the architectures need beyond qwen3moe's: NORM-layout RoPE, YaRN scaling
+// (with DeepSeek's mscale), attention with a sliding window and sink logits (gpt-oss),
+// attention over latent rows whose values are the first part of each key row (DeepSeek's
+// MLA), a softmax with a sink, and the clamped SwiGLU. Each is checked against a formula
+// written out in double here, and every ISA level against the scalar reference.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -189,6 +190,108 @@ TEST(ops_variants, attention_window_and_sinks) {
                         << test::isa_label(level) << " kv_start " << kv_start << " sinks " << (sink_ptr != nullptr);
                 }
             }
+        }
+    }
+}
+
+// DeepSeek's YaRN: with a log multiplier the magnitude is get_mscale(mscale) /
+// get_mscale(mscale_all_dims), get_mscale(m) = 0.1 m ln(factor) + 1, still with llama.cpp's
+// correction cancelled; without one it is get_mscale(1), as before.
+TEST(ops_variants, yarn_mscale_ratio) {
+    const float factor = 40.0f;
+    const double correction = 1.0 / (1.0 + 0.1 * std::log(40.0));
+    const rope_scaling plain = make_yarn(64, 10000.0f, factor, 4096, 32.0f, 1.0f, 1.0f);
+    EXPECT_NEAR(plain.attn_factor, (0.1 * std::log(40.0) + 1.0) * correction, 1e-6);
+    // DeepSeek-V2-Lite: mscale = mscale_all_dim = 0.707: the ratio is 1.
+    const rope_scaling same = make_yarn(64, 10000.0f, factor, 4096, 32.0f, 1.0f, 1.0f, 0.707f, 0.707f);
+    EXPECT_NEAR(same.attn_factor, correction, 1e-6);
+    const rope_scaling ratio = make_yarn(64, 10000.0f, factor, 4096, 32.0f, 1.0f, 2.0f, 1.0f, 0.5f);
+    EXPECT_NEAR(ratio.attn_factor, 2.0 * (0.1 * std::log(40.0) + 1.0) / (0.05 * std::log(40.0) + 1.0) * correction, 1e-5);
+    // The interpolation does not depend on the magnitude.
+    EXPECT_EQ(same.corr_low, plain.corr_low);
+    EXPECT_EQ(same.corr_high, plain.corr_high);
+    EXPECT_EQ(same.freq_scale, plain.freq_scale);
+}
+
+// MLA's absorbed attention: one KV "head" of rank + rope values per position whose values
+// are the first `rank` of the key row (v_cache = k_cache, v_dim < head_dim, the strides of
+// the key row), for every head count the kernels group differently (8 and 16: the eight-head
+// kernel; 4 and 2: the small groups; 3: one head at a time), and DeepSeek's real width (512 +
+// 64, beyond the 512 the other architectures need). Checked against a double formula and
+// between ISAs.
+TEST(ops_variants, attention_over_latent_rows) {
+    std::mt19937 rng(13);
+    struct shape {
+        int rank, rope, n_head;
+    };
+    for (const shape sh : {shape{128, 32, 16}, shape{128, 32, 8}, shape{64, 32, 4}, shape{64, 16, 2}, shape{32, 16, 3},
+                           shape{512, 64, 8}}) {
+        const int row = sh.rank + sh.rope;
+        const std::int64_t n_kv = 29;
+        std::vector<std::uint16_t> cache(static_cast<std::size_t>(n_kv * row));
+        const std::vector<float> f = test::random_floats(rng, cache.size());
+        for (std::size_t i = 0; i < cache.size(); ++i) cache[i] = fp32_to_fp16(f[i]);
+        const std::vector<float> q = test::random_floats(rng, static_cast<std::size_t>(sh.n_head * row), 0.5f);
+        attention_args args;
+        args.q = q.data();
+        args.k_cache = cache.data();
+        args.v_cache = cache.data();
+        args.n_kv = n_kv;
+        args.n_head = sh.n_head;
+        args.n_head_kv = 1;
+        args.head_dim = row;
+        args.v_dim = sh.rank;
+        args.k_stride = row;
+        args.v_stride = row;
+        args.scale = 0.07f;
+        std::vector<float> want(static_cast<std::size_t>(sh.n_head * sh.rank));
+        for (int h = 0; h < sh.n_head; ++h) {
+            std::vector<double> score(static_cast<std::size_t>(n_kv));
+            double max = -INFINITY;
+            for (std::int64_t p = 0; p < n_kv; ++p) {
+                double s = 0.0;
+                for (int d = 0; d < row; ++d) {
+                    s += static_cast<double>(q[static_cast<std::size_t>(h * row + d)]) *
+                         fp16_to_fp32(cache[static_cast<std::size_t>(p * row + d)]);
+                }
+                score[static_cast<std::size_t>(p)] = s * args.scale;
+                max = std::max(max, s * args.scale);
+            }
+            double sum = 0.0;
+            for (double s : score) sum += std::exp(s - max);
+            for (int d = 0; d < sh.rank; ++d) {
+                double acc = 0.0;
+                for (std::int64_t p = 0; p < n_kv; ++p) {
+                    acc += std::exp(score[static_cast<std::size_t>(p)] - max) / sum *
+                           fp16_to_fp32(cache[static_cast<std::size_t>(p * row + d)]);
+                }
+                want[static_cast<std::size_t>(h * sh.rank + d)] = static_cast<float>(acc);
+            }
+        }
+        std::vector<float> reference_out;
+        for (isa level : available_isas()) {
+            isa_scope scope(level);
+            // A guard after the last head: nothing may write past n_head x v_dim.
+            std::vector<float> got(want.size() + 16, 12345.0f);
+            std::vector<float> scratch(static_cast<std::size_t>(n_kv * sh.n_head));
+            args.out = got.data();
+            attention_group(args, 0, scratch.data());
+            for (std::size_t i = 0; i < want.size(); ++i) {
+                ASSERT_NEAR(got[i], want[i], 4e-3 + 4e-3 * std::abs(want[i]))
+                    << test::isa_label(level) << " rank " << sh.rank << " heads " << sh.n_head << " i " << i;
+            }
+            for (std::size_t i = want.size(); i < got.size(); ++i) ASSERT_EQ(got[i], 12345.0f) << test::isa_label(level);
+            got.resize(want.size());
+            if (level == isa::scalar) {
+                reference_out = got;
+            } else {
+                EXPECT_LT(test::nmse(got.data(), reference_out.data(), got.size()), 1e-10) << test::isa_label(level);
+            }
+            // One head at a time gives the same as the group.
+            std::vector<float> single(want.size());
+            args.out = single.data();
+            for (int h = 0; h < sh.n_head; ++h) attention_head(args, h, scratch.data());
+            EXPECT_LT(test::nmse(single.data(), got.data(), got.size()), 1e-10) << test::isa_label(level);
         }
     }
 }
