@@ -137,7 +137,7 @@ struct mxfp4_t {
 };
 
 inline float act_sum(const block_q8_1& x) { return half_to_float(x.s); }
-inline float act_sum(const block_q8_0&) { return 0.0f; }
+[[maybe_unused]] inline float act_sum(const block_q8_0&) { return 0.0f; }
 
 // One row's block, unpacked for the tokens of a tile.
 struct unpacked {
