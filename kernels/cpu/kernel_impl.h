@@ -119,6 +119,20 @@ static inline void q4_k_scale_min(int j, const std::uint8_t* q, std::uint8_t* sc
     }
 }
 
+// The eight 6-bit scales and mins of a q4_K (or q5_K) block as bytes: scales[j] in byte j of
+// *scales, mins[j] in byte j of *mins (what q4_k_scale_min gives one at a time).
+static inline void q4_k_unpack_scales(const std::uint8_t* packed, std::uint64_t* scales, std::uint64_t* mins) noexcept {
+    std::uint32_t u[3];
+    __builtin_memcpy(u, packed, 12);
+    const std::uint32_t k63 = 0x3f3f3f3fu, k15 = 0x0f0f0f0fu, k48 = 0x30303030u;
+    const std::uint32_t sc_lo = u[0] & k63;
+    const std::uint32_t m_lo = u[1] & k63;
+    const std::uint32_t sc_hi = (u[2] & k15) | ((u[0] >> 2) & k48);
+    const std::uint32_t m_hi = ((u[2] >> 4) & k15) | ((u[1] >> 2) & k48);
+    *scales = sc_lo | (static_cast<std::uint64_t>(sc_hi) << 32);
+    *mins = m_lo | (static_cast<std::uint64_t>(m_hi) << 32);
+}
+
 // Rounds to the nearest integer, ties to even, as ggml's nearest_int and the x86 `round`
 // instructions do (valid for |v| < 2^22, which quantized values always are).
 static inline int round_nearest_even(float v) noexcept {

@@ -52,20 +52,6 @@ inline float hsum_ps(__m512 v) {
 // ---------------------------------------------------------------------------------------
 // Q4_K x Q8_K
 
-// The 8 scales (low 8 bytes) and 8 mins (high 8 bytes) of a q4_K block, unpacked from the
-// 12-byte 6-bit packing.
-inline void q4_k_unpack_scales(const std::uint8_t* packed, std::uint64_t* scales, std::uint64_t* mins) {
-    std::uint32_t u[3];
-    std::memcpy(u, packed, 12);
-    const std::uint32_t k63 = 0x3f3f3f3fu, k15 = 0x0f0f0f0fu, k48 = 0x30303030u;
-    const std::uint32_t sc_lo = u[0] & k63;
-    const std::uint32_t m_lo = u[1] & k63;
-    const std::uint32_t sc_hi = (u[2] & k15) | ((u[0] >> 2) & k48);
-    const std::uint32_t m_hi = ((u[2] >> 4) & k15) | ((u[1] >> 2) & k48);
-    *scales = sc_lo | (static_cast<std::uint64_t>(sc_hi) << 32);
-    *mins = m_lo | (static_cast<std::uint64_t>(m_hi) << 32);
-}
-
 // Batch invariance: a token decoded alone must give the same bits as inside a prefill batch,
 // so every Q4_K path (the decode row, the tiles, the unpacked-rows prefill) hands each
 // block's integer sums to the same float routines in one layout: 8 int32 lanes, lane i =

@@ -193,18 +193,6 @@ inline int q5_k_min_sum(__m128i mins16, const std::int16_t* bsums) {
     return _mm_cvtsi128_si32(p);
 }
 
-inline void q4_k_unpack_scales(const std::uint8_t* packed, std::uint64_t* scales, std::uint64_t* mins) {
-    std::uint32_t u[3];
-    std::memcpy(u, packed, 12);
-    const std::uint32_t k63 = 0x3f3f3f3fu, k15 = 0x0f0f0f0fu, k48 = 0x30303030u;
-    const std::uint32_t sc_lo = u[0] & k63;
-    const std::uint32_t m_lo = u[1] & k63;
-    const std::uint32_t sc_hi = (u[2] & k15) | ((u[0] >> 2) & k48);
-    const std::uint32_t m_hi = ((u[2] >> 4) & k15) | ((u[1] >> 2) & k48);
-    *scales = sc_lo | (static_cast<std::uint64_t>(sc_hi) << 32);
-    *mins = m_lo | (static_cast<std::uint64_t>(m_hi) << 32);
-}
-
 template <int T>
 void q5_k_tile(const gemm_args& a, std::int64_t r, std::int64_t t0) {
     const auto* wb = reinterpret_cast<const block_q5_k*>(a.w + static_cast<std::size_t>(r) * a.w_stride);
