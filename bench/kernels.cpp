@@ -4,8 +4,9 @@
 // twice: "cold" streams through distinct matrices larger than the last-level cache, as real
 // decoding streams expert weights from memory, and "hot" reuses one matrix (the kernel's
 // compute speed); prefill reuses one matrix. Prints one JSON object: per case the time per
-// call (best batch of ~100 us), GFLOP/s (2*rows*cols*tokens) and weight GB/s.
-// Usage: bench-kernels [--isa scalar|avx2|avx512] [--quick] [--type Q4_K] [--threads N]
+// call (best batch of ~100 us) and its mean over all batches, GFLOP/s (2*rows*cols*tokens)
+// and weight GB/s of the best batch.
+// Usage: bench-kernels [--isa scalar|avx2|avx512] [--quick] [--type Q4_K] [--threads N] [--shape RxC]
 #include <algorithm>
 #include <cstdlib>
 #include <chrono>
@@ -44,6 +45,7 @@ int main(int argc, char** argv) {
     bool quick = false;
     std::string_view only_type;
     int only_threads = 0;
+    std::vector<shape> shapes = {{2048, 768}, {768, 2048}};
     for (int i = 1; i < argc; ++i) {
         const std::string_view arg = argv[i];
         if (arg == "--quick") {
@@ -52,11 +54,19 @@ int main(int argc, char** argv) {
             only_type = argv[++i];
         } else if (arg == "--threads" && i + 1 < argc) {
             only_threads = std::atoi(argv[++i]);
+        } else if (arg == "--shape" && i + 1 < argc) {
+            // ROWSxCOLS, e.g. 2880x2880 (gpt-oss's expert matrices); replaces the defaults.
+            long long r = 0, c = 0;
+            if (std::sscanf(argv[++i], "%lldx%lld", &r, &c) != 2 || r <= 0 || c <= 0 || c % 32 != 0) {
+                std::fprintf(stderr, "bench-kernels: --shape wants ROWSxCOLS with COLS a multiple of 32, got '%s'\n", argv[i]);
+                return 2;
+            }
+            shapes = {shape{r, c}};
         } else if (arg == "--isa" && i + 1 < argc) {
             const std::string_view v = argv[++i];
             force_isa(v == "scalar" ? isa::scalar : v == "avx2" ? isa::avx2 : isa::avx512);
         } else {
-            std::fprintf(stderr, "usage: bench-kernels [--isa scalar|avx2|avx512] [--quick] [--type NAME] [--threads N]\n");
+            std::fprintf(stderr, "usage: bench-kernels [--isa scalar|avx2|avx512] [--quick] [--type NAME] [--threads N] [--shape RxC]\n");
             return 2;
         }
     }
@@ -65,7 +75,6 @@ int main(int argc, char** argv) {
                                  tensor_type::q3_k,  tensor_type::q5_k, tensor_type::iq4_xs, tensor_type::f16,
                                  tensor_type::bf16,  tensor_type::f32,  tensor_type::q4_0,  tensor_type::q4_1,
                                  tensor_type::q5_0,  tensor_type::q5_1, tensor_type::iq4_nl, tensor_type::mxfp4};
-    const shape shapes[] = {{2048, 768}, {768, 2048}};
     const int token_counts[] = {1, 64};
     const int thread_counts[] = {1, 2};
 
@@ -80,6 +89,8 @@ int main(int argc, char** argv) {
         for (const tensor_type type : types) {
             if (!only_type.empty() && type_name(type) != only_type) continue;
             for (const shape s : shapes) {
+                // A --shape whose columns the type's blocks do not divide (2880 for a K-quant).
+                if (s.cols % traits_of(static_cast<std::uint32_t>(type))->block_elems != 0) continue;
                 std::vector<float> wf(static_cast<std::size_t>(s.rows * s.cols));
                 for (auto& v : wf) v = normal(rng) * 0.05f;
                 const std::size_t rb = row_bytes(type, s.cols);
@@ -115,6 +126,8 @@ int main(int argc, char** argv) {
                     const int batch = std::max(1, static_cast<int>(100e-6 / std::max(1e-9, seconds_since(t_first))));
                     std::size_t copy = 0;
                     double best_s = 1e30;
+                    double sum_s = 0.0;  // and the mean, which shows what a loaded machine costs
+                    long n_calls = 0;
                     const auto t_start = clock_type::now();
                     do {
                         const auto t0 = clock_type::now();
@@ -122,17 +135,20 @@ int main(int argc, char** argv) {
                             matmul(view_of(copy), x.data(), n_tokens, y.data(), s.rows, pool, act, orders.data());
                             if (++copy == n_copies) copy = 0;
                         }
-                        best_s = std::min(best_s, seconds_since(t0) / batch);
+                        const double batch_s = seconds_since(t0);
+                        best_s = std::min(best_s, batch_s / batch);
+                        sum_s += batch_s;
+                        n_calls += batch;
                     } while (seconds_since(t_start) < min_time_s);
                     const double per_call_s = best_s;
                     const double flops = 2.0 * static_cast<double>(s.rows * s.cols * n_tokens);
                     std::printf("%s    {\"type\": \"%s\", \"rows\": %lld, \"cols\": %lld, \"tokens\": %d, "
                                 "\"threads\": %d, \"weights\": \"%s\", \"us_per_call\": %.2f, "
-                                "\"gflops\": %.2f, \"weight_gbps\": %.2f}",
+                                "\"gflops\": %.2f, \"weight_gbps\": %.2f, \"mean_us\": %.1f}",
                                 first ? "" : ",\n", std::string(type_name(type)).c_str(),
                                 static_cast<long long>(s.rows), static_cast<long long>(s.cols), n_tokens, n_threads,
                                 streaming ? "cold" : "hot", per_call_s * 1e6, flops / per_call_s * 1e-9,
-                                static_cast<double>(matrix_bytes) / per_call_s * 1e-9);
+                                static_cast<double>(matrix_bytes) / per_call_s * 1e-9, sum_s / n_calls * 1e6);
                     first = false;
                     std::fflush(stdout);
                   }

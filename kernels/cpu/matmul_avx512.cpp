@@ -437,6 +437,7 @@ void q8_0_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
         __m512 dw[R];
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
+            if constexpr (T == 1 && R > 1) prefetch_next_tile(wb[i] + b, R * a.w_stride, 2 * sizeof(block_q8_0));
             wu[i] = _mm512_xor_si512(q8_0_pair_quants(wb[i] + b), bias);
             dw[i] = q8_0_pair_scales(wb[i] + b);
         }

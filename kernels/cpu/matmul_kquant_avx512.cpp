@@ -135,6 +135,10 @@ void q2_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     __m128 acc = _mm_setzero_ps();
     __m128 acc_min = _mm_setzero_ps();
     for (std::int64_t b = 0; b < nb; ++b) {
+        if constexpr (T == 1 && R > 1) {
+#pragma GCC unroll 4
+            for (int i = 0; i < R; ++i) prefetch_next_tile(wb[i] + b, R * a.w_stride, sizeof(*wb[i]));
+        }
         __m512i w[R][4], s[R][4];
         __m256i mins16[R];
         float d[R], dmin[R];
@@ -205,6 +209,10 @@ void q3_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
         for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
     }
     for (std::int64_t b = 0; b < nb; ++b) {
+        if constexpr (T == 1 && R > 1) {
+#pragma GCC unroll 4
+            for (int i = 0; i < R; ++i) prefetch_next_tile(wb[i] + b, R * a.w_stride, sizeof(*wb[i]));
+        }
         __m512i w[R][4], s[R][4];
         float d[R];
 #pragma GCC unroll 4
@@ -271,6 +279,10 @@ void q5_k_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
         }
     }
     for (std::int64_t b = 0; b < nb; ++b) {
+        if constexpr (T == 1 && R > 1) {
+#pragma GCC unroll 4
+            for (int i = 0; i < R; ++i) prefetch_next_tile(wb[i] + b, R * a.w_stride, sizeof(*wb[i]));
+        }
         __m512i w[R][4], s[R][4];
         __m128i mins16[R];
         float d[R], dmin[R];
@@ -364,6 +376,10 @@ void iq4_xs_run(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
         for (int t = 0; t < T; ++t) acc[i][t] = _mm256_setzero_ps();
     }
     for (std::int64_t b = 0; b < nb; ++b) {
+        if constexpr (T == 1 && R > 1) {
+#pragma GCC unroll 4
+            for (int i = 0; i < R; ++i) prefetch_next_tile(wb[i] + b, R * a.w_stride, sizeof(*wb[i]));
+        }
         __m512i wabs[R][4], s[R][4];
         __mmask64 neg[R][4];
         float d[R];

@@ -174,11 +174,17 @@ struct acc_state {
 // Block b of R rows times T tokens, into acc (Second: acc2).
 template <class K, int R, int T, bool Second>
 inline void block_step(const typename K::block* const* wb, const typename K::act* const* xb, std::int64_t b,
-                       acc_state (*st)[T], __m128* summs) {
+                       acc_state (*st)[T], __m128* summs, std::size_t tile_bytes) {
     static_assert((R == 1 || T == 1) && R <= 4 && T <= 4);
     unpacked u[R];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) u[i] = unpack<K>(wb[i][b]);
+    for (int i = 0; i < R; ++i) {
+        // The paired types step two blocks at a time; the first step asks for both.
+        if constexpr (T == 1 && R > 1 && !Second) {
+            prefetch_next_tile(wb[i] + b, tile_bytes, (K::order == float_order::paired ? 2 : 1) * sizeof(typename K::block));
+        }
+        u[i] = unpack<K>(wb[i][b]);
+    }
     if constexpr (K::order == float_order::single_min) {
         alignas(16) float m[4] = {}, s[4] = {};
 #pragma GCC unroll 8
@@ -218,6 +224,7 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 #pragma GCC unroll 8
     for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const xblock*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     const std::int64_t nb = a.cols / qk_q32;
+    const std::size_t tile_bytes = R * a.w_stride;
     acc_state st[R][T];
     __m128 summs = _mm_setzero_ps();
 #pragma GCC unroll 8
@@ -227,11 +234,11 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     }
     if constexpr (K::order == float_order::paired) {
         for (std::int64_t b = 0; b + 1 < nb; b += 2) {
-            block_step<K, R, T, false>(wb, xb, b, st, &summs);
-            block_step<K, R, T, true>(wb, xb, b + 1, st, &summs);
+            block_step<K, R, T, false>(wb, xb, b, st, &summs, tile_bytes);
+            block_step<K, R, T, true>(wb, xb, b + 1, st, &summs, tile_bytes);
         }
     } else {
-        for (std::int64_t b = 0; b < nb; ++b) block_step<K, R, T, false>(wb, xb, b, st, &summs);
+        for (std::int64_t b = 0; b < nb; ++b) block_step<K, R, T, false>(wb, xb, b, st, &summs, tile_bytes);
     }
     alignas(16) float mins[4];
     _mm_store_ps(mins, summs);

@@ -272,6 +272,7 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
         __m128 sc[R];
 #pragma GCC unroll 8
         for (int i = 0; i < R; ++i) {
+            if constexpr (T == 1 && R > 1) prefetch_next_tile(wb[i] + b, R * a.w_stride, 2 * sizeof(wblock));
             w[i] = K::codes(wb[i][b], wb[i][b + 1]);
             sc[i] = K::scales(wb[i][b], wb[i][b + 1]);
             dw[i] = pair_scale(sc[i]);
