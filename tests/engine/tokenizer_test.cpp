@@ -319,6 +319,28 @@ TEST(PreTokenizer, Llama3AndDeepseek3) {
     EXPECT_EQ(words(**ds3, "~~ab"), (strings{"~", "~ab"}));
 }
 
+TEST(PreTokenizer, NamesOfTheMoeModels) {
+    // Readable examples of what llama.cpp's splitters make (all of it: tokenizer_fixture_test).
+    auto gpt4o = pre_tokenizer::create("gpt-4o");  // gpt-oss
+    ASSERT_TRUE(gpt4o) << gpt4o.error().message;
+    EXPECT_EQ(words(**gpt4o, "HelloWorld iPhone's XMLHttp"), (strings{"Hello", "World", " i", "Phone's", " XMLHttp"}));
+    EXPECT_EQ(words(**gpt4o, "a//b\n\n"), (strings{"a", "//", "b", "\n\n"}));
+    auto kimi = pre_tokenizer::create("kimi-k2");
+    ASSERT_TRUE(kimi) << kimi.error().message;
+    EXPECT_EQ(words(**kimi, "HelloWorld中文abc's 12345"), (strings{"HelloWorld", "中文", "abc's", " ", "123", "45"}));
+    auto ds_llm = pre_tokenizer::create("deepseek-llm");  // DeepSeek-V2 / V2-Lite
+    ASSERT_TRUE(ds_llm) << ds_llm.error().message;
+    EXPECT_EQ(words(**ds_llm, "Hi 你好 12 ,x  "), (strings{"Hi", " ", "你好", " ", "12", " ,", "x", "  "}));
+    auto ds_coder = pre_tokenizer::create("deepseek-coder");
+    ASSERT_TRUE(ds_coder) << ds_coder.error().message;
+    EXPECT_EQ(words(**ds_coder, "Hi, 你好 12"), (strings{"Hi", ",", " ", "你好", " ", "1", "2"}));
+    auto glm4 = pre_tokenizer::create("glm4");  // GLM-4.5 / 4.6: llama3's splits, merges always
+    ASSERT_TRUE(glm4) << glm4.error().message;
+    EXPECT_FALSE((*glm4)->ignore_merges());
+    EXPECT_FALSE((*glm4)->add_bos_default());
+    EXPECT_EQ(words(**glm4, "1234567 abc"), (strings{"123", "456", "7", " abc"}));
+}
+
 TEST(PreTokenizer, UnknownNameIsUnsupported) {
     auto pre = pre_tokenizer::create("no-such-pre");
     ASSERT_FALSE(pre);
@@ -338,6 +360,7 @@ struct vocab_spec {
     std::vector<std::uint8_t> drop_bytes;     // byte tokens to leave out of the vocabulary
     int type_count_delta = 0;                 // make token_type longer/shorter than tokens
     std::int64_t eos = -1;
+    bool write_merges = true;
 };
 
 std::string byte_text(std::uint8_t b) {
@@ -382,7 +405,7 @@ result<std::unique_ptr<tokenizer>> build(const vocab_spec& spec, const std::stri
     w.set_string("tokenizer.ggml.pre", spec.pre);
     w.set_string_array("tokenizer.ggml.tokens", tokens);
     w.set_i32_array("tokenizer.ggml.token_type", types);
-    w.set_string_array("tokenizer.ggml.merges", spec.merges);
+    if (spec.write_merges) w.set_string_array("tokenizer.ggml.merges", spec.merges);
     if (spec.eos >= 0) w.set_u32("tokenizer.ggml.eos_token_id", static_cast<std::uint32_t>(spec.eos));
     const std::string path = (test::temp_dir() / (name + ".gguf")).string();
     auto written = w.write(path);
@@ -662,6 +685,15 @@ TEST(TokenizerErrors, RefusesBadFiles) {
     vocab_spec duplicate;
     duplicate.extra = {"a"};
     expect_error(duplicate, "duplicate", errc::bad_file, {"tokenizer.ggml.tokens"});
+
+    // Only Kimi-K2's files may leave the merges out (llama.cpp then merges nothing).
+    vocab_spec no_merges;
+    no_merges.write_merges = false;
+    expect_error(no_merges, "no_merges", errc::bad_file, {"no_merges.gguf", "tokenizer.ggml.merges"});
+    no_merges.pre = "kimi-k2";
+    auto kimi = build(no_merges, "kimi_no_merges");
+    ASSERT_TRUE(kimi) << kimi.error().message;
+    EXPECT_EQ((*kimi)->encode("ab", false), (std::vector<token_id>{'a', 'b'}));
 
     vocab_spec bad_type;
     bad_type.extra = {"zz"};
