@@ -341,6 +341,23 @@ TEST(PreTokenizer, NamesOfTheMoeModels) {
     EXPECT_EQ(words(**glm4, "1234567 abc"), (strings{"123", "456", "7", " abc"}));
 }
 
+TEST(PreTokenizer, LongRunsSplitCompletely) {
+    // Long runs of one class (where a backtracking expression could go quadratic): each
+    // pre-tokenizer must finish and its words must cover the text exactly.
+    std::string text = "x" + std::string(20000, ' ') + "y\n" + std::string(20000, 'A') + std::string(20000, 'a');
+    for (int i = 0; i < 5000; ++i) text += "\xC3\xA9";  // é: a letter of both cases to gpt-4o
+    text += std::string(20000, '!') + std::string(20000, '7') + std::string(20000, ' ');
+    for (const char* name : {"gpt-4o", "kimi-k2", "deepseek-llm", "deepseek-coder", "glm4"}) {
+        auto pre = pre_tokenizer::create(name);
+        ASSERT_TRUE(pre) << pre.error().message;
+        pretok_scratch scratch;
+        const std::string_view bytes = (*pre)->split(text, scratch);
+        std::string joined;
+        for (const auto w : scratch.words) joined.append(bytes.substr(w.begin, w.end - w.begin));
+        EXPECT_EQ(joined, text) << name;
+    }
+}
+
 TEST(PreTokenizer, UnknownNameIsUnsupported) {
     auto pre = pre_tokenizer::create("no-such-pre");
     ASSERT_FALSE(pre);
