@@ -1,4 +1,5 @@
-// Byte-level BPE as llama.cpp runs it for `tokenizer.ggml.model = gpt2`.
+// Loading, byte-level BPE (`tokenizer.ggml.model = gpt2`) and decoding, as llama.cpp does
+// them; SentencePiece encoding (`llama`) is in tokenizer_spm.cpp.
 //
 // Loading copies the token texts into one arena and indexes them by string_view; merges are
 // indexed by the pair of token ids they join (every merge must name two tokens, which the
@@ -15,25 +16,16 @@
 #include <unordered_map>
 
 #include "common/log.h"
+#include "engine/tokenizer_impl.h"
 #include "engine/tokenizer_pretok.h"
 #include "engine/unicode_utf8.h"
 #include "storage/gguf.h"
 
 namespace moed::engine {
 
-namespace {
+using namespace tokenizer_detail;
 
-// Token attributes, as llama.cpp derives them from tokenizer.ggml.token_type (a bit set,
-// because its text-based overrides add CONTROL to tokens of other types).
-enum token_attr : std::uint8_t {
-    attr_undefined = 0,
-    attr_unknown = 1 << 0,
-    attr_unused = 1 << 1,
-    attr_normal = 1 << 2,
-    attr_control = 1 << 3,
-    attr_user_defined = 1 << 4,
-    attr_byte = 1 << 5,
-};
+namespace {
 
 // tokenizer.ggml.token_type values (llama_token_type).
 std::uint8_t attr_from_type(std::int64_t type) noexcept {
@@ -49,12 +41,15 @@ std::uint8_t attr_from_type(std::int64_t type) noexcept {
 }
 constexpr std::int64_t max_token_type = 6;
 
+
 constexpr std::string_view key_model = "tokenizer.ggml.model";
 constexpr std::string_view key_pre = "tokenizer.ggml.pre";
 constexpr std::string_view key_tokens = "tokenizer.ggml.tokens";
 constexpr std::string_view key_token_type = "tokenizer.ggml.token_type";
 constexpr std::string_view key_merges = "tokenizer.ggml.merges";
+constexpr std::string_view key_scores = "tokenizer.ggml.scores";
 constexpr std::string_view key_add_bos = "tokenizer.ggml.add_bos_token";
+constexpr std::string_view key_add_space_prefix = "tokenizer.ggml.add_space_prefix";
 
 // Token texts llama.cpp recognises when the file does not name the token (see
 // llama_vocab::impl::load); a token found this way is forced to CONTROL.
@@ -87,44 +82,10 @@ constexpr std::string_view eog_texts[] = {
 constexpr std::string_view forced_user_defined_texts[] = {
     "<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"};
 
-struct merge_rule {
-    std::int32_t rank = 0;
-    token_id merged = -1;  // the token the pair becomes; -1 when that text is no token
-};
-
 std::uint64_t pair_key(token_id left, token_id right) noexcept {
     return (static_cast<std::uint64_t>(static_cast<std::uint32_t>(left)) << 32) |
            static_cast<std::uint32_t>(right);
 }
-
-// One piece of text after special-token splitting: a special token, or raw text.
-struct fragment {
-    token_id id = -1;  // >= 0: this special token; -1: raw bytes [begin, end)
-    std::size_t begin = 0;
-    std::size_t end = 0;
-};
-
-// Symbols and bigrams index one word with 32 bits, as llama.cpp does (words are cut at
-// max_word_bytes, far above any request the daemon accepts).
-struct bpe_symbol {
-    std::uint32_t begin = 0;
-    std::uint32_t length = 0;  // 0 once merged into its left neighbour
-    std::int32_t prev = -1;
-    std::int32_t next = -1;
-    token_id id = -1;
-};
-
-struct bpe_bigram {
-    std::int32_t rank = 0;
-    std::int32_t left = 0;
-    std::int32_t right = 0;
-    // Lengths when queued: a bigram whose symbols changed since is stale.
-    std::uint32_t left_length = 0;
-    std::uint32_t right_length = 0;
-    token_id merged = -1;
-};
-
-constexpr std::size_t max_word_bytes = std::size_t{1} << 30;
 
 // Heap order: lowest rank first, then leftmost (llama.cpp's llm_bigram_bpe::comparator).
 struct bigram_after {
@@ -133,62 +94,8 @@ struct bigram_after {
     }
 };
 
-// Working storage for one encode() call.
-struct encode_scratch {
-    std::vector<fragment> fragments;
-    std::vector<fragment> fragments_next;
-    pretok_scratch pretok;
-    std::vector<bpe_symbol> symbols;
-    std::vector<bpe_bigram> queue;
-    std::string encoded;
-};
-
 }  // namespace
 
-struct tokenizer::impl {
-    std::string texts;                      // every token's text, back to back
-    std::vector<std::size_t> text_offsets;  // n + 1 offsets into `texts`
-    std::vector<std::uint8_t> attrs;
-    std::unordered_map<std::string_view, token_id> ids;  // keys view `texts`
-    std::unordered_map<std::uint64_t, merge_rule> merges;
-    std::array<token_id, 256> byte_tokens{};  // token of each byte's one-character text, or -1
-    std::string pieces;                      // bytes each token stands for (special = true)
-    std::vector<std::size_t> piece_offsets;  // n + 1
-    std::vector<token_id> specials;          // split before BPE, longest text first
-    std::vector<std::uint8_t> eog;
-    token_id bos = -1;
-    token_id eos = -1;
-    bool add_bos = false;
-    std::unique_ptr<pre_tokenizer> pre;
-
-    token_id n_tokens() const noexcept { return static_cast<token_id>(attrs.size()); }
-    std::string_view text(token_id id) const noexcept {
-        return std::string_view(texts).substr(text_offsets[id], text_offsets[id + 1] - text_offsets[id]);
-    }
-    std::string_view piece(token_id id) const noexcept {
-        return std::string_view(pieces).substr(piece_offsets[id], piece_offsets[id + 1] - piece_offsets[id]);
-    }
-    token_id lookup(std::string_view s) const noexcept {
-        const auto it = ids.find(s);
-        return it == ids.end() ? -1 : it->second;
-    }
-    // The lowest id among tokens whose text is in `candidates`, or -1.
-    token_id lookup_any(std::span<const std::string_view> candidates) const noexcept {
-        token_id best = -1;
-        for (const auto c : candidates) {
-            const token_id id = lookup(c);
-            if (id >= 0 && (best < 0 || id < best)) best = id;
-        }
-        return best;
-    }
-
-    void partition(std::string_view text, bool parse_special, encode_scratch& s) const;
-    void encode_word(std::string_view word, std::vector<token_id>& out, encode_scratch& s) const;
-    // llama.cpp's fallback for a symbol that is no token: each byte of its byte-level text
-    // becomes the token of that single byte, when the vocabulary has one (usually none).
-    void encode_unknown(std::string_view bytes, std::vector<token_id>& out, encode_scratch& s) const;
-    std::string piece_for(token_id id) const;
-};
 
 namespace {
 
@@ -203,23 +110,48 @@ unexpected file_error(errc code, const storage::gguf_file& file, fmt::format_str
     return unexpected(code, fmt::format("{}: {}", file.path(), fmt::format(format, std::forward<Args>(args)...)));
 }
 
+enum class element_kind : std::uint8_t { strings, integers, floats };
+
 // An array under `key` whose elements all have the given kind of type.
 result<const storage::gguf_array*> typed_array(const storage::gguf_file& file, std::string_view key,
-                                               bool want_strings) {
+                                               element_kind want) {
     const storage::gguf_value* v = file.find(key);
     if (v == nullptr) return file_error(errc::bad_file, file, "missing required key '{}'", key);
     auto array = v->as_array(key);
     if (!array) return file_error(errc::bad_file, file, "{}", array.error().message);
     const auto type = (*array)->element_type;
     using vt = storage::gguf_value_type;
-    const bool is_string = type == vt::string;
-    const bool is_integer = type == vt::u8 || type == vt::i8 || type == vt::u16 || type == vt::i16 ||
-                            type == vt::u32 || type == vt::i32 || type == vt::u64 || type == vt::i64;
-    if (want_strings ? !is_string : !is_integer) {
+    bool ok = false;
+    std::string_view expected;
+    switch (want) {
+        case element_kind::strings:
+            ok = type == vt::string;
+            expected = "strings";
+            break;
+        case element_kind::integers:
+            ok = type == vt::u8 || type == vt::i8 || type == vt::u16 || type == vt::i16 || type == vt::u32 ||
+                 type == vt::i32 || type == vt::u64 || type == vt::i64;
+            expected = "integers";
+            break;
+        case element_kind::floats:
+            ok = type == vt::f32;
+            expected = "32-bit floats";
+            break;
+    }
+    if (!ok) {
         return file_error(errc::bad_file, file, "key '{}' is an array of {}, expected {}", key,
-                          storage::value_type_name(type), want_strings ? "strings" : "integers");
+                          storage::value_type_name(type), expected);
     }
     return *array;
+}
+
+// An optional boolean under `key`: `fallback` when absent.
+result<bool> optional_bool(const storage::gguf_file& file, std::string_view key, bool fallback) {
+    const storage::gguf_value* v = file.find(key);
+    if (v == nullptr) return fallback;
+    auto b = v->as_bool(key);
+    if (!b) return file_error(errc::bad_file, file, "{}", b.error().message);
+    return *b;
 }
 
 // An optional token id under `key`: -1 when absent, an error when malformed or out of range.
@@ -237,6 +169,63 @@ result<token_id> optional_token_id(const storage::gguf_file& file, std::string_v
 
 }  // namespace
 
+// tokenizer.ggml.merges: "left right", rank = index; both halves must be tokens.
+result<void> tokenizer::impl::load_merges(const storage::gguf_file& file) {
+    impl& m = *this;
+    auto merge_array = typed_array(file, key_merges, element_kind::strings);
+    if (!merge_array) return unexpected(std::move(merge_array).error());
+    const auto& merge_values = (*merge_array)->values;
+    if (merge_values.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max())) {
+        return file_error(errc::bad_file, file, "{} has {} entries", key_merges, merge_values.size());
+    }
+    m.merges.reserve(merge_values.size());
+    std::string joined;
+    for (std::size_t i = 0; i < merge_values.size(); ++i) {
+        const std::string& rule = std::get<std::string>(merge_values[i].data);
+        // As llama.cpp: the split is the first space after the first byte.
+        const std::size_t space = rule.find(' ', 1);
+        if (space == std::string::npos) {
+            return file_error(errc::bad_file, file, "{}[{}] = '{}' is not two tokens separated by a space",
+                              key_merges, i, rule);
+        }
+        const std::string_view left = std::string_view(rule).substr(0, space);
+        const std::string_view right = std::string_view(rule).substr(space + 1);
+        const token_id left_id = m.lookup(left);
+        const token_id right_id = m.lookup(right);
+        if (left_id < 0 || right_id < 0) {
+            return file_error(errc::bad_file, file, "{}[{}] = '{}' references unknown token '{}'", key_merges, i,
+                              rule, left_id < 0 ? left : right);
+        }
+        joined.assign(left);
+        joined.append(right);
+        // emplace keeps the first (lowest rank) rule for a pair, as llama.cpp's map does.
+        m.merges.emplace(pair_key(left_id, right_id),
+                         merge_rule{static_cast<std::int32_t>(i), m.lookup(joined)});
+    }
+    return {};
+}
+
+// tokenizer.ggml.scores (SentencePiece merge priorities): optional, as in llama.cpp, where a
+// file without them merges with every score 0; never shorter than the token list.
+result<void> tokenizer::impl::load_scores(const storage::gguf_file& file) {
+    impl& m = *this;
+    m.scores.assign(m.attrs.size(), 0.0F);
+    if (file.find(key_scores) == nullptr) return {};
+    auto array = typed_array(file, key_scores, element_kind::floats);
+    if (!array) return unexpected(std::move(array).error());
+    const auto& values = (*array)->values;
+    if (values.size() < m.attrs.size()) {
+        return file_error(errc::bad_file, file, "{} has {} entries but {} has {}", key_scores, values.size(),
+                          key_tokens, m.attrs.size());
+    }
+    for (std::size_t i = 0; i < m.scores.size(); ++i) {
+        auto score = values[i].as_float(key_scores);
+        if (!score) return file_error(errc::bad_file, file, "{}", score.error().message);
+        m.scores[i] = static_cast<float>(*score);
+    }
+    return {};
+}
+
 tokenizer::tokenizer() : impl_(std::make_unique<impl>()) {}
 tokenizer::~tokenizer() = default;
 
@@ -246,9 +235,13 @@ result<std::unique_ptr<tokenizer>> tokenizer::from_gguf(const storage::gguf_file
     if (model_value == nullptr) return file_error(errc::bad_file, file, "missing required key '{}'", key_model);
     auto model = model_value->as_string(key_model);
     if (!model) return file_error(errc::bad_file, file, "{}", model.error().message);
-    if (*model != "gpt2") {
-        return file_error(errc::unsupported, file, "{} = '{}' is not supported (only byte-level BPE, 'gpt2')",
-                          key_model, *model);
+    vocab_kind kind = vocab_kind::byte_level_bpe;
+    if (*model == "llama") {
+        kind = vocab_kind::sentencepiece;
+    } else if (*model != "gpt2") {
+        return file_error(errc::unsupported, file,
+                          "{} = '{}' is not supported (byte-level BPE 'gpt2' and SentencePiece 'llama' are)", key_model,
+                          *model);
     }
     std::string_view pre_name;
     if (const storage::gguf_value* pre_value = file.find(key_pre)) {
@@ -256,15 +249,19 @@ result<std::unique_ptr<tokenizer>> tokenizer::from_gguf(const storage::gguf_file
         if (!s) return file_error(errc::bad_file, file, "{}", s.error().message);
         pre_name = *s;
     }
-    auto pre = pre_tokenizer::create(pre_name);
-    if (!pre) return file_error(pre.error().code, file, "{}", pre.error().message);
 
     std::unique_ptr<tokenizer> tok(new tokenizer());
     impl& m = *tok->impl_;
-    m.pre = std::move(pre).value();
+    m.kind = kind;
+    // SentencePiece has no pre-tokenizer: llama.cpp ignores tokenizer.ggml.pre there.
+    if (kind == vocab_kind::byte_level_bpe) {
+        auto pre = pre_tokenizer::create(pre_name);
+        if (!pre) return file_error(pre.error().code, file, "{}", pre.error().message);
+        m.pre = std::move(pre).value();
+    }
 
     // --- tokens ---
-    auto tokens = typed_array(file, key_tokens, true);
+    auto tokens = typed_array(file, key_tokens, element_kind::strings);
     if (!tokens) return unexpected(std::move(tokens).error());
     const auto& token_values = (*tokens)->values;
     if (token_values.empty() ||
@@ -303,7 +300,7 @@ result<std::unique_ptr<tokenizer>> tokenizer::from_gguf(const storage::gguf_file
     // --- token types (optional: all normal without them) ---
     m.attrs.assign(token_values.size(), attr_normal);
     if (file.find(key_token_type) != nullptr) {
-        auto types = typed_array(file, key_token_type, false);
+        auto types = typed_array(file, key_token_type, element_kind::integers);
         if (!types) return unexpected(std::move(types).error());
         const auto& type_values = (*types)->values;
         if (type_values.size() != token_values.size()) {
@@ -320,39 +317,27 @@ result<std::unique_ptr<tokenizer>> tokenizer::from_gguf(const storage::gguf_file
         }
     }
 
-    // --- merges: "left right", rank = index; both halves must be tokens ---
-    auto merge_array = typed_array(file, key_merges, true);
-    if (!merge_array) return unexpected(std::move(merge_array).error());
-    const auto& merge_values = (*merge_array)->values;
-    if (merge_values.size() > static_cast<std::size_t>(std::numeric_limits<std::int32_t>::max())) {
-        return file_error(errc::bad_file, file, "{} has {} entries", key_merges, merge_values.size());
-    }
-    m.merges.reserve(merge_values.size());
-    std::string joined;
-    for (std::size_t i = 0; i < merge_values.size(); ++i) {
-        const std::string& rule = std::get<std::string>(merge_values[i].data);
-        // As llama.cpp: the split is the first space after the first byte.
-        const std::size_t space = rule.find(' ', 1);
-        if (space == std::string::npos) {
-            return file_error(errc::bad_file, file, "{}[{}] = '{}' is not two tokens separated by a space",
-                              key_merges, i, rule);
+    if (m.kind == vocab_kind::byte_level_bpe) {
+        // Kimi-K2's files may come without merges; llama.cpp then merges nothing.
+        if (file.find(key_merges) != nullptr || m.pre->name() != "kimi-k2") {
+            if (auto loaded = m.load_merges(file); !loaded) return unexpected(std::move(loaded).error());
         }
-        const std::string_view left = std::string_view(rule).substr(0, space);
-        const std::string_view right = std::string_view(rule).substr(space + 1);
-        const token_id left_id = m.lookup(left);
-        const token_id right_id = m.lookup(right);
-        if (left_id < 0 || right_id < 0) {
-            return file_error(errc::bad_file, file, "{}[{}] = '{}' references unknown token '{}'", key_merges, i,
-                              rule, left_id < 0 ? left : right);
+        for (unsigned b = 0; b < 256; ++b) {
+            m.byte_tokens[b] = m.lookup(utf8::byte_to_unicode(static_cast<std::uint8_t>(b)));
         }
-        joined.assign(left);
-        joined.append(right);
-        // emplace keeps the first (lowest rank) rule for a pair, as llama.cpp's map does.
-        m.merges.emplace(pair_key(left_id, right_id),
-                         merge_rule{static_cast<std::int32_t>(i), m.lookup(joined)});
-    }
-    for (unsigned b = 0; b < 256; ++b) {
-        m.byte_tokens[b] = m.lookup(utf8::byte_to_unicode(static_cast<std::uint8_t>(b)));
+    } else {
+        if (auto loaded = m.load_scores(file); !loaded) return unexpected(std::move(loaded).error());
+        // llama.cpp's byte_to_token: "<0xAB>" (upper-case hex), else the byte as a text.
+        constexpr std::string_view hex = "0123456789ABCDEF";
+        for (unsigned b = 0; b < 256; ++b) {
+            const char name[] = {'<', '0', 'x', hex[b >> 4], hex[b & 15], '>'};
+            token_id id = m.lookup(std::string_view(name, sizeof(name)));
+            if (id < 0) {
+                const char c = static_cast<char>(b);
+                id = m.lookup(std::string_view(&c, 1));
+            }
+            m.byte_tokens[b] = id;
+        }
     }
 
     // --- special token ids ---
@@ -364,9 +349,17 @@ result<std::unique_ptr<tokenizer>> tokenizer::from_gguf(const storage::gguf_file
     token_id fim_pad = -1;
     token_id fim_rep = -1;
     token_id fim_sep = -1;
+    if (m.kind == vocab_kind::sentencepiece) {
+        // llama.cpp's defaults for SentencePiece files that do not name them.
+        const auto in_range = [n](token_id id) { return id < n ? id : token_id{-1}; };
+        m.unk = in_range(0);
+        m.bos = in_range(1);
+        m.eos = in_range(2);
+    }
     const std::pair<std::string_view, token_id*> id_keys[] = {
         {"tokenizer.ggml.bos_token_id", &m.bos},
         {"tokenizer.ggml.eos_token_id", &m.eos},
+        {"tokenizer.ggml.unknown_token_id", &m.unk},
         {"tokenizer.ggml.eot_token_id", &eot},
         {"tokenizer.ggml.eom_token_id", &eom},
         {"tokenizer.ggml.fim_pre_token_id", &fim_pre},
@@ -386,17 +379,20 @@ result<std::unique_ptr<tokenizer>> tokenizer::from_gguf(const storage::gguf_file
         if (*id >= 0) *slot = *id;
     }
     // Checked for range only: the tokenizer has no use for them yet.
-    for (const std::string_view key : {"tokenizer.ggml.unknown_token_id", "tokenizer.ggml.seperator_token_id",
+    for (const std::string_view key : {"tokenizer.ggml.seperator_token_id",
                                        "tokenizer.ggml.padding_token_id", "tokenizer.ggml.mask_token_id"}) {
         auto id = optional_token_id(file, key, n);
         if (!id) return unexpected(std::move(id).error());
     }
-    m.add_bos = m.pre->add_bos_default();
-    if (const storage::gguf_value* v = file.find(key_add_bos)) {
-        auto b = v->as_bool(key_add_bos);
-        if (!b) return file_error(errc::bad_file, file, "{}", b.error().message);
-        m.add_bos = *b;
-    }
+    // Defaults as llama.cpp's: SentencePiece adds BOS and a leading space; byte-level BPE
+    // adds what its pre-tokenizer says and no space. The file's keys win.
+    const bool spm = m.kind == vocab_kind::sentencepiece;
+    auto add_bos = optional_bool(file, key_add_bos, spm || m.pre->add_bos_default());
+    if (!add_bos) return unexpected(std::move(add_bos).error());
+    m.add_bos = *add_bos;
+    auto add_space_prefix = optional_bool(file, key_add_space_prefix, spm);
+    if (!add_space_prefix) return unexpected(std::move(add_space_prefix).error());
+    m.add_space_prefix = *add_space_prefix;
 
     // --- llama.cpp's text-based fix-ups: find unnamed EOT/EOM/FIM tokens, force them to
     // CONTROL, and collect the end-of-generation set ---
@@ -473,6 +469,19 @@ std::string tokenizer::impl::piece_for(token_id id) const {
     const std::string_view t = text(id);
     if (attr & (attr_unknown | attr_control | attr_user_defined)) return std::string(t);
     std::string out;
+    if ((attr & attr_normal) && kind == vocab_kind::sentencepiece) {
+        // U+2581 stands for a space (llama_unescape_whitespace).
+        constexpr std::string_view escaped_space = "\xE2\x96\x81";
+        for (std::size_t pos = 0; pos < t.size();) {
+            if (t.substr(pos, escaped_space.size()) == escaped_space) {
+                out.push_back(' ');
+                pos += escaped_space.size();
+            } else {
+                out.push_back(t[pos++]);
+            }
+        }
+        return out;
+    }
     if (attr & attr_normal) {
         // Map the byte-level alphabet back to bytes. A character outside the alphabet is kept
         // as itself (llama.cpp writes an "[UNK_BYTE_..]" marker instead).
@@ -631,6 +640,20 @@ std::vector<token_id> tokenizer::encode(std::string_view text, bool parse_specia
     std::vector<token_id> out;
     out.reserve(text.size() / 3 + 4);
     m.partition(text, parse_special, s);
+    if (m.kind == vocab_kind::sentencepiece) {
+        // The start of the text and every special token are followed by a space.
+        bool after_special = true;
+        for (const fragment& f : s.fragments) {
+            if (f.id >= 0) {
+                out.push_back(f.id);
+                after_special = true;
+                continue;
+            }
+            m.encode_spm(text.substr(f.begin, f.end - f.begin), m.add_space_prefix && after_special, out, s);
+            after_special = false;
+        }
+        return out;
+    }
     for (const fragment& f : s.fragments) {
         if (f.id >= 0) {
             out.push_back(f.id);
@@ -654,10 +677,16 @@ std::string tokenizer::token_bytes(token_id id, bool special) const {
 std::string tokenizer::decode(std::span<const token_id> ids, bool special) const {
     const impl& m = *impl_;
     std::string out;
+    // llama_detokenize: the space encode() put in front of the text is not the text's.
+    bool strip_space = m.add_space_prefix;
     for (const token_id id : ids) {
+        const bool first = strip_space;
+        strip_space = false;
         if (id < 0 || id >= m.n_tokens()) continue;
         if (!special && (m.attrs[id] & (attr_control | attr_unknown))) continue;
-        out.append(m.piece(id));
+        std::string_view piece = m.piece(id);
+        if (first && !piece.empty() && piece.front() == ' ') piece.remove_prefix(1);
+        out.append(piece);
     }
     return out;
 }
@@ -666,6 +695,7 @@ std::int32_t tokenizer::n_vocab() const noexcept { return impl_->n_tokens(); }
 token_id tokenizer::bos_id() const noexcept { return impl_->bos; }
 token_id tokenizer::eos_id() const noexcept { return impl_->eos; }
 bool tokenizer::add_bos() const noexcept { return impl_->add_bos && impl_->bos >= 0; }
+bool tokenizer::add_space_prefix() const noexcept { return impl_->add_space_prefix; }
 
 bool tokenizer::is_eog(token_id id) const noexcept {
     return id >= 0 && id < impl_->n_tokens() && impl_->eog[id] != 0;

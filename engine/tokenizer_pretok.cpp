@@ -49,6 +49,61 @@ constexpr const char* pattern_deepseek3_main =
     "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+|(?:~|[^\\r\\n\\p{L}\\p{P}\\p{S}])?[\\p{L}\\p{M}]+|"
     " ?(?:(?!~)[\\p{P}\\p{S}])+[\\r\\n]*|" MOED_WS_TAIL;
 
+// gpt-oss (o200k) and Llama 4: words split where lower case turns to upper case. llama.cpp
+// runs this through its collapsed-category std::regex, where \p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}
+// and \p{Ll}\p{Lm}\p{Lo}\p{M} become "a letter but not a-z" and "a letter but not A-Z": every
+// non-ASCII letter is in both classes, and combining marks are in neither (they are no
+// letters there). [^\P{L}a-z] and [^\P{L}A-Z] say exactly that.
+#define MOED_UPPERISH "[^\\P{L}a-z]"
+#define MOED_LOWERISH "[^\\P{L}A-Z]"
+constexpr const char* pattern_gpt4o =
+    "[^\\r\\n\\p{L}\\p{N}]?" MOED_UPPERISH "*" MOED_LOWERISH "+(?:" MOED_CONTRACTIONS_CI ")?|"
+    "[^\\r\\n\\p{L}\\p{N}]?" MOED_UPPERISH "+" MOED_LOWERISH "*(?:" MOED_CONTRACTIONS_CI ")?|"
+    "\\p{N}{1,3}| ?[^\\s\\x{85}\\p{L}\\p{N}]+[\\r\\n/]*|" MOED_WS_TAIL;
+#undef MOED_LOWERISH
+#undef MOED_UPPERISH
+
+// Kimi-K2. llama.cpp's hand-written splitter for it takes every letter run whole (no case
+// split, unlike the tokenizer.json expression) except Han characters, which form runs of
+// their own; Han is its fixed list of CJK ideograph blocks, not Unicode's \p{Han}.
+#define MOED_HAN \
+    "\\x{3400}-\\x{4DBF}\\x{4E00}-\\x{9FFF}\\x{F900}-\\x{FAFF}\\x{20000}-\\x{2A6DF}\\x{2A700}-\\x{2EBEF}" \
+    "\\x{2F800}-\\x{2FA1F}"
+constexpr const char* pattern_kimi_k2 =
+    "[" MOED_HAN "]+|[^\\r\\n\\p{L}\\p{N}]?[^\\P{L}" MOED_HAN "]+(?:" MOED_CONTRACTIONS_CI ")?|"
+    "\\p{N}{1,3}| ?[^\\s\\x{85}\\p{L}\\p{N}]+[\\r\\n]*|" MOED_WS_TAIL;
+#undef MOED_HAN
+
+// DeepSeek LLM and DeepSeek-Coder (V2, V2-Lite, Coder-V2): six and five expressions applied in
+// turn. llama.cpp matches those without a Unicode class by std::wregex over a text whose
+// non-ASCII whitespace is replaced by a vertical tab, so a literal class never matches
+// whitespace (U+3000 is not in the CJK punctuation range, nor U+2000..U+205F in the
+// U+0800..U+4E00 one) and \s sees llama.cpp's whitespace; its `$` is the end of the piece.
+// The letter class is the cased-letter set DeepSeek's tokenizer.json spells out literally.
+constexpr const char* pattern_newline = "[\\r\\n]";
+constexpr const char* pattern_deepseek_llm_letters =
+    MOED_WS "?[A-Za-z\\x{B5}\\x{C0}-\\x{D6}\\x{D8}-\\x{F6}\\x{F8}-\\x{1BA}\\x{1BC}-\\x{1BF}\\x{1C4}-\\x{293}"
+    "\\x{295}-\\x{2AF}\\x{370}-\\x{373}\\x{376}\\x{377}\\x{37B}-\\x{37D}\\x{37F}\\x{386}\\x{388}-\\x{38A}\\x{38C}"
+    "\\x{38E}-\\x{3A1}\\x{3A3}-\\x{3F5}\\x{3F7}-\\x{481}\\x{48A}-\\x{52F}\\x{531}-\\x{556}\\x{10A0}-\\x{10C5}"
+    "\\x{13A0}-\\x{13F5}\\x{13F8}-\\x{13FD}\\x{1C90}-\\x{1CBA}\\x{1CBD}-\\x{1CBF}\\x{1D00}-\\x{1D2B}\\x{1D6B}-\\x{1D77}"
+    "\\x{1D79}-\\x{1D9A}\\x{1E00}-\\x{1F15}\\x{1F18}-\\x{1F1D}\\x{1F20}-\\x{1F45}\\x{1F48}-\\x{1F4D}\\x{1F50}-\\x{1F57}"
+    "\\x{1F59}\\x{1F5B}\\x{1F5D}\\x{1F5F}-\\x{1F7D}\\x{1F80}-\\x{1FB4}\\x{1FB6}-\\x{1FBC}\\x{1FBE}\\x{1FC2}-\\x{1FC4}"
+    "\\x{1FC6}-\\x{1FCC}\\x{1FD0}-\\x{1FD3}\\x{1FD6}-\\x{1FDB}\\x{1FE0}-\\x{1FEC}\\x{1FF2}-\\x{1FF4}\\x{1FF6}-\\x{1FFC}"
+    "\\x{2102}\\x{2107}\\x{210A}-\\x{2113}\\x{2115}\\x{2119}-\\x{211D}\\x{2124}\\x{2126}\\x{2128}\\x{212A}-\\x{212D}"
+    "\\x{212F}-\\x{2134}\\x{2139}\\x{213C}-\\x{213F}\\x{2145}-\\x{2149}\\x{214E}\\x{2183}\\x{2184}\\x{2C00}-\\x{2C7B}"
+    "\\x{2C7E}-\\x{2CE4}\\x{2CEB}-\\x{2CEE}\\x{2CF2}\\x{2CF3}\\x{A640}-\\x{A66D}\\x{A680}-\\x{A69B}\\x{A722}-\\x{A76F}"
+    "\\x{A771}-\\x{A787}\\x{A78B}-\\x{A78E}\\x{AB70}-\\x{ABBF}\\x{FB00}-\\x{FB06}\\x{FB13}-\\x{FB17}\\x{FF21}-\\x{FF3A}"
+    "\\x{FF41}-\\x{FF5A}\\x{10400}-\\x{1044F}\\x{104B0}-\\x{104D3}\\x{104D8}-\\x{104FB}\\x{10C80}-\\x{10CB2}"
+    "\\x{10CC0}-\\x{10CF2}\\x{118A0}-\\x{118DF}\\x{1E900}-\\x{1E943}]+";
+constexpr const char* pattern_deepseek_llm_punct =
+    MOED_WS "?[!-/:-~\\x{FF01}-\\x{FF0F}\\x{FF1A}-\\x{FF5E}\\x{2018}-\\x{201F}\\x{3001}-\\x{3002}]+";
+// A trailing whitespace run; the lookbehind starts it only where a run starts, which keeps a
+// long run that does not end the piece linear instead of retried from each of its spaces.
+constexpr const char* pattern_trailing_ws = "(?<!" MOED_WS ")" MOED_WS "+\\z";
+constexpr const char* pattern_deepseek_cjk = "(?:(?!" MOED_WS ")[\\x{0800}-\\x{9FA5}\\x{AC00}-\\x{D7FF}])+";
+constexpr const char* pattern_deepseek_coder_letters = MOED_WS "?\\p{L}+";
+constexpr const char* pattern_deepseek_coder_punct = MOED_WS "?\\p{P}+";
+
 // llama.cpp's default (pre-tokenizer missing or "default").
 constexpr const char* pattern_default_punct = "[\\p{P}$+<=>^~|]+";
 constexpr const char* pattern_digits = "\\p{N}+";
@@ -69,8 +124,8 @@ struct pre_family {
 
 // Names as llama.cpp's llama-vocab.cpp maps them; only families whose other settings do not
 // change encoding are listed.
-const std::array<pre_family, 8>& families() {
-    static const std::array<pre_family, 8> table = {{
+const std::array<pre_family, 13>& families() {
+    static const std::array<pre_family, 13> table = {{
         {{"", "default"},
          {pattern_default_punct, pattern_gpt2, pattern_digits, pattern_digit_triples},
          false, false},
@@ -81,12 +136,25 @@ const std::array<pre_family, 8>& families() {
           "jina-v5-nano"},
          {pattern_llama3}, true, true},
         {{"dbrx", "smaug-bpe"}, {pattern_llama3}, false, false},
-        {{"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2"},
+        // GLM-4.5 / 4.6 / Air: llama3's expression without its ignore_merges or BOS.
+        {{"glm4", "chatglm-bpe"}, {pattern_llama3}, false, false},
+        {{"gpt-4o", "llama4", "kanana2", "talkie", "minimax-m2"}, {pattern_gpt4o}, false, false},
+        {{"kimi-k2"}, {pattern_kimi_k2}, false, false},
+        {{"deepseek-llm"},
+         {pattern_newline, pattern_deepseek_llm_letters, pattern_deepseek_llm_punct, pattern_trailing_ws,
+          pattern_deepseek_cjk, pattern_digits},
+         false, false},
+        {{"deepseek-coder"},
+         {pattern_newline, pattern_deepseek_coder_letters, pattern_deepseek_coder_punct, pattern_deepseek_cjk,
+          pattern_one_digit},
+         false, false},
+        {{"qwen2", "deepseek-r1-qwen", "kormo", "f2llmv2", "megrez", "stablelm2", "hunyuan", "solar-open",
+          "grok-2"},
          {pattern_qwen2}, false, false},
         {{"qwen35"}, {pattern_qwen35}, false, false},
         {{"starcoder", "refact", "command-r", "smollm", "codeshell", "exaone", "minerva-7b"},
          {pattern_one_digit, pattern_gpt2}, false, false},
-        {{"deepseek-v3"},
+        {{"deepseek-v3", "hunyuan-dense", "joyai-llm"},
          {pattern_deepseek3_digits, pattern_deepseek3_cjk, pattern_deepseek3_main}, false, false},
     }};
     return table;

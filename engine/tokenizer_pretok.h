@@ -3,11 +3,16 @@
 //
 // llama.cpp applies a list of expressions in turn: each one splits every piece the previous
 // ones produced into its matches and the gaps between them. For the common expressions
-// (gpt-2, llama3, qwen2) it uses hand-written splitters; for the rest std::regex over a text
-// whose non-ASCII code points are "collapsed" to one byte per Unicode category. Both differ
-// from a standard engine in small, fixed ways (U+0085 counts as whitespace, U+3000 does not
-// match a literal class, '~' is no symbol in a collapsed \p{S}); the patterns here are written
-// for PCRE2 with those differences built in, so a standard engine gives llama.cpp's splits.
+// (gpt-2, llama3, qwen2, kimi-k2) it uses hand-written splitters; for the rest std::regex over
+// a text whose non-ASCII code points are "collapsed" to one byte per Unicode category, or,
+// for expressions without a Unicode class (deepseek-llm, deepseek-coder), std::wregex over a
+// text whose non-ASCII whitespace became a vertical tab. These differ from a standard engine
+// in small, fixed ways (U+0085 counts as whitespace, whitespace never matches a literal
+// class, '~' is no symbol in a collapsed \p{S}, every non-ASCII letter is both upper and
+// lower case in a collapsed class, kimi-k2 keeps mixed-case words whole); the patterns here
+// are written for PCRE2 with those differences built in, so a standard engine gives
+// llama.cpp's splits (tests/engine/tokenizer_fixture_test.cpp compares them on recorded
+// splits of llama.cpp itself).
 // Text is first decoded the lenient way llama.cpp decodes it (invalid bytes become U+FFFD,
 // overlong forms are shortened), so invalid input splits and encodes as it does there too.
 // Remaining known difference: the Unicode version of the character tables (PCRE2's vs

@@ -29,4 +29,16 @@ const engine::tokenizer& vocabulary() {
     return *vocab;
 }
 
+const engine::tokenizer& sentencepiece_vocabulary() {
+    static const std::unique_ptr<engine::tokenizer> vocab = [] {
+        const std::string path = std::string(MOED_MODELS_DIR) + "/tokenizer/llama-spm-vocab.gguf";
+        auto opened = storage::gguf_file::open(path);
+        if (!opened) fail("cannot open the SentencePiece vocabulary: {}", opened.error().message);
+        auto loaded = engine::tokenizer::from_gguf(**opened);
+        if (!loaded) fail("cannot load the vocabulary of {}: {}", path, loaded.error().message);
+        return std::move(*loaded);
+    }();
+    return *vocab;
+}
+
 }  // namespace moed::fuzz

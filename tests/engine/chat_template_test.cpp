@@ -673,5 +673,37 @@ TEST(chat_template, qwen_templates_on_the_real_qwen3_vocabulary) {
     }
 }
 
+TEST(chat_template, mistral_templates_on_the_real_llama_spm_vocabulary) {
+    // Mixtral's SentencePiece vocabulary: <s> and </s> are control tokens, [INST] is text, and
+    // every run of text after the start or a special token gets SentencePiece's leading space,
+    // so encoding the rendered prompt piece by piece must agree with encoding it whole.
+    auto file = storage::gguf_file::open(test::models_dir() + "/tokenizer/llama-spm-vocab.gguf");
+    ASSERT_TRUE(file) << file.error().message;
+    auto vocab = tokenizer::from_gguf(**file);
+    ASSERT_TRUE(vocab) << vocab.error().message;
+    ASSERT_TRUE((*vocab)->add_bos());
+    const std::vector<chat_case> cases = load_cases();
+    std::size_t checked = 0;
+    for (const char* fixture : {"mixtral-8x7b-instruct-v0.1", "mixtral-8x7b-instruct-v0.1-original"}) {
+        SCOPED_TRACE(fixture);
+        auto t = fixture_template(fixture);
+        ASSERT_TRUE(t);
+        for (const chat_case& c : cases) {
+            SCOPED_TRACE(c.name);
+            auto text = t->apply(c.messages, c.add_generation_prompt, c.options);
+            if (!text) continue;  // refused: checked above
+            std::vector<token_id> expected = (*vocab)->encode(*text, true);
+            ASSERT_FALSE(expected.empty());
+            ASSERT_EQ(expected.front(), (*vocab)->bos_id()) << "the template's <s> is the vocabulary's BOS";
+            expected.erase(expected.begin());  // the caller adds it
+            auto ids = t->encode(**vocab, c.messages, c.add_generation_prompt, c.options);
+            ASSERT_TRUE(ids) << ids.error().message;
+            EXPECT_EQ(*ids, expected);
+            ++checked;
+        }
+    }
+    EXPECT_GE(checked, 15u);
+}
+
 }  // namespace
 }  // namespace moed::engine

@@ -7,10 +7,16 @@
 //   across tokens; special ids, EOG and token_bytes follow llama.cpp's rules.
 // - Small vocabularies written with storage::gguf_writer check merge order, special-token
 //   splitting, the unknown-byte fallback, ignore_merges, and that bad files are refused with
-//   an error naming the key (wrong model, unknown pre, inconsistent arrays).
+//   an error naming the file, the key and the value (wrong model, unknown pre, inconsistent
+//   arrays).
+// - SentencePiece: the real Llama-2 / Mixtral vocabulary's special ids and defaults, byte
+//   tokens streamed through utf8_stream; small vocabularies check merging by score (leftmost
+//   on ties), the space prefix, byte fallback and the unknown token, and bad score arrays.
+//   (llama.cpp's ids on many strings: tokenizer_fixture_test.cpp.)
 // - The pre-tokenizer alone (no file) splits as llama.cpp's splitters do, including its
 //   quirks (U+0085 is whitespace; invalid UTF-8 becomes U+FFFD).
 #include <chrono>
+#include <cstdio>
 #include <thread>
 #include <fstream>
 #include <iostream>
@@ -313,6 +319,45 @@ TEST(PreTokenizer, Llama3AndDeepseek3) {
     EXPECT_EQ(words(**ds3, "~~ab"), (strings{"~", "~ab"}));
 }
 
+TEST(PreTokenizer, NamesOfTheMoeModels) {
+    // Readable examples of what llama.cpp's splitters make (all of it: tokenizer_fixture_test).
+    auto gpt4o = pre_tokenizer::create("gpt-4o");  // gpt-oss
+    ASSERT_TRUE(gpt4o) << gpt4o.error().message;
+    EXPECT_EQ(words(**gpt4o, "HelloWorld iPhone's XMLHttp"), (strings{"Hello", "World", " i", "Phone's", " XMLHttp"}));
+    EXPECT_EQ(words(**gpt4o, "a//b\n\n"), (strings{"a", "//", "b", "\n\n"}));
+    auto kimi = pre_tokenizer::create("kimi-k2");
+    ASSERT_TRUE(kimi) << kimi.error().message;
+    EXPECT_EQ(words(**kimi, "HelloWorld中文abc's 12345"), (strings{"HelloWorld", "中文", "abc's", " ", "123", "45"}));
+    auto ds_llm = pre_tokenizer::create("deepseek-llm");  // DeepSeek-V2 / V2-Lite
+    ASSERT_TRUE(ds_llm) << ds_llm.error().message;
+    EXPECT_EQ(words(**ds_llm, "Hi 你好 12 ,x  "), (strings{"Hi", " ", "你好", " ", "12", " ,", "x", "  "}));
+    auto ds_coder = pre_tokenizer::create("deepseek-coder");
+    ASSERT_TRUE(ds_coder) << ds_coder.error().message;
+    EXPECT_EQ(words(**ds_coder, "Hi, 你好 12"), (strings{"Hi", ",", " ", "你好", " ", "1", "2"}));
+    auto glm4 = pre_tokenizer::create("glm4");  // GLM-4.5 / 4.6: llama3's splits, merges always
+    ASSERT_TRUE(glm4) << glm4.error().message;
+    EXPECT_FALSE((*glm4)->ignore_merges());
+    EXPECT_FALSE((*glm4)->add_bos_default());
+    EXPECT_EQ(words(**glm4, "1234567 abc"), (strings{"123", "456", "7", " abc"}));
+}
+
+TEST(PreTokenizer, LongRunsSplitCompletely) {
+    // Long runs of one class (where a backtracking expression could go quadratic): each
+    // pre-tokenizer must finish and its words must cover the text exactly.
+    std::string text = "x" + std::string(20000, ' ') + "y\n" + std::string(20000, 'A') + std::string(20000, 'a');
+    for (int i = 0; i < 5000; ++i) text += "\xC3\xA9";  // é: a letter of both cases to gpt-4o
+    text += std::string(20000, '!') + std::string(20000, '7') + std::string(20000, ' ');
+    for (const char* name : {"gpt-4o", "kimi-k2", "deepseek-llm", "deepseek-coder", "glm4"}) {
+        auto pre = pre_tokenizer::create(name);
+        ASSERT_TRUE(pre) << pre.error().message;
+        pretok_scratch scratch;
+        const std::string_view bytes = (*pre)->split(text, scratch);
+        std::string joined;
+        for (const auto w : scratch.words) joined.append(bytes.substr(w.begin, w.end - w.begin));
+        EXPECT_EQ(joined, text) << name;
+    }
+}
+
 TEST(PreTokenizer, UnknownNameIsUnsupported) {
     auto pre = pre_tokenizer::create("no-such-pre");
     ASSERT_FALSE(pre);
@@ -332,6 +377,7 @@ struct vocab_spec {
     std::vector<std::uint8_t> drop_bytes;     // byte tokens to leave out of the vocabulary
     int type_count_delta = 0;                 // make token_type longer/shorter than tokens
     std::int64_t eos = -1;
+    bool write_merges = true;
 };
 
 std::string byte_text(std::uint8_t b) {
@@ -376,7 +422,7 @@ result<std::unique_ptr<tokenizer>> build(const vocab_spec& spec, const std::stri
     w.set_string("tokenizer.ggml.pre", spec.pre);
     w.set_string_array("tokenizer.ggml.tokens", tokens);
     w.set_i32_array("tokenizer.ggml.token_type", types);
-    w.set_string_array("tokenizer.ggml.merges", spec.merges);
+    if (spec.write_merges) w.set_string_array("tokenizer.ggml.merges", spec.merges);
     if (spec.eos >= 0) w.set_u32("tokenizer.ggml.eos_token_id", static_cast<std::uint32_t>(spec.eos));
     const std::string path = (test::temp_dir() / (name + ".gguf")).string();
     auto written = w.write(path);
@@ -445,6 +491,176 @@ TEST(TokenizerSynthetic, IgnoreMergesTakesWholeWords) {
     EXPECT_EQ((*merged)->encode("xyz", false).size(), 3u);
 }
 
+// --- SentencePiece ("llama") ---
+
+const tokenizer& llama_spm() {
+    static const std::unique_ptr<tokenizer> tok =
+        load_tokenizer(test::models_dir() + "/tokenizer/llama-spm-vocab.gguf");
+    MOED_ASSERT(tok != nullptr);
+    return *tok;
+}
+
+TEST(TokenizerLlamaSpm, SpecialTokensAndDefaults) {
+    const tokenizer& tok = llama_spm();
+    EXPECT_EQ(tok.n_vocab(), 32000);
+    EXPECT_EQ(tok.bos_id(), 1);
+    EXPECT_EQ(tok.eos_id(), 2);
+    EXPECT_TRUE(tok.add_bos());
+    EXPECT_TRUE(tok.add_space_prefix());
+    EXPECT_TRUE(tok.is_eog(2));
+    EXPECT_FALSE(tok.is_eog(1));
+    EXPECT_TRUE(tok.is_special(0));  // <unk>
+    EXPECT_EQ(tok.token_bytes(1), "");
+    EXPECT_EQ(tok.token_bytes(1, true), "<s>");
+    EXPECT_EQ(tok.token_bytes(tok.find_token("<0x0A>")), "\n");
+    EXPECT_EQ(tok.token_bytes(tok.find_token("\xE2\x96\x81Hello")), " Hello");
+    // A space goes in front of the text and after each special token; decode drops the first.
+    const auto ids = tok.encode("Hello world", false);
+    EXPECT_EQ(ids, (std::vector<token_id>{15043, 3186}));
+    EXPECT_EQ(tok.decode(ids), "Hello world");
+    EXPECT_EQ(tok.encode("<s>hi", true), (std::vector<token_id>{1, tok.find_token("\xE2\x96\x81hi")}));
+    EXPECT_TRUE(tok.encode("", true).empty());
+}
+
+TEST(TokenizerLlamaSpm, ByteTokensStreamAsWholeCharacters) {
+    const tokenizer& tok = llama_spm();
+    // Characters the 32000 pieces lack become their UTF-8 bytes as <0xAB> tokens.
+    const std::string text = "🦙 llama 😶\u200d🌫️ 𠀀 ok";
+    const auto ids = tok.encode(text, false);
+    utf8_stream stream;
+    std::string out;
+    int byte_tokens = 0;
+    for (const token_id id : ids) {
+        const std::string bytes = tok.token_bytes(id);
+        const std::string part = stream.push(bytes);
+        byte_tokens += bytes.size() == 1 && (static_cast<unsigned char>(bytes[0]) & 0x80) != 0;
+        out += part;
+    }
+    out += stream.finish();
+    EXPECT_EQ(out, " " + text);  // the stream keeps the leading space, as llama.cpp's does
+    EXPECT_EQ(tok.decode(ids), text);
+    EXPECT_GE(byte_tokens, 8);
+    // Invalid UTF-8 is kept byte for byte (no U+FFFD as in byte-level BPE).
+    const std::string invalid = "a\xff\xc3(";
+    EXPECT_EQ(tok.decode(tok.encode(invalid, false)), invalid);
+}
+
+// A SentencePiece vocabulary: <unk>, <s>, </s>, the 256 byte tokens, then `pieces` with
+// their scores (text with U+2581 for spaces).
+struct spm_spec {
+    std::vector<std::pair<std::string, float>> pieces;
+    std::vector<std::uint8_t> drop_bytes;
+    int score_count_delta = 0;
+    bool scores_as_ints = false;
+    int add_space_prefix = -1;  // -1: key absent
+    bool write_special_ids = true;
+};
+
+result<std::unique_ptr<tokenizer>> build_spm(const spm_spec& spec, const std::string& name) {
+    std::vector<std::string> tokens = {"<unk>", "<s>", "</s>"};
+    std::vector<std::int32_t> types = {2, 3, 3};
+    std::vector<float> scores = {0, 0, 0};
+    for (unsigned b = 0; b < 256; ++b) {
+        if (std::find(spec.drop_bytes.begin(), spec.drop_bytes.end(), b) != spec.drop_bytes.end()) continue;
+        char hex[8];
+        std::snprintf(hex, sizeof(hex), "<0x%02X>", b);
+        tokens.push_back(hex);
+        types.push_back(6);
+        scores.push_back(0);
+    }
+    for (const auto& [text, score] : spec.pieces) {
+        tokens.push_back(text);
+        types.push_back(1);
+        scores.push_back(score);
+    }
+    if (spec.score_count_delta < 0) scores.resize(scores.size() - 1);
+    storage::gguf_writer w;
+    w.set_string("general.architecture", "llama");
+    w.set_string("tokenizer.ggml.model", "llama");
+    w.set_string_array("tokenizer.ggml.tokens", tokens);
+    w.set_i32_array("tokenizer.ggml.token_type", types);
+    if (spec.scores_as_ints) {
+        w.set_i32_array("tokenizer.ggml.scores", std::vector<std::int32_t>(scores.size(), 0));
+    } else {
+        w.set_f32_array("tokenizer.ggml.scores", scores);
+    }
+    if (spec.write_special_ids) {
+        w.set_u32("tokenizer.ggml.bos_token_id", 1);
+        w.set_u32("tokenizer.ggml.eos_token_id", 2);
+    }
+    if (spec.add_space_prefix >= 0) w.set_bool("tokenizer.ggml.add_space_prefix", spec.add_space_prefix != 0);
+    const std::string path = (test::temp_dir() / (name + ".gguf")).string();
+    auto written = w.write(path);
+    if (!written) return unexpected(std::move(written).error());
+    auto file = storage::gguf_file::open(path);
+    if (!file) return unexpected(std::move(file).error());
+    return tokenizer::from_gguf(**file);
+}
+
+constexpr token_id spm_first_piece = 3 + 256;
+
+TEST(TokenizerSpmSynthetic, HighestScoreMergesFirstThenLeftmost) {
+    spm_spec spec;
+    spec.add_space_prefix = 0;
+    // 259 a, 260 b, 261 c, 262 ab (-5), 263 bc (-3), 264 abc (-10), 265 aa (-2)
+    spec.pieces = {{"a", -1}, {"b", -1}, {"c", -1}, {"ab", -5}, {"bc", -3}, {"abc", -10}, {"aa", -2}};
+    auto tok = build_spm(spec, "spm_scores");
+    ASSERT_TRUE(tok) << tok.error().message;
+    EXPECT_FALSE((*tok)->add_space_prefix());
+    // "bc" scores higher than "ab", so abc is a + bc -> abc even though abc scores lowest.
+    EXPECT_EQ((*tok)->encode("abc", false), (std::vector<token_id>{spm_first_piece + 5}));
+    EXPECT_EQ((*tok)->encode("abx", false), (std::vector<token_id>{spm_first_piece + 3, 3 + 'x'}));
+    // Equal scores: leftmost first, so aaaa is aa + aa and aaa is aa + a.
+    EXPECT_EQ((*tok)->encode("aaaa", false), (std::vector<token_id>{spm_first_piece + 6, spm_first_piece + 6}));
+    EXPECT_EQ((*tok)->encode("aaa", false), (std::vector<token_id>{spm_first_piece + 6, spm_first_piece}));
+}
+
+TEST(TokenizerSpmSynthetic, SpacesAndByteFallback) {
+    spm_spec spec;
+    spec.pieces = {{"\xE2\x96\x81" "a", -1}, {"\xE2\x96\x81", -2}, {"b", -3}};
+    spec.drop_bytes = {'q'};
+    auto tok = build_spm(spec, "spm_spaces");
+    ASSERT_TRUE(tok) << tok.error().message;
+    EXPECT_TRUE((*tok)->add_space_prefix());  // the default for SentencePiece
+    EXPECT_TRUE((*tok)->add_bos());
+    // The byte token of 'q' is left out, so ids are looked up by text.
+    const token_id space_a = (*tok)->find_token("\xE2\x96\x81" "a");
+    const token_id space = (*tok)->find_token("\xE2\x96\x81");
+    const token_id b = (*tok)->find_token("b");
+    ASSERT_GE(space_a, 0);
+    EXPECT_EQ((*tok)->encode("a b", false), (std::vector<token_id>{space_a, space, b}));
+    // é is no piece: its two bytes; q has no byte token either: the unknown token.
+    EXPECT_EQ((*tok)->encode("b\xC3\xA9q", false),
+              (std::vector<token_id>{space, b, (*tok)->find_token("<0xC3>"), (*tok)->find_token("<0xA9>"), 0}));
+    EXPECT_EQ((*tok)->decode((*tok)->encode("a b", false)), "a b");
+    // Control tokens split only with parse_special; a space follows each.
+    EXPECT_EQ((*tok)->encode("</s>a", true), (std::vector<token_id>{2, space_a}));
+    const std::vector<token_id> after_eos{2, space_a};
+    EXPECT_EQ((*tok)->decode(after_eos, true), "</s> a");
+}
+
+TEST(TokenizerSpmSynthetic, DefaultSpecialIdsAndBadScores) {
+    spm_spec defaults;
+    defaults.write_special_ids = false;
+    auto tok = build_spm(defaults, "spm_defaults");
+    ASSERT_TRUE(tok) << tok.error().message;
+    EXPECT_EQ((*tok)->bos_id(), 1);  // llama.cpp's SentencePiece defaults
+    EXPECT_EQ((*tok)->eos_id(), 2);
+    EXPECT_TRUE((*tok)->is_eog(2));
+
+    spm_spec short_scores;
+    short_scores.score_count_delta = -1;
+    auto short_tok = build_spm(short_scores, "spm_short_scores");
+    ASSERT_FALSE(short_tok);
+    EXPECT_EQ(short_tok.error().code, errc::bad_file);
+    EXPECT_NE(short_tok.error().message.find("tokenizer.ggml.scores"), std::string::npos) << short_tok.error().message;
+    spm_spec int_scores;
+    int_scores.scores_as_ints = true;
+    auto int_tok = build_spm(int_scores, "spm_int_scores");
+    ASSERT_FALSE(int_tok);
+    EXPECT_NE(int_tok.error().message.find("tokenizer.ggml.scores"), std::string::npos) << int_tok.error().message;
+}
+
 void expect_error(const vocab_spec& spec, const std::string& name, errc code,
                   std::initializer_list<std::string_view> mentions) {
     auto tok = build(spec, name);
@@ -457,12 +673,13 @@ void expect_error(const vocab_spec& spec, const std::string& name, errc code,
 
 TEST(TokenizerErrors, RefusesBadFiles) {
     vocab_spec wrong_model;
-    wrong_model.model = "llama";
-    expect_error(wrong_model, "wrong_model", errc::unsupported, {"tokenizer.ggml.model", "llama"});
+    wrong_model.model = "bert";
+    expect_error(wrong_model, "wrong_model", errc::unsupported, {"wrong_model.gguf", "tokenizer.ggml.model", "bert"});
 
     vocab_spec unknown_pre;
     unknown_pre.pre = "klingon-bpe";
-    expect_error(unknown_pre, "unknown_pre", errc::unsupported, {"tokenizer.ggml.pre", "klingon-bpe"});
+    expect_error(unknown_pre, "unknown_pre", errc::unsupported,
+                 {"unknown_pre.gguf", "tokenizer.ggml.pre", "klingon-bpe"});
 
     vocab_spec short_types;
     short_types.type_count_delta = -1;
@@ -485,6 +702,15 @@ TEST(TokenizerErrors, RefusesBadFiles) {
     vocab_spec duplicate;
     duplicate.extra = {"a"};
     expect_error(duplicate, "duplicate", errc::bad_file, {"tokenizer.ggml.tokens"});
+
+    // Only Kimi-K2's files may leave the merges out (llama.cpp then merges nothing).
+    vocab_spec no_merges;
+    no_merges.write_merges = false;
+    expect_error(no_merges, "no_merges", errc::bad_file, {"no_merges.gguf", "tokenizer.ggml.merges"});
+    no_merges.pre = "kimi-k2";
+    auto kimi = build(no_merges, "kimi_no_merges");
+    ASSERT_TRUE(kimi) << kimi.error().message;
+    EXPECT_EQ((*kimi)->encode("ab", false), (std::vector<token_id>{'a', 'b'}));
 
     vocab_spec bad_type;
     bad_type.extra = {"zz"};
