@@ -107,7 +107,7 @@ TEST(model_load, broken_files_are_clear_errors) {
              }
          },
          errc::bad_file, {"blk.0.attn_k.weight", "shape"}},
-        {"unsupported-tokenizer", [](auto& c) { set_kv(c, "tokenizer.ggml.model", string_value("llama")); },
+        {"unsupported-tokenizer", [](auto& c) { set_kv(c, "tokenizer.ggml.model", string_value("bert")); },
          errc::unsupported, {"tokenizer.ggml.model"}},
     };
     for (const auto& bc : cases) {
