@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -79,9 +80,9 @@ std::uint64_t copy_bytes(const storage::gguf_file& file, bool all, std::uint32_t
 // Copies the weights the model serves into owned memory with positional reads, then drops
 // those pages from the page cache so the copy is the only resident instance. Nothing reads
 // the file's mapping after load, so a file truncated or rewritten underneath cannot fault
-// the process. With `all`, the whole data section is copied in one piece (file offsets map
-// to copy offsets by subtracting its start, as the resident expert source needs; skipped
-// blocks come along, unused); otherwise every tensor but the routed experts and the blocks
+// the process. With `all`, the data section keeps its layout (file offsets map to copy
+// offsets by subtracting its start, as the resident expert source needs) but the skipped
+// blocks are left out of the reads, so their part of the copy is never touched; otherwise every tensor but the routed experts and the blocks
 // of n_layer and later, each at a 64-byte aligned offset. Returns the copy's offset of each
 // tensor it holds.
 result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage::gguf_file& file, bool all,
@@ -117,7 +118,23 @@ result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage:
     };
     result<void> done;
     if (all) {
-        done = read_one(file.data_offset(), total, base, "the tensor data");
+        // Runs of adjacent tensors in one read each; a skipped block's bytes are never read,
+        // so its pages of the copy are never touched and cost no memory.
+        std::vector<const storage::gguf_tensor_info*> order;
+        for (const auto& t : file.tensors()) {
+            if (!is_skipped_block(t.name, n_layer)) order.push_back(&t);
+        }
+        std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) { return a->offset < b->offset; });
+        for (std::size_t i = 0; i < order.size() && done;) {
+            const std::uint64_t start = order[i]->offset;
+            std::uint64_t end = start + order[i]->size_bytes;
+            std::size_t j = i + 1;
+            // Alignment padding between tensors (less than a page) joins a run.
+            for (; j < order.size() && order[j]->offset <= end + 4096; ++j) end = std::max(end, order[j]->offset + order[j]->size_bytes);
+            done = read_one(start, end - start, base + (start - file.data_offset()),
+                            j == i + 1 ? fmt::format("tensor '{}'", order[i]->name) : "the tensor data");
+            i = j;
+        }
     } else {
         for (const auto& t : file.tensors()) {
             if (!is_copied_dense(t.name, n_layer)) continue;
