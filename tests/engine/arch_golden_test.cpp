@@ -88,7 +88,9 @@ int check_cases(model& m, const nlohmann::json& golden, const std::string& label
 
 struct arch_case {
     std::string arch;
-    std::string variant;  // moe-synth --variant (deepseek2, glm4moe), or empty
+    // moe-synth --variant (deepseek2, glm4moe), "spm" (llama: Mixtral's SentencePiece
+    // vocabulary, models/tokenizer/llama-spm-vocab.gguf, instead of the synthetic one), or empty
+    std::string variant;
     std::uint64_t seed = 11;
     std::string type;
 };
@@ -121,7 +123,11 @@ std::string synthesize(const arch_case& c) {
     shape.ctx = 512;
     tools::synth_options options;
     options.arch = c.arch;
-    options.variant = c.variant;
+    if (c.variant == "spm") {
+        options.vocab_from = test::models_dir() + "/tokenizer/llama-spm-vocab.gguf";
+    } else {
+        options.variant = c.variant;
+    }
     options.type = c.type;
     options.seed = c.seed;
     const std::string path = (test::temp_dir() / (model_name(c) + ".gguf")).string();
@@ -181,6 +187,7 @@ std::vector<arch_case> all_cases() {
     // deepseek2 takes seed 13: with seed 11 llama.cpp's best token is end-of-text in some
     // cases, which its ignore_eos bias turns into the runner-up (make-golden.py refuses those).
     const arch_case models[] = {{"qwen3moe", "", 11, ""},       {"llama", "", 11, ""},
+                                {"llama", "spm", 11, ""},
                                 {"qwen2moe", "", 11, ""},       {"olmoe", "", 11, ""},
                                 {"gpt-oss", "", 11, ""},        {"glm4moe", "air", 11, ""},
                                 {"deepseek2", "v2-lite", 13, ""}, {"deepseek2", "v3", 13, ""}};
