@@ -539,6 +539,16 @@ void tier_core::fill(expert_cache_stats& out, std::vector<std::uint32_t>& sample
         const std::uint32_t sec = ring_.section_of_layer(l);
         if (sec != section_ring::hot) r.sections[sec].layers.push_back(l);
     }
+    out.slot_classes.assign(classes_.n_classes(), slot_class_stats{});
+    for (std::uint32_t c = 0; c < classes_.n_classes(); ++c) {
+        slot_class_stats& cs = out.slot_classes[c];
+        cs.slot_bytes = classes_[c].slot_bytes;
+        cs.slots = classes_[c].n_slots;
+        for (std::uint32_t s = classes_[c].first_slot; s < classes_[c].first_slot + classes_[c].n_slots; ++s) {
+            if (slots_.holds_bytes(s)) ++cs.resident;
+        }
+    }
+    for (std::uint32_t l = 0; l < layout_.n_layer; ++l) out.slot_classes[classes_.class_of_layer(l)].layers.push_back(l);
 }
 
 }  // namespace moed::storage
