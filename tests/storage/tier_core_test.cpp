@@ -225,11 +225,13 @@ TEST(tier_core, loads_of_one_slot_class_never_evict_the_other) {
         for (std::uint32_t e = 0; e < big; ++e) big_ids.push_back(e);
         f.use(1, {big_ids.begin(), big_ids.begin() + big / 2});
         f.use(3, {big_ids.begin(), big_ids.begin() + (big - big / 2)});
-        // Many passes over every expert of the small layers: they evict one another only.
+        // Many passes over every expert of the small layers, each layer's experts one after
+        // another in one pass of it, so its class's slots all end up guarded for the layer
+        // computed now while the other class's are merely reclaimable: they evict one
+        // another only.
         for (int round = 0; round < 4; ++round) {
-            for (std::uint32_t e = 0; e < class_fixture::experts; e += 2) {
-                f.use(0, {e, e + 1});
-                f.use(2, {e + 1, e});
+            for (std::uint32_t l : {0u, 2u}) {
+                for (std::uint32_t e = 0; e < class_fixture::experts; ++e) f.use(l, {e});
             }
         }
         for (std::uint32_t e = 0; e < big / 2; ++e) EXPECT_TRUE(f.resident(1, e)) << "1/" << e;
@@ -244,9 +246,8 @@ TEST(tier_core, loads_of_one_slot_class_never_evict_the_other) {
         }
         EXPECT_EQ(small_resident.size(), small);
         for (int round = 0; round < 4; ++round) {
-            for (std::uint32_t e = 0; e < class_fixture::experts; e += 2) {
-                f.use(1, {e, e + 1});
-                f.use(3, {e, e + 1});
+            for (std::uint32_t l : {1u, 3u}) {
+                for (std::uint32_t e = 0; e < class_fixture::experts; ++e) f.use(l, {e});
             }
         }
         for (auto [l, e] : small_resident) EXPECT_TRUE(f.resident(l, e)) << l << "/" << e;

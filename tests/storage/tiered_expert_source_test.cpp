@@ -311,7 +311,12 @@ TEST(tiered_expert_source, slot_classes_keep_each_layers_experts_apart) {
     for (std::uint32_t e = 0; e < big; ++e) acquire({ExpertId{2 + e % 2, e / 2}});
     const auto big2 = resident(2), big3 = resident(3);
     EXPECT_EQ(big2.size() + big3.size(), big);
+    // One layer's experts one after another (the same layer computed, so its class's slots
+    // end up guarded for it while the other class's are merely reclaimable), in pairs too.
     for (int pass = 0; pass < 3; ++pass) {
+        for (std::uint32_t l : {0u, 1u}) {
+            for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{l, e}});
+        }
         for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{0, e}, ExpertId{1, 7 - e}});
     }
     EXPECT_EQ(resident(2), big2) << "a small layer's load evicted a big layer's expert";
@@ -320,6 +325,9 @@ TEST(tiered_expert_source, slot_classes_keep_each_layers_experts_apart) {
     EXPECT_EQ(small0.size() + small1.size(), small);
     // And the other way round.
     for (int pass = 0; pass < 3; ++pass) {
+        for (std::uint32_t l : {2u, 3u}) {
+            for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{l, e}});
+        }
         for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{2, e}, ExpertId{3, 7 - e}});
     }
     EXPECT_EQ(resident(0), small0) << "a big layer's load evicted a small layer's expert";
