@@ -101,6 +101,15 @@ struct ring_stats {
     std::vector<ring_section_stats> sections;
 };
 
+// A run of host slots of one size: the slots of the layers whose experts need that many
+// bytes (one class when every layer's experts are alike). capacity = the sum over classes.
+struct slot_class_stats {
+    std::uint64_t slot_bytes = 0;
+    std::uint32_t slots = 0;
+    std::vector<std::uint32_t> layers;  // whose experts load into these slots
+    std::uint32_t resident = 0;         // experts resident in them now
+};
+
 struct expert_cache_stats {
     std::string io_mode;  // how expert bytes are read: uring_direct, pread_buffered, ...
     std::uint32_t queue_depth = 0;
@@ -112,6 +121,7 @@ struct expert_cache_stats {
     std::vector<std::string> layer_residency;
     prefetch_stats prefetch;
     ring_stats ring;
+    std::vector<slot_class_stats> slot_classes;  // of the host tier
 };
 
 struct model_status {
@@ -212,8 +222,9 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(prefetch_stats, requested, issue
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_section_stats, slots, layers, layer, resident)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(ring_stats, enabled, slots_per_layer, hot_slots, hot_set,
                                                 hot_resident, sections)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(slot_class_stats, slot_bytes, slots, layers, resident)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(expert_cache_stats, io_mode, queue_depth, expert_bytes_total, host,
-                                                nvme, layer_residency, prefetch, ring)
+                                                nvme, layer_residency, prefetch, ring, slot_classes)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(model_status, id, path, architecture, n_layer, n_expert,
                                                 n_expert_used, n_ctx, n_vocab, file_bytes, dense_bytes, expert_bytes, state,
                                                 error)

@@ -302,8 +302,7 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     auto layout = storage::expert_layout::from_gguf(file, stacked_expert_names(hp), hp.n_expert, hp.n_embd, hp.n_ff_exp);
     if (!layout) return unexpected(std::move(layout).error());
     m->layout_ = std::move(layout).value();
-    const std::uint64_t every_expert_bytes = static_cast<std::uint64_t>(m->layout_.n_layer) * hp.n_expert *
-                                             storage::tiered_slot_bytes(m->layout_, host_slot_alignment);
+    const std::uint64_t every_expert_bytes = storage::tiered_every_expert_bytes(m->layout_, host_slot_alignment);
     MOED_TRY(check_load_fits(options.host_budget, m->expert_bytes(), every_expert_bytes,
                              copy_bytes(file, !options.host_budget, hp.n_layer),
                              options.physical_memory_bytes != 0 ? options.physical_memory_bytes

@@ -152,7 +152,7 @@ private:
     std::size_t index_of(std::uint32_t layer, std::int32_t e) const noexcept {
         return static_cast<std::size_t>(layer) * ne_ + static_cast<std::size_t>(e);
     }
-    cache& cache_of(std::uint32_t layer) { return caches_[options_.scope == cache_scope::per_layer ? layer : 0]; }
+    cache& cache_of(std::uint32_t layer) { return caches_[cache_of_layer_[layer]]; }
     result<void> setup();
     void compute_next_uses();
     std::optional<std::uint32_t> take_slot(cache& c);
@@ -166,6 +166,7 @@ private:
     const trace_info& info_;
     std::uint32_t ne_, nl_, k_;
     std::vector<cache> caches_;
+    std::vector<std::uint32_t> cache_of_layer_;
     std::vector<std::int32_t> where_;       // slot per expert index, or not_resident
     std::vector<std::uint64_t> next_use_;   // [step][k]: the step each chosen expert is next used
     replay_result out_;
@@ -173,15 +174,43 @@ private:
 };
 
 result<void> simulator::setup() {
-    const std::uint32_t n_caches = options_.scope == cache_scope::per_layer ? nl_ : 1;
-    const std::uint32_t per_cache = options_.slots / n_caches;
-    if (per_cache < k_) {
-        return make_error(errc::invalid_argument,
-                          "replay: {} slots give each of {} {} caches {} slots, fewer than the {} experts a layer uses",
-                          options_.slots, n_caches, scope_name(options_.scope), per_cache, k_);
+    const storage::slot_classes& classes = options_.classes;
+    const bool per_layer = options_.scope == cache_scope::per_layer;
+    // The slots of each cache, and which cache each layer uses.
+    std::vector<std::uint32_t> sizes;
+    cache_of_layer_.assign(nl_, 0);
+    if (classes.n_classes() == 0) {
+        const std::uint32_t n_caches = per_layer ? nl_ : 1;
+        sizes.assign(n_caches, options_.slots / n_caches);
+        if (per_layer) {
+            for (std::uint32_t l = 0; l < nl_; ++l) cache_of_layer_[l] = l;
+        }
+    } else {
+        if (classes.n_layer() != nl_) {
+            return make_error(errc::invalid_argument, "replay: slot classes made for {} layers, the trace has {}",
+                              classes.n_layer(), nl_);
+        }
+        for (std::uint32_t l = 0; l < nl_; ++l) {
+            const storage::slot_class& c = classes[classes.class_of_layer(l)];
+            cache_of_layer_[l] = per_layer ? l : classes.class_of_layer(l);
+            if (per_layer) sizes.push_back(c.n_slots / c.n_layer);
+        }
+        if (!per_layer) {
+            for (const storage::slot_class& c : classes.classes()) sizes.push_back(c.n_slots);
+        }
     }
-    caches_.resize(n_caches);
-    for (cache& c : caches_) {
+    const std::uint32_t total = classes.n_classes() == 0 ? options_.slots : classes.n_slots();
+    for (std::uint32_t per_cache : sizes) {
+        if (per_cache < k_) {
+            return make_error(errc::invalid_argument,
+                              "replay: {} slots give each of {} {} caches {} slots, fewer than the {} experts a layer uses",
+                              total, sizes.size(), scope_name(options_.scope), per_cache, k_);
+        }
+    }
+    caches_.resize(sizes.size());
+    for (std::size_t i = 0; i < caches_.size(); ++i) {
+        cache& c = caches_[i];
+        const std::uint32_t per_cache = sizes[i];
         c.n_slots = per_cache;
         c.free_slots.resize(per_cache);
         for (std::uint32_t s = 0; s < per_cache; ++s) c.free_slots[s] = per_cache - 1 - s;  // slot 0 first

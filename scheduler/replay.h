@@ -19,6 +19,7 @@
 
 #include "common/result.h"
 #include "scheduler/trace_data.h"
+#include "storage/slot_classes.h"
 
 namespace moed::scheduler {
 
@@ -33,6 +34,10 @@ struct replay_options {
     // Slots in the whole cache; per_layer gives each layer slots / n_layer of them. Each
     // cache must hold at least n_expert_used experts.
     std::uint32_t slots = 0;
+    // The host tier's slot classes (storage/slot_classes.h), when the layers' experts differ
+    // in size: then `slots` is not used; global is a cache per class (its slots, for its
+    // layers' experts), per_layer gives each layer its class's slots / the class's layers.
+    storage::slot_classes classes;
 };
 
 struct replay_result {

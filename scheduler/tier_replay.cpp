@@ -242,7 +242,7 @@ result<void> replayer::acquire_group(std::uint32_t layer, std::span<const Expert
             if (!wait_next_load()) {
                 return make_error(errc::invalid_argument,
                                   "layer {}: no slot for expert {} in a cache of {} slots with nothing loading", layer,
-                                  ids[k].expert, core.n_slots());
+                                  ids[k].expert, core.n_slots_of_layer(layer));
             }
             continue;
         }
@@ -325,7 +325,7 @@ result<void> replayer::step(std::uint32_t layer, std::span<const std::size_t> ba
     const double expert_us =
         needed_.empty() ? 0.0
                         : layer_us * (1.0 - options_.attention_share) / static_cast<double>(needed_.size());
-    const std::size_t group = core.n_slots();
+    const std::size_t group = core.n_slots_of_layer(layer);  // the slots its class has
     for (std::size_t first = 0; first < needed_.size(); first += group) {
         const std::size_t count = std::min(group, needed_.size() - first);
         MOED_TRY(acquire_group(layer, std::span<const ExpertId>(needed_.data() + first, count), expert_us));
@@ -336,7 +336,15 @@ result<void> replayer::step(std::uint32_t layer, std::span<const std::size_t> ba
 
 result<tier_replay_result> replayer::run() {
     MOED_TRY(validate_trace(trace_));
-    if (options_.slots == 0) return make_error(errc::invalid_argument, "tier replay: no slots");
+    const storage::slot_classes& classes = options_.classes;
+    const bool by_class = classes.n_classes() > 0;
+    if (by_class && classes.n_layer() != info_.n_layer) {
+        return make_error(errc::invalid_argument, "tier replay: slot classes made for {} layers, the trace has {}",
+                          classes.n_layer(), info_.n_layer);
+    }
+    if (by_class ? classes.n_slots_min() == 0 : options_.slots == 0) {
+        return make_error(errc::invalid_argument, "tier replay: no slots");
+    }
     storage::expert_layout layout;
     layout.n_layer = info_.n_layer;
     layout.n_expert = info_.n_expert;
@@ -347,7 +355,11 @@ result<tier_replay_result> replayer::run() {
     }
     storage::tiered_options tier = options_.tier;
     if (tier.slots_per_layer == 0) tier.slots_per_layer = 2 * info_.n_expert_used;
-    core.reset(layout, tier, options_.slots, &mover_, [this] { return clock_.now(); });
+    if (by_class) {
+        core.reset(layout, tier, classes, &mover_, [this] { return clock_.now(); });
+    } else {
+        core.reset(layout, tier, options_.slots, &mover_, [this] { return clock_.now(); });
+    }
     if (options_.prefetch && info_.lookahead_depth > 0) {
         prefetch_planner_options po = options_.planner;
         po.depth = std::min<int>(po.depth, static_cast<int>(info_.lookahead_depth));

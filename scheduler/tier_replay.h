@@ -27,6 +27,7 @@
 #include "common/result.h"
 #include "scheduler/prefetch_planner.h"
 #include "scheduler/trace_data.h"
+#include "storage/slot_classes.h"
 #include "storage/tiers.h"
 
 namespace moed::scheduler {
@@ -46,7 +47,11 @@ enum class tier_replay_order : std::uint8_t {
 };
 
 struct tier_replay_options {
-    std::uint32_t slots = 0;  // host slots; must hold one layer's experts of a batch
+    std::uint32_t slots = 0;  // host slots in one class; must hold one layer's experts of a batch
+    // The host tier's slot classes when the layers' experts differ in size: what
+    // storage::tiered_slot_classes() makes of the daemon's budget for the model, so the replay
+    // has the capacities the daemon has. When it has classes, `slots` is not used.
+    storage::slot_classes classes;
     // The tier's placement and queue settings, as the daemon passes them (slots_per_layer 0:
     // 2 x the experts used per token, as the engine sets it).
     storage::tiered_options tier;

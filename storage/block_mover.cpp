@@ -23,10 +23,10 @@ block_mover::block_mover(std::unique_ptr<block_reader> reader, slot_memory memor
                          file_identity identity, block_mover_options options)
     : options_(std::move(options)),
       layout_(layout),
-      memory_(memory),
+      memory_(std::move(memory)),
       reader_(std::move(reader)),
       identity_(identity) {
-    MOED_ASSERT(reader_ != nullptr && memory_.base != nullptr && memory_.n_slots > 0);
+    MOED_ASSERT(reader_ != nullptr && memory_.base != nullptr && memory_.n_slots() > 0);
     MOED_ASSERT(is_power_of_two(options_.region_alignment));
     MOED_ASSERT(options_.chunk_bytes_max > 0 && options_.chunk_bytes_max <= 0xffffffffu);
     reader_alignment_ = reader_->alignment();
@@ -37,19 +37,23 @@ block_mover::block_mover(std::unique_ptr<block_reader> reader, slot_memory memor
     for (std::uint32_t l = 0; l < layout_.n_layer; ++l) {
         geometry_.push_back(geometry_of(layout_, l, options_.region_alignment));
         const layer_geometry& g = geometry_.back();
-        MOED_ASSERT(g.region_offset[2] + g.region_bytes[2] <= memory_.slot_bytes);
+        // Every layer fits the largest slot; queue() checks the slot a load actually gets.
+        MOED_ASSERT(g.region_offset[2] + g.region_bytes[2] <= memory_.classes.slot_bytes_max());
     }
-    loads_.resize(memory_.n_slots);
-    staged_.reserve(static_cast<std::size_t>(memory_.n_slots) * 3);
-    taking_.reserve(static_cast<std::size_t>(memory_.n_slots) * 3);
-    pending_.reserve(static_cast<std::size_t>(memory_.n_slots) * 3);
-    done_.reserve(memory_.n_slots);
+    loads_.resize(memory_.n_slots());
+    staged_.reserve(static_cast<std::size_t>(memory_.n_slots()) * 3);
+    taking_.reserve(static_cast<std::size_t>(memory_.n_slots()) * 3);
+    pending_.reserve(static_cast<std::size_t>(memory_.n_slots()) * 3);
+    done_.reserve(memory_.n_slots());
 }
 
 block_mover::~block_mover() = default;
 
 void block_mover::queue(std::uint32_t slot, ExpertId id) {
-    MOED_ASSERT(slot < memory_.n_slots && id.layer < layout_.n_layer && id.expert < layout_.n_expert);
+    MOED_ASSERT(slot < memory_.n_slots() && id.layer < layout_.n_layer && id.expert < layout_.n_expert);
+    // The slot is of the layer's class: its regions fit.
+    MOED_ASSERT(geometry_[id.layer].region_offset[2] + geometry_[id.layer].region_bytes[2] <=
+                memory_.classes.slot_bytes(slot));
     std::lock_guard lock(queue_mutex_);
     if (stopping_) return;  // the tier is shutting down: nobody waits for this load
     load& l = loads_[slot];
@@ -179,7 +183,7 @@ void block_mover::on_completion_locked(const read_completion& c) noexcept {
     --submitted_;
     const auto slot = static_cast<std::uint32_t>(c.user_data >> 2);
     const auto m = static_cast<std::size_t>(c.user_data & 3);
-    MOED_ASSERT(slot < memory_.n_slots && m < 3);
+    MOED_ASSERT(slot < memory_.n_slots() && m < 3);
     load& l = loads_[slot];
     if (stopping_) return;  // only draining: nobody waits for this load
     MOED_ASSERT(l.active && l.matrices_pending > 0);

@@ -40,6 +40,7 @@
 #include "storage/block_reader.h"
 #include "storage/expert_source.h"
 #include "storage/mover.h"
+#include "storage/slot_classes.h"
 #include "storage/slot_geometry.h"
 
 namespace moed::storage {
@@ -55,12 +56,17 @@ struct block_mover_options {
 // "size S, inode I, mtime M ns": a file identity in messages.
 std::string identity_text(const file_identity& id);
 
-// The memory the loads land in: n_slots slots of slot_bytes each from base.
+// The memory the loads land in: from base, the slots of `classes` (storage/slot_classes.h),
+// or n_slots slots of slot_bytes each.
 struct slot_memory {
+    slot_memory(std::byte* base_in, std::uint32_t n_slots, std::uint64_t slot_bytes)
+        : base(base_in), classes(slot_classes::uniform(n_slots, slot_bytes)) {}
+    slot_memory(std::byte* base_in, slot_classes classes_in) : base(base_in), classes(std::move(classes_in)) {}
+
     std::byte* base = nullptr;
-    std::uint32_t n_slots = 0;
-    std::uint64_t slot_bytes = 0;
-    std::byte* slot(std::uint32_t s) const noexcept { return base + static_cast<std::uint64_t>(s) * slot_bytes; }
+    slot_classes classes;
+    std::uint32_t n_slots() const noexcept { return classes.n_slots(); }
+    std::byte* slot(std::uint32_t s) const noexcept { return base + classes.slot_offset(s); }
 };
 
 class block_mover final : public mover {
@@ -70,7 +76,7 @@ public:
 
     // Reads experts of `layout` from `reader` into `memory`. `identity` is the file as
     // opened (loads are checked against it). The reader's alignment must divide
-    // options.region_alignment, and every slot must hold the largest expert at that
+    // options.region_alignment, and a load's slot must hold its layer's experts at that
     // alignment (programmer errors: the tier sized both).
     block_mover(std::unique_ptr<block_reader> reader, slot_memory memory, const expert_layout& layout,
                 file_identity identity, block_mover_options options);

@@ -102,31 +102,44 @@ result<std::unique_ptr<host_slab>> host_slab::create(const host_slab_options& op
                           "host slab: alignment {} must be a power of two no larger than the page size ({})",
                           options.alignment, page_bytes);
     }
-    if (options.slot_bytes == 0 || options.slot_bytes % options.alignment != 0) {
-        return make_error(errc::invalid_argument,
-                          "host slab: slot size {} must be a non-zero multiple of the alignment {}",
-                          options.slot_bytes, options.alignment);
+    slot_classes classes = options.classes;
+    if (classes.n_classes() == 0) {
+        if (options.slot_bytes == 0 || options.slot_bytes % options.alignment != 0) {
+            return make_error(errc::invalid_argument,
+                              "host slab: slot size {} must be a non-zero multiple of the alignment {}",
+                              options.slot_bytes, options.alignment);
+        }
+        if (options.budget_bytes < options.slot_bytes) {
+            return make_error(errc::out_of_memory,
+                              "host budget {} ({} bytes) is smaller than one expert slot {} ({} bytes)",
+                              format_bytes(options.budget_bytes), options.budget_bytes,
+                              format_bytes(options.slot_bytes), options.slot_bytes);
+        }
+        const std::uint64_t n_slots64 = options.budget_bytes / options.slot_bytes;
+        if (n_slots64 > std::numeric_limits<std::uint32_t>::max()) {
+            return make_error(errc::invalid_argument, "host slab: {} slots is more than the slot index can count",
+                              n_slots64);
+        }
+        classes = slot_classes::uniform(static_cast<std::uint32_t>(n_slots64), options.slot_bytes);
     }
-    if (options.budget_bytes < options.slot_bytes) {
-        return make_error(errc::out_of_memory,
-                          "host budget {} ({} bytes) is smaller than one expert slot {} ({} bytes)",
-                          format_bytes(options.budget_bytes), options.budget_bytes,
-                          format_bytes(options.slot_bytes), options.slot_bytes);
+    for (const slot_class& c : classes.classes()) {
+        // Runs start at multiples of their predecessors' slot sizes, so every slot keeps the
+        // alignment when every slot size is a multiple of it.
+        if (c.slot_bytes == 0 || c.slot_bytes % options.alignment != 0) {
+            return make_error(errc::invalid_argument,
+                              "host slab: slot size {} must be a non-zero multiple of the alignment {}", c.slot_bytes,
+                              options.alignment);
+        }
     }
-    const std::uint64_t n_slots64 = options.budget_bytes / options.slot_bytes;
-    if (n_slots64 > std::numeric_limits<std::uint32_t>::max()) {
-        return make_error(errc::invalid_argument, "host slab: {} slots is more than the slot index can count",
-                          n_slots64);
-    }
-    const std::uint64_t used = n_slots64 * options.slot_bytes;
+    if (classes.n_slots() == 0) return make_error(errc::out_of_memory, "host slab: no slots");
+    const std::uint64_t used = classes.bytes();
     const std::uint64_t mapped = (used + page_bytes - 1) / page_bytes * page_bytes;
     if (mapped > std::numeric_limits<std::size_t>::max()) {
         return make_error(errc::out_of_memory, "host slab: {} bytes do not fit the address space", mapped);
     }
 
     std::unique_ptr<host_slab> slab(new host_slab());
-    slab->n_slots_ = static_cast<std::uint32_t>(n_slots64);
-    slab->slot_bytes_ = options.slot_bytes;
+    slab->classes_ = std::move(classes);
     slab->bytes_ = static_cast<std::size_t>(used);
     const std::size_t map_bytes = static_cast<std::size_t>(mapped);
 
@@ -211,8 +224,10 @@ result<std::unique_ptr<host_slab>> host_slab::create(const host_slab_options& op
     }
 #endif
 
-    MOED_LOG_DEBUG(component, "{} slots of {} ({}), NUMA node {}, {}", slab->n_slots_, format_bytes(slab->slot_bytes_),
-                   format_bytes(slab->bytes_), slab->numa_node_, slab->locked_ ? "locked" : "not locked");
+    MOED_LOG_DEBUG(component, "{} slots in {} run{} (largest slot {}), {}, NUMA node {}, {}", slab->n_slots(),
+                   slab->classes_.n_classes(), slab->classes_.n_classes() == 1 ? "" : "s",
+                   format_bytes(slab->slot_bytes()), format_bytes(slab->bytes_), slab->numa_node_,
+                   slab->locked_ ? "locked" : "not locked");
     return slab;
 }
 
@@ -243,8 +258,13 @@ host_slab::~host_slab() {
 }
 
 std::byte* host_slab::slot(std::uint32_t index) const noexcept {
-    MOED_ASSERT(index < n_slots_);
-    return base_ + static_cast<std::size_t>(index) * slot_bytes_;
+    MOED_ASSERT(index < n_slots());
+    return base_ + static_cast<std::size_t>(classes_.slot_offset(index));
+}
+
+std::uint32_t host_slab::slot_of(const std::byte* p) const noexcept {
+    MOED_ASSERT(p >= base_ && p < base_ + bytes_);
+    return classes_.slot_at(static_cast<std::uint64_t>(p - base_));
 }
 
 }  // namespace moed::storage

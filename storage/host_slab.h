@@ -1,5 +1,7 @@
-// The host tier's memory: one slab of fixed-size slots (slot = one expert's gate, up and
-// down matrices, each aligned for O_DIRECT), sized by a byte budget, allocated with hwloc on
+// The host tier's memory: one slab of expert slots (slot = one expert's gate, up and down
+// matrices, each aligned for O_DIRECT), in runs of equal slots, one run per slot class
+// (storage/slot_classes.h; one run when every expert is alike), sized by a byte budget,
+// allocated with hwloc on
 // the NUMA node nearest the compute device (the local node on a CPU-only machine), and
 // page-locked: mlock, plus cudaHostRegister when CUDA is on, so copies to a GPU need no
 // staging. Not allocated through jemalloc: it is one mapping for the life of the tier.
@@ -12,6 +14,7 @@
 #include <span>
 
 #include "common/result.h"
+#include "storage/slot_classes.h"
 
 namespace moed::storage {
 
@@ -22,8 +25,13 @@ enum class memory_lock : std::uint8_t {
 };
 
 struct host_slab_options {
-    std::uint64_t budget_bytes = 0;  // total slab bytes; n_slots = budget / slot_bytes
+    // One run of equal slots: n_slots = budget / slot_bytes (when `classes` has none).
+    std::uint64_t budget_bytes = 0;  // total slab bytes
     std::uint64_t slot_bytes = 0;    // already rounded to `alignment`
+    // Runs of slots by class, as plan_slot_classes() split the budget: the slab holds exactly
+    // these slots (budget_bytes and slot_bytes are then not used). Every class's slot size
+    // must be a multiple of `alignment`.
+    slot_classes classes;
     std::uint32_t alignment = 4096;
     memory_lock lock = memory_lock::required;
     int numa_node = -1;  // -1: the node local to the calling thread
@@ -39,9 +47,13 @@ public:
     host_slab(const host_slab&) = delete;
     host_slab& operator=(const host_slab&) = delete;
 
-    std::uint32_t n_slots() const noexcept { return n_slots_; }
-    std::uint64_t slot_bytes() const noexcept { return slot_bytes_; }
+    std::uint32_t n_slots() const noexcept { return classes_.n_slots(); }
+    // The largest slot (every slot's size when the slab is one run).
+    std::uint64_t slot_bytes() const noexcept { return classes_.slot_bytes_max(); }
+    const slot_classes& classes() const noexcept { return classes_; }
     std::byte* slot(std::uint32_t index) const noexcept;
+    // The slot whose bytes hold `p` (which must point into the slab).
+    std::uint32_t slot_of(const std::byte* p) const noexcept;
     std::span<std::byte> region() const noexcept { return {base_, bytes_}; }
     bool locked() const noexcept { return locked_; }
     // The node the slab is bound to; -1 when hwloc could not bind it (the kernel's default
@@ -52,8 +64,7 @@ private:
     host_slab() = default;
     std::byte* base_ = nullptr;
     std::size_t bytes_ = 0;
-    std::uint64_t slot_bytes_ = 0;
-    std::uint32_t n_slots_ = 0;
+    slot_classes classes_;
     bool locked_ = false;
     [[maybe_unused]] bool cuda_registered_ = false;  // read only by CUDA builds
     int numa_node_ = -1;

@@ -26,54 +26,88 @@ ring_plan plan_ring(std::uint32_t n_slots, std::uint32_t n_layer, std::uint32_t 
 }
 
 void section_ring::reset(std::uint32_t n_slots, std::uint32_t n_layer, std::uint32_t slots_per_layer) {
-    n_layer_ = std::max<std::uint32_t>(n_layer, 1);
+    classes_plan_ = slot_classes::uniform(n_slots, 0, n_layer);
+    layer_sections_ = true;
+    reset_classes(slots_per_layer);
+}
+
+void section_ring::reset(const slot_classes& classes, std::uint32_t slots_per_layer, bool layer_sections) {
+    classes_plan_ = classes;
+    layer_sections_ = layer_sections;
+    reset_classes(slots_per_layer);
+}
+
+void section_ring::reset_classes(std::uint32_t slots_per_layer) {
     slots_per_layer_ = std::max<std::uint32_t>(slots_per_layer, 1);
-    role_.assign(n_slots, 0);
-    position_.assign(n_slots, 0);
+    const std::uint32_t n = classes_plan_.n_slots();
+    classes_.clear();
+    for (const slot_class& c : classes_plan_.classes()) {
+        class_ring r;
+        r.first_slot = c.first_slot;
+        r.n_slots = c.n_slots;
+        r.n_layer = layer_sections_ ? std::max<std::uint32_t>(c.n_layer, 1) : 1;
+        classes_.push_back(r);
+    }
+    role_.assign(n, 0);
+    position_.assign(n, 0);
     hot_members_.clear();
-    std::vector<std::uint32_t> all(n_slots);
-    for (std::uint32_t s = 0; s < n_slots; ++s) all[s] = s;
-    place_ring(all);
+    place_rings(std::vector<std::uint8_t>(n, 0));
 }
 
 void section_ring::assign_hot(std::span<const std::uint32_t> slots) {
-    std::vector<bool> is_hot(n_slots(), false);
-    hot_members_.clear();
+    std::vector<std::uint8_t> is_hot(n_slots(), 0);
     for (std::uint32_t s : slots) {
-        MOED_ASSERT(s < n_slots() && !is_hot[s]);
-        is_hot[s] = true;
-        position_[s] = static_cast<std::uint32_t>(hot_members_.size());
-        role_[s] = hot;
-        hot_members_.push_back(s);
+        MOED_ASSERT(s < n_slots() && is_hot[s] == 0);
+        is_hot[s] = 1;
     }
-    std::vector<std::uint32_t> rest;
-    rest.reserve(n_slots() - slots.size());
-    for (std::uint32_t s = 0; s < n_slots(); ++s) {
-        if (!is_hot[s]) rest.push_back(s);
+    // Hot slots are listed class by class (each class's in the order given), so each class's
+    // hot set is one run of the list.
+    hot_members_.clear();
+    for (std::uint32_t c = 0; c < classes_.size(); ++c) {
+        class_ring& r = classes_[c];
+        r.first_hot = static_cast<std::uint32_t>(hot_members_.size());
+        for (std::uint32_t s : slots) {
+            if (s < r.first_slot || s >= r.first_slot + r.n_slots) continue;
+            position_[s] = static_cast<std::uint32_t>(hot_members_.size());
+            role_[s] = hot;
+            hot_members_.push_back(s);
+        }
+        r.n_hot = static_cast<std::uint32_t>(hot_members_.size()) - r.first_hot;
     }
-    place_ring(rest);
+    place_rings(is_hot);
 }
 
-void section_ring::place_ring(std::span<const std::uint32_t> ring_slots) {
-    const ring_plan plan =
-        plan_ring(static_cast<std::uint32_t>(ring_slots.size()), n_layer_, slots_per_layer_, 0);
-    members_.assign(plan.section_slots.size(), {});
-    std::size_t next = 0;
-    for (std::uint32_t sec = 0; sec < plan.section_slots.size(); ++sec) {
-        members_[sec].reserve(plan.section_slots[sec]);
-        for (std::uint32_t k = 0; k < plan.section_slots[sec]; ++k) {
-            const std::uint32_t s = ring_slots[next++];
-            role_[s] = sec;
-            position_[s] = k;
-            members_[sec].push_back(s);
+void section_ring::place_rings(std::span<const std::uint8_t> is_hot) {
+    members_.clear();
+    std::vector<std::uint32_t> ring_slots;
+    for (class_ring& r : classes_) {
+        ring_slots.clear();
+        for (std::uint32_t s = r.first_slot; s < r.first_slot + r.n_slots; ++s) {
+            if (is_hot[s] == 0) ring_slots.push_back(s);
         }
+        const ring_plan plan = plan_ring(static_cast<std::uint32_t>(ring_slots.size()), r.n_layer, slots_per_layer_, 0);
+        r.first_section = static_cast<std::uint32_t>(members_.size());
+        r.n_sections = static_cast<std::uint32_t>(plan.section_slots.size());
+        std::size_t next = 0;
+        for (std::uint32_t k = 0; k < plan.section_slots.size(); ++k) {
+            const auto sec = static_cast<std::uint32_t>(members_.size());
+            std::vector<std::uint32_t>& members = members_.emplace_back();
+            members.reserve(plan.section_slots[k]);
+            for (std::uint32_t i = 0; i < plan.section_slots[k]; ++i) {
+                const std::uint32_t s = ring_slots[next++];
+                role_[s] = sec;
+                position_[s] = i;
+                members.push_back(s);
+            }
+        }
+        MOED_ASSERT(next == ring_slots.size());
     }
-    MOED_ASSERT(next == ring_slots.size());
 }
 
 void section_ring::swap_roles(std::uint32_t a, std::uint32_t b) {
     MOED_ASSERT(a < n_slots() && b < n_slots());
     if (a == b) return;
+    MOED_ASSERT(class_of_slot(a) == class_of_slot(b));  // a slot's size is its class's
     auto list_of = [&](std::uint32_t role) -> std::vector<std::uint32_t>& {
         return role == hot ? hot_members_ : members_[role];
     };
@@ -88,14 +122,20 @@ void section_ring::swap_roles(std::uint32_t a, std::uint32_t b) {
 }
 
 std::uint32_t section_ring::section_of_layer(std::uint32_t layer) const noexcept {
-    MOED_ASSERT(!members_.empty());
-    return layer % static_cast<std::uint32_t>(members_.size());
+    const class_ring& r = classes_[class_of_layer(layer)];
+    if (r.n_sections == 0) return hot;
+    return r.first_section + classes_plan_.rank_in_class(layer) % r.n_sections;
 }
 
 std::span<const std::uint32_t> section_ring::section_members(std::uint32_t section) const noexcept {
     if (section == hot) return hot_members_;
     MOED_ASSERT(section < members_.size());
     return members_[section];
+}
+
+std::span<const std::uint32_t> section_ring::hot_members_of_class(std::uint32_t cls) const noexcept {
+    MOED_ASSERT(cls < classes_.size());
+    return std::span<const std::uint32_t>(hot_members_).subspan(classes_[cls].first_hot, classes_[cls].n_hot);
 }
 
 std::uint8_t section_ring::rank(std::uint32_t slot, std::uint32_t own, slot_load_kind kind, float score,

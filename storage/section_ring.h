@@ -30,6 +30,13 @@
 // slots that do not hold a hot expert. Busy slots (held by a handle, or loading) are never
 // chosen.
 //
+// Slot classes (storage/slot_classes.h): when experts differ in size by layer, the tier's
+// slots come in classes, each a contiguous run of slots for the layers whose experts share a
+// slot size. Each class is a ring of its own, by the rules above over its own slots and its
+// own layers (ranked in layer order within the class): its hot slots, its sections, and a
+// load of an expert of layer l chooses among the slots of l's class only, so it never evicts
+// an expert of another class. With one class (every expert alike) it is the ring above.
+//
 // Threads: none of its own; the owning tier calls it under its lock.
 #pragma once
 
@@ -38,6 +45,8 @@
 #include <optional>
 #include <span>
 #include <vector>
+
+#include "storage/slot_classes.h"
 
 namespace moed::storage {
 
@@ -80,24 +89,35 @@ public:
     // The section number of hot-set slots.
     static constexpr std::uint32_t hot = std::numeric_limits<std::uint32_t>::max();
 
-    // Plans a ring with no hot slots; slots join sections in index order.
+    // Plans a ring of one class with no hot slots; slots join sections in index order.
     void reset(std::uint32_t n_slots, std::uint32_t n_layer, std::uint32_t slots_per_layer);
-    // Makes exactly `slots` (distinct, in range) the hot set and re-plans the sections over
-    // the remaining slots (in index order). Contents are the tier's business: nothing moves.
+    // Plans a ring per class of `classes` with no hot slots. With `layer_sections` each
+    // class's sections are planned for its layers as above; without, each class is one
+    // section (the ring off: least recently used among unpredicted experts).
+    void reset(const slot_classes& classes, std::uint32_t slots_per_layer, bool layer_sections);
+    // Makes exactly `slots` (distinct, in range) the hot set and re-plans each class's
+    // sections over its remaining slots (in index order). Contents are the tier's business:
+    // nothing moves.
     void assign_hot(std::span<const std::uint32_t> slots);
-    // Exchanges the roles of two slots (a hot slot adopting a hot expert that a ring slot
-    // holds, without reading it again).
+    // Exchanges the roles of two slots of one class (a hot slot adopting a hot expert that a
+    // ring slot holds, without reading it again).
     void swap_roles(std::uint32_t a, std::uint32_t b);
 
     std::uint32_t n_slots() const noexcept { return static_cast<std::uint32_t>(role_.size()); }
-    std::uint32_t n_layer() const noexcept { return n_layer_; }
     std::uint32_t slots_per_layer() const noexcept { return slots_per_layer_; }
+    // Sections of every class together, numbered class by class.
     std::uint32_t n_sections() const noexcept { return static_cast<std::uint32_t>(members_.size()); }
+    // hot when the layer's class has no ring slot (all of them hot).
     std::uint32_t section_of_layer(std::uint32_t layer) const noexcept;
     // hot for a slot of the hot set.
     std::uint32_t section_of_slot(std::uint32_t slot) const noexcept { return role_[slot]; }
     std::span<const std::uint32_t> section_members(std::uint32_t section) const noexcept;
+    // The hot slots of every class, class by class; and those of one class.
     std::span<const std::uint32_t> hot_members() const noexcept { return hot_members_; }
+    std::span<const std::uint32_t> hot_members_of_class(std::uint32_t cls) const noexcept;
+    std::uint32_t n_classes() const noexcept { return static_cast<std::uint32_t>(classes_.size()); }
+    std::uint32_t class_of_layer(std::uint32_t layer) const noexcept { return classes_plan_.class_of_layer(layer); }
+    std::uint32_t class_of_slot(std::uint32_t slot) const noexcept { return classes_plan_.class_of_slot(slot); }
 
     // The slot a load of an expert of `layer` should take, by the rules above; nullopt when
     // none may be taken. `score` matters for prefetches only. `facts(slot)` returns the
@@ -107,13 +127,26 @@ public:
                                              Facts&& facts) const;
 
 private:
-    void place_ring(std::span<const std::uint32_t> ring_slots);
+    struct class_ring {
+        std::uint32_t first_slot = 0;
+        std::uint32_t n_slots = 0;
+        std::uint32_t n_layer = 1;        // layers its sections are planned for
+        std::uint32_t first_section = 0;  // its sections are [first_section, first_section + n_sections)
+        std::uint32_t n_sections = 0;
+        std::uint32_t first_hot = 0;      // its hot slots are hot_members_[first_hot, first_hot + n_hot)
+        std::uint32_t n_hot = 0;
+    };
+    void reset_classes(std::uint32_t slots_per_layer);
+    // Re-plans every class's sections over its slots that are not hot.
+    void place_rings(std::span<const std::uint8_t> is_hot);
     // Preference class of a slot for a load (lower first), or no_rank when it may not be taken.
     static constexpr std::uint8_t no_rank = 0xff;
     std::uint8_t rank(std::uint32_t slot, std::uint32_t own, slot_load_kind kind, float score,
                       const slot_facts& f) const noexcept;
 
-    std::uint32_t n_layer_ = 1;
+    slot_classes classes_plan_;
+    std::vector<class_ring> classes_;
+    bool layer_sections_ = true;
     std::uint32_t slots_per_layer_ = 1;
     std::vector<std::uint32_t> role_;                  // slot -> section, or hot
     std::vector<std::uint32_t> position_;              // slot -> index within its member list
@@ -124,12 +157,13 @@ private:
 template <typename Facts>
 std::optional<std::uint32_t> section_ring::choose_slot(std::uint32_t layer, slot_load_kind kind, float score,
                                                        Facts&& facts) const {
-    const std::uint32_t own = members_.empty() ? hot : section_of_layer(layer);
+    const std::uint32_t own = section_of_layer(layer);
+    const class_ring& cls = classes_[class_of_layer(layer)];
     std::optional<std::uint32_t> best;
     std::uint8_t best_rank = no_rank;
     float best_need = 0.0f;
     std::uint64_t best_use = 0;
-    for (std::uint32_t s = 0; s < n_slots(); ++s) {
+    for (std::uint32_t s = cls.first_slot; s < cls.first_slot + cls.n_slots; ++s) {
         const slot_facts f = facts(s);
         const std::uint8_t r = rank(s, own, kind, score, f);
         if (r == no_rank) continue;

@@ -86,6 +86,12 @@ inline layer_geometry geometry_of(const expert_layout& layout, std::uint32_t lay
     return g;
 }
 
+// Bytes a slot needs for an expert of `layer`: its three regions.
+inline std::uint64_t layer_slot_bytes(const expert_layout& layout, std::uint32_t layer, std::uint64_t alignment) noexcept {
+    const layer_geometry g = geometry_of(layout, layer, alignment);
+    return g.region_offset[2] + g.region_bytes[2];
+}
+
 // The expert `id` held in a slot that starts at `slot_base`, its regions laid out by `g` at
 // `alignment`. Nothing is copied: the matrices point into the slot.
 inline expert_weights weights_in_slot(std::byte* slot_base, const expert_layout& layout, const layer_geometry& g,

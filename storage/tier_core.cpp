@@ -13,7 +13,15 @@ namespace moed::storage {
 
 void tier_core::reset(const expert_layout& layout, const tiered_options& options, std::uint32_t n_slots,
                       mover* loads, clock_fn now) {
+    reset(layout, options, slot_classes::uniform(n_slots, 0, layout.n_layer), loads, std::move(now));
+}
+
+void tier_core::reset(const expert_layout& layout, const tiered_options& options, const slot_classes& classes,
+                      mover* loads, clock_fn now) {
+    const std::uint32_t n_slots = classes.n_slots();
     MOED_ASSERT(loads != nullptr && n_slots > 0);
+    for (const slot_class& c : classes.classes()) MOED_ASSERT(c.n_slots > 0);  // every layer has somewhere to load
+    classes_ = classes;
     layout_ = layout;
     options_ = options;
     mover_ = loads;
@@ -29,7 +37,7 @@ void tier_core::reset(const expert_layout& layout, const tiered_options& options
     // recently used among unpredicted experts.
     const std::uint32_t per_layer =
         options.slots_per_layer > 0 ? options.slots_per_layer : std::max<std::uint32_t>(1, layout.n_expert / 4);
-    ring_.reset(n_slots, options.ring ? layout.n_layer : 1, per_layer);
+    ring_.reset(classes_, per_layer, options.ring);
     section_last_layer_.assign(ring_.n_sections(), -1);
     layer_gen_.assign(layout.n_layer, 0);
     hot_.assign(static_cast<std::size_t>(layout.n_layer) * layout.n_expert, 0);
@@ -286,7 +294,7 @@ void tier_core::dispatch() noexcept {
             // that holds no hot expert.
             if (hot && ring_.section_of_slot(where) != section_ring::hot) {
                 std::optional<std::uint32_t> spare;
-                for (std::uint32_t h : ring_.hot_members()) {
+                for (std::uint32_t h : ring_.hot_members_of_class(classes_.class_of_slot(where))) {
                     const slot_entry& he = slots_[h];
                     if (he.state == slot_state::free) {
                         spare = h;
@@ -378,15 +386,22 @@ void tier_core::cancel_prefetches() { counters_.pf_cancelled += queue_.drop_all(
 
 std::uint32_t tier_core::set_hot_set(std::span<const ExpertId> ids) {
     const std::uint32_t n = n_slots();
-    // Leave at least one ring slot; the fraction caps the rest.
-    const auto cap = static_cast<std::uint32_t>(
-        std::min<double>(std::floor(std::clamp(options_.hot_fraction_max, 0.0, 1.0) * n), n - 1));
+    const std::uint32_t n_classes = classes_.n_classes();
+    // Per class: leave at least one ring slot; the fraction caps the rest.
+    std::vector<std::uint32_t> cap(n_classes), count(n_classes, 0);
+    for (std::uint32_t c = 0; c < n_classes; ++c) {
+        const std::uint32_t nc = classes_[c].n_slots;
+        cap[c] = static_cast<std::uint32_t>(
+            std::min<double>(std::floor(std::clamp(options_.hot_fraction_max, 0.0, 1.0) * nc), nc - 1));
+    }
     std::fill(hot_.begin(), hot_.end(), 0);
     std::vector<ExpertId> members;
-    members.reserve(std::min<std::size_t>(ids.size(), cap));
+    members.reserve(std::min<std::size_t>(ids.size(), n));
     for (const ExpertId& id : ids) {
-        if (members.size() >= cap) break;
         if (!in_range(id) || hot_[table_index(id)] != 0) continue;
+        const std::uint32_t c = classes_.class_of_layer(id.layer);
+        if (count[c] >= cap[c]) continue;
+        ++count[c];
         hot_[table_index(id)] = 1;
         members.push_back(id);
     }
@@ -394,39 +409,47 @@ std::uint32_t tier_core::set_hot_set(std::span<const ExpertId> ids) {
     // Warmup requests for experts that left the hot set are stale.
     counters_.pf_cancelled += queue_.drop_warmup_not_in(hot_);
 
-    // The hot slots: first those already holding hot experts (adopted in place), then slots
-    // of the old hot set that hold no hot expert, then free slots, then the ring slots whose
-    // experts are needed least. Roles only: nothing is evicted or read here.
+    // Each class's hot slots, from its own slots: first those already holding hot experts
+    // (adopted in place), then slots of the old hot set that hold no hot expert, then free
+    // slots, then the ring slots whose experts are needed least. Roles only: nothing is
+    // evicted or read here.
     std::vector<std::uint32_t> chosen;
     chosen.reserve(hot_count_);
     std::vector<std::uint8_t> taken(n, 0);
-    auto take = [&](std::uint32_t s) {
-        if (taken[s] != 0 || chosen.size() >= hot_count_) return;
-        taken[s] = 1;
-        chosen.push_back(s);
-    };
-    for (const ExpertId& id : members) {
-        if (const std::uint32_t where = slots_.find(id); where != slot_table::no_slot) take(where);
-    }
-    for (std::uint32_t s : ring_.hot_members()) {
-        if (slots_[s].state == slot_state::free || !is_hot(slots_[s].id)) take(s);
-    }
-    for (std::uint32_t s = 0; s < n; ++s) {
-        if (slots_[s].state == slot_state::free) take(s);
-    }
-    if (chosen.size() < hot_count_) {
-        std::vector<std::uint32_t> rest;
-        for (std::uint32_t s = 0; s < n; ++s) {
-            if (taken[s] == 0) rest.push_back(s);
+    for (std::uint32_t c = 0; c < n_classes; ++c) {
+        const slot_class& sc = classes_[c];
+        const std::uint32_t first = sc.first_slot, last = sc.first_slot + sc.n_slots;
+        std::uint32_t picked = 0;
+        auto take = [&](std::uint32_t s) {
+            if (taken[s] != 0 || picked >= count[c]) return;
+            taken[s] = 1;
+            ++picked;
+            chosen.push_back(s);
+        };
+        for (const ExpertId& id : members) {
+            if (classes_.class_of_layer(id.layer) != c) continue;
+            if (const std::uint32_t where = slots_.find(id); where != slot_table::no_slot) take(where);
         }
-        std::sort(rest.begin(), rest.end(), [&](std::uint32_t a, std::uint32_t b) {
-            const float na = need_of(slots_[a]), nb = need_of(slots_[b]);
-            if (na != nb) return na < nb;
-            return slots_[a].last_use < slots_[b].last_use;
-        });
-        for (std::uint32_t s : rest) take(s);
+        for (std::uint32_t s : ring_.hot_members_of_class(c)) {
+            if (slots_[s].state == slot_state::free || !is_hot(slots_[s].id)) take(s);
+        }
+        for (std::uint32_t s = first; s < last; ++s) {
+            if (slots_[s].state == slot_state::free) take(s);
+        }
+        if (picked < count[c]) {
+            std::vector<std::uint32_t> rest;
+            for (std::uint32_t s = first; s < last; ++s) {
+                if (taken[s] == 0) rest.push_back(s);
+            }
+            std::sort(rest.begin(), rest.end(), [&](std::uint32_t a, std::uint32_t b) {
+                const float na = need_of(slots_[a]), nb = need_of(slots_[b]);
+                if (na != nb) return na < nb;
+                return slots_[a].last_use < slots_[b].last_use;
+            });
+            for (std::uint32_t s : rest) take(s);
+        }
+        MOED_ASSERT(picked == count[c]);
     }
-    MOED_ASSERT(chosen.size() == hot_count_);
     ring_.assign_hot(chosen);
     section_last_layer_.assign(ring_.n_sections(), -1);
     for (const ExpertId& id : members) {
@@ -471,6 +494,7 @@ void tier_core::fill(expert_cache_stats& out, std::vector<std::uint32_t>& sample
     prefetch_stats& pf = out.prefetch;
     h.name = "host";
     h.capacity_experts = n_slots();
+    h.capacity_bytes = classes_.bytes();
     h.resident_bytes = slots_.resident_bytes();
     h.resident_experts = slots_.resident_experts();
     counters_.fill(h, pf, samples, now());
@@ -506,14 +530,25 @@ void tier_core::fill(expert_cache_stats& out, std::vector<std::uint32_t>& sample
         ring_section_stats& rs = r.sections[sec];
         const auto members = ring_.section_members(sec);
         rs.slots = static_cast<std::uint32_t>(members.size());
-        for (std::uint32_t l = sec; l < (r.enabled ? layout_.n_layer : 0); l += ring_.n_sections()) {
-            rs.layers.push_back(l);
-        }
         rs.layer = sec < section_last_layer_.size() ? section_last_layer_[sec] : -1;
         for (std::uint32_t s : members) {
             if (slots_.holds_bytes(s)) ++rs.resident;
         }
     }
+    for (std::uint32_t l = 0; l < (r.enabled ? layout_.n_layer : 0); ++l) {
+        const std::uint32_t sec = ring_.section_of_layer(l);
+        if (sec != section_ring::hot) r.sections[sec].layers.push_back(l);
+    }
+    out.slot_classes.assign(classes_.n_classes(), slot_class_stats{});
+    for (std::uint32_t c = 0; c < classes_.n_classes(); ++c) {
+        slot_class_stats& cs = out.slot_classes[c];
+        cs.slot_bytes = classes_[c].slot_bytes;
+        cs.slots = classes_[c].n_slots;
+        for (std::uint32_t s = classes_[c].first_slot; s < classes_[c].first_slot + classes_[c].n_slots; ++s) {
+            if (slots_.holds_bytes(s)) ++cs.resident;
+        }
+    }
+    for (std::uint32_t l = 0; l < layout_.n_layer; ++l) out.slot_classes[classes_.class_of_layer(l)].layers.push_back(l);
 }
 
 }  // namespace moed::storage

@@ -32,6 +32,7 @@
 #include "storage/mover.h"
 #include "storage/prefetch_request.h"
 #include "storage/section_ring.h"
+#include "storage/slot_classes.h"
 #include "storage/slot_table.h"
 #include "storage/tier_control.h"
 #include "storage/tier_counters.h"
@@ -45,15 +46,25 @@ public:
     using time_point = clock_type::time_point;
     using clock_fn = std::function<time_point()>;
 
-    // A core over `n_slots` slots for the experts `layout` describes, queueing its loads to
+    // A core over the slots of `classes` (storage/slot_classes.h: a load of layer l takes a
+    // slot of l's class only) for the experts `layout` describes, queueing its loads to
     // `loads` (not owned; outlives the core) and reading the time from `now` (the steady
     // clock when empty). Of `options` it uses the placement and queue settings (ring,
     // slots_per_layer, reuse_prior, hot_fraction_max, prefetch_after_demand, the in-flight
     // bounds).
+    void reset(const expert_layout& layout, const tiered_options& options, const slot_classes& classes, mover* loads,
+               clock_fn now = {});
+    // The same over one class of `n_slots` slots for every layer.
     void reset(const expert_layout& layout, const tiered_options& options, std::uint32_t n_slots, mover* loads,
                clock_fn now = {});
 
     std::uint32_t n_slots() const noexcept { return slots_.n_slots(); }
+    const slot_classes& classes() const noexcept { return classes_; }
+    // The slots that experts of `layer` may take (its class's): the most of that layer one
+    // caller can hold at once.
+    std::uint32_t n_slots_of_layer(std::uint32_t layer) const noexcept {
+        return classes_[classes_.class_of_layer(layer)].n_slots;
+    }
     time_point now() const { return now_ ? now_() : clock_type::now(); }
 
     // --- demand (the engine's acquire) ---
@@ -143,6 +154,7 @@ private:
     clock_fn now_;
     std::uint64_t expert_bytes_total_ = 0;
 
+    slot_classes classes_;
     slot_table slots_;
     section_ring ring_;
     load_queue queue_;

@@ -52,7 +52,7 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     std::unique_ptr<block_reader> reader = std::move(supplied_reader);
     std::uint32_t alignment = min_region_alignment;
     if (reader) alignment = std::max(alignment, reader->alignment());
-    std::uint64_t slot_bytes = 0;
+    slot_classes classes;
     // The slab must exist before the reader opens (io_uring registers it), but the region
     // alignment depends on the reader; a device wanting more than a page is met by one retry.
     for (int attempt = 0; attempt < 2; ++attempt) {
@@ -60,19 +60,12 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
             return make_error(errc::internal, "{}: the block reader's alignment {} is not a power of two", path,
                               alignment);
         }
-        slot_bytes = tiered_slot_bytes(layout, alignment);
-        const std::uint64_t n_slots = options.host_budget_bytes / slot_bytes;
-        if (n_slots < min_slots) {
-            return make_error(errc::out_of_memory,
-                              "{}: host budget {} ({} bytes) holds {} expert slot{} of {} ({} bytes); at least "
-                              "{} slot{} needed, so the budget must be at least {} ({} bytes)",
-                              path, format_bytes(options.host_budget_bytes), options.host_budget_bytes, n_slots,
-                              n_slots == 1 ? "" : "s", format_bytes(slot_bytes), slot_bytes, min_slots,
-                              min_slots == 1 ? " is" : "s are", format_bytes(slot_bytes * min_slots),
-                              slot_bytes * min_slots);
-        }
-        auto made = host_slab::create(host_slab_options{options.host_budget_bytes, slot_bytes, alignment,
-                                                        options.lock, options.numa_node});
+        auto planned = tiered_slot_classes(layout, alignment, options.host_budget_bytes, min_slots);
+        if (!planned) return make_error(planned.error().code, "{}: {}", path, planned.error().message);
+        classes = std::move(planned).value();
+        host_slab_options slab_options{.alignment = alignment, .lock = options.lock, .numa_node = options.numa_node};
+        slab_options.classes = classes;
+        auto made = host_slab::create(slab_options);
         if (!made) return unexpected(std::move(made).error());
         slab = std::move(made).value();
         if (!reader) {
@@ -135,10 +128,10 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     const io_mode mode = reader->mode();
     const std::uint32_t depth = reader->queue_depth();
     p->mover = std::make_unique<block_mover>(
-        std::move(reader), slot_memory{slab->slot(0), n_slots, slab->slot_bytes()}, layout, *identity,
+        std::move(reader), slot_memory{slab->slot(0), classes}, layout, *identity,
         block_mover_options{.path = path, .eio_retries = options.eio_retries, .region_alignment = alignment});
     p->slab = std::move(slab);
-    p->core.reset(layout, options, n_slots, p->mover.get());
+    p->core.reset(layout, options, classes, p->mover.get());
     try {
         impl* raw = p.get();
         p->completion_thread = std::thread([raw] { raw->completion_main(); });
@@ -146,11 +139,16 @@ result<std::unique_ptr<tiered_expert_source>> tiered_expert_source::create(
     } catch (const std::system_error& ex) {
         return make_error(errc::internal, "{}: cannot start the tier's threads: {}", path, ex.what());
     }
+    std::string runs;
+    for (const slot_class& c : classes.classes()) {
+        runs += fmt::format("{}{} x {} ({} layer{})", runs.empty() ? "" : " + ", c.n_slots, format_bytes(c.slot_bytes),
+                            c.n_layer, c.n_layer == 1 ? "" : "s");
+    }
     MOED_LOG_INFO(component,
-                  "{}: host tier of {} slots x {} ({}), {} reads, queue depth {}; ring of {} sections ({} slots per "
+                  "{}: host tier of {} slots, {} ({}), {} reads, queue depth {}; ring of {} sections ({} slots per "
                   "layer wanted), at most {} in flight",
-                  path, n_slots, format_bytes(slot_bytes), format_bytes(slot_bytes * n_slots), io_mode_name(mode),
-                  depth, p->core.ring().n_sections(), p->core.ring().slots_per_layer(),
+                  path, n_slots, runs, format_bytes(classes.bytes()), io_mode_name(mode), depth,
+                  p->core.ring().n_sections(), p->core.ring().slots_per_layer(),
                   options.max_inflight_bytes == 0 ? std::string("unbounded") : format_bytes(options.max_inflight_bytes));
     return std::unique_ptr<tiered_expert_source>(new tiered_expert_source(std::move(p)));
 }
@@ -265,18 +263,28 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
                               id.layer, id.expert, layout.n_layer, layout.n_expert);
         }
     }
-    if (ids.size() > n_slots()) {
-        // More distinct experts than slots can never be held at once: waiting would hang.
+    if (ids.size() > core.classes().n_slots_min()) {
+        // More distinct experts of a class than its slots can never be held at once: waiting
+        // would hang.
         std::vector<ExpertId> distinct(ids.begin(), ids.end());
         std::sort(distinct.begin(), distinct.end(), [](ExpertId a, ExpertId b) {
             return a.layer != b.layer ? a.layer < b.layer : a.expert < b.expert;
         });
-        const auto n = static_cast<std::size_t>(std::unique(distinct.begin(), distinct.end()) - distinct.begin());
-        if (n > n_slots()) {
+        distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+        const slot_classes& classes = core.classes();
+        std::vector<std::uint32_t> per_class(classes.n_classes(), 0);
+        for (const ExpertId& id : distinct) ++per_class[classes.class_of_layer(id.layer)];
+        for (std::uint32_t c = 0; c < classes.n_classes(); ++c) {
+            if (per_class[c] <= classes[c].n_slots) continue;
+            const std::string which =
+                classes.n_classes() == 1
+                    ? std::string()
+                    : fmt::format(" of the slot class of {} ({} layers' experts)", format_bytes(classes[c].slot_bytes),
+                                  classes[c].n_layer);
             return make_error(errc::invalid_argument,
-                              "{}: cannot hold {} experts at once in {} host slots; acquire at most "
+                              "{}: cannot hold {} experts at once in {} host slots{}; acquire at most "
                               "max_held_experts() at a time",
-                              path, n, n_slots());
+                              path, per_class[c], classes[c].n_slots, which);
         }
     }
 
@@ -379,7 +387,11 @@ result<void> tiered_expert_source::impl::acquire_into(std::span<const ExpertId> 
 
 std::uint32_t tiered_expert_source::slot_count() const noexcept { return impl_->n_slots(); }
 
+std::uint32_t tiered_expert_source::max_held_experts() const noexcept { return impl_->core.classes().n_slots_min(); }
+
 std::uint64_t tiered_expert_source::slot_bytes() const noexcept { return impl_->slab->slot_bytes(); }
+
+const slot_classes& tiered_expert_source::classes() const noexcept { return impl_->core.classes(); }
 
 expert_cache_stats tiered_expert_source::stats() const {
     const impl& d = *impl_;
@@ -390,7 +402,6 @@ expert_cache_stats tiered_expert_source::stats() const {
     {
         std::lock_guard lock(d.mutex);
         d.core.fill(out, samples);
-        out.host.capacity_bytes = static_cast<std::uint64_t>(d.n_slots()) * d.slab->slot_bytes();
         out.host.lock = d.mutex.stats();
     }
     tier_stats& h = out.host;

@@ -36,9 +36,15 @@
 // expert and the file; the slot is freed and the next request tries again. stats() reports
 // how contended the tier's lock is (tier_stats::lock).
 // Threads: every public method may be called from any thread; the completion thread is
-// private. Callers together must not hold more than slot_count() experts: an acquire that
-// finds every slot held waits for a release (and logs a warning every 10 s); one call asking
-// for more distinct experts than there are slots is an error.
+// private. Callers together must not hold more experts of a slot class than it has slots
+// (slot_count() when all experts are alike): an acquire that finds every slot of its class
+// held waits for a release (and logs a warning every 10 s); one call asking for more distinct
+// experts of a class than it has slots is an error.
+//
+// Slot classes: when the layers' experts differ in size (a quantizer's type mix), the budget
+// is cut into a run of slots per distinct slot size, in proportion to what each class's
+// experts need (storage/slot_classes.h); an expert of layer l loads only into, and evicts only
+// from, the slots of l's class, so no slot wastes the difference to the largest expert.
 // Every handle must be released before the source is destroyed (checked by an assertion);
 // destruction waits for reads still in flight (prefetches) before freeing the slab.
 #pragma once
@@ -101,9 +107,15 @@ public:
     // (a copy in progress is not read), compares it with the model that was opened and, when
     // it is the same, makes the tier healthy again. Reads the file without the tier's lock.
     tier_file_health check_file();
-    std::uint32_t max_held_experts() const noexcept override { return slot_count(); }
-    // Bytes one host slot takes (the largest expert of any layer, each matrix aligned).
+    // The fewest slots of any slot class: a caller acquires one layer's experts, and those
+    // take slots of their layer's class only.
+    std::uint32_t max_held_experts() const noexcept override;
+    // Bytes the largest host slot takes (the largest expert of any layer, each matrix
+    // aligned); every slot's size when the layers' experts are alike.
     std::uint64_t slot_bytes() const noexcept;
+    // How the budget was cut into slots: a class per distinct slot size (storage/
+    // slot_classes.h).
+    const slot_classes& classes() const noexcept;
 
 protected:
     void release(ExpertId id, std::uint64_t token) noexcept override;

@@ -16,11 +16,26 @@ using namespace tiered_detail;
 std::uint64_t tiered_slot_bytes(const expert_layout& layout, std::uint32_t alignment) {
     MOED_ASSERT(is_power_of_two(alignment));
     std::uint64_t most = 0;
-    for (std::uint32_t l = 0; l < layout.layers.size(); ++l) {
-        const layer_geometry g = geometry_of(layout, l, alignment);
-        most = std::max(most, g.region_offset[2] + g.region_bytes[2]);
-    }
+    for (std::uint32_t l = 0; l < layout.layers.size(); ++l) most = std::max(most, layer_slot_bytes(layout, l, alignment));
     return most;
+}
+
+std::uint64_t tiered_every_expert_bytes(const expert_layout& layout, std::uint32_t alignment) {
+    MOED_ASSERT(is_power_of_two(alignment));
+    std::uint64_t total = 0;
+    for (std::uint32_t l = 0; l < layout.layers.size(); ++l) {
+        total += layer_slot_bytes(layout, l, alignment) * layout.n_expert;
+    }
+    return total;
+}
+
+result<slot_classes> tiered_slot_classes(const expert_layout& layout, std::uint32_t alignment,
+                                         std::uint64_t budget_bytes, std::uint32_t min_slots) {
+    MOED_ASSERT(is_power_of_two(alignment) && !layout.layers.empty() && layout.n_expert > 0);
+    std::vector<std::uint64_t> bytes;
+    bytes.reserve(layout.layers.size());
+    for (std::uint32_t l = 0; l < layout.layers.size(); ++l) bytes.push_back(layer_slot_bytes(layout, l, alignment));
+    return plan_slot_classes(bytes, layout.n_expert, budget_bytes, min_slots);
 }
 
 void tiered_expert_source::impl::shutdown() noexcept {

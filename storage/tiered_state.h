@@ -94,10 +94,7 @@ struct tiered_expert_source::impl {
     // The slot a handle made by this source points into: its gate matrix lies inside exactly
     // one slot (the handle's token is private to expert_handle).
     std::uint32_t slot_of(const expert_handle& h) const noexcept {
-        const auto* p = static_cast<const std::byte*>(h.weights().gate.data);
-        const auto region = slab->region();
-        MOED_ASSERT(p >= region.data() && p < region.data() + region.size());
-        return static_cast<std::uint32_t>(static_cast<std::uint64_t>(p - region.data()) / slab->slot_bytes());
+        return slab->slot_of(static_cast<const std::byte*>(h.weights().gate.data));
     }
 
     void shutdown() noexcept;

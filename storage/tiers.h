@@ -14,6 +14,7 @@
 #include "storage/block_reader.h"
 #include "storage/expert_source.h"
 #include "storage/host_slab.h"
+#include "storage/slot_classes.h"
 
 namespace moed::storage {
 
@@ -25,8 +26,10 @@ struct tiered_options {
     memory_lock lock = memory_lock::best_effort;
     int numa_node = -1;
     std::uint32_t eio_retries = 3;
-    // The budget must hold at least this many slots. The engine acquires in groups of at
-    // most max_held_experts() (= slot_count()), so 1 is enough for correctness.
+    // The budget must hold at least this many slots of every slot class (storage/
+    // slot_classes.h; one class when every layer's experts are alike). The engine acquires
+    // in groups of at most max_held_experts() (the fewest slots of any class), so 1 is
+    // enough for correctness.
     std::uint32_t min_slots = 1;
     // Bytes of expert reads in flight at once, demand and prefetch together (0: no bound).
     // It bounds how long a demand read can queue behind prefetches on the disk.
@@ -63,13 +66,22 @@ struct tiered_options {
 
 // The host tier over the model file at `path` (the NVMe tier, always complete), whose
 // routed experts `layout` describes, with a working set in host memory of
-// options.host_budget_bytes. Errors: a budget below options.min_slots slots (naming the least
-// budget that works), a layout that runs past the end of the file, I/O setup failures.
+// options.host_budget_bytes. Errors: a budget below options.min_slots slots of each slot class
+// (naming the least budget that works), a layout that runs past the end of the file, I/O setup failures.
 result<std::unique_ptr<expert_source>> create_tiered_source(const std::string& path, const expert_layout& layout,
                                                             const tiered_options& options);
 
-// The slot size the tiered source will use for `layout` at a given alignment; lets callers
-// turn "25% of expert bytes" into a budget before creating it.
+// The largest slot the tiered source will use for `layout` at a given alignment (every
+// slot's size when the layers' experts are alike).
 std::uint64_t tiered_slot_bytes(const expert_layout& layout, std::uint32_t alignment);
+// The bytes of the slots of every layer's experts at a given alignment (sum over layers of
+// n_expert x the layer's slot): the budget that holds every expert, each in a slot of its
+// layer's size; lets callers cap "P% of expert bytes" before creating the source.
+std::uint64_t tiered_every_expert_bytes(const expert_layout& layout, std::uint32_t alignment);
+// The slot classes the tiered source makes of `budget_bytes` for `layout` at a given
+// alignment (storage/slot_classes.h), with at least max(min_slots, 1) slots per class; the
+// replay of a trace (scheduler/tier_replay.h) takes the same. Errors as plan_slot_classes().
+result<slot_classes> tiered_slot_classes(const expert_layout& layout, std::uint32_t alignment,
+                                         std::uint64_t budget_bytes, std::uint32_t min_slots);
 
 }  // namespace moed::storage

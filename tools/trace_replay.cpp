@@ -9,7 +9,12 @@
 // the reference JSON lines of shared/models/traces, named *.jsonl or given on standard input
 // as "-" (decompressed: `zcat tinymoe-routing.jsonl.gz | trace-replay ... -`).
 // Options:
-//   --budget LIST     cache sizes, comma-separated: P% of all experts or N slots ("25%,50%")
+//   --budget LIST     cache sizes, comma-separated: P% or N slots ("25%,50%"). Without
+//                     --model P% is that share of all experts as slots; with --model it is
+//                     what moed's tiers.host_budget "P%" is (that share of the model's expert
+//                     bytes), cut into slot classes as the host tier cuts it (a run of slots
+//                     per distinct expert slot size, storage/slot_classes.h), so every policy
+//                     has the daemon's capacities. N slots are one pool of N slots.
 //   --scope LIST      per-layer,global (per-layer splits the slots evenly among layers); the
 //                     policy keeps moed's own placement (one pool) and is run in global only
 //   --policies LIST   lru,lfu,policy,belady (tier is another name for policy)
@@ -41,8 +46,10 @@
 
 #include <nlohmann/json.hpp>
 
+#include "engine/memory_budget.h"
 #include "engine/model.h"
 #include "storage/slot_geometry.h"
+#include "storage/tiers.h"
 #include "scheduler/profile.h"
 #include "scheduler/reference_trace.h"
 #include "scheduler/replay.h"
@@ -83,8 +90,14 @@ std::vector<std::string> split(std::string_view text, char sep) {
 
 struct budget {
     std::string label;
-    double fraction = 0.0;  // of all experts, when a percentage
+    double fraction = 0.0;  // of all experts (of the expert bytes with --model), when a percentage
     std::uint32_t slots = 0;
+};
+
+// What --model tells about the host tier the daemon would run.
+struct model_tier {
+    storage::expert_layout layout;
+    std::uint64_t expert_bytes = 0;  // all routed experts, as the daemon's budget shares count them
 };
 
 struct options {
@@ -307,6 +320,7 @@ int main(int argc, char** argv) {
     options o = parse(argc, argv);
     trace_data trace = load_trace(o);
 
+    std::optional<model_tier> tier_model;
     if (o.model_path) {
         auto m = engine::model::load(*o.model_path);
         if (!m) fail(m.error().message);
@@ -325,6 +339,7 @@ int main(int argc, char** argv) {
                 storage::mean_read_bytes((*m)->experts_layout(), l, storage::min_region_alignment));
         }
         if (trace.info.model_name.empty() || trace.info.model_name == o.trace_path) trace.info.model_name = *o.model_path;
+        tier_model = model_tier{(*m)->experts_layout(), (*m)->expert_bytes()};
     }
     const profiles prof = make_profiles(o, trace, trace.info);
     keep_half(trace, o.half);
@@ -363,11 +378,33 @@ int main(int argc, char** argv) {
     const std::uint64_t all_experts = static_cast<std::uint64_t>(info.n_layer) * info.n_expert;
     for (const budget& b : o.budgets) {
         std::uint32_t slots = b.slots;
+        // With the model, a share is the daemon's host budget, cut into the host tier's slot
+        // classes by the host tier's own function.
+        storage::slot_classes classes;
+        std::uint64_t budget_bytes = 0;
+        if (slots == 0 && tier_model) {
+            budget_bytes = engine::cap_host_budget(budget_spec{0, b.fraction, true}, tier_model->expert_bytes,
+                                                   storage::tiered_every_expert_bytes(tier_model->layout,
+                                                                                      engine::host_slot_alignment))
+                               .bytes;
+            auto planned = storage::tiered_slot_classes(tier_model->layout, engine::host_slot_alignment, budget_bytes, 1);
+            if (!planned) fail("--budget " + b.label + ": " + planned.error().message);
+            classes = std::move(planned).value();
+            slots = classes.n_slots();
+        }
         if (slots == 0) slots = static_cast<std::uint32_t>(std::llround(b.fraction * static_cast<double>(all_experts)));
         for (cache_scope scope : o.scopes) {
             json run;
             run["budget"] = b.label;
             run["slots"] = slots;
+            if (classes.n_classes() > 0) {
+                run["host_budget_bytes"] = budget_bytes;
+                json cj = json::array();
+                for (const storage::slot_class& c : classes.classes()) {
+                    cj.push_back({{"slot_bytes", c.slot_bytes}, {"slots", c.n_slots}, {"layers", c.n_layer}});
+                }
+                run["slot_classes"] = cj;
+            }
             run["scope"] = scope_name(scope);
             if (scope == cache_scope::per_layer) run["slots_per_layer"] = slots / info.n_layer;
             json per_policy;
@@ -378,6 +415,7 @@ int main(int argc, char** argv) {
                 opt.policy = p;
                 opt.scope = scope;
                 opt.slots = slots;
+                opt.classes = classes;
                 auto r = replay_trace(trace, *order, opt);
                 if (!r) fail(r.error().message);
                 if (p == replay_policy::lru) lru = *r;
@@ -396,6 +434,7 @@ int main(int argc, char** argv) {
             if (o.policy && scope == cache_scope::global) {
                 tier_replay_options to = o.tier;
                 to.slots = slots;
+                to.classes = classes;
                 to.profile_of = prof.lookup();
                 auto r = replay_through_tier(trace, to);
                 if (!r) fail(r.error().message);

@@ -34,10 +34,10 @@ load_options tiered(budget_spec budget) {
 
 budget_spec share(double fraction) { return budget_spec{0, fraction, true}; }
 
-// What the tier needs to hold every expert of the loaded model.
+// What the tier needs to hold every expert of the loaded model: each layer's experts in
+// slots of that layer's size.
 std::uint64_t every_expert_bytes(const model& m) {
-    return static_cast<std::uint64_t>(m.hparams().n_layer) * m.hparams().n_expert *
-           storage::tiered_slot_bytes(m.experts_layout(), host_slot_alignment);
+    return storage::tiered_every_expert_bytes(m.experts_layout(), host_slot_alignment);
 }
 
 TEST(memory_budget, a_budget_above_every_expert_is_capped_with_one_log_line) {

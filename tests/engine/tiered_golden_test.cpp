@@ -1,6 +1,8 @@
 // The expert tiers must not change a single token: with host budgets of 10%, 25% and 50%
 // of the expert bytes (so experts are evicted and re-read from the file all the time), every
 // golden case generates exactly the ids of the fully resident run, on every golden model.
+// The Q4_K_M file mixes Q4_K and Q6_K experts by layer, so its tier runs two slot classes;
+// their slots add up to the tier's capacity.
 // Reads go through the real block reader (io_uring with O_DIRECT where the file system
 // allows it). The F16 model lives in ../shared/models and skips with a reason elsewhere.
 #include <fstream>
@@ -44,7 +46,9 @@ std::size_t golden_layers(const std::string& model_path) {
     return m ? (*m)->hparams().n_layer : 0;
 }
 
-void check_budgets(const std::string& model_path, const std::string& golden_name) {
+// `n_classes`: the slot classes the tier must have made (0: not checked). The Q4_K_M file's
+// layers 2 and 5 hold ffn_down in Q6_K, so its experts come in two slot sizes.
+void check_budgets(const std::string& model_path, const std::string& golden_name, std::size_t n_classes = 0) {
     std::ifstream in(test::golden_file(golden_name));
     const auto golden = nlohmann::json::parse(in);
     const auto resident = run_all(model_path, golden, {}, nullptr);
@@ -64,6 +68,19 @@ void check_budgets(const std::string& model_path, const std::string& golden_name
         EXPECT_GT(stats.host.evictions, 0u);
         EXPECT_GT(stats.host.bytes_read, 0u);
         EXPECT_EQ(stats.host.read_errors, 0u);
+        // Capacity is the sum over the slot classes, every layer in exactly one.
+        if (n_classes != 0) {
+            EXPECT_EQ(stats.slot_classes.size(), n_classes);
+        }
+        std::uint64_t class_slots = 0, class_bytes = 0, class_layers = 0;
+        for (const auto& c : stats.slot_classes) {
+            class_slots += c.slots;
+            class_bytes += c.slots * c.slot_bytes;
+            class_layers += c.layers.size();
+        }
+        EXPECT_EQ(class_slots, stats.host.capacity_experts);
+        EXPECT_EQ(class_bytes, stats.host.capacity_bytes);
+        EXPECT_EQ(class_layers, golden_layers(model_path));
         // The residency map has a row per layer and marks exactly the resident experts.
         ASSERT_EQ(stats.layer_residency.size(), golden_layers(model_path));
         std::uint64_t marked = 0;
@@ -75,7 +92,7 @@ void check_budgets(const std::string& model_path, const std::string& golden_name
 }
 
 TEST(tiered_golden, tinymoe_q4_k_m) {
-    check_budgets(test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf", "tinymoe-qwen3moe-Q4_K_M");
+    check_budgets(test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf", "tinymoe-qwen3moe-Q4_K_M", 2);
 }
 
 TEST(tiered_golden, tinymoe_f16) {

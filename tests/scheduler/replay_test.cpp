@@ -6,6 +6,8 @@
 //   global, one and two experts per layer step.
 // - Accounting: bytes are expert sizes per layer; a cache smaller than one layer's selection
 //   is refused.
+// - Slot classes: with the host tier's classes, global is a cache per class: a layer whose
+//   class is too small thrashes while the same slots pooled would hold every expert.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "scheduler/replay.h"
+#include "storage/slot_classes.h"
 #include "tests/scheduler/synthetic_trace.h"
 
 namespace moed::scheduler {
@@ -224,6 +227,39 @@ TEST(Replay, DecodeOrderUndoesLayerMajorBatches) {
     auto dup = decode_order(t);
     ASSERT_FALSE(dup.has_value());
     EXPECT_NE(dup.error().message.find("twice"), std::string::npos);
+}
+
+// Two layers whose experts need one and two pages: a budget of 2 + 2 slots is two classes.
+storage::slot_classes two_classes() {
+    const std::vector<std::uint64_t> slot_bytes = {4096, 8192};
+    auto c = storage::plan_slot_classes(slot_bytes, 4, 2 * 4096 + 2 * 8192, 1);
+    EXPECT_TRUE(c) << (c ? "" : c.error().message);
+    return c ? *c : storage::slot_classes{};
+}
+
+TEST(Replay, SlotClassesAreSeparateCaches) {
+    const storage::slot_classes classes = two_classes();
+    ASSERT_EQ(classes.n_classes(), 2u);
+    ASSERT_EQ(classes[0].n_slots, 2u);
+    ASSERT_EQ(classes[1].n_slots, 2u);
+    // Layer 0 cycles three experts, layer 1 keeps one, for 12 tokens.
+    test::routing steps;
+    for (std::int32_t t = 0; t < 12; ++t) steps.push_back({{t % 3}, {0}});
+    const trace_data tr = make_trace(2, 4, 1, steps);
+    auto order = decode_order(tr);
+    ASSERT_TRUE(order.has_value());
+    for (cache_scope scope : {cache_scope::global, cache_scope::per_layer}) {
+        replay_options o;
+        o.policy = replay_policy::lru;
+        o.scope = scope;
+        o.classes = classes;
+        auto r = replay_trace(tr, *order, o);
+        ASSERT_TRUE(r.has_value()) << r.error().message;
+        // Layer 0 has two slots for a cycle of three: LRU misses every time; layer 1 once.
+        EXPECT_EQ(r->demand_misses, 12u + 1u) << scope_name(scope);
+    }
+    // The same four slots pooled hold every expert: four cold misses.
+    EXPECT_EQ(run(tr, replay_policy::lru, cache_scope::global, 4).demand_misses, 4u);
 }
 
 }  // namespace

@@ -180,5 +180,34 @@ TEST(tier_replay, too_few_slots_is_an_error) {
     EXPECT_NE(r.error().message.find("slots"), std::string::npos) << r.error().message;
 }
 
+TEST(tier_replay, slot_classes_bound_each_layers_slots) {
+    // Two layers; layer 0's experts in a class of two slots, layer 1's in another of two.
+    const std::vector<std::uint64_t> slot_bytes = {4096, 8192};
+    auto classes = storage::plan_slot_classes(slot_bytes, 4, 2 * 4096 + 2 * 8192, 1);
+    ASSERT_TRUE(classes) << classes.error().message;
+    ASSERT_EQ((*classes)[0].n_slots, 2u);
+    trace_data tr;
+    tr.info.n_layer = 2;
+    tr.info.n_expert = 4;
+    tr.info.n_expert_used = 1;
+    test::routing steps;
+    for (std::int32_t t = 0; t < 12; ++t) steps.push_back({{t % 3}, {0}});
+    test::append_sequence(tr, 0, steps);
+    tier_replay_options o = options(4, false);
+    auto pooled = replay_through_tier(tr, o);
+    ASSERT_TRUE(pooled.has_value()) << pooled.error().message;
+    EXPECT_EQ(pooled->demand_misses, 4u);  // four slots hold every expert used
+    o.classes = *classes;
+    auto split = replay_through_tier(tr, o);
+    ASSERT_TRUE(split.has_value()) << split.error().message;
+    // Layer 0 cycles three experts through its class's two slots: it keeps missing.
+    EXPECT_GE(split->demand_misses, 4u + 4u);
+    // Classes made for another number of layers are refused.
+    o.classes = storage::plan_slot_classes(std::vector<std::uint64_t>{4096}, 4, 4 * 4096, 1).value();
+    auto wrong = replay_through_tier(tr, o);
+    ASSERT_FALSE(wrong.has_value());
+    EXPECT_NE(wrong.error().message.find("slot classes made for 1 layers"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace moed::scheduler

@@ -27,6 +27,7 @@
 #include <numeric>
 
 #include "storage/fault_reader.h"
+#include "storage/slot_geometry.h"
 #include "storage/tiered_expert_source.h"
 #include "tests/storage/tiered_test_util.h"
 #include "tests/support/test_paths.h"
@@ -39,7 +40,7 @@ using namespace tiered_test;
 constexpr std::uint32_t page = 4096;
 
 struct source_setup {
-    std::uint32_t slots = 3;
+    std::uint32_t slots = 3;  // of each slot class (the one class when the layers' experts are alike)
     memory_lock lock = memory_lock::off;
     std::uint32_t eio_retries = 3;
 };
@@ -47,7 +48,14 @@ struct source_setup {
 result<std::unique_ptr<tiered_expert_source>> make_source(const model_fixture& m, const source_setup& s,
                                                           std::unique_ptr<block_reader> reader = nullptr) {
     tiered_options o;
-    o.host_budget_bytes = tiered_slot_bytes(m.layout, page) * s.slots;
+    // `slots` slots of every distinct slot size: for a model whose classes have equally many
+    // layers (every test model here), the split gives each class exactly `slots`.
+    std::vector<std::uint64_t> sizes;
+    for (std::uint32_t l = 0; l < m.layout.n_layer; ++l) {
+        const std::uint64_t b = layer_slot_bytes(m.layout, l, page);
+        if (std::find(sizes.begin(), sizes.end(), b) == sizes.end()) sizes.push_back(b);
+    }
+    o.host_budget_bytes = s.slots * std::accumulate(sizes.begin(), sizes.end(), std::uint64_t{0});
     o.lock = s.lock;
     o.eio_retries = s.eio_retries;
     o.file_check_interval = std::chrono::milliseconds(0);  // the tests call check_file() themselves
@@ -108,7 +116,10 @@ TEST(tiered_expert_source, bytes_match_resident_source_under_constant_eviction) 
         ASSERT_TRUE(m.resident);
         auto source = make_source(m, {.slots = 3});
         ASSERT_TRUE(source) << source.error().message;
-        EXPECT_EQ((*source)->slot_count(), 3u);
+        // The Q4_K_M mix puts one layer's ffn_down in Q6_K: two slot classes of 3 slots.
+        const std::uint32_t classes = std::string(type) == "Q8_0" ? 1u : 2u;
+        EXPECT_EQ((*source)->classes().n_classes(), classes);
+        EXPECT_EQ((*source)->slot_count(), 3u * classes);
         EXPECT_EQ((*source)->max_held_experts(), 3u);
         churn_and_compare(**source, m, 3);
         churn_and_compare(**source, m, 1);
@@ -247,6 +258,89 @@ TEST(tiered_expert_source, duplicate_ids_and_out_of_range_ids) {
     const std::vector<ExpertId> three = {{0, 0}, {0, 1}, {0, 2}};
     expect_error((*made)->acquire_many(three, device_id::host(), handles), {"cannot hold 3 experts at once in 2 host slots"});
     EXPECT_TRUE(handles.empty());
+}
+
+// Four layers of the Q4_K_M mix: layers 2 and 3 have ffn_down in Q6_K, so their experts need
+// bigger slots than those of layers 0 and 1.
+TEST(tiered_expert_source, slot_classes_keep_each_layers_experts_apart) {
+    tools::synth_shape shape;
+    shape.layers = 4;
+    const model_fixture m = load_model("Q4_K_M", shape);
+    ASSERT_TRUE(m.resident);
+    ASSERT_LT(layer_slot_bytes(m.layout, 0, page), layer_slot_bytes(m.layout, 2, page));
+    tiered_options o;
+    o.lock = memory_lock::off;
+    o.file_check_interval = std::chrono::milliseconds(0);
+    o.host_budget_bytes = tiered_every_expert_bytes(m.layout, page) / 4;
+    auto made = tiered_expert_source::create(m.path, m.layout, o);
+    ASSERT_TRUE(made) << made.error().message;
+    tiered_expert_source& source = **made;
+    const slot_classes& classes = source.classes();
+    ASSERT_EQ(classes.n_classes(), 2u);
+    EXPECT_EQ(classes.class_of_layer(0), classes.class_of_layer(1));
+    EXPECT_EQ(classes.class_of_layer(2), classes.class_of_layer(3));
+    EXPECT_NE(classes.class_of_layer(0), classes.class_of_layer(2));
+    // The slab stays within the budget and holds more experts than slots of the largest size
+    // would: a quarter of each class's experts.
+    auto st = source.stats();
+    EXPECT_LE(st.host.capacity_bytes, o.host_budget_bytes);
+    EXPECT_EQ(st.host.capacity_bytes, classes.bytes());
+    EXPECT_GT(source.slot_count(), o.host_budget_bytes / tiered_slot_bytes(m.layout, page));
+    EXPECT_EQ(source.slot_count(), 4u * 8u / 4u);
+    const std::uint32_t small = classes[classes.class_of_layer(0)].n_slots;
+    const std::uint32_t big = classes[classes.class_of_layer(2)].n_slots;
+    EXPECT_EQ(source.max_held_experts(), std::min(small, big));
+
+    std::vector<expert_handle> handles;
+    auto acquire = [&](std::vector<ExpertId> ids) {
+        auto r = source.acquire_many(ids, device_id::host(), handles);
+        ASSERT_TRUE(r) << r.error().message;
+        for (const expert_handle& h : handles) EXPECT_TRUE(same_as_resident(h, *m.resident));
+        for (expert_handle& h : handles) h.release();
+        handles.clear();
+    };
+    auto resident = [&](std::uint32_t layer) {
+        std::vector<std::uint32_t> out;
+        const auto rows = source.stats().layer_residency;
+        for (std::uint32_t e = 0; e < 8; ++e) {
+            if (rows[layer][e] == '#') out.push_back(e);
+        }
+        return out;
+    };
+    // Fill the big class, then churn every expert of the small layers through their slots.
+    for (std::uint32_t e = 0; e < big; ++e) acquire({ExpertId{2 + e % 2, e / 2}});
+    const auto big2 = resident(2), big3 = resident(3);
+    EXPECT_EQ(big2.size() + big3.size(), big);
+    // One layer's experts one after another (the same layer computed, so its class's slots
+    // end up guarded for it while the other class's are merely reclaimable), in pairs too.
+    for (int pass = 0; pass < 3; ++pass) {
+        for (std::uint32_t l : {0u, 1u}) {
+            for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{l, e}});
+        }
+        for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{0, e}, ExpertId{1, 7 - e}});
+    }
+    EXPECT_EQ(resident(2), big2) << "a small layer's load evicted a big layer's expert";
+    EXPECT_EQ(resident(3), big3) << "a small layer's load evicted a big layer's expert";
+    const auto small0 = resident(0), small1 = resident(1);
+    EXPECT_EQ(small0.size() + small1.size(), small);
+    // And the other way round.
+    for (int pass = 0; pass < 3; ++pass) {
+        for (std::uint32_t l : {2u, 3u}) {
+            for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{l, e}});
+        }
+        for (std::uint32_t e = 0; e < 8; ++e) acquire({ExpertId{2, e}, ExpertId{3, 7 - e}});
+    }
+    EXPECT_EQ(resident(0), small0) << "a big layer's load evicted a small layer's expert";
+    EXPECT_EQ(resident(1), small1) << "a big layer's load evicted a small layer's expert";
+    st = source.stats();
+    EXPECT_EQ(st.host.resident_experts, source.slot_count());
+    EXPECT_EQ(st.host.read_errors, 0u);
+    // One call may hold at most a class's slots of that class's experts.
+    std::vector<ExpertId> too_many;
+    for (std::uint32_t e = 0; e <= big; ++e) too_many.push_back(ExpertId{2 + e % 2, e / 2});
+    expect_error(source.acquire_many(too_many, device_id::host(), handles),
+                 {"cannot hold " + std::to_string(big + 1) + " experts at once in " + std::to_string(big) + " host slots",
+                  "slot class"});
 }
 
 TEST(tiered_expert_source, budget_too_small_is_a_clear_error) {
