@@ -559,7 +559,7 @@ void gemm_float(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
 
 // The way llama.cpp multiplies the matrix (see the Q4_K section).
 void gemm_q4_k(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
-    if (a.rows % 8 == 0) {
+    if (a.repackable && a.rows % 8 == 0) {
         gemm_q4_k_repacked(a, r0, r1);
     } else {
         gemm_quant<q4_k_vec_dot_kernel>(a, r0, r1);

@@ -13,7 +13,11 @@
 // kernels (ggml-cpu/arch/x86/repack.cpp), which round alike: per row and token one running
 // float, acc = fma(the block's exact integer sum, d_w * d_x, acc) per block, in block order;
 // so every token of such a matrix, alone or in a batch, sums that way (no sum_order needed).
-// Any other matrix goes through vec_dot, per row and token:
+// Any other matrix (a repackable type's matrix of other row counts, or a per-head slice that
+// llama.cpp does not repack: matrix_view::repackable) goes through vec_dot for a token alone
+// and through tinyBLAS (llamafile's sgemm) for the tokens of a batch, sum_order.h; tinyBLAS
+// sums every one of these types as vec_dot does Q4_0 (one accumulator), which is vec_dot's
+// own order but for IQ4_NL (MXFP4 it leaves to vec_dot). vec_dot, per row and token:
 // - Q4_0, Q5_0: acc = fma(d_w * d_x, lanes, acc) per block; result hsum(acc).
 // - Q4_1, Q5_1: the same, plus a scalar summs = fma(m_w, s_x, summs) per block (GCC
 //   contracts llama.cpp's `summs += m * s`; the product of two halves is exact, so fused
@@ -22,6 +26,7 @@
 // - IQ4_NL, MXFP4: even blocks into acc1, odd blocks into acc2 (d_x * d_w, MXFP4's d_w the
 //   halved E8M0 scale); result hsum(acc1 + acc2), then a last odd block added as
 //   fma(d, its integer sum, result).
+// (IQ4_NL in a batch: the single accumulator of Q4_0, the last odd block included in it.)
 // The lanes are exact, so these float operations are the whole of the rounding. The AVX-512
 // kernels (matmul_q32_avx512.cpp) keep vec_dot's order for every matrix, so the levels give
 // the same bits where llama.cpp does not repack. Tiles: 4 rows x 1 token (decode) and 1 row
@@ -76,6 +81,7 @@ struct q4_0_t {
     static constexpr bool is_signed = true;
     static constexpr float_order order = float_order::single;
     static constexpr bool repacked_by_llama = true;
+    static constexpr bool single_in_batches = false;
     static __m256i values(const block& b) { return _mm256_sub_epi8(unpack_nibbles(b.qs), _mm256_set1_epi8(8)); }
     static float scale(const block& b) { return half_to_float(b.d); }
     static float min(const block&) { return 0.0f; }
@@ -86,6 +92,7 @@ struct q5_0_t {
     static constexpr bool is_signed = true;
     static constexpr float_order order = float_order::single;
     static constexpr bool repacked_by_llama = false;
+    static constexpr bool single_in_batches = false;
     static __m256i values(const block& b) {
         return _mm256_sub_epi8(_mm256_or_si256(unpack_nibbles(b.qs), unpack_high_bits(b.qh)), _mm256_set1_epi8(16));
     }
@@ -98,6 +105,7 @@ struct q4_1_t {
     static constexpr bool is_signed = false;
     static constexpr float_order order = float_order::single_min;
     static constexpr bool repacked_by_llama = false;
+    static constexpr bool single_in_batches = false;
     static __m256i values(const block& b) { return unpack_nibbles(b.qs); }
     static float scale(const block& b) { return half_to_float(b.d); }
     static float min(const block& b) { return half_to_float(b.m); }
@@ -108,6 +116,7 @@ struct q5_1_t {
     static constexpr bool is_signed = false;
     static constexpr float_order order = float_order::single_min;
     static constexpr bool repacked_by_llama = false;
+    static constexpr bool single_in_batches = false;
     static __m256i values(const block& b) { return _mm256_or_si256(unpack_nibbles(b.qs), unpack_high_bits(b.qh)); }
     static float scale(const block& b) { return half_to_float(b.d); }
     static float min(const block& b) { return half_to_float(b.m); }
@@ -118,6 +127,7 @@ struct iq4_nl_t {
     static constexpr bool is_signed = true;
     static constexpr float_order order = float_order::paired;
     static constexpr bool repacked_by_llama = true;
+    static constexpr bool single_in_batches = true;
     static __m256i values(const block& b) { return lookup(kvalues_iq4nl, unpack_nibbles(b.qs)); }
     static float scale(const block& b) { return half_to_float(b.d); }
     static float min(const block&) { return 0.0f; }
@@ -128,6 +138,7 @@ struct mxfp4_t {
     static constexpr bool is_signed = true;
     static constexpr float_order order = float_order::paired;
     static constexpr bool repacked_by_llama = true;
+    static constexpr bool single_in_batches = false;
     static __m256i values(const block& b) { return lookup(kvalues_mxfp4, unpack_nibbles(b.qs)); }
     static float scale(const block& b) { return e8m0_to_fp32_half(b.e); }
     static float min(const block&) { return 0.0f; }
@@ -182,10 +193,11 @@ inline void unpack_rows(const typename K::block* const* wb, std::int64_t b, unpa
     }
 }
 
-// Block b of R rows times T tokens, into acc (Second: acc2).
+// Block b of R rows times T tokens, into acc (Second: acc2, or acc for the tokens whose
+// `single` is set).
 template <class K, int R, int T, bool Second>
 inline void block_step(const typename K::block* const* wb, const typename K::act* const* xb, std::int64_t b,
-                       acc_state (*st)[T], __m128* summs, std::size_t tile_bytes) {
+                       acc_state (*st)[T], __m128* summs, std::size_t tile_bytes, const bool* single) {
     static_assert((R == 1 || T == 1) && R <= 4 && T <= 4);
     unpacked u[R];
     // The paired types step two blocks at a time; the first step asks for both.
@@ -210,7 +222,11 @@ inline void block_step(const typename K::block* const* wb, const typename K::act
             const __m256 p = _mm256_cvtepi32_ps(lanes<K>(u[i], xq));
             const __m256 d = _mm256_set1_ps(u[i].d * dx);
             if constexpr (Second) {
-                st[i][t].acc2 = _mm256_fmadd_ps(d, p, st[i][t].acc2);
+                if (single[t]) {
+                    st[i][t].acc = _mm256_fmadd_ps(d, p, st[i][t].acc);
+                } else {
+                    st[i][t].acc2 = _mm256_fmadd_ps(d, p, st[i][t].acc2);
+                }
             } else {
                 st[i][t].acc = _mm256_fmadd_ps(d, p, st[i][t].acc);
             }
@@ -256,6 +272,13 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
     for (int t = 0; t < T; ++t) xb[t] = reinterpret_cast<const xblock*>(a.x + static_cast<std::size_t>(t0 + t) * a.x_stride);
     const std::int64_t nb = a.cols / qk_q32;
     const std::size_t tile_bytes = R * a.w_stride;
+    // Tokens of a paired type that llama.cpp multiplies with tinyBLAS (sum_order.h: in a
+    // batch) rather than vec_dot: one accumulator for every block.
+    bool single[T];
+#pragma GCC unroll 8
+    for (int t = 0; t < T; ++t) {
+        single[t] = K::single_in_batches && a.orders != nullptr && a.orders[t0 + t] != sum_order::alone;
+    }
     acc_state st[R][T];
     __m128 summs = _mm_setzero_ps();
 #pragma GCC unroll 8
@@ -276,11 +299,11 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
         return;
     } else if constexpr (K::order == float_order::paired) {
         for (std::int64_t b = 0; b + 1 < nb; b += 2) {
-            block_step<K, R, T, false>(wb, xb, b, st, &summs, tile_bytes);
-            block_step<K, R, T, true>(wb, xb, b + 1, st, &summs, tile_bytes);
+            block_step<K, R, T, false>(wb, xb, b, st, &summs, tile_bytes, single);
+            block_step<K, R, T, true>(wb, xb, b + 1, st, &summs, tile_bytes, single);
         }
     } else {
-        for (std::int64_t b = 0; b < nb; ++b) block_step<K, R, T, false>(wb, xb, b, st, &summs, tile_bytes);
+        for (std::int64_t b = 0; b < nb; ++b) block_step<K, R, T, false>(wb, xb, b, st, &summs, tile_bytes, single);
     }
     alignas(16) float mins[4];
     _mm_store_ps(mins, summs);
@@ -289,7 +312,17 @@ void tile(const gemm_args& a, std::int64_t r0, std::int64_t t0) {
 #pragma GCC unroll 8
         for (int t = 0; t < T; ++t) {
             float out;
-            if constexpr (K::order == float_order::paired) {
+            if (K::order == float_order::paired && single[t]) {
+                // tinyBLAS: a last odd block joins the one accumulator like the others.
+                __m256 acc = st[i][t].acc;
+                if (nb % 2 != 0) {
+                    const xblock& x = xb[t][nb - 1];
+                    const unpacked u = unpack<K>(wb[i][nb - 1]);
+                    const __m256 p = _mm256_cvtepi32_ps(lanes<K>(u, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x.qs))));
+                    acc = _mm256_fmadd_ps(_mm256_set1_ps(u.d * half_to_float(x.d)), p, acc);
+                }
+                out = hsum_ps(acc);
+            } else if constexpr (K::order == float_order::paired) {
                 out = hsum_ps(_mm256_add_ps(st[i][t].acc, st[i][t].acc2));
                 if (nb % 2 != 0) {
                     // The last odd block, as llama.cpp's scalar tail: fma(d, its integer sum, out).
@@ -328,12 +361,13 @@ void gemm_tiles(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     }
 }
 
-// The way llama.cpp multiplies the matrix: repacked when the type is one it repacks and the
-// row count a multiple of 8 (ggml_repack_get_optimal_repack_type), else vec_dot.
+// The way llama.cpp multiplies the matrix: repacked when the type is one it repacks, the
+// matrix one it may repack and the row count a multiple of 8
+// (ggml_repack_get_optimal_repack_type), else vec_dot.
 template <class K>
 void gemm(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     if constexpr (K::repacked_by_llama) {
-        if (a.rows % 8 == 0) {
+        if (a.repackable && a.rows % 8 == 0) {
             gemm_tiles<K, true>(a, r0, r1);
             return;
         }
