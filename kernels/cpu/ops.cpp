@@ -200,10 +200,12 @@ void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    // The AVX2 and AVX-512 levels rotate as llama.cpp's x86 builds, whose C is compiled with
-    // FMA contraction (rope_neox's AVX2 kernel says how; the cache as rope_cache says), the
-    // scalar level without.
-    const bool fused = active_isa() != isa::scalar;
+    // The AVX2 level rotates as llama.cpp's AVX2 build, whose C is compiled with FMA
+    // contraction (rope_neox's AVX2 kernel says how; the cache as rope_cache says; checked
+    // bit for bit against its deepseek2 dumps with tools/layer_parity.cpp). The AVX-512 and
+    // scalar levels keep the plain operations: llama.cpp's AVX-512 build is not matched here,
+    // and a changed rounding there flips a deepseek2-v3 Q3_K routing near-tie in its golden.
+    const bool fused = active_isa() == isa::avx2;
     detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta, fused);
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
@@ -226,8 +228,8 @@ void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    // Only the AVX levels use it: the scalar level's reference computes its own.
-    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta, true);
+    // Fused at the AVX2 level as rope_norm's; the scalar level's reference computes its own.
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta, active_isa() == isa::avx2);
     switch (active_isa()) {
         case isa::avx512: return detail::rope_apply_avx512(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);
         case isa::avx2: return detail::rope_apply_avx2(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);

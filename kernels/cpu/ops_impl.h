@@ -17,7 +17,7 @@ inline constexpr int max_head_dim = 1024;
 // and magnitude scaling when `scaling` is set, computed as ggml does. `fused`: as llama.cpp's
 // x86 builds compile ggml's C (with FMA contraction: the interpolation
 // fma(interp, 1 - ramp, theta * ramp) and the magnitude fma(0.1, ln(1 / freq_scale), 1)),
-// the AVX2 and AVX-512 levels' cache; else unfused, the scalar level's.
+// the AVX2 level's cache; else unfused, the other levels'.
 void rope_cache(int n_rot, std::int64_t pos, float freq_base, const rope_scaling* scaling, float* cos_theta,
                 float* sin_theta, bool fused);
 
