@@ -15,9 +15,9 @@
 // so every token of such a matrix, alone or in a batch, sums that way (no sum_order needed).
 // Any other matrix (a repackable type's matrix of other row counts, or a per-head slice that
 // llama.cpp does not repack: matrix_view::repackable) goes through vec_dot for a token alone
-// and through tinyBLAS (llamafile's sgemm) for the tokens of a batch, sum_order.h; tinyBLAS
-// sums every one of these types as vec_dot does Q4_0 (one accumulator), which is vec_dot's
-// own order but for IQ4_NL (MXFP4 it leaves to vec_dot). vec_dot, per row and token:
+// and, for Q4_0, Q5_0 and IQ4_NL, through tinyBLAS (llamafile's sgemm) for the tokens of a
+// batch (sum_order.h); tinyBLAS sums them as vec_dot sums Q4_0 (one accumulator), which is
+// vec_dot's own order but for IQ4_NL. vec_dot, per row and token:
 // - Q4_0, Q5_0: acc = fma(d_w * d_x, lanes, acc) per block; result hsum(acc).
 // - Q4_1, Q5_1: the same, plus a scalar summs = fma(m_w, s_x, summs) per block (GCC
 //   contracts llama.cpp's `summs += m * s`; the product of two halves is exact, so fused
