@@ -12,6 +12,9 @@
 // non-rotary key and value; the cache holds per-head keys [non-rotary | shared rotary] and
 // values, and attention is multi-head.
 // Either way all heads then go through attn_output.
+// llama.cpp multiplies all of these, per-head stacks included, in plain (batched) products and
+// attends with its plain KQ / KQV products, so each takes the tokens' sum orders (sum_order.h)
+// as the other architectures' attention does.
 #include <algorithm>
 
 #include "engine/evaluator.h"
@@ -42,6 +45,7 @@ void evaluator::mla_attention_block(std::uint32_t l, std::span<const batch_token
     const std::int64_t q_dim = q_head * n_head;
     const std::int64_t kv_a_dim = rank + n_rot;
     const kernels::rope_scaling* scaling = hp.rope_scale ? &*hp.rope_scale : nullptr;
+    const kernels::sum_order* orders = orders_.data();
 
     for_tokens(n, [&](std::int64_t t) {
         kernels::rms_norm(x_.data() + t * embd, lw.attn_norm, cur_.data() + t * embd, embd, hp.rms_eps);
@@ -49,21 +53,21 @@ void evaluator::mla_attention_block(std::uint32_t l, std::span<const batch_token
     // The compressed KV [latent | rotary] into k_, then the query into mla_q_; they read the
     // same activations, converted once when their activation types agree.
     act_.quantize(lw.wkv_a.type, cur_.data(), n, embd, embd, &pool_);
-    kernels::matmul(lw.wkv_a, act_, k_.data(), kv_a_dim, pool_);
+    kernels::matmul(lw.wkv_a, act_, k_.data(), kv_a_dim, pool_, orders);
     const kernels::matrix_view& first_q = mla.q_lora_rank > 0 ? lw.wq_a : lw.wq;
     if (kernels::activation_type_for(first_q.type) != act_.type()) {
         act_.quantize(first_q.type, cur_.data(), n, embd, embd, &pool_);
     }
     if (mla.q_lora_rank > 0) {
         const std::int64_t q_rank = mla.q_lora_rank;
-        kernels::matmul(lw.wq_a, act_, mla_q_a_.data(), q_rank, pool_);
+        kernels::matmul(lw.wq_a, act_, mla_q_a_.data(), q_rank, pool_, orders);
         for_tokens(n, [&](std::int64_t t) {
             float* qa = mla_q_a_.data() + t * q_rank;
             kernels::rms_norm(qa, lw.q_a_norm, qa, q_rank, hp.rms_eps);
         });
-        kernels::matmul(lw.wq_b, mla_q_a_.data(), n, mla_q_.data(), q_dim, pool_, act_);
+        kernels::matmul(lw.wq_b, mla_q_a_.data(), n, mla_q_.data(), q_dim, pool_, act_, orders);
     } else {
-        kernels::matmul(lw.wq, act_, mla_q_.data(), q_dim, pool_);
+        kernels::matmul(lw.wq, act_, mla_q_.data(), q_dim, pool_, orders);
     }
     // RoPE on the rotary parts and the latent's norm.
     for_tokens(n, [&](std::int64_t t) {
@@ -80,7 +84,7 @@ void evaluator::mla_attention_block(std::uint32_t l, std::span<const batch_token
         mla_decompressed_attention(l, batch);
     }
 
-    kernels::matmul(lw.wo, mla_out_.data(), n, proj_.data(), embd, pool_, act_);
+    kernels::matmul(lw.wo, mla_out_.data(), n, proj_.data(), embd, pool_, act_, orders);
     for_tokens(n, [&](std::int64_t t) {
         float* x = x_.data() + t * embd;
         const float* o = proj_.data() + t * embd;
@@ -113,7 +117,7 @@ void evaluator::mla_absorbed_attention(std::uint32_t l, std::span<const batch_to
     // part, its rotary part copied after it.
     for (int h = 0; h < n_head; ++h) {
         act_.quantize(lw.wk_b.type, mla_q_.data() + h * q_head, n, nope, q_dim, &pool_);
-        kernels::matmul(head_matrix(lw.wk_b, h), act_, q_.data() + h * row, absorbed_dim, pool_);
+        kernels::matmul(head_matrix(lw.wk_b, h), act_, q_.data() + h * row, absorbed_dim, pool_, orders_.data());
     }
     for_tokens(n, [&](std::int64_t t) {
         for (int h = 0; h < n_head; ++h) {
@@ -142,6 +146,7 @@ void evaluator::mla_absorbed_attention(std::uint32_t l, std::span<const batch_to
             args.k_stride = row;
             args.v_stride = row;
             args.scale = hp.kq_scale;
+            args.order = batch[t].order;
             args.out = attn_.data() + t * latent_dim + static_cast<std::int64_t>(h0) * rank;
             kernels::attention_group(args, 0, scratch);
         }
@@ -152,7 +157,7 @@ void evaluator::mla_absorbed_attention(std::uint32_t l, std::span<const batch_to
     for (int h = 0; h < n_head; ++h) {
         act_.quantize(lw.wv_b.type, attn_.data() + static_cast<std::int64_t>(h) * rank, n, rank, latent_dim, &pool_);
         kernels::matmul(head_matrix(lw.wv_b, h), act_, mla_out_.data() + static_cast<std::int64_t>(h) * mla.v_head_dim,
-                        v_dim, pool_);
+                        v_dim, pool_, orders_.data());
     }
 }
 
@@ -174,7 +179,7 @@ void evaluator::mla_decompressed_attention(std::uint32_t l, std::span<const batc
 
     // Every head's [non-rotary key | value] from the normalised latent.
     act_.quantize(lw.wkv_b.type, k_.data(), n, rank, kv_a_dim, &pool_);
-    kernels::matmul(lw.wkv_b, act_, mla_kv_.data(), kv_b_dim, pool_);
+    kernels::matmul(lw.wkv_b, act_, mla_kv_.data(), kv_b_dim, pool_, orders_.data());
     // The cache rows: per head, the key [non-rotary | shared rotary] and the value.
     for_tokens(n, [&](std::int64_t t) {
         kv_cache& cache = *batch[t].cache;
@@ -205,6 +210,7 @@ void evaluator::mla_decompressed_attention(std::uint32_t l, std::span<const batc
             args.head_dim = static_cast<int>(k_head);
             args.v_dim = v_head;
             args.scale = hp.kq_scale;
+            args.order = batch[t].order;
             args.out = mla_out_.data() + t * static_cast<std::int64_t>(v_head) * n_head;
             kernels::attention_group(args, h, scratch);
         }

@@ -174,7 +174,8 @@ public:
     }
 
     // A stack of `n` weights [rows x cols] (ggml ne = {cols, rows, n}): the view of the
-    // first (head_matrix() steps to the others).
+    // first (head_matrix() steps to the others). llama.cpp multiplies such a stack in a plain
+    // (batched) product, which it never repacks.
     result<kernels::matrix_view> stack(const std::string& name, std::int64_t n, std::int64_t rows, std::int64_t cols) {
         auto info = file_.get_tensor(name);
         if (!info) return unexpected(std::move(info).error());
@@ -187,7 +188,9 @@ public:
             return make_error(errc::unsupported, "{}: tensor '{}' has type {}, which moed cannot compute with",
                               file_.path(), name, type_name(t.type));
         }
-        return kernels::matrix_view{t.type, data_of(t), rows, cols, row_bytes(t.type, cols)};
+        kernels::matrix_view view{t.type, data_of(t), rows, cols, row_bytes(t.type, cols)};
+        view.repackable = false;
+        return view;
     }
 
     // A 1-D weight of n values (or, with rows > 1, a 2-D one of rows x n), converted to f32

@@ -187,15 +187,31 @@ void end_to_end(engine::model& m, const dump& d, const tokens& toks) {
     const auto& hp = m.hparams();
     kernels::compute_pool pool(1);
     engine::evaluator eval(m, pool, static_cast<std::int64_t>(toks.prompt.size()));
-    engine::kv_cache cache(hp.n_layer, hp.n_ctx_train, hp.n_head_kv, hp.head_dim);
+    engine::kv_cache cache(engine::kv_shape_of(hp), hp.n_ctx_train);
     int step = 0;
     eval.add_layer_start_observer([&](const engine::lookahead_event& ev) {
+        // The event numbers MoE layers; the dump, every layer (dense leading ones first).
+        const std::uint32_t layer = ev.layer + hp.n_layer_dense_lead;
         const std::vector<float> want =
-            ev.layer == 0 ? d.load(step, "embd", "GET_ROWS") : d.load(step, "l_out-" + std::to_string(ev.layer - 1), "ADD");
+            layer == 0 ? d.load(step, "embd", "GET_ROWS") : d.load(step, "l_out-" + std::to_string(layer - 1), "ADD");
         const std::size_t n = std::min(want.size(), ev.stream.size());
-        const difference diff = compare(ev.stream.data() + (ev.stream.size() - n), want.data() + (want.size() - n), n);
-        std::printf("  step %2d layer %2u stream entering: %7lld of %7zu differ, max |d| %.3g\n", step, ev.layer,
+        const float* got = ev.stream.data() + (ev.stream.size() - n);
+        const float* wanted = want.data() + (want.size() - n);
+        const difference diff = compare(got, wanted, n);
+        // Which of the compared tokens differ: a sum order that depends on the token's place in
+        // its batch (sum_order.h) shows as a run at the batch's end or start.
+        const std::int64_t embd = hp.n_embd;
+        std::int64_t first = -1, last = -1;
+        for (std::int64_t t = 0; t < static_cast<std::int64_t>(n) / embd; ++t) {
+            if (compare(got + t * embd, wanted + t * embd, static_cast<std::size_t>(embd)).values == 0) continue;
+            if (first < 0) first = t;
+            last = t;
+        }
+        std::printf("  step %2d layer %2u stream entering: %7lld of %7zu differ, max |d| %.3g", step, layer,
                     static_cast<long long>(diff.values), n, diff.max_abs);
+        if (first >= 0) std::printf(" (tokens %lld..%lld of %lld)", static_cast<long long>(first), static_cast<long long>(last),
+                                    static_cast<long long>(n) / embd);
+        std::printf("\n");
     });
     std::printf("end to end (moed's evaluator on the same tokens):\n");
     std::vector<float> logits;

@@ -35,6 +35,7 @@ struct gemm_args {
     float* y = nullptr;  // y[t * y_stride + r]
     std::int64_t y_stride = 0;
     std::int64_t rows = 0;  // of the whole matrix (a job covers a part of them)
+    bool repackable = true;  // matrix_view::repackable
     // Per activation row, how float dot products sum (sum_order.h); null: every row alone.
     const sum_order* orders = nullptr;
 };

@@ -209,6 +209,7 @@ void matmul(const matrix_view& w, const activation_buffer& x, float* y, std::int
     args.y = y;
     args.y_stride = y_stride;
     args.rows = w.rows;
+    args.repackable = w.repackable;
     args.orders = orders;
     const detail::gemm_fn fn = pick_kernel(w.type);
 

@@ -28,6 +28,11 @@ struct matrix_view {
     std::int64_t rows = 0;  // output features
     std::int64_t cols = 0;  // input features; a multiple of the type's block size
     std::size_t row_stride_bytes = 0;
+    // Whether llama.cpp may repack the matrix at load (ggml-cpu/repack.cpp): its 2-D weights
+    // and the 3-D expert stacks of MUL_MAT_ID, yes; a slice of a 3-D tensor in a plain
+    // product (MLA's per-head k_b / v_b), no. At the AVX2 level the types it repacks (Q4_K,
+    // Q4_0, IQ4_NL, MXFP4) then sum in its repacked kernels' order when rows % 8 == 0.
+    bool repackable = true;
 };
 
 // Activation rows converted for one weight type. Reused across calls; it grows its buffer

@@ -19,19 +19,11 @@
 
 #include "kernels/cpu/kernel_impl.h"
 #include "kernels/cpu/quant_blocks.h"
+#include "kernels/cpu/simd_avx2.h"
 
 namespace moed::kernels::detail {
 
 namespace {
-
-inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
-
-inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 // ---------------------------------------------------------------------------------------
 // Q4_K x Q8_K
@@ -89,12 +81,6 @@ inline __m256i q4_k_block_sums(const q4_k_unpacked& u, const block_q8_k& x) {
         sum = _mm256_add_epi32(sum, _mm256_madd_epi16(_mm256_maddubs_epi16(u.q[j], xv), u.s[j]));
     }
     return sum;
-}
-
-// The sums of four 8-lane int32 vectors, in the lanes of one 128-bit vector.
-inline __m128i hsum4_epi32(__m256i a, __m256i b, __m256i c, __m256i d) {
-    const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
-    return _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1));
 }
 
 // One row x T tokens. A token of the gemv kind adds one integer sum per block; one of the
@@ -571,10 +557,9 @@ void gemm_float(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
     gemm_float_tiles<L>(a, r0, r1, 0, a.n_tokens);
 }
 
-
 // The way llama.cpp multiplies the matrix (see the Q4_K section).
 void gemm_q4_k(const gemm_args& a, std::int64_t r0, std::int64_t r1) {
-    if (a.rows % 8 == 0) {
+    if (a.repackable && a.rows % 8 == 0) {
         gemm_q4_k_repacked(a, r0, r1);
     } else {
         gemm_quant<q4_k_vec_dot_kernel>(a, r0, r1);

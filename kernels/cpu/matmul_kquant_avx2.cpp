@@ -23,6 +23,7 @@
 
 #include "kernels/cpu/kernel_impl.h"
 #include "kernels/cpu/quant_blocks.h"
+#include "kernels/cpu/simd_avx2.h"
 
 namespace moed::kernels::detail {
 
@@ -30,16 +31,6 @@ namespace {
 
 static_assert(sizeof(block_q2_k) == 84 && sizeof(block_q3_k) == 110 && sizeof(block_q5_k) == 176 &&
               sizeof(block_iq4_xs) == 136 && sizeof(block_q8_k) == 292);
-
-inline float half_to_float(std::uint16_t h) { return _cvtsh_ss(h); }
-
-// llama.cpp's hsum_float_8 (its high + low is this low + high: float addition commutes).
-inline float hsum_ps(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
 
 inline __m256i load256(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
 

@@ -33,7 +33,7 @@ void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta, false);
     const int half = n_rot / 2;
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
@@ -51,7 +51,7 @@ void rope_neox_contracted(float* x, int n_heads, int head_dim, int n_rot, std::i
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta, true);
     const int half = n_rot / 2;
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
@@ -130,7 +130,7 @@ std::int64_t argmax(const float* x, std::int64_t n) {
 namespace detail {
 
 void rope_cache(int n_rot, std::int64_t pos, float freq_base, const rope_scaling* scaling, float* cos_theta,
-                float* sin_theta) {
+                float* sin_theta, bool fused) {
     // As ggml_rope_cache_init: theta starts at pos and is multiplied by theta_scale per pair,
     // in float; rope_yarn() interpolates and scales it. Without scaling (freq_scale 1,
     // ext_factor 0, attn_factor 1) this is plain cos/sin of theta.
@@ -145,8 +145,13 @@ void rope_cache(int n_rot, std::int64_t pos, float freq_base, const rope_scaling
         if (sc.ext_factor != 0.0f) {
             const float y = (static_cast<float>(i) - sc.corr_low) / std::max(0.001f, sc.corr_high - sc.corr_low);
             const float ramp = (1.0f - std::min(1.0f, std::max(0.0f, y))) * sc.ext_factor;
-            angle = interp * (1.0f - ramp) + theta * ramp;
-            mscale *= 1.0f + 0.1f * std::log(1.0f / sc.freq_scale);
+            if (fused) {
+                angle = std::fma(interp, 1.0f - ramp, theta * ramp);
+                mscale *= std::fma(0.1f, std::log(1.0f / sc.freq_scale), 1.0f);
+            } else {
+                angle = interp * (1.0f - ramp) + theta * ramp;
+                mscale *= 1.0f + 0.1f * std::log(1.0f / sc.freq_scale);
+            }
         }
         cos_theta[i] = std::cos(angle) * mscale;
         sin_theta[i] = std::sin(angle) * mscale;
@@ -195,15 +200,25 @@ void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
-    // Element-wise with no reduction: one scalar loop gives the same bits on every ISA.
+    // The AVX2 level rotates as llama.cpp's AVX2 build, whose C is compiled with FMA
+    // contraction (rope_neox's AVX2 kernel says how; the cache as rope_cache says; checked
+    // bit for bit against its deepseek2 dumps with tools/layer_parity.cpp). The AVX-512 and
+    // scalar levels keep the plain operations: llama.cpp's AVX-512 build is not matched here,
+    // and a changed rounding there flips a deepseek2-v3 Q3_K routing near-tie in its golden.
+    const bool fused = active_isa() == isa::avx2;
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta, fused);
     for (int h = 0; h < n_heads; ++h) {
         float* v = x + static_cast<std::int64_t>(h) * head_dim;
         for (int i = 0; i < n_rot / 2; ++i) {
             const float x0 = v[2 * i];
             const float x1 = v[2 * i + 1];
-            v[2 * i] = x0 * cos_theta[i] - x1 * sin_theta[i];
-            v[2 * i + 1] = x0 * sin_theta[i] + x1 * cos_theta[i];
+            if (fused) {
+                v[2 * i] = std::fma(x0, cos_theta[i], -(x1 * sin_theta[i]));
+                v[2 * i + 1] = std::fma(x0, sin_theta[i], x1 * cos_theta[i]);
+            } else {
+                v[2 * i] = x0 * cos_theta[i] - x1 * sin_theta[i];
+                v[2 * i + 1] = x0 * sin_theta[i] + x1 * cos_theta[i];
+            }
         }
     }
 }
@@ -213,7 +228,8 @@ void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos,
     MOED_ASSERT(n_rot > 0 && n_rot % 2 == 0 && n_rot <= head_dim && n_rot <= detail::max_rope_dims);
     float cos_theta[detail::max_rope_dims / 2];
     float sin_theta[detail::max_rope_dims / 2];
-    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta);
+    // Fused at the AVX2 level as rope_norm's; the scalar level's reference computes its own.
+    detail::rope_cache(n_rot, pos, freq_base, scaling, cos_theta, sin_theta, active_isa() == isa::avx2);
     switch (active_isa()) {
         case isa::avx512: return detail::rope_apply_avx512(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);
         case isa::avx2: return detail::rope_apply_avx2(x, n_heads, head_dim, n_rot, cos_theta, sin_theta);

@@ -43,7 +43,9 @@ rope_scaling make_yarn(int n_rot, float freq_base, float factor, int n_ctx_orig,
 void rope_neox(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
                const rope_scaling* scaling = nullptr);
 
-// The same in NORM layout: adjacent pairs (2i, 2i + 1) for 2i < n_rot turn by theta_i.
+// The same in NORM layout: adjacent pairs (2i, 2i + 1) for 2i < n_rot turn by theta_i. At
+// the AVX2 level the rotation and the YaRN cache round as llama.cpp's AVX2 build (its C
+// contracted into FMAs), at the other levels without fusion.
 void rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float freq_base,
                const rope_scaling* scaling = nullptr);
 

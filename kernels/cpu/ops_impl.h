@@ -14,9 +14,12 @@ inline constexpr int max_rope_dims = 1024;
 inline constexpr int max_head_dim = 1024;
 
 // cos/sin of theta_i = pos * base^(-2i/n_rot) for i < n_rot/2, with YaRN's interpolation
-// and magnitude scaling when `scaling` is set, computed as ggml does.
+// and magnitude scaling when `scaling` is set, computed as ggml does. `fused`: as llama.cpp's
+// x86 builds compile ggml's C (with FMA contraction: the interpolation
+// fma(interp, 1 - ramp, theta * ramp) and the magnitude fma(0.1, ln(1 / freq_scale), 1)),
+// the AVX2 level's cache; else unfused, the other levels'.
 void rope_cache(int n_rot, std::int64_t pos, float freq_base, const rope_scaling* scaling, float* cos_theta,
-                float* sin_theta);
+                float* sin_theta, bool fused);
 
 void rms_norm_avx2(const float* x, const float* weight, float* y, std::int64_t n, float eps);
 void rope_apply_avx2(float* x, int n_heads, int head_dim, int n_rot, const float* cos_theta, const float* sin_theta);

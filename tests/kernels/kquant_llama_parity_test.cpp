@@ -1,10 +1,11 @@
-// Parity with llama.cpp: Q2_K, Q3_K, Q5_K and IQ4_XS matrix products give, bit for bit, the
-// outputs llama.cpp's CPU backend computed for the same inputs (kquant_parity_data.h: 8 rows
-// of 512 random-byte weights with finite scales, 5 tokens of activations). The expected bits
-// come from tools/llama_parity/kquant_parity.cpp run against llama.cpp 34af94cd9 built with
-// GGML_NATIVE=OFF for AVX2 (ggml_vec_dot_*_q8_K) and for AVX-512 (the same dot products, and
-// for Q2_K the repacked ggml_gemv_q2_K_8x8_q8_K, whose one-token order moed keeps for every
-// token), one thread. The AVX2 level is checked against the AVX2 build and the AVX-512 level
+// Parity with llama.cpp: Q2_K, Q3_K, Q5_K and IQ4_XS matrix products, and at the AVX2 level
+// Q4_0, IQ4_NL and MXFP4 ones (which llama.cpp repacks: its gemv/gemm_*_8x8_q8_0 order),
+// give, bit for bit, the outputs llama.cpp's CPU backend computed for the same inputs
+// (kquant_parity_data.h: 8 rows of 512 random-byte weights with finite scales, 5 tokens of
+// activations). The expected bits come from tools/llama_parity/kquant_parity.cpp run against
+// llama.cpp 34af94cd9 built with GGML_NATIVE=OFF for AVX2 (ggml_vec_dot_*_q8_K, and the
+// repacked 32-value types) and for AVX-512 (the same dot products, and for Q2_K the repacked
+// ggml_gemv_q2_K_8x8_q8_K, whose one-token order moed keeps for every token), one thread. The AVX2 level is checked against the AVX2 build and the AVX-512 level
 // against the AVX-512 build (they agree except for Q2_K), each for the whole batch and for
 // every token alone. A different lane layout or float order in a kernel changes some of these
 // bits; the scalar kernels are not held to them (their order is their own).
@@ -62,12 +63,38 @@ const std::uint32_t want_iq4_xs[parity_rows * parity_tokens] = {
     0xc3355374, 0xc2f16176, 0xc2524893, 0xc3a2e3eb, 0xc3788792, 0x420a6573, 0x42861eb5, 0xc358be5e,
     0xc3b62dc8, 0xc40f3e1f, 0x44203529, 0x42b2e6f4, 0x43385e86, 0xc33156a1, 0x439d3c6e, 0x4442039a,
 };
+const std::uint32_t want_q4_0_avx2[parity_rows * parity_tokens] = {
+    0xbbe2a11e, 0xbfbd1760, 0xbe5d84c1, 0xbf5e13c1, 0x3f1b9537, 0x3fa42f60, 0x3be637d8, 0x3e66b111,
+    0x403cc539, 0xbf593730, 0x3fe4edb8, 0x3eace420, 0xbea70719, 0x3fe36ea5, 0x4015888d, 0x3eed24cc,
+    0xbe3e84c3, 0x3ff75dff, 0xc001f273, 0xbe915104, 0x3edfbc25, 0xbfd122e4, 0xbfe3e1a3, 0x3f565031,
+    0xbf4a5ea3, 0xbeae4469, 0x3e1b3e56, 0x3f3a7a74, 0x3f4ac749, 0x3efb562d, 0x3dcda36c, 0xbe917df6,
+    0x3fac267f, 0xbedec829, 0xbf798aed, 0xbe7d2b2c, 0x3fb29b11, 0xc0921acc, 0x3f05c08d, 0xbf7f792c,
+};
+const std::uint32_t want_iq4_nl_avx2[parity_rows * parity_tokens] = {
+    0xbf04b71a, 0xc1a50f25, 0xc08f4038, 0xc15a3e78, 0x4106bd22, 0x419a86f0, 0x3f998fe4, 0x4048071a,
+    0x4230aac5, 0xc10ebd68, 0x41da7185, 0x409932ea, 0xc0a3821d, 0x41d60632, 0x4206a2d8, 0x412325b2,
+    0xbfbc63c6, 0x41dc69a7, 0xc1e5bc6f, 0xc00d8c30, 0x40efcfd6, 0xc1b6673b, 0xc1dde278, 0x4133f37d,
+    0xc13a24f0, 0xc097cd4f, 0x403a64a4, 0x41227911, 0x414704b9, 0x40bedb1c, 0x40494265, 0xc04a1a28,
+    0x41a1c763, 0xc0d2e162, 0xc1659bbc, 0xbf7e9ca0, 0x41884aba, 0xc28850d0, 0x41052936, 0xc18916c1,
+};
+const std::uint32_t want_mxfp4_avx2[parity_rows * parity_tokens] = {
+    0x4199125e, 0xc0a76125, 0x416ebc6c, 0xc0f61461, 0x411eacac, 0xc1ea0779, 0xc09be7b9, 0x4091f6a6,
+    0x42a55132, 0xc1a6d949, 0x4161a9d3, 0x3f710372, 0xc24975f4, 0x41218778, 0x4056381c, 0xc060c330,
+    0xc155d2ea, 0xc167b2a1, 0x411aedca, 0xc0449f4e, 0xc1d7e169, 0x40e83f32, 0x403afdd5, 0x3f7dd118,
+    0x40da328c, 0xc0d440cf, 0xc08a50f6, 0x3f919fc4, 0x3faa8b2c, 0x40a512b0, 0xc0c8a5bf, 0x3eb86190,
+    0xc146a800, 0x41f3bf78, 0x3f56a428, 0xc27c260b, 0x3f9135a8, 0x427ca27f, 0x417d98cf, 0x41deb218,
+};
+// The outputs of the repacked types at `level`, or null where moed does not follow llama.cpp
+// (AVX-512: both builds repack these types, moed's AVX-512 kernels keep vec_dot's order).
 const std::uint32_t* expected(tensor_type type, isa level) {
     switch (type) {
         case tensor_type::q2_k: return level == isa::avx512 ? want_q2_k_avx512 : want_q2_k_avx2;
         case tensor_type::q3_k: return want_q3_k;
         case tensor_type::q5_k: return want_q5_k;
         case tensor_type::iq4_xs: return want_iq4_xs;
+        case tensor_type::q4_0: return level == isa::avx2 ? want_q4_0_avx2 : nullptr;
+        case tensor_type::iq4_nl: return level == isa::avx2 ? want_iq4_nl_avx2 : nullptr;
+        case tensor_type::mxfp4: return level == isa::avx2 ? want_mxfp4_avx2 : nullptr;
         default: return nullptr;
     }
 }
@@ -82,13 +109,15 @@ TEST(kquant_llama_parity, outputs_equal_llama_cpp_bitwise) {
     compute_pool pool(2);
     activation_buffer act;
     const std::vector<float> x = test::parity_activations(parity_tokens * parity_cols, 13 + parity_tokens);
-    for (tensor_type type : {tensor_type::q2_k, tensor_type::q3_k, tensor_type::q5_k, tensor_type::iq4_xs}) {
+    for (tensor_type type : {tensor_type::q2_k, tensor_type::q3_k, tensor_type::q5_k, tensor_type::iq4_xs, tensor_type::q4_0,
+                             tensor_type::iq4_nl, tensor_type::mxfp4}) {
         const std::vector<std::byte> w = test::parity_blocks(type, parity_rows * parity_cols, 11 + parity_rows + parity_cols);
         const matrix_view view{type, w.data(), parity_rows, parity_cols, row_bytes(type, parity_cols)};
         for (isa level : test::available_isas()) {
             if (level == isa::scalar) continue;
             test::isa_scope scope(level);
             const std::uint32_t* want = expected(type, level);
+            if (want == nullptr) continue;
             std::vector<float> batched(parity_rows * parity_tokens);
             matmul(view, x.data(), parity_tokens, batched.data(), parity_rows, pool, act);
             for (std::int64_t t = 0; t < parity_tokens; ++t) {

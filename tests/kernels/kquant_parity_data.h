@@ -43,12 +43,26 @@ inline std::uint16_t parity_scale(splitmix64& rng, bool negative) {
     return fp32_to_fp16(negative ? -v : v);
 }
 
-// n values (a multiple of 256) of `type` (Q2_K, Q3_K, Q5_K or IQ4_XS) as random bytes, the
-// f16 scales replaced by finite ones (Q3_K and IQ4_XS scales of either sign).
+// n values (a multiple of 256) of `type` (Q2_K, Q3_K, Q5_K, IQ4_XS, or the 32-value Q4_0,
+// IQ4_NL, MXFP4) as random bytes, the scales replaced by finite ones (f16 scales of Q3_K,
+// IQ4_XS, Q4_0 and IQ4_NL of either sign; MXFP4 exponents 2^-9 .. 2^-2).
 inline std::vector<std::byte> parity_blocks(tensor_type type, std::int64_t n, std::uint64_t seed) {
     splitmix64 rng(seed);
     std::vector<std::byte> data(row_bytes(type, n));
     for (std::size_t i = 0; i < data.size(); ++i) data[i] = static_cast<std::byte>(rng.next() >> 56);
+    if (type == tensor_type::q4_0 || type == tensor_type::iq4_nl || type == tensor_type::mxfp4) {
+        // Every block starts with its scale: an f16 d, or MXFP4's E8M0 exponent byte.
+        const std::size_t block_bytes = row_bytes(type, qk_q32);
+        for (std::size_t off = 0; off < data.size(); off += block_bytes) {
+            if (type == tensor_type::mxfp4) {
+                data[off] = static_cast<std::byte>(119 + rng.next() % 8);
+            } else {
+                const std::uint16_t d = parity_scale(rng, (rng.next() & 1) != 0);
+                std::memcpy(data.data() + off, &d, sizeof d);
+            }
+        }
+        return data;
+    }
     const std::int64_t nb = n / qk_k;
     for (std::int64_t b = 0; b < nb; ++b) {
         switch (type) {

@@ -11,7 +11,8 @@
 //   n % 4), repacked gemm (a prompt's whole groups of four), vec_dot (other row counts),
 //   with orders mixed within token tiles, as a prompt has them, and one decode token;
 // - attention (KQ, softmax, KQV) for a token alone and in a prompt, head sizes 64 and 40,
-//   plain and with a sliding window and attention sinks.
+//   plain and with a sliding window and attention sinks;
+// - NORM RoPE with YaRN (deepseek2), whose C llama.cpp's build contracts into FMAs.
 // The scalar references of every op (double sums) are checked elsewhere; these models
 // document what llama.cpp does and fail on any change of rounding order.
 #include <cmath>
@@ -106,6 +107,48 @@ void model_softmax(float* x, std::int64_t n) {
     }
     const auto inv = static_cast<float>(1.0 / sum);
     for (i = 0; i < n; ++i) x[i] *= inv;
+}
+
+// llama.cpp's NORM RoPE (ggml_rope_cache_init, rope_yarn, rotate_pairs) as its x86 builds
+// compile it, with FMA contraction: the YaRN angle fma(interp, 1 - ramp, theta * ramp), the
+// magnitude attn_factor * fma(0.1, ln(1 / freq_scale), 1), and the rotation
+// fma(x0, cos, -(x1 sin)), fma(x0, sin, x1 cos).
+void model_rope_norm(float* x, int n_heads, int head_dim, int n_rot, std::int64_t pos, float base, const rope_scaling& sc) {
+    const float theta_scale = std::pow(base, -2.0f / static_cast<float>(n_rot));
+    float theta = static_cast<float>(pos);
+    for (int i = 0; i < n_rot / 2; ++i) {
+        const float interp = sc.freq_scale * theta;
+        const float y = (static_cast<float>(i) - sc.corr_low) / std::max(0.001f, sc.corr_high - sc.corr_low);
+        const float ramp = (1.0f - std::min(1.0f, std::max(0.0f, y))) * sc.ext_factor;
+        const float angle = std::fma(interp, 1.0f - ramp, theta * ramp);
+        const float mscale = sc.attn_factor * std::fma(0.1f, std::log(1.0f / sc.freq_scale), 1.0f);
+        const float c = std::cos(angle) * mscale, s = std::sin(angle) * mscale;
+        for (int h = 0; h < n_heads; ++h) {
+            float* v = x + static_cast<std::int64_t>(h) * head_dim;
+            const float x0 = v[2 * i], x1 = v[2 * i + 1];
+            v[2 * i] = std::fma(x0, c, -(x1 * s));
+            v[2 * i + 1] = std::fma(x0, s, x1 * c);
+        }
+        theta *= theta_scale;
+    }
+}
+
+TEST(llama_sum_order, rope_norm_with_yarn_rounds_as_llamas_contracted_c) {
+    if (!has_avx2()) GTEST_SKIP() << "no AVX2 on this CPU";
+    isa_scope scope(isa::avx2);
+    std::mt19937 rng(23);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    // DeepSeek-V2-Lite's rotary part: 64 dims, base 10000, YaRN factor 40 from 4096.
+    const int n_heads = 4, head_dim = 96, n_rot = 64;
+    const rope_scaling sc = make_yarn(n_rot, 10000.0f, 40.0f, 4096, 32.0f, 1.0f, 1.0f, 0.707f, 0.707f);
+    for (std::int64_t pos : {0, 1, 7, 126, 190, 511, 4097}) {
+        std::vector<float> x(static_cast<std::size_t>(n_heads * head_dim));
+        for (float& v : x) v = normal(rng);
+        std::vector<float> got = x, want = x;
+        rope_norm(got.data(), n_heads, head_dim, n_rot, pos, 10000.0f, &sc);
+        model_rope_norm(want.data(), n_heads, head_dim, n_rot, pos, 10000.0f, sc);
+        EXPECT_TRUE(same_bits(got.data(), want.data(), got.size())) << "pos " << pos;
+    }
 }
 
 TEST(llama_sum_order, softmax_and_swiglu_use_llamas_expf) {

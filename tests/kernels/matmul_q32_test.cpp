@@ -9,10 +9,14 @@
 //   one accumulator; IQ4_NL/MXFP4 even blocks into one, odd into another, a last odd block
 //   added after the reduction), Q4_1/Q5_1's minimums as a scalar fused sum of m * s, and
 //   llama.cpp's horizontal sum.
+// - except that AVX2 gives, for Q4_0, IQ4_NL and MXFP4 matrices of a multiple of 8 rows,
+//   what llama.cpp's repacked gemv and gemm give (ggml-cpu/arch/x86/repack.cpp): one float
+//   per row and token, a fused multiply-add of each block's integer sum with d_w * d_x.
 // - the scalar kernels give ggml's portable vec_dot (*_generic) with no fusion.
 // Weights are random bytes (every code, every Q5 high bit) with random finite scales, MXFP4
 // exponents from 0 (subnormal scales) to 140; rows of 1, 3, 8 and 9 blocks (odd counts end
-// in the kernels' single-block paths); one token alone and six in a batch.
+// in the kernels' single-block paths); 9 and 16 rows (4-row tiles and a lone row; repacked
+// or not); one token alone and six in a batch.
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -158,6 +162,26 @@ float llama_avx2_dot(tensor_type type, const std::byte* w, const std::byte* x, i
     return sum;
 }
 
+// llama.cpp's AVX2 gemv/gemm of a repacked matrix (Q4_0, IQ4_NL, MXFP4 with rows a multiple
+// of 8): one running float per row and token, a fused multiply-add per block of the block's
+// integer sum with d_w * d_x.
+bool repacked_by_llama(tensor_type t) {
+    return t == tensor_type::q4_0 || t == tensor_type::iq4_nl || t == tensor_type::mxfp4;
+}
+
+float llama_avx2_repacked_dot(tensor_type type, const std::byte* w, const std::byte* x, int nb) {
+    const tensor_type act = activation_type_for(type);
+    float acc = 0.0f;
+    for (int b = 0; b < nb; ++b) {
+        const decoded_block wb = decode(type, w, b);
+        const act_block xb = act_of(act, x, b);
+        int isum = 0;
+        for (int j = 0; j < 32; ++j) isum += wb.w[j] * xb.q[j];
+        acc = std::fma(static_cast<float>(isum), wb.d * xb.d, acc);
+    }
+    return acc;
+}
+
 float ggml_generic_dot(tensor_type type, const std::byte* w, const std::byte* x, int nb) {
     const tensor_type act = activation_type_for(type);
     float sum = 0.0f;
@@ -214,37 +238,41 @@ TEST(matmul_q32, float_order_is_llama_cpp_s) {
     std::mt19937 rng(61);
     compute_pool pool(2);
     activation_buffer act_buf;
-    const int rows = 9, n_tokens = 6;
+    const int n_tokens = 6;
     for (tensor_type type : q32_types) {
-        for (int nb : {1, 3, 8, 9}) {
-            const int cols = 32 * nb;
-            const std::vector<std::byte> w = random_rows(rng, type, rows, nb);
-            const matrix_view view{type, w.data(), rows, cols, row_bytes(type, cols)};
-            std::vector<float> x = test::random_floats(rng, static_cast<std::size_t>(n_tokens * cols));
-            for (int t = 0; t < n_tokens; ++t) {
-                for (int c = 0; c < cols; ++c) x[static_cast<std::size_t>(t * cols + c)] *= std::ldexp(1.0f, 3 * t - 6);
-            }
-            for (isa level : available_isas()) {
-                isa_scope scope(level);
-                // The activations every level converts to are the same bytes (quantize_test).
-                act_buf.quantize(type, x.data(), n_tokens, cols, cols, &pool);
-                std::vector<float> batched(static_cast<std::size_t>(rows * n_tokens)), alone(batched.size());
-                matmul(view, act_buf, batched.data(), rows, pool);
+        for (int rows : {9, 16}) {
+            for (int nb : {1, 3, 8, 9}) {
+                const int cols = 32 * nb;
+                const std::vector<std::byte> w = random_rows(rng, type, rows, nb);
+                const matrix_view view{type, w.data(), rows, cols, row_bytes(type, cols)};
+                std::vector<float> x = test::random_floats(rng, static_cast<std::size_t>(n_tokens * cols));
                 for (int t = 0; t < n_tokens; ++t) {
-                    activation_buffer one;
-                    matmul(view, x.data() + t * cols, 1, alone.data() + t * rows, rows, pool, one);
+                    for (int c = 0; c < cols; ++c) x[static_cast<std::size_t>(t * cols + c)] *= std::ldexp(1.0f, 3 * t - 6);
                 }
-                for (int t = 0; t < n_tokens; ++t) {
-                    for (int r = 0; r < rows; ++r) {
-                        const std::byte* wr = w.data() + static_cast<std::size_t>(r) * view.row_stride_bytes;
-                        const float want = level == isa::scalar ? ggml_generic_dot(type, wr, act_buf.row(t), nb)
-                                                                : llama_avx2_dot(type, wr, act_buf.row(t), nb);
-                        const std::size_t i = static_cast<std::size_t>(t * rows + r);
-                        const std::string where = std::string(type_name(type)) + " " + test::isa_label(level) +
-                                                  " blocks=" + std::to_string(nb) + " token " + std::to_string(t) +
-                                                  " row " + std::to_string(r);
-                        ASSERT_EQ(bits(batched[i]), bits(want)) << where << " (batched): " << batched[i] << " vs " << want;
-                        ASSERT_EQ(bits(alone[i]), bits(want)) << where << " (alone): " << alone[i] << " vs " << want;
+                for (isa level : available_isas()) {
+                    isa_scope scope(level);
+                    // The activations every level converts to are the same bytes (quantize_test).
+                    act_buf.quantize(type, x.data(), n_tokens, cols, cols, &pool);
+                    std::vector<float> batched(static_cast<std::size_t>(rows * n_tokens)), alone(batched.size());
+                    matmul(view, act_buf, batched.data(), rows, pool);
+                    for (int t = 0; t < n_tokens; ++t) {
+                        activation_buffer one;
+                        matmul(view, x.data() + t * cols, 1, alone.data() + t * rows, rows, pool, one);
+                    }
+                    for (int t = 0; t < n_tokens; ++t) {
+                        for (int r = 0; r < rows; ++r) {
+                            const std::byte* wr = w.data() + static_cast<std::size_t>(r) * view.row_stride_bytes;
+                            const bool repacked = level == isa::avx2 && repacked_by_llama(type) && rows % 8 == 0;
+                            const float want = level == isa::scalar ? ggml_generic_dot(type, wr, act_buf.row(t), nb)
+                                               : repacked           ? llama_avx2_repacked_dot(type, wr, act_buf.row(t), nb)
+                                                                    : llama_avx2_dot(type, wr, act_buf.row(t), nb);
+                            const std::size_t i = static_cast<std::size_t>(t * rows + r);
+                            const std::string where = std::string(type_name(type)) + " " + test::isa_label(level) +
+                                                      " rows=" + std::to_string(rows) + " blocks=" + std::to_string(nb) +
+                                                      " token " + std::to_string(t) + " row " + std::to_string(r);
+                            ASSERT_EQ(bits(batched[i]), bits(want)) << where << " (batched): " << batched[i] << " vs " << want;
+                            ASSERT_EQ(bits(alone[i]), bits(want)) << where << " (alone): " << alone[i] << " vs " << want;
+                        }
                     }
                 }
             }

@@ -1,5 +1,5 @@
-// kquant-parity: checks moed's Q2_K, Q3_K, Q5_K and IQ4_XS code against llama.cpp's own,
-// bit for bit. Not part of the build (it needs a llama.cpp build tree); compile it by hand
+// kquant-parity: checks moed's Q2_K, Q3_K, Q5_K and IQ4_XS code, and for an AVX2 build the
+// repacked Q4_0, IQ4_NL and MXFP4 products, against llama.cpp's own, bit for bit. Not part of the build (it needs a llama.cpp build tree); compile it by hand
 // against one llama.cpp build and moed's release libraries, e.g. for an AVX-512 build:
 //
 //   L=/path/to/llama.cpp; B=$L/build-avx512
@@ -12,7 +12,8 @@
 // - dequantization: ggml's to_float against moed's dequantize_row (random block bytes with
 //   finite scales), every value's bits;
 // - matrix products: a ggml graph with one mul_mat on the CPU backend (one thread; Q2_K
-//   weights in the repacking buffer when the build has AVX-512, as llama.cpp loads them)
+//   weights in the repacking buffer when the build has AVX-512, and Q4_0, IQ4_NL and MXFP4
+//   weights of a multiple of 8 rows always, as llama.cpp loads them)
 //   against moed's matmul at the given ISA level, every output's bits, for several row,
 //   column and token counts (for repacked Q2_K, each token multiplied alone: see
 //   per_token_reference).
@@ -57,6 +58,21 @@ const type_pair types[] = {
     {tensor_type::iq4_xs, GGML_TYPE_IQ4_XS},
 };
 
+// The 32-value block types that llama.cpp repacks on any x86 build with AVX2 (8 rows
+// interleaved, ggml_gemv/gemm_*_8x8_q8_0). moed follows that order at its AVX2 level only,
+// so these are checked against an AVX2 build only.
+const type_pair repacked_q32_types[] = {
+    {tensor_type::q4_0, GGML_TYPE_Q4_0},
+    {tensor_type::iq4_nl, GGML_TYPE_IQ4_NL},
+    {tensor_type::mxfp4, GGML_TYPE_MXFP4},
+};
+
+bool repacked_by_llama(ggml_type type, std::int64_t rows) {
+    if (rows % 8 != 0) return false;
+    if (type == GGML_TYPE_Q2_K) return ggml_cpu_has_avx512() != 0;
+    return type == GGML_TYPE_Q4_0 || type == GGML_TYPE_IQ4_NL || type == GGML_TYPE_MXFP4;
+}
+
 std::uint32_t bits_of(float f) {
     std::uint32_t u;
     std::memcpy(&u, &f, sizeof u);
@@ -72,7 +88,7 @@ std::vector<float> ggml_matmul(ggml_type type, const std::vector<std::byte>& w, 
     ggml_tensor* wt = ggml_new_tensor_2d(wctx, type, cols, rows);
     ggml_tensor* xt = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, cols, n_tokens);
     ggml_tensor* yt = ggml_mul_mat(ctx, wt, xt);
-    const bool repack = type == GGML_TYPE_Q2_K && ggml_cpu_has_avx512() && rows % 8 == 0;
+    const bool repack = repacked_by_llama(type, rows);
     ggml_backend_buffer_t wbuf =
         ggml_backend_alloc_ctx_tensors_from_buft(wctx, repack ? ggml_backend_cpu_repack_buffer_type() : ggml_backend_cpu_buffer_type());
     ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(ctx, ggml_backend_cpu_buffer_type());
@@ -220,7 +236,9 @@ int main(int argc, char** argv) {
         return 0;
     }
     int bad = 0;
-    for (const type_pair& t : types) {
+    std::vector<type_pair> checked(std::begin(types), std::end(types));
+    if (!avx512) checked.insert(checked.end(), std::begin(repacked_q32_types), std::end(repacked_q32_types));
+    for (const type_pair& t : checked) {
         bad += check_dequantize(t);
         for (std::int64_t cols : {256, 2304}) {
             for (std::int64_t n_tokens : {1, 2, 3, 4, 5, 8, 13}) bad += check_matmul(t, 16, cols, n_tokens, pool);
@@ -228,7 +246,7 @@ int main(int argc, char** argv) {
     }
     if (golden) {
         std::printf("// %s\n", avx512 ? "avx512" : "avx2");
-        for (const type_pair& t : types) {
+        for (const type_pair& t : checked) {
             std::vector<float> want;
             bad += check_matmul(t, test::parity_rows, test::parity_cols, test::parity_tokens, pool, &want);
             std::printf("{");
