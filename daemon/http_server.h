@@ -29,8 +29,9 @@
 // chosen (api.h, moed_object_json); a stream carries it on its first chunk.
 // Errors are JSON {"error":{"type","message","code"}} with the matching status: 400 bad
 // request body, 404 unknown path or model, 405 wrong method, 413 body over the limit, 429
-// queue full, 501 a Transfer-Encoding other than "chunked" alone, 503 shutting down or over
-// a connection limit, 500 engine failure. Every 429 and 503 carries Retry-After.
+// queue full, 501 a Transfer-Encoding other than "chunked" alone, 503 loading, shutting down
+// or over a connection limit, 500 engine failure; 401 on TCP without a valid key (its own
+// OpenAI-shaped body, see api_keys.h). Every 429 and 503 carries Retry-After.
 //
 // HTTP/1.0 clients get HTTP/1.0 answers: a stream's body is delimited by the connection's
 // close (HTTP/1.0 has no chunked coding), other bodies carry Content-Length, and the

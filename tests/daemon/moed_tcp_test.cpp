@@ -2,7 +2,8 @@
 // model loads. TCP: with a keys file, a request with either key gets 200, one without a key,
 // with a wrong key or another scheme gets 401 with WWW-Authenticate: Bearer and an
 // OpenAI-style invalid_api_key error; /healthz is open, /metrics needs the key; the Unix
-// socket needs none. A keys file others can read, and bad server.listen values, stop the
+// socket needs none; the per-peer connection limit counts a TCP host as one peer and leaves
+// the Unix socket's users their own share. A keys file others can read, and bad server.listen values, stop the
 // daemon with exit code 2 and a message naming the file or key. IPv6 loopback serves without
 // keys. Loading: with a load slowed on purpose (model.inject_slow_load), /healthz answers 503
 // {"status":"loading"} with a progress that rises, a chat request 503 with Retry-After,
@@ -158,6 +159,32 @@ TEST(MoedTcp, KeysGuardTcpAndTheSocketNeedsNone) {
 
     moed.signal(SIGTERM);
     EXPECT_EQ(moed.wait_exit(), 0) << moed.log();
+}
+
+TEST(MoedTcp, ConnectionLimitsCoverTcpPeersByAddress) {
+    const std::uint16_t port = free_port("127.0.0.1");
+    moed_process moed({"--server-listen", fmt::format("127.0.0.1:{}", port), "--http-max-connections-per-uid", "1"});
+    ASSERT_TRUE(moed.ready());
+    // One idle TCP connection holds this address's only slot (the kernel hands connections
+    // to accept() in order, so it is admitted before the next one).
+    asio::io_context io;
+    tcp::socket holder(io);
+    holder.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
+    auto refused = tcp_request("127.0.0.1", port, http::verb::get, "/v1/models");
+    EXPECT_EQ(refused.reply.status, 503u) << refused.reply.body;
+    EXPECT_EQ(refused.reply.json()["error"]["message"],
+              "too many connections from this address (http.max_connections_per_uid is 1); retry later");
+    EXPECT_EQ(refused.reply.retry_after, "1");
+    // The Unix socket's user is another peer.
+    EXPECT_EQ(get(moed.socket(), "/v1/models").status, 200u);
+    holder.close();
+    bool served = false;
+    const auto deadline = std::chrono::steady_clock::now() + give_up_after;
+    while (!served && std::chrono::steady_clock::now() < deadline) {
+        served = tcp_request("127.0.0.1", port, http::verb::get, "/v1/models").reply.status == 200;
+        if (!served) std::this_thread::sleep_for(poll_interval);
+    }
+    EXPECT_TRUE(served) << "the slot frees when the holder closes";
 }
 
 TEST(MoedTcp, Ipv6LoopbackWithoutKeys) {
