@@ -1,5 +1,6 @@
 #include "daemon/config.h"
 
+#include <arpa/inet.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -186,11 +187,21 @@ constexpr std::uint32_t max_trace_lookahead = 4;  // engine::max_lookahead_depth
         return {};                                                \
     }
 
-const std::array<key_spec, 33> keys{{
+const std::array<key_spec, 37> keys{{
     {"model.path", "path", "the bundled tinymoe model", "GGUF model file to serve",
      MOED_SET(model_path, to_string(v, o))},
     {"model.id", "string", "from the file name", "the name clients give as \"model\"",
      MOED_SET(model_id, to_string(v, o))},
+    {"model.inject_slow_load", "text", "unset (off)",
+     "for testing only: pause before every piece of the weights copy, e.g. \"delay_ms=200,piece=1MiB\"",
+     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
+         auto s = to_string(v, o);
+         if (!s) return unexpected(std::move(s).error());
+         if (auto spec = parse_slow_load(*s); !spec)
+             return make_error(errc::invalid_argument, "{}: {}", o, spec.error().message);
+         c.inject_slow_load = *s;
+         return {};
+     }},
     {"engine.threads", "integer", "0 (all cores)", "compute threads", MOED_SET(threads, to_integer<int>(v, o, 0, max_threads))},
     {"engine.ctx", "integer", "0 (min(training context, 4096))", "context tokens per sequence (prompt + output)",
      MOED_SET(ctx, to_integer<std::int64_t>(v, o, 0, max_ctx))},
@@ -255,6 +266,26 @@ const std::array<key_spec, 33> keys{{
     {"socket.mode", "octal", "0660", "permissions of the socket file", MOED_SET(socket_mode, to_mode(v, o))},
     {"socket.group", "string", "unset (the daemon's group)", "group that owns the socket file",
      MOED_SET(socket_group, to_string(v, o))},
+    {"server.listen", "host:port", "unset (no TCP listener)",
+     "also serve the API on TCP, e.g. \"127.0.0.1:8077\" or \"[::1]:8077\" (a non-loopback address is logged "
+     "as a warning and needs server.api_keys_file or server.allow_unauthenticated)",
+     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
+         auto s = to_string(v, o);
+         if (!s) return unexpected(std::move(s).error());
+         if (!s->empty()) {
+             if (auto addr = parse_listen_address(*s); !addr)
+                 return make_error(errc::invalid_argument, "{}: '{}': {}", o, *s, addr.error().message);
+         }
+         c.listen = *s;
+         return {};
+     }},
+    {"server.api_keys_file", "path", "unset (no keys)",
+     "file of API keys, one per line (# comments); TCP requests then need \"Authorization: Bearer KEY\"; "
+     "the file must not be readable by others",
+     MOED_SET(api_keys_file, to_string(v, o))},
+    {"server.allow_unauthenticated", "boolean", "false",
+     "allow server.listen on a non-loopback address without server.api_keys_file",
+     MOED_SET(allow_unauthenticated, to_bool(v, o))},
     {"http.max_body_bytes", "size", "1MiB", "largest request body; larger ones answer 413",
      MOED_SET(max_body_bytes, to_bytes(v, o, 1, max_body_bytes_limit))},
     {"http.max_connections", "integer", "256", "open client connections; more answer 503 and close",
@@ -301,6 +332,7 @@ struct key_reload {
 const std::array<key_reload, keys.size()> reload_rules{{
     {"model.path", false, MOED_SAME(model_path)},
     {"model.id", false, MOED_SAME(model_id)},
+    {"model.inject_slow_load", false, MOED_SAME(inject_slow_load)},
     {"engine.threads", false, MOED_SAME(threads)},
     {"engine.ctx", false, MOED_SAME(ctx)},
     {"engine.max_sequences", false, MOED_SAME(max_sequences)},
@@ -327,6 +359,9 @@ const std::array<key_reload, keys.size()> reload_rules{{
     {"socket.path", false, MOED_SAME(socket_path)},
     {"socket.mode", false, MOED_SAME(socket_mode)},
     {"socket.group", false, MOED_SAME(socket_group)},
+    {"server.listen", false, MOED_SAME(listen)},
+    {"server.api_keys_file", false, MOED_SAME(api_keys_file)},
+    {"server.allow_unauthenticated", false, MOED_SAME(allow_unauthenticated)},
     {"http.max_body_bytes", true, MOED_SAME(max_body_bytes)},
     {"http.max_connections", true, MOED_SAME(max_connections)},
     {"http.max_connections_per_uid", true, MOED_SAME(max_connections_per_uid)},
@@ -480,8 +515,99 @@ result<void> apply_toml(daemon_config& config, std::string_view text, std::strin
     return {};
 }
 
+std::string listen_address::text() const {
+    return ipv6 ? fmt::format("[{}]:{}", host, port) : fmt::format("{}:{}", host, port);
+}
+
+result<listen_address> parse_listen_address(std::string_view text) {
+    listen_address out;
+    std::string_view host;
+    std::string_view port;
+    if (text.starts_with("[")) {
+        const auto close = text.find(']');
+        if (close == std::string_view::npos) return make_error(errc::invalid_argument, "missing ']' after an IPv6 address");
+        host = text.substr(1, close - 1);
+        std::string_view rest = text.substr(close + 1);
+        if (!rest.starts_with(":") || rest.size() == 1)
+            return make_error(errc::invalid_argument, "missing port (expected [address]:port, e.g. [::1]:8077)");
+        port = rest.substr(1);
+        out.ipv6 = true;
+    } else {
+        const auto colon = text.rfind(':');
+        if (colon == std::string_view::npos || colon + 1 == text.size())
+            return make_error(errc::invalid_argument, "missing port (expected host:port, e.g. 127.0.0.1:8077)");
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+        if (host.find(':') != std::string_view::npos)
+            return make_error(errc::invalid_argument, "an IPv6 address needs brackets: [{}]:{}", host, port);
+    }
+    if (host.empty()) return make_error(errc::invalid_argument, "missing host (expected host:port, e.g. 127.0.0.1:8077)");
+    std::uint32_t number = 0;
+    auto [ptr, ec] = std::from_chars(port.data(), port.data() + port.size(), number);
+    if (ec != std::errc() || ptr != port.data() + port.size())
+        return make_error(errc::invalid_argument, "port '{}' is not a number", port);
+    if (number < 1 || number > 65535) return make_error(errc::invalid_argument, "port {} is out of range [1, 65535]", number);
+    out.port = static_cast<std::uint16_t>(number);
+    out.host = std::string(host);
+    if (!out.ipv6 && out.host == "localhost") out.host = "127.0.0.1";
+    if (out.ipv6) {
+        in6_addr a{};
+        if (::inet_pton(AF_INET6, out.host.c_str(), &a) != 1)
+            return make_error(errc::invalid_argument, "'{}' is not an IPv6 address", out.host);
+        out.loopback = IN6_IS_ADDR_LOOPBACK(&a);
+    } else {
+        in_addr a{};
+        if (::inet_pton(AF_INET, out.host.c_str(), &a) != 1)
+            return make_error(errc::invalid_argument,
+                              "'{}' is not a numeric IPv4 address (names other than localhost are not resolved)",
+                              out.host);
+        out.loopback = (ntohl(a.s_addr) >> 24) == 127;
+    }
+    return out;
+}
+
+result<slow_load_spec> parse_slow_load(std::string_view text) {
+    slow_load_spec spec;
+    std::size_t pos = 0;
+    while (pos < text.size()) {
+        std::size_t comma = text.find(',', pos);
+        if (comma == std::string_view::npos) comma = text.size();
+        const std::string_view item = text.substr(pos, comma - pos);
+        pos = comma + 1;
+        const auto eq = item.find('=');
+        if (eq == std::string_view::npos)
+            return make_error(errc::invalid_argument, "'{}': expected name=value (delay_ms=200,piece=1MiB)", item);
+        const std::string_view name = item.substr(0, eq);
+        const std::string_view value = item.substr(eq + 1);
+        if (name == "delay_ms") {
+            auto [ptr, ec] = std::from_chars(value.data(), value.data() + value.size(), spec.delay_ms);
+            if (ec != std::errc() || ptr != value.data() + value.size() || value.empty() || spec.delay_ms > 60000)
+                return make_error(errc::invalid_argument, "delay_ms: '{}' is not a number of milliseconds in [0, 60000]",
+                                  value);
+        } else if (name == "piece") {
+            auto bytes = parse_bytes(value);
+            if (!bytes) return make_error(errc::invalid_argument, "piece: {}", bytes.error().message);
+            if (*bytes < 4096) return make_error(errc::invalid_argument, "piece: {} bytes is below 4096", *bytes);
+            spec.piece_bytes = *bytes;
+        } else {
+            return make_error(errc::invalid_argument, "unknown field '{}' (delay_ms, piece)", name);
+        }
+    }
+    return spec;
+}
+
 result<void> validate(const daemon_config& config) {
     if (config.socket_path.empty()) return make_error(errc::invalid_argument, "socket.path: must not be empty");
+    if (!config.listen.empty()) {
+        auto addr = parse_listen_address(config.listen);
+        if (!addr) return make_error(errc::invalid_argument, "server.listen: '{}': {}", config.listen, addr.error().message);
+        if (!addr->loopback && config.api_keys_file.empty() && !config.allow_unauthenticated)
+            return make_error(errc::invalid_argument,
+                              "server.listen: '{}' is not a loopback address and server.api_keys_file is not set; "
+                              "give a keys file, or set server.allow_unauthenticated = true to serve anyone who can "
+                              "reach it",
+                              config.listen);
+    }
     if (config.default_max_tokens > config.max_tokens)
         return make_error(errc::invalid_argument,
                           "limits.default_max_tokens: {} is larger than limits.max_tokens ({})",
@@ -531,7 +657,10 @@ std::string help_text() {
         "usage: moed [--config FILE] [--KEY VALUE ...] [--help] [--version]\n"
         "\n"
         "Serves a Mixture-of-Experts model over HTTP/1.1 on a Unix socket (OpenAI-compatible\n"
-        "/v1/completions and /v1/chat/completions, /v1/models, /v1/status, /metrics, /healthz).\n"
+        "/v1/completions and /v1/chat/completions, /v1/models, /v1/status, /metrics, /healthz),\n"
+        "and on TCP too when server.listen is set (with bearer keys from server.api_keys_file).\n"
+        "The sockets answer while the model loads: /healthz 503 {\"status\":\"loading\"} with the\n"
+        "progress, API requests 503 with Retry-After.\n"
         "\n"
         "Settings come from the TOML file (--config FILE, else /etc/moed/moed.toml when it exists),\n"
         "then from flags, which win. Every key is also a flag: key `section.name_part` is\n"

@@ -28,10 +28,34 @@ inline constexpr std::string_view default_socket_path = "/run/moed/moed.sock";
 // A config file is a few hundred bytes; refuse anything that cannot be one.
 inline constexpr std::uint64_t max_config_file_bytes = 1u << 20;
 
+// A TCP listening address as server.listen gives it: "127.0.0.1:8077", "[::1]:8077",
+// "localhost:8077" (the IPv4 loopback) or any numeric address ("0.0.0.0:8077"). Host names
+// other than localhost are refused: a listener must not depend on a resolver at start-up.
+struct listen_address {
+    std::string host;  // numeric, without brackets ("127.0.0.1", "::1")
+    std::uint16_t port = 0;
+    bool ipv6 = false;
+    bool loopback = false;  // 127.0.0.0/8 or ::1
+    std::string text() const;  // "127.0.0.1:8077" or "[::1]:8077"
+};
+// Parses "host:port"; errors say what is wrong with `text` ("missing port", "port 70000 is
+// out of range [1, 65535]", "'example.com' is not a numeric address").
+result<listen_address> parse_listen_address(std::string_view text);
+
+// Testing only: a load slowed down on purpose (model.inject_slow_load), so a test can watch
+// what the daemon answers while it loads. Text form "delay_ms=200,piece=1MiB": a pause of
+// delay_ms before every piece of `piece` bytes the weights copy reads.
+struct slow_load_spec {
+    std::uint64_t delay_ms = 0;
+    std::uint64_t piece_bytes = 1u << 20;
+};
+result<slow_load_spec> parse_slow_load(std::string_view text);
+
 struct daemon_config {
     // [model]
     std::string model_path;  // empty: the bundled tinymoe model (see resolve_default_model)
     std::string model_id;    // empty: derived from the file name (see default_model_id)
+    std::string inject_slow_load;  // testing: slow_load_spec text; empty: none
     // [engine]
     int threads = 0;                       // 0: hardware concurrency
     std::int64_t ctx = 0;                  // per sequence; 0: min(training context, default_ctx)
@@ -56,6 +80,10 @@ struct daemon_config {
     std::string socket_path{default_socket_path};
     std::uint32_t socket_mode = 0660;
     std::string socket_group;  // empty: keep the daemon's group
+    // [server]
+    std::string listen;            // "host:port" of an optional TCP listener; empty: none
+    std::string api_keys_file;     // bearer keys the TCP listener requires; empty: none
+    bool allow_unauthenticated = false;  // a non-loopback listen address without keys
     // [http]
     std::uint64_t max_body_bytes = 1u << 20;
     std::uint32_t max_connections = 256;
@@ -91,7 +119,9 @@ result<void> apply_toml(daemon_config& config, std::string_view text, std::strin
 // Applies one key given as text (a flag's value); `origin` names it in messages ("--socket-path").
 result<void> apply_text(daemon_config& config, std::string_view key, std::string_view value,
                         std::string_view origin);
-// Checks relations between keys (a value valid alone but not with another).
+// Checks relations between keys (a value valid alone but not with another): among them, a
+// TCP listener on a non-loopback address needs server.api_keys_file or
+// server.allow_unauthenticated = true.
 result<void> validate(const daemon_config& config);
 
 // The whole start-up path: defaults, then the file (--config or the default path when it

@@ -1,9 +1,10 @@
-// The HTTP server's admission of connections: at most `max_total` served at once, and at
-// most `max_per_peer` from one peer, the peer being the local user (uid) on the other end of
-// the Unix socket. Without the per-peer bound one user's idle or stalled connections could
-// take every slot and lock every other user out (each for up to the read timeout, and again
-// as soon as it ends). Every peer whose credentials the kernel does not give (a socket that
-// is not a Unix socket) shares one key, so such peers are bounded together.
+// The HTTP server's admission of connections, over all its listeners together: at most
+// `max_total` served at once, and at most `max_per_peer` from one peer, the peer being the
+// local user (uid) on the other end of the Unix socket, or the remote address (not the
+// port) of a TCP connection. Without the per-peer bound one user's idle or stalled
+// connections could take every slot and lock every other user out (each for up to the read
+// timeout, and again as soon as it ends). Every peer the kernel does not identify shares one
+// key, so such peers are bounded together.
 // A connection refused here is answered 503 and closed, and holds no slot while it is.
 // Threads: the io_context thread only (no locking).
 #pragma once
@@ -20,7 +21,8 @@ namespace moed::daemon {
 
 class connection_limits {
 public:
-    // A peer uid widened, so that the key of peers without credentials is no uid.
+    // A peer uid widened, so that the key of peers without credentials is no uid; TCP
+    // addresses have keys above every uid (listener.h, tcp_peer).
     using peer_key = std::uint64_t;
     static constexpr peer_key unknown_peer = ~peer_key{0};
     static peer_key key_of(std::optional<uid_t> uid) noexcept { return uid ? peer_key{*uid} : unknown_peer; }

@@ -1,9 +1,14 @@
 #include "daemon/http_server.h"
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
+#include <cmath>
+#include <cstring>
 #include <ctime>
 #include <random>
 #include <set>
@@ -29,7 +34,7 @@ namespace moed::daemon {
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
-using stream_protocol = asio::local::stream_protocol;
+using stream_protocol = asio::generic::stream_protocol;
 using socket_stream = beast::basic_stream<stream_protocol>;
 using request = http::request<http::string_body>;
 using boost::system::error_code;
@@ -115,15 +120,21 @@ bool peer_hung_up(int fd) noexcept {
 }  // namespace
 
 struct http_server::state {
-    state(asio::io_context& io_, stream_protocol::acceptor acceptor_, server_context ctx_, const http_options& options_)
-        : io(io_), acceptor(std::move(acceptor_)), ctx(std::move(ctx_)), options(options_),
+    state(asio::io_context& io_, std::vector<server_listener> listeners_, server_context ctx_,
+          const http_options& options_, api_keys keys_, server_phase phase)
+        : io(io_), listeners(std::move(listeners_)), ctx(std::move(ctx_)), options(options_), keys(std::move(keys_)),
+          ready(phase == server_phase::serving), load_started(std::chrono::steady_clock::now()),
           limits(options_.max_connections, connections_per_uid(options_)), id_prefix(random_u64()),
           seeds(random_u64()) {}
 
     asio::io_context& io;
-    stream_protocol::acceptor acceptor;
+    std::vector<server_listener> listeners;
     server_context ctx;
     http_options options;
+    const api_keys keys;  // required on TCP listeners when not empty
+    bool ready;           // false while the model loads (server_phase::loading)
+    double load_progress = 0.0;
+    std::chrono::steady_clock::time_point load_started;
     http_counters counters;
     connection_limits limits;  // of the sessions being served (not those being refused)
     std::unordered_set<session*> sessions;
@@ -133,6 +144,24 @@ struct http_server::state {
     std::uint64_t id_prefix;  // random per run, so the ids of two runs do not collide
     std::mt19937_64 seeds;    // seeds of requests that give none
     std::set<std::string, std::less<>> creating;  // profiles being created now
+
+    void close_acceptors() {
+        for (auto& l : listeners) {
+            error_code ec;
+            l.acceptor.close(ec);
+        }
+    }
+
+    // The load's remaining time as its progress so far predicts (elapsed * left / done),
+    // within [retry_after_loading_min, retry_after_loading_max].
+    std::chrono::seconds loading_retry_after() const {
+        const double elapsed_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - load_started).count();
+        if (load_progress <= 0.0) return retry_after_loading_max;
+        const double left_s = elapsed_s * (1.0 - load_progress) / load_progress;
+        const double bounded = std::clamp(std::ceil(left_s), static_cast<double>(retry_after_loading_min.count()),
+                                          static_cast<double>(retry_after_loading_max.count()));
+        return std::chrono::seconds(static_cast<std::int64_t>(bounded));
+    }
 
     std::string next_id(api_kind kind) {
         return fmt::format("{}-{:016x}", kind == api_kind::chat ? "chatcmpl" : "cmpl", id_prefix + ++next_request);
@@ -215,11 +244,19 @@ struct http_server::state {
 
 class http_server::session : public std::enable_shared_from_this<session> {
 public:
-    session(std::shared_ptr<state> st, stream_protocol::socket socket)
-        : st_(std::move(st)), stream_(std::move(socket)), identity_(peer_of(stream_.socket().native_handle())),
-          peer_(describe_peer(identity_)) {
+    session(std::shared_ptr<state> st, stream_protocol::socket socket, listener_kind kind)
+        : st_(std::move(st)), stream_(std::move(socket)), kind_(kind),
+          identity_(kind == listener_kind::unix_socket ? peer_of(stream_.socket().native_handle()) : std::nullopt),
+          peer_(describe(stream_.socket().native_handle(), kind, identity_, key_)) {
         st_->sessions.insert(this);
         ++st_->counters.connections_open;
+        // Tokens of a stream are small writes that must leave at once, not wait for the
+        // previous one's acknowledgement (Nagle's algorithm with delayed ACKs).
+        if (kind_ == listener_kind::tcp) {
+            const int on = 1;
+            if (::setsockopt(stream_.socket().native_handle(), IPPROTO_TCP, TCP_NODELAY, &on, sizeof(on)) != 0)
+                MOED_LOG_DEBUG("http", "{}: TCP_NODELAY: {}", peer_, std::strerror(errno));
+        }
     }
 
     ~session() {
@@ -236,7 +273,9 @@ public:
 
     bool idle() const noexcept { return idle_; }
 
+    // The peer the per-peer limit counts: the uid on the Unix socket, the remote address on TCP.
     connection_limits::peer_key peer_key() const noexcept {
+        if (kind_ == listener_kind::tcp) return key_;
         return connection_limits::key_of(identity_ ? std::optional<uid_t>(identity_->uid) : std::nullopt);
     }
     // The connection counts against the limits (admitted by accept_loop) until it ends.
@@ -329,6 +368,10 @@ public:
         else if (identity_)
             message = fmt::format("too many connections from uid {} (http.max_connections_per_uid is {}); retry later",
                                   identity_->uid, st_->limits.max_per_peer());
+        else if (kind_ == listener_kind::tcp && key_ != connection_limits::unknown_peer)
+            message = fmt::format("too many connections from this address (http.max_connections_per_uid is {}); "
+                                  "retry later",
+                                  st_->limits.max_per_peer());
         else
             message = fmt::format("too many connections from peers without credentials "
                                   "(http.max_connections_per_uid is {}); retry later",
@@ -339,6 +382,32 @@ public:
     }
 
 private:
+    // The peer for logs, and for TCP the key of its address (unknown_peer when the kernel
+    // does not say).
+    static std::string describe(int fd, listener_kind kind, const std::optional<peer_identity>& identity,
+                                connection_limits::peer_key& key) {
+        key = connection_limits::unknown_peer;
+        if (kind == listener_kind::unix_socket) return describe_peer(identity);
+        std::uint64_t address_key = 0;
+        std::string text = tcp_peer(fd, address_key);
+        if (text.empty()) return "tcp ?";
+        key = address_key;
+        return text;
+    }
+
+    // A TCP request without a valid key when keys are configured: the answer, or nullopt
+    // when the request may go on. /healthz is open (supervisors and load balancers probe it).
+    std::optional<std::string> refused_key(const request& req, std::string_view path) const {
+        if (kind_ != listener_kind::tcp || st_->keys.empty() || path == "/healthz") return std::nullopt;
+        const auto header = req.find(http::field::authorization);
+        if (header == req.end())
+            return std::string("You didn't provide an API key. Send it as 'Authorization: Bearer YOUR_KEY'.");
+        const auto token = bearer_token(sv(header->value()));
+        if (!token) return std::string("The Authorization header must be 'Bearer YOUR_KEY'.");
+        if (!st_->keys.accepts(*token)) return std::string("Incorrect API key provided.");
+        return std::nullopt;
+    }
+
     // A request refused before its body was read (the body may still be arriving): answer,
     // log, and close after draining a little of what follows.
     asio::awaitable<void> refuse_request(http::request_parser<http::string_body>& parser, unsigned status,
@@ -376,8 +445,14 @@ private:
         const std::string_view path = route_of(sv(req.target()));
         const auto method = req.method();
         allow_text_.clear();
+        if (auto refused = refused_key(req, path)) {
+            MOED_LOG_DEBUG("http", "{}: {} {}: refused: {}", peer_, sv(req.method_string()), path, *refused);
+            co_await send(401, invalid_api_key_body(*refused), std::string(json_type));
+            co_return;
+        }
         if (path == "/v1/profiles" || path.starts_with("/v1/profiles/")) {
-            co_await profiles_route(req, path);
+            if (!st_->ready) co_await send_loading();
+            else co_await profiles_route(req, path);
             co_return;
         }
         struct endpoint {
@@ -402,6 +477,18 @@ private:
                                                  sv(req.method_string()), sv(http::to_string(found->verb))));
             co_return;
         }
+        if (!st_->ready) {
+            if (path == "/healthz") {
+                co_await send(503, loading_health_body(), std::string(json_type), st_->loading_retry_after());
+            } else if (path == "/v1/status") {
+                co_await send(200, status_body(), std::string(json_type));
+            } else if (path == "/metrics") {
+                co_await send(200, metrics_body(), std::string("text/plain; version=0.0.4; charset=utf-8"));
+            } else {
+                co_await send_loading();
+            }
+            co_return;
+        }
         if (path == "/v1/completions") co_await generate(req, api_kind::completion);
         else if (path == "/v1/chat/completions") co_await generate(req, api_kind::chat);
         else if (path == "/v1/models") co_await send(200, models_body(st_->ctx.model_id, st_->ctx.started_unix), std::string(json_type));
@@ -409,6 +496,20 @@ private:
         else if (path == "/metrics") co_await send(200, metrics_body(), std::string("text/plain; version=0.0.4; charset=utf-8"));
         else if (st_->shutting_down) co_await send(503, R"({"status":"draining"})", std::string(json_type));
         else co_await send_health();
+    }
+
+    // A braced json temporary inside a coroutine's co_await trips g++ 12 ("array used as
+    // initializer"), so the body is made here.
+    std::string loading_health_body() const {
+        const double progress = std::round(st_->load_progress * 1000.0) / 1000.0;
+        return nlohmann::json{{"status", "loading"}, {"progress", progress}}.dump();
+    }
+
+    // An API request while the model loads: 503 with the time the load still needs.
+    asio::awaitable<void> send_loading() {
+        co_await send_error(503,
+                            fmt::format("the model is loading ({:.0f}% done); retry later", st_->load_progress * 100.0),
+                            st_->loading_retry_after());
     }
 
     // /healthz while serving: ok, or broken with the reason (the model file changed under a tier).
@@ -862,6 +963,7 @@ private:
             if (allow_text_.empty()) res.set(http::field::allow, http::to_string(allow_));
             else res.set(http::field::allow, allow_text_);
         }
+        if (status == 401) res.set(http::field::www_authenticate, "Bearer");
         if (status == 429 || status == 503) {
             if (retry_after.count() <= 0) retry_after = status == 429 ? retry_after_busy : retry_after_draining;
             res.set(http::field::retry_after, fmt::format("{}", retry_after.count()));
@@ -922,8 +1024,10 @@ private:
     std::shared_ptr<state> st_;
     socket_stream stream_;
     beast::flat_buffer buffer_;
-    const std::optional<peer_identity> identity_;
-    const std::string peer_;  // identity_ for logs
+    const listener_kind kind_;
+    const std::optional<peer_identity> identity_;  // Unix socket peers only
+    connection_limits::peer_key key_ = connection_limits::unknown_peer;  // TCP: the address's key
+    const std::string peer_;  // identity_ or the TCP address, for logs
     bool admitted_ = false;   // holds a slot of st_->limits
     bool idle_ = true;
     bool keep_alive_ = true;
@@ -941,24 +1045,45 @@ private:
     std::uint64_t log_bytes_ = 0;
 };
 
-http_server::http_server(asio::io_context& io, stream_protocol::acceptor acceptor, server_context context,
-                         const http_options& options)
-    : state_(std::make_shared<state>(io, std::move(acceptor), std::move(context), options)) {}
+namespace {
 
-http_server::~http_server() {
-    error_code ec;
-    state_->acceptor.close(ec);
+std::vector<server_listener> one_unix_listener(generic_acceptor acceptor) {
+    std::vector<server_listener> out;
+    out.push_back(server_listener{std::move(acceptor), listener_kind::unix_socket});
+    return out;
 }
+
+}  // namespace
+
+http_server::http_server(asio::io_context& io, generic_acceptor acceptor, server_context context,
+                         const http_options& options)
+    : http_server(io, one_unix_listener(std::move(acceptor)), std::move(context), options, api_keys(),
+                  server_phase::serving) {}
+
+http_server::http_server(asio::io_context& io, std::vector<server_listener> listeners, server_context context,
+                         const http_options& options, api_keys keys, server_phase phase)
+    : state_(std::make_shared<state>(io, std::move(listeners), std::move(context), options, std::move(keys), phase)) {}
+
+http_server::~http_server() { state_->close_acceptors(); }
 
 void http_server::start() {
     auto st = state_;
-    asio::co_spawn(st->io, accept_loop(st), log_exception);
+    for (std::size_t i = 0; i < st->listeners.size(); ++i) asio::co_spawn(st->io, accept_loop(st, i), log_exception);
 }
+
+void http_server::set_load_progress(double fraction) { state_->load_progress = std::clamp(fraction, 0.0, 1.0); }
+
+void http_server::set_ready(server_context context) {
+    state_->ctx = std::move(context);
+    state_->load_progress = 1.0;
+    state_->ready = true;
+}
+
+bool http_server::serving() const noexcept { return state_->ready; }
 
 void http_server::begin_shutdown() {
     state_->shutting_down = true;
-    error_code ec;
-    state_->acceptor.close(ec);
+    state_->close_acceptors();
     // Closing completes their pending reads with operation_aborted; nothing runs inline,
     // so the set is not changed while this loop walks it.
     for (session* s : state_->sessions)
@@ -985,13 +1110,14 @@ std::uint32_t connections_per_uid(const http_options& options) noexcept {
 std::size_t http_server::open_connections() const noexcept { return state_->sessions.size(); }
 const http_counters& http_server::counters() const noexcept { return state_->counters; }
 
-asio::awaitable<void> http_server::accept_loop(std::shared_ptr<state> st) {
+asio::awaitable<void> http_server::accept_loop(std::shared_ptr<state> st, std::size_t index) {
     asio::steady_timer pause(st->io);
+    generic_acceptor& acceptor = st->listeners[index].acceptor;
+    const listener_kind kind = st->listeners[index].kind;
     for (;;) {
         error_code ec;
-        stream_protocol::socket socket =
-            co_await st->acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
-        if (st->shutting_down || !st->acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
+        stream_protocol::socket socket = co_await acceptor.async_accept(asio::redirect_error(asio::use_awaitable, ec));
+        if (st->shutting_down || !acceptor.is_open() || ec == asio::error::operation_aborted) co_return;
         if (ec) {
             // Out of descriptors or buffers: a pause lets connections finish and free them.
             MOED_LOG_WARN("http", "accept failed: {}; retrying", ec.message());
@@ -1000,7 +1126,7 @@ asio::awaitable<void> http_server::accept_loop(std::shared_ptr<state> st) {
             continue;
         }
         ++st->counters.connections_total;
-        auto s = std::make_shared<session>(st, std::move(socket));
+        auto s = std::make_shared<session>(st, std::move(socket), kind);
         // Only served connections count: one being refused holds no slot while its 503 is
         // written and it lingers, so a flood of refused ones cannot lock others out.
         const connection_limits::verdict verdict = st->limits.admit(s->peer_key());

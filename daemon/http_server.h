@@ -1,6 +1,19 @@
-// The HTTP/1.1 server on the daemon's Unix socket (Boost.Beast over Asio, C++20 coroutines,
-// one io_context thread). One coroutine per connection reads requests (keep-alive, header
-// and body limits, read and write timeouts) and answers them:
+// The HTTP/1.1 server on the daemon's sockets (Boost.Beast over Asio, C++20 coroutines,
+// one io_context thread): the Unix socket, and the TCP socket when server.listen asks for
+// one. Both serve the same API through the same code; on TCP, when API keys are configured,
+// every request but GET /healthz needs "Authorization: Bearer <key>" (401 with
+// WWW-Authenticate: Bearer and an OpenAI-style invalid_api_key error otherwise). /metrics
+// stays behind the key (a Prometheus scrape can send one); /healthz is open so that load
+// balancers and supervisors can probe without a secret. The Unix socket needs no key.
+//
+// A server made in the loading phase answers before the model is ready: GET /healthz 503
+// {"status":"loading","progress":0..1}, /v1/status and /metrics as usual (the status says
+// the model is "loading"), every other endpoint 503 with Retry-After (the time the load
+// still needs, as its progress so far predicts, within [1, 60] s). set_ready() switches it
+// to serving; nothing is queued before then, so nothing waits on an engine not yet there.
+//
+// One coroutine per connection reads requests (keep-alive, header and body limits, read
+// and write timeouts) and answers them:
 //   POST /v1/completions, POST /v1/chat/completions  (OpenAI-compatible; "stream": true as
 //        server-sent events ending in "data: [DONE]")
 //   GET /v1/models, GET /v1/status (common/status.h as JSON), GET /metrics (Prometheus),
@@ -16,16 +29,18 @@
 // chosen (api.h, moed_object_json); a stream carries it on its first chunk.
 // Errors are JSON {"error":{"type","message","code"}} with the matching status: 400 bad
 // request body, 404 unknown path or model, 405 wrong method, 413 body over the limit, 429
-// queue full, 501 a Transfer-Encoding other than "chunked" alone, 503 shutting down or over
-// a connection limit, 500 engine failure. Every 429 and 503 carries Retry-After.
+// queue full, 501 a Transfer-Encoding other than "chunked" alone, 503 loading, shutting down
+// or over a connection limit, 500 engine failure; 401 on TCP without a valid key (its own
+// OpenAI-shaped body, see api_keys.h). Every 429 and 503 carries Retry-After.
 //
 // HTTP/1.0 clients get HTTP/1.0 answers: a stream's body is delimited by the connection's
 // close (HTTP/1.0 has no chunked coding), other bodies carry Content-Length, and the
 // connection closes unless the client asked for keep-alive. A client that half-closes after
 // its request (shutdown(SHUT_WR)) still reads: it gets the whole answer, then the close.
 //
-// Connection limits: http_options::max_connections in all and max_connections_per_uid for
-// each peer uid (SO_PEERCRED), so one local user's idle or stalled connections cannot lock
+// Connection limits: http_options::max_connections in all (both listeners together) and
+// max_connections_per_uid for each peer: the uid on the Unix socket (SO_PEERCRED), the
+// remote address on TCP, so one user's or host's idle or stalled connections cannot lock
 // out another (connection_limits.h). A connection that has sent nothing, or part of a
 // header, holds its slot for read_timeout like an idle keep-alive one, with no shorter
 // header timeout: any timeout only shortens each hold, and a client dropped by it
@@ -49,15 +64,17 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 #include <utility>  // std::exchange: Boost 1.74's awaitable.hpp uses it without the include
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
 
 #include "common/status.h"
 #include "daemon/api.h"
+#include "daemon/api_keys.h"
 #include "daemon/engine_port.h"
+#include "daemon/listener.h"
 #include "daemon/metrics.h"
 #include "engine/chat_template.h"
 #include "engine/tokenizer.h"
@@ -80,6 +97,10 @@ inline constexpr std::chrono::seconds retry_after_busy{1};
 // Retry-After of a 503 while the daemon drains to stop: a supervisor (systemd) restarts it
 // within a few seconds, and asking sooner would only meet the closed socket.
 inline constexpr std::chrono::seconds retry_after_draining{5};
+// Retry-After of a 503 while the model loads: the time left as the progress so far predicts,
+// within these bounds (and the upper one until the progress says anything).
+inline constexpr std::chrono::seconds retry_after_loading_min{1};
+inline constexpr std::chrono::seconds retry_after_loading_max{60};
 
 struct http_options {
     std::uint64_t max_body_bytes = 1u << 20;
@@ -115,16 +136,35 @@ struct server_context {
     scheduler::profile_store* profiles = nullptr;
 };
 
+// One socket the server accepts on, and which access rule applies there.
+struct server_listener {
+    generic_acceptor acceptor;
+    listener_kind kind = listener_kind::unix_socket;
+};
+
+// Whether the model is still loading (see the file comment) or the server serves.
+enum class server_phase : std::uint8_t { loading, serving };
+
 class http_server {
 public:
-    http_server(boost::asio::io_context& io, boost::asio::local::stream_protocol::acceptor acceptor,
-                server_context context, const http_options& options);
+    // Serves at once on one Unix socket listener.
+    http_server(boost::asio::io_context& io, generic_acceptor acceptor, server_context context,
+                const http_options& options);
+    // Serves on every listener; TCP ones require one of `keys` when it is not empty. In the
+    // loading phase `context` needs only fill_status (for /v1/status and /metrics).
+    http_server(boost::asio::io_context& io, std::vector<server_listener> listeners, server_context context,
+                const http_options& options, api_keys keys, server_phase phase);
     ~http_server();
     http_server(const http_server&) = delete;
     http_server& operator=(const http_server&) = delete;
 
     // Starts accepting.
     void start();
+    // Loading phase: the share of the load done, 0..1, for /healthz and Retry-After.
+    void set_load_progress(double fraction);
+    // Loading -> serving with the loaded model's context.
+    void set_ready(server_context context);
+    bool serving() const noexcept;
     // Stops accepting, closes connections waiting for a request; requests in progress
     // finish (their connections then close), new requests on open connections get 503.
     void begin_shutdown();
@@ -142,7 +182,7 @@ public:
 private:
     struct state;
     class session;
-    static boost::asio::awaitable<void> accept_loop(std::shared_ptr<state> st);
+    static boost::asio::awaitable<void> accept_loop(std::shared_ptr<state> st, std::size_t index);
     std::shared_ptr<state> state_;
 };
 

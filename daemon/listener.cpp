@@ -1,6 +1,8 @@
 #include "daemon/listener.h"
 
+#include <arpa/inet.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -18,7 +20,7 @@ namespace moed::daemon {
 
 namespace {
 
-using stream_protocol = boost::asio::local::stream_protocol;
+using generic_protocol = boost::asio::generic::stream_protocol;
 
 // A file descriptor owned until released.
 class unique_fd {
@@ -125,7 +127,8 @@ result<gid_t> lookup_group(const std::string& name) {
 }
 
 result<std::unique_ptr<listener>> open_listener(boost::asio::io_context& io, const listener_options& options) {
-    auto out = std::make_unique<listener>(listener{stream_protocol::acceptor(io), socket_file(), false, ""});
+    auto out = std::make_unique<listener>(
+        listener{generic_acceptor(io), listener_kind::unix_socket, socket_file(), false, ""});
     boost::system::error_code ec;
 
     const int n_fds = ::sd_listen_fds(1);
@@ -136,7 +139,7 @@ result<std::unique_ptr<listener>> open_listener(boost::asio::io_context& io, con
         if (::sd_is_socket_unix(fd, SOCK_STREAM, 1, nullptr, 0) <= 0)
             return make_error(errc::invalid_argument,
                               "the socket systemd passed (fd {}) is not a listening Unix stream socket", fd);
-        out->acceptor.assign(stream_protocol(), fd, ec);
+        out->acceptor.assign(generic_protocol(AF_UNIX, SOCK_STREAM), fd, ec);
         if (ec) return make_error(errc::io, "taking the systemd socket (fd {}): {}", fd, ec.message());
         out->activated = true;
         out->description = fmt::format("systemd socket (fd {})", fd);
@@ -177,12 +180,78 @@ result<std::unique_ptr<listener>> open_listener(boost::asio::io_context& io, con
     if (::listen(fd.get(), listen_backlog) != 0)
         return make_error(errc::io, "socket {}: listen: {}", options.path, std::strerror(errno));
 
-    out->acceptor.assign(stream_protocol(), fd.get(), ec);
+    out->acceptor.assign(generic_protocol(AF_UNIX, SOCK_STREAM), fd.get(), ec);
     if (ec) return make_error(errc::io, "socket {}: {}", options.path, ec.message());
     (void)fd.release();
     out->file = std::move(file);
     out->description = options.path;
     return out;
+}
+
+result<std::unique_ptr<listener>> open_tcp_listener(boost::asio::io_context& io, const listen_address& address) {
+    const std::string where = address.text();
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    const int family = address.ipv6 ? AF_INET6 : AF_INET;
+    if (address.ipv6) {
+        auto* a = reinterpret_cast<sockaddr_in6*>(&storage);
+        a->sin6_family = AF_INET6;
+        a->sin6_port = htons(address.port);
+        if (::inet_pton(AF_INET6, address.host.c_str(), &a->sin6_addr) != 1)
+            return make_error(errc::invalid_argument, "server.listen {}: not an IPv6 address", where);
+        length = sizeof(sockaddr_in6);
+    } else {
+        auto* a = reinterpret_cast<sockaddr_in*>(&storage);
+        a->sin_family = AF_INET;
+        a->sin_port = htons(address.port);
+        if (::inet_pton(AF_INET, address.host.c_str(), &a->sin_addr) != 1)
+            return make_error(errc::invalid_argument, "server.listen {}: not an IPv4 address", where);
+        length = sizeof(sockaddr_in);
+    }
+    unique_fd fd(::socket(family, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (fd.get() < 0) return make_error(errc::io, "server.listen {}: socket(): {}", where, std::strerror(errno));
+    const int on = 1;
+    if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &on, sizeof(on)) != 0)
+        return make_error(errc::io, "server.listen {}: SO_REUSEADDR: {}", where, std::strerror(errno));
+    // "[::]:port" means IPv6 only here: an IPv4 listener is configured as its own address.
+    if (address.ipv6 && ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof(on)) != 0)
+        return make_error(errc::io, "server.listen {}: IPV6_V6ONLY: {}", where, std::strerror(errno));
+    if (::bind(fd.get(), reinterpret_cast<const sockaddr*>(&storage), length) != 0)
+        return make_error(errc::io, "server.listen {}: bind: {}", where, std::strerror(errno));
+    if (::listen(fd.get(), listen_backlog) != 0)
+        return make_error(errc::io, "server.listen {}: listen: {}", where, std::strerror(errno));
+    auto out = std::make_unique<listener>(listener{generic_acceptor(io), listener_kind::tcp, socket_file(), false, ""});
+    boost::system::error_code ec;
+    out->acceptor.assign(generic_protocol(family, SOCK_STREAM), fd.get(), ec);
+    if (ec) return make_error(errc::io, "server.listen {}: {}", where, ec.message());
+    (void)fd.release();
+    out->description = "tcp " + where;
+    return out;
+}
+
+std::string tcp_peer(int fd, std::uint64_t& address_key) {
+    sockaddr_storage storage{};
+    socklen_t length = sizeof(storage);
+    address_key = 0;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&storage), &length) != 0) return {};
+    char text[INET6_ADDRSTRLEN] = {};
+    if (storage.ss_family == AF_INET) {
+        const auto* a = reinterpret_cast<const sockaddr_in*>(&storage);
+        ::inet_ntop(AF_INET, &a->sin_addr, text, sizeof(text));
+        // IPv4 keys sit above every uid key (those are below 2^32) and below the unknown key.
+        address_key = (std::uint64_t{1} << 32) | ntohl(a->sin_addr.s_addr);
+        return fmt::format("tcp {}:{}", text, ntohs(a->sin_port));
+    }
+    if (storage.ss_family == AF_INET6) {
+        const auto* a = reinterpret_cast<const sockaddr_in6*>(&storage);
+        ::inet_ntop(AF_INET6, &a->sin6_addr, text, sizeof(text));
+        // FNV-1a of the 16 bytes, with the top bit set (uids and IPv4 keys stay below 2^33).
+        std::uint64_t h = 1469598103934665603ull;
+        for (unsigned char b : a->sin6_addr.s6_addr) h = (h ^ b) * 1099511628211ull;
+        address_key = (h | (std::uint64_t{1} << 63)) & ~std::uint64_t{1};  // never the unknown key (all ones)
+        return fmt::format("tcp [{}]:{}", text, ntohs(a->sin6_port));
+    }
+    return {};
 }
 
 std::optional<peer_identity> peer_of(int fd) {

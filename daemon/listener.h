@@ -1,10 +1,13 @@
-// The daemon's listening Unix socket: either the one systemd passed (socket activation,
-// sd_listen_fds) or one moed binds itself. Binding first checks an existing file: a socket
-// nobody accepts on (connect gives ECONNREFUSED: a crashed daemon's leftover) is replaced,
-// one that accepts is another daemon and an error, anything else is left alone and an
-// error. The new file gets the configured mode and group.
-// Threads: open_listener runs on the main thread before the io_context runs; the returned
-// acceptor then belongs to the io_context thread.
+// The daemon's listening sockets. The Unix socket: either the one systemd passed (socket
+// activation, sd_listen_fds) or one moed binds itself. Binding first checks an existing
+// file: a socket nobody accepts on (connect gives ECONNREFUSED: a crashed daemon's leftover)
+// is replaced, one that accepts is another daemon and an error, anything else is left alone
+// and an error. The new file gets the configured mode and group. The optional TCP socket
+// (server.listen) is bound by moed on the configured address.
+// Both are Asio generic stream acceptors, so one HTTP server serves either kind with the
+// same code; `kind` says which access rule applies (file permissions, or API keys).
+// Threads: open_listener and open_tcp_listener run on the main thread before the
+// io_context runs; the returned acceptor then belongs to the io_context thread.
 #pragma once
 
 #include <sys/types.h>
@@ -15,9 +18,11 @@
 #include <string>
 
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/basic_socket_acceptor.hpp>
+#include <boost/asio/generic/stream_protocol.hpp>
 
 #include "common/result.h"
+#include "daemon/config.h"
 
 namespace moed::daemon {
 
@@ -53,17 +58,30 @@ private:
     ino_t ino_ = 0;
 };
 
+// An acceptor of any stream socket family (Asio's generic protocol has no acceptor typedef).
+using generic_acceptor = boost::asio::basic_socket_acceptor<boost::asio::generic::stream_protocol>;
+
+// Who may use a listener: the Unix socket's file permissions decide who connects, and a TCP
+// listener checks the API keys (when there are any) on every request.
+enum class listener_kind : std::uint8_t { unix_socket, tcp };
+
 struct listener {
-    boost::asio::local::stream_protocol::acceptor acceptor;
-    socket_file file;         // empty path when activated
+    generic_acceptor acceptor;
+    listener_kind kind = listener_kind::unix_socket;
+    socket_file file;         // empty path when activated or TCP
     bool activated = false;   // the socket came from systemd
-    std::string description;  // for logs: the path, or "systemd socket (fd 3)"
+    std::string description;  // for logs: the path, "systemd socket (fd 3)" or "tcp 127.0.0.1:8077"
 };
 
 // Takes the systemd socket when there is one, else binds `options.path`. Errors name the
 // path and the reason ("another moed is listening on PATH", "PATH exists and is not a
 // socket", "unknown group 'x'").
 result<std::unique_ptr<listener>> open_listener(boost::asio::io_context& io, const listener_options& options);
+
+// Binds and listens on `address` (SO_REUSEADDR, so a restart does not wait out TIME_WAIT;
+// an IPv6 address serves IPv6 only). Errors name the address ("server.listen
+// 127.0.0.1:8077: bind: Address already in use").
+result<std::unique_ptr<listener>> open_tcp_listener(boost::asio::io_context& io, const listen_address& address);
 
 // The group id of `name`; errc::not_found when there is no such group.
 result<gid_t> lookup_group(const std::string& name);
@@ -78,6 +96,10 @@ struct peer_identity {
 
 // The peer of `fd`; nullopt when the kernel does not say or `fd` is not a Unix socket.
 std::optional<peer_identity> peer_of(int fd);
+// The remote address of a TCP socket `fd`, as "tcp 192.0.2.1:50000" or "tcp [::1]:50000";
+// empty when `fd` is not an IP socket. `address_key` gets a 64-bit key of the address
+// alone (not the port), the same for every connection from one host.
+std::string tcp_peer(int fd, std::uint64_t& address_key);
 // "pid=123 uid=1000 gid=1000", or "pid=? uid=? gid=?" for an unknown peer.
 std::string describe_peer(const std::optional<peer_identity>& peer);
 // describe_peer(peer_of(fd)).

@@ -1,10 +1,16 @@
 // moed: the daemon. Reads its configuration, binds (or receives from systemd) its Unix
-// socket, loads the model, starts the batch loop (the engine thread) and serves HTTP on the
-// io_context (this thread) until SIGTERM/SIGINT, then drains running requests within
-// daemon.drain_timeout_s and exits 0.
+// socket and binds its TCP socket when server.listen asks for one, starts serving HTTP on
+// the io_context thread at once (answering "loading" with the progress), loads the model on
+// the main thread, then starts the batch loop (the engine thread), switches the server to
+// serving and tells systemd READY=1. It serves until SIGTERM/SIGINT, then drains running
+// requests within daemon.drain_timeout_s and exits 0.
+// While the model loads, SIGTERM/SIGINT and SIGHUP are held and handled once it is loaded (a
+// SIGTERM then drains at once). A load that fails is logged and ends the daemon with exit
+// code 1; connections open at that moment are closed.
 //
 // Exit codes: 0 clean stop; 1 failure while starting (socket in use, model cannot load) or
 // running; 2 bad command line or configuration (one line naming the key).
+#include <pthread.h>
 #include <signal.h>
 
 #include <atomic>
@@ -16,6 +22,7 @@
 #include <thread>
 #include <utility>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/signal_set.hpp>
@@ -25,6 +32,7 @@
 #include "common/log.h"
 #include "common/process_memory.h"
 #include "common/units.h"
+#include "daemon/api_keys.h"
 #include "daemon/batch_loop.h"
 #include "daemon/config.h"
 #include "daemon/engine_port.h"
@@ -59,6 +67,13 @@ constexpr int exit_config = 2;
 // are allocated per sequence at start-up, and a 32k-context model times max_sequences
 // would claim far more memory than most requests use.
 constexpr std::int64_t default_ctx = 4096;
+// Load progress goes to the log at most this often, and to systemd (STATUS= with
+// EXTEND_TIMEOUT_USEC=) at most this often; each message to systemd gives the start-up this
+// much more time from then on, so a load that keeps moving is never killed by
+// TimeoutStartSec while one stuck for longer still is.
+constexpr std::chrono::seconds load_log_interval{5};
+constexpr std::chrono::seconds load_notify_interval{2};
+constexpr std::chrono::seconds load_timeout_extension{60};
 // After the engine drained, connections get this long to flush their last bytes before the
 // io_context is stopped regardless (a client that stopped reading cannot hold the exit).
 constexpr std::chrono::milliseconds final_flush_timeout{5000};
@@ -316,6 +331,72 @@ void apply_profile_to_tiers(engine::model& model, const scheduler::profile& p) {
                    p.name, hot.size(), per_layer, pinned, scores.size());
 }
 
+// Reports the model load's progress (load_options::on_progress): to the server for /healthz
+// (posted to the io thread), to the log and to systemd at their intervals, and always at the
+// start and the end. Runs on the loading (main) thread.
+class load_reporter {
+public:
+    load_reporter(asio::io_context& io, http_server& server) : io_(io), server_(server) {}
+
+    void operator()(std::uint64_t done_bytes, std::uint64_t total_bytes) {
+        const double fraction = total_bytes == 0 ? 1.0 : static_cast<double>(done_bytes) / static_cast<double>(total_bytes);
+        asio::post(io_, [&server = server_, fraction] { server.set_load_progress(fraction); });
+        const auto now = std::chrono::steady_clock::now();
+        const bool edge = done_bytes == 0 || done_bytes == total_bytes;
+        const int percent = static_cast<int>(fraction * 100.0);
+        if (edge || now - last_notify_ >= load_notify_interval) {
+            last_notify_ = now;
+            notify(fmt::format("STATUS=loading {}%\nEXTEND_TIMEOUT_USEC={}", percent,
+                               std::chrono::duration_cast<std::chrono::microseconds>(load_timeout_extension).count()));
+        }
+        if (edge || now - last_log_ >= load_log_interval) {
+            last_log_ = now;
+            MOED_LOG_INFO("moed", "loading: {}% ({} of {})", percent, format_bytes(done_bytes), format_bytes(total_bytes));
+        }
+    }
+
+private:
+    asio::io_context& io_;
+    http_server& server_;
+    std::chrono::steady_clock::time_point last_notify_{};
+    std::chrono::steady_clock::time_point last_log_{};
+};
+
+// Runs the io_context on its own thread while the main thread loads the model; whatever way
+// run() leaves the scope, the thread is stopped and joined before the objects it serves go.
+class io_thread {
+public:
+    explicit io_thread(asio::io_context& io) : io_(io), work_(asio::make_work_guard(io)) {
+        thread_ = std::thread([this] {
+            ::pthread_setname_np(::pthread_self(), "moed-io");
+            try {
+                io_.run();
+            } catch (...) {
+                failure_ = std::current_exception();
+            }
+        });
+    }
+    io_thread(const io_thread&) = delete;
+    io_thread& operator=(const io_thread&) = delete;
+    ~io_thread() {
+        if (!thread_.joinable()) return;
+        io_.stop();
+        thread_.join();
+    }
+    // Lets run() return once its work is done, waits for it, and rethrows what ended it.
+    void finish() {
+        work_.reset();
+        thread_.join();
+        if (failure_) std::rethrow_exception(failure_);
+    }
+
+private:
+    asio::io_context& io_;
+    asio::executor_work_guard<asio::io_context::executor_type> work_;
+    std::thread thread_;
+    std::exception_ptr failure_;
+};
+
 int config_error(const std::string& message) {
     std::fprintf(stderr, "moed: %s\n", message.c_str());
     return exit_config;
@@ -359,6 +440,19 @@ int run(int argc, char** argv) {
         auto gid = lookup_group(config.socket_group);
         if (!gid) return config_error(gid.error().message);
     }
+    // The keys file is checked even without a TCP listener: a world-readable one is a leak
+    // whatever uses it.
+    api_keys keys;
+    if (!config.api_keys_file.empty()) {
+        auto loaded_keys = api_keys::load(config.api_keys_file);
+        if (!loaded_keys) return config_error(loaded_keys.error().message);
+        keys = std::move(*loaded_keys);
+        if (config.listen.empty())
+            MOED_LOG_WARN("moed", "server.api_keys_file is set but server.listen is not: the keys are not used "
+                                  "(the Unix socket needs none)");
+    }
+    std::optional<listen_address> tcp_address;
+    if (!config.listen.empty()) tcp_address = parse_listen_address(config.listen).value();  // validated with the config
 
     // Writes to a closed connection must fail with EPIPE, not kill the daemon.
     ::signal(SIGPIPE, SIG_IGN);
@@ -378,11 +472,55 @@ int run(int argc, char** argv) {
     auto listening = open_listener(io, {config.socket_path, config.socket_mode, config.socket_group});
     if (!listening) return start_error(listening.error().message);
     std::unique_ptr<listener> lst = std::move(*listening);
+    std::unique_ptr<listener> tcp;
+    if (tcp_address) {
+        auto opened = open_tcp_listener(io, *tcp_address);
+        if (!opened) return start_error(opened.error().message);
+        tcp = std::move(*opened);
+        if (!tcp_address->loopback)
+            MOED_LOG_WARN("moed", "server.listen {} is not a loopback address: other hosts can reach the API{}",
+                          tcp_address->text(),
+                          keys.empty() ? " without a key (server.allow_unauthenticated)" : " with a key");
+        if (keys.empty())
+            MOED_LOG_INFO("moed", "TCP {}: no server.api_keys_file, requests need no key", tcp_address->text());
+        else
+            MOED_LOG_INFO("moed", "TCP {}: requests need one of {} API keys ('Authorization: Bearer KEY'); /healthz "
+                                  "is open",
+                          tcp_address->text(), keys.size());
+    }
+    const std::string listening_on = tcp ? lst->description + " and " + tcp->description : lst->description;
+
+    // The sockets answer from now on: while the model loads, /healthz says "loading" with
+    // the progress, /v1/status and /metrics work, and API requests get 503 with Retry-After.
+    std::vector<server_listener> listeners;
+    listeners.push_back(server_listener{std::move(lst->acceptor), listener_kind::unix_socket});
+    if (tcp) listeners.push_back(server_listener{std::move(tcp->acceptor), listener_kind::tcp});
+    server_context loading_ctx;
+    loading_ctx.fill_status = [started, path = config.model_path, id = config.model_id](server_status& s) {
+        s.version = MOED_VERSION;
+        s.uptime_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        s.model.id = id;
+        s.model.path = path;
+        s.model.state = "loading";
+    };
+    http_server server(io, std::move(listeners), std::move(loading_ctx), http_options_of(config), std::move(keys),
+                       server_phase::loading);
+    server.start();
+    io_thread serving(io);
+    MOED_LOG_INFO("moed", "listening on {} while the model loads", listening_on);
 
     MOED_LOG_INFO("moed", "moed {} loading {}{}", MOED_VERSION, config.model_path,
                   config.source.empty() ? std::string() : fmt::format(" (config {})", config.source));
     notify(fmt::format("STATUS=loading model {}", config.model_path));
     engine::load_options load;
+    load.on_progress = load_reporter(io, server);
+    if (!config.inject_slow_load.empty()) {
+        const slow_load_spec slow = parse_slow_load(config.inject_slow_load).value();  // validated with the config
+        MOED_LOG_WARN("moed", "model.inject_slow_load = \"{}\": the load pauses {} ms every {} on purpose",
+                      config.inject_slow_load, slow.delay_ms, format_bytes(slow.piece_bytes));
+        load.piece_bytes = slow.piece_bytes;
+        load.piece_delay = std::chrono::milliseconds(slow.delay_ms);
+    }
     load.host_budget = config.host_budget;
     load.tier.queue_depth = config.io_depth;
     load.tier.allow_uring = config.io_uring;
@@ -503,25 +641,30 @@ int run(int argc, char** argv) {
     };
 
     std::function<void(server_status&)> fill_status = ctx.fill_status;
-    http_server server(io, std::move(lst->acceptor), std::move(ctx), http_options_of(config));
 
     loop.start();
-    server.start();
     watchdog dog(io);
-    if (config.watchdog) dog.start(watchdog_interval());
-
     lifecycle life(io, signals, server, loop, dog, drain_timeout_of(config));
-    life.start();
     control_signals control(control_set, *cmd, config, server, life, std::move(fill_status));
-    control.start();
-    life.on_quiet([&control] { control.stop(); });
+    // Everything that touches the server, the signal sets and the timers runs on the io
+    // thread; `config` is the io thread's from here on (SIGHUP reloads it there).
+    const std::string ready_line =
+        fmt::format("serving '{}' on {}: {} sequences, ctx {}, {} threads ({}), experts {}", model_id, listening_on,
+                    config.max_sequences, n_ctx, threads, isa, model.tiers() ? "tiered" : "resident");
+    const std::string ready_status =
+        fmt::format("READY=1\nSTATUS=ready: {} sequences, model {}", config.max_sequences, model_id);
+    const bool use_watchdog = config.watchdog;
+    asio::post(io, [&, ctx = std::move(ctx)]() mutable {
+        server.set_ready(std::move(ctx));
+        if (use_watchdog) dog.start(watchdog_interval());
+        life.start();
+        control.start();
+        life.on_quiet([&control] { control.stop(); });
+        MOED_LOG_INFO("moed", "{}", ready_line);
+        notify(ready_status);
+    });
 
-    MOED_LOG_INFO("moed", "serving '{}' on {}: {} sequences, ctx {}, {} threads ({}), experts {}", model_id,
-                  lst->description, config.max_sequences, n_ctx, threads, isa,
-                  model.tiers() ? "tiered" : "resident");
-    notify(fmt::format("READY=1\nSTATUS=ready: {} sequences, model {}", config.max_sequences, model_id));
-
-    io.run();
+    serving.finish();
     life.join();
     // Handlers the loop posted while stopping: run them so nothing still refers to a job.
     io.restart();

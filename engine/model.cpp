@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <thread>
 #include <cerrno>
 #include <cstring>
 #include <memory>
@@ -85,8 +86,9 @@ std::uint64_t copy_bytes(const storage::gguf_file& file, bool all, std::uint32_t
 // blocks are left out of the reads, so their part of the copy is never touched; otherwise every tensor but the routed experts and the blocks
 // of n_layer and later, each at a 64-byte aligned offset. Returns the copy's offset of each
 // tensor it holds.
+// Reads go in pieces of at most options.piece_bytes, each reported to options.on_progress.
 result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage::gguf_file& file, bool all,
-                                                                  std::uint32_t n_layer,
+                                                                  std::uint32_t n_layer, const load_options& options,
                                                                   std::unique_ptr<std::byte[]>& storage,
                                                                   std::span<const std::byte>& image) {
     std::unordered_map<std::string, std::size_t> where;
@@ -111,36 +113,55 @@ result<std::unordered_map<std::string, std::size_t>> copy_weights(const storage:
         const int err = errno;
         return make_error(errc::io, "{}: cannot open to copy the weights: {}", file.path(), std::strerror(err));
     }
-    auto read_one = [&](std::uint64_t offset, std::uint64_t bytes, std::byte* dst, std::string_view what) {
-        auto done = read_exact(fd, file.path(), dst, offset, bytes, what);
-        ::posix_fadvise(fd, static_cast<off_t>(offset), static_cast<off_t>(bytes), POSIX_FADV_DONTNEED);
-        return done;
+    // The reads, planned first so progress knows its total: with `all`, runs of adjacent
+    // tensors in one read each (alignment padding between tensors, less than a page, joins a
+    // run); a skipped block's bytes are never read, so its pages of the copy are never
+    // touched and cost no memory. Otherwise one read per copied tensor.
+    struct planned_read {
+        std::uint64_t offset;
+        std::uint64_t bytes;
+        std::byte* dst;
+        const storage::gguf_tensor_info* only;  // the one tensor a read holds, else null
     };
-    result<void> done;
+    std::vector<planned_read> reads;
     if (all) {
-        // Runs of adjacent tensors in one read each; a skipped block's bytes are never read,
-        // so its pages of the copy are never touched and cost no memory.
         std::vector<const storage::gguf_tensor_info*> order;
         for (const auto& t : file.tensors()) {
             if (!is_skipped_block(t.name, n_layer)) order.push_back(&t);
         }
         std::sort(order.begin(), order.end(), [](const auto* a, const auto* b) { return a->offset < b->offset; });
-        for (std::size_t i = 0; i < order.size() && done;) {
+        for (std::size_t i = 0; i < order.size();) {
             const std::uint64_t start = order[i]->offset;
             std::uint64_t end = start + order[i]->size_bytes;
             std::size_t j = i + 1;
-            // Alignment padding between tensors (less than a page) joins a run.
             for (; j < order.size() && order[j]->offset <= end + 4096; ++j) end = std::max(end, order[j]->offset + order[j]->size_bytes);
-            done = read_one(start, end - start, base + (start - file.data_offset()),
-                            j == i + 1 ? fmt::format("tensor '{}'", order[i]->name) : "the tensor data");
+            reads.push_back({start, end - start, base + (start - file.data_offset()), j == i + 1 ? order[i] : nullptr});
             i = j;
         }
     } else {
         for (const auto& t : file.tensors()) {
-            if (!is_copied_dense(t.name, n_layer)) continue;
-            done = read_one(t.offset, t.size_bytes, base + where[t.name], fmt::format("tensor '{}'", t.name));
-            if (!done) break;
+            if (is_copied_dense(t.name, n_layer)) reads.push_back({t.offset, t.size_bytes, base + where[t.name], &t});
         }
+    }
+    std::uint64_t to_read = 0;
+    for (const auto& r : reads) to_read += r.bytes;
+    std::uint64_t read_so_far = 0;
+    if (options.on_progress) options.on_progress(0, to_read);
+    const std::uint64_t piece = std::max<std::uint64_t>(options.piece_bytes, 4096);
+    result<void> done;
+    for (const auto& r : reads) {
+        const std::string what = r.only ? fmt::format("tensor '{}'", r.only->name) : std::string("the tensor data");
+        for (std::uint64_t at = 0; at < r.bytes;) {
+            const std::uint64_t n = std::min(piece, r.bytes - at);
+            if (options.piece_delay.count() > 0) std::this_thread::sleep_for(options.piece_delay);
+            done = read_exact(fd, file.path(), r.dst + at, r.offset + at, n, what);
+            ::posix_fadvise(fd, static_cast<off_t>(r.offset + at), static_cast<off_t>(n), POSIX_FADV_DONTNEED);
+            if (!done) break;
+            at += n;
+            read_so_far += n;
+            if (options.on_progress) options.on_progress(read_so_far, to_read);
+        }
+        if (!done) break;
     }
     ::close(fd);
     if (!done) return unexpected(std::move(done).error());
@@ -315,7 +336,7 @@ result<std::unique_ptr<model>> model::load(const std::string& path, const load_o
     // whole data section is copied and experts are served from that copy.
     loader ld(file);
     {
-        auto offsets = copy_weights(file, !options.host_budget, hp.n_layer, m->weights_storage_, m->weights_);
+        auto offsets = copy_weights(file, !options.host_budget, hp.n_layer, options, m->weights_storage_, m->weights_);
         if (!offsets) return unexpected(std::move(offsets).error());
         ld.use_copy(m->weights_.data(), std::move(offsets).value());
     }

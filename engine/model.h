@@ -5,7 +5,9 @@
 // Threads: immutable after load(); the expert source is used by the engine thread.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -79,6 +81,17 @@ struct load_options {
     // The machine's memory the budget and the weights are checked against before they are
     // allocated (0: physical_memory_bytes(); tests inject a smaller one).
     std::uint64_t physical_memory_bytes = 0;
+    // Called on the loading thread as the weights copy advances (the bulk of a load): the
+    // bytes copied so far and the copy's total (the whole tensor data when experts are
+    // resident, the dense weights when they are tiered). Called once with (0, total) before
+    // the first read, then after every piece; the last call has done == total. Null: none.
+    std::function<void(std::uint64_t done_bytes, std::uint64_t total_bytes)> on_progress;
+    // The copy reads at most this many bytes at a time, so on_progress moves at least this
+    // often (a smaller piece costs one more pread each).
+    std::uint64_t piece_bytes = std::uint64_t{64} << 20;
+    // Testing only: a pause before every piece of the copy, a disk slow enough that a test
+    // can watch a load (requests during it, progress rising). Zero: none.
+    std::chrono::microseconds piece_delay{0};
 };
 
 class model {

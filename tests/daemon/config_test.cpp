@@ -2,7 +2,9 @@
 // flags override the file; unknown keys, wrong types, out-of-range values and unparsable
 // sizes are errors naming the key (and file:line:column for the file); TOML syntax errors
 // carry the position; the shipped moed.toml.example parses and equals the defaults; --help
-// lists every key with its flag. Pure parsing: no daemon runs.
+// lists every key with its flag; server.listen takes host:port and [v6]:port and names what
+// is wrong with a bad one, and a non-loopback address needs keys or
+// server.allow_unauthenticated. Pure parsing: no daemon runs.
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -326,6 +328,105 @@ TEST(Config, InjectedFaultsAreValidatedAtParse) {
              {"eio_every", "expected name=value"}}) {
         const std::string e = error_of("[tiers]\ninject_faults = \"" + text + "\"\n");
         EXPECT_NE(e.find("tiers.inject_faults"), std::string::npos) << e;
+        EXPECT_NE(e.find(needle), std::string::npos) << e;
+    }
+}
+
+TEST(Config, ListenAddressesAreValidatedAtParse) {
+    auto v4 = parse_listen_address("127.0.0.1:8077");
+    ASSERT_TRUE(v4) << v4.error().message;
+    EXPECT_EQ(v4->host, "127.0.0.1");
+    EXPECT_EQ(v4->port, 8077);
+    EXPECT_FALSE(v4->ipv6);
+    EXPECT_TRUE(v4->loopback);
+    EXPECT_EQ(v4->text(), "127.0.0.1:8077");
+    auto v6 = parse_listen_address("[::1]:9");
+    ASSERT_TRUE(v6) << v6.error().message;
+    EXPECT_EQ(v6->host, "::1");
+    EXPECT_TRUE(v6->ipv6);
+    EXPECT_TRUE(v6->loopback);
+    EXPECT_EQ(v6->text(), "[::1]:9");
+    auto local = parse_listen_address("localhost:65535");
+    ASSERT_TRUE(local);
+    EXPECT_EQ(local->host, "127.0.0.1");
+    EXPECT_TRUE(local->loopback);
+    EXPECT_TRUE(parse_listen_address("127.8.9.10:80")->loopback);
+    EXPECT_FALSE(parse_listen_address("0.0.0.0:8077")->loopback);
+    EXPECT_FALSE(parse_listen_address("192.168.1.2:8077")->loopback);
+    EXPECT_FALSE(parse_listen_address("[::]:8077")->loopback);
+    EXPECT_FALSE(parse_listen_address("[fe80::1]:8077")->loopback);
+
+    for (const auto& [text, needle] : std::vector<std::pair<std::string, std::string>>{
+             {"127.0.0.1", "missing port"},
+             {"127.0.0.1:", "missing port"},
+             {":8077", "missing host"},
+             {"127.0.0.1:0", "port 0 is out of range [1, 65535]"},
+             {"127.0.0.1:65536", "port 65536 is out of range [1, 65535]"},
+             {"127.0.0.1:http", "port 'http' is not a number"},
+             {"127.0.0.1:-1", "port '-1' is not a number"},
+             {"::1:8077", "an IPv6 address needs brackets"},
+             {"[::1", "missing ']'"},
+             {"[::1]8077", "missing port"},
+             {"[127.0.0.1]:80", "is not an IPv6 address"},
+             {"example.com:80", "'example.com' is not a numeric IPv4 address"},
+             {"256.0.0.1:80", "not a numeric IPv4 address"}}) {
+        const std::string e = error_of("[server]\nlisten = \"" + text + "\"\n");
+        EXPECT_NE(e.find("key 'server.listen'"), std::string::npos) << e;
+        EXPECT_NE(e.find("'" + text + "'"), std::string::npos) << e;
+        EXPECT_NE(e.find(needle), std::string::npos) << text << ": " << e;
+    }
+    // A flag names itself.
+    daemon_config c;
+    auto flag = apply_text(c, "server.listen", "1.2.3.4:99999", "--server-listen");
+    ASSERT_FALSE(flag);
+    EXPECT_EQ(flag.error().message, "--server-listen: '1.2.3.4:99999': port 99999 is out of range [1, 65535]");
+    // Empty: no TCP listener.
+    auto none = from_toml("[server]\nlisten = \"\"\n");
+    ASSERT_TRUE(none) << none.error().message;
+    EXPECT_TRUE(none->listen.empty());
+}
+
+TEST(Config, NonLoopbackListenNeedsKeysOrAnExplicitOptOut) {
+    auto loopback = from_toml("[server]\nlisten = \"127.0.0.1:8077\"\n");
+    ASSERT_TRUE(loopback) << loopback.error().message;
+    EXPECT_EQ(loopback->listen, "127.0.0.1:8077");
+    EXPECT_FALSE(loopback->allow_unauthenticated);
+
+    const std::string e = error_of("[server]\nlisten = \"0.0.0.0:8077\"\n");
+    EXPECT_EQ(e, "server.listen: '0.0.0.0:8077' is not a loopback address and server.api_keys_file is not set; give "
+                 "a keys file, or set server.allow_unauthenticated = true to serve anyone who can reach it");
+    EXPECT_NE(error_of("[server]\nlisten = \"[::]:8077\"\n").find("not a loopback address"), std::string::npos);
+
+    auto keyed = from_toml("[server]\nlisten = \"0.0.0.0:8077\"\napi_keys_file = \"/etc/moed/keys\"\n");
+    ASSERT_TRUE(keyed) << keyed.error().message;
+    EXPECT_EQ(keyed->api_keys_file, "/etc/moed/keys");
+    auto open = from_toml("[server]\nlisten = \"0.0.0.0:8077\"\nallow_unauthenticated = true\n");
+    ASSERT_TRUE(open) << open.error().message;
+    EXPECT_TRUE(open->allow_unauthenticated);
+    EXPECT_NE(error_of("[server]\nallow_unauthenticated = \"yes\"\n").find("server.allow_unauthenticated"),
+              std::string::npos);
+    // The server keys wait for a restart.
+    EXPECT_FALSE(reloadable_key("server.listen"));
+    EXPECT_FALSE(reloadable_key("server.api_keys_file"));
+    for (const char* key : {"server.listen", "server.api_keys_file", "server.allow_unauthenticated"})
+        EXPECT_NE(help_text().find(flag_for_key(key)), std::string::npos) << key;
+}
+
+TEST(Config, SlowLoadInjectionIsValidatedAtParse) {
+    auto good = from_toml("[model]\ninject_slow_load = \"delay_ms=50,piece=256KiB\"\n");
+    ASSERT_TRUE(good) << good.error().message;
+    auto spec = parse_slow_load(good->inject_slow_load);
+    ASSERT_TRUE(spec);
+    EXPECT_EQ(spec->delay_ms, 50u);
+    EXPECT_EQ(spec->piece_bytes, 256u << 10);
+    for (const auto& [text, needle] : std::vector<std::pair<std::string, std::string>>{
+             {"delay_ms=x", "delay_ms: 'x'"},
+             {"delay_ms=70000", "delay_ms: '70000'"},
+             {"piece=12", "piece: 12 bytes is below 4096"},
+             {"speed=1", "unknown field 'speed'"},
+             {"delay_ms", "expected name=value"}}) {
+        const std::string e = error_of("[model]\ninject_slow_load = \"" + text + "\"\n");
+        EXPECT_NE(e.find("model.inject_slow_load"), std::string::npos) << e;
         EXPECT_NE(e.find(needle), std::string::npos) << e;
     }
 }

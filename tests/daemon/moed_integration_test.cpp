@@ -412,6 +412,10 @@ TEST(MoedIntegration, SystemdNotifyWatchdogAndSocketActivation) {
     EXPECT_NE(messages.find("STATUS=loading model " + bundled_model()), std::string::npos) << messages;
     EXPECT_NE(messages.find("STATUS=ready: 8 sequences, model tinymoe"), std::string::npos) << messages;
     EXPECT_LT(messages.find("STATUS=loading"), messages.find("READY=1"));
+    // Load progress, each message extending the start-up timeout, all before READY=1.
+    EXPECT_LT(messages.find("STATUS=loading 0%\nEXTEND_TIMEOUT_USEC=60000000"), messages.find("READY=1")) << messages;
+    EXPECT_LT(messages.find("STATUS=loading 100%\nEXTEND_TIMEOUT_USEC=60000000"), messages.find("READY=1"))
+        << messages;
     EXPECT_TRUE(wait_for("WATCHDOG=1")) << messages;
 
     auto r = post(listen_path, "/v1/completions", completion_body("int main(", 4, false));

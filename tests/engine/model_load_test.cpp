@@ -1,6 +1,9 @@
 // Checks that model loading rejects bad files with errors that name the file and the key or
 // tensor at fault, and accepts the bundled model with the right hyper-parameters. Broken
-// variants are made by rewriting a valid synthetic model with one change each.
+// variants are made by rewriting a valid synthetic model with one change each. Load progress
+// (load_options::on_progress) starts at zero, rises in pieces of at most piece_bytes and ends
+// at its total, which is the file's tensor data when experts are resident and the dense
+// weights' bytes when they are tiered.
 #include <gtest/gtest.h>
 
 #include "engine/model.h"
@@ -114,6 +117,56 @@ TEST(model_load, broken_files_are_clear_errors) {
         SCOPED_TRACE(bc.name);
         expect_load_error(bc);
     }
+}
+
+struct progress_call {
+    std::uint64_t done;
+    std::uint64_t total;
+};
+
+std::vector<progress_call> load_with_progress(std::optional<budget_spec> budget, std::uint64_t piece_bytes,
+                                              std::unique_ptr<model>& out) {
+    std::vector<progress_call> calls;
+    load_options o;
+    o.host_budget = budget;
+    o.tier.lock = storage::memory_lock::off;
+    o.piece_bytes = piece_bytes;
+    o.on_progress = [&calls](std::uint64_t done, std::uint64_t total) { calls.push_back({done, total}); };
+    auto m = model::load(test::models_dir() + "/tinymoe-qwen3moe-Q4_K_M.gguf", o);
+    EXPECT_TRUE(m) << m.error().message;
+    if (m) out = std::move(*m);
+    return calls;
+}
+
+void expect_rising_to_total(const std::vector<progress_call>& calls, std::uint64_t piece_bytes) {
+    ASSERT_GE(calls.size(), 3u);
+    EXPECT_EQ(calls.front().done, 0u);
+    const std::uint64_t total = calls.front().total;
+    EXPECT_EQ(calls.back().done, total);
+    for (std::size_t i = 1; i < calls.size(); ++i) {
+        EXPECT_EQ(calls[i].total, total);
+        EXPECT_GT(calls[i].done, calls[i - 1].done) << i;
+        EXPECT_LE(calls[i].done - calls[i - 1].done, piece_bytes) << i;
+    }
+}
+
+TEST(model_load, progress_rises_in_pieces_to_the_copy_total) {
+    constexpr std::uint64_t piece = 256u << 10;
+    std::unique_ptr<model> resident;
+    const auto calls = load_with_progress(std::nullopt, piece, resident);
+    ASSERT_TRUE(resident);
+    expect_rising_to_total(calls, piece);
+    const std::uint64_t data_bytes = resident->file().file_size() - resident->file().data_offset();
+    // Every tensor is read (alignment padding inside a run may be read with it).
+    EXPECT_LE(calls.back().total, data_bytes);
+    EXPECT_GE(calls.back().total, resident->dense_bytes() + resident->expert_bytes());
+    EXPECT_GE(calls.size(), data_bytes / piece);
+
+    std::unique_ptr<model> tiered;
+    const auto tiered_calls = load_with_progress(budget_spec{0, 0.5, true}, 16u << 10, tiered);
+    ASSERT_TRUE(tiered);
+    expect_rising_to_total(tiered_calls, 16u << 10);
+    EXPECT_EQ(tiered_calls.back().total, tiered->dense_bytes()) << "tiered: only the dense weights are copied";
 }
 
 TEST(model_load, missing_file_is_an_error) {
