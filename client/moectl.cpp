@@ -209,6 +209,13 @@ std::string hit_rate(const moed::daemon_tier& t) {
     return fmt::format("{:.1f}%", 100.0 * static_cast<double>(t.hits) / static_cast<double>(accesses));
 }
 
+// The tier below the host slab is the model file itself (always complete; experts that are
+// not in RAM are read from it), whatever the wire calls it.
+std::string tier_label(const std::string& name) {
+    if (name == "nvme") return "model file";
+    return name.empty() ? std::string("?") : terminal_safe(name);
+}
+
 void print_tier(const moed::daemon_tier& t) {
     const std::string capacity = t.capacity_experts != 0
                                      ? fmt::format("{} ({})", human_bytes(t.capacity_bytes), t.capacity_experts)
@@ -216,8 +223,7 @@ void print_tier(const moed::daemon_tier& t) {
     const std::string experts = t.capacity_experts != 0 ? fmt::format("{}/{}", t.resident_experts, t.capacity_experts)
                                                         : fmt::format("{}", t.resident_experts);
     const std::string gbps = t.bytes_read == 0 ? "-" : fmt::format("{:.2f}", t.read_bytes_per_s / 1e9);
-    fmt::print("{:<6} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", t.name.empty() ? "?" : terminal_safe(t.name),
-               capacity, human_bytes(t.resident_bytes), experts, hit_rate(t), gbps,
+    fmt::print("{:<10} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", tier_label(t.name), capacity, human_bytes(t.resident_bytes), experts, hit_rate(t), gbps,
                human_latency(t.load_latency.p50_us, t.load_latency.count),
                human_latency(t.load_latency.p99_us, t.load_latency.count), t.evictions, t.read_errors);
 }
@@ -263,25 +269,76 @@ std::string profile_cell(const moed::daemon_request& r) {
     return cell + ")";
 }
 
-// Zero when moed did not report its memory (an older moed): the block is left out.
-void print_memory(const moed::daemon_memory& m) {
-    if (m.rss_bytes == 0 && m.held_bytes == 0) return;
-    fmt::print("\nmemory  rss {} (peak {}), moed holds {} of {} physical\n", human_bytes(m.rss_bytes),
-               human_bytes(m.rss_peak_bytes), human_bytes(m.held_bytes),
-               m.physical_bytes == 0 ? std::string("?") : human_bytes(m.physical_bytes));
-    std::string weights = fmt::format("dense {}", human_bytes(m.dense_bytes));
-    if (m.experts_bytes != 0) weights += fmt::format(", experts {} (resident)", human_bytes(m.experts_bytes));
-    fmt::print("        {}; KV caches {} ({} used); scratch {}\n", weights, human_bytes(m.kv_cache_bytes),
-               human_bytes(m.kv_cache_used_bytes), human_bytes(m.scratch_bytes));
-    if (!m.host_budget.empty()) {
-        fmt::print("        host budget {} = {}{}; slab {} in {} slots, {}\n", terminal_safe(m.host_budget),
-                   human_bytes(m.host_budget_bytes), m.host_budget_capped ? " (capped: holds every expert)" : "",
-                   human_bytes(m.host_slab_bytes), m.host_slab_slots, m.host_slab_mlocked ? "mlocked" : "not locked");
-    }
+// "AVX-512" for moed's "avx512", "AVX2", "scalar".
+std::string isa_label(const std::string& isa) {
+    if (isa == "avx512") return "AVX-512";
+    if (isa == "avx2") return "AVX2";
+    return isa.empty() ? std::string("?") : terminal_safe(isa);
 }
 
-void print_status(const moed::daemon_status& s) {
-    fmt::print("moed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : terminal_safe(s.version),
+// Whether moed reported its memory (an older moed sends none: the memory parts are left out).
+bool memory_known(const moed::daemon_memory& m) { return m.rss_bytes != 0 || m.held_bytes != 0; }
+
+// The first line, in the manner of `ollama ps`: the model, its whole size and where it sits,
+// and what computes. The size is what moed holds in RAM plus the expert bytes that stay in
+// the model file (the experts beyond what the host slab holds are read from it on demand).
+void print_summary(const moed::daemon_status& s) {
+    const moed::daemon_memory& m = s.memory;
+    std::string where = "memory not reported";
+    if (memory_known(m)) {
+        const std::uint64_t in_file =
+            s.tiers ? s.model.expert_bytes - std::min(s.model.expert_bytes, m.host_slab_bytes) : 0;
+        where = fmt::format("{}: {} RAM", human_bytes(m.held_bytes + in_file), human_bytes(m.held_bytes));
+        if (m.host_slab_bytes != 0) {
+            where += fmt::format(" (host slab {} {})", human_bytes(m.host_slab_bytes),
+                                 m.host_slab_mlocked ? "mlocked" : "not locked");
+        }
+        if (in_file != 0) where += fmt::format(" + {} of experts in the model file", human_bytes(in_file));
+    }
+    fmt::print("{}  {}  CPU, {}, {} threads\n", s.model.id.empty() ? "?" : terminal_safe(s.model.id), where,
+               isa_label(s.isa), s.threads);
+}
+
+// Memory by kind, one row each: what moed allocated, then the process as the kernel counts it.
+void print_memory(const moed::daemon_status& s, const moed::daemon_status_extra& extra) {
+    const moed::daemon_memory& m = s.memory;
+    if (!memory_known(m)) return;
+    fmt::print("\nmemory\n");
+    fmt::print("  {:<14} {:>11}\n", "dense weights", human_bytes(m.dense_bytes));
+    if (m.experts_bytes != 0) fmt::print("  {:<14} {:>11}  every expert resident\n", "experts", human_bytes(m.experts_bytes));
+    std::string kv = fmt::format("{} used", human_bytes(m.kv_cache_used_bytes));
+    if (extra.kv_cache_cells != 0)
+        kv += fmt::format(" ({} of {} positions)", extra.kv_cache_cells_used, extra.kv_cache_cells);
+    fmt::print("  {:<14} {:>11}  {}\n", "KV cache", human_bytes(m.kv_cache_bytes), kv);
+    if (!m.host_budget.empty()) {
+        fmt::print("  {:<14} {:>11}  {} slots, {}; budget {} = {}{}\n", "host slab", human_bytes(m.host_slab_bytes),
+                   m.host_slab_slots, m.host_slab_mlocked ? "mlocked" : "not locked", terminal_safe(m.host_budget),
+                   human_bytes(m.host_budget_bytes), m.host_budget_capped ? " (capped: holds every expert)" : "");
+        for (const moed::daemon_slot_class& c : extra.slot_classes) {
+            std::string layers;
+            for (std::size_t i = 0; i < c.layers.size(); ++i) {
+                // Runs of consecutive layers as "a-b".
+                std::size_t j = i;
+                while (j + 1 < c.layers.size() && c.layers[j + 1] == c.layers[j] + 1) ++j;
+                layers += fmt::format("{}{}", layers.empty() ? "" : ",",
+                                      j == i ? fmt::format("{}", c.layers[i])
+                                             : fmt::format("{}-{}", c.layers[i], c.layers[j]));
+                i = j;
+            }
+            fmt::print("    {:>4} slots of {:>11}  {:>4} resident  layers {}\n", c.slots, human_bytes(c.slot_bytes),
+                       c.resident, layers.empty() ? std::string("-") : layers);
+        }
+    }
+    fmt::print("  {:<14} {:>11}\n", "scratch", human_bytes(m.scratch_bytes));
+    fmt::print("  {:<14} {:>11}  the kinds above together\n", "moed holds", human_bytes(m.held_bytes));
+    fmt::print("  {:<14} {:>11}  peak {}, locked {}; {} physical\n", "process RSS", human_bytes(m.rss_bytes),
+               human_bytes(m.rss_peak_bytes), human_bytes(m.locked_bytes),
+               m.physical_bytes == 0 ? std::string("?") : human_bytes(m.physical_bytes));
+}
+
+void print_status(const moed::daemon_status& s, const moed::daemon_status_extra& extra) {
+    print_summary(s);
+    fmt::print("\nmoed {}  up {}  isa {}  threads {}\n", s.version.empty() ? "?" : terminal_safe(s.version),
                human_duration(s.uptime_s), s.isa.empty() ? "?" : terminal_safe(s.isa), s.threads);
     const moed::daemon_model& m = s.model;
     fmt::print("model  {} ({}): {} layers, {} experts ({} used per token), context {}, vocabulary {}\n",
@@ -294,7 +351,7 @@ void print_status(const moed::daemon_status& s) {
         fmt::print("       BROKEN: {}\n", terminal_safe(m.error));
     }
 
-    print_memory(s.memory);
+    print_memory(s, extra);
 
     if (!s.tiers) {
         fmt::print("\ntiers  every expert is resident (no expert cache)\n");
@@ -302,10 +359,11 @@ void print_status(const moed::daemon_status& s) {
         const moed::daemon_tiers& t = *s.tiers;
         fmt::print("\nI/O mode {}  queue depth {}  routed experts {}\n", t.io_mode.empty() ? "?" : terminal_safe(t.io_mode),
                    t.queue_depth, human_bytes(t.expert_bytes_total));
-        fmt::print("{:<6} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", "tier", "capacity", "used",
+        fmt::print("{:<10} {:>20} {:>11} {:>13} {:>8} {:>9} {:>9} {:>9} {:>9} {:>6}\n", "tier", "capacity", "used",
                    "experts", "hit rate", "read GB/s", "load p50", "load p99", "evictions", "errors");
         print_tier(t.host);
         print_tier(t.nvme);
+        if (!s.model.path.empty()) fmt::print("model file = {}\n", terminal_safe(s.model.path));
         print_prefetch(t);
         if (t.layer_residency.empty()) {
             fmt::print("\nresidency per layer: not reported by this moed\n");
@@ -337,17 +395,56 @@ void print_status(const moed::daemon_status& s) {
 
 // --- commands ---
 
+// What moectl status's terms count, as the tiers and the prefetch planner count them.
+constexpr std::string_view status_glossary = R"(What moectl status shows
+
+model file   the GGUF file moed serves; it always holds every expert, and experts
+             not in RAM are read from it (the tier moed's JSON calls "nvme")
+host slab    RAM for routed experts: fixed-size slots (one size per slot class when
+             experts differ in size by layer), filled from the model file; "mlocked"
+             when the kernel counts the whole slab as locked, so it is never swapped
+hit rate     expert acquires served from the slab without a read
+ring         the slab's slots outside the hot set, divided into sections; layer l
+             loads into section l mod sections, so a prefetch for the next layers
+             never replaces what the layer being computed uses
+hot set      experts a task profile ranks as used by nearly every token, kept in
+             slots of their own that ring loads never take (only a demand load
+             with no other slot left evicts one, and it is loaded again)
+recall       of the experts the routers chose, the share the prefetch planner had
+             asked for before their layer ran (routed experts predicted / routed)
+late         acquires that found the expert they needed prefetched but still
+             loading: the prediction was right, the read not done in time
+wasted       prefetched experts evicted before anything used them (and their bytes)
+demand miss  an acquire that had to start the read itself: nothing predicted it
+KV cache     the attention keys and values of every sequence moed may run at once
+             (allocated at start); "used" counts the positions running requests fill
+scratch      per-batch buffers: activations, attention, logits
+process RSS  all of moed's resident memory as the kernel counts it, libraries and
+             allocator slack included
+)";
+
 int cmd_status(const moed::client& c, const command_line& cl) {
-    if (!cl.args.empty()) return fail_usage(fmt::format("status takes no arguments (got '{}')", cl.args.front()));
+    bool explain = false;
+    for (const std::string& a : cl.args) {
+        if (a == "--explain") explain = true;
+        else return fail_usage(fmt::format("status: unexpected argument '{}' (it takes only --explain)", a));
+    }
+    if (explain) {
+        // A glossary: it needs no daemon, and is text, not JSON.
+        if (cl.json) return fail_usage("status --explain prints a glossary; it does not take --json");
+        std::fwrite(status_glossary.data(), 1, status_glossary.size(), stdout);
+        return exit_ok;
+    }
     if (cl.json) {
         auto body = c.get_json("/v1/status");
         if (!body) return report(body.error(), true);
         print_raw(*body);
         return exit_ok;
     }
-    auto s = c.status();
+    moed::daemon_status_extra extra;
+    auto s = c.status(extra);
     if (!s) return report(s.error(), false);
-    print_status(*s);
+    print_status(*s, extra);
     return exit_ok;
 }
 

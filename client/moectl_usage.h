@@ -18,9 +18,13 @@ struct command_help {
 };
 
 inline constexpr command_help command_helps[] = {
-    {"status", "status", R"(  status                 model, memory tiers (capacity, used, experts resident, hit rate,
-                         read GB/s, load latency p50/p99, I/O mode), per-layer residency
-                         map, running and queued requests
+    {"status", "status [--explain]", R"(  status [--explain]     a summary line (model, its size and where it sits, processor),
+                         memory by kind (dense weights, KV cache, host slab and its slot
+                         classes, scratch, RSS), the tiers (capacity, used, experts
+                         resident, hit rate, read GB/s, load latency p50/p99, I/O mode),
+                         prefetch and ring, per-layer residency map, running and queued
+                         requests
+      --explain          what the terms mean (ring, hot set, recall, late, wasted, ...)
 )"},
     {"generate", "generate [OPTIONS] PROMPT...", R"(  generate [OPTIONS] PROMPT...
                          stream a completion to stdout as it is generated

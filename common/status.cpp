@@ -8,7 +8,7 @@ namespace moed {
     X(version) X(uptime_s) X(model) X(threads) X(isa) X(queue_waiting) X(queue_capacity)          \
     X(running_sequences) X(max_sequences) X(max_batch_tokens) X(steps_total) X(requests_total)    \
     X(requests_failed) X(requests_cancelled) X(prompt_tokens_total) X(generated_tokens_total)     \
-    X(decode_tokens_per_s) X(memory) X(requests)
+    X(decode_tokens_per_s) X(memory) X(timing) X(requests)
 
 void to_json(nlohmann::json& j, const server_status& s) {
     j = nlohmann::json::object();

@@ -13,12 +13,15 @@
 
 namespace moed {
 
+// Percentiles over recent samples; count and sum_us cover every sample since start (the
+// Prometheus summary's _count and _sum).
 struct latency_summary {
     std::uint64_t count = 0;
     double p50_us = 0.0;
     double p90_us = 0.0;
     double p99_us = 0.0;
     double max_us = 0.0;
+    double sum_us = 0.0;
 };
 
 // The lock a tier takes for its bookkeeping (slot table, queue, counters): how often it was
@@ -159,6 +162,8 @@ struct memory_stats {
     bool host_slab_mlocked = false;         // the kernel counts the whole slab as locked
     std::uint64_t kv_cache_bytes = 0;       // allocated, every sequence's cache
     std::uint64_t kv_cache_used_bytes = 0;  // of them, holding positions of running sequences
+    std::uint64_t kv_cache_cells = 0;       // positions allocated: max_sequences x context
+    std::uint64_t kv_cache_cells_used = 0;  // of them, filled by running sequences
     std::uint64_t scratch_bytes = 0;        // per-batch buffers: activations, attention, logits
     std::uint64_t held_bytes = 0;           // the kinds above together (KV as allocated)
     std::uint64_t locked_bytes = 0;         // VmLck: memory the process has locked
@@ -185,6 +190,25 @@ struct request_status {
     std::uint32_t pruned_experts_per_layer = 0;
 };
 
+// A histogram of seconds with fixed buckets, as Prometheus keeps one: counts[i] is the number
+// of observations at most le_s[i] (cumulative); count is every observation (the +Inf
+// bucket) and sum_s their total.
+struct histogram_stats {
+    std::vector<double> le_s;
+    std::vector<std::uint64_t> counts;
+    std::uint64_t count = 0;
+    double sum_s = 0.0;
+};
+
+// How long generation requests took, from the batch loop's view (requests that only run a
+// prompt, as profile creation does, are left out). Times start when the request is queued.
+struct request_timing_stats {
+    histogram_stats time_to_first_token;  // queued -> first token sampled (queue wait included)
+    histogram_stats request_latency;      // queued -> finished, requests that ended with "stop" or "length"
+    histogram_stats prompt;               // admitted -> first token: evaluating the prompt
+    histogram_stats generation;           // first token -> finished, the same requests as request_latency
+};
+
 struct server_status {
     std::string version;
     double uptime_s = 0.0;
@@ -206,10 +230,11 @@ struct server_status {
     double decode_tokens_per_s = 0.0;  // recent, all sequences together
     std::optional<expert_cache_stats> tiers;  // absent when every expert is resident
     memory_stats memory;
+    request_timing_stats timing;
     std::vector<request_status> requests;
 };
 
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(latency_summary, count, p50_us, p90_us, p99_us, max_us)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(latency_summary, count, p50_us, p90_us, p99_us, max_us, sum_us)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(lock_stats, acquisitions, contended, wait_ns, wait_ns_max, hold_ns)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(tier_stats, name, capacity_bytes, capacity_experts, resident_bytes,
                                                 resident_experts, hits, misses, evictions, bytes_read, read_errors,
@@ -230,8 +255,12 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(model_status, id, path, architec
                                                 error)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(memory_stats, host_budget, host_budget_bytes, host_budget_capped,
                                                 dense_bytes, experts_bytes, host_slab_bytes, host_slab_slots,
-                                                host_slab_mlocked, kv_cache_bytes, kv_cache_used_bytes, scratch_bytes,
-                                                held_bytes, locked_bytes, rss_bytes, rss_peak_bytes, physical_bytes)
+                                                host_slab_mlocked, kv_cache_bytes, kv_cache_used_bytes, kv_cache_cells,
+                                                kv_cache_cells_used, scratch_bytes, held_bytes, locked_bytes, rss_bytes,
+                                                rss_peak_bytes, physical_bytes)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(histogram_stats, le_s, counts, count, sum_s)
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(request_timing_stats, time_to_first_token, request_latency, prompt,
+                                                generation)
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(request_status, id, state, prompt_tokens, generated_tokens,
                                                 max_tokens, peer, profile, profile_source, profile_similarity,
                                                 pruned_experts_per_layer)

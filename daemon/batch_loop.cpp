@@ -14,6 +14,7 @@
 
 #include "common/log.h"
 #include "common/units.h"
+#include "daemon/request_timing.h"
 #include "engine/evaluator.h"
 #include "engine/kv_cache.h"
 #include "engine/tokenizer.h"
@@ -30,6 +31,12 @@ constexpr std::string_view k_component = "loop";
 constexpr std::size_t k_rate_samples = 32;
 
 constexpr std::size_t npos = std::string_view::npos;
+
+using steady = std::chrono::steady_clock;
+
+double seconds_between(steady::time_point from, steady::time_point to) noexcept {
+    return std::chrono::duration<double>(to - from).count();
+}
 
 // Where the earliest of `stops` starts in `text`, or npos.
 std::size_t find_stop(std::string_view text, const std::vector<std::string>& stops) noexcept {
@@ -60,6 +67,7 @@ struct queued_job {
     job_params params;
     std::shared_ptr<job_sink> sink;
     bool cancel = false;  // cancel() was called; the engine thread reports it
+    steady::time_point submitted{};
 };
 
 // What other threads may see of a running sequence (under the loop's mutex). The engine
@@ -107,6 +115,10 @@ struct sequence {
     bool cancel = false;       // cancellation seen at the start of this step
     std::int64_t take = 0;     // tokens of this sequence in this step's batch
     std::int64_t offset = 0;   // where those tokens start in the batch
+    // When the job was queued, took this sequence, and had its first token sampled.
+    steady::time_point submitted{};
+    steady::time_point admitted{};
+    steady::time_point first_token{};
 
     // Task profile state.
     scheduler::routing_accumulator stats;  // the prompt's routing, during the prefill
@@ -171,6 +183,7 @@ struct batch_loop::impl {
         slots.resize(opt.max_sequences);
         rates.resize(k_rate_samples);
         kv_cache_bytes = seqs.front().cache.bytes() * seqs.size();
+        kv_cache_cells = static_cast<std::uint64_t>(opt.n_ctx) * seqs.size();
         scratch_bytes = scratch_now();
         eval.add_routing_observer([this](const engine::routing_event& ev) { on_routing(ev); });
         MOED_LOG_INFO(k_component, "{} sequences of {} tokens (KV caches {}), batches of {} tokens, {} threads",
@@ -249,11 +262,16 @@ struct batch_loop::impl {
     job_id next_id = 1;
     std::uint64_t requests_total = 0;
     loop_counters published;
+    // Observed under the lock as each request reaches its first token and its end (before its
+    // sink hears of it), so whoever saw a request end sees it counted.
+    request_timings timings;
     std::vector<rate_sample> rates;   // ring of the last k_rate_samples steps
     std::size_t rate_next = 0;
     std::size_t rate_count = 0;
     std::uint64_t kv_cache_bytes = 0;       // allocated at start-up, never changes
     std::uint64_t kv_cache_used_bytes = 0;  // positions the running sequences filled
+    std::uint64_t kv_cache_cells = 0;       // positions allocated, never changes
+    std::uint64_t kv_cache_cells_used = 0;
     std::uint64_t scratch_bytes = 0;
 
     std::mutex shutdown_mu;           // serialises shutdown() callers
@@ -426,6 +444,8 @@ void batch_loop::impl::admit_locked() {
         s.id = j.id;
         s.params = std::move(j.params);
         s.sink = std::move(j.sink);
+        s.submitted = j.submitted;
+        s.admitted = steady::now();
         s.cache.clear();
         s.smp.emplace(s.params.sampling);
         s.history.assign(s.params.prompt.begin(), s.params.prompt.end());
@@ -483,8 +503,11 @@ void batch_loop::impl::publish_locked() {
     running = active;
     published = counters;
     kv_cache_used_bytes = 0;
+    kv_cache_cells_used = 0;
     for (const sequence& s : seqs) {
-        if (s.active()) kv_cache_used_bytes += s.cache.used_bytes();
+        if (!s.active()) continue;
+        kv_cache_used_bytes += s.cache.used_bytes();
+        kv_cache_cells_used += static_cast<std::uint64_t>(s.cache.size());
     }
     scratch_bytes = scratch_now();
     rates[rate_next] = rate_sample{std::chrono::steady_clock::now(), counters.generated_tokens};
@@ -613,6 +636,12 @@ void batch_loop::impl::after_batch() {
         s.history.push_back(token);
         ++s.generated;
         ++counters.generated_tokens;
+        if (s.generated == 1) {
+            s.first_token = steady::now();
+            std::lock_guard lock(mu);
+            timings.time_to_first_token.observe(seconds_between(s.submitted, s.first_token));
+            timings.prompt.observe(seconds_between(s.admitted, s.first_token));
+        }
         emit(s, token);
     }
 }
@@ -715,6 +744,17 @@ void batch_loop::impl::emit(sequence& s, engine::token_id token) {
 
 void batch_loop::impl::finish(sequence& s, std::string_view reason) noexcept {
     if (reason == "cancelled") ++counters.cancelled;
+    // A request that ran its course; cancelled ones would measure the client, not moed.
+    if (!s.params.prefill_only && s.generated > 0 && reason != "cancelled") {
+        const steady::time_point now = steady::now();
+        try {
+            std::lock_guard lock(mu);
+            timings.request_latency.observe(seconds_between(s.submitted, now));
+            timings.generation.observe(seconds_between(s.first_token, now));
+        } catch (...) {
+            // Locking a std::mutex throws only on a broken system; the request goes uncounted.
+        }
+    }
     s.sink->on_done(reason, s.usage());
     release(s);
 }
@@ -824,6 +864,7 @@ result<job_id> batch_loop::submit(job_params params, std::shared_ptr<job_sink> s
     j.params = std::move(params);
     j.sink = std::move(sink);
     j.cancel = false;
+    j.submitted = steady::now();
     ++im.count;
     ++im.requests_total;
     im.work_cv.notify_one();
@@ -866,7 +907,10 @@ void batch_loop::snapshot(server_status& status) const {
     status.generated_tokens_total = im.published.generated_tokens;
     status.memory.kv_cache_bytes = im.kv_cache_bytes;
     status.memory.kv_cache_used_bytes = im.kv_cache_used_bytes;
+    status.memory.kv_cache_cells = im.kv_cache_cells;
+    status.memory.kv_cache_cells_used = im.kv_cache_cells_used;
     status.memory.scratch_bytes = im.scratch_bytes;
+    im.timings.fill(status.timing);
 
     // Rate over the recorded window; nothing running means nothing is being decoded now.
     status.decode_tokens_per_s = 0.0;

@@ -36,6 +36,16 @@ public:
         family(name, type, help);
         sample(name, "", value);
     }
+    // A histogram family: one cumulative _bucket per bound and +Inf, then _sum and _count.
+    void histogram(std::string_view name, std::string_view help, const histogram_stats& h) {
+        family(name, "histogram", help);
+        const std::string bucket = fmt::format("{}_bucket", name);
+        for (std::size_t i = 0; i < h.le_s.size() && i < h.counts.size(); ++i)
+            sample(bucket, fmt::format("le=\"{}\"", h.le_s[i]), h.counts[i]);
+        sample(bucket, "le=\"+Inf\"", h.count);
+        sample(fmt::format("{}_sum", name), "", h.sum_s);
+        sample(fmt::format("{}_count", name), "", h.count);
+    }
     std::string take() { return std::move(out_); }
 
 private:
@@ -65,6 +75,17 @@ std::string prometheus_text(const server_status& s, const http_counters& http) {
     w.single("moed_steps_total", "counter", "Forward passes of the batch loop.", s.steps_total);
     w.single("moed_decode_tokens_per_second", "gauge", "Recent decode rate, all sequences together.",
              s.decode_tokens_per_s);
+    const request_timing_stats& timing = s.timing;
+    w.histogram("moed_time_to_first_token_seconds",
+                "Time from a request's queueing to its first token (queue wait and prompt included).",
+                timing.time_to_first_token);
+    w.histogram("moed_request_duration_seconds",
+                "Time from a request's queueing to its end, for requests that ended with stop or length.",
+                timing.request_latency);
+    w.histogram("moed_prompt_duration_seconds",
+                "Time a request's prompt took to evaluate, from its admission to its first token.", timing.prompt);
+    w.histogram("moed_generation_duration_seconds", "Time from a request's first token to its end.",
+                timing.generation);
     w.single("moed_queue_waiting", "gauge", "Requests waiting for a sequence slot.", s.queue_waiting);
     w.single("moed_queue_capacity", "gauge", "Requests that may wait (more are answered 429).", s.queue_capacity);
     w.single("moed_running_sequences", "gauge", "Sequences in the running batch.", s.running_sequences);
@@ -85,6 +106,16 @@ std::string prometheus_text(const server_status& s, const http_counters& http) {
         {"kv_cache", m.kv_cache_bytes}, {"kv_cache_used", m.kv_cache_used_bytes}, {"scratch", m.scratch_bytes},
     };
     for (const auto& [kind, bytes] : kinds) w.sample("moed_memory_bytes", fmt::format("kind=\"{}\"", kind), bytes);
+    w.single("moed_kv_cache_cells", "gauge", "KV cache positions allocated (sequences x context).",
+             m.kv_cache_cells);
+    w.single("moed_kv_cache_cells_used", "gauge", "KV cache positions the running sequences fill.",
+             m.kv_cache_cells_used);
+    w.single("moed_kv_cache_bytes", "gauge", "KV cache bytes allocated.", m.kv_cache_bytes);
+    w.single("moed_kv_cache_used_bytes", "gauge", "KV cache bytes the running sequences fill.",
+             m.kv_cache_used_bytes);
+    w.single("moed_kv_cache_usage_ratio", "gauge", "KV cache positions in use over those allocated (0 to 1).",
+             m.kv_cache_cells > 0 ? static_cast<double>(m.kv_cache_cells_used) / static_cast<double>(m.kv_cache_cells)
+                                  : 0.0);
     w.single("moed_memory_held_bytes", "gauge", "Bytes of every kind moed holds together.", m.held_bytes);
     w.single("moed_memory_host_budget_bytes", "gauge", "The host budget as resolved (0: experts resident).",
              m.host_budget_bytes);
@@ -137,6 +168,7 @@ std::string prometheus_text(const server_status& s, const http_counters& http) {
             w.sample("moed_tier_load_latency_seconds", base + ",quantile=\"0.5\"", l.p50_us * 1e-6);
             w.sample("moed_tier_load_latency_seconds", base + ",quantile=\"0.9\"", l.p90_us * 1e-6);
             w.sample("moed_tier_load_latency_seconds", base + ",quantile=\"0.99\"", l.p99_us * 1e-6);
+            w.sample("moed_tier_load_latency_seconds_sum", base, l.sum_us * 1e-6);
             w.sample("moed_tier_load_latency_seconds_count", base, l.count);
         }
         w.single("moed_tier_queue_depth", "gauge", "Expert reads that may be in flight.", t.queue_depth);

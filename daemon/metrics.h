@@ -1,6 +1,8 @@
 // GET /metrics: the status figures and the HTTP counters in the Prometheus text exposition
 // format (version 0.0.4). Counters end in _total; tier figures carry the tier and the I/O
-// mode as labels; load latency is a summary with quantiles 0.5, 0.9, 0.99.
+// mode as labels; load latency is a summary with quantiles 0.5, 0.9, 0.99 over recent loads
+// and _sum/_count over every load. Request times (first token, whole request, prompt,
+// generation) are histograms in seconds; KV cache use is gauges of positions and bytes.
 // Threads: http_counters belongs to the io_context thread; prometheus_text is pure.
 #pragma once
 

@@ -33,6 +33,7 @@ void tier_counters::record_latency(clock::duration latency) noexcept {
     const auto us = std::chrono::duration_cast<std::chrono::microseconds>(latency).count();
     latency_us_[latency_count_ % latency_samples_max] =
         static_cast<std::uint32_t>(std::clamp<std::int64_t>(us, 0, std::numeric_limits<std::uint32_t>::max()));
+    latency_sum_us_ += static_cast<double>(std::max<std::int64_t>(us, 0));
     latency_mean_us_ = latency_count_ == 0 ? static_cast<double>(us)
                                            : latency_mean_us_ + (static_cast<double>(us) - latency_mean_us_) / 16.0;
     ++latency_count_;
@@ -53,6 +54,7 @@ void tier_counters::fill(tier_stats& host, prefetch_stats& pf, std::vector<std::
     host.read_errors = read_errors;
     host.read_seconds = read_seconds(now);
     host.load_latency.count = latency_count_;
+    host.load_latency.sum_us = latency_sum_us_;
     pf.requested = pf_requested;
     pf.issued = pf_issued;
     pf.cancelled = pf_cancelled;

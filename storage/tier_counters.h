@@ -75,6 +75,7 @@ private:
     double busy_seconds_ = 0.0;
     std::vector<std::uint32_t> latency_us_;  // a ring of latency_samples_max
     std::uint64_t latency_count_ = 0;        // samples ever recorded
+    double latency_sum_us_ = 0.0;            // and their total
     double latency_mean_us_ = 0.0;
 };
 

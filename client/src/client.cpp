@@ -403,6 +403,18 @@ daemon_memory to_public(memory_stats&& m) {
     return p;
 }
 
+daemon_status_extra extra_of(server_status& s) {
+    daemon_status_extra e;
+    if (s.tiers) {
+        e.slot_classes.reserve(s.tiers->slot_classes.size());
+        for (slot_class_stats& c : s.tiers->slot_classes)
+            e.slot_classes.push_back({c.slot_bytes, c.slots, std::move(c.layers), c.resident});
+    }
+    e.kv_cache_cells = s.memory.kv_cache_cells;
+    e.kv_cache_cells_used = s.memory.kv_cache_cells_used;
+    return e;
+}
+
 daemon_status to_public(server_status&& s) {
     daemon_status p;
     p.version = std::move(s.version);
@@ -527,6 +539,11 @@ client_result<std::string> client::get_json(std::string_view target) const {
 }
 
 client_result<daemon_status> client::status() const {
+    daemon_status_extra unused;
+    return status(unused);
+}
+
+client_result<daemon_status> client::status(daemon_status_extra& extra) const {
     auto body = get_json("/v1/status");
     if (!body) return std::move(body).error();
     const json j = json::parse(*body, nullptr, /*allow_exceptions=*/false);
@@ -537,6 +554,7 @@ client_result<daemon_status> client::status() const {
     } catch (const json::exception& e) {
         return protocol_error("a status field of the wrong type", e.what());
     }
+    extra = extra_of(wire);
     return to_public(std::move(wire));
 }
 

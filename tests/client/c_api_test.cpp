@@ -157,7 +157,7 @@ TEST(c_api, not_running_and_bad_arguments) {
     moe_client_close(nullptr);
     moe_free(nullptr);
     EXPECT_STREQ(moe_strerror(12345), "unknown");
-    EXPECT_STREQ(moe_version(), "0.1.0");
+    EXPECT_STREQ(moe_version(), "0.2.0");
 }
 
 TEST(c_api, timeouts_apply) {

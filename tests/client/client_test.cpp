@@ -525,6 +525,45 @@ TEST(client, status_copies_every_field) {
     }
 }
 
+// status(extra) fills what daemon_status leaves out (the host slab's slot classes, KV
+// positions) from the same answer, and leaves them empty when moed sends none.
+TEST(client, status_extra_has_slot_classes_and_kv_positions) {
+    server_status s;
+    s.model.id = "m";
+    expert_cache_stats t;
+    t.host.name = "host";
+    t.slot_classes = {{4096, 3, {0, 1}, 2}, {8192, 5, {2}, 0}};
+    s.tiers = t;
+    s.memory.kv_cache_cells = 1024;
+    s.memory.kv_cache_cells_used = 77;
+    const std::string body = json(s).dump();
+    int answered = 0;  // the server's thread only
+    fake_server server([&](fake_connection& c) {
+        auto req = c.read_request();
+        ASSERT_TRUE(req);
+        c.write(json_response(answered++ == 0 ? body : std::string(R"({"model":{"id":"m"}})")));
+    });
+    daemon_status_extra extra;
+    auto r = make_client(server).status(extra);
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->model.id, "m");
+    ASSERT_EQ(extra.slot_classes.size(), 2u);
+    EXPECT_EQ(extra.slot_classes[0].slot_bytes, 4096u);
+    EXPECT_EQ(extra.slot_classes[0].slots, 3u);
+    EXPECT_EQ(extra.slot_classes[0].layers, (std::vector<std::uint32_t>{0, 1}));
+    EXPECT_EQ(extra.slot_classes[0].resident, 2u);
+    EXPECT_EQ(extra.slot_classes[1].slot_bytes, 8192u);
+    EXPECT_EQ(extra.slot_classes[1].layers, (std::vector<std::uint32_t>{2}));
+    EXPECT_EQ(extra.kv_cache_cells, 1024u);
+    EXPECT_EQ(extra.kv_cache_cells_used, 77u);
+
+    // An older moed: nothing beyond daemon_status, and the old values do not linger.
+    auto older = make_client(server).status(extra);
+    ASSERT_TRUE(older) << older.error().message;
+    EXPECT_TRUE(extra.slot_classes.empty());
+    EXPECT_EQ(extra.kv_cache_cells, 0u);
+}
+
 TEST(client, status_without_tiers_and_with_wrong_types) {
     {
         fake_server server([](fake_connection& c) {
@@ -631,7 +670,7 @@ TEST(client, default_socket_path_follows_the_environment) {
     EXPECT_EQ(client("/x.sock").socket_path(), "/x.sock");
     if (saved) ::setenv("MOED_SOCKET", saved_value.c_str(), 1);
     else ::unsetenv("MOED_SOCKET");
-    EXPECT_STREQ(client_version(), "0.1.0");
+    EXPECT_STREQ(client_version(), "0.2.0");
 }
 
 }  // namespace

@@ -95,7 +95,7 @@ std::string install::install_log_;
 
 TEST_F(install, layout) {
     const fs::path p = prefix_;
-    for (const char* f : {"include/moed/client.hpp", "include/moed/client.h", "lib/libmoeclient.so.0.1.0",
+    for (const char* f : {"include/moed/client.hpp", "include/moed/client.h", "lib/libmoeclient.so.0.2.0",
                           "lib/cmake/moedclient/moedclientConfig.cmake",
                           "lib/cmake/moedclient/moedclientConfigVersion.cmake",
                           "lib/cmake/moedclient/moedclientTargets.cmake", "lib/pkgconfig/libmoeclient.pc",
@@ -106,10 +106,21 @@ TEST_F(install, layout) {
     // The development link and the SONAME link.
     EXPECT_TRUE(fs::is_symlink(p / "lib/libmoeclient.so"));
     EXPECT_TRUE(fs::is_symlink(p / "lib/libmoeclient.so.0"));
-    EXPECT_EQ(fs::read_symlink(p / "lib/libmoeclient.so.0"), "libmoeclient.so.0.1.0");
-    const shell_result soname = shell("readelf -d " + quote((p / "lib/libmoeclient.so.0.1.0").string()));
+    EXPECT_EQ(fs::read_symlink(p / "lib/libmoeclient.so.0"), "libmoeclient.so.0.2.0");
+    const shell_result soname = shell("readelf -d " + quote((p / "lib/libmoeclient.so.0.2.0").string()));
     if (soname.exit_code == 0) {
         EXPECT_NE(soname.output.find("[libmoeclient.so.0]"), std::string::npos) << soname.output;
+    }
+    // Symbols added after 0.1 carry the node of their release, the older ones keep theirs, so
+    // a program built against 0.1 runs unchanged and one that needs 0.2 is refused at start by
+    // a 0.1 library.
+    const shell_result syms = shell("readelf --dyn-syms -W " + quote((p / "lib/libmoeclient.so.0.2.0").string()) +
+                                    " | c++filt");
+    if (syms.exit_code == 0) {
+        EXPECT_NE(syms.output.find("moed::client::status() const@@MOECLIENT_0\n"), std::string::npos) << syms.output;
+        EXPECT_NE(syms.output.find("moed::client::status(moed::daemon_status_extra&) const@@MOECLIENT_0.2\n"),
+                  std::string::npos)
+            << syms.output;
     }
     // Only the public headers are installed.
     std::size_t headers = 0;
@@ -150,7 +161,7 @@ TEST_F(install, find_package_consumer) {
     const std::string missing = (moed::test::temp_dir() / "consumer-missing.sock").string();
     const shell_result run = shell(quote((dir / "build/consumer").string()) + " " + quote(missing));
     EXPECT_EQ(run.exit_code, 0) << run.output;
-    EXPECT_EQ(run.output, "0.1.0|not_running|not_running|moed is not running: cannot connect to " + missing +
+    EXPECT_EQ(run.output, "0.2.0|not_running|not_running|moed is not running: cannot connect to " + missing +
                               " (No such file or directory)\n");
 }
 
@@ -160,7 +171,7 @@ TEST_F(install, pkg_config_consumer) {
     const std::string env = "PKG_CONFIG_PATH=" + quote((prefix_ / "lib/pkgconfig").string()) + " ";
     const shell_result version = shell(env + "pkg-config --modversion libmoeclient");
     ASSERT_EQ(version.exit_code, 0) << version.output;
-    EXPECT_EQ(version.output, "0.1.0\n");
+    EXPECT_EQ(version.output, "0.2.0\n");
     const shell_result libdir = shell(env + "pkg-config --variable=libdir libmoeclient");
     ASSERT_EQ(libdir.exit_code, 0);
     std::string lib = libdir.output;
@@ -177,7 +188,7 @@ TEST_F(install, pkg_config_consumer) {
     const std::string missing = (moed::test::temp_dir() / "pc-missing.sock").string();
     const shell_result run = shell(quote(exe) + " " + quote(missing));
     EXPECT_EQ(run.exit_code, 0) << run.output;
-    EXPECT_NE(run.output.find("0.1.0|not_running|not_running|moed is not running"), std::string::npos) << run.output;
+    EXPECT_NE(run.output.find("0.2.0|not_running|not_running|moed is not running"), std::string::npos) << run.output;
 }
 
 }  // namespace

@@ -1,6 +1,8 @@
 // Runs the built moectl as a script would and checks its output and exit codes against the
-// scripted fake moed: status as a table per tier with the residency map, the memory block and requests (and
-// --json as received), generate streaming text to stdout exactly as sent (prompt options
+// scripted fake moed: status opening with its summary line (model, size and where it sits,
+// processor), memory by kind with the host slab's slot classes, the tier table with the
+// model file's row and path, the residency map and requests (and --json as received);
+// status --explain's glossary without a daemon; a newline at the end of every output; generate streaming text to stdout exactly as sent (prompt options
 // and --chat in the request), generate --json, models, health, an error answer (exit 1,
 // the message on stderr, the error JSON on stdout with --json), usage errors (exit 2) and
 // a daemon that is not running (exit 3 with a clear message).
@@ -36,7 +38,7 @@ std::string status_body() {
     moed::server_status s;
     s.version = "0.1.0";
     s.uptime_s = 3725;
-    s.model = {"tinymoe", "/models/tinymoe.gguf", "qwen3moe", 2, 4, 2, 256, 512, 3u << 20, 1u << 20, 2u << 20};
+    s.model = {"tinymoe", "/models/tinymoe.gguf", "qwen3moe", 2, 4, 2, 256, 512, 21u << 20, 1u << 20, 20u << 20};
     s.isa = "avx512";
     s.threads = 4;
     s.running_sequences = 1;
@@ -50,6 +52,7 @@ std::string status_body() {
     t.host = {"host", 8u << 20, 4, 6u << 20, 3, 90, 10, 2, 5u << 20, 0, 0.5, 2.5e9, {10, 812.0, 900.0, 2410.0, 3000.0}};
     t.nvme = {"nvme", 2u << 20, 8, 2u << 20, 8};
     t.layer_residency = {"#+~.", "..##"};
+    t.slot_classes = {{1u << 20, 2, {0, 2, 3}, 1}, {3u << 20, 2, {1}, 2}};
     s.tiers = t;
     moed::memory_stats& m = s.memory;
     m.host_budget = "25%";
@@ -60,12 +63,24 @@ std::string status_body() {
     m.host_slab_mlocked = true;
     m.kv_cache_bytes = 16u << 20;
     m.kv_cache_used_bytes = 3u << 20;
+    m.kv_cache_cells = 2048;
+    m.kv_cache_cells_used = 384;
     m.scratch_bytes = 5u << 20;
     m.held_bytes = 30u << 20;
     m.rss_bytes = 40u << 20;
     m.rss_peak_bytes = 41u << 20;
     m.physical_bytes = 64ull << 30;
     return json(s).dump();
+}
+
+// The whole line of `text` that starts with `prefix` ("" when none does).
+std::string line_starting(const std::string& text, const std::string& prefix) {
+    for (std::size_t at = 0; at < text.size();) {
+        const std::size_t end = std::min(text.find('\n', at), text.size());
+        if (text.compare(at, prefix.size(), prefix) == 0) return text.substr(at, end - at);
+        at = end + 1;
+    }
+    return {};
 }
 
 std::string event(const std::string& text) {
@@ -110,7 +125,7 @@ TEST(moectl, usage_errors_exit_2) {
     EXPECT_EQ(moectl({"help"}).exit_code, 0);
     const run_result version = moectl({"--version"});
     EXPECT_EQ(version.exit_code, 0);
-    EXPECT_NE(version.out.find("0.1.0"), std::string::npos);
+    EXPECT_NE(version.out.find("0.2.0"), std::string::npos);
 }
 
 TEST(moectl, status_table_and_json) {
@@ -129,16 +144,32 @@ TEST(moectl, status_table_and_json) {
                              "812 us", "2.41 ms", "8.00 MiB (4)", "6.00 MiB", "3/4", "L0   #+~.  2/4",
                              "L1   ..##  2/4", "cmpl-77", "decode", "pid=42 uid=1000 gid=1000",
                              "1 running (max 8)",
-                             // The memory block.
-                             "rss 40.00 MiB (peak 41.00 MiB), moed holds 30.00 MiB of 64.00 GiB physical",
-                             "dense 1.00 MiB; KV caches 16.00 MiB (3.00 MiB used); scratch 5.00 MiB",
-                             "host budget 25% = 9.00 MiB; slab 8.00 MiB in 4 slots, mlocked"}) {
+                             "1 running (max 8)"}) {
         EXPECT_NE(o.find(want), std::string::npos) << "missing '" << want << "' in:\n" << o;
     }
-    const std::size_t host_line = o.find("\nhost ");
-    const std::size_t nvme_line = o.find("\nnvme ");
-    EXPECT_NE(host_line, std::string::npos) << o;
-    EXPECT_NE(nvme_line, std::string::npos) << o;
+    // The summary line comes first: 30 MiB held in RAM and the 12 MiB of experts the 8 MiB
+    // slab does not hold, which stay in the model file.
+    EXPECT_EQ(o.substr(0, o.find('\n')),
+              "tinymoe  42.00 MiB: 30.00 MiB RAM (host slab 8.00 MiB mlocked) + 12.00 MiB of experts in the model "
+              "file  CPU, AVX-512, 4 threads")
+        << o;
+    // Memory by kind, one row each.
+    EXPECT_EQ(line_starting(o, "  dense weights"), "  dense weights     1.00 MiB");
+    EXPECT_EQ(line_starting(o, "  KV cache"), "  KV cache         16.00 MiB  3.00 MiB used (384 of 2048 positions)");
+    EXPECT_EQ(line_starting(o, "  host slab"), "  host slab         8.00 MiB  4 slots, mlocked; budget 25% = 9.00 MiB");
+    EXPECT_EQ(line_starting(o, "  scratch"), "  scratch           5.00 MiB");
+    EXPECT_EQ(line_starting(o, "  moed holds"), "  moed holds       30.00 MiB  the kinds above together");
+    EXPECT_EQ(line_starting(o, "  process RSS"),
+              "  process RSS      40.00 MiB  peak 41.00 MiB, locked 0 B; 64.00 GiB physical");
+    // The host slab's slot classes, one line each, layers in runs.
+    EXPECT_EQ(line_starting(o, "       2 slots of    1.00 MiB"), "       2 slots of    1.00 MiB     1 resident  layers 0,2-3");
+    EXPECT_EQ(line_starting(o, "       2 slots of    3.00 MiB"), "       2 slots of    3.00 MiB     2 resident  layers 1");
+    // The tier below the slab is named for what it is, with its path.
+    EXPECT_NE(o.find("\nhost "), std::string::npos) << o;
+    EXPECT_NE(o.find("\nmodel file "), std::string::npos) << o;
+    EXPECT_EQ(o.find("\nnvme"), std::string::npos) << o;
+    EXPECT_NE(o.find("\nmodel file = /models/tinymoe.gguf\n"), std::string::npos) << o;
+    EXPECT_TRUE(o.ends_with("\n"));
 
     const run_result j = moectl({"--json", "--socket", server.path(), "status"});
     ASSERT_EQ(j.exit_code, 0) << j.err;
@@ -278,6 +309,62 @@ TEST(moectl, models_and_health) {
     const run_result hj = moectl({"health", "--json"}, server.path());
     ASSERT_EQ(hj.exit_code, 0);
     EXPECT_EQ(hj.out, "{\"status\":\"ok\"}\n");
+}
+
+TEST(moectl, status_explain_is_a_glossary_without_moed) {
+    const std::string missing = (moed::test::temp_dir() / "nobody.sock").string();
+    const run_result r = moectl({"--socket", missing, "status", "--explain"});
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    // Each term opens a line of its own and says what it counts.
+    for (const char* term : {"model file ", "host slab ", "ring ", "hot set ", "recall ", "late ", "wasted ",
+                             "demand miss ", "KV cache ", "scratch ", "process RSS "}) {
+        EXPECT_NE(r.out.find(std::string("\n") + term), std::string::npos) << "no '" << term << "' in:\n" << r.out;
+    }
+    EXPECT_NE(r.out.find("routed experts predicted / routed"), std::string::npos) << r.out;
+    EXPECT_NE(r.out.find("evicted before anything used them"), std::string::npos) << r.out;
+    EXPECT_TRUE(r.out.ends_with("\n"));
+    EXPECT_EQ(r.err, "");
+
+    EXPECT_EQ(moectl({"--socket", missing, "--json", "status", "--explain"}).exit_code, 2);
+    const run_result bad = moectl({"--socket", missing, "status", "--verbose"});
+    EXPECT_EQ(bad.exit_code, 2);
+    EXPECT_NE(bad.err.find("unexpected argument '--verbose'"), std::string::npos) << bad.err;
+}
+
+// Whatever moectl prints, on stdout or stderr, ends its last line: a shell prompt never
+// lands behind it. (A generation written to a pipe is the exception: it is exactly the text.)
+TEST(moectl, every_output_ends_with_a_newline) {
+    const std::string status = status_body();
+    fake_server server([&](fake_connection& c) {
+        auto req = c.read_request();
+        ASSERT_TRUE(req);
+        if (req->target == "/v1/status") c.write(json_response(status));
+        else if (req->target == "/v1/models") c.write(json_response(R"({"object":"list","data":[]})"));
+        else if (req->target == "/v1/profiles") c.write(json_response(R"({"object":"list","data":[]})"));
+        else if (req->target == "/healthz") c.write(json_response(R"({"status":"ok"})"));
+        else c.write(json_response(R"({"error":{"type":"not_found","message":"no such thing"}})", 404, "Not Found"));
+    });
+    const std::string missing = (moed::test::temp_dir() / "nobody.sock").string();
+    const std::vector<std::vector<std::string>> runs = {
+        {"status"}, {"status", "--explain"}, {"--json", "status"}, {"models"}, {"--json", "models"},
+        {"health"}, {"profile", "list"}, {"profile", "show", "nope"}, {"--json", "profile", "show", "nope"},
+        {"--help"}, {"status", "--help"}, {"--version"}, {}, {"bogus"}, {"status", "extra"},
+        {"generate"}, {"--socket", missing, "status"}, {"--socket", missing, "health"},
+    };
+    for (const auto& args : runs) {
+        std::vector<std::string> full = {"--socket", server.path()};
+        full.insert(full.end(), args.begin(), args.end());
+        const run_result r = moectl(full);
+        std::string shown;
+        for (const std::string& a : args) shown += a + " ";
+        EXPECT_FALSE(r.out.empty() && r.err.empty()) << shown;
+        if (!r.out.empty()) {
+            EXPECT_EQ(r.out.back(), '\n') << shown << "stdout:\n" << r.out;
+        }
+        if (!r.err.empty()) {
+            EXPECT_EQ(r.err.back(), '\n') << shown << "stderr:\n" << r.err;
+        }
+    }
 }
 
 }  // namespace

@@ -2,7 +2,9 @@
 // Prometheus text (daemon/metrics.h) as pure functions: every field of a completion and a
 // chat request, the error for each wrong type naming the field and the type expected,
 // limits, the JSON of responses, stream chunks and errors, the status codes of error codes,
-// and that the metrics text is well-formed exposition format.
+// and that the metrics text is well-formed exposition format, with request-time histograms
+// (cumulative buckets, +Inf, _sum, _count), KV cache gauges and the load-latency summary's
+// _sum and _count.
 #include <cstdlib>
 #include <cstring>
 #include <set>
@@ -12,6 +14,7 @@
 
 #include "daemon/api.h"
 #include "daemon/metrics.h"
+#include "daemon/request_timing.h"
 
 namespace moed::daemon {
 namespace {
@@ -265,7 +268,7 @@ TEST(Metrics, WellFormedExposition) {
     t.host.name = "host";
     t.host.hits = 10;
     t.host.misses = 2;
-    t.host.load_latency = {2, 100.0, 200.0, 300.0, 400.0};
+    t.host.load_latency = {2, 100.0, 200.0, 300.0, 400.0, 700.0};
     t.nvme.name = "nvme";
     s.tiers = t;
     http_counters h;
@@ -286,7 +289,7 @@ TEST(Metrics, WellFormedExposition) {
         if (line.rfind("#", 0) == 0) continue;
         const std::size_t name_end = line.find_first_of("{ ");
         std::string name = line.substr(0, name_end);
-        for (const char* suffix : {"_count", "_sum"})
+        for (const char* suffix : {"_count", "_sum", "_bucket"})
             if (!declared.count(name) && name.size() > std::strlen(suffix) &&
                 name.compare(name.size() - std::strlen(suffix), std::string::npos, suffix) == 0)
                 name = name.substr(0, name.size() - std::strlen(suffix));
@@ -303,6 +306,72 @@ TEST(Metrics, WellFormedExposition) {
     EXPECT_NE(text.find("moed_tier_load_latency_seconds{tier=\"host\",io_mode=\"uring_direct\",quantile=\"0.99\"} 0.0003\n"),
               std::string::npos);
     EXPECT_NE(text.find("model=\"tiny\\\"moe\""), std::string::npos) << "label values are escaped";
+    EXPECT_NE(text.find("moed_tier_load_latency_seconds_sum{tier=\"host\",io_mode=\"uring_direct\"} 0.0007\n"),
+              std::string::npos);
+    EXPECT_NE(text.find("moed_tier_load_latency_seconds_count{tier=\"host\",io_mode=\"uring_direct\"} 2\n"),
+              std::string::npos);
+}
+
+// The histogram keeps per-bucket counts and reports them cumulative, as Prometheus reads
+// them: a value on a bound falls in that bound's bucket, one past the last bound only in
+// +Inf, a negative one (a clock step) counts as 0.
+TEST(Metrics, HistogramBucketsAreCumulative) {
+    static constexpr double bounds[] = {0.1, 1.0, 10.0};
+    seconds_histogram h(bounds);
+    for (double v : {0.05, 0.1, 0.5, 1.0, 20.0, -3.0}) h.observe(v);
+    histogram_stats out;
+    h.fill(out);
+    EXPECT_EQ(out.le_s, (std::vector<double>{0.1, 1.0, 10.0}));
+    EXPECT_EQ(out.counts, (std::vector<std::uint64_t>{3, 5, 5}));
+    EXPECT_EQ(out.count, 6u);
+    EXPECT_DOUBLE_EQ(out.sum_s, 0.05 + 0.1 + 0.5 + 1.0 + 20.0);
+}
+
+// Request times are histograms (cumulative buckets, +Inf, _sum, _count) and KV cache use
+// is gauges; the family is declared once, as a histogram, before its samples.
+TEST(Metrics, RequestHistogramsAndKvCache) {
+    request_timings timings;
+    timings.time_to_first_token.observe(0.2);
+    timings.time_to_first_token.observe(3.0);
+    timings.request_latency.observe(4.0);
+    timings.request_latency.observe(0.7);
+    timings.prompt.observe(0.15);
+    timings.generation.observe(2.0);
+    server_status s;
+    timings.fill(s.timing);
+    s.memory.kv_cache_cells = 2048;
+    s.memory.kv_cache_cells_used = 512;
+    s.memory.kv_cache_bytes = 1u << 20;
+    s.memory.kv_cache_used_bytes = 1u << 18;
+    const std::string text = prometheus_text(s, http_counters{});
+    for (const char* want : {
+             "# TYPE moed_time_to_first_token_seconds histogram\n",
+             "moed_time_to_first_token_seconds_bucket{le=\"0.1\"} 0\n",
+             "moed_time_to_first_token_seconds_bucket{le=\"0.25\"} 1\n",
+             "moed_time_to_first_token_seconds_bucket{le=\"2.5\"} 1\n",
+             "moed_time_to_first_token_seconds_bucket{le=\"5\"} 2\n",
+             "moed_time_to_first_token_seconds_bucket{le=\"+Inf\"} 2\n",
+             "moed_time_to_first_token_seconds_sum 3.2\n",
+             "moed_time_to_first_token_seconds_count 2\n",
+             "# TYPE moed_request_duration_seconds histogram\n",
+             "moed_request_duration_seconds_bucket{le=\"1\"} 1\n",
+             "moed_request_duration_seconds_bucket{le=\"5\"} 2\n",
+             "moed_request_duration_seconds_count 2\n",
+             "moed_prompt_duration_seconds_count 1\n",
+             "moed_generation_duration_seconds_sum 2\n",
+             "moed_kv_cache_cells 2048\n",
+             "moed_kv_cache_cells_used 512\n",
+             "moed_kv_cache_bytes 1048576\n",
+             "moed_kv_cache_used_bytes 262144\n",
+             "moed_kv_cache_usage_ratio 0.25\n",
+         }) {
+        EXPECT_NE(text.find(want), std::string::npos) << "missing '" << want << "' in:\n" << text;
+    }
+    // One declaration per family.
+    for (const char* family : {"moed_time_to_first_token_seconds", "moed_request_duration_seconds"}) {
+        const std::string type = std::string("# TYPE ") + family + " ";
+        EXPECT_EQ(text.find(type), text.rfind(type)) << family;
+    }
 }
 
 }  // namespace

@@ -17,12 +17,14 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 #include <fmt/format.h>
 #include <gtest/gtest.h>
@@ -39,6 +41,33 @@ namespace {
 
 namespace http = boost::beast::http;
 using json = nlohmann::json;
+
+// The value of the sample `series` (name and labels exactly as written) in Prometheus text;
+// NaN when there is none.
+double sample_value(const std::string& text, const std::string& series) {
+    const std::string head = series + " ";
+    for (std::size_t at = 0; at < text.size();) {
+        const std::size_t end = std::min(text.find('\n', at), text.size());
+        if (text.compare(at, head.size(), head) == 0) return std::strtod(text.c_str() + at + head.size(), nullptr);
+        at = end + 1;
+    }
+    return std::nan("");
+}
+
+// The buckets of histogram `name` in order (the +Inf bucket last).
+std::vector<double> bucket_counts(const std::string& text, const std::string& name) {
+    std::vector<double> counts;
+    const std::string head = name + "_bucket{le=\"";
+    for (std::size_t at = 0; at < text.size();) {
+        const std::size_t end = std::min(text.find('\n', at), text.size());
+        if (text.compare(at, head.size(), head) == 0) {
+            const std::size_t value = text.rfind(' ', end);
+            counts.push_back(std::strtod(text.c_str() + value + 1, nullptr));
+        }
+        at = end + 1;
+    }
+    return counts;
+}
 
 TEST(MoedIntegration, CompletionsAndChatStreamAndNot) {
     moed_process moed({});
@@ -122,6 +151,10 @@ TEST(MoedIntegration, TieredExpertsReportTierStats) {
     auto metrics = get(moed.socket(), "/metrics");
     EXPECT_NE(metrics.body.find("moed_tier_misses_total{tier=\"host\""), std::string::npos);
     EXPECT_NE(metrics.body.find("moed_tier_load_latency_seconds{"), std::string::npos);
+    // The load-latency summary has _sum and _count over every load (misses read, so some did).
+    const std::string host = "{tier=\"host\",io_mode=\"" + st["tiers"]["io_mode"].get<std::string>() + "\"}";
+    EXPECT_GT(sample_value(metrics.body, "moed_tier_load_latency_seconds_count" + host), 0.0) << metrics.body;
+    EXPECT_GT(sample_value(metrics.body, "moed_tier_load_latency_seconds_sum" + host), 0.0) << metrics.body;
     // Prefetch is on by default: the planner predicted, the tier prefetched, and the ring and
     // the prefetch figures are reported.
     const auto& pf = st["tiers"]["prefetch"];
@@ -133,6 +166,59 @@ TEST(MoedIntegration, TieredExpertsReportTierStats) {
     EXPECT_GE(st["tiers"]["ring"]["sections"].size(), 2u);
     EXPECT_NE(metrics.body.find("moed_prefetch_hits_total "), std::string::npos);
     EXPECT_NE(metrics.body.find("moed_io_wait_seconds_total "), std::string::npos);
+}
+
+// Request times are histograms that count each request, and KV cache use is a gauge: before
+// any request every histogram is empty; after three, each has counted three, its buckets
+// are cumulative up to the +Inf bucket, and its sum is positive.
+TEST(MoedIntegration, RequestHistogramsCountEachRequest) {
+    moed_process moed({});
+    ASSERT_TRUE(moed.ready());
+    const char* histograms[] = {"moed_time_to_first_token_seconds", "moed_request_duration_seconds",
+                                "moed_prompt_duration_seconds", "moed_generation_duration_seconds"};
+    const auto before = get(moed.socket(), "/metrics");
+    ASSERT_EQ(before.status, 200u);
+    for (const char* h : histograms) {
+        EXPECT_NE(before.body.find(std::string("# TYPE ") + h + " histogram\n"), std::string::npos) << h;
+        EXPECT_EQ(sample_value(before.body, std::string(h) + "_count"), 0.0) << h;
+        EXPECT_EQ(sample_value(before.body, std::string(h) + "_bucket{le=\"+Inf\"}"), 0.0) << h;
+    }
+    const double cells = sample_value(before.body, "moed_kv_cache_cells");
+    EXPECT_GT(cells, 0.0) << before.body;
+
+    constexpr int requests = 3;
+    for (int i = 0; i < requests; ++i) {
+        auto r = post(moed.socket(), "/v1/completions", completion_body("int main(", 4, i == 1));
+        ASSERT_EQ(r.status, 200u) << r.body;
+    }
+    // Request times are counted before a response goes out; KV use is published at the end of
+    // the engine's step, which may follow the last response by a moment: wait for it.
+    auto after = get(moed.socket(), "/metrics");
+    const auto deadline = std::chrono::steady_clock::now() + give_up_after;
+    while (sample_value(after.body, "moed_kv_cache_cells_used") != 0.0 && std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(poll_interval);
+        after = get(moed.socket(), "/metrics");
+    }
+    ASSERT_EQ(after.status, 200u);
+    for (const char* h : histograms) {
+        const std::string name(h);
+        EXPECT_EQ(sample_value(after.body, name + "_count"), requests) << name << "\n" << after.body;
+        EXPECT_GT(sample_value(after.body, name + "_sum"), 0.0) << name;
+        const std::vector<double> buckets = bucket_counts(after.body, name);
+        ASSERT_GE(buckets.size(), 2u) << name;
+        EXPECT_EQ(buckets.back(), requests) << name << ": the +Inf bucket holds every request";
+        for (std::size_t i = 1; i < buckets.size(); ++i) EXPECT_LE(buckets[i - 1], buckets[i]) << name;
+    }
+    // Nothing runs now: the cache is allocated and empty.
+    EXPECT_EQ(sample_value(after.body, "moed_kv_cache_cells"), cells);
+    EXPECT_EQ(sample_value(after.body, "moed_kv_cache_cells_used"), 0.0);
+    EXPECT_GT(sample_value(after.body, "moed_kv_cache_bytes"), 0.0);
+    EXPECT_EQ(sample_value(after.body, "moed_kv_cache_usage_ratio"), 0.0);
+    // /v1/status carries the same histograms.
+    const auto st = moed.status();
+    EXPECT_EQ(st["timing"]["request_latency"]["count"], requests) << st["timing"].dump();
+    EXPECT_EQ(st["timing"]["time_to_first_token"]["count"], requests);
+    EXPECT_EQ(st["memory"]["kv_cache_cells"].get<double>(), cells);
 }
 
 TEST(MoedIntegration, TieredPrefetchStreamsMatchResidentRuns) {

@@ -96,7 +96,7 @@ MOED_CLIENT_API int moe_last_http_status(const moe_client* client);
 
 /* A static name for a status code ("ok", "not_running", ...). */
 MOED_CLIENT_API const char* moe_strerror(int code);
-/* The library's version, "0.1.0". */
+/* The library's version, "0.2.0". */
 MOED_CLIENT_API const char* moe_version(void);
 
 /* Frees a string handed out by this library; NULL is ignored. */

@@ -49,7 +49,12 @@
 
 namespace moed {
 
-// The library's version ("0.1.0"); the SONAME changes with the major number.
+// The library's version ("0.2.0"); the SONAME changes with the major number.
+//
+// Binary compatibility: a program built against an older 0.x header runs with this library
+// unchanged. The structs below are returned by value, so their layout never changes within a
+// SONAME: what a newer moed reports goes into new structs and new functions (marked "since"),
+// whose symbols carry the version node of the release that added them (libmoeclient.map).
 MOED_CLIENT_API const char* client_version() noexcept;
 
 // Where moed listens unless told otherwise: $MOED_SOCKET when set and not empty, else
@@ -337,6 +342,23 @@ struct daemon_status {
     std::vector<daemon_request> requests;
 };
 
+// Since 0.2. A run of host slots of one size: the slots of the layers whose experts need that
+// many bytes (one class when every layer's experts are alike).
+struct daemon_slot_class {
+    std::uint64_t slot_bytes = 0;
+    std::uint32_t slots = 0;
+    std::vector<std::uint32_t> layers;  // whose experts load into these slots
+    std::uint32_t resident = 0;         // experts resident in them now
+};
+
+// Since 0.2. What GET /v1/status reports beyond daemon_status (which keeps its 0.1 layout).
+// Zeros and empty when moed did not report it (an older moed, or every expert resident).
+struct daemon_status_extra {
+    std::vector<daemon_slot_class> slot_classes;  // of the host tier
+    std::uint64_t kv_cache_cells = 0;             // KV positions allocated (sequences x context)
+    std::uint64_t kv_cache_cells_used = 0;        // of them, filled by running sequences
+};
+
 // Task profiles (GET/POST /v1/profiles, GET/DELETE /v1/profiles/NAME). Names are 1 to 64
 // characters of letters, digits, '.', '_' and '-', not starting with '.'.
 struct profile_summary {
@@ -406,6 +428,9 @@ public:
 
     // GET /v1/status.
     client_result<daemon_status> status() const;
+    // Since 0.2. GET /v1/status, with what daemon_status leaves out in `extra` (one answer,
+    // so both describe the same moment). `extra` is set only on success.
+    client_result<daemon_status> status(daemon_status_extra& extra) const;
     // GET /v1/models.
     client_result<std::vector<model_info>> models() const;
     // GET /healthz: the "status" moed reports ("ok"), or a plain-text answer trimmed. While
