@@ -1,5 +1,6 @@
 #include "daemon/api.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -114,6 +115,61 @@ result<std::string> get_content(const json& j, std::string_view name) {
     return text;
 }
 
+// OpenAI fields moed does not implement. Each is refused with a 400 naming it rather than
+// ignored: a client that sends one expects its effect (a tool call, audio, a suffix).
+// `n` and `best_of` are refused only above 1, and `echo` only when true: the defaults ask
+// for what moed does anyway.
+constexpr std::string_view unsupported_fields[] = {
+    "tools",       "tool_choice", "parallel_tool_calls", "functions",          "function_call",
+    "audio",       "modalities",  "prediction",          "web_search_options", "suffix",
+    "verbosity",
+};
+// Fields that change nothing in the output: accepted and ignored (listed in README).
+//   user, safety_identifier, prompt_cache_key: identify the caller for OpenAI's abuse
+//     monitoring and caching; metadata, store: OpenAI's stored completions;
+//   service_tier: OpenAI's processing tier.
+
+result<void> refuse_unsupported(const json& doc, api_kind kind) {
+    for (std::string_view name : unsupported_fields) {
+        if (field(doc, std::string(name).c_str()))
+            return make_error(errc::invalid_argument, "{}: not supported by moed", name);
+    }
+    if (const json* v = field(doc, "n"); v && !(v->is_number_integer() && v->get<std::int64_t>() == 1))
+        return make_error(errc::invalid_argument, "n: not supported by moed above 1 (one choice per request)");
+    if (kind == api_kind::completion) {
+        if (const json* v = field(doc, "best_of"); v && !(v->is_number_integer() && v->get<std::int64_t>() == 1))
+            return make_error(errc::invalid_argument, "best_of: not supported by moed above 1");
+        if (const json* v = field(doc, "echo"); v && !(v->is_boolean() && !v->get<bool>()))
+            return make_error(errc::invalid_argument, "echo: not supported by moed");
+    }
+    return {};
+}
+
+// logit_bias: {"TOKEN_ID": bias, ...} with ids as decimal strings (JSON keys), as OpenAI.
+result<std::vector<engine::logit_bias_entry>> get_logit_bias(const json& j) {
+    if (!j.is_object()) return wrong_type("logit_bias", "an object of token ids to numbers", j);
+    if (j.size() > engine::max_logit_bias_entries)
+        return make_error(errc::invalid_argument, "logit_bias: {} entries is more than the {} allowed", j.size(),
+                          engine::max_logit_bias_entries);
+    std::vector<engine::logit_bias_entry> out;
+    out.reserve(j.size());
+    for (const auto& [key, value] : j.items()) {
+        std::int64_t id = 0;
+        const bool digits = !key.empty() && key.size() <= 9 &&
+                            std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+        if (!digits)
+            return make_error(errc::invalid_argument, "logit_bias: key {:?} is not a token id (a decimal integer)", key);
+        for (char c : key) id = id * 10 + (c - '0');
+        const std::string name = fmt::format("logit_bias.{}", key);
+        auto bias = get_number(value, name);
+        if (!bias) return unexpected(std::move(bias).error());
+        if (!(*bias >= -engine::logit_bias_max && *bias <= engine::logit_bias_max))
+            return make_error(errc::invalid_argument, "{}: {} is out of range [-100, 100]", name, *bias);
+        out.push_back({static_cast<engine::token_id>(id), *bias});
+    }
+    return out;
+}
+
 }  // namespace
 
 result<generation_request> parse_generation_request(api_kind kind, std::string_view body, const api_limits& limits) {
@@ -130,6 +186,8 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
         return make_error(errc::invalid_argument, "malformed JSON: {}", e.what());
     }
     if (!doc.is_object()) return wrong_type("request body", "a JSON object", doc);
+
+    if (auto refused = refuse_unsupported(doc, kind); !refused) return unexpected(std::move(refused).error());
 
     generation_request req;
     req.kind = kind;
@@ -169,7 +227,10 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
             if (!role->is_string()) return wrong_type(name + ".role", "a string", *role);
             auto content = get_content(m.contains("content") ? m["content"] : json(), name + ".content");
             if (!content) return unexpected(std::move(content).error());
-            req.messages.push_back({role->get<std::string>(), std::move(*content)});
+            // OpenAI's newer name for the system role (o1 and later); templates know "system".
+            std::string role_name = role->get<std::string>();
+            if (role_name == "developer") role_name = "system";
+            req.messages.push_back({std::move(role_name), std::move(*content)});
         }
     }
 
@@ -254,6 +315,21 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
             return wrong_type("seed", "an integer", *v);
         }
     }
+    if (const json* v = field(doc, "presence_penalty")) {
+        auto t = get_number(*v, "presence_penalty");
+        if (!t) return unexpected(std::move(t).error());
+        req.sampling.presence_penalty = *t;
+    }
+    if (const json* v = field(doc, "frequency_penalty")) {
+        auto t = get_number(*v, "frequency_penalty");
+        if (!t) return unexpected(std::move(t).error());
+        req.sampling.frequency_penalty = *t;
+    }
+    if (const json* v = field(doc, "logit_bias")) {
+        auto bias = get_logit_bias(*v);
+        if (!bias) return unexpected(std::move(bias).error());
+        req.sampling.logit_bias = std::move(*bias);
+    }
     if (auto r = req.sampling.validate(); !r) return unexpected(std::move(r).error());
 
     if (const json* v = field(doc, "stop")) {
@@ -281,6 +357,40 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
         auto b = get_bool(*v, "stream");
         if (!b) return unexpected(std::move(b).error());
         req.stream = *b;
+    }
+    if (const json* v = field(doc, "stream_options")) {
+        if (!v->is_object()) return wrong_type("stream_options", "an object", *v);
+        if (!req.stream) return make_error(errc::invalid_argument, "stream_options: only allowed when stream is true");
+        for (const auto& [key, value] : v->items()) {
+            if (key != "include_usage" && key != "include_obfuscation")
+                return make_error(errc::invalid_argument, "stream_options.{}: not supported (moed takes include_usage)",
+                                  key);
+        }
+        if (const json* u = field(*v, "include_usage")) {
+            auto b = get_bool(*u, "stream_options.include_usage");
+            if (!b) return unexpected(std::move(b).error());
+            req.include_usage = *b;
+        }
+    }
+    if (kind == api_kind::chat) {
+        bool wanted = false;
+        if (const json* v = field(doc, "logprobs")) {
+            auto b = get_bool(*v, "logprobs");
+            if (!b) return unexpected(std::move(b).error());
+            wanted = *b;
+        }
+        if (const json* v = field(doc, "top_logprobs")) {
+            auto n = get_integer(*v, "top_logprobs", 0, max_top_logprobs_chat);
+            if (!n) return unexpected(std::move(n).error());
+            if (!wanted) return make_error(errc::invalid_argument, "top_logprobs: needs \"logprobs\": true");
+            req.logprobs = static_cast<std::uint32_t>(*n);
+        } else if (wanted) {
+            req.logprobs = 0;
+        }
+    } else if (const json* v = field(doc, "logprobs")) {
+        auto n = get_integer(*v, "logprobs", 0, max_top_logprobs_completion);
+        if (!n) return unexpected(std::move(n).error());
+        req.logprobs = static_cast<std::uint32_t>(*n);
     }
     if (const json* v = field(doc, "ignore_eos")) {
         auto b = get_bool(*v, "ignore_eos");
@@ -311,10 +421,6 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
         if (req.trace_tag.size() > max_trace_tag_bytes)
             return make_error(errc::invalid_argument, "trace_tag: {} bytes is longer than the {} allowed",
                               req.trace_tag.size(), max_trace_tag_bytes);
-    }
-    if (const json* v = field(doc, "n")) {
-        auto n = get_integer(*v, "n", 1, 1);
-        if (!n) return make_error(errc::invalid_argument, "n: only 1 choice per request is supported");
     }
     return req;
 }
@@ -348,8 +454,54 @@ const char* error_type_for(unsigned status) noexcept {
     }
 }
 
-std::string error_body(unsigned status, std::string_view message) {
-    return dump(json{{"error", {{"type", error_type_for(status)}, {"message", message}, {"code", status}}}});
+std::string error_code_for(unsigned status, std::string_view message) {
+    switch (status) {
+        case 400: {
+            const std::string param = error_param_of(message);
+            if (param.empty()) return "invalid_request";
+            const std::string_view rest = message.substr(param.size() + 2);
+            if (rest.starts_with("expected ")) return "invalid_type";
+            if (rest == "required") return "missing_required_parameter";
+            if (rest.starts_with("not supported")) return "unsupported_parameter";
+            return "invalid_value";
+        }
+        case 401: return "invalid_api_key";
+        case 404: return "not_found";
+        case 405: return "method_not_allowed";
+        case 408: return "timeout";
+        case 409: return "conflict";
+        case 413:
+        case 431: return "request_too_large";
+        case 429: return "busy";
+        case 501: return "not_implemented";
+        case 503: return "unavailable";
+        case 507: return "no_space";
+        default: return "internal_error";
+    }
+}
+
+std::string error_param_of(std::string_view message) {
+    const std::size_t colon = message.find(": ");
+    if (colon == std::string_view::npos || colon == 0) return {};
+    const std::string_view head = message.substr(0, colon);
+    const auto is_path_char = [](char c) {
+        return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '.' ||
+               c == '[' || c == ']';
+    };
+    const char first = head.front();
+    if (!((first >= 'a' && first <= 'z') || (first >= 'A' && first <= 'Z'))) return {};
+    if (!std::all_of(head.begin(), head.end(), is_path_char)) return {};
+    return std::string(head);
+}
+
+std::string error_body(unsigned status, std::string_view message, std::string_view code, std::string_view param) {
+    const std::string p = param.empty() ? error_param_of(message) : std::string(param);
+    return dump(json{{"error",
+                      {{"type", error_type_for(status)},
+                       {"message", message},
+                       {"param", p.empty() ? json(nullptr) : json(p)},
+                       {"code", code.empty() ? error_code_for(status, message) : std::string(code)},
+                       {"status", status}}}});
 }
 
 namespace {
@@ -368,6 +520,55 @@ json base_object(const response_meta& meta, bool chunk) {
 
 json finish_json(std::string_view reason) { return reason.empty() ? json(nullptr) : json(reason); }
 
+// A token's bytes as the JSON array of numbers OpenAI's "bytes" is.
+json bytes_json(std::string_view bytes) {
+    json out = json::array();
+    for (char c : bytes) out.push_back(static_cast<unsigned char>(c));
+    return out;
+}
+
+json logprobs_object(api_kind kind, const std::vector<logprob_entry>& entries, std::size_t text_offset) {
+    if (kind == api_kind::chat) {
+        json content = json::array();
+        for (const logprob_entry& e : entries) {
+            json top = json::array();
+            for (const auto& a : e.top)
+                top.push_back({{"token", a.bytes}, {"logprob", a.logprob}, {"bytes", bytes_json(a.bytes)}});
+            content.push_back({{"token", e.bytes},
+                               {"logprob", e.logprob},
+                               {"bytes", bytes_json(e.bytes)},
+                               {"top_logprobs", std::move(top)}});
+        }
+        return {{"content", std::move(content)}, {"refusal", nullptr}};
+    }
+    json tokens = json::array();
+    json token_logprobs = json::array();
+    json top_logprobs = json::array();
+    json offsets = json::array();
+    for (const logprob_entry& e : entries) {
+        tokens.push_back(e.bytes);
+        token_logprobs.push_back(e.logprob);
+        // Two alternatives with the same text (rare: different ids, same bytes) keep the first.
+        json top = json::object();
+        for (const auto& a : e.top)
+            if (!top.contains(a.bytes)) top[a.bytes] = a.logprob;
+        top_logprobs.push_back(std::move(top));
+        offsets.push_back(text_offset);
+        text_offset += e.bytes.size();
+    }
+    return {{"tokens", std::move(tokens)},
+            {"token_logprobs", std::move(token_logprobs)},
+            {"top_logprobs", std::move(top_logprobs)},
+            {"text_offset", std::move(offsets)}};
+}
+
+// choices[0].logprobs of a response or chunk: null unless the request asked.
+json choice_logprobs(const response_meta& meta, const std::vector<logprob_entry>* entries, std::size_t text_offset) {
+    if (!meta.logprobs) return nullptr;
+    static const std::vector<logprob_entry> none;
+    return logprobs_object(meta.kind, entries ? *entries : none, text_offset);
+}
+
 json moed_json(const profile_report* r) {
     if (r == nullptr) {
         return {{"profile", nullptr}, {"profile_similarity", 0.0}, {"profile_source", "none"}, {"pruned", nullptr}};
@@ -385,8 +586,13 @@ json moed_json(const profile_report* r) {
 
 std::string moed_object_json(const profile_report* report) { return dump(moed_json(report)); }
 
+std::string logprobs_json(api_kind kind, const std::vector<logprob_entry>& entries, std::size_t text_offset_start) {
+    return dump(logprobs_object(kind, entries, text_offset_start));
+}
+
 std::string completion_body(const response_meta& meta, std::string_view text, std::string_view finish_reason,
-                            const usage_counts& usage, const profile_report* report, std::string_view reasoning) {
+                            const usage_counts& usage, const profile_report* report, std::string_view reasoning,
+                            const std::vector<logprob_entry>* logprobs) {
     json j = base_object(meta, false);
     json choice{{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
     if (meta.kind == api_kind::chat) {
@@ -394,8 +600,8 @@ std::string completion_body(const response_meta& meta, std::string_view text, st
         if (!reasoning.empty()) choice["message"]["reasoning_content"] = reasoning;
     } else {
         choice["text"] = text;
-        choice["logprobs"] = nullptr;
     }
+    choice["logprobs"] = choice_logprobs(meta, logprobs, 0);
     j["choices"] = json::array({std::move(choice)});
     j["usage"] = usage_json(usage);
     j["moed"] = moed_json(report);
@@ -403,7 +609,8 @@ std::string completion_body(const response_meta& meta, std::string_view text, st
 }
 
 std::string stream_event(const response_meta& meta, std::string_view piece, bool first, const profile_report* moed,
-                         bool with_moed, reply_part part) {
+                         bool with_moed, reply_part part, const std::vector<logprob_entry>* logprobs,
+                         std::size_t text_offset) {
     json j = base_object(meta, true);
     json choice{{"index", 0}, {"finish_reason", nullptr}};
     if (meta.kind == api_kind::chat) {
@@ -412,37 +619,55 @@ std::string stream_event(const response_meta& meta, std::string_view piece, bool
         choice["delta"] = std::move(delta);
     } else {
         choice["text"] = piece;
-        choice["logprobs"] = nullptr;
     }
+    choice["logprobs"] = choice_logprobs(meta, logprobs, text_offset);
     j["choices"] = json::array({std::move(choice)});
+    // OpenAI's shape: with include_usage every chunk has "usage", null until the last.
+    if (meta.include_usage) j["usage"] = nullptr;
     if (with_moed) j["moed"] = moed_json(moed);
     return "data: " + dump(j) + "\n\n";
 }
 
 std::string stream_final_events(const response_meta& meta, std::string_view finish_reason, const usage_counts& usage,
-                                const profile_report* moed, bool with_moed) {
+                                const profile_report* moed, bool with_moed, const std::vector<logprob_entry>* logprobs,
+                                std::size_t text_offset) {
     json j = base_object(meta, true);
     json choice{{"index", 0}, {"finish_reason", finish_json(finish_reason)}};
     if (meta.kind == api_kind::chat) {
         choice["delta"] = json::object();
     } else {
         choice["text"] = "";
-        choice["logprobs"] = nullptr;
     }
+    choice["logprobs"] = choice_logprobs(meta, logprobs, text_offset);
     j["choices"] = json::array({std::move(choice)});
-    j["usage"] = usage_json(usage);
+    if (meta.include_usage) j["usage"] = nullptr;
     if (with_moed) j["moed"] = moed_json(moed);
-    return "data: " + dump(j) + "\n\ndata: [DONE]\n\n";
+    std::string out = "data: " + dump(j) + "\n\n";
+    if (meta.include_usage) {
+        json u = base_object(meta, true);
+        u["choices"] = json::array();
+        u["usage"] = usage_json(usage);
+        out += "data: " + dump(u) + "\n\n";
+    }
+    return out + "data: [DONE]\n\n";
 }
 
 std::string stream_error_events(unsigned status, std::string_view message) {
     return "data: " + error_body(status, message) + "\n\ndata: [DONE]\n\n";
 }
 
+namespace {
+json model_object(std::string_view model_id, std::int64_t created) {
+    return {{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "moed"}};
+}
+}  // namespace
+
 std::string models_body(std::string_view model_id, std::int64_t created) {
-    json j{{"object", "list"},
-           {"data", json::array({json{{"id", model_id}, {"object", "model"}, {"created", created}, {"owned_by", "moed"}}})}};
-    return dump(j);
+    return dump(json{{"object", "list"}, {"data", json::array({model_object(model_id, created)})}});
+}
+
+std::string model_body(std::string_view model_id, std::int64_t created) {
+    return dump(model_object(model_id, created));
 }
 
 result<profile_create_request> parse_profile_create(std::string_view body) {

@@ -95,6 +95,7 @@ struct sequence {
           allowed(static_cast<std::size_t>(hp.n_moe_layer()) * hp.n_expert, 0) {
         history.reserve(static_cast<std::size_t>(n_ctx));
         held.reserve(2 * max_stop_string_bytes);
+        logprob.top.reserve(max_job_top_logprobs);
     }
 
     bool active() const noexcept { return id != 0; }
@@ -110,6 +111,7 @@ struct sequence {
     std::vector<engine::token_id> history;  // prompt and generated tokens (repetition penalty)
     engine::utf8_stream text;
     std::string held;          // text not emitted yet: it may be the start of a stop string
+    engine::token_logprob logprob;  // the last token's, when the job asks (reused: no allocation per token)
     std::int64_t n_past = 0;   // tokens in the KV cache
     std::int32_t generated = 0;
     bool cancel = false;       // cancellation seen at the start of this step
@@ -298,6 +300,14 @@ result<void> batch_loop::impl::validate(const job_params& p) const {
                           p.prompt.size(), p.max_tokens, opt.n_ctx);
     }
     MOED_TRY(p.sampling.validate());
+    for (const engine::logit_bias_entry& e : p.sampling.logit_bias) {
+        if (e.token >= n_vocab)
+            return make_error(errc::invalid_argument, "logit_bias: token id {} is outside the vocabulary of {} tokens",
+                              e.token, n_vocab);
+    }
+    if (p.logprobs && *p.logprobs > max_job_top_logprobs)
+        return make_error(errc::invalid_argument, "top_logprobs: {} is more than the {} allowed", *p.logprobs,
+                          max_job_top_logprobs);
     if (p.prune_experts_per_layer != 0) {
         const auto& hp = model.hparams();
         if (p.prune_experts_per_layer < hp.n_expert_used || p.prune_experts_per_layer > hp.n_expert) {
@@ -632,8 +642,12 @@ void batch_loop::impl::after_batch() {
         if (!s.active()) continue;  // finished or failed by prefill_done()
         const std::span<const float> row(logits.data() + static_cast<std::size_t>(r) * n_vocab,
                                          static_cast<std::size_t>(n_vocab));
-        const engine::token_id token = s.smp->sample(row, s.history);
+        const engine::token_id token = s.smp->sample(row, s.history, static_cast<std::size_t>(s.generated));
         s.history.push_back(token);
+        if (s.params.logprobs) {
+            engine::log_softmax_of(row, token, std::min<std::size_t>(*s.params.logprobs, row.size()), s.logprob);
+            s.sink->on_logprob(s.logprob);
+        }
         ++s.generated;
         ++counters.generated_tokens;
         if (s.generated == 1) {

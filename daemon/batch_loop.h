@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -84,7 +85,14 @@ struct job_params {
     // the engine thread before the job's finish event; the caller reads it after that event.
     std::shared_ptr<scheduler::routing_accumulator> routing_out;
     std::string trace_tag;                 // label in the routing trace (record_trace)
+    // When set, every generated token's log-probability (of the raw logits, before the
+    // sampler's penalties, bias and temperature) and this many alternatives (at most
+    // max_job_top_logprobs) go to sink->on_logprob before its on_token.
+    std::optional<std::uint32_t> logprobs;
 };
+
+// job_params::logprobs at most (OpenAI's top_logprobs bound).
+inline constexpr std::uint32_t max_job_top_logprobs = 20;
 
 // Which task profile a job runs with, reported once its prefill is done.
 struct profile_report {
@@ -110,6 +118,9 @@ public:
     // before the stop string); a cancelled job's held text is dropped. `text` is valid only
     // during the call.
     virtual void on_token(engine::token_id token, std::string_view text) noexcept = 0;
+    // The log-probability of generated token `lp.token` (job_params::logprobs), called just
+    // before that token's on_token. `lp` is valid only during the call.
+    virtual void on_logprob(const engine::token_logprob&) noexcept {}
     // Finished: reason is "stop", "length" or "cancelled".
     virtual void on_done(std::string_view finish_reason, const job_usage& usage) noexcept = 0;
     virtual void on_failed(const error& err, const job_usage& usage) noexcept = 0;

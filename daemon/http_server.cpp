@@ -222,6 +222,7 @@ struct http_server::state {
         p.stop = req.stop;
         p.stop_at_eog = !req.ignore_eos;
         p.trace_tag = req.trace_tag;
+        p.logprobs = req.logprobs;
         p.id = id;
         p.peer = peer;
         if (!req.profile.empty()) {
@@ -455,6 +456,10 @@ private:
             else co_await profiles_route(req, path);
             co_return;
         }
+        if (path.starts_with("/v1/models/")) {
+            co_await model_route(req, path);
+            co_return;
+        }
         struct endpoint {
             std::string_view path;
             http::verb verb;
@@ -498,6 +503,26 @@ private:
         else co_await send_health();
     }
 
+    // GET /v1/models/{id}: the served model's object, or a 404 as OpenAI's for any other id.
+    asio::awaitable<void> model_route(request& req, std::string_view path) {
+        if (req.method() != http::verb::get) {
+            allow_ = http::verb::get;
+            co_await send_error(405, fmt::format("{} does not accept {}; use GET", path, sv(req.method_string())));
+            co_return;
+        }
+        if (!st_->ready) {
+            co_await send_loading();
+            co_return;
+        }
+        const std::string id(path.substr(std::string_view("/v1/models/").size()));
+        if (id == st_->ctx.model_id) {
+            co_await send(200, model_body(st_->ctx.model_id, st_->ctx.started_unix), std::string(json_type));
+            co_return;
+        }
+        co_await send_error(404, fmt::format("model '{}' is not served; available: {}", id, st_->ctx.model_id), {},
+                            "model_not_found", "model");
+    }
+
     // A braced json temporary inside a coroutine's co_await trips g++ 12 ("array used as
     // initializer"), so the body is made here.
     std::string loading_health_body() const {
@@ -509,7 +534,7 @@ private:
     asio::awaitable<void> send_loading() {
         co_await send_error(503,
                             fmt::format("the model is loading ({:.0f}% done); retry later", st_->load_progress * 100.0),
-                            st_->loading_retry_after());
+                            st_->loading_retry_after(), "model_loading");
     }
 
     // /healthz while serving: ok, or broken with the reason (the model file changed under a tier).
@@ -547,9 +572,15 @@ private:
             co_return;
         }
         response_meta meta{kind, st_->next_id(kind), static_cast<std::int64_t>(std::time(nullptr)), st_->ctx.model_id};
+        meta.logprobs = parsed->logprobs.has_value();
+        meta.include_usage = parsed->include_usage;
         auto prepared = st_->prepare(*parsed, peer_, meta.id);
         if (!prepared) {
-            co_await send_error(http_status_for(prepared.error().code), prepared.error().message);
+            // The only not_found here is a model the request names and moed does not serve.
+            if (prepared.error().code == errc::not_found)
+                co_await send_error(404, prepared.error().message, {}, "model_not_found", "model");
+            else
+                co_await send_error(http_status_for(prepared.error().code), prepared.error().message);
             co_return;
         }
         const engine::reply_format reply = prepared->reply;
@@ -771,9 +802,11 @@ private:
         engine::reply_text text;
         job_channel::events ev;
         std::optional<profile_report> report;
+        std::vector<logprob_entry> logprobs;
         for (;;) {
             channel.take(ev);
             if (ev.profile) report = std::move(ev.profile);
+            add_logprobs(ev.logprobs, logprobs);
             for (const auto& piece : ev.pieces) parser.push(piece, text);
             if (ev.done) break;
             co_await channel.wait();
@@ -796,7 +829,7 @@ private:
             co_await send(200,
                           completion_body(meta, text.content, f.reason,
                                           {f.usage.prompt_tokens, f.usage.completion_tokens},
-                                          report ? &*report : nullptr, text.reasoning),
+                                          report ? &*report : nullptr, text.reasoning, &logprobs),
                           std::string(json_type));
         }
     }
@@ -827,19 +860,30 @@ private:
         engine::reply_parser parser(reply);
         engine::reply_text delta;
         std::string payload;
+        // Logprob entries not sent yet: they ride on the next chunk (the last one at the
+        // latest); `logprob_offset`: the bytes of the tokens already reported (text_offset).
+        std::vector<logprob_entry> logprobs;
+        std::size_t logprob_offset = 0;
+        const auto sent_logprobs = [&] {
+            for (const logprob_entry& e : logprobs) logprob_offset += e.bytes.size();
+            logprobs.clear();
+        };
         // One chunk per part of the reply a piece settled; the first chunk carries the "moed"
         // object. A piece that settled nothing yet (a marker's start) makes no chunk.
         const auto add_delta = [&] {
             for (const reply_part part : {reply_part::reasoning, reply_part::content}) {
                 const std::string& text = part == reply_part::reasoning ? delta.reasoning : delta.content;
                 if (text.empty()) continue;
-                payload += stream_event(meta, text, first, report ? &*report : nullptr, first, part);
+                payload += stream_event(meta, text, first, report ? &*report : nullptr, first, part, &logprobs,
+                                        logprob_offset);
+                sent_logprobs();
                 first = false;
             }
         };
         for (;;) {
             channel.take(ev);
             if (ev.profile) report = std::move(ev.profile);
+            add_logprobs(ev.logprobs, logprobs);
             payload.clear();
             for (const auto& piece : ev.pieces) {
                 delta.clear();
@@ -857,7 +901,7 @@ private:
                     payload += stream_error_events(500, fmt::format("generation failed: {}", f.reason));
                 else
                     payload += stream_final_events(meta, f.reason, {f.usage.prompt_tokens, f.usage.completion_tokens},
-                                                   report ? &*report : nullptr, first);
+                                                   report ? &*report : nullptr, first, &logprobs, logprob_offset);
             }
             if (!payload.empty() && !client_gone_) {
                 stream_.expires_after(st_->options.write_timeout);
@@ -882,6 +926,18 @@ private:
             if (ec) client_left(channel);
         }
         if (client_gone_) log_status_ = status_client_gone;
+    }
+
+    // The engine's log-probabilities as a response reports them: each token as its bytes.
+    void add_logprobs(const std::vector<engine::token_logprob>& in, std::vector<logprob_entry>& out) const {
+        const engine::tokenizer& vocab = *st_->ctx.vocab;
+        for (const engine::token_logprob& lp : in) {
+            logprob_entry e;
+            e.bytes = vocab.token_bytes(lp.token);
+            e.logprob = lp.logprob;
+            for (const auto& [id, logprob] : lp.top) e.top.push_back({vocab.token_bytes(id), logprob});
+            out.push_back(std::move(e));
+        }
     }
 
     // The client closed its end or a write failed: cancel its job (the loop frees the
@@ -950,8 +1006,10 @@ private:
     // one compiler bug away from dangling across the suspension.
     // A 429 or 503 says when to try again: `retry_after` when given, else by its status (a
     // full queue is busy, a 503 otherwise means the daemon is draining).
-    asio::awaitable<void> send_error(unsigned status, std::string message, std::chrono::seconds retry_after = {}) {
-        co_await send(status, error_body(status, message), std::string(json_type), retry_after);
+    // `code` and `param` empty: error_body derives them from the status and message.
+    asio::awaitable<void> send_error(unsigned status, std::string message, std::chrono::seconds retry_after = {},
+                                     std::string code = {}, std::string param = {}) {
+        co_await send(status, error_body(status, message, code, param), std::string(json_type), retry_after);
     }
 
     asio::awaitable<void> send(unsigned status, std::string body, std::string content_type,

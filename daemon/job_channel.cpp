@@ -53,6 +53,20 @@ void job_channel::on_token(engine::token_id, std::string_view text) noexcept {
     notify_locked();
 }
 
+void job_channel::on_logprob(const engine::token_logprob& lp) noexcept {
+    std::lock_guard lock(mutex_);
+    if (done_) return;
+    try {
+        logprobs_.push_back(lp);
+    } catch (...) {
+        gone_.store(true, std::memory_order_relaxed);
+        return;
+    }
+    // Counted against the unread bound like text: about what the JSON of an entry costs.
+    pending_bytes_ += 32 * (1 + lp.top.size());
+    // No wake-up: the token's on_token follows at once and posts it.
+}
+
 void job_channel::on_done(std::string_view finish_reason, const job_usage& usage) noexcept {
     std::lock_guard lock(mutex_);
     if (done_) return;  // the contract says once; a second finish would be a loop bug
@@ -92,6 +106,8 @@ bool job_channel::take(events& out) {
     out.profile.reset();
     std::lock_guard lock(mutex_);
     out.pieces.swap(pieces_);
+    out.logprobs.clear();
+    out.logprobs.swap(logprobs_);
     out.profile = std::move(profile_);
     profile_.reset();
     pending_bytes_ = 0;
@@ -99,7 +115,7 @@ bool job_channel::take(events& out) {
         out.done = std::move(*done_);
         done_taken_ = true;  // done_ stays engaged so late events stay ignored
     }
-    return !out.pieces.empty() || out.done.has_value() || out.profile.has_value();
+    return !out.pieces.empty() || !out.logprobs.empty() || out.done.has_value() || out.profile.has_value();
 }
 
 asio::awaitable<void> job_channel::wait() {
@@ -107,7 +123,7 @@ asio::awaitable<void> job_channel::wait() {
         std::lock_guard lock(mutex_);
         // Events that came while the connection was busy writing: no need to sleep. The
         // posted wake-up that came with them may already have run (and cancelled nothing).
-        if (!pieces_.empty() || profile_ || (done_ && !done_taken_)) co_return;
+        if (!pieces_.empty() || !logprobs_.empty() || profile_ || (done_ && !done_taken_)) co_return;
     }
     wake_.expires_at(asio::steady_timer::time_point::max());
     boost::system::error_code ec;

@@ -43,12 +43,15 @@ public:
         std::vector<std::string> pieces;
         std::optional<finish> done;
         std::optional<profile_report> profile;  // once, before the first piece
+        // Each generated token's log-probability, in order (jobs that ask for logprobs).
+        std::vector<engine::token_logprob> logprobs;
     };
 
     job_channel(boost::asio::io_context::executor_type executor, std::size_t max_pending_bytes);
 
     // job_sink, engine thread.
     void on_token(engine::token_id token, std::string_view text) noexcept override;
+    void on_logprob(const engine::token_logprob& lp) noexcept override;
     void on_done(std::string_view finish_reason, const job_usage& usage) noexcept override;
     void on_failed(const error& err, const job_usage& usage) noexcept override;
     void on_profile(const profile_report& report) noexcept override;
@@ -71,6 +74,7 @@ private:
 
     std::mutex mutex_;
     std::vector<std::string> pieces_;   // guarded by mutex_
+    std::vector<engine::token_logprob> logprobs_;  // guarded by mutex_
     std::size_t pending_bytes_ = 0;     // guarded by mutex_
     std::optional<finish> done_;        // guarded by mutex_
     std::optional<profile_report> profile_;  // guarded by mutex_; until taken

@@ -42,7 +42,7 @@ result<generation_result> generate(evaluator& eval, const model& m, kv_cache& ca
             MOED_TRY(eval.run_sequence(std::span<const token_id>(&last, 1), cache, logits, request.seq));
             ++out.decode_steps;
         }
-        const token_id next = smp.sample(logits, history);
+        const token_id next = smp.sample(logits, history, out.tokens.size());
         out.tokens.push_back(next);
         history.push_back(next);
         const std::string piece = text.push(m.vocab().token_bytes(next));

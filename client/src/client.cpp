@@ -47,9 +47,13 @@ client_error http_error(const http_head& head, std::string body, bool mid_stream
         const json& err = j["error"];
         if (auto it = err.find("type"); it != err.end() && it->is_string()) e.type = it->get<std::string>();
         if (auto it = err.find("message"); it != err.end() && it->is_string()) server_message = it->get<std::string>();
-        // Mid-stream the HTTP status is long sent (200); moed puts the real one in "code".
-        if (auto it = err.find("code"); mid_stream && it != err.end() && it->is_number_integer()) {
-            e.http_status = it->get<int>();
+        // Mid-stream the HTTP status is long sent (200); moed puts the real one in "status"
+        // (in "code" before "code" became OpenAI's string).
+        for (const char* key : {"status", "code"}) {
+            if (auto it = err.find(key); mid_stream && it != err.end() && it->is_number_integer()) {
+                e.http_status = it->get<int>();
+                break;
+            }
         }
     } else if (j.is_object() && j.contains("status") && j["status"].is_string()) {
         // /healthz while draining {"status":"draining"}, or broken with the reason.
@@ -124,13 +128,17 @@ json request_to_json(const completion_request& r) {
 }
 
 
-// Parses request_json, checks it is an object and sets "stream"; returns the endpoint.
+// Parses request_json, checks it is an object and sets "stream"; returns the endpoint. A
+// stream asks for its usage (the result reports it) unless the request says otherwise; a
+// whole answer drops stream_options, which moed refuses without "stream": true.
 client_result<std::string> prepare_raw(std::string_view request_json, bool stream, json& out) {
     out = json::parse(request_json, nullptr, /*allow_exceptions=*/false);
     if (out.is_discarded() || !out.is_object()) {
         return make(client_errc::invalid_argument, "the request is not a JSON object");
     }
     out["stream"] = stream;
+    if (!stream) out.erase("stream_options");
+    else if (!out.contains("stream_options")) out["stream_options"] = {{"include_usage", true}};
     return std::string(out.contains("messages") ? "/v1/chat/completions" : "/v1/completions");
 }
 
@@ -525,6 +533,7 @@ client_result<completion_response> client::stream(const completion_request& requ
                                                    const stream_callback& on_text) const {
     json j = request_to_json(request);
     j["stream"] = true;
+    j["stream_options"] = {{"include_usage", true}};  // the result reports the usage
     auto text = dump(j);
     if (!text) return std::move(text).error();
     const char* target = request.messages.empty() ? "/v1/completions" : "/v1/chat/completions";

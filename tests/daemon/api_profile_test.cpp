@@ -142,7 +142,8 @@ TEST(ApiProfiles, FullStoreIsInsufficientStorage) {
     EXPECT_EQ(http_status_for(errc::no_space), 507u);
     const json e = json::parse(error_body(507, "the limit of 4096 profiles"));
     EXPECT_EQ(e["error"]["type"], "insufficient_storage_error");
-    EXPECT_EQ(e["error"]["code"], 507);
+    EXPECT_EQ(e["error"]["code"], "no_space");
+    EXPECT_EQ(e["error"]["status"], 507);
     EXPECT_EQ(e["error"]["message"], "the limit of 4096 profiles");
 }
 

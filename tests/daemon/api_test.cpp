@@ -2,11 +2,14 @@
 // Prometheus text (daemon/metrics.h) as pure functions: every field of a completion and a
 // chat request, the error for each wrong type naming the field and the type expected,
 // limits, the JSON of responses, stream chunks and errors, the status codes of error codes,
+// the OpenAI fields (penalties, logit_bias, logprobs, stream_options, the developer role,
+// unsupported fields refused by name), error codes as strings with the field as "param",
 // and that the metrics text is well-formed exposition format, with request-time histograms
 // (cumulative buckets, +Inf, _sum, _count), KV cache gauges and the load-latency summary's
 // _sum and _count.
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <set>
 
 #include <gtest/gtest.h>
@@ -133,7 +136,7 @@ TEST(Api, RangesAndLimits) {
     EXPECT_NE(error_of(completion(R"({"prompt":"x","temperature":-1})")).find("temperature"), std::string::npos);
     EXPECT_NE(error_of(completion(R"({"prompt":"x","top_p":0})")).find("top_p"), std::string::npos);
     EXPECT_NE(error_of(completion(R"({"prompt":"x","min_p":2})")).find("min_p"), std::string::npos);
-    EXPECT_EQ(error_of(completion(R"({"prompt":"x","n":2})")), "n: only 1 choice per request is supported");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","n":2})")), "n: not supported by moed above 1 (one choice per request)");
     const std::string long_stop = R"({"prompt":"x","stop":")" + std::string(300, 'a') + R"("})";
     EXPECT_EQ(error_of(completion(long_stop)), "stop[0]: 300 bytes is longer than the 256 allowed");
 }
@@ -160,7 +163,9 @@ TEST(Api, StatusCodesAndErrorBodies) {
     const json e = json::parse(error_body(404, "model 'x' is not served; available: tinymoe"));
     EXPECT_EQ(e["error"]["type"], "not_found_error");
     EXPECT_EQ(e["error"]["message"], "model 'x' is not served; available: tinymoe");
-    EXPECT_EQ(e["error"]["code"], 404);
+    EXPECT_EQ(e["error"]["code"], "not_found");
+    EXPECT_EQ(e["error"]["status"], 404);
+    EXPECT_TRUE(e["error"]["param"].is_null());
     EXPECT_EQ(json::parse(error_body(429, "full"))["error"]["type"], "rate_limit_error");
     EXPECT_EQ(json::parse(error_body(413, "big"))["error"]["type"], "request_too_large_error");
 }
@@ -232,7 +237,7 @@ TEST(Api, StreamEvents) {
     const json l = json::parse(last.substr(6, split - 6));
     EXPECT_EQ(l["choices"][0]["finish_reason"], "stop");
     EXPECT_TRUE(l["choices"][0]["delta"].empty());
-    EXPECT_EQ(l["usage"]["total_tokens"], 5);
+    EXPECT_FALSE(l.contains("usage")) << "no usage unless stream_options.include_usage";
     EXPECT_EQ(last.substr(split + 2), "data: [DONE]\n\n");
 
     meta.kind = api_kind::completion;
@@ -243,6 +248,111 @@ TEST(Api, StreamEvents) {
     const std::string err = stream_error_events(500, "engine failed");
     EXPECT_NE(err.find("\"message\":\"engine failed\""), std::string::npos);
     EXPECT_EQ(err.substr(err.size() - 14), "data: [DONE]\n\n");
+}
+
+TEST(Api, OpenAiSamplingFields) {
+    auto r = chat(R"({"messages":[{"role":"developer","content":"Be brief."},{"role":"user","content":"x"}],
+        "presence_penalty":0.5,"frequency_penalty":-1,"logit_bias":{"17":-100,"3":2.5},"logprobs":true,
+        "top_logprobs":4,"stream":true,"stream_options":{"include_usage":true},"user":"u","store":false})");
+    ASSERT_TRUE(r) << r.error().message;
+    EXPECT_EQ(r->messages[0].role, "system") << "developer is read as system";
+    EXPECT_FLOAT_EQ(r->sampling.presence_penalty, 0.5f);
+    EXPECT_FLOAT_EQ(r->sampling.frequency_penalty, -1.0f);
+    ASSERT_EQ(r->sampling.logit_bias.size(), 2u);
+    std::map<engine::token_id, float> bias;
+    for (const auto& e : r->sampling.logit_bias) bias[e.token] = e.bias;
+    EXPECT_FLOAT_EQ(bias[17], -100.0f);
+    EXPECT_FLOAT_EQ(bias[3], 2.5f);
+    EXPECT_EQ(r->logprobs, 4u);
+    EXPECT_TRUE(r->include_usage);
+
+    auto lp = chat(R"({"messages":[{"role":"user","content":"x"}],"logprobs":true})");
+    ASSERT_TRUE(lp);
+    EXPECT_EQ(lp->logprobs, 0u);
+    auto none = chat(R"({"messages":[{"role":"user","content":"x"}],"logprobs":false})");
+    ASSERT_TRUE(none);
+    EXPECT_FALSE(none->logprobs.has_value());
+    auto c = completion(R"({"prompt":"x","logprobs":5})");
+    ASSERT_TRUE(c);
+    EXPECT_EQ(c->logprobs, 5u);
+
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","logprobs":6})")), "logprobs: 6 is out of range [0, 5]");
+    EXPECT_EQ(error_of(chat(R"({"messages":[{"role":"user","content":"x"}],"top_logprobs":2})")),
+              "top_logprobs: needs \"logprobs\": true");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","presence_penalty":2.5})")),
+              "presence_penalty: 2.5 is out of range [-2, 2]");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","logit_bias":{"a":1}})")),
+              "logit_bias: key \"a\" is not a token id (a decimal integer)");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","logit_bias":{"4":-101}})")),
+              "logit_bias.4: -101 is out of range [-100, 100]");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","logit_bias":[1]})")),
+              "logit_bias: expected an object of token ids to numbers, got array");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","stream_options":{"include_usage":true}})")),
+              "stream_options: only allowed when stream is true");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","stream":true,"stream_options":{"x":1}})")),
+              "stream_options.x: not supported (moed takes include_usage)");
+    EXPECT_EQ(error_of(chat(R"({"messages":[{"role":"user","content":"x"}],"tools":[]})")), "tools: not supported by moed");
+    EXPECT_EQ(error_of(completion(R"({"prompt":"x","echo":true})")), "echo: not supported by moed");
+    EXPECT_TRUE(completion(R"({"prompt":"x","echo":false,"best_of":1,"n":1,"tools":null})"));
+}
+
+TEST(Api, ErrorCodesAndParams) {
+    EXPECT_EQ(error_param_of("max_tokens: expected an integer, got string"), "max_tokens");
+    EXPECT_EQ(error_param_of("stop[2]: must not be empty"), "stop[2]");
+    EXPECT_EQ(error_param_of("prune.experts_per_layer: required"), "prune.experts_per_layer");
+    EXPECT_EQ(error_param_of("malformed JSON: syntax error"), "");
+    EXPECT_EQ(error_param_of("model 'x' is not served"), "");
+    EXPECT_EQ(error_param_of(": x"), "");
+    EXPECT_EQ(error_code_for(400, "max_tokens: expected an integer, got string"), "invalid_type");
+    EXPECT_EQ(error_code_for(400, "prompt: required"), "missing_required_parameter");
+    EXPECT_EQ(error_code_for(400, "tools: not supported by moed"), "unsupported_parameter");
+    EXPECT_EQ(error_code_for(400, "top_p: 2 is out of range (0, 1]"), "invalid_value");
+    EXPECT_EQ(error_code_for(400, "malformed JSON: x"), "invalid_request");
+    EXPECT_EQ(error_code_for(429, "full"), "busy");
+    EXPECT_EQ(error_code_for(503, "draining"), "unavailable");
+    const json e = json::parse(error_body(400, "stop[1]: must not be empty"));
+    EXPECT_EQ(e["error"]["param"], "stop[1]");
+    EXPECT_EQ(e["error"]["code"], "invalid_value");
+    EXPECT_EQ(e["error"]["status"], 400);
+    const json m = json::parse(error_body(404, "model 'x' is not served", "model_not_found", "model"));
+    EXPECT_EQ(m["error"]["code"], "model_not_found");
+    EXPECT_EQ(m["error"]["param"], "model");
+}
+
+TEST(Api, LogprobsJson) {
+    std::vector<logprob_entry> entries(2);
+    entries[0].bytes = "He";
+    entries[0].logprob = -0.5f;
+    entries[0].top = {{"He", -0.5f}, {"Hi", -1.5f}};
+    entries[1].bytes = "\xc3";  // a token that ends inside a character
+    entries[1].logprob = -2.0f;
+    const json chat_lp = json::parse(logprobs_json(api_kind::chat, entries, 0));
+    ASSERT_EQ(chat_lp["content"].size(), 2u);
+    EXPECT_EQ(chat_lp["content"][0]["token"], "He");
+    EXPECT_EQ(chat_lp["content"][0]["bytes"], json::array({72, 101}));
+    EXPECT_EQ(chat_lp["content"][0]["top_logprobs"][1]["token"], "Hi");
+    EXPECT_FLOAT_EQ(chat_lp["content"][0]["top_logprobs"][1]["logprob"].get<float>(), -1.5f);
+    EXPECT_EQ(chat_lp["content"][1]["token"], "\xef\xbf\xbd") << "U+FFFD in text";
+    EXPECT_EQ(chat_lp["content"][1]["bytes"], json::array({0xc3})) << "the exact bytes";
+    const json comp = json::parse(logprobs_json(api_kind::completion, entries, 10));
+    EXPECT_EQ(comp["tokens"][0], "He");
+    EXPECT_FLOAT_EQ(comp["token_logprobs"][1].get<float>(), -2.0f);
+    EXPECT_FLOAT_EQ(comp["top_logprobs"][0]["Hi"].get<float>(), -1.5f);
+    EXPECT_EQ(comp["text_offset"], json::array({10, 12}));
+
+    response_meta meta{api_kind::completion, "cmpl-1", 1, "tinymoe"};
+    meta.logprobs = true;
+    meta.include_usage = true;
+    const json ev = json::parse(stream_event(meta, "He", true, nullptr, false, reply_part::content, &entries, 0).substr(6));
+    EXPECT_EQ(ev["choices"][0]["logprobs"]["tokens"].size(), 2u);
+    EXPECT_TRUE(ev["usage"].is_null());
+    const std::string last = stream_final_events(meta, "stop", {2, 3});
+    const auto events_end = last.find("data: [DONE]");
+    ASSERT_NE(events_end, std::string::npos);
+    const auto second = last.find("data: ", 6);
+    const json usage_chunk = json::parse(last.substr(second + 6, events_end - second - 8));
+    EXPECT_EQ(usage_chunk["choices"], json::array());
+    EXPECT_EQ(usage_chunk["usage"]["total_tokens"], 5);
 }
 
 TEST(Api, ModelsBody) {

@@ -322,7 +322,7 @@ TEST_F(HttpServer, ChatWithoutReasoningSyntaxStreamsEachPieceAsContent) {
 
 TEST_F(HttpServer, StreamsAreServerSentEventsEndingInDone) {
     start();
-    auto r = post("/v1/completions", R"({"prompt":"Hi","stream":true})");
+    auto r = post("/v1/completions", R"({"prompt":"Hi","stream":true,"stream_options":{"include_usage":true}})");
     ASSERT_EQ(r.status, 200u) << r.body;
     EXPECT_EQ(r.content_type, "text/event-stream");
     EXPECT_TRUE(r.chunked);
@@ -332,7 +332,8 @@ TEST_F(HttpServer, StreamsAreServerSentEventsEndingInDone) {
     EXPECT_EQ(s.text, "Hello world");
     EXPECT_EQ(s.finish_reason, "length");
     EXPECT_EQ(s.usage["completion_tokens"], 3);
-    EXPECT_EQ(s.chunks, 4u) << "one chunk per piece, then the final chunk";
+    EXPECT_EQ(s.chunks, 5u) << "one chunk per piece, the final chunk, then the usage chunk";
+    EXPECT_EQ(s.usage_chunks, 1u);
 
     auto c = post("/v1/chat/completions", R"({"messages":[{"role":"user","content":"x"}],"stream":true})");
     ASSERT_EQ(c.status, 200u);

@@ -206,13 +206,15 @@ inline sse_events parse_sse(const std::string& body) {
 
 // The text a stream carried: choices[0].text (completions) or choices[0].delta.content
 // (chat) of every chunk, concatenated, and delta.reasoning_content apart; finish_reason and
-// usage from the last chunk.
+// usage from the chunk that carries it (with stream_options.include_usage: the last one, with
+// "choices": []).
 struct stream_result {
     std::string text;
     std::string reasoning;
     std::string finish_reason;
     nlohmann::json usage;
     std::size_t chunks = 0;       // JSON chunks before [DONE]
+    std::size_t usage_chunks = 0; // chunks with "choices": [] (include_usage)
     bool done_last = false;       // "[DONE]" was the last event
     bool framing_ok = false;
     std::string error;            // an error event's message
@@ -235,13 +237,17 @@ inline stream_result read_stream(const std::string& body) {
             r.error = j["error"].value("message", "");
             continue;
         }
+        if (j.contains("usage") && !j["usage"].is_null()) r.usage = j["usage"];
+        if (j.contains("choices") && j["choices"].is_array() && j["choices"].empty()) {
+            ++r.usage_chunks;
+            continue;
+        }
         const auto& c = j["choices"][0];
         if (c.contains("text")) r.text += c["text"].get<std::string>();
         if (c.contains("delta") && c["delta"].contains("content")) r.text += c["delta"]["content"].get<std::string>();
         if (c.contains("delta") && c["delta"].contains("reasoning_content"))
             r.reasoning += c["delta"]["reasoning_content"].get<std::string>();
         if (c.contains("finish_reason") && !c["finish_reason"].is_null()) r.finish_reason = c["finish_reason"];
-        if (j.contains("usage")) r.usage = j["usage"];
     }
     return r;
 }

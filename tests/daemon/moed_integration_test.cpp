@@ -92,7 +92,8 @@ TEST(MoedIntegration, CompletionsAndChatStreamAndNot) {
         EXPECT_EQ(usage["completion_tokens"], 16);
     }
 
-    auto streamed = post(moed.socket(), "/v1/completions", completion_body("int main(", 16, true));
+    auto streamed = post(moed.socket(), "/v1/completions",
+                         completion_body("int main(", 16, true, R"("stream_options":{"include_usage":true})"));
     ASSERT_EQ(streamed.status, 200u);
     EXPECT_EQ(streamed.content_type, "text/event-stream");
     auto s = read_stream(streamed.body);
@@ -371,7 +372,8 @@ TEST(MoedIntegration, SigtermDuringGenerationDrainsAndExitsZero) {
     moed_process moed({});
     ASSERT_TRUE(moed.ready());
     http_connection c(moed.socket());
-    std::string got = start_stream(c, completion_body("The", 200, true, R"("ignore_eos":true)"));
+    std::string got = start_stream(
+        c, completion_body("The", 200, true, R"("ignore_eos":true,"stream_options":{"include_usage":true})"));
     ASSERT_NE(got.find("200 OK"), std::string::npos) << got;
     // The batch loop's drain waits for the sequences it has published as running; a job
     // admitted in the step still under way is not counted yet (the first token can reach

@@ -2,7 +2,11 @@
 // ties); a seed makes draws repeatable; top-k 1 and a vanishing temperature (down to the
 // smallest denormal) are greedy, huge ones draw evenly, T = 0.5 squares the odds;
 // top-k/top-p/min-p never pick outside their sets; the repetition penalty follows llama.cpp's
-// sign rule; draws follow the softmax distribution; bad parameters name themselves.
+// sign rule; OpenAI's presence and frequency penalties follow their formula over the
+// generated tokens only (greedy flips where the formula says, draws follow the penalized
+// softmax); logit bias -100 bans and +100 forces; log_softmax_of matches a direct
+// computation, with the top list ordered; draws follow the softmax distribution; bad
+// parameters name themselves.
 #include <cfloat>
 #include <cmath>
 #include <limits>
@@ -196,6 +200,97 @@ TEST(sampler, repetition_penalty_moves_greedy_choice) {
     EXPECT_EQ(s.sample(negative, history), 0);  // -0.9 * 1.5 = -1.35 < -1.0
 }
 
+TEST(sampler, openai_penalties_count_generated_tokens_only) {
+    sampling_params p;
+    p.frequency_penalty = 0.1f;
+    p.presence_penalty = 0.2f;
+    const std::vector<float> logits{1.0f, 1.45f};
+    // Token 1 generated twice: 1.45 - 2 * 0.1 - 0.2 = 1.05 > 1.0, still chosen.
+    const std::vector<token_id> twice{0, 1, 1};
+    EXPECT_EQ(sampler(p).sample(logits, twice, 2), 1);
+    // Three times: 1.45 - 0.3 - 0.2 = 0.95 < 1.0.
+    const std::vector<token_id> thrice{0, 1, 1, 1};
+    EXPECT_EQ(sampler(p).sample(logits, thrice, 3), 0);
+    // The same tokens in the prompt are not penalized.
+    EXPECT_EQ(sampler(p).sample(logits, thrice, 0), 1);
+    // Negative penalties encourage repetition: token 0 once, 1.0 + 0.3 + 0.2 > 1.45.
+    p.frequency_penalty = -0.3f;
+    p.presence_penalty = -0.2f;
+    const std::vector<token_id> once{0};
+    EXPECT_EQ(sampler(p).sample(logits, once, 1), 0);
+}
+
+TEST(sampler, openai_penalties_shape_the_distribution_as_the_formula_says) {
+    sampling_params p;
+    p.temperature = 1.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.min_p = 0.0f;
+    p.seed = 7;
+    p.frequency_penalty = 0.5f;
+    p.presence_penalty = 0.5f;
+    sampler s(p);
+    const std::vector<float> logits{0.0f, 0.0f};
+    const std::vector<token_id> history{0, 0};  // both generated: token 0 loses 2 * 0.5 + 0.5
+    const int n = 20000;
+    int zeros = 0;
+    for (int i = 0; i < n; ++i) zeros += s.sample(logits, history, 2) == 0 ? 1 : 0;
+    const double expected = 1.0 / (1.0 + std::exp(1.5));
+    EXPECT_NEAR(static_cast<double>(zeros) / n, expected, 0.01);
+}
+
+TEST(sampler, logit_bias_bans_and_forces) {
+    const auto logits = ramp_logits();  // greedy picks 1
+    sampling_params p;
+    p.logit_bias = {{1, -100.0f}};
+    EXPECT_EQ(sampler(p).sample(logits, {}), 4) << "the tie partner of the banned token";
+    p.logit_bias = {{1, -100.0f}, {4, -100.0f}};
+    EXPECT_EQ(sampler(p).sample(logits, {}), 6);
+    p.logit_bias = {{7, 100.0f}};
+    EXPECT_EQ(sampler(p).sample(logits, {}), 7);
+    p.logit_bias = {{3, 0.5f}};  // -1.0 + 0.5: a small bias moves nothing here
+    EXPECT_EQ(sampler(p).sample(logits, {}), 1);
+
+    // Sampling never draws a banned token, even at a huge temperature.
+    p.temperature = 50.0f;
+    p.top_k = 0;
+    p.top_p = 1.0f;
+    p.min_p = 0.0f;
+    p.seed = 3;
+    p.logit_bias = {{1, -100.0f}, {4, -100.0f}};
+    sampler s(p);
+    std::set<token_id> seen;
+    for (int i = 0; i < 2000; ++i) seen.insert(s.sample(logits, {}));
+    EXPECT_FALSE(seen.contains(1));
+    EXPECT_FALSE(seen.contains(4));
+    EXPECT_EQ(seen.size(), 6u);
+}
+
+TEST(sampler, log_softmax_matches_a_direct_computation) {
+    const auto logits = ramp_logits();
+    double z = 0.0;
+    for (float l : logits) z += std::exp(static_cast<double>(l));
+    token_logprob lp;
+    log_softmax_of(logits, 5, 3, lp);
+    EXPECT_EQ(lp.token, 5);
+    EXPECT_NEAR(lp.logprob, logits[5] - std::log(z), 1e-6);
+    ASSERT_EQ(lp.top.size(), 3u);
+    // 2.0 (ids 1 and 4: the lower first), then 1.9 (id 6).
+    EXPECT_EQ(lp.top[0].first, 1);
+    EXPECT_EQ(lp.top[1].first, 4);
+    EXPECT_EQ(lp.top[2].first, 6);
+    for (const auto& [id, l] : lp.top) EXPECT_NEAR(l, logits[static_cast<std::size_t>(id)] - std::log(z), 1e-6);
+    double total = 0.0;
+    log_softmax_of(logits, 0, logits.size(), lp);
+    for (const auto& entry : lp.top) total += std::exp(static_cast<double>(entry.second));
+    EXPECT_NEAR(total, 1.0, 1e-6);
+    // Large logits do not overflow: the maximum is taken out first.
+    const std::vector<float> big{1000.0f, 999.0f};
+    log_softmax_of(big, 1, 0, lp);
+    EXPECT_NEAR(lp.logprob, -1.0 - std::log1p(std::exp(-1.0)), 1e-6);
+    EXPECT_TRUE(lp.top.empty());
+}
+
 TEST(sampler, bad_parameters_name_themselves) {
     auto check = [](sampling_params p, const char* name) {
         auto r = p.validate();
@@ -221,6 +316,18 @@ TEST(sampler, bad_parameters_name_themselves) {
     p = {};
     p.temperature = std::nanf("");
     check(p, "temperature");
+    p = {};
+    p.presence_penalty = 2.5f;
+    check(p, "presence_penalty");
+    p = {};
+    p.frequency_penalty = -2.01f;
+    check(p, "frequency_penalty");
+    p = {};
+    p.logit_bias = {{5, 101.0f}};
+    check(p, "logit_bias.5");
+    p = {};
+    p.logit_bias.resize(max_logit_bias_entries + 1);
+    check(p, "logit_bias");
     EXPECT_TRUE(sampling_params{}.validate());
 }
 
