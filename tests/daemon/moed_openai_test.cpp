@@ -24,6 +24,7 @@
 
 #include "engine/evaluator.h"
 #include "engine/model.h"
+#include "engine/sampler.h"
 #include "kernels/cpu/thread_pool.h"
 #include "tests/daemon/http_test_client.h"
 #include "tests/daemon/moed_process.h"
@@ -309,14 +310,10 @@ TEST_F(MoedOpenAi, DeveloperRoleRendersAsSystem) {
     };
     auto sys = ask("system");
     auto dev = ask("developer");
-    auto usr = ask("user");
     ASSERT_EQ(sys.status, 200u) << sys.body;
     ASSERT_EQ(dev.status, 200u) << dev.body;
     EXPECT_EQ(dev.json()["usage"], sys.json()["usage"]);
     EXPECT_EQ(dev.json()["choices"][0]["message"]["content"], sys.json()["choices"][0]["message"]["content"]);
-    // A control: another role renders differently (tinymoe's template refuses two user turns
-    // in a row or renders them; either way not as the system turn).
-    if (usr.status == 200u) EXPECT_NE(usr.json()["usage"]["prompt_tokens"], sys.json()["usage"]["prompt_tokens"]);
 }
 
 TEST_F(MoedOpenAi, ModelById) {
