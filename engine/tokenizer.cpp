@@ -615,11 +615,7 @@ void tokenizer::impl::encode_word(std::string_view word, std::vector<token_id>& 
         if (l.length == 0 || r.length == 0 || l.length != top.left_length || r.length != top.right_length) {
             continue;
         }
-        l.id = top.merged;
-        l.length += r.length;
-        r.length = 0;
-        l.next = r.next;
-        if (r.next >= 0) symbols[r.next].prev = top.left;
+        join_symbols(symbols, top.left, top.right, top.merged);
         add_bigram(l.prev, top.left);
         add_bigram(top.left, l.next);
     }

@@ -58,6 +58,18 @@ struct bpe_symbol {
     token_id id = -1;  // the token this symbol is, when known (always after a merge)
 };
 
+// Joins symbol `right` into its left neighbour `left`, which becomes token `merged` (both
+// tokenizers' merge step; each then queues the new pairs on either side of `left`).
+inline void join_symbols(std::vector<bpe_symbol>& symbols, std::int32_t left, std::int32_t right, token_id merged) {
+    bpe_symbol& l = symbols[static_cast<std::size_t>(left)];
+    bpe_symbol& r = symbols[static_cast<std::size_t>(right)];
+    l.id = merged;
+    l.length += r.length;
+    r.length = 0;
+    l.next = r.next;
+    if (r.next >= 0) symbols[static_cast<std::size_t>(r.next)].prev = left;
+}
+
 struct bpe_bigram {
     std::int32_t rank = 0;
     std::int32_t left = 0;

@@ -105,11 +105,7 @@ void tokenizer::impl::encode_spm_escaped(std::string_view text, std::vector<toke
         // Stale: one side was merged away, or grew (symbols only grow, so equal total size
         // means neither changed).
         if (l.length == 0 || r.length == 0 || l.length + r.length != top.size) continue;
-        l.id = top.merged;
-        l.length += r.length;
-        r.length = 0;
-        l.next = r.next;
-        if (r.next >= 0) symbols[r.next].prev = top.left;
+        join_symbols(symbols, top.left, top.right, top.merged);
         add_bigram(l.prev, top.left);
         add_bigram(top.left, l.next);
     }
