@@ -12,9 +12,12 @@
 // running; 2 bad command line or configuration (one line naming the key).
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -397,6 +400,18 @@ private:
     std::exception_ptr failure_;
 };
 
+// Makes `dir` and any missing parents with mode 0700 (directories that exist keep theirs).
+result<void> make_private_directories(const std::filesystem::path& dir) {
+    if (dir.empty()) return {};
+    std::filesystem::path partial;
+    for (const auto& part : dir) {
+        partial /= part;
+        if (::mkdir(partial.c_str(), 0700) != 0 && errno != EEXIST)
+            return make_error(errc::io, "cannot create {}: {}", partial.string(), std::strerror(errno));
+    }
+    return {};
+}
+
 int config_error(const std::string& message) {
     std::fprintf(stderr, "moed: %s\n", message.c_str());
     return exit_config;
@@ -423,6 +438,7 @@ int run(int argc, char** argv) {
     if (!loaded_config) return config_error(loaded_config.error().message);
     daemon_config config = std::move(*loaded_config);
     set_log_level(config.level);
+    if (!config.defaults_note.empty()) MOED_LOG_INFO("moed", "{}", config.defaults_note);
     // A misspelt MOED_ISA would otherwise serve at the CPU's best level without anyone asking.
     if (auto isa_ok = kernels::check_isa_env(); !isa_ok) return config_error(isa_ok.error().message);
 
@@ -467,6 +483,17 @@ int run(int argc, char** argv) {
     asio::signal_set control_set(io);
     control_signals::add_signals(control_set);
 
+    // A default socket's directory ($XDG_RUNTIME_DIR/moed for a user) is moed's to make; a
+    // configured path's directory must exist already.
+    if (config.socket_path_defaulted) {
+        if (auto made = make_private_directories(std::filesystem::path(config.socket_path).parent_path()); !made)
+            return start_error(fmt::format("socket.path {}: {}", config.socket_path, made.error().message));
+    }
+    // Likewise the default state directory; without it moed serves, only without profiles.
+    if (config.state_dir_defaulted) {
+        if (auto made = make_private_directories(config.state_dir); !made)
+            MOED_LOG_WARN("moed", "daemon.state_dir {}: {}", config.state_dir, made.error().message);
+    }
     // The socket comes before the model: a second daemon on the same path fails at once
     // instead of after loading gigabytes.
     auto listening = open_listener(io, {config.socket_path, config.socket_mode, config.socket_group});
