@@ -704,6 +704,7 @@ result<daemon_config> load_config(const command_line& cmd, const path_environmen
     for (const auto& [key, value] : cmd.overrides) MOED_TRY(apply_text(config, key, value, flag_for_key(key)));
     if (config.socket_path.empty() || config.state_dir.empty()) {
         const default_paths defaults = resolve_default_paths(env);
+        config.defaults_scope = defaults.scope;
         std::vector<std::string> chosen;
         if (config.socket_path.empty()) {
             if (defaults.socket_path.size() > max_socket_path_bytes)

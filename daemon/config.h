@@ -105,6 +105,7 @@ struct daemon_config {
     std::string defaults_note;
     bool socket_path_defaulted = false;  // socket.path came from default_paths (moed makes its directory)
     bool state_dir_defaulted = false;    // daemon.state_dir came from default_paths (moed makes it)
+    path_scope defaults_scope = path_scope::system;  // whose defaults those were
 };
 
 // What the command line asked for, before the file is read.

@@ -190,7 +190,9 @@ TEST_F(moed_user_paths, chooses_user_directories_and_moectl_finds_the_socket) {
     if (!fs::exists("/run/moed/moed.sock")) {
         const fs::path elsewhere = base_ / "run-elsewhere";
         fs::create_directories(elsewhere);
-        if (as_root_) ASSERT_EQ(::chown(elsewhere.c_str(), nobody, nobody), 0);
+        if (as_root_) {
+            ASSERT_EQ(::chown(elsewhere.c_str(), nobody, nobody), 0);
+        }
         const shell_result none = shell(as_user_shell(elsewhere) + moectl + " health");
         EXPECT_EQ(none.exit_code, 3) << none.output;
         EXPECT_NE(none.output.find("/run/moed/moed.sock"), std::string::npos) << none.output;
