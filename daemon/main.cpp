@@ -438,7 +438,6 @@ int run(int argc, char** argv) {
     if (!loaded_config) return config_error(loaded_config.error().message);
     daemon_config config = std::move(*loaded_config);
     set_log_level(config.level);
-    if (!config.defaults_note.empty()) MOED_LOG_INFO("moed", "{}", config.defaults_note);
     // A misspelt MOED_ISA would otherwise serve at the CPU's best level without anyone asking.
     if (auto isa_ok = kernels::check_isa_env(); !isa_ok) return config_error(isa_ok.error().message);
 
@@ -483,6 +482,8 @@ int run(int argc, char** argv) {
     asio::signal_set control_set(io);
     control_signals::add_signals(control_set);
 
+    // Logged once the config has passed every check, so a config error stays the only output.
+    if (!config.defaults_note.empty()) MOED_LOG_INFO("moed", "{}", config.defaults_note);
     // A default socket's directory ($XDG_RUNTIME_DIR/moed for a user) is moed's to make: a
     // user's private to them, the system's as tmpfiles.d/moed.conf makes it (the socket's own
     // mode and group decide who connects). A configured path's directory must exist already.
