@@ -71,7 +71,8 @@ inline constexpr std::string_view usage_tail = R"(  help [COMMAND]         this 
 
 inline constexpr std::string_view options_and_exit_codes = R"(
 Options:
-  --socket PATH          moed's socket (default: $MOED_SOCKET, else /run/moed/moed.sock)
+  --socket PATH          moed's socket (default: $MOED_SOCKET, else your own moed's
+                         $XDG_RUNTIME_DIR/moed/moed.sock when it runs, else /run/moed/moed.sock)
   --json                 print moed's JSON answer as received (generate: one
                          non-streamed completion response)
   --timeout SECONDS      longest wait for moed's next bytes (default 600)

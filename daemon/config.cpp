@@ -2,11 +2,13 @@
 
 #include <arpa/inet.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <array>
 #include <cerrno>
 #include <charconv>
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -15,6 +17,7 @@
 #include <limits>
 #include <sstream>
 
+#include <fmt/ranges.h>
 #include <toml++/toml.h>
 
 #include "common/assert.h"
@@ -76,6 +79,28 @@ result<std::string> to_string(const raw_value& v, std::string_view origin) {
         return make_error(errc::invalid_argument, "{}: expected a string, got {}", origin, got(v));
     return v.text;
 }
+
+// A file system path. `unset_allowed`: an empty value means "unset" (the key's default);
+// otherwise an empty value is an error, since leaving the key out gives the default.
+// `max_bytes` is the longest path the key's use allows (a Unix socket's sun_path is short).
+result<std::string> to_path(const raw_value& v, std::string_view origin, bool unset_allowed,
+                            std::size_t max_bytes = PATH_MAX - 1) {
+    auto s = to_string(v, origin);
+    if (!s) return s;
+    if (s->empty()) {
+        if (unset_allowed) return s;
+        return make_error(errc::invalid_argument, "{}: an empty path; leave the key out for the default", origin);
+    }
+    if (s->find('\0') != std::string::npos)
+        return make_error(errc::invalid_argument, "{}: '{}' contains a NUL byte", origin, *s);
+    if (s->size() > max_bytes)
+        return make_error(errc::invalid_argument, "{}: '{}' is {} bytes long, more than the {} this path may have",
+                          origin, *s, s->size(), max_bytes);
+    return s;
+}
+
+// The longest path a Unix socket can bind (sun_path holds it with its terminating NUL).
+constexpr std::size_t max_socket_path_bytes = sizeof(sockaddr_un::sun_path) - 1;
 
 result<bool> to_bool(const raw_value& v, std::string_view origin) {
     if (v.from_flag) {
@@ -149,6 +174,13 @@ result<std::uint32_t> to_mode(const raw_value& v, std::string_view origin) {
     }
     if (value < 0 || value > 0777)
         return make_error(errc::invalid_argument, "{}: mode {:o} is out of range [0, 0777]", origin, value);
+    // Connecting to a Unix socket needs write permission: without the owner's, not even the
+    // daemon's own user (or moectl run as it) could connect.
+    if ((value & 0600) != 0600)
+        return make_error(errc::invalid_argument,
+                          "{}: mode {:04o} does not let the socket's owner read and write it (connect needs that); "
+                          "use 0600 or more, e.g. 0660",
+                          origin, value);
     return static_cast<std::uint32_t>(value);
 }
 
@@ -178,6 +210,8 @@ constexpr std::uint64_t max_body_bytes_limit = 1ull << 30;
 constexpr std::uint32_t max_connections_limit = 1 << 16;
 constexpr double max_timeout_s = 24 * 3600.0;
 constexpr std::uint32_t max_trace_lookahead = 4;  // engine::max_lookahead_depth
+// A model id is a name in URLs and JSON; a longer one is a mistake (a path pasted in).
+constexpr std::size_t max_model_id_bytes = 256;
 
 #define MOED_SET(expr_field, conversion)                          \
     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> { \
@@ -189,9 +223,20 @@ constexpr std::uint32_t max_trace_lookahead = 4;  // engine::max_lookahead_depth
 
 const std::array<key_spec, 37> keys{{
     {"model.path", "path", "the bundled tinymoe model", "GGUF model file to serve",
-     MOED_SET(model_path, to_string(v, o))},
+     MOED_SET(model_path, to_path(v, o, true))},
     {"model.id", "string", "from the file name", "the name clients give as \"model\"",
-     MOED_SET(model_id, to_string(v, o))},
+     [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
+         auto s = to_string(v, o);
+         if (!s) return unexpected(std::move(s).error());
+         if (s->size() > max_model_id_bytes)
+             return make_error(errc::invalid_argument, "{}: {} bytes is longer than the {} an id may have", o,
+                               s->size(), max_model_id_bytes);
+         if (s->find_first_of(std::string_view(" \t\r\n'\"\0/", 8)) != std::string::npos)
+             return make_error(errc::invalid_argument, "{}: '{}' must not contain spaces, quotes, slashes or control "
+                               "characters", o, *s);
+         c.model_id = *s;
+         return {};
+     }},
     {"model.inject_slow_load", "text", "unset (off)",
      "for testing only: pause before every piece of the weights copy, e.g. \"delay_ms=200,piece=1MiB\"",
      [](daemon_config& c, const raw_value& v, std::string_view o) -> result<void> {
@@ -208,7 +253,7 @@ const std::array<key_spec, 37> keys{{
     {"engine.max_sequences", "integer", "8", "sequences generated concurrently (one KV cache each)",
      MOED_SET(max_sequences, to_integer<std::uint32_t>(v, o, 1, max_sequences_limit))},
     {"engine.queue_length", "integer", "64", "requests waiting beyond the running ones; more answer 429",
-     MOED_SET(queue_length, to_integer<std::uint32_t>(v, o, 0, max_queue_length))},
+     MOED_SET(queue_length, to_integer<std::uint32_t>(v, o, 1, max_queue_length))},
     {"engine.max_batch_tokens", "integer", "256", "tokens per forward pass",
      MOED_SET(max_batch_tokens, to_integer<std::int64_t>(v, o, 1, max_batch_tokens_limit))},
     {"limits.max_tokens", "integer", "4096", "largest max_tokens a request may ask for",
@@ -261,8 +306,9 @@ const std::array<key_spec, 37> keys{{
          c.inject_faults = *s;
          return {};
      }},
-    {"socket.path", "path", "/run/moed/moed.sock", "Unix socket to listen on (unless socket-activated)",
-     MOED_SET(socket_path, to_string(v, o))},
+    {"socket.path", "path", "/run/moed/moed.sock as root or a service, $XDG_RUNTIME_DIR/moed/moed.sock as a user",
+     "Unix socket to listen on (unless socket-activated)",
+     MOED_SET(socket_path, to_path(v, o, false, max_socket_path_bytes))},
     {"socket.mode", "octal", "0660", "permissions of the socket file", MOED_SET(socket_mode, to_mode(v, o))},
     {"socket.group", "string", "unset (the daemon's group)", "group that owns the socket file",
      MOED_SET(socket_group, to_string(v, o))},
@@ -282,7 +328,7 @@ const std::array<key_spec, 37> keys{{
     {"server.api_keys_file", "path", "unset (no keys)",
      "file of API keys, one per line (# comments); TCP requests then need \"Authorization: Bearer KEY\"; "
      "the file must not be readable by others",
-     MOED_SET(api_keys_file, to_string(v, o))},
+     MOED_SET(api_keys_file, to_path(v, o, true))},
     {"server.allow_unauthenticated", "boolean", "false",
      "allow server.listen on a non-loopback address without server.api_keys_file",
      MOED_SET(allow_unauthenticated, to_bool(v, o))},
@@ -307,12 +353,12 @@ const std::array<key_spec, 37> keys{{
              return make_error(errc::invalid_argument, "{}: expected debug, info, warn, error or off, got '{}'", o, *s);
          return {};
      }},
-    {"daemon.state_dir", "path", "/var/lib/moed", "directory for state (task profiles)",
-     MOED_SET(state_dir, to_string(v, o))},
+    {"daemon.state_dir", "path", "/var/lib/moed as root or a service, $XDG_STATE_HOME/moed as a user",
+     "directory for state (task profiles)", MOED_SET(state_dir, to_path(v, o, false))},
     {"daemon.watchdog", "boolean", "true", "answer systemd's watchdog (WATCHDOG_USEC) with pings",
      MOED_SET(watchdog, to_bool(v, o))},
     {"trace.path", "path", "unset (off)", "record every token's routing to this trace file (also --trace FILE)",
-     MOED_SET(trace_path, to_string(v, o))},
+     MOED_SET(trace_path, to_path(v, o, true))},
     {"trace.lookahead", "integer", "2", "router lookahead layers recorded in the trace (0..4)",
      MOED_SET(trace_lookahead, to_integer<std::uint32_t>(v, o, 0, max_trace_lookahead))},
 }};
@@ -597,7 +643,7 @@ result<slow_load_spec> parse_slow_load(std::string_view text) {
 }
 
 result<void> validate(const daemon_config& config) {
-    if (config.socket_path.empty()) return make_error(errc::invalid_argument, "socket.path: must not be empty");
+    // Empty socket.path and daemon.state_dir are "not given": load_config fills them in.
     if (!config.listen.empty()) {
         auto addr = parse_listen_address(config.listen);
         if (!addr) return make_error(errc::invalid_argument, "server.listen: '{}': {}", config.listen, addr.error().message);
@@ -620,10 +666,18 @@ result<void> validate(const daemon_config& config) {
         return make_error(errc::invalid_argument, "engine.ctx: {} leaves no room for a prompt and a token", config.ctx);
     if (config.model_id.find_first_of(" \t\r\n'\"") != std::string::npos)
         return make_error(errc::invalid_argument, "model.id: '{}' must not contain spaces or quotes", config.model_id);
+    if (config.ctx != 0 && config.default_max_tokens >= config.ctx)
+        return make_error(errc::invalid_argument,
+                          "limits.default_max_tokens: {} leaves no room for a prompt in engine.ctx ({})",
+                          config.default_max_tokens, config.ctx);
     return {};
 }
 
 result<daemon_config> load_config(const command_line& cmd) {
+    return load_config(cmd, path_environment::of_process());
+}
+
+result<daemon_config> load_config(const command_line& cmd, const path_environment& env) {
     daemon_config config;
     std::string path;
     if (cmd.config_path) {
@@ -648,6 +702,29 @@ result<daemon_config> load_config(const command_line& cmd) {
         config.source = path;
     }
     for (const auto& [key, value] : cmd.overrides) MOED_TRY(apply_text(config, key, value, flag_for_key(key)));
+    if (config.socket_path.empty() || config.state_dir.empty()) {
+        const default_paths defaults = resolve_default_paths(env);
+        config.defaults_scope = defaults.scope;
+        std::vector<std::string> chosen;
+        if (config.socket_path.empty()) {
+            if (defaults.socket_path.size() > max_socket_path_bytes)
+                return make_error(errc::invalid_argument,
+                                  "socket.path: not set, and the default '{}' (from {}) is {} bytes long, more than "
+                                  "the {} a socket path may have; set socket.path",
+                                  defaults.socket_path, defaults.socket_from, defaults.socket_path.size(),
+                                  max_socket_path_bytes);
+            config.socket_path = defaults.socket_path;
+            config.socket_path_defaulted = true;
+            chosen.push_back(fmt::format("socket.path {} (from {})", defaults.socket_path, defaults.socket_from));
+        }
+        if (config.state_dir.empty()) {
+            config.state_dir = defaults.state_dir;
+            config.state_dir_defaulted = true;
+            chosen.push_back(fmt::format("daemon.state_dir {} (from {})", defaults.state_dir, defaults.state_from));
+        }
+        config.defaults_note = fmt::format("not configured, chose the {} defaults: {}", path_scope_name(defaults.scope),
+                                           fmt::join(chosen, ", "));
+    }
     MOED_TRY(validate(config));
     return config;
 }

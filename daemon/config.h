@@ -14,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "common/default_paths.h"
 #include "common/log.h"
 #include "common/result.h"
 #include "common/units.h"
@@ -24,7 +25,6 @@ namespace moed::daemon {
 // Where the daemon looks for its config when no --config is given; a missing default file
 // means "all defaults", a missing --config file is an error.
 inline constexpr std::string_view default_config_path = "/etc/moed/moed.toml";
-inline constexpr std::string_view default_socket_path = "/run/moed/moed.sock";
 // A config file is a few hundred bytes; refuse anything that cannot be one.
 inline constexpr std::uint64_t max_config_file_bytes = 1u << 20;
 
@@ -77,7 +77,7 @@ struct daemon_config {
     std::uint64_t max_inflight_bytes = 256u << 20;  // expert reads in flight at once
     std::string inject_faults;  // testing: storage::fault_plan text for expert reads; empty: none
     // [socket]
-    std::string socket_path{default_socket_path};
+    std::string socket_path;  // empty until load_config: the default of common/default_paths.h
     std::uint32_t socket_mode = 0660;
     std::string socket_group;  // empty: keep the daemon's group
     // [server]
@@ -93,13 +93,19 @@ struct daemon_config {
     // [daemon]
     double drain_timeout_s = 30.0;
     log_level level = log_level::info;
-    std::string state_dir = "/var/lib/moed";
+    std::string state_dir;  // empty until load_config: the default of common/default_paths.h
     bool watchdog = true;  // ping systemd's watchdog when WATCHDOG_USEC asks for it
     // [trace]
     std::string trace_path;            // empty: no routing trace (flag --trace FILE)
     std::uint32_t trace_lookahead = 2; // router lookahead layers recorded (0..4)
 
     std::string source;  // the config file read, or "" when defaults only (for logs)
+    // Which of socket.path and daemon.state_dir load_config chose itself, and why (for the
+    // log); empty when the config or flags gave both.
+    std::string defaults_note;
+    bool socket_path_defaulted = false;  // socket.path came from default_paths (moed makes its directory)
+    bool state_dir_defaulted = false;    // daemon.state_dir came from default_paths (moed makes it)
+    path_scope defaults_scope = path_scope::system;  // whose defaults those were
 };
 
 // What the command line asked for, before the file is read.
@@ -125,7 +131,11 @@ result<void> apply_text(daemon_config& config, std::string_view key, std::string
 result<void> validate(const daemon_config& config);
 
 // The whole start-up path: defaults, then the file (--config or the default path when it
-// exists), then the flags, then validate().
+// exists), then the flags, then socket.path and daemon.state_dir from `env` where neither
+// gave them (common/default_paths.h: system paths for root and systemd services,
+// $XDG_RUNTIME_DIR and $XDG_STATE_HOME for a user), then validate().
+result<daemon_config> load_config(const command_line& cmd, const path_environment& env);
+// The same for the running process (path_environment::of_process()).
 result<daemon_config> load_config(const command_line& cmd);
 
 // The --help text: usage and every key with its flag, type, default and meaning.

@@ -12,9 +12,12 @@
 // running; 2 bad command line or configuration (one line naming the key).
 #include <pthread.h>
 #include <signal.h>
+#include <sys/stat.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
@@ -397,6 +400,18 @@ private:
     std::exception_ptr failure_;
 };
 
+// Makes `dir` and any missing parents with `mode` (directories that exist keep theirs).
+result<void> make_directories(const std::filesystem::path& dir, mode_t mode) {
+    if (dir.empty()) return {};
+    std::filesystem::path partial;
+    for (const auto& part : dir) {
+        partial /= part;
+        if (::mkdir(partial.c_str(), mode) != 0 && errno != EEXIST)
+            return make_error(errc::io, "cannot create {}: {}", partial.string(), std::strerror(errno));
+    }
+    return {};
+}
+
 int config_error(const std::string& message) {
     std::fprintf(stderr, "moed: %s\n", message.c_str());
     return exit_config;
@@ -467,6 +482,23 @@ int run(int argc, char** argv) {
     asio::signal_set control_set(io);
     control_signals::add_signals(control_set);
 
+    // Logged once the config has passed every check, so a config error stays the only output.
+    if (!config.defaults_note.empty()) MOED_LOG_INFO("moed", "{}", config.defaults_note);
+    // A default socket's directory ($XDG_RUNTIME_DIR/moed for a user) is moed's to make: a
+    // user's private to them, the system's as tmpfiles.d/moed.conf makes it (the socket's own
+    // mode and group decide who connects). A configured path's directory must exist already.
+    const bool user_scope = config.defaults_scope == path_scope::user;
+    if (config.socket_path_defaulted) {
+        if (auto made = make_directories(std::filesystem::path(config.socket_path).parent_path(),
+                                         user_scope ? 0700 : 0755);
+            !made)
+            return start_error(fmt::format("socket.path {}: {}", config.socket_path, made.error().message));
+    }
+    // Likewise the default state directory; without it moed serves, only without profiles.
+    if (config.state_dir_defaulted) {
+        if (auto made = make_directories(config.state_dir, user_scope ? 0700 : 0750); !made)
+            MOED_LOG_WARN("moed", "daemon.state_dir {}: {}", config.state_dir, made.error().message);
+    }
     // The socket comes before the model: a second daemon on the same path fails at once
     // instead of after loading gigabytes.
     auto listening = open_listener(io, {config.socket_path, config.socket_mode, config.socket_group});

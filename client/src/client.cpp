@@ -10,6 +10,7 @@
 
 #include "client/src/http_connection.h"
 #include "client/src/sse_parser.h"
+#include "common/default_paths.h"
 #include "common/status.h"
 #include "moed/client.hpp"
 
@@ -22,7 +23,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr const char* default_socket = "/run/moed/moed.sock";
 // The longest single SSE event accepted (one chunk of a few tokens is well under 1 KiB).
 constexpr std::size_t max_sse_event_bytes = 1u << 20;
 // How much of a non-JSON error body goes into a message.
@@ -482,7 +482,8 @@ const char* client_version() noexcept { return MOED_CLIENT_VERSION; }
 
 std::string default_socket_path() {
     const char* env = std::getenv("MOED_SOCKET");
-    return (env != nullptr && env[0] != '\0') ? std::string(env) : std::string(default_socket);
+    if (env != nullptr && env[0] != '\0') return std::string(env);
+    return client_default_socket(path_environment::of_process());
 }
 
 const char* client_errc_name(client_errc code) noexcept {

@@ -20,6 +20,7 @@
 #include <gtest/gtest.h>
 #include <nlohmann/json.hpp>
 
+#include "common/default_paths.h"
 #include "common/status.h"
 #include "moed/client.hpp"
 #include "tests/client/fake_server.h"
@@ -662,8 +663,14 @@ TEST(client, default_socket_path_follows_the_environment) {
     const char* saved = std::getenv("MOED_SOCKET");
     const std::string saved_value = saved ? saved : "";
     ::unsetenv("MOED_SOCKET");
-    EXPECT_EQ(default_socket_path(), "/run/moed/moed.sock");
-    EXPECT_EQ(client().socket_path(), "/run/moed/moed.sock");
+    // Without MOED_SOCKET: the rule of common/default_paths.h (root: always the system socket;
+    // another user: their own moed's socket when it exists).
+    const std::string fallback = client_default_socket(path_environment::of_process());
+    if (::geteuid() == 0) {
+        EXPECT_EQ(fallback, "/run/moed/moed.sock");
+    }
+    EXPECT_EQ(default_socket_path(), fallback);
+    EXPECT_EQ(client().socket_path(), fallback);
     ::setenv("MOED_SOCKET", "/tmp/elsewhere.sock", 1);
     EXPECT_EQ(default_socket_path(), "/tmp/elsewhere.sock");
     EXPECT_EQ(client("").socket_path(), "/tmp/elsewhere.sock");

@@ -1,17 +1,24 @@
-// Installs the client and systemd components with `cmake --install` into a temporary
-// prefix and uses the result as an outside project would: the expected files are there
-// (library with its SONAME link, headers, CMake package, pkg-config file, moectl, units),
+// Installs the client, moectl, daemon and systemd components with `cmake --install` into a
+// temporary prefix and uses the result as an outside project would: the expected files are
+// there (library with its SONAME link, headers, CMake package, pkg-config file, moectl, moed,
+// units), the installed moed.service runs the installed moed (ExecStart inside the prefix,
+// whatever prefix the build was configured with), does not restart on a config error and
+// sets a umask, and `systemd-analyze verify` accepts the installed units as they are
+// (skipped with a reason without systemd-analyze),
 // both public headers compile on their own (C++17 and C99, no include path but the
 // prefix's), and two consumers build and run against the installed library, one through
 // find_package(moedclient) and one through pkg-config. Skipped in sanitizer builds (an
 // instrumented library cannot be linked by an uninstrumented consumer).
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 #include <string>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -74,7 +81,7 @@ protected:
     static void SetUpTestSuite() {
         prefix_ = moed::test::temp_dir() / "prefix";
         fs::remove_all(prefix_);
-        for (const char* component : {"client", "moectl", "systemd"}) {
+        for (const char* component : {"client", "moectl", "daemon", "systemd"}) {
             const shell_result r = shell(quote(MOED_CMAKE_COMMAND) + " --install " + quote(MOED_BINARY_DIR) +
                                          " --prefix " + quote(prefix_.string()) + " --component " + component);
             install_ok_ = install_ok_ && r.exit_code == 0;
@@ -99,7 +106,7 @@ TEST_F(install, layout) {
                           "lib/cmake/moedclient/moedclientConfig.cmake",
                           "lib/cmake/moedclient/moedclientConfigVersion.cmake",
                           "lib/cmake/moedclient/moedclientTargets.cmake", "lib/pkgconfig/libmoeclient.pc",
-                          "bin/moectl", "lib/systemd/system/moed.service", "lib/systemd/system/moed.socket",
+                          "bin/moectl", "sbin/moed", "lib/systemd/system/moed.service", "lib/systemd/system/moed.socket",
                           "lib/sysusers.d/moed.conf", "lib/tmpfiles.d/moed.conf"}) {
         EXPECT_TRUE(fs::exists(p / f)) << f << " missing; installed:\n" << install_log_;
     }
@@ -129,6 +136,41 @@ TEST_F(install, layout) {
     // The installed moectl runs (it links the client statically).
     const shell_result help = shell(quote((p / "bin/moectl").string()) + " --version");
     EXPECT_EQ(help.exit_code, 0) << help.output;
+}
+
+std::string read_text(const fs::path& p) {
+    std::ifstream in(p);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+TEST_F(install, installed_units_run_the_installed_moed) {
+    const fs::path units = prefix_ / "lib/systemd/system";
+    const std::string service = read_text(units / "moed.service");
+    ASSERT_FALSE(service.empty()) << "no installed moed.service; installed:\n" << install_log_;
+    // The test's prefix is not the configured CMAKE_INSTALL_PREFIX: the unit must still name
+    // the moed of this install.
+    const std::string moed = (prefix_ / "sbin/moed").string();
+    EXPECT_NE(service.find("\nExecStart=" + moed + " --config /etc/moed/moed.toml\n"), std::string::npos) << service;
+    EXPECT_EQ(::access(moed.c_str(), X_OK), 0) << moed << " is not installed";
+    EXPECT_TRUE(fs::exists(prefix_ / "share/moed/models/tinymoe-qwen3moe-Q4_K_M.gguf"));
+    EXPECT_TRUE(fs::exists(prefix_ / "share/moed/moed.toml.example"));
+    for (const char* want : {"\nRestartPreventExitStatus=2\n", "\nUMask=0027\n", "\nRestart=on-failure\n"})
+        EXPECT_NE(service.find(want), std::string::npos) << "installed moed.service lacks " << want;
+    const shell_result version = shell(quote(moed) + " --version");
+    EXPECT_EQ(version.exit_code, 0) << version.output;
+
+    if (shell("command -v systemd-analyze").exit_code != 0)
+        GTEST_SKIP() << "systemd-analyze is not installed (package systemd): the units were not verified";
+    const shell_result verify = shell("systemd-analyze verify --man=no " + quote((units / "moed.service").string()) +
+                                      " " + quote((units / "moed.socket").string()));
+    EXPECT_EQ(verify.exit_code, 0) << verify.output;
+    std::istringstream lines(verify.output);
+    for (std::string line; std::getline(lines, line);) {
+        EXPECT_TRUE(line.find("moed.service") == std::string::npos && line.find("moed.socket") == std::string::npos)
+            << "systemd-analyze verify complained about the installed units:\n" << verify.output;
+    }
 }
 
 TEST_F(install, headers_compile_standalone) {

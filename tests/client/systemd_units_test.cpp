@@ -130,7 +130,8 @@ TEST(systemd_units, service_and_socket_settings) {
           "LimitMEMLOCK=infinity\n", "WatchdogSec=", "NoNewPrivileges=yes\n", "ProtectSystem=strict\n",
           "ProtectHome=yes\n", "PrivateTmp=yes\n", "StateDirectory=moed\n", "RuntimeDirectory=moed\n",
           "ConfigurationDirectory=moed\n", "ProtectKernelTunables=yes\n", "RestrictAddressFamilies=AF_UNIX\n",
-          "Requires=moed.socket\n", "WantedBy=multi-user.target\n"}) {
+          "Requires=moed.socket\n", "WantedBy=multi-user.target\n", "RestartPreventExitStatus=2\n",
+          "UMask=0027\n"}) {
         EXPECT_NE(service.find(want), std::string::npos) << "moed.service lacks " << want;
     }
     for (const char* want : {"ListenStream=/run/moed/moed.sock\n", "SocketMode=0660\n", "SocketGroup=moed\n",

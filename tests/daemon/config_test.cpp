@@ -4,7 +4,11 @@
 // carry the position; the shipped moed.toml.example parses and equals the defaults; --help
 // lists every key with its flag; server.listen takes host:port and [v6]:port and names what
 // is wrong with a bad one, and a non-loopback address needs keys or
-// server.allow_unauthenticated. Pure parsing: no daemon runs.
+// server.allow_unauthenticated. Every key class is checked at parse time (zero, negative and
+// too-large integers, sizes, seconds, paths, modes, names, relations), each error naming the
+// key and the value. socket.path and daemon.state_dir default by the environment they are
+// given (root or systemd: system paths; a user: XDG directories), and explicit values win.
+// Pure parsing: no daemon runs.
 #include <fstream>
 
 #include <gtest/gtest.h>
@@ -35,7 +39,9 @@ result<command_line> args(std::vector<const char*> v) {
 
 TEST(Config, DefaultsWithoutFile) {
     daemon_config c;
-    EXPECT_EQ(c.socket_path, "/run/moed/moed.sock");
+    // Unset until load_config picks the default for the user moed runs as (below).
+    EXPECT_EQ(c.socket_path, "");
+    EXPECT_EQ(c.state_dir, "");
     EXPECT_EQ(c.socket_mode, 0660u);
     EXPECT_FALSE(c.host_budget.has_value());
     EXPECT_EQ(c.max_sequences, 8u);
@@ -225,6 +231,132 @@ TEST(Config, FlagsOverrideTheFile) {
     EXPECT_EQ(c->socket_path, "/from/file.sock");
     EXPECT_EQ(c->max_sequences, 5u);
     EXPECT_EQ(c->source, p);
+}
+
+// Parses `toml` and checks the error names the key and the value (or what is wrong with it).
+void expect_refused(std::string_view toml, std::string_view key, std::string_view detail) {
+    const std::string e = error_of(toml);
+    EXPECT_NE(e.find(key), std::string::npos) << toml << "\n -> " << e;
+    EXPECT_NE(e.find(detail), std::string::npos) << toml << "\n -> " << e;
+}
+
+TEST(Config, EveryKeyClassIsValidatedAtParseTime) {
+    // Zero where a count must be positive: refused here, not by an assertion after the load.
+    expect_refused("[engine]\nqueue_length = 0\n", "engine.queue_length", "0 is out of range [1, 65536]");
+    expect_refused("[engine]\nmax_batch_tokens = 0\n", "engine.max_batch_tokens", "0 is out of range [1,");
+    expect_refused("[limits]\nmax_tokens = 0\n", "limits.max_tokens", "0 is out of range [1,");
+    expect_refused("[limits]\ndefault_max_tokens = 0\n", "limits.default_max_tokens", "0 is out of range [1,");
+    expect_refused("[tiers]\nio_depth = 0\n", "tiers.io_depth", "0 is out of range [1, 4096]");
+    expect_refused("[tiers]\nlookahead = 0\n", "tiers.lookahead", "0 is out of range [1, 4]");
+    expect_refused("[http]\nmax_connections = 0\n", "http.max_connections", "0 is out of range [1,");
+    // Negatives and values past the bounds.
+    expect_refused("[engine]\nctx = -5\n", "engine.ctx", "-5 is out of range [0,");
+    expect_refused("[engine]\nthreads = 100000\n", "engine.threads", "100000 is out of range [0, 1024]");
+    expect_refused("[limits]\nmax_stop_strings = 65\n", "limits.max_stop_strings", "65 is out of range [0, 64]");
+    expect_refused("[trace]\nlookahead = 5\n", "trace.lookahead", "5 is out of range [0, 4]");
+    expect_refused("[engine]\nqueue_length = 1.5\n", "engine.queue_length", "expected an integer, got a float");
+    // Sizes.
+    expect_refused("[tiers]\nmax_inflight = -1\n", "tiers.max_inflight", "-1 is out of range");
+    expect_refused("[tiers]\nmax_inflight = \"0\"\n", "tiers.max_inflight", "0 bytes is out of range");
+    expect_refused("[http]\nmax_body_bytes = \"2GiB\"\n", "http.max_body_bytes", "2147483648 bytes is out of range");
+    expect_refused("[tiers]\nhost_budget = \"0\"\n", "tiers.host_budget", "'0' is zero");
+    expect_refused("[tiers]\nhost_budget = \"12 parsecs\"\n", "tiers.host_budget", "'12 parsecs'");
+    // Seconds: zero, negative, not finite.
+    expect_refused("[http]\nread_timeout_s = 0\n", "http.read_timeout_s", "0 seconds is out of range");
+    expect_refused("[http]\nwrite_timeout_s = -1.5\n", "http.write_timeout_s", "-1.5 seconds is out of range");
+    expect_refused("[daemon]\ndrain_timeout_s = nan\n", "daemon.drain_timeout_s", "seconds is out of range");
+    expect_refused("[daemon]\ndrain_timeout_s = 1e9\n", "daemon.drain_timeout_s", "seconds is out of range");
+    // Paths: empty where a default exists, NUL bytes, a socket path longer than sun_path.
+    expect_refused("[socket]\npath = \"\"\n", "socket.path", "an empty path; leave the key out for the default");
+    expect_refused("[daemon]\nstate_dir = \"\"\n", "daemon.state_dir", "an empty path");
+    expect_refused("[model]\npath = \"/m\\u0000.gguf\"\n", "model.path", "contains a NUL byte");
+    const std::string long_socket = "/tmp/" + std::string(120, 's') + ".sock";
+    expect_refused("[socket]\npath = \"" + long_socket + "\"\n", "socket.path",
+                   "is 130 bytes long, more than the 107 this path may have");
+    expect_refused("[trace]\npath = \"/" + std::string(5000, 't') + "\"\n", "trace.path", "bytes long");
+    // A socket mode that locks out its own owner, and names with characters that break them.
+    expect_refused("[socket]\nmode = \"0440\"\n", "socket.mode", "mode 0440 does not let the socket's owner");
+    expect_refused("[socket]\nmode = 0\n", "socket.mode", "mode 0000");
+    expect_refused("[model]\nid = \"a/b\"\n", "model.id", "'a/b' must not contain");
+    expect_refused("[model]\nid = \"" + std::string(300, 'x') + "\"\n", "model.id", "300 bytes is longer");
+    // Enumerations, booleans and the testing hooks' own syntax.
+    expect_refused("[tiers]\nio_uring = \"yes\"\n", "tiers.io_uring", "expected a boolean, got a string");
+    expect_refused("[model]\ninject_slow_load = \"delay_ms=x\"\n", "model.inject_slow_load", "delay_ms");
+    expect_refused("[tiers]\ninject_faults = \"bogus=1\"\n", "tiers.inject_faults", "bogus");
+    expect_refused("[server]\nlisten = \"127.0.0.1\"\n", "server.listen", "missing port");
+    // Relations: a default max_tokens that leaves no room for a prompt in the context.
+    expect_refused("[engine]\nctx = 100\n[limits]\ndefault_max_tokens = 100\n", "limits.default_max_tokens",
+                   "100 leaves no room for a prompt in engine.ctx (100)");
+    EXPECT_TRUE(from_toml("[engine]\nctx = 100\n[limits]\ndefault_max_tokens = 99\n").has_value());
+    // The boundaries themselves are accepted.
+    EXPECT_TRUE(from_toml("[engine]\nqueue_length = 1\n[socket]\nmode = \"0600\"\npath = \"/tmp/" +
+                          std::string(102, 'a') + "\"\n")
+                    .has_value());
+}
+
+TEST(Config, FlagsAreValidatedLikeTheFile) {
+    daemon_config c;
+    EXPECT_EQ(apply_text(c, "engine.queue_length", "0", "--engine-queue-length").error().message,
+              "--engine-queue-length: 0 is out of range [1, 65536]");
+    EXPECT_EQ(apply_text(c, "socket.path", "", "--socket-path").error().message,
+              "--socket-path: an empty path; leave the key out for the default");
+    EXPECT_EQ(apply_text(c, "socket.mode", "0400", "--socket-mode").error().message,
+              "--socket-mode: mode 0400 does not let the socket's owner read and write it (connect needs that); use "
+              "0600 or more, e.g. 0660");
+}
+
+// load_config with an empty config file (so /etc/moed/moed.toml of this machine is not read).
+result<daemon_config> load_with(const path_environment& env, std::vector<const char*> extra = {}) {
+    const auto path = test::temp_dir() / "empty.toml";
+    std::ofstream(path) << "";
+    const std::string p = path.string();
+    std::vector<const char*> argv{"--config", p.c_str()};
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    auto cmd = args(argv);
+    if (!cmd) return unexpected(std::move(cmd).error());
+    return load_config(*cmd, env);
+}
+
+TEST(Config, DefaultPathsFollowWhoRunsMoed) {
+    path_environment user;
+    user.xdg_runtime_dir = "/run/user/1000";
+    user.home = "/home/alice";
+    auto u = load_with(user);
+    ASSERT_TRUE(u.has_value()) << u.error().message;
+    EXPECT_EQ(u->socket_path, "/run/user/1000/moed/moed.sock");
+    EXPECT_EQ(u->state_dir, "/home/alice/.local/state/moed");
+    EXPECT_TRUE(u->socket_path_defaulted);
+    EXPECT_TRUE(u->state_dir_defaulted);
+    EXPECT_EQ(u->defaults_note,
+              "not configured, chose the user defaults: socket.path /run/user/1000/moed/moed.sock (from "
+              "$XDG_RUNTIME_DIR), daemon.state_dir /home/alice/.local/state/moed (from $HOME)");
+
+    path_environment root = user;
+    root.root = true;
+    auto r = load_with(root);
+    ASSERT_TRUE(r.has_value()) << r.error().message;
+    EXPECT_EQ(r->socket_path, "/run/moed/moed.sock");
+    EXPECT_EQ(r->state_dir, "/var/lib/moed");
+
+    // Explicit values always win, and only what was left out is reported.
+    auto e = load_with(user, {"--socket-path", "/tmp/mine.sock"});
+    ASSERT_TRUE(e.has_value()) << e.error().message;
+    EXPECT_EQ(e->socket_path, "/tmp/mine.sock");
+    EXPECT_FALSE(e->socket_path_defaulted);
+    EXPECT_EQ(e->state_dir, "/home/alice/.local/state/moed");
+    EXPECT_EQ(e->defaults_note.find("socket.path"), std::string::npos) << e->defaults_note;
+    auto both = load_with(user, {"--socket-path", "/tmp/mine.sock", "--daemon-state-dir", "/tmp/st"});
+    ASSERT_TRUE(both.has_value());
+    EXPECT_EQ(both->state_dir, "/tmp/st");
+    EXPECT_EQ(both->defaults_note, "");
+
+    // A default that cannot be a socket path is a config error naming the key, not a bind failure.
+    path_environment deep = user;
+    deep.xdg_runtime_dir = "/" + std::string(110, 'd');
+    auto d = load_with(deep);
+    ASSERT_FALSE(d.has_value());
+    EXPECT_NE(d.error().message.find("socket.path: not set, and the default"), std::string::npos)
+        << d.error().message;
 }
 
 TEST(Config, MissingConfigFileIsAnError) {

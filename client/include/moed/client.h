@@ -45,8 +45,9 @@ extern "C" {
 
 typedef struct moe_client moe_client;
 
-/* Opens a handle for the socket at `socket_path`; NULL or "" means $MOED_SOCKET, else
- * /run/moed/moed.sock. Returns NULL only when out of memory. */
+/* Opens a handle for the socket at `socket_path`; NULL or "" means $MOED_SOCKET, else the
+ * user's own moed ($XDG_RUNTIME_DIR/moed/moed.sock) when it runs, else /run/moed/moed.sock
+ * (as moed::default_socket_path). Returns NULL only when out of memory. */
 MOED_CLIENT_API moe_client* moe_client_open(const char* socket_path);
 /* Frees the handle; NULL is ignored. No call on the handle may be in progress. */
 MOED_CLIENT_API void moe_client_close(moe_client* client);

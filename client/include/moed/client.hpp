@@ -57,8 +57,10 @@ namespace moed {
 // whose symbols carry the version node of the release that added them (libmoeclient.map).
 MOED_CLIENT_API const char* client_version() noexcept;
 
-// Where moed listens unless told otherwise: $MOED_SOCKET when set and not empty, else
-// /run/moed/moed.sock.
+// Where moed listens unless told otherwise: $MOED_SOCKET when set and not empty; else, for a
+// user other than root, the socket a moed started by that user makes by default when it
+// exists ($XDG_RUNTIME_DIR/moed/moed.sock, or moed.sock in $XDG_STATE_HOME/moed or
+// ~/.local/state/moed without $XDG_RUNTIME_DIR); else the system daemon's /run/moed/moed.sock.
 MOED_CLIENT_API std::string default_socket_path();
 
 // What went wrong. Fixed values: the C ABI maps them one to one (MOE_ERR_*).
