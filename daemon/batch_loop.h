@@ -33,6 +33,7 @@
 
 #include "common/result.h"
 #include "common/status.h"
+#include "engine/json_grammar.h"
 #include "engine/model.h"
 #include "engine/prefetch.h"
 #include "engine/sampler.h"
@@ -84,6 +85,11 @@ struct job_params {
     // the engine thread before the job's finish event; the caller reads it after that event.
     std::shared_ptr<scheduler::routing_accumulator> routing_out;
     std::string trace_tag;                 // label in the routing trace (record_trace)
+    // response_format json_object / json_schema: every token keeps the output a prefix of a
+    // document of this grammar, end of generation comes only once it is complete, and the
+    // job finishes ("stop") as soon as the document is closed. max_tokens must cover the
+    // grammar's smallest document; the constraint closes the document before max_tokens.
+    std::shared_ptr<const engine::json_grammar> json;
 };
 
 // Which task profile a job runs with, reported once its prefill is done.

@@ -222,6 +222,7 @@ struct http_server::state {
         p.stop = req.stop;
         p.stop_at_eog = !req.ignore_eos;
         p.trace_tag = req.trace_tag;
+        p.json = req.json;
         p.id = id;
         p.peer = peer;
         if (!req.profile.empty()) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 
+#include <fmt/ranges.h>
 #include <nlohmann/json.hpp>
 
 namespace moed::engine {
@@ -226,6 +227,12 @@ public:
         } else {
             return json_grammar::any_node;
         }
+        auto has = [&](const char* t) { return std::find(types.begin(), types.end(), t) != types.end(); };
+        std::string message;
+        if (!has("object") && reject_keywords(s, {"properties", "required", "additionalProperties"}, path, types, message))
+            return unexpected(errc::invalid_argument, message);
+        if (!has("array") && reject_keywords(s, {"items", "minItems", "maxItems"}, path, types, message))
+            return unexpected(errc::invalid_argument, message);
         if (types.size() == 1) return typed(s, types[0], path, depth);
         // A union decided by the value's first byte: number and integer would both start
         // with a digit.
@@ -267,10 +274,10 @@ private:
     }
 
     static bool reject_keywords(const json& s, std::initializer_list<const char*> keys, const std::string& path,
-                                const std::string& type, std::string& message) {
+                                const std::vector<std::string>& types, std::string& message) {
         for (const char* k : keys) {
             if (s.contains(k)) {
-                message = fmt::format("{}: keyword '{}' does not apply to type '{}'", path, k, type);
+                message = fmt::format("{}: keyword '{}' does not apply to type '{}'", path, k, fmt::join(types, "', '"));
                 return true;
             }
         }
@@ -310,12 +317,6 @@ private:
     }
 
     result<std::uint16_t> typed(const json& s, const std::string& type, const std::string& path, std::size_t depth) {
-        std::string message;
-        if (type != "object" &&
-            reject_keywords(s, {"properties", "required", "additionalProperties"}, path, type, message))
-            return unexpected(errc::invalid_argument, message);
-        if (type != "array" && reject_keywords(s, {"items", "minItems", "maxItems"}, path, type, message))
-            return unexpected(errc::invalid_argument, message);
         if (type == "string") return json_grammar::any_string_node;
         if (type == "number") return json_grammar::any_number_node;
         if (type == "integer") {

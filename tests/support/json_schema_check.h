@@ -14,7 +14,6 @@ namespace moed::test {
 // Empty when `value` satisfies `schema`; otherwise where and why it does not.
 inline std::string schema_violation(const nlohmann::json& value, const nlohmann::json& schema,
                                     const std::string& path = "$") {
-    using json = nlohmann::json;
     if (schema.is_boolean()) return schema.get<bool>() ? "" : path + ": schema false";
     if (auto c = schema.find("const"); c != schema.end() && *c != value) return path + ": not the const value";
     if (auto e = schema.find("enum"); e != schema.end()) {
@@ -33,12 +32,12 @@ inline std::string schema_violation(const nlohmann::json& value, const nlohmann:
         };
         bool ok = false;
         if (t->is_string()) ok = is(t->get<std::string>());
-        else for (const json& one : *t) ok = ok || is(one.get<std::string>());
+        else for (const nlohmann::json& one : *t) ok = ok || is(one.get<std::string>());
         if (!ok) return path + ": wrong type " + value.type_name();
     }
     if (value.is_object()) {
-        const json props = schema.value("properties", json::object());
-        for (const json& r : schema.value("required", json::array())) {
+        const nlohmann::json props = schema.value("properties", nlohmann::json::object());
+        for (const nlohmann::json& r : schema.value("required", nlohmann::json::array())) {
             if (!value.contains(r.get<std::string>())) return path + ": missing required " + r.get<std::string>();
         }
         for (const auto& [key, v] : value.items()) {
