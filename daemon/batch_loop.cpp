@@ -455,13 +455,13 @@ void batch_loop::impl::admit_locked() {
         --count;
 
         s.id = j.id;
+        s.json.reset();  // it refers to the grammar of the params replaced next
         s.params = std::move(j.params);
         s.sink = std::move(j.sink);
         s.submitted = j.submitted;
         s.admitted = steady::now();
         s.cache.clear();
         s.smp.emplace(s.params.sampling);
-        s.json.reset();
         s.history.assign(s.params.prompt.begin(), s.params.prompt.end());
         s.text = engine::utf8_stream();
         s.held.clear();
