@@ -1,6 +1,7 @@
 #include "daemon/api.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <limits>
 
@@ -168,6 +169,53 @@ result<std::vector<engine::logit_bias_entry>> get_logit_bias(const json& j) {
         out.push_back({static_cast<engine::token_id>(id), *bias});
     }
     return out;
+// "response_format" (see generation_request::json). Errors name the field:
+// "response_format.json_schema.schema.properties.x: keyword 'pattern' is not supported".
+result<std::shared_ptr<const engine::json_grammar>> parse_response_format(const json& v) {
+    using grammar_ptr = std::shared_ptr<const engine::json_grammar>;
+    if (!v.is_object()) return wrong_type("response_format", "an object", v);
+    const json* type = field(v, "type");
+    if (!type) return make_error(errc::invalid_argument, "response_format.type: required");
+    if (!type->is_string()) return wrong_type("response_format.type", "a string", *type);
+    const std::string& t = type->get_ref<const std::string&>();
+    for (const auto& [key, value] : v.items()) {
+        if (key != "type" && !(key == "json_schema" && t == "json_schema"))
+            return make_error(errc::invalid_argument, "response_format.{}: unknown field for type '{}'", key, t);
+    }
+    if (t == "text") return grammar_ptr();
+    if (t == "json_object") return grammar_ptr(std::make_shared<engine::json_grammar>(engine::json_grammar::any_object()));
+    if (t != "json_schema")
+        return make_error(errc::invalid_argument,
+                          "response_format.type: '{}' is not one of text, json_object, json_schema", t);
+    const json* js = field(v, "json_schema");
+    if (!js) return make_error(errc::invalid_argument, "response_format.json_schema: required");
+    if (!js->is_object()) return wrong_type("response_format.json_schema", "an object", *js);
+    for (const auto& [key, value] : js->items()) {
+        if (key != "name" && key != "schema" && key != "strict" && key != "description")
+            return make_error(errc::invalid_argument,
+                              "response_format.json_schema.{}: unknown field (it takes name, schema, strict, "
+                              "description)",
+                              key);
+    }
+    const json* name = field(*js, "name");
+    if (!name) return make_error(errc::invalid_argument, "response_format.json_schema.name: required");
+    if (!name->is_string()) return wrong_type("response_format.json_schema.name", "a string", *name);
+    // OpenAI's rule for the name: letters, digits, '_' and '-', at most 64.
+    const std::string& n = name->get_ref<const std::string&>();
+    if (n.empty() || n.size() > 64 || !std::all_of(n.begin(), n.end(), [](char c) {
+            return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+        }))
+        return make_error(errc::invalid_argument,
+                          "response_format.json_schema.name: 1 to 64 letters, digits, '_' or '-'");
+    if (const json* strict = field(*js, "strict"); strict && !strict->is_boolean())
+        return wrong_type("response_format.json_schema.strict", "a boolean", *strict);
+    if (const json* d = field(*js, "description"); d && !d->is_string())
+        return wrong_type("response_format.json_schema.description", "a string", *d);
+    const json* schema = field(*js, "schema");
+    if (!schema) return grammar_ptr(std::make_shared<engine::json_grammar>(engine::json_grammar::any_object()));
+    auto g = engine::json_grammar::from_schema(*schema);
+    if (!g) return make_error(errc::invalid_argument, "response_format.json_schema.{}", g.error().message);
+    return grammar_ptr(std::make_shared<engine::json_grammar>(std::move(*g)));
 }
 
 }  // namespace
@@ -421,6 +469,15 @@ result<generation_request> parse_generation_request(api_kind kind, std::string_v
         if (req.trace_tag.size() > max_trace_tag_bytes)
             return make_error(errc::invalid_argument, "trace_tag: {} bytes is longer than the {} allowed",
                               req.trace_tag.size(), max_trace_tag_bytes);
+    }
+    if (const json* v = field(doc, "response_format")) {
+        auto g = parse_response_format(*v);
+        if (!g) return unexpected(std::move(g).error());
+        req.json = std::move(*g);
+    }
+    if (const json* v = field(doc, "n")) {
+        auto n = get_integer(*v, "n", 1, 1);
+        if (!n) return make_error(errc::invalid_argument, "n: only 1 choice per request is supported");
     }
     return req;
 }

@@ -14,6 +14,7 @@
 #include "common/result.h"
 #include "daemon/batch_loop.h"
 #include "engine/chat_template.h"
+#include "engine/json_grammar.h"
 #include "engine/sampler.h"
 
 namespace moed::daemon {
@@ -74,6 +75,11 @@ struct generation_request {
     // extension (moed): the label of this request's records in the routing trace, when moed
     // records one (--trace); at most max_trace_tag_bytes of valid UTF-8.
     std::string trace_tag;
+    // "response_format": {"type":"text"} (the default), {"type":"json_object"} (the reply is
+    // one JSON object), or {"type":"json_schema","json_schema":{"name":NAME,"schema":SCHEMA,
+    // "strict":bool,"description":TEXT}} (the reply is a JSON document SCHEMA allows; without
+    // "schema", any object). The grammar the reply follows; null for text.
+    std::shared_ptr<const engine::json_grammar> json;
 };
 
 // Parses a POST body. Errors are errc::invalid_argument with a message such as

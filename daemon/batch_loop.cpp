@@ -16,6 +16,7 @@
 #include "common/units.h"
 #include "daemon/request_timing.h"
 #include "engine/evaluator.h"
+#include "engine/json_constraint.h"
 #include "engine/kv_cache.h"
 #include "engine/tokenizer.h"
 #include "engine/trace_recorder.h"
@@ -108,6 +109,8 @@ struct sequence {
     std::shared_ptr<job_sink> sink;
     engine::kv_cache cache;
     std::optional<engine::sampler> smp;
+    std::optional<engine::json_constraint> json;  // made at the first sampled token of a job with params.json
+    std::vector<float> masked;                    // logits with the tokens json refuses at -inf
     std::vector<engine::token_id> history;  // prompt and generated tokens (repetition penalty)
     engine::utf8_stream text;
     std::string held;          // text not emitted yet: it may be the start of a stop string
@@ -237,6 +240,7 @@ struct batch_loop::impl {
 
     // Engine thread only.
     std::vector<sequence> seqs;
+    std::unique_ptr<engine::json_token_index> json_index;  // the vocabulary's trie, for response_format
     std::uint32_t active = 0;               // sequences with a job
     std::vector<engine::batch_token> batch;
     std::vector<float> logits;              // [max_sequences][n_vocab]
@@ -330,6 +334,15 @@ result<void> batch_loop::impl::validate(const job_params& p) const {
                           p.kept_control_tokens.size(), max_kept_control_tokens);
     if (!std::is_sorted(p.kept_control_tokens.begin(), p.kept_control_tokens.end()))
         return make_error(errc::invalid_argument, "kept_control_tokens must be sorted");
+    if (p.json) {
+        const engine::json_recognizer rec(*p.json);
+        const std::uint32_t smallest = rec.min_bytes_to_close(rec.initial());
+        if (static_cast<std::uint32_t>(p.max_tokens) < smallest)
+            return make_error(errc::invalid_argument,
+                              "max_tokens: {} is fewer than the {} tokens the smallest document of response_format "
+                              "may take",
+                              p.max_tokens, smallest);
+    }
     if (p.stop.size() > opt.max_stop_strings) {
         return make_error(errc::invalid_argument, "stop has {} strings; the limit is {}", p.stop.size(),
                           opt.max_stop_strings);
@@ -452,6 +465,7 @@ void batch_loop::impl::admit_locked() {
         --count;
 
         s.id = j.id;
+        s.json.reset();  // it refers to the grammar of the params replaced next
         s.params = std::move(j.params);
         s.sink = std::move(j.sink);
         s.submitted = j.submitted;
@@ -642,7 +656,20 @@ void batch_loop::impl::after_batch() {
         if (!s.active()) continue;  // finished or failed by prefill_done()
         const std::span<const float> row(logits.data() + static_cast<std::size_t>(r) * n_vocab,
                                          static_cast<std::size_t>(n_vocab));
-        const engine::token_id token = s.smp->sample(row, s.history, static_cast<std::size_t>(s.generated));
+        if (s.params.json && !s.json) {
+            // The vocabulary's trie is built once, by the first constrained job.
+            if (!json_index) json_index = std::make_unique<engine::json_token_index>(model.vocab());
+            s.json.emplace(*s.params.json, *json_index, s.params.max_tokens);
+        }
+        const engine::token_id token =
+            engine::sample_constrained(*s.smp, s.json ? &*s.json : nullptr, row, s.history, s.masked,
+                                     static_cast<std::size_t>(s.generated));
+        if (token < 0) {
+            // Only when max_tokens is below the smallest document, which submit() refuses.
+            fail(s, error{errc::internal, "response_format: no token continues the JSON document"});
+            continue;
+        }
+        if (s.json) s.json->accept(token);
         s.history.push_back(token);
         if (s.params.logprobs) {
             engine::log_softmax_of(row, token, std::min<std::size_t>(*s.params.logprobs, row.size()), s.logprob);
@@ -740,7 +767,8 @@ void batch_loop::impl::emit(sequence& s, engine::token_id token) {
         finish(s, "stop");
         return;
     }
-    const bool eog = s.params.stop_at_eog && vocab.is_eog(token);
+    // A closed JSON document (response_format) ends the reply as end of generation does.
+    const bool eog = (s.params.stop_at_eog && vocab.is_eog(token)) || (s.json && s.json->closed());
     if (eog || s.generated >= s.params.max_tokens) {
         // The end: bytes that never formed a character become U+FFFD, and text held back
         // for a stop string that never came is real output.

@@ -34,6 +34,7 @@
 
 #include "common/result.h"
 #include "common/status.h"
+#include "engine/json_grammar.h"
 #include "engine/model.h"
 #include "engine/prefetch.h"
 #include "engine/sampler.h"
@@ -89,6 +90,11 @@ struct job_params {
     // sampler's penalties, bias and temperature) and this many alternatives (at most
     // max_job_top_logprobs) go to sink->on_logprob before its on_token.
     std::optional<std::uint32_t> logprobs;
+    // response_format json_object / json_schema: every token keeps the output a prefix of a
+    // document of this grammar, end of generation comes only once it is complete, and the
+    // job finishes ("stop") as soon as the document is closed. max_tokens must cover the
+    // grammar's smallest document; the constraint closes the document before max_tokens.
+    std::shared_ptr<const engine::json_grammar> json;
 };
 
 // job_params::logprobs at most (OpenAI's top_logprobs bound).

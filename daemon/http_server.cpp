@@ -223,6 +223,7 @@ struct http_server::state {
         p.stop_at_eog = !req.ignore_eos;
         p.trace_tag = req.trace_tag;
         p.logprobs = req.logprobs;
+        p.json = req.json;
         p.id = id;
         p.peer = peer;
         if (!req.profile.empty()) {
