@@ -169,6 +169,8 @@ result<std::vector<engine::logit_bias_entry>> get_logit_bias(const json& j) {
         out.push_back({static_cast<engine::token_id>(id), *bias});
     }
     return out;
+}
+
 // "response_format" (see generation_request::json). Errors name the field:
 // "response_format.json_schema.schema.properties.x: keyword 'pattern' is not supported".
 result<std::shared_ptr<const engine::json_grammar>> parse_response_format(const json& v) {

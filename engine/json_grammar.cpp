@@ -194,10 +194,12 @@ public:
         static constexpr const char* known[] = {"type", "properties", "required", "additionalProperties",
                                                 "items", "minItems", "maxItems", "enum", "const"};
         for (const auto& [key, value] : s.items()) {
+            // A named copy: clang 14 does not let a lambda capture a structured binding.
+            const std::string_view name = key;
             const bool is_known = std::find_if(std::begin(known), std::end(known),
-                                               [&](const char* k) { return key == k; }) != std::end(known);
+                                               [name](const char* k) { return name == k; }) != std::end(known);
             const bool is_ignored = std::find_if(std::begin(ignored), std::end(ignored),
-                                                 [&](const char* k) { return key == k; }) != std::end(ignored);
+                                                 [name](const char* k) { return name == k; }) != std::end(ignored);
             if (!is_known && !is_ignored)
                 return make_error(errc::invalid_argument, "{}: keyword '{}' is not supported", path, key);
         }
