@@ -5,7 +5,7 @@
 #     without a GPU) and runs every test;
 #  3. builds with ASan+UBSan and runs the unit tests under the sanitizers;
 #  4. builds the concurrency tests with ThreadSanitizer and runs them;
-#  5. builds the libFuzzer programs (clang) and runs each for 60 seconds from its seed corpus
+#  5. builds the libFuzzer programs (clang) and runs each for 45 seconds from its seed corpus
 #     (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,5 +26,5 @@ if [ ${#tsan_targets[@]} -gt 0 ]; then
     ctest --test-dir build-tsan --output-on-failure -j "$(nproc)" -R concurrency_test
 fi
 
-./scripts/fuzz.sh 60s
+./scripts/fuzz.sh 45s
 echo "moed: all tests passed"
