@@ -110,8 +110,13 @@ lex lex_string(json_frame& f, std::uint8_t c) {
 // Bytes a string needs before its closing quote may come.
 std::uint32_t lex_pending(const json_frame& f) {
     switch (f.str) {
+        case s_hex: {
+            // Once two digits say high surrogate (D8..DB), its low surrogate's six bytes follow.
+            const int digits = 4 - f.str_left;
+            const unsigned top = digits >= 2 ? static_cast<unsigned>(f.code) >> (4 * (digits - 2)) : 0u;
+            return f.str_left + (top >= 0xD8 && top <= 0xDB ? 6u : 0u);
+        }
         case s_utf8:
-        case s_hex:
         case s_low_hex: return f.str_left;
         case s_escape: return 1;
         case s_low_backslash: return 6;
@@ -799,10 +804,11 @@ std::uint32_t json_recognizer::frame_min_bytes(const json_frame& f) const noexce
                 case o_key: {
                     std::uint32_t best = UINT32_MAX;
                     if (n.additional >= 0) {
-                        // Closing the key now would repeat a given property: one more byte first.
+                        // Closing the key now would name a given property (refused when seen, that
+                        // property's value when not): an additional key needs one more byte first.
                         bool repeat = false;
                         for (std::uint16_t i = f.lo; i < f.hi; ++i)
-                            repeat |= n.keys[i].size() == f.pos + 1u && f.str == s_plain && (f.seen & bit(i)) != 0;
+                            repeat |= n.keys[i].size() == f.pos + 1u && f.str == s_plain;
                         best = lex_pending(f) + (repeat ? 1 : 0) + 1 + 1 + additional_value + required_rest(n, f.seen) + 1;
                     }
                     for (std::uint16_t i = f.lo; i < f.hi; ++i) {

@@ -77,7 +77,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     json_state s = rec.initial();
     std::string text;
     for (char ch : rest) {
-        if (!rec.feed(s, static_cast<std::uint8_t>(ch))) break;
+        // A refused byte marks the state it was fed to failed: feed a copy, keep it only when taken.
+        json_state t = s;
+        if (!rec.feed(t, static_cast<std::uint8_t>(ch))) break;
+        s = t;
         text += ch;
     }
     MOED_FUZZ_CHECK(!s.failed, "a refused byte marked the state failed but it was kept");

@@ -4,6 +4,8 @@
 // output against an independent reading of the schema.
 #pragma once
 
+#include <cmath>
+
 #include <algorithm>
 #include <string>
 
@@ -24,7 +26,11 @@ inline std::string schema_violation(const nlohmann::json& value, const nlohmann:
             if (type == "object") return value.is_object();
             if (type == "array") return value.is_array();
             if (type == "string") return value.is_string();
-            if (type == "integer") return value.is_number_integer();
+            // JSON Schema: an integer is a number with no fractional part; one past 64 bits
+            // reaches nlohmann as a double.
+            if (type == "integer")
+                return value.is_number_integer() ||
+                       (value.is_number_float() && std::trunc(value.get<double>()) == value.get<double>());
             if (type == "number") return value.is_number();
             if (type == "boolean") return value.is_boolean();
             if (type == "null") return value.is_null();
